@@ -51,13 +51,9 @@ class TopicConfig:
     cleanup_policy: str = "delete"
 
     def __post_init__(self) -> None:
+        # A batch larger than segment_bytes is allowed: it gets a segment of its own.
         for f in fields(self):
             _check(f.name, getattr(self, f.name))
-        if self.max_batch_bytes > self.segment_bytes:
-            raise InvalidConfigError(
-                f"max_batch_bytes ({self.max_batch_bytes}) must not exceed segment_bytes "
-                f"({self.segment_bytes})"
-            )
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None = None) -> TopicConfig:

@@ -233,8 +233,7 @@ def check_crc(frame: bytes | bytearray | memoryview, header: FrameHeader) -> Non
     mv = memoryview(frame)
     if len(mv) != header.frame_size:
         raise CorruptRecordError(
-            f"frame at offset {header.base_offset} is {len(mv)} bytes, expected "
-            f"{header.frame_size}"
+            f"frame at offset {header.base_offset} is {len(mv)} bytes, expected {header.frame_size}"
         )
     actual = crc32c(mv[CRC_START:])
     if actual != header.crc32c:

@@ -101,9 +101,9 @@ def split_produce_request(raw: bytes) -> SplitRequest:
         result = _slow_path(raw)
     else:
         try:
-            header = logstore_pb2.ProduceRequest.FromString(mv[:start])
+            header = logstore_pb2.ProduceRequest.FromString(mv[:start])  # type: ignore[arg-type]
             tail = mv[start:]
-            batch = records_pb2.RecordBatch.FromString(tail)
+            batch = records_pb2.RecordBatch.FromString(tail)  # type: ignore[arg-type]
         except DecodeError as exc:
             raise InvalidBatchError(f"malformed produce request: {exc}") from exc
         batch.DiscardUnknownFields()

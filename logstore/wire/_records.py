@@ -154,8 +154,7 @@ def encode_records(records: Iterable[Record | bytes]) -> tuple[bytes, int, int]:
             parts.append(v)
         elif isinstance(r, Record):
             parts.append(_encode_one(r))
-            if r.timestamp_ms > max_ts:
-                max_ts = r.timestamp_ms
+            max_ts = max(max_ts, r.timestamp_ms)
         else:
             raise InvalidBatchError(f"a record must be bytes or Record, not {type(r).__name__}")
     return b"".join(parts), len(items), max_ts

@@ -1,0 +1,34 @@
+"""Shared fixtures: a real broker process per test, hypothesis profiles."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from tests.brokerproc import BrokerProcess, start_broker
+
+# CI profile: no deadline (the machine is noisy) and a fixed number of
+# examples so a run takes a stable time.
+settings.register_profile(
+    "ci",
+    deadline=None,
+    max_examples=60,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile("dev", deadline=None, max_examples=200)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[BrokerProcess]:
+    """A broker on a fresh data directory, on port 0; stopped after the test."""
+    b = start_broker(tmp_path / "data")
+    try:
+        yield b
+    finally:
+        b.stop()
