@@ -116,7 +116,10 @@ def _encode_one(rec: Record) -> bytes:
         parts += (b"\x18", varint(_zigzag(rec.timestamp_ms) & 0xFFFFFFFFFFFFFFFF))
     for name, hval in rec.headers:
         nb = name.encode()
-        h = b"\x0a" + varint(len(nb)) + nb + b"\x12" + varint(len(hval)) + bytes(hval)
+        # proto3 omits empty strings/bytes; do the same so the bytes are canonical.
+        h = (b"\x0a" + varint(len(nb)) + nb if nb else b"") + (
+            b"\x12" + varint(len(hval)) + bytes(hval) if hval else b""
+        )
         parts += (b"\x22", varint(len(h)), h)
     body = b"".join(parts)
     return b"\x7a" + varint(len(body)) + body
