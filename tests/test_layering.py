@@ -27,7 +27,7 @@ def _imports(path: Path) -> list[tuple[str, ast.AST, list[ast.AST]]]:
 
     def visit(node: ast.AST, stack: list[ast.AST]) -> None:
         for child in ast.iter_child_nodes(node):
-            inner = stack + [child] if isinstance(child, ast.FunctionDef) else stack
+            inner = [*stack, child] if isinstance(child, ast.FunctionDef) else stack
             if isinstance(child, ast.Import):
                 out.extend((a.name, child, stack) for a in child.names)
             elif isinstance(child, ast.ImportFrom) and child.level == 0 and child.module:

@@ -72,7 +72,7 @@ def test_value_fast_path_matches_protobuf(values: list[bytes]) -> None:
 def test_concatenated_frames_parse_as_fetch_response(
     batches: list[list[Record]], base: int
 ) -> None:
-    """Frames concatenated as read from a segment are a valid FetchResponse; every field survives."""
+    """Frames concatenated as read from a segment parse as a FetchResponse; all fields survive."""
     frames = []
     offset = base
     for recs in batches:
@@ -100,7 +100,7 @@ def test_concatenated_frames_parse_as_fetch_response(
 
 
 def test_zero_valued_header_fields_are_still_written() -> None:
-    """A header of all zeros keeps its fixed width: every field present, 72 bytes of frame overhead."""
+    """An all-zero header keeps its fixed width: every field present, 72 bytes of overhead."""
     frame = encode_frame(encode_values([b""]), 1, 0, 0)
     assert len(frame) == FRAME_OVERHEAD + 4  # 0x7a 0x02 0x12 0x00
     h = decode_header(frame)
@@ -140,7 +140,7 @@ def test_decode_header_rejects_garbage() -> None:
 
 
 def test_decode_records_skips_to_offset_and_fills_timestamp() -> None:
-    """Decoding from an offset inside a batch skips earlier records; timestamp 0 becomes the batch's."""
+    """Decoding from inside a batch skips earlier records; timestamp 0 becomes the batch's."""
     body, n, _ = encode_records([b"a", Record(value=b"b", timestamp_ms=42), b"c"])
     frame = encode_frame(body, n, 10, 1000)
     got = decode_records(batch_view(frame), 10, 1000, start_offset=11)
