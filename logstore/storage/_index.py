@@ -243,6 +243,10 @@ class _Index:
         if self.fs.exists(self.path):
             self.fs.unlink(self.path)
 
+    def reserve(self) -> None:
+        """Make room for one more entry (maps or grows the file; may raise)."""
+        self._slot()
+
     def _slot(self) -> npt.NDArray[Any]:
         if self._arr is None or self.n >= self._capacity:
             self.map(self.n + 1)

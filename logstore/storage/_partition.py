@@ -465,7 +465,13 @@ class PartitionLog:
             if not seg.fits(frame_size, record_count, self.config.segment_bytes) or (
                 seg.size and now - seg.created_ms >= self.config.segment_ms
             ):
-                seg = self._roll(now)
+                try:
+                    seg = self._roll(now)
+                except StorageError as exc:
+                    # A half-done roll (sealed indexes, a new file) is not undone
+                    # here: stop writing; a restart recovers the partition.
+                    self._failed = exc
+                    raise
             base = seg.next_offset
             patch_base_offset(head, base)
             try:
@@ -473,8 +479,7 @@ class PartitionLog:
                     head, records, base, record_count, max_ts, self.config.index_interval_bytes
                 )
             except StorageError as exc:
-                if not self.fs.exists(seg.log_path) or seg.size != self.fs.file_size(seg.log_path):
-                    self._failed = exc
+                self._check_after_failed_write(seg, exc)
                 raise
             if producer_id:
                 self.producers.update(
@@ -483,6 +488,19 @@ class PartitionLog:
             self.last_append_ms = now
             result = AppendResult(base, base + record_count - 1, base_ts, self.log_start_offset)
         return result
+
+    def _check_after_failed_write(self, seg: Segment, exc: StorageError) -> None:
+        """After a failed append the segment truncated its file back; if the
+        file does not match what the segment believes, stop writing."""
+        try:
+            consistent = self.fs.file_size(seg.log_path) == seg.size
+        except StorageError:
+            consistent = False
+        if not consistent:
+            self._failed = exc
+            log.error("%s: write failed and was not undone (%s); read-only now", self.name, exc)
+        else:
+            log.warning("%s: append at offset %d failed: %s", self.name, seg.next_offset, exc)
 
     def _check_writable(self) -> None:
         if self._closed:

@@ -233,6 +233,12 @@ class Segment:
         assert header_base == self.next_offset
         pos = self.size
         frame_size = len(head) + len(body)
+        add_entry = bool(pos) and self._bytes_since_entry >= index_interval_bytes
+        if add_entry:
+            # Grow the index maps before writing the frame: an ENOSPC here
+            # must not leave a written frame unaccounted for.
+            self.index.reserve()
+            self.time_index.reserve()
         fd = self.handles.acquire(self)
         try:
             try:
@@ -244,7 +250,7 @@ class Segment:
             self.handles.release(self)
         rel = header_base - self.base_offset
         self.max_timestamp_ms = max(self.max_timestamp_ms, max_timestamp_ms)
-        if pos and self._bytes_since_entry >= index_interval_bytes:
+        if add_entry:
             self.index.append(rel, pos)
             last = self.time_index.last()
             if last is None or self.max_timestamp_ms > last[0]:
