@@ -97,6 +97,7 @@ def start_broker(
         if remaining <= 0 or proc.poll() is not None:
             proc.kill()
             proc.wait()
+            proc.stdout.close()
             raise RuntimeError(
                 f"broker did not start (exit {proc.returncode}); log:\n"
                 + log_path.read_text(errors="replace")
@@ -112,5 +113,6 @@ def start_broker(
     if not m:
         proc.kill()
         proc.wait()
+        proc.stdout.close()
         raise RuntimeError(f"unexpected first line from broker: {first!r}")
     return BrokerProcess(proc, m.group(1), m.group(2), Path(m.group(3)), log_path, args)
