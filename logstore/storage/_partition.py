@@ -27,12 +27,13 @@ in a new segment at the recovery point so no acknowledged offset is reused.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 
 from logstore.config import StoreConfig, TopicConfig
@@ -558,7 +559,8 @@ class PartitionLog:
                     return
 
     def sync_once(self) -> int:
-        """One fsync of everything appended so far; completes the waiters it covers."""
+        """One fsync of everything appended so far; completes the waiters it
+        covers and returns how many it completed."""
         with self._lock:
             target = self.log_end_offset
             seg = self.active
@@ -591,11 +593,14 @@ class PartitionLog:
                 done = [f for _, f in self._waiters]
                 self._waiters = []
         for fut in done:
-            if error is None:
-                fut.set_result(None)
-            else:
-                fut.set_exception(error)
-        return target
+            # A waiter may have given up (an asyncio caller cancelled the
+            # wrapped future): completing it anyway must not kill the flusher.
+            with contextlib.suppress(InvalidStateError):
+                if error is None:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(error)
+        return len(done)
 
     @property
     def has_waiters(self) -> bool:

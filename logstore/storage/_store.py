@@ -121,8 +121,10 @@ class Store:
         self._flush_cond = threading.Condition()
         self._flush_queue: dict[tuple[str, int], PartitionLog] = {}
         self._stop_flusher = False
-        #: Called with (partition log, seconds, bytes) after each flusher fsync.
-        self.on_fsync: Callable[[PartitionLog, float], None] = lambda _p, _s: None
+        #: Called after each fsync of the flusher thread with the partition,
+        #: the seconds it took and the number of waiters it completed (the
+        #: group-commit batch size).
+        self.on_fsync: Callable[[PartitionLog, float, int], None] = lambda _p, _s, _n: None
 
     # --- open / close -----------------------------------------------------------------
     @classmethod
@@ -580,8 +582,9 @@ class Store:
                 queue, self._flush_queue = self._flush_queue, {}
             for lg in queue.values():
                 t0 = time.perf_counter()
+                completed = 0
                 try:
-                    lg.sync_once()
+                    completed = lg.sync_once()
                 finally:
                     with lg._sync_lock:
                         if lg._waiters:
@@ -589,7 +592,7 @@ class Store:
                                 self._flush_queue[(lg.topic, lg.partition)] = lg
                         else:
                             lg._syncing = False
-                self.on_fsync(lg, time.perf_counter() - t0)
+                self.on_fsync(lg, time.perf_counter() - t0, completed)
             try:
                 self._maybe_checkpoint()
             except StorageError as exc:

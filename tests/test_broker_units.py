@@ -1,0 +1,107 @@
+"""In-process unit tests of the broker's small pure parts: status table, limits, addresses."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+
+from logstore import errors
+from logstore.broker._config import is_loopback, split_address
+from logstore.broker._limits import Gauge
+from logstore.broker._status import STATUS_CODES, rich_status
+from logstore.errors import InvalidConfigError
+
+
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [
+        (errors.InvalidBatchError("x"), grpc.StatusCode.INVALID_ARGUMENT),
+        (errors.InvalidTopicNameError("x"), grpc.StatusCode.INVALID_ARGUMENT),
+        (errors.InvalidConfigError("x"), grpc.StatusCode.INVALID_ARGUMENT),
+        (errors.UnknownTopicError("x"), grpc.StatusCode.NOT_FOUND),
+        (errors.UnknownPartitionError("x"), grpc.StatusCode.NOT_FOUND),
+        (errors.TopicExistsError("x"), grpc.StatusCode.ALREADY_EXISTS),
+        (errors.OffsetOutOfRangeError("x", 0, 1), grpc.StatusCode.OUT_OF_RANGE),
+        (errors.OutOfOrderSequenceError("x"), grpc.StatusCode.FAILED_PRECONDITION),
+        (errors.InvalidProducerEpochError("x"), grpc.StatusCode.FAILED_PRECONDITION),
+        (errors.CorruptRecordError("x"), grpc.StatusCode.DATA_LOSS),
+        (errors.StorageError("x"), grpc.StatusCode.INTERNAL),
+        (errors.DiskFullError("x"), grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (errors.StoreClosedError("x"), grpc.StatusCode.UNAVAILABLE),
+        (RuntimeError("secret detail"), grpc.StatusCode.INTERNAL),
+    ],
+)
+def test_status_table(exc: BaseException, code: grpc.StatusCode) -> None:
+    """Each domain error maps to its documented gRPC code; unexpected errors to INTERNAL."""
+    status = rich_status(exc)
+    assert status.code == code.value[0]
+    assert len(status.details) == 0  # no retry hint: not a broker limit
+    if not isinstance(exc, errors.LogStoreError):
+        assert "secret" not in status.message
+
+
+def test_every_error_status_name_is_in_the_table() -> None:
+    """Every status name used by logstore.errors has an entry in the one table."""
+    for name in errors.__all__:
+        cls = getattr(errors, name)
+        assert cls.status in STATUS_CODES, name
+
+
+def test_limit_errors_carry_retry_info() -> None:
+    """RESOURCE_EXHAUSTED from a broker limit carries RetryInfo with the configured delay."""
+    status = rich_status(errors.ResourceExhaustedError("busy", retry_after_ms=1500))
+    assert status.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    info = error_details_pb2.RetryInfo()
+    assert status.details[0].Unpack(info)
+    assert (info.retry_delay.seconds, info.retry_delay.nanos) == (1, 500_000_000)
+
+
+def test_gauge_bounds_and_admits_one_oversized() -> None:
+    """A gauge refuses past its limit (counting the reason) but admits one oversized item alone."""
+    rejected: list[str] = []
+    g = Gauge("max_things", 10, 100, rejected.append)
+    g.acquire(6)
+    with pytest.raises(errors.ResourceExhaustedError) as err:
+        g.acquire(6)
+    assert err.value.retry_after_ms == 100 and "max_things" in str(err.value)
+    g.release(6)
+    g.acquire(25)  # alone: admitted, so it can never starve
+    with pytest.raises(errors.ResourceExhaustedError):
+        g.acquire(1)
+    g.release(25)
+    assert g.value == 0 and rejected == ["max_things", "max_things"]
+    zero = Gauge("max_none", 0, 100, rejected.append)
+    with pytest.raises(errors.ResourceExhaustedError):
+        zero.acquire()
+
+
+def test_addresses() -> None:
+    """HOST:PORT parsing (IPv6 too) and the loopback check behind --allow-remote."""
+    assert split_address("127.0.0.1:0") == ("127.0.0.1", 0)
+    assert split_address("[::1]:7070") == ("::1", 7070)
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.1.2.3")
+    assert not is_loopback("example.com") and not is_loopback("")
+    for bad in ("7070", "host:", "host:99999", "host:x"):
+        with pytest.raises(InvalidConfigError):
+            split_address(bad)
+
+
+def test_remote_listen_needs_allow_remote(caplog: pytest.LogCaptureFixture) -> None:
+    """A non-loopback address is refused without allow_remote and warned about with it."""
+    from logstore.broker import BrokerConfig
+    from logstore.broker._server import check_addresses
+
+    with pytest.raises(InvalidConfigError, match="--allow-remote"):
+        check_addresses(BrokerConfig(listen="0.0.0.0:7070"))
+    check_addresses(BrokerConfig())  # loopback: fine, silent
+    logger = logging.getLogger("logstore")
+    logger.addHandler(caplog.handler)
+    try:
+        check_addresses(BrokerConfig(metrics_listen="10.0.0.1:9464", allow_remote=True))
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert any("non-loopback" in r.getMessage() for r in caplog.records)
