@@ -202,7 +202,12 @@ class _Index:
             self._arr = None
             mm, self._mm = self._mm, None
             self.fs.sync_map(mm, self.path)
-            self.fs.unmap(mm)
+            try:
+                self.fs.unmap(mm)
+            except BufferError:
+                # A numpy view is still alive (e.g. held by a traceback); the
+                # map is released with it.
+                pass
         self._capacity = 0
 
     def seal(self) -> None:
@@ -236,6 +241,21 @@ class _Index:
             self._arr[: self.n] = 0
         self.n = 0
         self.cache.drop(self.path)
+
+    def replace(self, arr: npt.NDArray[Any]) -> None:
+        """Replace every entry with ``arr`` (a rebuilt index)."""
+        arr = np.ascontiguousarray(arr, dtype=self.dtype)
+        self.cache.drop(self.path)
+        if self._arr is not None:
+            self.reset()
+            self.map(len(arr))
+            assert self._arr is not None
+            self._arr[: len(arr)] = arr
+            self.n = len(arr)
+        else:
+            self.fs.write_file(self.path, arr.tobytes())
+            self.n = len(arr)
+            self.cache.put(self.path, arr)
 
     def delete(self) -> None:
         self.unmap()

@@ -156,6 +156,8 @@ class PartitionLog:
         return sum(s.size for s in self.segments)
 
     def _set_segments(self, segments: list[Segment]) -> None:
+        for seg in segments:
+            seg.index_interval_bytes = self.config.index_interval_bytes
         # Publish a new list (readers hold the old one); bases first is fine:
         # readers take both under no lock but only use bases to pick a segment.
         self._bases = [s.base_offset for s in segments]
@@ -291,7 +293,7 @@ class PartitionLog:
                     return f"base offset {h.base_offset}, expected {expected}"
                 check_crc(seg.pread(h.frame_size, p), h)
                 rel = h.base_offset - seg.base_offset
-                if p and seg._bytes_since_entry >= interval:
+                if p and seg._bytes_since_entry >= interval and rel > seg.index.last()[0]:
                     seg.index.append(rel, p)
                     last = seg.time_index.last()
                     ts = max(seg.max_timestamp_ms, h.max_timestamp_ms)
@@ -308,8 +310,10 @@ class PartitionLog:
 
     def _position_of_boundary(self, seg: Segment, offset: int) -> int:
         """Byte position of the frame starting at ``offset`` (walk without CRC)."""
-        seg.index.load(offset - seg.base_offset)
-        seg.time_index.load(offset - seg.base_offset)
+        # Only entries of frames that start before the recovery point can be
+        # trusted (an entry for the frame at it may point at a torn frame).
+        seg.index.load(offset - seg.base_offset - 1)
+        seg.time_index.load(offset - seg.base_offset - 1)
         file_size = self.fs.file_size(seg.log_path)
         rel, pos = seg.index.lookup(offset - seg.base_offset)
         if pos:
@@ -324,17 +328,14 @@ class PartitionLog:
                 pos = 0
         last_ts = seg.time_index.last()
         seg.max_timestamp_ms = last_ts[0] if last_ts else -1
-        reached = seg.base_offset + rel
+        # Stop right after the frame that ends at the recovery point: the frame
+        # after it may be torn, and that is a torn tail, not corruption.
         for p, h in seg.frames(pos, file_size):
-            if h.base_offset == offset:
-                return p
-            if h.base_offset > offset or h.next_offset > offset:
+            if h.base_offset >= offset or h.next_offset > offset:
                 break
             seg.max_timestamp_ms = max(seg.max_timestamp_ms, h.max_timestamp_ms)
-            reached = h.next_offset
-        else:
-            if reached == offset:  # the recovery point is the end of the file
-                return file_size
+            if h.next_offset == offset:
+                return p + h.frame_size
         raise CorruptRecordError(
             f"{seg.log_path}: no frame boundary at recovery point {offset} (data missing)"
         )
@@ -667,6 +668,7 @@ class PartitionLog:
         for seg in list(self.segments):
             if seg.next_offset <= self.log_start_offset or seg.size == 0:
                 continue
+            seg.ensure_indexes()
             if seg.max_timestamp_ms < timestamp_ms:
                 continue
             rel = seg.time_index.scan_start(timestamp_ms)
@@ -719,6 +721,8 @@ class PartitionLog:
             total = sum(s.size for s in segs)
             while n < len(segs) - 1:
                 seg = segs[n]
+                if cfg.retention_ms >= 0:
+                    seg.ensure_indexes()  # its max timestamp comes from the time index
                 by_time = (
                     cfg.retention_ms >= 0
                     and seg.max_timestamp_ms >= 0

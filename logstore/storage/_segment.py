@@ -19,18 +19,23 @@ readers concurrently with it (``pread`` at positions below ``size``).
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Final
 
+import numpy as np
+
 from logstore.errors import CorruptRecordError, StorageError
 from logstore.wire import FRAME_OVERHEAD, FrameHeader, check_crc, decode_header
 
 from ._fs import FileSystem
-from ._index import IndexCache, OffsetIndex, TimeIndex
+from ._index import OFFSET_DTYPE, TIME_DTYPE, IndexCache, OffsetIndex, TimeIndex
 from ._names import FileKind, segment_file
+
+log = logging.getLogger("logstore.storage")
 
 #: Bytes read at once when walking frame headers: several index intervals'
 #: worth, so a lookup costs one pread whatever the batch size.
@@ -39,7 +44,8 @@ U32_LIMIT: Final = 1 << 32
 
 
 class HandleCache:
-    """LRU of segments with open handles, capped at ``max_open`` segments.
+    """LRU of segments with open handles, capped at ``max_open`` descriptors
+    (one per open .log file, one per index map).
 
     ``acquire`` pins a segment (opening its descriptor if needed) and
     ``release`` unpins it; only unpinned segments are evicted, so a descriptor
@@ -79,18 +85,29 @@ class HandleCache:
             seg._close_handles()
 
     def _evict(self) -> None:
-        if len(self._lru) <= self.max_open:
+        # CPython's mmap keeps a dup() of the descriptor it maps, so an active
+        # segment with both index maps holds three descriptors: count them.
+        total = sum(s.handle_count for s in self._lru)
+        if total <= self.max_open:
             return
         for seg, pins in list(self._lru.items()):
-            if len(self._lru) <= self.max_open:
+            if total <= self.max_open:
                 break
             if pins == 0:
+                total -= seg.handle_count
                 del self._lru[seg]
                 seg._close_handles()
 
+    def settle(self) -> None:
+        """Evict down to the cap again (after a pinned segment grew its maps)."""
+        with self._lock:
+            self._evict()
+
     @property
     def open_count(self) -> int:
-        return len(self._lru)
+        """Descriptors held: one per open .log, one more per index map."""
+        with self._lock:
+            return sum(s.handle_count for s in self._lru)
 
     def close_all(self) -> None:
         with self._lock:
@@ -127,6 +144,11 @@ class Segment:
         self.created_ms = 0
         self.sealed = False
         self._bytes_since_entry = 0
+        #: Set by the partition from its topic config.
+        self.index_interval_bytes = 4096
+        #: Whether the indexes were checked against the log (see ensure_indexes).
+        self._indexes_checked = False
+        self._index_lock = threading.Lock()
         self._fd: int | None = None
         self._fd_lock = threading.Lock()
 
@@ -154,6 +176,7 @@ class Segment:
             if fs.exists(idx.path):
                 fs.unlink(idx.path)
         seg.created_ms = now_ms
+        seg._indexes_checked = True
         return seg
 
     @classmethod
@@ -175,7 +198,7 @@ class Segment:
         seg = cls(fs, directory, base_offset, handles, index_cache)
         seg.size = fs.file_size(seg.log_path)
         seg.next_offset = base_offset if next_offset is None else next_offset
-        limit = None if next_offset is None else next_offset - base_offset
+        limit = None if next_offset is None else next_offset - base_offset - 1
         seg.index.load(limit)
         seg.time_index.load(limit)
         last = seg.time_index.last()
@@ -187,6 +210,11 @@ class Segment:
     def _open_fd(self) -> None:
         if self._fd is None:
             self._fd = self.fs.open(self.log_path, create=not self.sealed)
+
+    @property
+    def handle_count(self) -> int:
+        """Descriptors this segment holds now (its .log and its index maps)."""
+        return (self._fd is not None) + self.index.is_mapped + self.time_index.is_mapped
 
     def _close_handles(self) -> None:
         """Called by the HandleCache only, when the segment is unpinned."""
@@ -248,13 +276,16 @@ class Segment:
                 raise
         finally:
             self.handles.release(self)
+            if add_entry:
+                self.handles.settle()
         rel = header_base - self.base_offset
         self.max_timestamp_ms = max(self.max_timestamp_ms, max_timestamp_ms)
         if add_entry:
-            self.index.append(rel, pos)
-            last = self.time_index.last()
-            if last is None or self.max_timestamp_ms > last[0]:
-                self.time_index.append(self.max_timestamp_ms, rel)
+            with self._index_lock:
+                self.index.append(rel, pos)
+                last = self.time_index.last()
+                if last is None or self.max_timestamp_ms > last[0]:
+                    self.time_index.append(self.max_timestamp_ms, rel)
             self._bytes_since_entry = 0
         self._bytes_since_entry += frame_size
         # size before next_offset: a reader that sees the new end offset must
@@ -342,16 +373,12 @@ class Segment:
         wrong entry (corrupt index) falls back to a scan from the start.
         """
         assert self.base_offset <= offset < self.next_offset
+        self.ensure_indexes()
         rel, pos = self.index.lookup(offset - self.base_offset)
         limit = self.size
-        if pos:
-            try:
-                h = decode_header(self.pread(FRAME_OVERHEAD, pos))
-                if h.base_offset != self.base_offset + rel or h.base_offset > offset:
-                    raise CorruptRecordError("index entry does not match the log")
-            except CorruptRecordError:
-                self.index.reset()  # a bad index is a hint only: rebuild lazily
-                pos = 0
+        if pos and not self._entry_matches(rel, pos):
+            self._rebuild_indexes_locked("an offset index entry does not match the log")
+            rel, pos = self.index.lookup(offset - self.base_offset)
         for p, h in self.frames(pos, limit):
             if h.base_offset > offset:
                 break
@@ -401,31 +428,98 @@ class Segment:
             return buf, next_offset
         return bytes(mv[:off]), next_offset
 
-    def rebuild_index(self, interval: int, from_pos: int = 0, check: bool = False) -> None:
-        """Rebuild index entries for frames from ``from_pos`` (a frame boundary
-        after the last kept entry) to ``size``; optionally CRC-check them."""
-        since = self._bytes_since_entry if from_pos else 0
-        expected = None
-        for pos, h in self.frames(from_pos, self.size):
-            if check:
-                check_crc(self.pread(h.frame_size, pos), h)
-            if expected is not None and h.base_offset != expected:
-                raise CorruptRecordError(f"{self.log_path}: offsets not contiguous at {pos}")
-            expected = h.next_offset
-            rel = h.base_offset - self.base_offset
-            self.max_timestamp_ms = max(self.max_timestamp_ms, h.max_timestamp_ms)
-            if pos and since >= interval:
-                lrel, lpos = self.index.last()
-                if self.index.n == 0 or (rel > lrel and pos > lpos):
-                    self.index.append(rel, pos)
-                last = self.time_index.last()
-                if (last is None or self.max_timestamp_ms > last[0]) and (
-                    last is None or rel > last[1]
-                ):
-                    self.time_index.append(self.max_timestamp_ms, rel)
-                since = 0
-            since += h.frame_size
+    # --- index verification ----------------------------------------------------------
+    def _entry_matches(self, rel: int, pos: int) -> bool:
+        """Whether the frame at ``pos`` starts at relative offset ``rel``."""
+        if pos >= self.size:
+            return False
+        try:
+            h = decode_header(self.pread(FRAME_OVERHEAD, pos))
+        except CorruptRecordError:
+            return False
+        return h.base_offset == self.base_offset + rel
+
+    def ensure_indexes(self) -> None:
+        """Check the indexes against the log once; rebuild them if they disagree.
+
+        Indexes are hints written without checksums (and, after a crash,
+        possibly torn): a wrong time index would make time lookups and
+        retention silently wrong, so before first use the segment checks
+        that the offset entries point at frames, that the time entries sit
+        on offset entries, and that the last time entry covers the frames
+        after the last offset entry (a walk of at most one index interval).
+        """
+        if self._indexes_checked:
+            return
+        with self._index_lock:
+            if self._indexes_checked:
+                return
+            why = self._index_problem()
+            if why is not None:
+                self._rebuild_indexes(why)
+            self._indexes_checked = True
+
+    def _index_problem(self) -> str | None:
+        if self.size == 0:
+            return None
+        offs = self.index.entries()
+        times = self.time_index.entries()
+        if not len(times):
+            return "the time index is empty"
+        t_rels = times["rel"][:-1]
+        if len(t_rels) and not np.isin(t_rels, offs["rel"]).all():
+            return "time index entries are not on offset index entries"
+        for k in {0, len(offs) - 1} if len(offs) else ():
+            if not self._entry_matches(int(offs[k]["rel"]), int(offs[k]["pos"])):
+                return "an offset index entry does not match the log"
+        start = int(offs[-1]["pos"]) if len(offs) else 0
+        tail_max = -1
+        last_rel = -1
+        try:
+            for _p, h in self.frames(start, self.size):
+                tail_max = max(tail_max, h.max_timestamp_ms)
+                last_rel = h.base_offset - self.base_offset
+        except CorruptRecordError as exc:
+            return f"the log past the last index entry does not parse ({exc})"
+        last_ts, last_trel = int(times[-1]["ts"]), int(times[-1]["rel"])
+        if tail_max > last_ts or last_trel > last_rel:
+            return "the time index does not cover the end of the segment"
+        self.max_timestamp_ms = last_ts
+        return None
+
+    def _rebuild_indexes_locked(self, why: str) -> None:
+        with self._index_lock:
+            self._rebuild_indexes(why)
+
+    def _rebuild_indexes(self, why: str) -> None:
+        """Rebuild both indexes from the frame headers (lock held)."""
+        log.warning("%s: rebuilding indexes: %s", self.log_path, why)
+        interval = self.index_interval_bytes
+        offs: list[tuple[int, int]] = []
+        times: list[tuple[int, int, int]] = []
+        mx = -1
+        since = 0
+        rel = 0
+        try:
+            for pos, h in self.frames(0, self.size):
+                rel = h.base_offset - self.base_offset
+                mx = max(mx, h.max_timestamp_ms)
+                if pos and since >= interval:
+                    offs.append((rel, pos))
+                    if not times or mx > times[-1][0]:
+                        times.append((mx, rel, 0))
+                    since = 0
+                since += h.frame_size
+        except CorruptRecordError as exc:
+            # Index the readable prefix; reads past it report the corruption.
+            log.error("%s: indexes cover only the readable prefix: %s", self.log_path, exc)
+        if self.size and (not times or (mx > times[-1][0] and rel > times[-1][1])):
+            times.append((mx, rel, 0))
+        self.index.replace(np.array(offs, dtype=OFFSET_DTYPE))
+        self.time_index.replace(np.array(times, dtype=TIME_DTYPE))
+        self.max_timestamp_ms = mx
         self._bytes_since_entry = since
+        self._indexes_checked = True
 
     def truncate_to(self, pos: int, next_offset: int) -> None:
         """Drop every byte from ``pos`` (a frame boundary) on."""

@@ -345,7 +345,10 @@ class Store:
             info = TopicInfo(name, info.partitions, cfg)
             self._topics[name] = info
             for part in range(info.partitions):
-                self._logs[(name, part)].config = cfg
+                lg = self._logs[(name, part)]
+                lg.config = cfg
+                for seg in lg.segments:
+                    seg.index_interval_bytes = cfg.index_interval_bytes
             self._write_topics()
             return info
 
