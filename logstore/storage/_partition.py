@@ -236,6 +236,9 @@ class PartitionLog:
         """Re-scan everything from the recovery point (see the module docstring)."""
         interval = self.config.index_interval_bytes
         segs = self.segments
+        # Retention may have deleted segments the (older) checkpoint still
+        # points into: what is left starts at the first segment's base.
+        recovery_point = max(recovery_point, segs[0].base_offset)
         # The segment holding the recovery point: the last one based at or below it.
         k = max(bisect.bisect_right([s.base_offset for s in segs], recovery_point) - 1, 0)
         for seg in segs[:k]:

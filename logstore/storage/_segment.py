@@ -310,7 +310,18 @@ class Segment:
         self.sealed = True
 
     def _final_time_entry(self) -> None:
-        """Record the segment's max timestamp so a reload knows it without a scan."""
+        """Record the segment's max timestamp so a reload knows it without a scan.
+
+        Best effort: if the index cannot grow (disk full), the entry is left
+        out and ensure_indexes() rebuilds the index on first use instead.
+        """
+        try:
+            self._append_final_time_entry()
+        except StorageError as exc:
+            log.warning("%s: final time index entry skipped: %s", self.log_path, exc)
+            self._indexes_checked = False
+
+    def _append_final_time_entry(self) -> None:
         last = self.time_index.last()
         if self.size and (last is None or self.max_timestamp_ms > last[0]):
             lrel = self.index.last()[0]
