@@ -1,0 +1,561 @@
+"""Unit tests of logstore.client with no broker: batching, partitioning, retries,
+idempotence, error translation and the columnar decoder."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import error_details_pb2, status_pb2
+from hypothesis import given
+from hypothesis import strategies as st
+
+from logstore import errors
+from logstore.client import Admin, Producer, parse_acks
+from logstore.client._columns import decode_columns, decode_objects, parse_fetch
+from logstore.client._producer import encode_record
+from logstore.client._rpc import translate
+from logstore.v1 import logstore_pb2, records_pb2
+from logstore.wire import Record, crc32c, encode_frame, partition_for_key, split_produce_request
+
+Callback = Callable[[Any, BaseException | None], None]
+
+
+class FakeBroker:
+    """A transport that stores batches like the broker, with scripted failures.
+
+    ``failures`` is a list of errors raised for the next requests, in order;
+    ``lose_reply`` makes a request succeed on the "broker" but reply with the
+    error anyway (a reply lost on the way back).
+    """
+
+    address = "fake:0"
+
+    def __init__(self, partitions: int = 1, max_batch_bytes: int = 1 << 20) -> None:
+        self.partitions = partitions
+        self.max_batch_bytes = max_batch_bytes
+        self.requests: list[logstore_pb2.ProduceRequest] = []
+        self.raw: list[bytes] = []
+        self.times: list[float] = []
+        self.logs: dict[int, list[bytes]] = {}
+        self.failures: list[errors.LogStoreError] = []
+        self.lose_reply: list[bool] = []
+        self.seen: dict[tuple[int, int, int], int] = {}  # (pid, partition, seq) -> offset
+        self.next_pid = 1
+        self.lock = threading.Lock()
+
+    def topic_metadata(self, topic: str) -> tuple[int, int]:
+        return self.partitions, self.max_batch_bytes
+
+    def init_producer(self) -> tuple[int, int]:
+        with self.lock:
+            pid = self.next_pid
+            self.next_pid += 1
+        return pid, 0
+
+    def produce(self, request: bytes, timeout_s: float, callback: Callback) -> None:
+        with self.lock:
+            req = logstore_pb2.ProduceRequest.FromString(request)
+            self.requests.append(req)
+            self.raw.append(request)
+            self.times.append(time.monotonic())
+            lose = self.lose_reply.pop(0) if self.lose_reply else False
+            if self.failures and not lose:
+                err = self.failures.pop(0)
+                threading.Thread(target=callback, args=(None, err)).start()
+                return
+            log = self.logs.setdefault(req.partition, [])
+            key = (req.producer_id, req.partition, req.base_sequence)
+            if req.producer_id and key in self.seen:
+                offset = self.seen[key]  # a duplicate: its original offset
+            else:
+                offset = len(log)
+                log.extend(r.value for r in req.records)
+                if req.producer_id:
+                    self.seen[key] = offset
+            if lose:
+                err = self.failures.pop(0)
+                threading.Thread(target=callback, args=(None, err)).start()
+                return
+        resp = logstore_pb2.ProduceResponse(partition=req.partition, base_offset=offset)
+        threading.Thread(target=callback, args=(resp, None)).start()
+
+    def close(self) -> None:
+        pass
+
+
+def _producer(fake: FakeBroker, **kw: Any) -> Producer:
+    kw.setdefault("linger_ms", 1)
+    return Producer(transport=fake, **kw)
+
+
+def _record_size(value: bytes) -> int:
+    return len(encode_record(value))
+
+
+# -- partitioning and batching -----------------------------------------------------
+
+
+def test_keyed_records_go_to_kafkas_murmur2_partition() -> None:
+    """A keyed record lands on (murmur2(key) & 0x7fffffff) % n, Kafka's vector foobar -> 2 of 4."""
+    fake = FakeBroker(partitions=4)
+    with _producer(fake) as p:
+        assert p.send("t", b"v", key=b"foobar").result(5)[0] == 2
+        for key in (b"21", b"abc", b"a-little-bit-long-string", b"k" * 33):
+            assert p.send("t", b"v", key=key).result(5)[0] == partition_for_key(key, 4)
+
+
+def test_sticky_partitioner_fills_a_batch_then_moves_on() -> None:
+    """Without a key, consecutive records share one partition until its batch closes."""
+    fake = FakeBroker(partitions=3, max_batch_bytes=2000)
+    with _producer(fake, linger_ms=1000) as p:
+        res = p.send_many("t", [b"x" * 90] * 200)
+        segs = res.offsets(10)
+    assert all(count > 1 for _, _, count in segs[:-1])
+    parts = [part for part, _, _ in segs]
+    assert all(a != b for a, b in itertools.pairwise(parts))
+    assert sum(len(r.records) for r in fake.requests) == 200
+
+
+@given(
+    sizes=st.lists(st.integers(0, 700), min_size=1, max_size=120),
+    limit=st.integers(800, 4000),
+    use_many=st.booleans(),
+)
+def test_batches_are_full_but_never_exceed_the_limit(
+    sizes: list[int], limit: int, use_many: bool
+) -> None:
+    """Each batch's stored size (records + 66-byte header) <= min(batch_bytes, max_batch_bytes),
+    and each closed batch could not take the next record."""
+    fake = FakeBroker(max_batch_bytes=limit)
+    values = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
+    with _producer(fake, linger_ms=10_000, batch_bytes=limit + 500) as p:
+        if use_many:
+            p.send_many("t", values)
+        else:
+            for v in values:
+                p.send("t", v)
+        p.flush(10)
+    got = [r.value for req in fake.requests for r in req.records]
+    assert got == values
+    i = 0
+    for req in fake.requests:
+        records_len = sum(_record_size(r.value) for r in req.records)
+        assert 66 + records_len <= limit
+        i += len(req.records)
+        if i < len(values):
+            assert 66 + records_len + _record_size(values[i]) > limit
+
+
+def test_batch_bytes_smaller_than_the_broker_limit_wins() -> None:
+    """batch_bytes below the topic's max_batch_bytes bounds the batches."""
+    fake = FakeBroker(max_batch_bytes=1 << 20)
+    with _producer(fake, linger_ms=10_000, batch_bytes=1000) as p:
+        p.send_many("t", [b"y" * 100] * 50)
+    for req in fake.requests:
+        assert 66 + sum(_record_size(r.value) for r in req.records) <= 1000
+    assert len(fake.requests) > 5
+
+
+def test_a_record_too_large_for_any_batch_is_refused_at_send() -> None:
+    """send() raises InvalidBatchError for a record that cannot fit any batch; nothing is sent."""
+    fake = FakeBroker(max_batch_bytes=500)
+    with _producer(fake) as p:
+        with pytest.raises(errors.InvalidBatchError, match="cannot fit"):
+            p.send("t", b"z" * 500)
+        with pytest.raises(errors.InvalidBatchError):
+            p.send_many("t", [b"a", b"z" * 600])
+    assert all(len(r.value) < 500 for req in fake.requests for r in req.records)
+
+
+def test_request_is_split_zero_copy_by_the_broker_with_a_valid_crc() -> None:
+    """The hand-built request parses with upb, its records suffix splits zero-copy and its
+    records_crc32c matches; keys, headers and timestamps survive."""
+    fake = FakeBroker()
+    with _producer(fake) as p:
+        p.send("t", b"v1", key=b"k", headers=[("h", b"\x00\xff")], timestamp_ms=1234)
+        p.send("t", b"v2", headers=[("", b""), ("e", b"")], timestamp_ms=-7)
+        p.send("t", None, key=b"")
+        p.send("t", b"")
+    for raw in fake.raw:
+        split = split_produce_request(raw)
+        assert split.zero_copy
+        assert split.header.records_crc32c == crc32c(split.records)
+    recs = [r for req in fake.requests for r in req.records]
+    assert recs[0].key == b"k" and recs[0].timestamp_ms == 1234
+    assert recs[0].headers[0].value == b"\x00\xff"
+    assert [(h.key, h.value) for h in recs[1].headers] == [("", b""), ("e", b"")]
+    assert recs[2].HasField("key") and not recs[2].HasField("value")
+    assert recs[3].HasField("value") and not recs[3].HasField("key")
+
+
+def test_send_returns_light_handles_with_offsets() -> None:
+    """Handles are __slots__ objects sharing the batch; result() gives (partition, offset)."""
+    fake = FakeBroker()
+    with _producer(fake, linger_ms=50) as p:
+        hs = [p.send("t", b"%d" % i) for i in range(10)]
+        many = p.send_many("t", [b"m"] * 5)
+        assert not hasattr(hs[0], "__dict__")
+        assert [h.result(5) for h in hs] == [(0, i) for i in range(10)]
+        assert [h.result(5) for h in many] == [(0, 10 + i) for i in range(5)]
+        assert many[-1].result() == (0, 14) and len(many) == 5
+
+
+def test_acks_spellings() -> None:
+    """Kafka's acks spellings map to the enum; anything else is refused."""
+    assert parse_acks("all") == parse_acks("-1") == parse_acks(-1) == logstore_pb2.ACKS_ALL
+    assert parse_acks("1") == parse_acks(1) == logstore_pb2.ACKS_LEADER
+    assert parse_acks("0") == parse_acks(0) == logstore_pb2.ACKS_NONE
+    with pytest.raises(errors.InvalidArgumentError):
+        parse_acks("2")
+
+
+# -- retries, deadline, idempotence -------------------------------------------------
+
+
+def test_unavailable_is_retried_with_growing_jittered_backoff() -> None:
+    """UNAVAILABLE is retried with the same request bytes; waits grow and stay within the cap."""
+    fake = FakeBroker()
+    fake.failures = [errors.BrokerUnavailableError("down")] * 4
+    with _producer(fake, retry_backoff_ms=20, retry_backoff_max_ms=200) as p:
+        assert p.send("t", b"v").result(10) == (0, 0)
+    assert len(fake.raw) == 5
+    assert len(set(fake.raw)) == 1  # byte-identical retries (same sequence number)
+    gaps = [b - a for a, b in zip(fake.times, fake.times[1:], strict=False)]
+    assert all(g < 0.2 + 0.1 for g in gaps)
+
+
+def test_resource_exhausted_with_hint_waits_at_least_the_hint() -> None:
+    """RESOURCE_EXHAUSTED with RetryInfo is retried no sooner than the broker's delay."""
+    fake = FakeBroker()
+    fake.failures = [errors.ResourceExhaustedError("busy", retry_after_ms=150)]
+    with _producer(fake, retry_backoff_ms=1) as p:
+        assert p.send("t", b"v").result(10) == (0, 0)
+    assert fake.times[1] - fake.times[0] >= 0.14
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        errors.ResourceExhaustedError("disk full"),  # no retry hint
+        errors.InvalidBatchError("bad batch"),
+        errors.UnknownTopicError("unknown topic"),
+        errors.DeadlineExceededError("slow"),
+    ],
+)
+def test_other_errors_are_not_retried(error: errors.LogStoreError) -> None:
+    """Anything but UNAVAILABLE and hinted RESOURCE_EXHAUSTED fails the batch after one try."""
+    fake = FakeBroker()
+    fake.failures = [error]
+    with _producer(fake) as p:
+        h = p.send("t", b"v")
+        with pytest.raises(type(error)):
+            h.result(5)
+    assert len(fake.raw) == 1
+
+
+def test_retries_stop_at_the_delivery_timeout() -> None:
+    """A broker that stays unavailable fails the record around delivery_timeout_ms, not later."""
+    fake = FakeBroker()
+    fake.failures = [errors.BrokerUnavailableError("down")] * 10_000
+    started = time.monotonic()
+    with _producer(
+        fake, delivery_timeout_ms=400, retry_backoff_ms=10, retry_backoff_max_ms=50
+    ) as p:
+        h = p.send("t", b"v")
+        with pytest.raises(errors.BrokerUnavailableError, match="gave up"):
+            h.result(5)
+    elapsed = time.monotonic() - started
+    assert 0.3 < elapsed < 1.5
+    assert len(fake.raw) > 3
+
+
+def test_idempotent_sequences_count_records_per_partition() -> None:
+    """Batches carry the InitProducer id and base sequences = records sent before, per partition."""
+    fake = FakeBroker(partitions=2, max_batch_bytes=600)
+    with _producer(fake) as p:
+        for i in range(40):
+            p.send("t", b"x" * 50, partition=i % 2)
+    for part in (0, 1):
+        reqs = [r for r in fake.requests if r.partition == part]
+        seq = 0
+        for r in reqs:
+            assert r.producer_id == 1
+            assert r.base_sequence == seq
+            seq += len(r.records)
+        assert seq == 20
+
+
+def test_idempotent_retry_after_a_lost_reply_is_stored_once() -> None:
+    """A batch stored by the broker whose reply was lost is retried and deduplicated:
+    stored once, and the handle gets the original offset."""
+    fake = FakeBroker()
+    fake.lose_reply = [True]
+    fake.failures = [errors.BrokerUnavailableError("connection reset")]
+    with _producer(fake) as p:
+        h = p.send("t", b"once")
+        assert h.result(5) == (0, 0)
+        assert p.send("t", b"next").result(5) == (0, 1)
+    assert fake.logs[0] == [b"once", b"next"]
+    assert len(fake.raw) == 3
+
+
+def test_non_idempotent_producer_sends_no_producer_id() -> None:
+    """idempotent=False (or acks=0) sends producer_id 0."""
+    fake = FakeBroker()
+    with _producer(fake, idempotent=False) as p:
+        p.send("t", b"v").result(5)
+    with _producer(fake, acks="0") as p:
+        p.send("t", b"v").result(5)
+    assert [r.producer_id for r in fake.requests] == [0, 0]
+    assert fake.requests[1].acks == logstore_pb2.ACKS_NONE
+
+
+def test_flush_waits_for_everything_and_close_is_idempotent() -> None:
+    """flush() returns only when every handle is done; close() twice is harmless."""
+    fake = FakeBroker()
+    p = _producer(fake, linger_ms=10_000)
+    hs = [p.send("t", b"v") for _ in range(100)]
+    p.flush(5)
+    assert all(h.done() for h in hs)
+    p.close()
+    p.close()
+    with pytest.raises(errors.StoreClosedError):
+        p.send("t2", b"v")
+
+
+# -- error translation and connecting -----------------------------------------------
+
+
+class FakeRpcError(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str, retry_ms: int | None = None) -> None:
+        self._code = code
+        self._details = details
+        self._md: tuple[tuple[str, bytes], ...] = ()
+        if retry_ms is not None:
+            status = status_pb2.Status(code=code.value[0], message=details)
+            info = error_details_pb2.RetryInfo(
+                retry_delay=duration_pb2.Duration(
+                    seconds=retry_ms // 1000, nanos=(retry_ms % 1000) * 1_000_000
+                )
+            )
+            detail = any_pb2.Any()
+            detail.Pack(info)
+            status.details.append(detail)
+            self._md = (("grpc-status-details-bin", status.SerializeToString()),)
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
+        return self._md
+
+
+@pytest.mark.parametrize(
+    ("code", "cls"),
+    [
+        (grpc.StatusCode.INVALID_ARGUMENT, errors.InvalidArgumentError),
+        (grpc.StatusCode.NOT_FOUND, errors.NotFoundError),
+        (grpc.StatusCode.ALREADY_EXISTS, errors.TopicExistsError),
+        (grpc.StatusCode.OUT_OF_RANGE, errors.OffsetOutOfRangeError),
+        (grpc.StatusCode.FAILED_PRECONDITION, errors.FailedPreconditionError),
+        (grpc.StatusCode.DATA_LOSS, errors.CorruptRecordError),
+        (grpc.StatusCode.INTERNAL, errors.InternalError),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, errors.DeadlineExceededError),
+    ],
+)
+def test_rpc_errors_translate_by_status_keeping_the_message(
+    code: grpc.StatusCode, cls: type[errors.LogStoreError]
+) -> None:
+    """Each status maps to its class of logstore.errors and the broker's message is kept."""
+    err = translate(FakeRpcError(code, "the broker says: offset 9 not in 0..5"))
+    assert type(err) is cls
+    assert str(err) == "the broker says: offset 9 not in 0..5"
+    assert err.status == code.name
+
+
+def test_retry_info_becomes_retry_after_ms() -> None:
+    """RESOURCE_EXHAUSTED carries RetryInfo's delay as retry_after_ms; None without it."""
+    hinted = translate(FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "busy", retry_ms=1250))
+    assert isinstance(hinted, errors.ResourceExhaustedError)
+    assert hinted.retry_after_ms == 1250
+    plain = translate(FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "disk full"))
+    assert isinstance(plain, errors.ResourceExhaustedError)
+    assert plain.retry_after_ms is None
+
+
+def test_unreachable_broker_fails_within_the_connect_deadline() -> None:
+    """A closed port fails with 'cannot reach broker at HOST:PORT' within the connect deadline."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    started = time.monotonic()
+    expected = rf"cannot reach broker at 127\.0\.0\.1:{port}"
+    with (
+        Admin(f"127.0.0.1:{port}", connect_timeout_ms=500) as admin,
+        pytest.raises(errors.BrokerUnavailableError, match=expected),
+    ):
+        admin.list_topics()
+    assert time.monotonic() - started < 3
+
+
+# -- fetch parsing and the columnar view --------------------------------------------
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _fetch_reply(frames: list[bytes], hwm: int, lso: int = 0) -> bytes:
+    return b"".join(frames) + b"\x10" + _varint(hwm) + b"\x18" + _varint(lso)
+
+
+def _frames(batches: list[list[Record]], base_ts: int = 1000) -> tuple[list[bytes], list[Record]]:
+    frames = []
+    expected = []
+    offset = 0
+    for i, recs in enumerate(batches):
+        data = b"".join(encode_record(r.value, r.key, r.headers, r.timestamp_ms) for r in recs)
+        frames.append(encode_frame(data, len(recs), offset, base_ts + i))
+        for j, r in enumerate(recs):
+            expected.append(
+                Record(r.value, r.key, r.headers, r.timestamp_ms or base_ts + i, offset + j)
+            )
+        offset += len(recs)
+    return frames, expected
+
+
+_records = st.builds(
+    Record,
+    value=st.none() | st.binary(max_size=300),
+    key=st.none() | st.binary(max_size=40),
+    headers=st.none() | st.lists(st.tuples(st.text(max_size=5), st.binary(max_size=8)), max_size=3),
+    timestamp_ms=st.sampled_from([0, 0, 1, -5, 2**40, 1_700_000_000_000]),
+)
+
+
+@given(
+    batches=st.lists(st.lists(_records, min_size=1, max_size=20), min_size=1, max_size=4),
+    start=st.integers(0, 90),
+    max_records=st.none() | st.integers(1, 30),
+)
+def test_columns_equal_objects_equal_input(
+    batches: list[list[Record]], start: int, max_records: int | None
+) -> None:
+    """The columnar view, the object view and the records written agree, from any start offset
+    (records before it skipped), with max_records, nulls, headers and timestamp 0 -> batch time."""
+    frames, expected = _frames(batches)
+    result = parse_fetch(_fetch_reply(frames, len(expected)))
+    want = [r for r in expected if r.offset >= start]
+    if max_records is not None:
+        want = want[:max_records]
+    cols = decode_columns("t", 0, result, start, max_records)
+    assert cols.to_records() == want
+    assert decode_objects(result, start, max_records) == want
+    assert cols.value_offsets[-1] == len(cols.values)
+    assert list(cols.value_valid) == [r.value is not None for r in want]
+    assert list(cols.key_valid) == [r.key is not None for r in want]
+
+
+def test_fixed_size_fast_path_and_its_buffers() -> None:
+    """Same-size values take the vectorized path: one values buffer, Arrow offsets, int64."""
+    values = [bytes([65 + i % 26]) * 100 for i in range(5000)]
+    frames, _ = _frames([[Record(v) for v in values[:2500]], [Record(v) for v in values[2500:]]])
+    cols = decode_columns("t", 3, parse_fetch(_fetch_reply(frames, 5000)), 10)
+    assert len(cols) == 4990
+    assert cols.values.tobytes() == b"".join(values[10:])
+    assert cols.value_offsets.tolist() == list(range(0, 4991 * 100, 100))
+    assert cols.offsets.dtype.name == "int64" and cols.offsets[0] == 10
+    assert not cols.key_valid.any() and cols.value_valid.all()
+    assert set(cols.timestamps_ms.tolist()) == {1000, 1001}
+
+
+def test_non_canonical_field_order_falls_back_to_upb() -> None:
+    """Records whose fields are not in number order are still decoded correctly."""
+    body = b"\x12\x01v" + b"\x0a\x01k"  # value before key
+    rec = b"\x7a" + _varint(len(body)) + body
+    frame = encode_frame(rec * 3, 3, 0, 77)
+    cols = decode_columns("t", 0, parse_fetch(_fetch_reply([frame], 3)), 0)
+    assert cols.to_records() == [Record(b"v", b"k", None, 77, i) for i in range(3)]
+
+
+def test_a_flipped_byte_fails_the_crc_check() -> None:
+    """A damaged batch raises CorruptRecordError instead of returning records."""
+    frames, _ = _frames([[Record(b"hello")] * 3])
+    bad = bytearray(frames[0])
+    bad[-2] ^= 0x01
+    with pytest.raises(errors.CorruptRecordError, match="CRC32C"):
+        parse_fetch(_fetch_reply([bytes(bad)], 3))
+
+
+def test_batches_that_skip_offsets_are_rejected() -> None:
+    """A reply whose second batch does not start where the first ended is corrupt."""
+    a = encode_frame(encode_record(b"a"), 1, 0, 1)
+    b = encode_frame(encode_record(b"b"), 1, 5, 1)
+    with pytest.raises(errors.CorruptRecordError, match="does not follow"):
+        parse_fetch(_fetch_reply([a, b], 6))
+
+
+def test_record_count_mismatch_is_corruption() -> None:
+    """A batch whose header count disagrees with its records is reported, not guessed at."""
+    frame = encode_frame(encode_record(b"a") + encode_record(b"bb"), 3, 0, 1)
+    with pytest.raises(errors.CorruptRecordError):
+        decode_columns("t", 0, parse_fetch(_fetch_reply([frame], 3)), 0)
+
+
+def test_high_watermark_and_log_start_are_read() -> None:
+    """The FetchResponse's scalar fields are parsed from the raw reply."""
+    frames, _ = _frames([[Record(b"x")]])
+    r = parse_fetch(_fetch_reply(frames, 123456, 7))
+    assert (r.high_watermark, r.log_start_offset, len(r.frames)) == (123456, 7, 1)
+    empty = parse_fetch(_fetch_reply([], 5, 5))
+    assert empty.frames == [] and empty.high_watermark == 5
+
+
+def test_records_pb2_reads_what_the_producer_encodes() -> None:
+    """encode_record output is byte-identical to the protobuf serializer's."""
+    rnd = random.Random(1)
+    for _ in range(200):
+        key = rnd.choice([None, b"", b"k" * rnd.randint(1, 200)])
+        value = rnd.choice([None, b"", b"v" * rnd.randint(1, 20000)])
+        ts = rnd.choice([0, 1, -1, 2**62])
+        headers = rnd.choice([None, [("a", b"1"), ("", b"")]])
+        msg = records_pb2.RecordBatch()
+        r = msg.records.add()
+        if key is not None:
+            r.key = key
+        if value is not None:
+            r.value = value
+        r.timestamp_ms = ts
+        for hk, hv in headers or []:
+            r.headers.add(key=hk, value=hv)
+        assert encode_record(value, key, headers, ts) == msg.SerializeToString()
+
+
+def test_added_partitions_are_learned() -> None:
+    """A partition added after the producer started is found by refreshing metadata."""
+    fake = FakeBroker(partitions=1)
+    with _producer(fake) as p:
+        p.send("t", b"a").result(5)
+        with pytest.raises(errors.UnknownPartitionError, match=r"0\.\.0"):
+            p.send("t", b"b", partition=2)
+        fake.partitions = 3
+        assert p.send("t", b"c", partition=2).result(5) == (2, 0)
+        assert p.partitions_for("t") == 3
