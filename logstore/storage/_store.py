@@ -279,7 +279,7 @@ class Store:
             self._add_partitions(info, 0, partitions)
             self._topics[name] = info
             self._write_topics()
-            log.info("created topic %s with %d partitions", name, partitions)
+            log.debug("created topic %s with %d partitions", name, partitions)
             return info
 
     def _add_partitions(self, info: TopicInfo, first: int, last: int) -> None:
@@ -310,7 +310,7 @@ class Store:
                 lg.abandon()
                 self._remove_dir(lg.directory)
             self._checkpointed = {tp: o for tp, o in self._checkpointed.items() if tp[0] != name}
-            log.info("deleted topic %s", name)
+            log.debug("deleted topic %s", name)
 
     def _remove_dir(self, directory: str) -> None:
         tmp = os.path.join(self.path, uuid.uuid4().hex[:12] + DELETED_SUFFIX)
