@@ -53,6 +53,7 @@ from typing import Any, Final, Protocol
 from logstore import errors
 from logstore.v1 import logstore_pb2
 from logstore.wire import crc32c, partition_for_key
+from logstore.wire import varint as _varint
 
 from ._rpc import Connection, translate
 
@@ -76,15 +77,6 @@ def parse_acks(acks: str | int) -> int:
     if value is None:
         raise errors.InvalidArgumentError(f"acks must be 0, 1 or all, not {acks!r}")
     return value
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 #: varint bytes of small lengths, by value (keys, headers, body lengths).
