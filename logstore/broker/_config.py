@@ -81,13 +81,13 @@ class BrokerConfig:
     #: How often store.maintain() runs (roll by time, retention, idle close).
     maintain_interval_ms: int = 10_000
 
-    # Store limits (logstore.config.StoreConfig).
-    max_open_segments: int = 256
-    index_cache_bytes: int = 32 * MiB
-    recovery_checkpoint_interval_ms: int = 1000
-    idle_close_ms: int = 60_000
-    producer_id_expiration_ms: int = DAY_MS
-    max_producer_ids: int = 10_000
+    # Store limits: the defaults are StoreConfig's own.
+    max_open_segments: int = StoreConfig.max_open_segments
+    index_cache_bytes: int = StoreConfig.index_cache_bytes
+    recovery_checkpoint_interval_ms: int = StoreConfig.recovery_checkpoint_interval_ms
+    idle_close_ms: int = StoreConfig.idle_close_ms
+    producer_id_expiration_ms: int = StoreConfig.producer_id_expiration_ms
+    max_producer_ids: int = StoreConfig.max_producer_ids
 
     def __post_init__(self) -> None:
         for f in fields(self):
