@@ -122,8 +122,9 @@ class PartitionLog:
         self.store_config = store_config
         self.handles = handles
         self.index_cache = index_cache
-        self.segments: list[Segment] = []
-        self._bases: list[int] = []
+        # (segments, their base offsets), replaced as one tuple so a reader
+        # never pairs a segment list with the bases of another.
+        self._view: tuple[list[Segment], list[int]] = ([], [])
         self.log_start_offset = 0
         self.flushed_offset = 0
         self.producers = ProducerState(
@@ -141,6 +142,7 @@ class PartitionLog:
         #: and a flusher thread exists; returns False if there is none.
         self.on_sync_wanted: Callable[[PartitionLog], bool] = lambda _p: False
         self.on_log_start_changed: Callable[[PartitionLog], None] = lambda _p: None
+        self.on_recovery_point_lowered: Callable[[PartitionLog], None] = lambda _p: None
 
     # --- offsets ------------------------------------------------------------------
     @property
@@ -155,13 +157,19 @@ class PartitionLog:
     def size_bytes(self) -> int:
         return sum(s.size for s in self.segments)
 
+    @property
+    def segments(self) -> list[Segment]:
+        """The segments, oldest first (a snapshot: never mutated in place)."""
+        return self._view[0]
+
+    @property
+    def _bases(self) -> list[int]:
+        return self._view[1]
+
     def _set_segments(self, segments: list[Segment]) -> None:
         for seg in segments:
             seg.index_interval_bytes = self.config.index_interval_bytes
-        # Publish a new list (readers hold the old one); bases first is fine:
-        # readers take both under no lock but only use bases to pick a segment.
-        self._bases = [s.base_offset for s in segments]
-        self.segments = segments
+        self._view = (segments, [s.base_offset for s in segments])
 
     # --- open and recovery -----------------------------------------------------------
     @classmethod
@@ -218,6 +226,10 @@ class PartitionLog:
             segments.append(Segment.create(fs, directory, base, handles, index_cache, now))
             self._dir_dirty = True
         self._set_segments(segments)
+        if not clean:
+            # Files made before the crash may be in the page cache only: fsync
+            # the directory before the first acknowledgement into them.
+            self._dir_dirty = True
         if clean:
             act = self.active
             act.next_offset = max(act.next_offset, act.base_offset)
@@ -631,9 +643,11 @@ class PartitionLog:
         start, end = self._check_offset(offset)
         if offset == end:
             return FetchResult(b"", end, start, end)
-        segments, bases = self.segments, self._bases
+        segments, bases = self._view
         i = bisect.bisect_right(bases, offset) - 1
         if i < 0 or offset >= segments[i].next_offset:
+            if offset < self.log_start_offset:  # deleted by retention meanwhile
+                self._check_offset(offset)
             raise CorruptRecordError(
                 f"{self.name}: offset {offset} is missing from the log (data lost before the "
                 f"recovery point)"
@@ -738,8 +752,10 @@ class PartitionLog:
                 n += 1
             if n:
                 new_start = segs[n].base_offset
-                self._delete_segments_below(new_start, "retention")
+                # The start moves before the segments go, so a reader never
+                # finds an offset above the start in no segment.
                 self.log_start_offset = max(self.log_start_offset, new_start)
+                self._delete_segments_below(new_start, "retention")
                 changed = True
         if changed:
             self.on_log_start_changed(self)
@@ -768,9 +784,6 @@ class PartitionLog:
             segs = self.segments
             i = max(bisect.bisect_right(self._bases, offset) - 1, 0)
             seg = segs[i]
-            for later in segs[i + 1 :]:
-                later.delete()
-            self._set_segments(segs[: i + 1])
             if offset <= seg.base_offset:
                 pos = 0
                 offset_at = seg.base_offset
@@ -781,6 +794,18 @@ class PartitionLog:
                     offset_at = h.next_offset
                 else:
                     offset_at = offset
+            if offset_at >= self.log_end_offset:
+                return
+            # Lower the checkpointed recovery point (to a frame boundary) before
+            # touching a file: a crash after the truncation must not find a
+            # recovery point past the end, which would read as lost data.
+            with self._sync_lock:
+                self.flushed_offset = min(self.flushed_offset, offset_at)
+            self.on_recovery_point_lowered(self)
+            for later in segs[i + 1 :]:
+                later.delete()
+            self._set_segments(segs[: i + 1])
+            self._dir_dirty = True
             seg.sealed = False
             seg.truncate_to(pos, offset_at)
             last_ts = seg.time_index.last()
@@ -789,8 +814,6 @@ class PartitionLog:
             for _p, h in seg.frames(from_pos, seg.size):
                 seg.max_timestamp_ms = max(seg.max_timestamp_ms, h.max_timestamp_ms)
             self.producers.truncate(offset_at)
-            with self._sync_lock:
-                self.flushed_offset = min(self.flushed_offset, offset_at)
 
     # --- close -------------------------------------------------------------------------
     def close(self) -> None:

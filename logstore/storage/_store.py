@@ -187,6 +187,10 @@ class Store:
                     log_start=starts.get(tp, 0),
                 )  # fmt: skip
         self._checkpointed = {tp: lg.flushed_offset for tp, lg in self._logs.items()}
+        if {tp: lg.log_start_offset for tp, lg in self._logs.items()} != starts:
+            # Clamped at open (e.g. records below the start were lost): write
+            # the start as it is now, or a later open would restore the old one.
+            self._write_log_starts()
 
     def _open_log(
         self, info: TopicInfo, part: int, *, clean: bool, recovery_point: int, log_start: int
@@ -198,6 +202,7 @@ class Store:
         )  # fmt: skip
         lg.on_sync_wanted = self._queue_sync
         lg.on_log_start_changed = lambda _lg: self._write_log_starts()
+        lg.on_recovery_point_lowered = lambda _lg: self._write_recovery_points(force=True)
         return lg
 
     def close(self) -> None:
@@ -290,7 +295,7 @@ class Store:
                     info, part, clean=False, recovery_point=0, log_start=0
                 )
             for lg in new.values():
-                lg.flush()  # makes each new segment file and its directory entry durable
+                lg.sync_once()  # fsyncs the directory that holds the new segment file
             self.fs.fsync_dir(self.path)
         except BaseException:
             for lg in new.values():
@@ -305,11 +310,14 @@ class Store:
             info = self.topic(name)
             del self._topics[name]
             self._write_topics()
-            for part in range(info.partitions):
-                lg = self._logs.pop((name, part))
+            removed = [self._logs.pop((name, part)) for part in range(info.partitions)]
+            # Forget the topic's checkpointed offsets before removing its data, so
+            # a topic created later under the same name starts from nothing.
+            self._write_recovery_points(force=True)
+            self._write_log_starts()
+            for lg in removed:
                 lg.abandon()
                 self._remove_dir(lg.directory)
-            self._checkpointed = {tp: o for tp, o in self._checkpointed.items() if tp[0] != name}
             log.debug("deleted topic %s", name)
 
     def _remove_dir(self, directory: str) -> None:
