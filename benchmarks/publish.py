@@ -1,0 +1,374 @@
+"""Turn a results JSON into the docs: PNG plots (matplotlib) and markdown tables.
+
+``python -m benchmarks.publish [RESULTS.json] [--docs docs]`` (default: the
+newest file in benchmarks/results/) writes
+
+* ``docs/bench-throughput.png``  W1-W3 throughput per system and mode
+* ``docs/bench-latency.png``     W4 latency percentiles per system, mode and rate
+* ``docs/bench-partitions.png``  W5 server RSS (and descriptors) against partition count
+
+and replaces the part of ``docs/benchmarks.md`` between ``<!-- BEGIN
+GENERATED -->`` and ``<!-- END GENERATED -->`` with the tables of that run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from benchmarks import report
+from benchmarks._stats import fmt
+
+ROOT = Path(__file__).resolve().parent.parent
+BEGIN, END = "<!-- BEGIN GENERATED -->", "<!-- END GENERATED -->"
+SYSTEM_NAMES = {"logstore": "logstore", "redis": "Redis Streams", "nats": "JetStream"}
+#: Workloads shown systems side by side; the others as one row per figure.
+PIVOTED = ("W1", "W2", "W3", "W4", "W5")
+COLORS = {"logstore": "#1f77b4", "redis": "#d62728", "nats": "#2ca02c"}
+
+
+def newest() -> Path:
+    files = sorted((ROOT / "benchmarks" / "results").glob("*.json"))
+    if not files:
+        raise SystemExit("no results in benchmarks/results/: run `make bench-compare` first")
+    return files[-1]
+
+
+def _col(f: dict[str, Any]) -> str:
+    info = f.get("info", {})
+    system = info.get("system", "")
+    return f"{SYSTEM_NAMES.get(system, system)}, {info.get('mode', '')}"
+
+
+def _cell(f: dict[str, Any]) -> str:
+    s = fmt(f["median"])
+    if len(f.get("values", [])) > 1:
+        s += f" ({fmt(f['min'])} .. {fmt(f['max'])})"
+    return s
+
+
+def pivot(figs: list[dict[str, Any]], workload: str) -> str:
+    """Rows: figure name (+unit); columns: system, mode; cells: median (min .. max)."""
+    sel = [f for f in figs if f.get("info", {}).get("workload") == workload]
+    cols: list[str] = []
+    rows: dict[str, dict[str, str]] = defaultdict(dict)
+    for f in sel:
+        c = _col(f)
+        if c not in cols:
+            cols.append(c)
+        name = f["name"].removeprefix(workload).strip()
+        if f["unit"] not in name:
+            name += f" ({f['unit']})"
+        rows[name][c] = _cell(f)
+    return report.markdown_table(
+        ["", *cols], [[r, *(rows[r].get(c, "") for c in cols)] for r in rows]
+    )
+
+
+def flat(results: dict[str, Any], workload: str) -> str:
+    """One row per figure: figure, mode, median, min .. max, % of the limit."""
+    lims = results.get("limits", {})
+    rows = []
+    for f in results["figures"]:
+        info = f.get("info", {})
+        if info.get("workload") != workload:
+            continue
+        p = report.pct_of_limit(f, lims)
+        rows.append(
+            [
+                f["name"].removeprefix(workload).strip(),
+                str(info.get("mode", "")),
+                fmt(f["median"], f["unit"]),
+                f"{fmt(f['min'])} .. {fmt(f['max'])}" if len(f.get("values", [])) > 1 else "",
+                f"{p[0]:.0f} % of {p[1]}" if p else "",
+            ]
+        )
+    return report.markdown_table(["figure", "mode", "median", "min .. max", "% of limit"], rows)
+
+
+def logstore_pct_table(results: dict[str, Any]) -> str:
+    """Every logstore figure that has a bounding limit, with its percentage."""
+    lims = results.get("limits", {})
+    out = []
+    for f in results["figures"]:
+        info = f.get("info", {})
+        if info.get("system") != "logstore" or f["unit"] not in ("MB/s", "ms"):
+            continue
+        p = report.pct_of_limit(f, lims)
+        if p:
+            out.append(
+                [
+                    info.get("workload", ""),
+                    f["name"],
+                    str(info.get("mode", "")),
+                    fmt(f["median"], f["unit"]),
+                    f"{p[0]:.0f} %",
+                    p[1],
+                ]
+            )
+    return report.markdown_table(["", "figure", "mode", "median", "% of limit", "limit"], out)
+
+
+def _find(figs: list[dict[str, Any]], name: str, system: str, mode: str | None = None) -> float:
+    for f in figs:
+        info = f.get("info", {})
+        if (
+            f["name"] == name
+            and info.get("system") == system
+            and (mode is None or info.get("mode") == mode)
+        ):
+            return float(f["median"])
+    return math.nan
+
+
+def headline(results: dict[str, Any]) -> str:
+    """The README table: the main figure of each workload, systems side by side."""
+    figs = results["figures"]
+    cols = [
+        ("logstore", "acks=1"),
+        ("logstore", "acks=all (fsync)"),
+        ("redis", "appendfsync no"),
+        ("redis", "appendfsync always"),
+        ("nats", "file, fsync ≤ 2 min"),
+    ]
+    heads = [
+        "",
+        "logstore acks=1",
+        "logstore acks=all",
+        "Redis, appendfsync no",
+        "Redis, appendfsync always",
+        "JetStream (fsync ≤ 2 min)",
+    ]
+    rows = []
+    for label, name in (
+        ("W1 produce 100 B, records/s", "W1 produce records/s"),
+        ("W2 produce 1 KiB, MB/s, 1 producer", "W2 produce x1 MB/s"),
+        ("W2 produce 1 KiB, MB/s, 8 producers", "W2 produce x8 MB/s"),
+        ("W4 p99 latency at 2,000/s, ms", "W4 2,000/s latency p99"),
+        ("W4 p99 latency at 20,000/s, ms", "W4 20,000/s latency p99"),
+    ):
+        rows.append([label, *(fmt(_find(figs, name, s, m)) for s, m in cols)])
+    replay = {
+        "logstore": max(
+            _find(figs, "W3 replay records/s", "logstore", m) for m in ("objects", "columns")
+        ),
+        "redis": _find(figs, "W3 replay records/s", "redis"),
+        "nats": _find(figs, "W3 replay records/s", "nats"),
+    }
+    rows.append(
+        [
+            "W3 replay 100 B, records/s (logstore: columns/objects, best)",
+            fmt(replay["logstore"]),
+            "",
+            fmt(replay["redis"]),
+            "",
+            fmt(replay["nats"]),
+        ]
+    )
+    return report.markdown_table(heads, rows)
+
+
+# ---- plots --------------------------------------------------------------------------------------
+
+
+def _bars(ax: Any, figs: list[dict[str, Any]], title: str, ylabel: str, log: bool = False) -> None:
+    labels = [f"{f['info']['system']}\n{f['info'].get('mode', '')}" for f in figs]
+    colors = [COLORS.get(f["info"]["system"], "grey") for f in figs]
+    med = [f["median"] for f in figs]
+    lo = [f["median"] - f["min"] for f in figs]
+    hi = [f["max"] - f["median"] for f in figs]
+    ax.bar(range(len(figs)), med, color=colors, yerr=[lo, hi], capsize=3)
+    ax.set_xticks(range(len(figs)), labels, fontsize=7, rotation=30, ha="right")
+    ax.set_title(title, fontsize=10)
+    ax.set_ylabel(ylabel)
+    if log:
+        ax.set_yscale("log")
+    for i, v in enumerate(med):
+        ax.annotate(fmt(v), (i, v), ha="center", va="bottom", fontsize=7)
+
+
+def plots(results: dict[str, Any], docs: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figs = results["figures"]
+    written = []
+
+    def sel(name: str) -> list[dict[str, Any]]:
+        return [f for f in figs if f["name"] == name]
+
+    panels = [
+        ("W1 produce records/s", "W1 produce 100 B (1 producer)", "records/s"),
+        ("W2 produce x1 MB/s", "W2 produce 1 KiB, 1 producer", "MB/s"),
+        ("W2 produce x8 MB/s", "W2 produce 1 KiB, 8 producers", "MB/s"),
+        ("W3 replay records/s", "W3 replay 100 B", "records/s"),
+    ]
+    panels = [p for p in panels if sel(p[0])]
+    if panels:
+        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5))
+        for ax, (name, title, unit) in zip(
+            axes if len(panels) > 1 else [axes], panels, strict=True
+        ):
+            _bars(ax, sel(name), title, unit)
+        fig.suptitle(f"Throughput, median of {results['config']['runs']} runs (bars: min..max)")
+        fig.tight_layout()
+        path = docs / "bench-throughput.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+
+    w4 = [f for f in figs if f.get("info", {}).get("workload") == "W4" and f["unit"] == "ms"]
+    rates = sorted({f["info"]["rate"] for f in w4})
+    if w4:
+        fig, axes = plt.subplots(1, len(rates), figsize=(7 * len(rates), 4.5), squeeze=False)
+        for ax, rate in zip(axes[0], rates, strict=True):
+            order = {"logstore": 0, "redis": 1, "nats": 2}
+            groups = list(
+                dict.fromkeys(
+                    _col(f)
+                    for f in sorted(w4, key=lambda f: order.get(f["info"]["system"], 9))
+                    if f["info"]["rate"] == rate
+                )
+            )
+            width = 0.25
+            for k, pct in enumerate(("p50", "p99", "p99.9")):
+                vals = []
+                for g in groups:
+                    m = [
+                        f
+                        for f in w4
+                        if f["info"]["rate"] == rate and _col(f) == g and f["name"].endswith(pct)
+                    ]
+                    vals.append(m[0]["median"] if m else math.nan)
+                ax.bar([i + k * width for i in range(len(groups))], vals, width, label=pct)
+            ax.set_xticks(
+                [i + width for i in range(len(groups))], groups, fontsize=7, rotation=30, ha="right"
+            )
+            ax.set_yscale("log")
+            ax.set_ylabel("ms (log)")
+            ax.set_title(f"W4 end-to-end latency at {rate:,} records/s")
+            ax.legend()
+        fig.tight_layout()
+        path = docs / "bench-latency.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+
+    w5 = [f for f in figs if f.get("info", {}).get("workload") == "W5"]
+    if w5:
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+        for system in sorted({f["info"]["system"] for f in w5}):
+            for ax, suffix in ((ax1, "RSS"), (ax2, "open fds")):
+                pts = sorted(
+                    (f["info"]["partitions"], f["median"])
+                    for f in w5
+                    if f["info"]["system"] == system
+                    and f["name"].endswith(suffix)
+                    and "partitions" in f["info"]
+                )
+                if pts:
+                    ax.plot(
+                        *zip(*pts, strict=True),
+                        marker="o",
+                        label=SYSTEM_NAMES.get(system, system),
+                        color=COLORS.get(system),
+                    )
+            idle = [
+                f["median"] for f in w5 if f["info"]["system"] == system and "idle" in f["name"]
+            ]
+            if idle:
+                ax1.axhline(idle[0], linestyle=":", color=COLORS.get(system), linewidth=1)
+        for ax, lab in ((ax1, "server RSS (MB); dotted: idle"), (ax2, "server open descriptors")):
+            ax.set_xscale("log")
+            ax.set_xlabel("partitions / streams / subjects")
+            ax.set_ylabel(lab)
+            ax.legend()
+        ax1.set_title("W5 server RSS after producing")
+        ax2.set_title("W5 open file descriptors")
+        fig.tight_layout()
+        path = docs / "bench-partitions.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def generated_markdown(results: dict[str, Any], json_name: str) -> str:
+    m = results["machine"]
+    v = results["versions"]
+    parts = [
+        f"Run `{json_name}` ({results['created_utc']}, "
+        f"{results.get('elapsed_s', 0) / 60:.0f} min): "
+        f"{m['cpu_model']}, {m['cores']} cores, {m['memory_bytes'] / 2**30:.0f} GiB, Linux "
+        f"{m['kernel']}, Python {m['python']}. Servers: "
+        + ", ".join(f"{k} {val}" for k, val in v["servers"].items() if val)
+        + ". Clients: "
+        + ", ".join(f"{k} {val}" for k, val in v["clients"].items() if val)
+        + f". Median of {results['config']['runs']} runs (min .. max).",
+        "### Headline\n\n" + headline(results),
+        "### Machine limits (same run)\n\n" + report.limits_table(results, markdown=True),
+        "### logstore as % of the limit that bounds it\n\n" + logstore_pct_table(results),
+    ]
+    titles = {
+        "W1": "W1 produce 100 B, one producer",
+        "W2": "W2 produce 1 KiB, 1 and 8 producers",
+        "W3": "W3 replay from the beginning",
+        "W4": "W4 end-to-end latency at a fixed rate",
+        "W5": "W5 partitions: throughput, RSS, descriptors",
+        "W6": "W6 restart (logstore)",
+        "storage": "Embedded storage engine (issue 3)",
+        "broker": "Broker end to end, raw gRPC clients (issue 4)",
+        "client": "Python client library (issue 5)",
+    }
+    present = {f.get("info", {}).get("workload") for f in results["figures"]}
+    for w, title in titles.items():
+        if w in present:
+            table = pivot(results["figures"], w) if w in PIVOTED else flat(results, w)
+            parts.append(f"### {title}\n\n" + table)
+    if results.get("skipped"):
+        parts.append("Skipped: " + "; ".join(f"{k}: {v}" for k, v in results["skipped"].items()))
+    if results.get("errors"):
+        parts.append(
+            "Failed parts of this run: " + "; ".join(e["error"] for e in results["errors"])
+        )
+    return "\n\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.publish")
+    p.add_argument("results", nargs="?", type=Path)
+    p.add_argument("--docs", type=Path, default=ROOT / "docs")
+    p.add_argument("--no-page", action="store_true", help="plots only, leave benchmarks.md alone")
+    p.add_argument("--headline", action="store_true", help="print the README table and stop")
+    a = p.parse_args(argv)
+    path = a.results or newest()
+    results = json.loads(path.read_text())
+    if a.headline:
+        print(headline(results))
+        return 0
+    a.docs.mkdir(parents=True, exist_ok=True)
+    for w in plots(results, a.docs):
+        print(f"wrote {w}")
+    page = a.docs / "benchmarks.md"
+    if not a.no_page:
+        text = page.read_text() if page.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
+        if BEGIN not in text or END not in text:
+            text += f"\n{BEGIN}\n{END}\n"
+        head, rest = text.split(BEGIN, 1)
+        _, tail = rest.split(END, 1)
+        page.write_text(
+            head + BEGIN + "\n" + generated_markdown(results, path.name) + "\n" + END + tail
+        )
+        print(f"updated {page}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

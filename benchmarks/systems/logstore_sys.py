@@ -1,0 +1,465 @@
+"""logstore: the broker as a child process, and its client side for the workers.
+
+The client side uses ``logstore.client`` (``Producer`` / ``Consumer``) when it
+is importable, else the raw gRPC API with the ``logstore.wire`` encoders (what
+the client does underneath: one ProduceRequest = a header serialized by upb +
+the records encoded by ``wire.encode_values``; Fetch/Subscribe replies read
+with identity deserializers). ``args["impl"]`` forces one: ``"client"`` or
+``"raw"``; the figures record which was used.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from benchmarks._proc import Child
+from benchmarks.systems import paced_values, payloads
+from benchmarks.systems._base import System
+
+_LINE = re.compile(r"^logstore listening grpc=(\S+) metrics=(\S+) data_dir=(.+)$")
+MiB = 1 << 20
+GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 * MiB),
+    ("grpc.max_send_message_length", 64 * MiB),
+]
+SERVICE = "/logstore.v1.LogStore/"
+
+
+def client_available() -> bool:
+    try:
+        from logstore.client import Consumer, Producer  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def _impl(args: dict[str, Any]) -> str:
+    impl = str(args.get("impl", "auto"))
+    if impl == "auto":
+        return "client" if client_available() else "raw"
+    return impl
+
+
+class Broker:
+    """One broker process on a data directory; restartable (W6)."""
+
+    def __init__(self, data_dir: Path, log_path: Path, extra: tuple[str, ...] = ()) -> None:
+        self.data_dir = data_dir
+        self.log_path = log_path
+        self.extra = extra
+        self.child: Child | None = None
+        self.grpc_address = ""
+        self.metrics_address = ""
+
+    def start(self, timeout_s: float = 120.0) -> float:
+        """Start and wait for the first stdout line; return seconds from exec to it."""
+        t0 = time.monotonic()
+        args = [
+            sys.executable,
+            "-m",
+            "logstore.broker",
+            "--data-dir",
+            str(self.data_dir),
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            *self.extra,
+        ]
+        import subprocess
+
+        self.child = Child(args, self.log_path, stdout=subprocess.PIPE)
+        out = self.child.proc.stdout
+        assert out is not None
+        line = b""
+        deadline = t0 + timeout_s
+        while not line.endswith(b"\n"):
+            if time.monotonic() > deadline or not self.child.alive():
+                tail = self.child.log_tail()
+                self.child.kill()
+                raise RuntimeError(f"broker did not start; log tail:\n{tail}")
+            ready, _, _ = select.select([out], [], [], 0.05)
+            if ready:
+                chunk = os.read(out.fileno(), 4096)
+                line += chunk
+        m = _LINE.match(line.split(b"\n", 1)[0].decode())
+        if not m:
+            self.child.kill()
+            raise RuntimeError(f"unexpected first line from broker: {line!r}")
+        self.grpc_address, self.metrics_address = m.group(1), m.group(2)
+        return time.monotonic() - t0
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.child is not None
+        rc = self.child.stop(sig, 30.0)
+        self.child = None
+        return rc
+
+
+class Driver(System):
+    name = "logstore"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broker: Broker | None = None
+        self._channel: Any = None
+        self._stub: Any = None
+
+    def start(self, workdir: Path) -> None:
+        import grpc
+
+        from logstore.v1 import logstore_pb2_grpc
+
+        self.workdir = workdir
+        self.broker = Broker(workdir / "logstore-data", workdir / "logstore-broker.log")
+        self.broker.start()
+        self.child = self.broker.child
+        self._channel = grpc.insecure_channel(self.broker.grpc_address, options=GRPC_OPTIONS)
+        self._stub = logstore_pb2_grpc.LogStoreStub(self._channel)
+
+    def stop(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+        if self.broker is not None and self.broker.child is not None:
+            self.broker.stop()
+        self.child = None
+
+    def params(self) -> dict[str, Any]:
+        assert self.broker is not None
+        return {"grpc": self.broker.grpc_address}
+
+    def create(self, topic: str, partitions: int = 1) -> None:
+        from logstore.v1 import logstore_pb2 as pb
+
+        self._stub.CreateTopic(pb.CreateTopicRequest(name=topic, partitions=partitions), timeout=60)
+
+    def delete(self, topic: str, partitions: int = 1) -> None:
+        from logstore.v1 import logstore_pb2 as pb
+
+        self._stub.DeleteTopic(pb.DeleteTopicRequest(name=topic), timeout=60)
+
+    def label(self, durable: bool) -> str:
+        return "acks=all (fsync)" if durable else "acks=1"
+
+    def end_offsets(self, topic: str) -> list[int]:
+        from logstore.v1 import logstore_pb2 as pb
+
+        resp = self._stub.ListOffsets(
+            pb.ListOffsetsRequest(topic=topic, position=pb.OFFSET_SPEC_LATEST), timeout=30
+        )
+        return [o.offset for o in sorted(resp.offsets, key=lambda o: o.partition)]
+
+
+# ---- worker side ------------------------------------------------------------------------------
+
+
+def _channel(args: dict[str, Any]) -> Any:
+    import grpc
+
+    return grpc.insecure_channel(args["params"]["grpc"], options=GRPC_OPTIONS)
+
+
+def _acks(durable: bool) -> int:
+    from logstore.v1 import logstore_pb2 as pb
+
+    return int(pb.ACKS_ALL if durable else pb.ACKS_LEADER)
+
+
+def _records_per_batch(size: int, batch_bytes: int) -> int:
+    # record on the wire: tag + len varint + (tag + len varint + value)
+    per = size + 6
+    return max(1, (batch_bytes - 256) // per)
+
+
+def produce(args: dict[str, Any], ready: Callable[[], None]) -> dict[str, Any]:
+    """Send ``n`` records as fast as possible; per-request latency when raw."""
+    if _impl(args) == "client":
+        return _produce_client(args, ready)
+    from logstore.v1 import logstore_pb2 as pb
+    from logstore.wire import encode_values
+
+    n, size, topic = int(args["n"]), int(args["size"]), str(args["topic"])
+    parts = list(args.get("partitions_list") or [0])
+    per = _records_per_batch(size, int(args.get("batch_bytes", MiB)))
+    inflight_max = int(args.get("inflight", 4))
+    values = payloads(size, n)
+    heads = [
+        pb.ProduceRequest(
+            topic=topic, partition=p, acks=_acks(bool(args["durable"]))
+        ).SerializeToString()
+        for p in parts
+    ]
+    ch = _channel(args)
+    call = ch.unary_unary(
+        SERVICE + "Produce",
+        request_serializer=None,
+        response_deserializer=pb.ProduceResponse.FromString,
+    )
+    deadline = time.monotonic() + float(args.get("deadline_s", 120))
+    lat: list[int] = []
+    inflight: list[tuple[Any, int, int]] = []
+    ready()
+    start = time.monotonic()
+    sent = done = 0
+    b = 0
+    while sent < n and time.monotonic() < deadline:
+        k = min(per, n - sent)
+        req = heads[b % len(heads)] + encode_values(values[sent : sent + k])
+        b += 1
+        inflight.append((call.future(req, timeout=60), time.monotonic_ns(), k))
+        sent += k
+        if len(inflight) >= inflight_max:
+            f, t, kk = inflight.pop(0)
+            f.result()
+            lat.append(time.monotonic_ns() - t)
+            done += kk
+    for f, t, kk in inflight:
+        f.result()
+        lat.append(time.monotonic_ns() - t)
+        done += kk
+    end = time.monotonic()
+    ch.close()
+    return {
+        "start": start,
+        "end": end,
+        "count": done,
+        "bytes": done * size,
+        "lat_ns": lat,
+        "impl": "raw",
+    }
+
+
+def _produce_client(args: dict[str, Any], ready: Callable[[], None]) -> dict[str, Any]:
+    from logstore.client import Producer
+
+    n, size, topic = int(args["n"]), int(args["size"]), str(args["topic"])
+    parts = list(args.get("partitions_list") or [0])
+    values = payloads(size, n)
+    method = str(args.get("method", "send_many"))
+    chunk = 10_000
+    acks = "all" if args["durable"] else "1"
+    deadline = time.monotonic() + float(args.get("deadline_s", 120))
+    producer = Producer(
+        args["params"]["grpc"],
+        acks=acks,
+        linger_ms=int(args.get("linger_ms", 5)),
+        batch_bytes=int(args.get("batch_bytes", MiB)),
+    )
+    try:
+        ready()
+        start = time.monotonic()
+        sent = 0
+        b = 0
+        while sent < n and time.monotonic() < deadline:
+            k = min(chunk, n - sent)
+            p = parts[b % len(parts)]
+            b += 1
+            if method == "send":
+                send = producer.send
+                for v in values[sent : sent + k]:
+                    send(topic, v, partition=p)
+            else:
+                producer.send_many(topic, values[sent : sent + k], partition=p)
+            sent += k
+        producer.flush()
+        end = time.monotonic()
+    finally:
+        producer.close()
+    return {"start": start, "end": end, "count": sent, "bytes": sent * size, "impl": "client"}
+
+
+def replay(args: dict[str, Any], ready: Callable[[], None]) -> dict[str, Any]:
+    """Read ``n`` records of partition 0 from offset 0. mode: objects | columns | frames."""
+    mode = str(args.get("mode", "objects"))
+    if _impl(args) == "client" and mode != "frames":
+        return _replay_client(args, ready)
+    from logstore.v1 import logstore_pb2 as pb
+    from logstore.wire import decode_header, decode_records
+
+    n, topic = int(args["n"]), str(args["topic"])
+    ch = _channel(args)
+    fetch = ch.unary_unary(
+        SERVICE + "Fetch",
+        request_serializer=pb.FetchRequest.SerializeToString,
+        response_deserializer=None,
+    )
+    max_bytes = int(args.get("max_bytes", 4 * MiB))
+    deadline = time.monotonic() + float(args.get("deadline_s", 120))
+    ready()
+    start = time.monotonic()
+    offset = count = nbytes = 0
+    while count < n and time.monotonic() < deadline:
+        raw = fetch(
+            pb.FetchRequest(topic=topic, partition=0, offset=offset, max_bytes=max_bytes),
+            timeout=60,
+        )
+        resp = pb.FetchResponse.FromString(raw) if mode == "objects" else None
+        nbytes += len(raw)
+        if mode == "frames":
+            # walk the frame heads: O(1) Python per batch, the bytes are never copied
+            mv = memoryview(raw)
+            pos = 0
+            while pos < len(mv) and mv[pos] == 0x0A:
+                h = decode_header(mv, pos)
+                skip = max(0, offset - h.base_offset)
+                count += h.record_count - skip
+                offset = h.next_offset
+                pos += h.frame_size
+        else:
+            assert resp is not None
+            if not resp.batches:
+                break
+            for batch in resp.batches:
+                recs = decode_records(
+                    batch.SerializeToString(), batch.base_offset, batch.base_timestamp_ms, offset
+                )
+                count += len(recs)
+                offset = batch.base_offset + batch.record_count
+        if raw == b"" or (mode == "frames" and pos == 0):
+            break
+    end = time.monotonic()
+    ch.close()
+    return {"start": start, "end": end, "count": count, "bytes": nbytes, "impl": "raw"}
+
+
+def _replay_client(args: dict[str, Any], ready: Callable[[], None]) -> dict[str, Any]:
+    from logstore.client import Consumer
+
+    n, topic = int(args["n"]), str(args["topic"])
+    mode = str(args.get("mode", "objects"))
+    deadline = time.monotonic() + float(args.get("deadline_s", 120))
+    max_records = int(args.get("max_records", 100_000))
+    consumer = Consumer(args["params"]["grpc"], fetch_max_bytes=int(args.get("max_bytes", 4 * MiB)))
+    try:
+        consumer.assign([(topic, 0)])
+        consumer.seek((topic, 0), 0)
+        ready()
+        start = time.monotonic()
+        count = 0
+        while count < n and time.monotonic() < deadline:
+            if mode == "columns":
+                batches = consumer.poll_columns(timeout_ms=1000, max_records=max_records)
+                got = sum(len(b.offsets) for b in batches.values())
+            else:
+                polled = consumer.poll(timeout_ms=1000, max_records=max_records)
+                got = sum(len(v) for v in polled.values())
+            count += got
+        end = time.monotonic()
+    finally:
+        consumer.close()
+    return {"start": start, "end": end, "count": count, "bytes": 0, "impl": "client"}
+
+
+def tail(args: dict[str, Any], ready: Callable[[], None]) -> dict[str, Any]:
+    """Subscribe from offset 0 of a fresh topic; latency = receive - stamp in payload."""
+    import grpc
+    import numpy as np
+
+    from logstore.v1 import logstore_pb2 as pb
+
+    n, topic = int(args["n"]), str(args["topic"])
+    deadline_s = float(args.get("deadline_s", 60))
+    ch = _channel(args)
+    sub = ch.unary_stream(
+        SERVICE + "Subscribe",
+        request_serializer=pb.SubscribeRequest.SerializeToString,
+        response_deserializer=None,
+    )
+    lat = np.zeros(n, dtype=np.int64)
+    count = 0
+    stream = sub(pb.SubscribeRequest(topic=topic, partition=0, offset=0), timeout=deadline_s)
+    ready()
+    start = time.monotonic()
+    from_bytes = int.from_bytes
+    try:
+        for raw in stream:
+            now = time.monotonic_ns()
+            msg = pb.SubscribeResponse.FromString(raw)
+            for batch in msg.batches:
+                for r in batch.records:
+                    if count < n:
+                        lat[count] = now - from_bytes(r.value[:8], "little")
+                    count += 1
+            if count >= n:
+                break
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+            raise
+    finally:
+        stream.cancel()
+        ch.close()
+    end = time.monotonic()
+    return {"start": start, "end": end, "count": count, "lat_ns": lat[: min(count, n)]}
+
+
+def paced(args: dict[str, Any], ready: Callable[[], None]) -> dict[str, Any]:
+    """ProduceStream at ``rate`` records/s for ``seconds``; the records due within
+    ``linger_ms`` (default 1) go as one batch."""
+    import queue
+
+    from logstore.v1 import logstore_pb2 as pb
+    from logstore.wire import encode_values
+
+    rate, seconds, size, topic = (
+        float(args["rate"]),
+        float(args["seconds"]),
+        int(args["size"]),
+        args["topic"],
+    )
+    total = int(rate * seconds)
+    acks = _acks(bool(args["durable"]))
+    ch = _channel(args)
+    call = ch.stream_stream(
+        SERVICE + "ProduceStream",
+        request_serializer=None,
+        response_deserializer=pb.ProduceResponse.FromString,
+    )
+    q: queue.Queue[bytes | None] = queue.Queue(maxsize=1024)
+
+    def requests() -> Iterator[bytes]:
+        while (item := q.get()) is not None:
+            yield item
+
+    replies = call(requests(), timeout=seconds + 60)
+    errors: list[str] = []
+    acked = [0]
+
+    def drain() -> None:
+        try:
+            for r in replies:
+                if r.status.code != 0:
+                    errors.append(r.status.message)
+                acked[0] += 1
+        except Exception as exc:
+            errors.append(str(exc))
+
+    t = threading.Thread(target=drain, daemon=True)
+    t.start()
+    ready()
+    start = time.monotonic()
+    count = 0
+    for rid, (_first, vals) in enumerate(
+        paced_values(rate, total, size, float(args.get("linger_ms", 1))), 1
+    ):
+        head = pb.ProduceRequest(
+            topic=topic, partition=0, acks=acks, request_id=rid
+        ).SerializeToString()
+        q.put(head + encode_values(vals))
+        count += len(vals)
+    end = time.monotonic()
+    q.put(None)
+    t.join(timeout=60)
+    ch.close()
+    if errors:
+        raise RuntimeError(f"produce errors: {errors[:3]}")
+    return {"start": start, "end": end, "count": count}

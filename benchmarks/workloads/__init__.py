@@ -1,0 +1,129 @@
+"""The workloads W1-W6 of the side-by-side benchmark (issue 6), one module each.
+
+Every workload module has ``NAME``, ``TITLE`` and ``run(ctx, system) ->
+list[Figure]``; it runs ``ctx.runs`` times with a fresh topic (stream) per run,
+deletes it afterwards, and bounds every run in time (``ctx.deadline_s``) and in
+count (``ctx.scale``). Figures carry ``info`` = workload, system, mode, and
+the machine limit that bounds them (``bound``), for the report's "% of limit".
+
+W7 (group drain) needs consumer groups, which logstore does not have yet.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks._proc import aggregate_rate, run_workers
+from benchmarks._stats import MB, Figure
+from benchmarks.systems import worker
+from benchmarks.systems._base import System
+
+_topic_ids = itertools.count(1)
+
+
+@dataclass
+class Scale:
+    """Sizes of one run; ``FULL`` is issue 6's, ``QUICK`` is ``make bench``'s."""
+
+    w1_records: int = 1_000_000
+    w2_records: int = 100_000
+    w2_producers: int = 8
+    w3_records: int = 1_000_000
+    w4_rates: tuple[int, ...] = (2_000, 20_000)
+    w4_seconds: float = 20.0
+    w5_partitions: tuple[int, ...] = (1, 10, 100, 1_000)
+    w5_records: int = 200_000
+    w6_bytes: tuple[int, ...] = (256 << 20, 1 << 30)
+    storage_bytes: int = 256 << 20
+    broker_records: int = 1_000_000
+    client_records: int = 1_000_000
+
+
+FULL = Scale()
+QUICK = Scale(
+    w1_records=200_000,
+    w2_records=50_000,
+    w3_records=200_000,
+    w4_seconds=5.0,
+    w5_partitions=(1, 10, 100, 1_000),
+    w5_records=50_000,
+    w6_bytes=(64 << 20, 256 << 20),
+    storage_bytes=64 << 20,
+    broker_records=300_000,
+    client_records=300_000,
+)
+TINY = Scale(
+    w1_records=2_000,
+    w2_records=400,
+    w2_producers=2,
+    w3_records=2_000,
+    w4_rates=(500,),
+    w4_seconds=0.5,
+    w5_partitions=(1, 10),
+    w5_records=1_000,
+    w6_bytes=(1 << 20,),
+    storage_bytes=2 << 20,
+    broker_records=2_000,
+    client_records=2_000,
+)
+
+
+@dataclass
+class Ctx:
+    workdir: Path
+    runs: int = 3
+    scale: Scale = field(default_factory=Scale)
+    #: Upper bound on one timed run of one worker.
+    deadline_s: float = 180.0
+    verbose: bool = True
+    #: logstore client side: "auto" (client library if present), "client" or "raw".
+    impl: str = "auto"
+    #: Failures of one part of a workload that let the rest go on (the runner reports them).
+    errors: list[str] = field(default_factory=list)
+
+    def log(self, msg: str) -> None:
+        if self.verbose:
+            print(f"  [{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    def fail(self, where: str, exc: BaseException) -> None:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        line = f"{where}: {type(exc).__name__}: {first}"
+        print(f"FAILED {line}", flush=True)
+        self.errors.append(line)
+
+
+def new_topic(prefix: str) -> str:
+    return f"{prefix}-{next(_topic_ids)}-{time.monotonic_ns() % 1_000_000}"
+
+
+def base_args(ctx: Ctx, system: System, op: str, **kw: Any) -> dict[str, Any]:
+    return {
+        "system": system.name,
+        "op": op,
+        "params": system.params(),
+        "deadline_s": ctx.deadline_s,
+        "impl": ctx.impl,
+        **kw,
+    }
+
+
+def timed(ctx: Ctx, args_list: list[dict[str, Any]]) -> tuple[float, float, list[dict[str, Any]]]:
+    """Run workers; (records, seconds, raw results). Bounded by ctx.deadline_s + start-up."""
+    res = run_workers(worker, args_list, timeout_s=ctx.deadline_s + 120)
+    count, elapsed = aggregate_rate(res)
+    return count, elapsed, res
+
+
+def throughput_figures(
+    prefix: str, info: dict[str, Any], counts: list[tuple[float, float]], size: int
+) -> list[Figure]:
+    recs = Figure(f"{prefix} records/s", "records/s", info=dict(info))
+    mbs = Figure(f"{prefix} MB/s", "MB/s", info=dict(info))
+    for count, elapsed in counts:
+        recs.values.append(count / elapsed)
+        mbs.values.append(count * size / elapsed / MB)
+    return [recs, mbs]

@@ -1,0 +1,77 @@
+"""The benchmark harness runs end to end at a tiny size, so it cannot rot.
+
+Every workload (W1-W6), the machine-limit probes and the storage, broker and
+client sections run against logstore; Redis Streams and NATS JetStream only
+when they are already installed (tests never install packages). Sizes are
+tiny: these are not measurements, and nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import limits, run
+from benchmarks.systems import load
+
+
+def _run(tmp_path: Path, *args: str) -> dict:
+    out = tmp_path / "results"
+    rc = run.main(
+        [
+            "--scale",
+            "tiny",
+            "--runs",
+            "1",
+            "--quiet",
+            "--out",
+            str(out),
+            "--workdir",
+            str(tmp_path),
+            *args,
+        ]
+    )
+    files = list(out.glob("*.json"))
+    assert len(files) == 1, files
+    results = json.loads(files[0].read_text())
+    assert rc == 0, results["errors"]
+    for key in ("machine", "versions", "config", "figures"):
+        assert key in results
+    return results
+
+
+def _workloads(results: dict, system: str) -> set[str]:
+    return {f["info"]["workload"] for f in results["figures"] if f["info"].get("system") == system}
+
+
+def test_limit_probes_measure_every_limit(tmp_path: Path) -> None:
+    """Each machine limit is measured and positive."""
+    figs = limits.measure(tmp_path, runs=1, seconds=0.2)
+    assert set(figs) == set(limits.UNITS)
+    assert all(f.median > 0 for f in figs.values())
+
+
+def test_every_workload_runs_against_logstore(tmp_path: Path) -> None:
+    """W1-W6 produce figures against a real logstore broker and write the JSON."""
+    results = _run(tmp_path, "--systems", "logstore", "--sections", "workloads")
+    assert _workloads(results, "logstore") == {"W1", "W2", "W3", "W4", "W5", "W6"}
+    w4 = [f for f in results["figures"] if f["name"].endswith("delivered")]
+    assert w4 and all(f["median"] == 100.0 for f in w4)
+
+
+def test_storage_broker_and_client_sections_run(tmp_path: Path) -> None:
+    """The embedded storage, broker and client benchmarks run at a tiny size."""
+    results = _run(tmp_path, "--sections", "storage,broker,client")
+    assert {"storage", "broker", "client"} <= _workloads(results, "logstore")
+
+
+@pytest.mark.parametrize("system", ["redis", "nats"])
+def test_peer_workloads_run_when_installed(tmp_path: Path, system: str) -> None:
+    """W1-W5 run against a peer that is already installed (skipped otherwise)."""
+    why = load(system).unavailable()
+    if why:
+        pytest.skip(why)
+    results = _run(tmp_path, "--systems", system, "--sections", "workloads")
+    assert _workloads(results, system) == {"W1", "W2", "W3", "W4", "W5"}
