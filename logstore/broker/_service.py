@@ -48,7 +48,7 @@ from logstore.errors import (
     UnknownPartitionError,
 )
 from logstore.v1 import logstore_pb2 as pb
-from logstore.wire import SplitRequest, partition_for_key, split_produce_request
+from logstore.wire import HEADER_SIZE, SplitRequest, partition_for_key, split_produce_request
 
 from ._config import MAX_WAIT_MS_CAP, BrokerConfig
 from ._limits import Limits
@@ -66,9 +66,6 @@ PartitionKey = tuple[str, int]
 
 DEFAULT_MAX_BYTES: Final = 1 << 20
 _SUBSCRIBE_RECHECK_S: Final = 5.0
-#: The frame's batch header is 66 bytes (logstore.wire); the stored batch is
-#: header + records and must fit the topic's max_batch_bytes.
-_BATCH_HEADER_BYTES: Final = 66
 
 
 class LogStoreService:
@@ -219,7 +216,9 @@ class LogStoreService:
         return header.topic, p, info
 
     def _check_batch(self, split: SplitRequest, info: TopicInfo) -> None:
-        size = _BATCH_HEADER_BYTES + len(split.records)
+        # The store checks this too; checking here rejects the batch before an
+        # acks=NONE reply is sent (the stored batch is header + records).
+        size = HEADER_SIZE + len(split.records)
         if size > info.config.max_batch_bytes:
             raise InvalidBatchError(
                 f"batch of {size} bytes exceeds max_batch_bytes {info.config.max_batch_bytes} "
