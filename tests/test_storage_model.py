@@ -704,3 +704,36 @@ def test_concurrent_readers_see_only_whole_written_records(tmp_path: Path) -> No
                 t.join(timeout=60)
     assert not errors, errors[0]
     assert reads[0] > 100
+
+
+@pytest.mark.timeout(5)
+def test_truncate_twice_without_a_checkpoint_in_between(tmp_path: Path) -> None:
+    """Two truncate_to calls in a row both return (no self-deadlock) and both stand."""
+    from logstore.storage import Store
+
+    with Store.open(tmp_path) as store:
+        store.create_topic("t")
+        for i in range(5):
+            store.append("t", 0, [b"%d" % i])
+        log = store.partition("t", 0)
+        log.truncate_to(4)
+        log.truncate_to(3)
+        assert store.offsets("t", 0) == (0, 3)
+    with Store.open(tmp_path) as store:
+        assert [r.value for r in store.read("t", 0, 0)] == [b"0", b"1", b"2"]
+
+
+def test_truncation_that_deletes_segments_survives_a_power_cut() -> None:
+    """Records removed by truncate_to (whole later segments deleted) stay gone after a power cut."""
+    from logstore.storage import Store
+
+    disk = _fresh_disk()
+    store = Store.open(ROOT, fs=disk)
+    store.create_topic("t", config={"segment_bytes": 1024})
+    for _ in range(3):  # batches [0,2) [2,4) | [4,6) in a second segment
+        store.append("t", 0, [b"a" * 200, b"b" * 200])
+    store.flush()
+    store.partition("t", 0).truncate_to(3)  # inside [2,4): kept whole, segment 4 deleted
+    assert store.offsets("t", 0) == (0, 4)
+    after = disk.power_cut(random.Random(0), keep_unsynced_changes=False)
+    assert Store.open(ROOT, fs=after).offsets("t", 0) == (0, 4)

@@ -805,7 +805,11 @@ class PartitionLog:
             for later in segs[i + 1 :]:
                 later.delete()
             self._set_segments(segs[: i + 1])
-            self._dir_dirty = True
+            if len(segs) > i + 1:
+                # The deletions must be durable before we return: segments that
+                # came back after a power cut would start exactly at the new
+                # recovery point and be taken as valid data.
+                self.fs.fsync_dir(self.directory)
             seg.sealed = False
             seg.truncate_to(pos, offset_at)
             last_ts = seg.time_index.last()

@@ -110,6 +110,7 @@ class Store:
         self._topics: dict[str, TopicInfo] = {}
         self._logs: dict[tuple[str, int], PartitionLog] = {}
         self._lock = threading.RLock()  # topics, checkpoints
+        self._checkpoint_lock = threading.Lock()  # the recovery-point file
         self._lock_fd: int | None = None
         self._closed = False
         self._listeners: list[Callable[[str, int, int], None]] = []
@@ -202,7 +203,9 @@ class Store:
         )  # fmt: skip
         lg.on_sync_wanted = self._queue_sync
         lg.on_log_start_changed = lambda _lg: self._write_log_starts()
-        lg.on_recovery_point_lowered = lambda _lg: self._write_recovery_points(force=True)
+        lg.on_recovery_point_lowered = lambda _lg: self._write_recovery_points(
+            force=True, snapshots=False
+        )
         return lg
 
     def close(self) -> None:
@@ -542,16 +545,27 @@ class Store:
             if not self._closed:
                 self._write_recovery_points(force=force)
 
-    def _write_recovery_points(self, force: bool = False) -> None:
-        points = {tp: lg.flushed_offset for tp, lg in self._logs.items()}
-        if points != self._checkpointed or force:
-            for lg in self._logs.values():
+    def _write_recovery_points(self, force: bool = False, snapshots: bool = True) -> None:
+        """Write the recovery-point checkpoint (and, unless told not to, the
+        producer snapshots of partitions whose state changed).
+
+        Lock order: the store lock, then a partition's lock; the checkpoint
+        file itself has its own lock, taken with no other held after it, so a
+        partition holding its lock (truncate_to) may call this with
+        ``snapshots=False``.
+        """
+        logs = list(self._logs.items())
+        if snapshots:
+            for _tp, lg in logs:
                 if lg.producers.changed and not lg._closed:
                     with lg._lock:
                         lg.write_producer_snapshot()
-            write_offsets(self.fs, os.path.join(self.path, RECOVERY_POINT_FILE), points)
-            self._checkpointed = points
-        self._last_checkpoint_ms = now_ms()
+        with self._checkpoint_lock:
+            points = {tp: lg.flushed_offset for tp, lg in logs}
+            if points != self._checkpointed or force:
+                write_offsets(self.fs, os.path.join(self.path, RECOVERY_POINT_FILE), points)
+                self._checkpointed = points
+            self._last_checkpoint_ms = now_ms()
 
     def _write_log_starts(self) -> None:
         with self._lock:
