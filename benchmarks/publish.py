@@ -173,6 +173,121 @@ def headline(results: dict[str, Any]) -> str:
     return report.markdown_table(heads, rows)
 
 
+def _get(
+    figs: list[dict[str, Any]], name: str, system: str = "logstore", mode: str | None = None
+) -> float:
+    return _find(figs, name, system, mode)
+
+
+def targets(results: dict[str, Any]) -> str:
+    """The targets of issues 3-6, each with this run's figures and met / NOT MET."""
+    figs = results["figures"]
+    rows: list[list[str]] = []
+
+    def row(target: str, figure: str, ok: bool | None) -> None:
+        rows.append([target, figure, "-" if ok is None else ("met" if ok else "**NOT MET**")])
+
+    def ok(cond: bool, *vals: float) -> bool | None:
+        return None if any(math.isnan(v) for v in vals) else cond
+
+    a1 = _get(figs, "W1 produce records/s", mode="acks=1")
+    aa = _get(figs, "W1 produce records/s", mode="acks=all (fsync)")
+    row(
+        "W1 ≥ 1,000,000 records/s, acks=1, one Python producer",
+        f"{fmt(a1)} records/s",
+        ok(a1 >= 1e6, a1),
+    )
+    row(
+        "W1 acks=all ≥ 80 % of acks=1",
+        f"{100 * aa / a1:.0f} %" if a1 else "-",
+        ok(aa >= 0.8 * a1, aa, a1),
+    )
+    # ahead of both peers on W1-W3, like for like (page cache vs page cache, fsync vs fsync)
+    peers_fast = [("redis", "appendfsync no"), ("nats", None)]
+    peers_safe = [("redis", "appendfsync always"), ("nats", None)]
+    comparisons = []
+    for name, lmode_fast, lmode_safe in (
+        ("W1 produce records/s", "acks=1", "acks=all (fsync)"),
+        ("W2 produce x1 MB/s", "acks=1", "acks=all (fsync)"),
+        ("W2 produce x8 MB/s", "acks=1", "acks=all (fsync)"),
+    ):
+        for lmode, peers in ((lmode_fast, peers_fast), (lmode_safe, peers_safe)):
+            mine = _get(figs, name, mode=lmode)
+            for sys_, pmode in peers:
+                theirs = _get(figs, name, sys_, pmode)
+                if not math.isnan(theirs):
+                    comparisons.append((f"{name} {lmode} vs {sys_}", mine, theirs))
+    best_replay = max(_get(figs, "W3 replay records/s", mode=m) for m in ("objects", "columns"))
+    for sys_ in ("redis", "nats"):
+        theirs = _get(figs, "W3 replay records/s", sys_)
+        if not math.isnan(theirs):
+            comparisons.append((f"W3 replay vs {sys_}", best_replay, theirs))
+    if comparisons:
+        worst = min(comparisons, key=lambda c: c[1] / c[2])
+        row(
+            "logstore ahead of Redis Streams and JetStream on W1-W3 (same run)",
+            f"{sum(c[1] > c[2] for c in comparisons)} of {len(comparisons)} comparisons ahead; "
+            f"smallest lead: {worst[0]} at {worst[1] / worst[2]:.1f}x",
+            all(c[1] > c[2] for c in comparisons),
+        )
+    for lmode, rmode in (("acks=1", "appendfsync no"), ("acks=all (fsync)", "appendfsync always")):
+        mine = _get(figs, "W4 2,000/s latency p99", mode=lmode)
+        r = _get(figs, "W4 2,000/s latency p99", "redis", rmode)
+        n = _get(figs, "W4 2,000/s latency p99", "nats")
+        peers = [v for v in (r, n) if not math.isnan(v)]
+        row(
+            f"W4 p99 at 2,000/s ≤ both peers' p99 (logstore {lmode} vs Redis {rmode}, JetStream)",
+            f"{fmt(mine)} ms vs {fmt(r)} / {fmt(n)} ms",
+            ok(mine <= min(peers), mine, *peers) if peers else None,
+        )
+    r1 = _get(figs, "W5 1 partitions RSS")
+    r1000 = _get(figs, "W5 1000 partitions RSS")
+    f1000 = _get(figs, "W5 1000 partitions open fds")
+    row(
+        "W5 broker RSS within +50 MB from 1 to 1,000 partitions",
+        f"{fmt(r1)} → {fmt(r1000)} MB ({r1000 - r1:+.1f} MB); {fmt(f1000)} fds at 1,000",
+        ok(r1000 - r1 <= 50, r1, r1000),
+    )
+    c10 = _get(figs, "W6 restart clean 10 GiB")
+    row(
+        "W6 clean restart < 1 s at 10 GiB",
+        f"{fmt(c10)} s" if not math.isnan(c10) else "not run (--big)",
+        ok(c10 < 1.0, c10),
+    )
+    raw = _get(figs, "append_raw 1 MiB batches of 100 B records MB/s")
+    row(
+        "storage: pre-built 1 MiB frames ≥ 400 MB/s to the page cache",
+        f"{fmt(raw)} MB/s",
+        ok(raw >= 400, raw),
+    )
+    for prefix, label in (
+        ("append_raw", "append_raw (the broker's path)"),
+        ("append", "Store.append (encode + write)"),
+    ):
+        small = _get(figs, f"{prefix} per-batch cost, 100 B records")
+        big = _get(figs, f"{prefix} per-batch cost, 10240 B records")
+        ratio = max(small, big) / min(small, big) if small and big else math.nan
+        row(
+            f"storage: per-batch cost within 1.5x, 100 B vs 10 KiB records, {label}",
+            f"{fmt(small)} vs {fmt(big)} µs ({ratio:.2f}x)",
+            ok(ratio <= 1.5, ratio),
+        )
+    cpu = _get(figs, "broker CPU per MB, max/min over record sizes")
+    row(
+        "broker: CPU per MB within 1.5x from 100 B to 10 KiB records",
+        f"{cpu:.2f}x",
+        ok(cpu <= 1.5, cpu),
+    )
+    send = _get(figs, "Producer.send records/s")
+    many = _get(figs, "Producer.send_many records/s")
+    row(
+        "client: aim at Kafka's ~820,000 records/s per producer thread",
+        f"send() {fmt(send)}, send_many() {fmt(many)} records/s",
+        ok(many >= 820_000, many),
+    )
+    return report.markdown_table(["target", "this run", ""], rows)
+
+
 # ---- plots --------------------------------------------------------------------------------------
 
 
@@ -313,6 +428,7 @@ def generated_markdown(results: dict[str, Any], json_name: str) -> str:
         + ", ".join(f"{k} {val}" for k, val in v["clients"].items() if val)
         + f". Median of {results['config']['runs']} runs (min .. max).",
         "### Headline\n\n" + headline(results),
+        "### Targets\n\n" + targets(results),
         "### Machine limits (same run)\n\n" + report.limits_table(results, markdown=True),
         "### logstore as % of the limit that bounds it\n\n" + logstore_pct_table(results),
     ]
