@@ -17,7 +17,6 @@ import grpc.aio
 from logstore.config import TopicConfig
 from logstore.errors import InvalidConfigError, UnknownPartitionError
 from logstore.v1 import logstore_pb2 as pb
-from logstore.wire import decode_header
 
 from ._config import BrokerConfig
 
@@ -170,14 +169,14 @@ class AdminService:
                 )
             start, end = self._store.offsets(info.name, p)
             if which == "timestamp_ms":
-                found = self._store.offset_for_time(info.name, p, request.timestamp_ms)
+                # One lookup gives both the offset and that record's timestamp.
+                found = self._store.find_time(info.name, p, request.timestamp_ms)
                 if found is None:
                     out.append(pb.PartitionOffset(partition=p, offset=end, found=False))
                     continue
-                frames = self._store.read_frames(info.name, p, found, 1)
-                ts = decode_header(frames.data).base_timestamp_ms if frames.data else 0
+                offset, ts = found
                 out.append(
-                    pb.PartitionOffset(partition=p, offset=found, timestamp_ms=ts, found=True)
+                    pb.PartitionOffset(partition=p, offset=offset, timestamp_ms=ts, found=True)
                 )
             elif which == "position" and request.position == pb.OFFSET_SPEC_EARLIEST:
                 out.append(pb.PartitionOffset(partition=p, offset=start, found=True))

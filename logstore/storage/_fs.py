@@ -32,13 +32,10 @@ import fcntl
 import mmap
 import os
 import shutil
-from collections.abc import Callable, Iterator
-from typing import Any, ParamSpec, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 from logstore.errors import DirectoryInUseError, DiskFullError, StorageError
-
-P = ParamSpec("P")
-T = TypeVar("T")
 
 #: Data files are only ever appended to (and truncated), so O_APPEND: every
 #: write lands at the current end, whatever the file offset.
@@ -214,9 +211,3 @@ class FileSystem:
             fcntl.flock(fd, fcntl.LOCK_UN)
         with contextlib.suppress(OSError):
             os.close(fd)
-
-
-def call_io(what: str, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    """Run ``fn`` translating OSError (for the rare call outside FileSystem)."""
-    with io(what):
-        return fn(*args, **kwargs)
