@@ -3,7 +3,8 @@
 Without ``--follow`` the command reads each partition up to its high
 watermark as it was when the command started, then exits 0. With
 ``--follow`` it keeps waiting, writing and flushing each record as it
-arrives, until stopped (SIGINT/SIGTERM end it with exit 0). Offsets outside
+arrives, until stopped: SIGTERM ends it with exit 0, SIGINT (Ctrl-C) with
+130 like any Unix tool, both after flushing what was printed. Offsets outside
 the partition's range are refused before reading, naming the valid range;
 the end offset itself is valid (nothing to read yet).
 """
@@ -25,7 +26,7 @@ from rich.progress import (
 from logstore import errors
 from logstore.client import Admin, Consumer
 
-from ._format import ReaderGone, record_json
+from ._format import ReaderGone, Terminated, record_json
 
 
 def run(
@@ -126,7 +127,7 @@ def run(
                     consumer.assign([(topic, p) for p in sorted(remaining)])
             if max_records is not None and count >= max_records:
                 break
-    except KeyboardInterrupt:
+    except Terminated:
         if not follow:
             raise
     except BrokenPipeError:

@@ -13,7 +13,7 @@ import re
 import sys
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from rich.console import Console
@@ -24,6 +24,11 @@ from logstore.wire import Record
 
 class ArgumentError(Exception):
     """A bad argument found before any request was sent: exit 2."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: the polite stop of a supervisor. ``consume --follow`` ends with exit 0
+    on it; SIGINT (Ctrl-C, KeyboardInterrupt itself) exits 130 like any Unix tool."""
 
 
 class ReaderGone(Exception):
@@ -113,31 +118,60 @@ def _numeric(rows: Sequence[Sequence[Any]], i: int) -> bool:
 
 _RELATIVE: Final = re.compile(r"^-(\d+)(ms|s|m|h|d)$")
 _UNIT_MS: Final = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+#: The times logctl takes and prints: what a datetime can hold, years 1..9999
+#: (epoch ms -62135596800000..253402300799999). Every record timestamp and
+#: ListOffsets time is an int64 of ms, far wider (292 million years): a time
+#: outside this range is a typo, refused as an argument instead of reaching
+#: the broker or a datetime that cannot show it.
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MS: Final = timedelta(milliseconds=1)
+MIN_TIME_MS: Final = (datetime.min.replace(tzinfo=UTC) - _EPOCH) // _MS
+MAX_TIME_MS: Final = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // _MS
 
 
 def parse_time(text: str, now_ms: int | None = None) -> int:
-    """ISO 8601 (UTC when no zone), a relative time (-90s, -15m, -1h, -2d) or epoch ms."""
+    """ISO 8601 (UTC when no zone), a relative time (-90s, -15m, -1h, -2d) or epoch ms.
+
+    Raises ArgumentError naming the accepted forms, or the accepted range for
+    a time before year 1 or after year 9999.
+    """
     s = text.strip()
     m = _RELATIVE.match(s)
-    if m:
+    if m and s.isascii():
         now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
-        return now - int(m.group(1)) * _UNIT_MS[m.group(2)]
-    if s.isdigit():
-        return int(s)
-    try:
-        dt = datetime.fromisoformat(s)
-    except ValueError:
+        ms = now - int(m.group(1)) * _UNIT_MS[m.group(2)]
+    elif s.isascii() and s.isdigit():
+        ms = int(s)
+    else:
+        try:
+            dt = datetime.fromisoformat(s)
+        except ValueError:
+            raise ArgumentError(
+                f"bad time {text!r}: use ISO 8601 (2024-05-01T12:00:00Z; UTC when no zone), "
+                "a relative time (-90s, -15m, -1h, -2d) or epoch milliseconds"
+            ) from None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        try:
+            ms = (dt - _EPOCH) // _MS  # exact: no float between the ISO text and the ms
+        except OverflowError:  # 0001-01-01T00:00+01:00 is before year 1 in UTC
+            ms = MIN_TIME_MS - 1
+    if not MIN_TIME_MS <= ms <= MAX_TIME_MS:
         raise ArgumentError(
-            f"bad time {text!r}: use ISO 8601 (2024-05-01T12:00:00Z; UTC when no zone), "
-            "a relative time (-90s, -15m, -1h, -2d) or epoch milliseconds"
-        ) from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp() * 1000)
+            f"time {text!r} is out of range: times are 0001-01-01 .. 9999-12-31 UTC "
+            f"(epoch ms {MIN_TIME_MS}..{MAX_TIME_MS})"
+        )
+    return ms
 
 
 def format_ms(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+    """ISO 8601 in UTC with ms; a timestamp no datetime can hold (another client may
+    store any int64) is shown as its number of ms."""
+    if not MIN_TIME_MS <= ms <= MAX_TIME_MS:
+        return f"{ms} ms since the epoch"
+    # timedelta, not fromtimestamp(ms / 1000): a float of 12 digits before the
+    # point rounds 9999-12-31T23:59:59.999 up into year 10000.
+    return (_EPOCH + timedelta(milliseconds=ms)).isoformat(timespec="milliseconds")
 
 
 def human_bytes(n: float) -> str:

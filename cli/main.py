@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 import os
 import signal
+import stat
 import sys
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any, Final
@@ -28,6 +29,7 @@ from logstore import errors
 from ._format import (
     ArgumentError,
     ReaderGone,
+    Terminated,
     format_ms,
     human_bytes,
     parse_time,
@@ -69,10 +71,24 @@ class LogFormat(enum.StrEnum):
     json = "json"
 
 
+def _check_bootstrap(value: str) -> str:
+    """A malformed address is an argument error (exit 2) found before any request."""
+    from logstore.client import check_address  # noqa: PLC0415 (startup time)
+
+    try:
+        return check_address(value)
+    except errors.InvalidArgumentError as exc:
+        raise ArgumentError(f"--bootstrap: {exc}") from None
+
+
 Bootstrap = Annotated[
     str,
     typer.Option(
-        "--bootstrap", envvar="LOGSTORE_BOOTSTRAP", help="Broker HOST:PORT.", show_default=True
+        "--bootstrap",
+        envvar="LOGSTORE_BOOTSTRAP",
+        help="Broker HOST:PORT.",
+        show_default=True,
+        callback=_check_bootstrap,
     ),
 ]
 OutputOpt = Annotated[
@@ -304,6 +320,22 @@ def topics_delete(
 # -- produce / consume / offsets -------------------------------------------------
 
 
+def _check_input_file(path: str) -> None:
+    """--file names a readable regular file; else ArgumentError saying what it is."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ArgumentError(f"--file {path!r}: no such file") from None
+    except OSError as exc:
+        raise ArgumentError(f"--file {path!r}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ArgumentError(f"--file {path!r} is a directory, not a file of lines")
+    if not stat.S_ISREG(st.st_mode):
+        raise ArgumentError(f"--file {path!r} is not a regular file (use stdin for a pipe)")
+    if not os.access(path, os.R_OK):
+        raise ArgumentError(f"--file {path!r}: permission denied")
+
+
 @app.command()
 def produce(
     topic: Annotated[str, typer.Argument(help="Topic to append to.")],
@@ -346,8 +378,8 @@ def produce(
         raise ArgumentError(str(exc)) from None
     if key_separator == "":
         raise ArgumentError("--key-separator must not be empty")
-    if file is not None and not os.path.isfile(file):
-        raise ArgumentError(f"--file {file!r}: no such file")
+    if file is not None:
+        _check_input_file(file)
     _produce.run(
         topic,
         partition=partition,
@@ -508,7 +540,7 @@ def _error(message: str, code: int) -> int:
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
+    raise Terminated
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -527,7 +559,11 @@ def run(argv: list[str] | None = None) -> int:
         return _error("aborted", 1)
     except errors.LogStoreError as exc:
         return _error(str(exc), 1)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # SIGINT, or SIGTERM outside consume --follow
+        try:
+            sys.stdout.flush()  # what was printed before the signal is kept
+        except (BrokenPipeError, ValueError):
+            pass
         return 130
     except (BrokenPipeError, ReaderGone):
         # the reader went away (logctl consume | head): stop quietly

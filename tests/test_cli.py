@@ -337,6 +337,108 @@ def test_argument_errors_exit_2_before_any_request(tmp_path: Path) -> None:
         assert_one_line_error(proc, 2, pattern)
 
 
+def test_malformed_bootstrap_is_an_argument_error_at_once() -> None:
+    """A --bootstrap (or LOGSTORE_BOOTSTRAP) that is not HOST:PORT exits 2 at once with one
+    line naming it, instead of gRPC core log lines or a 5 s wait and exit 1. (An empty
+    LOGSTORE_BOOTSTRAP counts as unset, as for every Click envvar.)"""
+    cases: list[tuple[tuple[str, ...], dict[str, str]]] = [
+        (("topics", "list", "--bootstrap", ""), {}),
+        (("topics", "list"), {"LOGSTORE_BOOTSTRAP": "garbage"}),
+        (("consume", "t", "--bootstrap", "garbage"), {}),
+        (("produce", "t", "--bootstrap", "host:abc"), {}),
+        (("offsets", "t", "--bootstrap", "127.0.0.1:0"), {}),
+        (("topics", "create", "t", "--bootstrap", "::1:7070"), {}),
+        (("topics", "list", "--bootstrap", "bad host:7070"), {}),
+    ]
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        procs = list(pool.map(lambda c: logctl(None, *c[0], stdin=b"x\n", env=c[1]), cases))
+    elapsed = time.monotonic() - started
+    for proc in procs:
+        assert_one_line_error(proc, 2, r"--bootstrap: bad broker address .*HOST:PORT")
+        assert len(proc.stderr.splitlines()) == 1, proc.stderr  # no gRPC core lines
+    # 7 runs, 4 at a time: two rounds of interpreter start-up, never a connect timeout
+    assert elapsed < 5 * 2, elapsed
+
+
+def test_times_out_of_range_are_argument_errors() -> None:
+    """--from-time and offsets --time beyond year 9999 (or int64) exit 2 with one line
+    naming the range, before any request (the bootstrap is a closed port)."""
+    env = {"LOGSTORE_BOOTSTRAP": f"127.0.0.1:{_closed_port()}"}
+    cases = [
+        ("consume", "t", "--from-time", "99999999999999999999"),
+        ("offsets", "t", "--time", "9223372036854775806"),
+        ("consume", "t", "--from-time", "-99999999999d"),
+    ]
+    for proc in logctl_many(None, cases, env=env):
+        assert_one_line_error(proc, 2, r"time .* is out of range: .*9999-12-31")
+
+
+def test_a_stored_timestamp_no_datetime_can_hold_is_shown_as_ms(
+    cli_broker: BrokerProcess,
+) -> None:
+    """offsets --time that finds a record stored with timestamp 2**63-2 (any client may send
+    it) prints that number instead of failing with 'unexpected ValueError'."""
+    from logstore.client import Producer
+
+    assert logctl(cli_broker, "topics", "create", "far-future").returncode == 0
+    with Producer(cli_broker.grpc_address) as p:
+        p.send("far-future", b"x", timestamp_ms=2**63 - 2).result(10)
+    text, js = logctl_many(
+        cli_broker,
+        [
+            ("offsets", "far-future", "--time", "9999-12-31T00:00:00Z"),
+            ("offsets", "far-future", "--time", "9999-12-31T00:00:00Z", "-o", "json"),
+        ],
+    )
+    assert text.returncode == 0, text.stderr
+    assert f"{2**63 - 2} ms since the epoch" in text.stdout
+    assert json.loads(js.stdout)["partitions"][0]["timestamp_ms"] == 2**63 - 2
+
+
+def test_file_that_is_a_directory_says_so(tmp_path: Path) -> None:
+    """produce --file DIR exits 2 saying it is a directory (not 'no such file')."""
+    env = {"LOGSTORE_BOOTSTRAP": f"127.0.0.1:{_closed_port()}"}
+    proc = logctl(None, "produce", "t", "--file", str(tmp_path), env=env)
+    assert_one_line_error(proc, 2, r"is a directory")
+
+
+def test_sigint_stops_follow_with_exit_130_after_what_was_printed(
+    cli_broker: BrokerProcess,
+) -> None:
+    """Ctrl-C (SIGINT) during consume --follow exits 130 like other Unix tools, with every
+    record printed before it on stdout and no traceback."""
+    assert logctl(cli_broker, "topics", "create", "interrupted").returncode == 0
+    assert logctl(cli_broker, "produce", "interrupted", stdin=b"r1\nr2\nr3\n").returncode == 0
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "consume", "interrupted", "--follow"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_env({"LOGSTORE_BOOTSTRAP": cli_broker.grpc_address}),
+        cwd=ROOT,
+    )
+    try:
+        assert follower.stdout is not None
+        got = b""
+        deadline = time.monotonic() + 20
+        while got.count(b"\n") < 3 and time.monotonic() < deadline:
+            ready, _, _ = select.select([follower.stdout], [], [], 0.5)
+            if ready:
+                chunk = os.read(follower.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                got += chunk
+        assert got == b"r1\nr2\nr3\n"
+        assert follower.poll() is None  # following, past the records
+    finally:
+        os.kill(follower.pid, signal.SIGINT)
+        code = follower.wait(timeout=20)
+        rest, err = follower.communicate(timeout=5)
+    assert code == 130, err
+    assert rest == b""  # nothing half-written after the signal
+    assert b"Traceback" not in err
+
+
 def _closed_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cli._format import ArgumentError, parse_time, record_json
+from cli._format import MAX_TIME_MS, MIN_TIME_MS, ArgumentError, format_ms, parse_time, record_json
 from logstore.wire import Record
 
 NOW_MS = 1_700_000_000_000
@@ -88,3 +88,25 @@ def test_bad_times_are_argument_errors(text: str) -> None:
     """Anything else is an ArgumentError (exit 2) explaining the accepted forms."""
     with pytest.raises(ArgumentError, match="ISO 8601"):
         parse_time(text, now_ms=NOW_MS)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["99999999999999999999", "9223372036854775806", "253402300800000", "-99999999999d"],
+)
+def test_times_beyond_what_a_datetime_holds_are_argument_errors(text: str) -> None:
+    """A time outside years 1..9999 is an ArgumentError naming the range, never a ValueError."""
+    with pytest.raises(ArgumentError, match=r"out of range: .*0001-01-01 \.\. 9999-12-31"):
+        parse_time(text, now_ms=NOW_MS)
+
+
+def test_the_edges_of_the_time_range_parse_and_print_exactly() -> None:
+    """The last ms of year 9999 round-trips through parse_time and format_ms; a stored
+    timestamp beyond it prints as its number of ms."""
+    last = parse_time("9999-12-31T23:59:59.999Z")
+    assert last == 253_402_300_799_999 == MAX_TIME_MS
+    assert format_ms(last) == "9999-12-31T23:59:59.999+00:00"
+    assert parse_time(str(last)) == last
+    assert format_ms(MIN_TIME_MS) == "0001-01-01T00:00:00.000+00:00"
+    assert format_ms(2**63 - 1) == f"{2**63 - 1} ms since the epoch"
+    assert format_ms(-(2**63)) == f"{-(2**63)} ms since the epoch"

@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from logstore import errors
-from logstore.client import Admin, Producer, parse_acks
+from logstore.client import Admin, Consumer, Producer, check_address, parse_acks
 from logstore.client._columns import decode_columns, decode_objects, parse_fetch
 from logstore.client._producer import encode_record
 from logstore.client._rpc import translate
@@ -409,6 +409,27 @@ def test_unreachable_broker_fails_within_the_connect_deadline() -> None:
     ):
         admin.list_topics()
     assert time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize(
+    "address", ["", "garbage", "host:abc", "host:0", "host:65536", "::1:7070", "a b:1", "[zz]:1"]
+)
+def test_a_malformed_address_is_refused_before_any_channel(address: str) -> None:
+    """Admin, Consumer and Producer refuse an address that is not HOST:PORT at once, with
+    InvalidArgumentError naming it (not BrokerUnavailableError after the connect timeout)."""
+    started = time.monotonic()
+    for make in (Admin, Consumer, Producer):
+        with pytest.raises(errors.InvalidArgumentError, match="bad broker address"):
+            make(address, connect_timeout_ms=5000)
+    assert time.monotonic() - started < 1
+
+
+@pytest.mark.parametrize(
+    "address", ["127.0.0.1:7070", "localhost:1", "broker.example.com.:65535", "[::1]:7070"]
+)
+def test_well_formed_addresses_are_accepted(address: str) -> None:
+    """HOST:PORT with a name, an IPv4 address or a bracketed IPv6 address passes unchanged."""
+    assert check_address(address) == address
 
 
 # -- fetch parsing and the columnar view --------------------------------------------

@@ -5,6 +5,7 @@ Uses only the public gRPC API (``logstore.v1``), the wire format
 it never imports the broker or the storage engine.
 """
 
+from ._address import check_address
 from ._admin import Admin, PartitionDescription, PartitionOffset, TopicDescription, TopicInfo
 from ._columns import ColumnBatch
 from ._consumer import Consumer, TopicPartition
@@ -22,5 +23,6 @@ __all__ = [
     "TopicDescription",
     "TopicInfo",
     "TopicPartition",
+    "check_address",
     "parse_acks",
 ]

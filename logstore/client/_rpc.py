@@ -11,7 +11,8 @@ means "do not retry unchanged").
 ``connect_timeout_ms`` for the channel to become ready and otherwise fails with
 ``BrokerUnavailableError("cannot reach broker at HOST:PORT ...")`` -- without
 this, a gRPC call to a closed port would either fail instantly with an opaque
-message or (with wait_for_ready) hang forever.
+message or (with wait_for_ready) hang forever. An address that is not
+``HOST:PORT`` fails at once with InvalidArgumentError (see ``_address``).
 
 Produce and Fetch use raw-bytes methods (no serializer / deserializer): the
 producer builds request bytes itself (header fields + already encoded
@@ -31,6 +32,8 @@ from grpc_status import rpc_status
 
 from logstore import errors
 from logstore.v1 import logstore_pb2, logstore_pb2_grpc
+
+from ._address import check_address
 
 _T = TypeVar("_T")
 
@@ -97,7 +100,7 @@ class Connection:
     """One channel to the broker, raw Produce/Fetch methods, typed unary calls."""
 
     def __init__(self, address: str, connect_timeout_ms: int = 5000) -> None:
-        self.address = address
+        self.address = check_address(address)
         self.connect_timeout_ms = connect_timeout_ms
         self.channel = grpc.insecure_channel(
             address,
