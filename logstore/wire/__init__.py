@@ -25,9 +25,18 @@ from ._frame import (
 )
 from ._murmur2 import murmur2, partition_for_key
 from ._produce import SplitRequest, split_produce_request
-from ._records import Record, decode_records, encode_records, encode_values, varint
+from ._records import (
+    VALUE_PREFIX,
+    Record,
+    decode_records,
+    encode_record,
+    encode_records,
+    encode_values,
+    varint,
+)
 
 __all__ = [
+    "VALUE_PREFIX",
     "BASE_OFFSET_POS",
     "CRC_START",
     "FRAME_OVERHEAD",
@@ -45,6 +54,7 @@ __all__ = [
     "decode_header",
     "decode_records",
     "encode_frame",
+    "encode_record",
     "encode_records",
     "encode_values",
     "murmur2",

@@ -29,8 +29,7 @@ from logstore.v1 import records_pb2
 _PREFIX_CACHE_MAX: Final = 1 << 16
 
 
-def varint(n: int) -> bytes:
-    """Protobuf base-128 varint of a non-negative int."""
+def _varint(n: int) -> bytes:
     if n < 0x80:
         return bytes((n,))
     out = bytearray()
@@ -41,12 +40,28 @@ def varint(n: int) -> bytes:
     return bytes(out)
 
 
-def _zigzag(n: int) -> int:
-    return (n << 1) ^ (n >> 63)
+#: Varints of 0..16383 (every 1- and 2-byte varint), built once: keys, header
+#: parts and most records are shorter than 16 KiB, so their lengths are one
+#: tuple index instead of a loop (0.6 MB; measured 3x faster per call).
+_SMALL_VARINT_LIMIT: Final = 1 << 14
+_SMALL_VARINTS: Final[tuple[bytes, ...]] = tuple(map(_varint, range(_SMALL_VARINT_LIMIT)))
 
 
-class _ValuePrefixes(dict[int, bytes]):
-    """len(value) -> the bytes of a value-only record before the value."""
+def varint(n: int) -> bytes:
+    """Protobuf base-128 varint of a non-negative int."""
+    return _SMALL_VARINTS[n] if n < _SMALL_VARINT_LIMIT else _varint(n)
+
+
+class ValuePrefixes(dict[int, bytes]):
+    """``VALUE_PREFIX[n]``: the bytes of a value-only record before its value.
+
+    ``VALUE_PREFIX[len(value)] + value`` is the record exactly as
+    :func:`encode_record` encodes it. Lengths up to 64 KiB are cached (one
+    entry per length seen, at most 65,537 entries of about 10 bytes); larger
+    ones are computed each time, which is negligible next to copying the
+    value. Use ``VALUE_PREFIX.__getitem__`` in ``map`` over many lengths: a C
+    method, so no Python frame per record.
+    """
 
     def __missing__(self, n: int) -> bytes:
         body_len = 1 + len(varint(n)) + n
@@ -56,7 +71,7 @@ class _ValuePrefixes(dict[int, bytes]):
         return p
 
 
-_VALUE_PREFIX = _ValuePrefixes()
+VALUE_PREFIX: Final = ValuePrefixes()
 
 
 class Record:
@@ -105,24 +120,40 @@ class Record:
     __hash__ = None  # type: ignore[assignment]
 
 
-def _encode_one(rec: Record) -> bytes:
+def encode_record(
+    value: bytes | None,
+    key: bytes | None = None,
+    headers: Sequence[tuple[str, bytes]] | None = None,
+    timestamp_ms: int = 0,
+) -> bytes:
+    """One record as one entry of the records field (tag 0x7a, length, body).
+
+    ``None`` key or value is absent (not empty); a timestamp of 0 is omitted
+    (the batch's applies). Byte-identical to upb serializing the same Record.
+    """
     parts: list[bytes] = []
-    key, value = rec.key, rec.value
     if key is not None:
-        parts += (b"\x0a", varint(len(key)), bytes(key))
+        parts += (b"\x0a", varint(len(key)), key)
     if value is not None:
-        parts += (b"\x12", varint(len(value)), bytes(value))
-    if rec.timestamp_ms:
-        parts += (b"\x18", varint(_zigzag(rec.timestamp_ms) & 0xFFFFFFFFFFFFFFFF))
-    for name, hval in rec.headers:
-        nb = name.encode()
-        # proto3 omits empty strings/bytes; do the same so the bytes are canonical.
-        h = (b"\x0a" + varint(len(nb)) + nb if nb else b"") + (
-            b"\x12" + varint(len(hval)) + bytes(hval) if hval else b""
-        )
-        parts += (b"\x22", varint(len(h)), h)
+        parts += (b"\x12", varint(len(value)), value)
+    if timestamp_ms:
+        zigzag = ((timestamp_ms << 1) ^ (timestamp_ms >> 63)) & 0xFFFFFFFFFFFFFFFF  # sint64
+        parts += (b"\x18", _varint(zigzag))  # nonzero ms since 1970: 6+ bytes, past the table
+    if headers:
+        for name, hval in headers:
+            # proto3 omits empty strings/bytes; do the same so the bytes are
+            # canonical (the broker's zero-copy split and records CRC rely on it).
+            nb = name.encode()
+            h = (b"\x0a" + varint(len(nb)) + nb if nb else b"") + (
+                b"\x12" + varint(len(hval)) + hval if hval else b""
+            )
+            parts += (b"\x22", varint(len(h)), h)
     body = b"".join(parts)
     return b"\x7a" + varint(len(body)) + body
+
+
+def _encode_one(rec: Record) -> bytes:
+    return encode_record(rec.value, rec.key, rec.headers, rec.timestamp_ms)
 
 
 def encode_values(values: Sequence[bytes]) -> bytes:
@@ -138,11 +169,11 @@ def encode_values(values: Sequence[bytes]) -> bytes:
         # prefix, and bytes.join puts it between the values.
         # One join into one new buffer: a second ~1 MiB temporary (prefix +
         # join) measured 10x slower here, from page faults on fresh mappings.
-        prefix = _VALUE_PREFIX[lengths.pop()]
+        prefix = VALUE_PREFIX[lengths.pop()]
         return prefix.join([b"", *values])
     n = len(values)
     parts: list[bytes] = [b""] * (2 * n)
-    parts[0::2] = map(_VALUE_PREFIX.__getitem__, map(len, values))
+    parts[0::2] = map(VALUE_PREFIX.__getitem__, map(len, values))
     parts[1::2] = values
     return b"".join(parts)
 
@@ -165,7 +196,7 @@ def encode_records(records: Iterable[Record | bytes]) -> tuple[bytes, int, int]:
     for r in items:
         if isinstance(r, bytes | bytearray | memoryview):
             v = bytes(r)
-            parts.append(_VALUE_PREFIX[len(v)])
+            parts.append(VALUE_PREFIX[len(v)])
             parts.append(v)
         elif isinstance(r, Record):
             parts.append(_encode_one(r))
