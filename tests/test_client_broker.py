@@ -230,7 +230,7 @@ def test_lost_reply_retry_is_deduplicated_by_the_real_broker(
 ) -> None:
     """A batch the broker stored but whose reply was 'lost' (reported UNAVAILABLE) is retried with
     the same producer id and sequence; the broker answers with the original offset, once stored."""
-    from logstore.client._producer import GrpcTransport
+    from logstore.client.producer import GrpcTransport
 
     class LosingTransport(GrpcTransport):
         lost = 0

@@ -21,10 +21,17 @@ from hypothesis import strategies as st
 from logstore import errors
 from logstore.client import Admin, Consumer, Producer, check_address, parse_acks
 from logstore.client._columns import decode_columns, decode_objects, parse_fetch
-from logstore.client._producer import encode_record
 from logstore.client._rpc import translate
 from logstore.v1 import logstore_pb2, records_pb2
-from logstore.wire import Record, crc32c, encode_frame, partition_for_key, split_produce_request
+from logstore.wire import (
+    VALUE_PREFIX,
+    Record,
+    crc32c,
+    encode_frame,
+    encode_record,
+    partition_for_key,
+    split_produce_request,
+)
 
 Callback = Callable[[Any, BaseException | None], None]
 
@@ -568,6 +575,25 @@ def test_records_pb2_reads_what_the_producer_encodes() -> None:
         for hk, hv in headers or []:
             r.headers.add(key=hk, value=hv)
         assert encode_record(value, key, headers, ts) == msg.SerializeToString()
+        if value is not None:  # the value-only form send() and send_many() build
+            assert VALUE_PREFIX[len(value)] + value == encode_record(value)
+
+
+def test_the_producer_sends_what_the_wire_encoder_encodes() -> None:
+    """The records a Producer puts on the wire are logstore.wire.encode_record's bytes (the
+    producer has no encoder of its own), for value-only and full records alike."""
+    fake = FakeBroker()
+    full = [(b"v1", b"k", [("h", b"x")], 1_700_000_000_000), (None, b"k2", None, 0)]
+    with _producer(fake) as p:
+        p.send_many("t", [b"a", b"bb", b""])
+        p.flush()
+        for value, key, headers, ts in full:
+            p.send("t", value, key=key, headers=headers, timestamp_ms=ts or None)
+    raw = b"".join(fake.raw)
+    expected_values = b"".join(encode_record(v) for v in (b"a", b"bb", b""))
+    expected_full = b"".join(encode_record(*rec) for rec in full)
+    assert expected_values in raw
+    assert expected_full in raw
 
 
 def test_added_partitions_are_learned() -> None:

@@ -9,7 +9,7 @@ from ._address import check_address
 from ._admin import Admin, PartitionDescription, PartitionOffset, TopicDescription, TopicInfo
 from ._columns import ColumnBatch
 from ._consumer import Consumer, TopicPartition
-from ._producer import Producer, RecordHandle, SendResult, parse_acks
+from .producer import Producer, RecordHandle, SendResult, parse_acks
 
 __all__ = [
     "Admin",
