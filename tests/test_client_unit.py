@@ -19,7 +19,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from logstore import errors
-from logstore.client import Admin, Consumer, Producer, check_address, parse_acks
+from logstore.client import Admin, Consumer, Producer, TopicPartition, check_address, parse_acks
+from logstore.client._backoff import Backoff
 from logstore.client._columns import decode_columns, decode_objects, parse_fetch
 from logstore.client._rpc import translate
 from logstore.v1 import logstore_pb2, records_pb2
@@ -283,6 +284,55 @@ def test_retries_stop_at_the_delivery_timeout() -> None:
     elapsed = time.monotonic() - started
     assert 0.3 < elapsed < 1.5
     assert len(fake.raw) > 3
+
+
+def test_backoff_is_full_jitter_growing_to_the_cap() -> None:
+    """Backoff waits uniform(0, min(cap, base * 2**attempt)), at least the hint."""
+    b = Backoff(100, 1000)
+    for attempt, window in ((0, 0.1), (1, 0.2), (3, 0.8), (4, 1.0), (60, 1.0)):
+        delays = [b.delay_s(attempt) for _ in range(2000)]
+        assert 0 <= min(delays) < window * 0.05  # from 0: full jitter, not "half + jitter"
+        assert window * 0.95 < max(delays) <= window
+    assert all(b.delay_s(0, retry_after_ms=300) >= 0.3 for _ in range(100))
+
+
+class _FailedFetch:
+    """A finished fetch future that failed with ``error``."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def result(self) -> Any:
+        raise self.error
+
+
+def test_consumer_retries_by_the_shared_full_jitter_backoff() -> None:
+    """A consumer's fetch retries wait uniform(0, min(cap, base * 2**failures)) like the
+    producer's (it waited a constant base/2..base before), reset by a seek."""
+    c = Consumer("127.0.0.1:1", retry_backoff_ms=100, retry_backoff_max_ms=400)
+    try:
+        tp = ("t", 0)
+        c.assign([tp])
+        first: list[float] = []
+        third: list[float] = []
+        for _ in range(300):
+            c.seek(tp, 0)  # resets the failure count
+            part = c._parts[TopicPartition(*tp)]
+            for n in range(3):
+                c._handle(
+                    (
+                        TopicPartition(*tp),
+                        part.epoch,
+                        _FailedFetch(errors.BrokerUnavailableError("down")),
+                    )
+                )
+                (first if n == 0 else third if n == 2 else []).append(
+                    part.retry_at - time.monotonic()
+                )
+        assert min(first) < 0.02 and max(first) <= 0.1  # window 100 ms, from 0
+        assert max(third) > 0.3 and max(third) <= 0.4  # window min(400, 100 * 2**2) ms
+    finally:
+        c.close()
 
 
 def test_idempotent_sequences_count_records_per_partition() -> None:

@@ -14,9 +14,12 @@ raw bytes: each batch's CRC32C is checked, records below the position are
 skipped (a reply may start with the batch containing it) and records stored
 with timestamp 0 get their batch's timestamp (see ``_columns``).
 
-``UNAVAILABLE`` and ``RESOURCE_EXHAUSTED`` with a retry hint are retried with
-backoff for ``retry_timeout_ms``; other errors (OUT_OF_RANGE with the valid
-range, NOT_FOUND, DATA_LOSS) are raised from ``poll``. A ``seek`` cancels the
+``UNAVAILABLE`` and ``RESOURCE_EXHAUSTED`` with a retry hint are retried for
+``retry_timeout_ms``, waiting by the client's one backoff policy
+(:mod:`._backoff`: full jitter between 0 and min(``retry_backoff_max_ms``,
+``retry_backoff_ms`` x 2**failures), at least the broker's hint); other
+errors (OUT_OF_RANGE with the valid range, NOT_FOUND, DATA_LOSS) are raised
+from ``poll``. A ``seek`` cancels the
 partition's in-flight fetch and drops its buffer.
 
 Not thread-safe: use one Consumer from one thread (as Kafka's).
@@ -25,7 +28,6 @@ Not thread-safe: use one Consumer from one thread (as Kafka's).
 from __future__ import annotations
 
 import queue
-import random
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -35,6 +37,7 @@ from logstore import errors
 from logstore.v1 import logstore_pb2
 from logstore.wire import Record
 
+from ._backoff import Backoff, retriable
 from ._columns import (
     ColumnBatch,
     FetchResult,
@@ -61,6 +64,7 @@ class _Part:
         "buffers",
         "epoch",
         "fail_since",
+        "failures",
         "fetch_offset",
         "future",
         "hwm",
@@ -82,6 +86,7 @@ class _Part:
         self.lso: int | None = None
         self.retry_at = 0.0
         self.fail_since: float | None = None
+        self.failures = 0  # consecutive retriable failures (the backoff's attempt)
 
 
 class Consumer:
@@ -99,6 +104,7 @@ class Consumer:
         request_timeout_ms: int = 30_000,
         retry_timeout_ms: int = 30_000,
         retry_backoff_ms: int = 100,
+        retry_backoff_max_ms: int = 1_000,
     ) -> None:
         if auto_offset_reset not in _RESETS:
             raise errors.InvalidArgumentError(
@@ -116,7 +122,7 @@ class Consumer:
         self._check_crcs = check_crcs
         self._timeout_s = request_timeout_ms / 1000
         self._retry_timeout_s = retry_timeout_ms / 1000
-        self._backoff_s = retry_backoff_ms / 1000
+        self._backoff = Backoff(retry_backoff_ms, retry_backoff_max_ms)
         self._parts: dict[TopicPartition, _Part] = {}
         self._events: queue.Queue[tuple[TopicPartition, int, Any]] = queue.Queue()
         self._rr = 0
@@ -152,6 +158,7 @@ class Consumer:
         part.buffers.clear()
         part.retry_at = 0.0
         part.fail_since = None
+        part.failures = 0
 
     def seek(self, tp: tuple[str, int], offset: int) -> None:
         """Next ``poll`` returns records from ``offset`` (checked by the broker)."""
@@ -262,20 +269,18 @@ class Consumer:
             raw = fut.result()
         except BaseException as exc:
             err = translate(exc, self.address)
-            retriable = isinstance(err, errors.BrokerUnavailableError) or (
-                isinstance(err, errors.ResourceExhaustedError) and err.retry_after_ms is not None
-            )
             now = time.monotonic()
-            if retriable:
+            if retriable(err):
                 if part.fail_since is None:
                     part.fail_since = now
                 if now - part.fail_since < self._retry_timeout_s:
-                    delay = random.uniform(self._backoff_s / 2, self._backoff_s)
                     hint = getattr(err, "retry_after_ms", None)
-                    part.retry_at = now + max(delay, (hint or 0) / 1000)
+                    part.retry_at = now + self._backoff.delay_s(part.failures, hint)
+                    part.failures += 1
                     return
             raise err from None
         part.fail_since = None
+        part.failures = 0
         result = parse_fetch(raw, self._check_crcs)
         part.hwm = result.high_watermark
         part.lso = result.log_start_offset
