@@ -8,10 +8,10 @@ load gRPC::
     from logstore.client import Producer, Consumer, Admin   # over gRPC
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING, Any
+# Imports are private aliases: every public name of the package is in __all__
+# (tests/test_exports.py).
+import importlib as _importlib
+import typing as _typing
 
 __version__ = "0.1.0"
 
@@ -22,17 +22,17 @@ _EXPORTS = {
     "Record": "logstore.wire",
 }
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from logstore.config import StoreConfig, TopicConfig
     from logstore.storage import Store
     from logstore.wire import Record
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'logstore' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    value = getattr(_importlib.import_module(module), name)
     globals()[name] = value
     return value
 

@@ -18,6 +18,8 @@ from ._rpc import Connection
 
 @dataclass(frozen=True)
 class TopicInfo:
+    """A topic: its name, partition count and every config key with its value."""
+
     name: str
     partitions: int
     config: dict[str, str] = field(default_factory=dict)
@@ -25,6 +27,8 @@ class TopicInfo:
 
 @dataclass(frozen=True)
 class PartitionDescription:
+    """One partition of ``describe_topic``: its offset range, bytes and segment count."""
+
     partition: int
     log_start_offset: int
     log_end_offset: int
@@ -34,12 +38,17 @@ class PartitionDescription:
 
 @dataclass(frozen=True)
 class TopicDescription:
+    """``describe_topic``'s answer: the topic and its partitions, in partition order."""
+
     topic: TopicInfo
     partitions: list[PartitionDescription]
 
 
 @dataclass(frozen=True)
 class PartitionOffset:
+    """One partition of ``list_offsets``: the offset, and for a time, whether a record
+    at or after it was ``found`` (else ``offset`` is the end) and its ``timestamp_ms``."""
+
     partition: int
     offset: int
     timestamp_ms: int

@@ -55,6 +55,8 @@ _MAX_BUFFERED: Final = 2
 
 
 class TopicPartition(NamedTuple):
+    """A (topic, partition) pair: the keys of ``poll``'s result and of ``assignment``."""
+
     topic: str
     partition: int
 

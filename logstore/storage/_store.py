@@ -76,6 +76,8 @@ PRODUCER_ID_BLOCK: Final = 1000
 
 @dataclass(frozen=True)
 class TopicInfo:
+    """A topic: its name, partition count and resolved configuration."""
+
     name: str
     partitions: int
     config: TopicConfig
@@ -83,6 +85,8 @@ class TopicInfo:
 
 @dataclass(frozen=True)
 class PartitionInfo:
+    """One partition's offset range, bytes on disk and number of segments."""
+
     partition: int
     log_start_offset: int
     log_end_offset: int
@@ -92,6 +96,8 @@ class PartitionInfo:
 
 @dataclass(frozen=True)
 class StoreStats:
+    """Resource use of a Store: open files, mapped index bytes, partitions, index cache."""
+
     open_files: int
     mapped_index_bytes: int
     partitions: int

@@ -10,13 +10,11 @@ a background sender thread ships as raw ``Produce`` requests.
 - :mod:`._producer`: the :class:`Producer` that wires them together.
 """
 
-from ._accumulator import BATCH_HEADER_BYTES
 from ._handles import RecordHandle, SendResult
 from ._producer import Producer, parse_acks
 from ._sender import GrpcTransport, Transport
 
 __all__ = [
-    "BATCH_HEADER_BYTES",
     "GrpcTransport",
     "Producer",
     "RecordHandle",
