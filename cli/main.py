@@ -6,8 +6,19 @@ rejects. Every failure is one line on stderr (``logctl: error: ...``): Typer
 runs with ``standalone_mode=False``, its exceptions are handled in
 :func:`main`, and neither Rich panels nor tracebacks are shown.
 
-Every flag of a client command also reads ``LOGSTORE_<FLAG>`` (the flag
-wins); ``serve`` passes what was given to the broker, which resolves its own
+Environment: only what a user sets once per shell or machine, never what
+changes what a command does (a stray ``LOGSTORE_OFFSET`` or ``LOGSTORE_MAX``
+must not silently change a replay). The flag wins over the variable.
+
+- ``LOGSTORE_BOOTSTRAP``: the broker's HOST:PORT (every client command);
+- ``LOGSTORE_OUTPUT``: ``text`` or ``json`` (every client command);
+- ``LOGSTORE_CONNECT_TIMEOUT_MS``: how long to wait for the broker (a
+  property of the network, like the address);
+- ``LOGSTORE_TOKEN``: reserved for authentication. The broker has none yet, so
+  logctl neither reads nor sends it; it is named here so no other meaning
+  takes the name.
+
+``serve`` passes what was given to the broker, which resolves its own
 environment and ``--config-file`` (flag > environment > file > default).
 """
 
@@ -107,7 +118,6 @@ ConfigOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--config",
-        envvar="LOGSTORE_CONFIG",
         help="key=value (repeatable), e.g. retention_ms=86400000.",
     ),
 ]
@@ -190,9 +200,7 @@ def _topic_json(info: Any) -> dict[str, Any]:
 @topics_app.command("create")
 def topics_create(
     name: Annotated[str, typer.Argument(help="Topic name.")],
-    partitions: Annotated[
-        int, typer.Option("--partitions", "-p", envvar="LOGSTORE_PARTITIONS", min=1)
-    ] = 1,
+    partitions: Annotated[int, typer.Option("--partitions", "-p", min=1)] = 1,
     config: ConfigOpt = None,
     bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
     output: OutputOpt = Output.text,
@@ -271,11 +279,11 @@ def topics_alter(
     config: ConfigOpt = None,
     reset: Annotated[
         list[str] | None,
-        typer.Option("--reset", envvar="LOGSTORE_RESET", help="Key back to its default."),
+        typer.Option("--reset", help="Key back to its default."),
     ] = None,
     partitions: Annotated[
         int | None,
-        typer.Option("--partitions", "-p", envvar="LOGSTORE_PARTITIONS", min=1),
+        typer.Option("--partitions", "-p", min=1),
     ] = None,
     bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
     output: OutputOpt = Output.text,
@@ -343,7 +351,6 @@ def produce(
         int | None,
         typer.Option(
             "--partition",
-            envvar="LOGSTORE_PARTITION",
             min=0,
             help="Append to this partition (default: by key, else sticky).",
         ),
@@ -352,17 +359,14 @@ def produce(
         str | None,
         typer.Option(
             "--key-separator",
-            envvar="LOGSTORE_KEY_SEPARATOR",
             help="Split each line into key and value at the first SEP.",
         ),
     ] = None,
     file: Annotated[
         str | None,
-        typer.Option("--file", "-f", envvar="LOGSTORE_FILE", help="Read lines from PATH."),
+        typer.Option("--file", "-f", help="Read lines from PATH."),
     ] = None,
-    acks: Annotated[
-        str, typer.Option("--acks", envvar="LOGSTORE_ACKS", help="0, 1 or all.")
-    ] = "all",
+    acks: Annotated[str, typer.Option("--acks", help="0, 1 or all.")] = "all",
     bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
     output: OutputOpt = Output.text,
     connect_timeout_ms: ConnectTimeout = 5000,
@@ -397,41 +401,35 @@ def consume(
     topic: Annotated[str, typer.Argument(help="Topic to read.")],
     partition: Annotated[
         int | None,
-        typer.Option(
-            "--partition", envvar="LOGSTORE_PARTITION", min=0, help="Read only this partition."
-        ),
+        typer.Option("--partition", min=0, help="Read only this partition."),
     ] = None,
     from_beginning: Annotated[
         bool,
         typer.Option(
             "--from-beginning",
-            envvar="LOGSTORE_FROM_BEGINNING",
             help="Start at each partition's first record (the default).",
         ),
     ] = False,
     offset: Annotated[
         int | None,
-        typer.Option("--offset", envvar="LOGSTORE_OFFSET", help="Start here (needs --partition)."),
+        typer.Option("--offset", min=0, help="Start here (needs --partition)."),
     ] = None,
     from_time: Annotated[
         str | None,
         typer.Option(
             "--from-time",
-            envvar="LOGSTORE_FROM_TIME",
             help="ISO 8601 (UTC if no zone) or -90s, -15m, -1h, -2d.",
         ),
     ] = None,
     latest: Annotated[
         bool,
-        typer.Option("--latest", envvar="LOGSTORE_LATEST", help="Start at the end (new only)."),
+        typer.Option("--latest", help="Start at the end (new only)."),
     ] = False,
     max_records: Annotated[
         int | None,
-        typer.Option("--max", envvar="LOGSTORE_MAX", min=0, help="Stop after N records."),
+        typer.Option("--max", min=0, help="Stop after N records."),
     ] = None,
-    follow: Annotated[
-        bool, typer.Option("--follow", envvar="LOGSTORE_FOLLOW", help="Keep waiting for more.")
-    ] = False,
+    follow: Annotated[bool, typer.Option("--follow", help="Keep waiting for more.")] = False,
     bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
     output: OutputOpt = Output.text,
     connect_timeout_ms: ConnectTimeout = 5000,
@@ -451,17 +449,16 @@ def consume(
         raise ArgumentError(f"choose one start position, not {' and '.join(starts)}")
     if offset is not None and partition is None:
         raise ArgumentError("--offset needs --partition")
-    if offset is not None and offset < 0:
-        raise ArgumentError("--offset must be >= 0")
-    start: tuple[str, int] = ("earliest", 0)
-    if offset is not None:
-        start = ("offset", offset)
-    elif from_time is not None:
-        start = ("time", parse_time(from_time))
-    elif latest:
-        start = ("latest", 0)
+    at_time = parse_time(from_time) if from_time is not None else None
     from . import _consume  # noqa: PLC0415 (startup time)
 
+    start = _consume.Start("earliest")
+    if offset is not None:
+        start = _consume.Start("offset", offset)
+    elif at_time is not None:
+        start = _consume.Start("time", at_time)
+    elif latest:
+        start = _consume.Start("latest")
     _consume.run(
         topic,
         partition=partition,
@@ -481,7 +478,6 @@ def offsets(
         str | None,
         typer.Option(
             "--time",
-            envvar="LOGSTORE_TIME",
             help="Offset of the first record at or after this time (ISO 8601 or -1h...).",
         ),
     ] = None,

@@ -459,7 +459,8 @@ def test_broker_down_is_one_clear_line() -> None:
 
 
 def test_environment_variables_and_flag_precedence(cli_broker: BrokerProcess) -> None:
-    """LOGSTORE_<FLAG> sets a flag; the command-line flag wins over the variable."""
+    """LOGSTORE_BOOTSTRAP, LOGSTORE_OUTPUT and LOGSTORE_CONNECT_TIMEOUT_MS set their flags;
+    the command-line flag wins over the variable."""
     closed = f"127.0.0.1:{_closed_port()}"
     ok = logctl(
         None, "topics", "list", "--bootstrap", cli_broker.grpc_address,
@@ -469,13 +470,42 @@ def test_environment_variables_and_flag_precedence(cli_broker: BrokerProcess) ->
     assert isinstance(json.loads(ok.stdout), list)
     viaenv = logctl(
         None, "topics", "create", "envtopic",
-        env={"LOGSTORE_BOOTSTRAP": cli_broker.grpc_address, "LOGSTORE_PARTITIONS": "4"},
+        env={"LOGSTORE_BOOTSTRAP": cli_broker.grpc_address, "LOGSTORE_OUTPUT": "json"},
     )  # fmt: skip
     assert viaenv.returncode == 0, viaenv.stderr
-    assert "4 partition" in viaenv.stdout
+    assert json.loads(viaenv.stdout)["name"] == "envtopic"
     env = {"LOGSTORE_BOOTSTRAP": closed, "LOGSTORE_CONNECT_TIMEOUT_MS": "500"}
     down = logctl(None, "topics", "list", env=env)
     assert_one_line_error(down, 1, "cannot reach broker")
+
+
+def test_variables_that_would_change_a_command_are_not_read(cli_broker: BrokerProcess) -> None:
+    """LOGSTORE_OFFSET, LOGSTORE_MAX, LOGSTORE_PARTITION(S), LOGSTORE_FROM_TIME, LOGSTORE_ACKS
+    and the like left in the environment do not change what a command does."""
+    stray = {
+        "LOGSTORE_PARTITIONS": "4",
+        "LOGSTORE_PARTITION": "0",
+        "LOGSTORE_OFFSET": "3",
+        "LOGSTORE_MAX": "1",
+        "LOGSTORE_FROM_TIME": "2999-01-01",
+        "LOGSTORE_LATEST": "1",
+        "LOGSTORE_ACKS": "2",
+        "LOGSTORE_KEY_SEPARATOR": "=",
+        "LOGSTORE_TIME": "garbage",
+        "LOGSTORE_CONFIG": "bogus_key=1",
+    }
+    created = logctl(cli_broker, "topics", "create", "stray-env", env=stray)
+    assert created.returncode == 0, created.stderr
+    assert "with 1 partition(s)" in created.stdout
+    produced = logctl(cli_broker, "produce", "stray-env", stdin=b"a=1\nb\nc\nd\ne\n", env=stray)
+    assert produced.returncode == 0, produced.stderr
+    consumed, offs = logctl_many(
+        cli_broker, [("consume", "stray-env"), ("offsets", "stray-env", "-o", "json")], env=stray
+    )
+    assert consumed.returncode == 0, consumed.stderr
+    assert consumed.stdout.splitlines() == ["a=1", "b", "c", "d", "e"]
+    assert offs.returncode == 0, offs.stderr
+    assert "offset" not in json.loads(offs.stdout)["partitions"][0]  # no --time from the env
 
 
 def test_serve_starts_a_broker_and_stops_on_sigterm(tmp_path: Path) -> None:
