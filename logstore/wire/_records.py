@@ -144,8 +144,11 @@ def encode_record(
             # proto3 omits empty strings/bytes; do the same so the bytes are
             # canonical (the broker's zero-copy split and records CRC rely on it).
             nb = name.encode()
-            h = (b"\x0a" + varint(len(nb)) + nb if nb else b"") + (
-                b"\x12" + varint(len(hval)) + hval if hval else b""
+            h = b"".join(
+                (
+                    b"\x0a" + varint(len(nb)) + nb if nb else b"",
+                    b"\x12" + varint(len(hval)) + hval if hval else b"",
+                )
             )
             parts += (b"\x22", varint(len(h)), h)
     body = b"".join(parts)
