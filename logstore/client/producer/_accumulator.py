@@ -21,9 +21,11 @@ Memory is bounded by ``buffer_bytes`` of records not yet completed: a
 raises DeadlineExceededError.
 
 The :class:`RecordAccumulator` is the batching half of the ``Producer``
-(which subclasses it, so ``send`` costs no extra call); the sender thread
-takes closed batches from ``ready`` and hands them back to :meth:`complete`.
-Thread-safety: everything runs under ``lock`` (``cond`` is its condition).
+(which subclasses it, so ``send`` costs no extra call). The sender thread
+(``_sender``, the other half of this package) shares its ``_lock`` and
+``_cond``, takes closed batches from ``_ready``, calls ``_close_due`` and
+hands completed batches back to ``_complete``: package-private, not API.
+Thread-safety: all state is guarded by ``_lock`` (``_cond`` is its condition).
 """
 
 from __future__ import annotations
@@ -85,20 +87,20 @@ class RecordAccumulator:
         self._on_new_topic = on_new_topic
         self._batch_bytes = batch_bytes
         self._linger_s = linger_ms / 1000
-        self.delivery_timeout_ms = delivery_timeout_ms
+        self._delivery_timeout_ms = delivery_timeout_ms
         self._delivery_timeout_s = delivery_timeout_ms / 1000
         self._buffer_bytes = buffer_bytes
         self._max_block_s = max_block_ms / 1000
-        self.lock = threading.Lock()
-        self.cond = threading.Condition(self.lock)
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._topics: dict[str, TopicState] = {}
         self._open_batches: dict[tuple[str, int], ProducerBatch] = {}
         #: closed batches waiting to be sent (or retried), oldest first
-        self.ready: deque[ProducerBatch] = deque()
+        self._ready: deque[ProducerBatch] = deque()
         self._queued_bytes = 0  # records bytes of batches not yet completed
-        self.pending = 0  # batches created and not yet completed
+        self._pending = 0  # batches created and not yet completed
         self._flushing = 0
-        self.closed = False
+        self._closed = False
 
     address: str  # set by the producer; named in errors
 
@@ -108,11 +110,11 @@ class RecordAccumulator:
         meta = self._topics.get(topic)
         if meta is not None:
             return meta
-        if self.closed:
+        if self._closed:
             raise errors.StoreClosedError("producer is closed")
         partitions, max_batch = self._topic_metadata(topic)
         self._on_new_topic()
-        with self.lock:
+        with self._lock:
             return self._topics.setdefault(
                 topic, TopicState(partitions, max_batch, self._batch_bytes)
             )
@@ -126,7 +128,7 @@ class RecordAccumulator:
         """
         for name in [topic] if topic is not None else list(self._topics):
             partitions, max_batch = self._topic_metadata(name)
-            with self.lock:
+            with self._lock:
                 meta = self._topics.get(name)
                 if meta is None:
                     continue
@@ -181,7 +183,7 @@ class RecordAccumulator:
                 partition = partition_for_key(key, meta.partitions)
         elif not 0 <= partition < meta.partitions:
             self._check_partition(topic, meta, partition)
-        lock = self.lock
+        lock = self._lock
         lock.acquire()  # (cheaper than `with` on this path)
         try:
             batch = meta.open[partition]
@@ -239,7 +241,7 @@ class RecordAccumulator:
         n = len(values)
         start = 0
         done_bytes = 0
-        with self.lock:
+        with self._lock:
             while start < n:
                 p = meta.sticky if partition is None else partition
                 batch = meta.open[p]
@@ -298,14 +300,14 @@ class RecordAccumulator:
 
     def _new_batch(self, meta: TopicState, topic: str, partition: int) -> ProducerBatch:
         """Open a batch on a partition that has none. Lock held."""
-        if self.closed:
+        if self._closed:
             raise errors.StoreClosedError("producer is closed")
         assert meta.open[partition] is None
         batch = ProducerBatch(topic, partition, self._delivery_timeout_s)
         meta.open[partition] = batch
         self._open_batches[(topic, partition)] = batch
-        self.pending += 1
-        self.cond.notify_all()
+        self._pending += 1
+        self._cond.notify_all()
         return batch
 
     def _close(self, meta: TopicState, topic: str, partition: int) -> None:
@@ -315,11 +317,11 @@ class RecordAccumulator:
         meta.open[partition] = None
         del self._open_batches[(topic, partition)]
         self._queued_bytes += batch.size
-        self.ready.append(batch)
+        self._ready.append(batch)
         if partition == meta.sticky and meta.partitions > 1:
             nxt = random.randrange(meta.partitions - 1)
             meta.sticky = nxt if nxt < partition else nxt + 1
-        self.cond.notify_all()
+        self._cond.notify_all()
 
     def _block_while_full(self) -> None:
         if self._queued_bytes <= self._buffer_bytes:
@@ -332,15 +334,15 @@ class RecordAccumulator:
                     f"producer buffer full ({self._queued_bytes} bytes queued) for "
                     f"{self._max_block_s:g} s; is the broker at {self.address} keeping up?"
                 )
-            self.cond.wait(min(left, 0.1))
+            self._cond.wait(min(left, 0.1))
 
     # -- what the sender thread uses (lock held) -------------------------------
 
-    def close_due(self, now: float) -> float | None:
+    def _close_due(self, now: float) -> float | None:
         """Close the open batches whose linger has passed (every one when flushing
         or closing); seconds until the next one is due, or None. Lock held."""
         wait: float | None = None
-        flushing = self._flushing > 0 or self.closed
+        flushing = self._flushing > 0 or self._closed
         for (topic, p), batch in list(self._open_batches.items()):
             due = batch.created + self._linger_s
             if flushing or due <= now:
@@ -349,14 +351,14 @@ class RecordAccumulator:
                 wait = due - now if wait is None else min(wait, due - now)
         return wait
 
-    def complete(self, batch: ProducerBatch, err: errors.LogStoreError | None) -> None:
+    def _complete(self, batch: ProducerBatch, err: errors.LogStoreError | None) -> None:
         """The batch is done (stored, or failed for good): wake its handles. Lock held."""
         batch.error = err
         batch.request = None
         self._queued_bytes -= batch.size
-        self.pending -= 1
+        self._pending -= 1
         batch.done.set()
-        self.cond.notify_all()
+        self._cond.notify_all()
 
     # -- flush ---------------------------------------------------------------
 
@@ -367,16 +369,16 @@ class RecordAccumulator:
         DeadlineExceededError if ``timeout`` (s) passes first.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self.lock:
+        with self._lock:
             self._flushing += 1
-            self.cond.notify_all()
+            self._cond.notify_all()
             try:
-                while self.pending:
+                while self._pending:
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
                         raise errors.DeadlineExceededError(
                             f"flush did not complete within {timeout} s"
                         )
-                    self.cond.wait(left if left is not None else 1.0)
+                    self._cond.wait(left if left is not None else 1.0)
             finally:
                 self._flushing -= 1

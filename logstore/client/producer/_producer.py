@@ -95,7 +95,7 @@ class Producer(RecordAccumulator):
             buffer_bytes=buffer_bytes,
             max_block_ms=max_block_ms,
         )
-        self._idempotence = Idempotence(idempotent, self._transport.init_producer, self.lock)
+        self._idempotence = Idempotence(idempotent, self._transport.init_producer, self._lock)
         self._sender = Sender(
             self,
             self._transport,
@@ -115,14 +115,14 @@ class Producer(RecordAccumulator):
 
     def close(self, timeout: float | None = None) -> None:
         """Flush, stop the sender thread and close the connection. Idempotent."""
-        if self.closed:
+        if self._closed:
             return
         try:
             self.flush(timeout)
         finally:
-            with self.lock:
-                self.closed = True
-                self.cond.notify_all()
+            with self._lock:
+                self._closed = True
+                self._cond.notify_all()
             self._sender.join()
             self._transport.close()
 

@@ -150,15 +150,15 @@ class Sender:
         acc = self._acc
         while True:
             to_send: list[ProducerBatch] = []
-            with acc.lock:
+            with acc._lock:
                 while True:
                     self._drain_completions()
                     wait_s = self._collect(to_send)
                     if to_send:
                         break
-                    if acc.closed and not acc.pending:
+                    if acc._closed and not acc._pending:
                         return
-                    acc.cond.wait(wait_s)
+                    acc._cond.wait(wait_s)
             for batch in to_send:
                 self._send(batch)
             if time.monotonic() >= self._refresh_at:
@@ -172,11 +172,11 @@ class Sender:
         """Pick batches to send now; returns how long to wait otherwise. Lock held."""
         now = time.monotonic()
         acc = self._acc
-        wait = acc.close_due(now)
-        if acc.ready:
+        wait = acc._close_due(now)
+        if acc._ready:
             keep: deque[ProducerBatch] = deque()
-            while acc.ready:
-                batch = acc.ready.popleft()
+            while acc._ready:
+                batch = acc._ready.popleft()
                 tp = (batch.topic, batch.partition)
                 if (
                     tp in self._in_flight
@@ -191,7 +191,7 @@ class Sender:
                 else:
                     self._in_flight[tp] = batch
                     out.append(batch)
-            acc.ready = keep
+            acc._ready = keep
         return wait
 
     def _build_request(self, batch: ProducerBatch) -> bytes:
@@ -212,7 +212,7 @@ class Sender:
         idem = self._idem
         if idem.enabled:
             idem.refresh_if_stale()
-            with self._acc.lock:
+            with self._acc._lock:
                 seq = idem.next_sequence((batch.topic, batch.partition), batch.count)
             header.producer_id = idem.producer_id
             header.producer_epoch = idem.producer_epoch
@@ -241,9 +241,9 @@ class Sender:
 
     def _on_done(self, batch: ProducerBatch, resp: Any, exc: BaseException | None) -> None:
         acc = self._acc
-        with acc.lock:
+        with acc._lock:
             self._completions.append((batch, resp, exc))
-            acc.cond.notify_all()
+            acc._cond.notify_all()
 
     def _drain_completions(self) -> None:
         """Complete, retry or fail batches whose request finished. Lock held."""
@@ -255,7 +255,7 @@ class Sender:
                 del self._in_flight[tp]
             if exc is None:
                 batch.base_offset = resp.base_offset
-                acc.complete(batch, None)
+                acc._complete(batch, None)
                 continue
             err = translate(exc, self._address)
             now = time.monotonic()
@@ -264,13 +264,13 @@ class Sender:
                 delay = self._backoff.delay_s(batch.attempts - 1, hint)
                 if now + delay < batch.deadline:
                     batch.retry_at = now + delay
-                    acc.ready.appendleft(batch)
+                    acc._ready.appendleft(batch)
                     continue
                 err = type(err)(
                     f"{err} (gave up after {batch.attempts} attempt(s): "
-                    f"delivery_timeout_ms={acc.delivery_timeout_ms})"
+                    f"delivery_timeout_ms={acc._delivery_timeout_ms})"
                 )
             if self._idem.enabled and batch.request is not None:
                 # The broker may or may not hold this batch: the sequence is broken.
                 self._idem.sequence_broken()
-            acc.complete(batch, err)
+            acc._complete(batch, err)
