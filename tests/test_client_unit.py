@@ -656,3 +656,21 @@ def test_added_partitions_are_learned() -> None:
         fake.partitions = 3
         assert p.send("t", b"c", partition=2).result(5) == (2, 0)
         assert p.partitions_for("t") == 3
+
+
+def test_the_client_retypes_no_frame_size() -> None:
+    """No module of the client or the CLI writes the frame header's sizes (66, 72) as
+    numbers: they come from logstore.wire, so a longer header cannot break the client."""
+    import ast
+    from pathlib import Path
+
+    from logstore.wire import FRAME_OVERHEAD, HEADER_SIZE
+
+    root = Path(__file__).resolve().parents[1]
+    sizes = {HEADER_SIZE, FRAME_OVERHEAD}
+    found = []
+    for path in [*(root / "logstore" / "client").rglob("*.py"), *(root / "cli").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and type(node.value) is int and node.value in sizes:
+                found.append(f"{path.relative_to(root)}:{node.lineno}: {node.value}")
+    assert found == []
