@@ -5,7 +5,7 @@ lock) until it is full, its linger passes or a flush closes it; then it is
 sent, and possibly retried, one request at a time, and completed once
 (``done`` set, with ``base_offset`` or ``error``). ``parts`` holds the
 encoded records as a list of byte strings, joined once when the request is
-built (see :mod:`.._sender`).
+built (see :mod:`._sender`).
 """
 
 from __future__ import annotations

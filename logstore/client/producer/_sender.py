@@ -14,9 +14,9 @@ base timestamp is the smallest of them. ``max_timestamp_ms`` is the largest.
 Delivery. At most one request in flight per partition (so batches of a
 partition are stored in order and a retried batch cannot be overtaken), up to
 ``max_in_flight`` in total. Which errors are retried and how long to wait
-between tries is :mod:`.._backoff`'s (full jitter, at least the broker's
-hint), until ``delivery_timeout_ms`` after the batch was created; anything
-else fails the batch at once. A batch that fails for good after it was sent
+between tries is :mod:`logstore.client._backoff`'s (full jitter, at least
+the broker's hint), until ``delivery_timeout_ms`` after the batch was
+created; anything else fails the batch at once. A batch that fails for good after it was sent
 breaks the idempotent sequence (:mod:`._idempotence`).
 
 Completions arrive on gRPC's threads and are queued; only the sender thread
