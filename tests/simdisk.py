@@ -586,14 +586,17 @@ class SimDisk(FileSystem):
 
         return self._run(f"reading {path}", go)  # type: ignore[no-any-return]
 
-    def write_file(self, path: str, data: bytes) -> None:
-        """Create or replace ``path`` with ``data`` and fsync it (not atomic)."""
+    def write_file(self, path: str, data: bytes, *, exclusive: bool = False) -> None:
+        """Create or replace ``path`` with ``data`` and fsync it (not atomic);
+        with ``exclusive``, EEXIST if it exists (O_EXCL)."""
 
         def go() -> None:
             self._check("write_file", path)
             parts, name = self._split(path)
             d = self._dir_of(parts, path)
             node = d.entries.get(name)
+            if node is not None and exclusive:
+                raise _oserror(errno_mod.EEXIST, path)
             if isinstance(node, _Dir):
                 raise _oserror(errno_mod.EISDIR, path)
             if node is None:
@@ -720,6 +723,10 @@ class SimDisk(FileSystem):
             except OSError:
                 return False
             return True
+
+    def lexists(self, path: str) -> bool:
+        """No symlinks here: the same as ``exists``."""
+        return self.exists(path)
 
     def isdir(self, path: str) -> bool:
         with self._lock:

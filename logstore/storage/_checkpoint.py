@@ -25,8 +25,16 @@ _VERSION = "0"
 
 
 def write_atomic(fs: FileSystem, path: str, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically (see the module docstring).
+
+    The temp file is created with ``O_EXCL``: a leftover one (or a symlink
+    planted under its name) is unlinked first, which removes the link, never
+    its target.
+    """
     tmp = path + TMP_SUFFIX
-    fs.write_file(tmp, data)
+    if fs.lexists(tmp):
+        fs.unlink(tmp)
+    fs.write_file(tmp, data, exclusive=True)
     fs.replace(tmp, path)
     fs.fsync_dir(os.path.dirname(path) or ".")
 

@@ -135,10 +135,17 @@ class FileSystem:
         with io(f"reading {path}"), open(path, "rb") as f:
             return f.read()
 
-    def write_file(self, path: str, data: bytes) -> None:
-        """Create or replace ``path`` with ``data`` and fsync it (not atomic)."""
+    def write_file(self, path: str, data: bytes, *, exclusive: bool = False) -> None:
+        """Create or replace ``path`` with ``data`` and fsync it (not atomic).
+
+        Never follows a symlink at ``path`` (``O_NOFOLLOW``: ELOOP instead);
+        with ``exclusive``, the file must not exist yet (``O_EXCL``: EEXIST), so
+        a file or symlink planted under a temp name cannot redirect the write.
+        """
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+        flags |= os.O_EXCL if exclusive else os.O_TRUNC
         with io(f"writing {path}"):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            fd = os.open(path, flags, 0o644)
             try:
                 view = memoryview(data)
                 while view:
@@ -177,6 +184,10 @@ class FileSystem:
 
     def exists(self, path: str) -> bool:
         return os.path.exists(path)
+
+    def lexists(self, path: str) -> bool:
+        """Whether ``path`` exists, a dangling symlink included."""
+        return os.path.lexists(path)
 
     def isdir(self, path: str) -> bool:
         return os.path.isdir(path)

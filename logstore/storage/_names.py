@@ -45,9 +45,11 @@ STORE_FILES: Final = frozenset(
 )  # fmt: skip
 
 MAX_TOPIC_NAME: Final = 249
-_TOPIC_RE: Final = re.compile(r"^[a-zA-Z0-9._-]+$")
-_PARTITION_DIR_RE: Final = re.compile(r"^([a-zA-Z0-9._-]+)-(0|[1-9][0-9]{0,4})$")
-_SEGMENT_RE: Final = re.compile(r"^([0-9]{20})\.(log|index|timeindex|snapshot)$")
+#: Matched with ``fullmatch``: ``$`` in ``re.match`` also matches before a
+#: trailing newline, which let ``"a\n"`` through and broke every checkpoint.
+_TOPIC_RE: Final = re.compile(r"[a-zA-Z0-9._-]+")
+_PARTITION_DIR_RE: Final = re.compile(r"([a-zA-Z0-9._-]+)-(0|[1-9][0-9]{0,4})")
+_SEGMENT_RE: Final = re.compile(r"([0-9]{20})\.(log|index|timeindex|snapshot)")
 
 
 class FileKind(Enum):
@@ -72,7 +74,7 @@ def check_topic_name(name: object, *, internal: bool = False) -> str:
         )
     if name in (".", ".."):
         raise InvalidTopicNameError(f"topic name cannot be {name!r}")
-    if not _TOPIC_RE.match(name):
+    if not _TOPIC_RE.fullmatch(name):
         raise InvalidTopicNameError(
             f"topic name {name!r} has characters other than ASCII letters, digits, '.', '_', '-'"
         )
@@ -89,7 +91,7 @@ def partition_dir(topic: str, partition: int) -> str:
 
 def parse_partition_dir(name: str) -> tuple[str, int] | None:
     """``(topic, partition)`` for a partition directory name, else None."""
-    m = _PARTITION_DIR_RE.match(name)
+    m = _PARTITION_DIR_RE.fullmatch(name)
     if not m:
         return None
     return m.group(1), int(m.group(2))
@@ -108,7 +110,7 @@ def parse_segment_file(path: str, name: str) -> tuple[int, FileKind] | None:
     """
     if name.endswith(TMP_SUFFIX):
         return None
-    m = _SEGMENT_RE.match(name)
+    m = _SEGMENT_RE.fullmatch(name)
     if not m:
         raise StorageError(f"unknown file in partition directory: {path}/{name}")
     return int(m.group(1)), FileKind(m.group(2))
