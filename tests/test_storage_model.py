@@ -453,6 +453,42 @@ class StorageModel(RuleBasedStateMachine):
         for m in self.models.values():  # nothing needed an fsync
             m.durable_end = m.end
 
+    @rule(
+        err=st.sampled_from([errno.EIO, errno.ENOSPC]),
+        p=st.sampled_from(PARTS),
+        unsynced=st.integers(0, 2),
+    )
+    def fault_then_close(self, err: int, p: tuple[str, int], unsynced: int) -> None:
+        """A failed fsync, then a clean close, then reopen: nothing acknowledged is
+        lost, no offset is reused, everything reads (the close must not claim a
+        clean shutdown for the failed partition)."""
+        m = self.models[p]
+        for _ in range(unsynced):
+            self._append(p, [20], False, 5)
+        self.counter += 1
+        value = f"fault-close:{self.counter}".encode()
+        self.disk.fail_next("fsync", err, path=f"/{p[0]}-{p[1]}/")
+        try:
+            base = self.store.append(p[0], p[1], [value], sync=True, timestamp_ms=self.now_ms)
+        except StorageError as exc:
+            assert exc.errno == err, (exc, err)
+            # written but not acknowledged, or not written (the fsync of a roll failed)
+            _, end = self.store.offsets(p[0], p[1])
+            assert end in (m.end, m.end + 1), (p, end, m.end)
+            if end == m.end + 1:
+                m.add(Batch(m.end, [value], self.now_ms))
+        else:  # nothing needed an fsync of that partition's files
+            assert base == m.end
+            m.add(Batch(base, [value], self.now_ms))
+        finally:
+            self.disk.clear_faults()
+        self.store.close()
+        self.store = None
+        for other in self.models.values():
+            if other is not m:  # flushed by the close
+                other.durable_end = other.end
+        self._reopened(lost_allowed=False)
+
     @rule(p=st.sampled_from(PARTS), frac=st.floats(0, 1))
     def fault_during_read(self, p: tuple[str, int], frac: float) -> None:
         """A read hit by EIO raises StorageError (never wrong data); the next read works."""

@@ -20,8 +20,15 @@ recovery point are trusted; from the recovery point on, every frame is
 checked (head, CRC32C, contiguous offsets). The first bad frame and
 everything after it are a torn tail: truncated, with one WARN line. A frame
 that cannot be reached *before* the recovery point is corruption: nothing is
-truncated, reads of that range raise CorruptRecordError, and appends continue
-in a new segment at the recovery point so no acknowledged offset is reused.
+truncated, reads of that range raise CorruptRecordError, later segments are
+kept and checked as usual, and (when there is none) appends continue in a new
+segment at the recovery point so no acknowledged offset is reused. After a
+clean shutdown nothing is scanned except the active segment's tail (from its
+last index entry): if its frames do not end exactly at the end of the file and
+at the checkpointed end offset, the partition is recovered as after a crash.
+
+Reads: a damaged frame is reported (CorruptRecordError) only when it is the
+first one asked for; a read that reaches it after good frames returns those.
 """
 
 from __future__ import annotations
@@ -146,6 +153,17 @@ class PartitionLog:
 
     # --- offsets ------------------------------------------------------------------
     @property
+    def failed(self) -> StorageError | None:
+        """The I/O error that made the partition read-only, or None.
+
+        A failed partition's page cache no longer matches what was fsynced
+        (after a failed fsync the kernel may have dropped dirty pages), so its
+        store never writes the clean-shutdown marker: the next open re-checks
+        every frame from the recovery point instead of trusting it.
+        """
+        return self._failed
+
+    @property
     def active(self) -> Segment:
         return self.segments[-1]
 
@@ -226,6 +244,8 @@ class PartitionLog:
             segments.append(Segment.create(fs, directory, base, handles, index_cache, now))
             self._dir_dirty = True
         self._set_segments(segments)
+        if clean and not self._clean_tail_matches(recovery_point):
+            clean = False
         if not clean:
             # Files made before the crash may be in the page cache only: fsync
             # the directory before the first acknowledgement into them.
@@ -244,9 +264,36 @@ class PartitionLog:
         self._load_producers(sorted(snapshots))
         return self
 
+    def _clean_tail_matches(self, recovery_point: int) -> bool:
+        """Whether, after a clean shutdown, the active segment's frames end
+        exactly at the end of its file and at the checkpointed end offset.
+
+        The marker says the checkpoint is right, but a file can disagree with
+        it (garbage appended after the last frame, a checkpoint written by a
+        partition whose fsync failed): appending after such a tail would hand
+        out offsets already used or put new frames where no reader can reach
+        them. A walk of the frame heads after the last index entry (at most
+        one index interval, 4 KiB by default) finds it; then the partition
+        is recovered as after a crash.
+        """
+        act = self.active
+        if act.size == 0:
+            ok = recovery_point <= act.base_offset
+            tail: int | None = act.base_offset
+        else:
+            tail = act.tail_next_offset()
+            ok = tail == recovery_point
+        if not ok:
+            log.warning(
+                "%s: clean-shutdown marker present but %s ends at offset %s, not at the "
+                "checkpointed %d: recovering as after a crash",
+                self.name, os.path.basename(act.log_path),
+                "an unparseable frame" if tail is None else tail, recovery_point,
+            )  # fmt: skip
+        return ok
+
     def _recover(self, recovery_point: int) -> None:
         """Re-scan everything from the recovery point (see the module docstring)."""
-        interval = self.config.index_interval_bytes
         segs = self.segments
         # Retention may have deleted segments the (older) checkpoint still
         # points into: what is left starts at the first segment's base.
@@ -269,11 +316,17 @@ class PartitionLog:
             rp_seg.index.reset()
             rp_seg.time_index.reset()
             rp_seg.max_timestamp_ms = -1
-        # 2. Check every frame after it, segment by segment.
+        self._check_frames_from(k, start_pos, recovery_point)
+
+    def _check_frames_from(self, k: int, start_pos: int, expected_offset: int) -> None:
+        """Check every frame from byte ``start_pos`` of segment ``k`` on, which
+        must start at ``expected_offset``; truncate a torn tail."""
+        interval = self.config.index_interval_bytes
+        segs = self.segments
         for j in range(k, len(segs)):
             seg = segs[j]
             pos = start_pos if j == k else 0
-            expected = recovery_point if j == k else segs[j - 1].next_offset
+            expected = expected_offset if j == k else segs[j - 1].next_offset
             if j > k:
                 seg.index.reset()
                 seg.time_index.reset()
@@ -357,7 +410,22 @@ class PartitionLog:
 
     def _corrupt_before(self, seg: Segment, k: int, recovery_point: int, why: str) -> None:
         """Data before the recovery point is unreachable: keep it (reads of it
-        report corruption) and continue in a new segment at the recovery point."""
+        report corruption). Later segments are kept and checked as usual (they
+        hold acknowledged records); without one, appends continue in a new
+        segment at the recovery point, so no acknowledged offset is reused."""
+        segs = self.segments
+        if k + 1 < len(segs):
+            end = segs[k + 1].base_offset
+            log.error(
+                "%s: CORRUPTION before the recovery point %d in %s: %s; offsets %d..%d may be "
+                "unreadable; nothing was truncated and the %d later segment(s) are kept",
+                self.name, recovery_point, os.path.basename(seg.log_path), why,
+                seg.base_offset, end - 1, len(segs) - k - 1,
+            )  # fmt: skip
+            seg.next_offset = end
+            seg.sealed = True
+            self._check_frames_from(k + 1, 0, end)
+            return
         log.error(
             "%s: CORRUPTION before the recovery point %d in %s: %s; offsets %d..%d are "
             "unreadable, nothing was truncated, appends continue at %d",

@@ -399,9 +399,32 @@ class Segment:
             f"{self.log_path}: offset {offset} not found (missing or damaged data)"
         )
 
+    def tail_next_offset(self) -> int | None:
+        """The offset after the last frame, found by walking the frame heads
+        from the last offset index entry to ``size`` (no CRC); None if the
+        frames do not run contiguously and exactly to ``size`` (garbage or a
+        torn frame at the end)."""
+        rel, pos = self.index.last()
+        if pos and not self._entry_matches(rel, pos):
+            rel, pos = 0, 0
+        nxt = self.base_offset + rel
+        try:
+            for _p, h in self.frames(pos, self.size):
+                if h.base_offset != nxt:
+                    return None
+                nxt = h.next_offset
+        except CorruptRecordError:
+            return None
+        return nxt
+
     def read_frames(self, pos: int, max_bytes: int) -> tuple[bytes, int]:
         """CRC-checked whole frames from ``pos``: at least one, then as many as
-        fit in ``max_bytes``. Returns ``(bytes, next_offset)``."""
+        fit in ``max_bytes``. Returns ``(bytes, next_offset)``.
+
+        A bad frame (head, CRC or offset) raises CorruptRecordError only when
+        it is the first one; after good frames the read stops before it and
+        returns those, so one damaged batch never hides the valid data before
+        it (the next read, starting at the bad one, reports it)."""
         limit = self.size
         want = max(min(max_bytes, limit - pos), FRAME_OVERHEAD)
         buf = self.pread(want, pos)
@@ -409,7 +432,12 @@ class Segment:
         off = 0
         next_offset = -1
         while off + FRAME_OVERHEAD <= len(mv):
-            h = self._header_at(buf, off, pos + off)
+            try:
+                h = self._header_at(buf, off, pos + off)
+            except CorruptRecordError:
+                if off:
+                    break
+                raise
             end = off + h.frame_size
             if end > len(mv):
                 if off:
@@ -425,12 +453,11 @@ class Segment:
             try:
                 check_crc(mv[off:end], h)
             except CorruptRecordError as exc:
+                if off:
+                    break
                 raise CorruptRecordError(f"{self.log_path} at byte {pos + off}: {exc}") from None
             if next_offset != -1 and h.base_offset != next_offset:
-                raise CorruptRecordError(
-                    f"{self.log_path} at byte {pos + off}: base offset {h.base_offset}, "
-                    f"expected {next_offset}"
-                )
+                break  # a gap or overlap: not served past it (off > 0 here)
             next_offset = h.next_offset
             off = end
         if off == 0:

@@ -230,6 +230,10 @@ class Store:
                     failed = True
                     log.error("%s: close failed: %s", lg.name, exc)
                     lg.abandon()
+                if lg.failed is not None:
+                    # Its page cache may not match what is on disk: the next
+                    # open must re-check it from the recovery point.
+                    failed = True
             try:
                 self._write_recovery_points(force=True)
                 self._write_log_starts()
