@@ -47,9 +47,11 @@ from logstore.config import StoreConfig, TopicConfig
 from logstore.errors import (
     CorruptRecordError,
     InvalidBatchError,
+    LogStoreError,
     OffsetOutOfRangeError,
     StorageError,
     StoreClosedError,
+    UnknownTopicError,
 )
 from logstore.wire import (
     FRAME_OVERHEAD,
@@ -144,6 +146,7 @@ class PartitionLog:
         self._syncing = False
         self._dir_dirty = False
         self._failed: StorageError | None = None
+        self._deleted = False
         self._closed = False
         #: Set by the store: called with the partition when it has sync waiters
         #: and a flusher thread exists; returns False if there is none.
@@ -587,7 +590,24 @@ class PartitionLog:
         else:
             log.warning("%s: append at offset %d failed: %s", self.name, seg.next_offset, exc)
 
+    def _deleted_error(self) -> UnknownTopicError:
+        return UnknownTopicError(f"unknown topic {self.topic!r} (deleted)")
+
+    def mark_deleted(self) -> None:
+        """The topic is being deleted: from now on appends, fsyncs and reads
+        that fail raise UnknownTopicError (not the I/O error of a directory
+        that is gone). Waits for an append in progress."""
+        with self._lock:
+            self._deleted = True
+
+    def unmark_deleted(self) -> None:
+        """The deletion was rolled back."""
+        with self._lock:
+            self._deleted = False
+
     def _check_writable(self) -> None:
+        if self._deleted:
+            raise self._deleted_error()
         if self._closed:
             raise StoreClosedError(f"{self.name} is closed")
         if self._failed is not None:
@@ -650,7 +670,7 @@ class PartitionLog:
             seg = self.active
             dir_dirty = self._dir_dirty
             self._dir_dirty = False
-            failed = self._failed
+            failed: LogStoreError | None = self._deleted_error() if self._deleted else self._failed
         error: BaseException | None = failed
         if error is None:
             try:
@@ -659,9 +679,12 @@ class PartitionLog:
                 if dir_dirty:
                     self.fs.fsync_dir(self.directory)
             except StorageError as exc:
-                # After a failed fsync the page cache state is unknown
-                # (PostgreSQL's "fsyncgate"): stop accepting writes.
-                self._failed = error = exc
+                if self._deleted:  # the directory was renamed away under us
+                    error = self._deleted_error()
+                else:
+                    # After a failed fsync the page cache state is unknown
+                    # (PostgreSQL's "fsyncgate"): stop accepting writes.
+                    self._failed = error = exc
         with self._sync_lock:
             done: list[Future[None]] = []
             if error is None:
@@ -725,6 +748,8 @@ class PartitionLog:
             pos, _ = seg.position_of(offset)
             data, nxt = seg.read_frames(pos, max_bytes)
         except StorageError as exc:
+            if self._deleted:
+                raise self._deleted_error() from exc
             if offset < self.log_start_offset:  # deleted by retention under us
                 raise OffsetOutOfRangeError(
                     f"offset {offset} was deleted from {self.name} while being read",
@@ -749,23 +774,45 @@ class PartitionLog:
 
     def offset_for_time(self, timestamp_ms: int) -> tuple[int, int] | None:
         """``(offset, timestamp)`` of the first record with timestamp >= the
-        given one, or None if there is none."""
+        given one, or None if there is none.
+
+        Raises OffsetOutOfRangeError if records were deleted (DeleteRecords,
+        retention) under the search; the caller may ask again.
+        """
+        start = self.log_start_offset  # one snapshot: it may move under us
+        try:
+            return self._offset_for_time(timestamp_ms, start)
+        except (StorageError, CorruptRecordError) as exc:
+            if self._deleted:
+                raise self._deleted_error() from exc
+            if self.log_start_offset == start:
+                raise
+            raise OffsetOutOfRangeError(
+                f"{self.name}: records were deleted during the search by time (log start "
+                f"offset {start} -> {self.log_start_offset}); retry",
+                self.log_start_offset,
+                self.log_end_offset,
+            ) from exc
+
+    def _offset_for_time(self, timestamp_ms: int, start: int) -> tuple[int, int] | None:
         for seg in list(self.segments):
-            if seg.next_offset <= self.log_start_offset or seg.size == 0:
+            if seg.next_offset <= start or seg.size == 0:
                 continue
             seg.ensure_indexes()
             if seg.max_timestamp_ms < timestamp_ms:
                 continue
             rel = seg.time_index.scan_start(timestamp_ms)
-            start_off = max(seg.base_offset + rel, self.log_start_offset, seg.base_offset)
+            start_off = max(seg.base_offset + rel, start)
+            if start_off >= seg.next_offset:
+                continue
             pos, _ = seg.position_of(start_off)
             for p, h in seg.frames(pos, seg.size):
-                if h.max_timestamp_ms < timestamp_ms or h.next_offset <= self.log_start_offset:
+                if h.max_timestamp_ms < timestamp_ms or h.next_offset <= start:
                     continue
                 frame = seg.pread(h.frame_size, p)
                 check_crc(frame, h)
                 for r in decode_records(
-                    batch_view(frame), h.base_offset, h.base_timestamp_ms, self.log_start_offset
+                    batch_view(frame), h.base_offset, h.base_timestamp_ms, start
                 ):
                     if r.timestamp_ms >= timestamp_ms:
                         return r.offset, r.timestamp_ms

@@ -324,6 +324,8 @@ class Store:
             del self._topics[name]
             self._write_topics()
             removed = [self._logs.pop((name, part)) for part in range(info.partitions)]
+            for lg in removed:
+                lg.mark_deleted()  # writes and reads that lose the race: UnknownTopicError
             # Forget the topic's checkpointed offsets before removing its data, so
             # a topic created later under the same name starts from nothing.
             self._write_recovery_points(force=True)
