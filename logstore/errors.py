@@ -112,6 +112,14 @@ class DirectoryInUseError(StorageError):
     status = "FAILED_PRECONDITION"
 
 
+class CatalogError(StorageError):
+    """``topics.json`` is missing, damaged, or does not list partition
+    directories that hold data; the store refuses to open rather than delete
+    anything (rebuild it with ``Store.open(..., rebuild_catalog=True)``)."""
+
+    status = "FAILED_PRECONDITION"
+
+
 class StoreClosedError(LogStoreError):
     """The store (or broker) is closed or shutting down."""
 
@@ -148,6 +156,7 @@ class InternalError(LogStoreError):
 
 __all__ = [
     "BrokerUnavailableError",
+    "CatalogError",
     "CorruptRecordError",
     "DeadlineExceededError",
     "DirectoryInUseError",

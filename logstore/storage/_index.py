@@ -34,6 +34,7 @@ concurrently with appends (an entry is written before ``n`` grows).
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from typing import Any, Final
@@ -41,7 +42,11 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from logstore.errors import DiskFullError
+
 from ._fs import FileSystem
+
+log = logging.getLogger("logstore.storage")
 
 #: Kafka's default segment.index.bytes: 10 MiB. An index that reaches it
 #: makes the segment roll.
@@ -253,7 +258,16 @@ class _Index:
             self._arr[: len(arr)] = arr
             self.n = len(arr)
         else:
-            self.fs.write_file(self.path, arr.tobytes())
+            try:
+                self.fs.write_file(self.path, arr.tobytes())
+            except DiskFullError as exc:
+                # A rebuild runs on first use of a segment, reads included: a
+                # full disk must not fail a read. Entries are hints, so an empty
+                # index is correct (lookups scan from the start); the file keeps
+                # a prefix of the new entries, and the next open rebuilds again.
+                log.warning("%s: rebuilt index not written, left empty: %s", self.path, exc)
+                self.n = 0
+                return
             self.n = len(arr)
             self.cache.put(self.path, arr)
 

@@ -127,6 +127,7 @@ class PartitionLog:
         self.topic = topic
         self.partition = partition
         self.name = f"{topic}-{partition}"
+        self.key = (topic, partition)
         self.config = config
         self.store_config = store_config
         self.handles = handles
@@ -152,6 +153,9 @@ class PartitionLog:
         #: and a flusher thread exists; returns False if there is none.
         self.on_sync_wanted: Callable[[PartitionLog], bool] = lambda _p: False
         self.on_log_start_changed: Callable[[PartitionLog], None] = lambda _p: None
+        #: Set by the store: make ``start`` the durable log start offset of this
+        #: partition (raises StorageError if it cannot).
+        self.persist_log_start: Callable[[PartitionLog, int], None] = lambda _p, _s: None
         self.on_recovery_point_lowered: Callable[[PartitionLog], None] = lambda _p: None
 
     # --- offsets ------------------------------------------------------------------
@@ -821,15 +825,49 @@ class PartitionLog:
 
     # --- deletion ---------------------------------------------------------------------
     def delete_records(self, before_offset: int) -> int:
-        """Advance the log start offset to ``before_offset``; return it."""
+        """Advance the log start offset to ``before_offset``; return it.
+
+        Space first, metadata second, so that freeing space works on a full
+        disk: the whole segments below ``before_offset`` are deleted and the
+        start moves to the first remaining segment's base (what a reopen
+        would find without any checkpoint); then the new start is made
+        durable (``persist_log_start``) and only then applied. If that write
+        fails, the error propagates and the start stays where the data says.
+        """
         with self._lock:
+            self._check_writable_or_failed()
             self._check_offset(before_offset)
-            if before_offset > self.log_start_offset:
-                self.log_start_offset = before_offset
+            if before_offset <= self.log_start_offset:
+                return self.log_start_offset
+            segs = self.segments
+            n = 0
+            while n < len(segs) - 1 and segs[n + 1].base_offset <= before_offset:
+                n += 1
+            if n:
+                # The start moves before the segments go, so a reader never
+                # finds an offset above the start in no segment.
+                self.log_start_offset = max(self.log_start_offset, segs[n].base_offset)
                 self._delete_segments_below(before_offset, "delete records")
-            start = self.log_start_offset
-        self.on_log_start_changed(self)
-        return start
+                self.fs.fsync_dir(self.directory)  # the space is free once this is durable
+        self.persist_log_start(self, before_offset)
+        with self._lock:
+            self.log_start_offset = max(self.log_start_offset, before_offset)
+            return self.log_start_offset
+
+    def _check_writable_or_failed(self) -> None:
+        """Deleting records works on a failed partition (it frees space), not on
+        a closed or deleted one."""
+        if self._deleted:
+            raise self._deleted_error()
+        if self._closed:
+            raise StoreClosedError(f"{self.name} is closed")
+
+    def reconfigure(self, config: TopicConfig) -> None:
+        """Apply a changed topic config (limits, retention, index interval)."""
+        with self._lock:
+            self.config = config
+            for seg in self.segments:
+                seg.index_interval_bytes = config.index_interval_bytes
 
     def _delete_segments_below(self, offset: int, why: str) -> None:
         """Delete sealed segments whose records are all below ``offset`` (lock held)."""
