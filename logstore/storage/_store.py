@@ -42,6 +42,7 @@ listing never waits for a big create.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import logging
@@ -138,8 +139,11 @@ class Store:
         self.handles = HandleCache(config.max_open_segments)
         self.index_cache = IndexCache(config.index_cache_bytes)
         self._topics: dict[str, TopicInfo] = {}
-        #: name -> (the TopicInfo, its topics.json text), see _write_topics.
-        self._topic_json: dict[str, tuple[TopicInfo, str]] = {}
+        #: topics.json as last written: sorted names and each one's JSON text
+        #: (see _write_topics); valid once ``_catalog_synced``.
+        self._catalog_names: list[str] = []
+        self._catalog_parts: list[str] = []
+        self._catalog_synced = False
         self._logs: dict[tuple[str, int], PartitionLog] = {}
         self._lock = threading.RLock()  # topics, checkpoints
         self._checkpoint_lock = threading.Lock()  # the recovery-point file
@@ -454,7 +458,7 @@ class Store:
                     raise lg.failed
             self.fs.fsync_dir(self.path)
             topics = {**self._topics, info.name: info}
-            self._write_topics(topics)
+            self._write_topics(topics, [info.name])
         except BaseException:
             for lg in new.values():
                 lg.abandon()
@@ -509,7 +513,7 @@ class Store:
                     log.warning("%s: removing %s failed: %s", lg.name, tmp, exc)
             try:
                 self.fs.fsync_dir(self.path)  # the removals durable: their space is free
-                self._write_catalog_and_checkpoints()
+                self._write_catalog_and_checkpoints([name])
             except StorageError as exc:
                 self._catalog_dirty = True
                 log.error("deleted topic %s; writing topics.json failed (retried): %s", name, exc)
@@ -524,10 +528,9 @@ class Store:
         with contextlib.suppress(StorageError):
             self.fs.fsync_dir(self.path)
 
-    def _write_catalog_and_checkpoints(self) -> None:
+    def _write_catalog_and_checkpoints(self, changed: Sequence[str] | None = None) -> None:
         """topics.json, then the checkpoints without the partitions that are gone."""
-        self._write_topics(self._topics)
-        self._catalog_dirty = False
+        self._write_topics(self._topics, changed)
         # Forget a deleted topic's offsets, so a topic created later under the
         # same name starts from nothing.
         self._write_recovery_points(force=True, snapshots=False)
@@ -563,7 +566,7 @@ class Store:
             cfg = info.config.with_changes(set, list(reset))
             info = TopicInfo(name, info.partitions, cfg)
             topics = {**self._topics, name: info}
-            self._write_topics(topics)
+            self._write_topics(topics, [name])
             self._topics = topics
             for part in range(info.partitions):
                 self._logs[(name, part)].reconfigure(cfg)
@@ -583,32 +586,41 @@ class Store:
             self._add_partitions(new, info.partitions, total)
             return new
 
-    def _write_topics(self, topics: Mapping[str, TopicInfo]) -> None:
+    def _write_topics(
+        self, topics: Mapping[str, TopicInfo], changed: Sequence[str] | None = None
+    ) -> None:
         """Write topics.json for ``topics`` (the caller publishes them after).
 
-        Each topic's JSON is cached, so a create costs the join of the
-        others' text and one write, not their serialisation (2,000 topics:
-        see docs). The file is the same as ``json.dumps(..., indent=1,
-        sort_keys=True)`` of the whole mapping.
+        ``changed`` names the topics that differ from the file as last
+        written (None: rebuild all). Only those are serialised; the others'
+        text is kept in name order, so a create costs list inserts and one
+        join (C loops) plus the write, instead of a JSON dump of every topic
+        (at 2,000 topics that dump was ~1.8 ms of Python per create). The
+        bytes are those of ``json.dumps(..., indent=1, sort_keys=True)`` of
+        the whole mapping.
         """
-        cache = self._topic_json
-        parts = []
-        for name in sorted(topics):
-            t = topics[name]
-            text = cache.get(name)
-            if text is None or text[0] is not t:
-                body = json.dumps(
-                    {"config": t.config.to_dict(), "partitions": t.partitions},
-                    indent=1,
-                    sort_keys=True,
-                ).replace("\n", "\n ")
-                text = (t, f" {json.dumps(name)}: {body}")
-                cache[name] = text
-            parts.append(text[1])
-        for gone in [n for n in cache if n not in topics and n not in self._topics]:
-            del cache[gone]
+        if self._catalog_synced and not self._catalog_dirty and changed is not None:
+            names, parts = list(self._catalog_names), list(self._catalog_parts)
+            for name in changed:
+                i = bisect.bisect_left(names, name)
+                present = i < len(names) and names[i] == name
+                if name in topics:
+                    if present:
+                        parts[i] = _catalog_entry(topics[name])
+                    else:
+                        names.insert(i, name)
+                        parts.insert(i, _catalog_entry(topics[name]))
+                elif present:
+                    del names[i], parts[i]
+        else:
+            names = sorted(topics)
+            parts = [_catalog_entry(topics[n]) for n in names]
+        assert len(names) == len(topics)
         data = "{\n" + ",\n".join(parts) + "\n}" if parts else "{}"
         write_atomic(self.fs, os.path.join(self.path, TOPICS_FILE), data.encode())
+        self._catalog_names, self._catalog_parts = names, parts
+        self._catalog_synced = True
+        self._catalog_dirty = False
 
     def partition(self, topic: str, partition: int) -> PartitionLog:
         """The PartitionLog of ``topic``/``partition`` (typed errors if unknown)."""
@@ -917,6 +929,15 @@ def _check_partition_count(n: object) -> None:
         raise InvalidArgumentError(
             f"partition count must be an integer in 1..{MAX_PARTITIONS}, got {n!r}"
         )
+
+
+def _catalog_entry(t: TopicInfo) -> str:
+    """One topic's text in topics.json, as ``json.dumps(indent=1)`` of the
+    whole catalog writes it (one level deeper than a dump of the entry)."""
+    body = json.dumps(
+        {"config": t.config.to_dict(), "partitions": t.partitions}, indent=1, sort_keys=True
+    )
+    return f" {json.dumps(t.name)}: " + body.replace("\n", "\n ")
 
 
 def _parse_catalog(raw: object) -> dict[str, TopicInfo]:
