@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import json
-import logging
 import threading
 from pathlib import Path
 
@@ -267,30 +266,6 @@ def test_restart_after_a_crash_on_a_full_disk_is_not_refused() -> None:
     store = Store.open(ROOT, fs=disk)
     assert _values(store) == [b"a"]
     store.close()
-
-
-def test_repeated_background_errors_are_logged_once() -> None:
-    """The same background error (a checkpoint on a full disk) logs one line, not
-    one per retry."""
-    from logstore.storage._ratelimit import RateLimitedLog
-
-    lines: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lines.append(record.getMessage())
-
-    logger = logging.getLogger("logstore.test.ratelimit")
-    handler = Collect()
-    logger.addHandler(handler)
-    try:
-        limited = RateLimitedLog(logger, interval_s=60)
-        logged = [limited.log("checkpoint failed: disk full") for _ in range(100)]
-        limited.log("another error")
-    finally:
-        logger.removeHandler(handler)
-    assert logged.count(True) == 1
-    assert lines == ["checkpoint failed: disk full", "another error"]
 
 
 # --- 13. listing does not wait for a big create --------------------------------------------
