@@ -1,7 +1,12 @@
 """PartitionLog: the ordered segments of one topic-partition.
 
-Offsets: ``log_start_offset`` <= every readable offset < ``log_end_offset``
-(the high watermark on a single broker). ``flushed_offset`` is the offset
+Offsets: ``log_start_offset`` <= every readable offset < ``high_watermark``
+<= ``log_end_offset``. The log end offset is where the next append goes; the
+high watermark is the end of what readers are served (committed records).
+On a single broker every appended record is committed, so the append path
+advances the high watermark to the log end offset at once
+(``_advance_high_watermark``, the one place replication will change);
+truncation lowers both. ``flushed_offset`` is the offset
 below which everything is fsynced; the store checkpoints it as the recovery
 point.
 
@@ -136,6 +141,7 @@ class PartitionLog:
         # never pairs a segment list with the bases of another.
         self._view: tuple[list[Segment], list[int]] = ([], [])
         self.log_start_offset = 0
+        self._high_watermark = 0
         self.flushed_offset = 0
         self.producers = ProducerState(
             store_config.max_producer_ids, store_config.producer_id_expiration_ms
@@ -176,7 +182,19 @@ class PartitionLog:
 
     @property
     def log_end_offset(self) -> int:
+        """The offset the next append gets (written, maybe not committed)."""
         return self.segments[-1].next_offset
+
+    @property
+    def high_watermark(self) -> int:
+        """The offset below which records are committed and served to readers."""
+        return self._high_watermark
+
+    def _advance_high_watermark(self, offset: int) -> None:
+        """Records below ``offset`` are committed (lock held). A single broker
+        commits on append; replication will call this on follower acks."""
+        assert offset <= self.log_end_offset
+        self._high_watermark = max(self._high_watermark, offset)
 
     @property
     def size_bytes(self) -> int:
@@ -268,6 +286,7 @@ class PartitionLog:
         self.flushed_offset = (
             self.log_end_offset if clean else min(recovery_point, self.log_end_offset)
         )
+        self._advance_high_watermark(self.log_end_offset)
         self._load_producers(sorted(snapshots))
         return self
 
@@ -577,6 +596,7 @@ class PartitionLog:
                 self.producers.update(
                     producer_id, producer_epoch, base_sequence, record_count, base, base_ts
                 )
+            self._advance_high_watermark(base + record_count)
             self.last_append_ms = now
             result = AppendResult(base, base + record_count - 1, base_ts, self.log_start_offset)
         return result
@@ -733,16 +753,29 @@ class PartitionLog:
             )
         return start, end
 
+    def _check_read_offset(self, offset: int) -> tuple[int, int]:
+        """``(log start, high watermark)`` if a reader may ask for ``offset``."""
+        start, hw = self.log_start_offset, self._high_watermark
+        if not start <= offset <= hw:
+            raise OffsetOutOfRangeError(
+                f"offset {offset} is out of range for {self.name}: valid offsets are "
+                f"{start}..{hw} (log start offset..high watermark)",
+                start,
+                hw,
+            )
+        return start, hw
+
     def read_frames(self, offset: int, max_bytes: int) -> FetchResult:
-        """Stored frames from the one containing ``offset`` (see FetchResult)."""
-        start, end = self._check_offset(offset)
+        """Stored frames from the one containing ``offset`` (see FetchResult),
+        none at or past the high watermark."""
+        start, end = self._check_read_offset(offset)
         if offset == end:
             return FetchResult(b"", end, start, end)
         segments, bases = self._view
         i = bisect.bisect_right(bases, offset) - 1
         if i < 0 or offset >= segments[i].next_offset:
             if offset < self.log_start_offset:  # deleted by retention meanwhile
-                self._check_offset(offset)
+                self._check_read_offset(offset)
             raise CorruptRecordError(
                 f"{self.name}: offset {offset} is missing from the log (data lost before the "
                 f"recovery point)"
@@ -750,7 +783,7 @@ class PartitionLog:
         seg = segments[i]
         try:
             pos, _ = seg.position_of(offset)
-            data, nxt = seg.read_frames(pos, max_bytes)
+            data, nxt = seg.read_frames(pos, max_bytes, end)
         except StorageError as exc:
             if self._deleted:
                 raise self._deleted_error() from exc
@@ -784,8 +817,10 @@ class PartitionLog:
         retention) under the search; the caller may ask again.
         """
         start = self.log_start_offset  # one snapshot: it may move under us
+        hw = self._high_watermark
         try:
-            return self._offset_for_time(timestamp_ms, start)
+            found = self._offset_for_time(timestamp_ms, start)
+            return None if found is None or found[0] >= hw else found
         except (StorageError, CorruptRecordError) as exc:
             if self._deleted:
                 raise self._deleted_error() from exc
@@ -965,6 +1000,7 @@ class PartitionLog:
                 self.fs.fsync_dir(self.directory)
             seg.sealed = False
             seg.truncate_to(pos, offset_at)
+            self._high_watermark = min(self._high_watermark, offset_at)
             last_ts = seg.time_index.last()
             seg.max_timestamp_ms = last_ts[0] if last_ts else -1
             from_pos = seg.index.last()[1] if seg.index.n else 0

@@ -417,9 +417,12 @@ class Segment:
             return None
         return nxt
 
-    def read_frames(self, pos: int, max_bytes: int) -> tuple[bytes, int]:
+    def read_frames(
+        self, pos: int, max_bytes: int, end_offset: int | None = None
+    ) -> tuple[bytes, int]:
         """CRC-checked whole frames from ``pos``: at least one, then as many as
-        fit in ``max_bytes``. Returns ``(bytes, next_offset)``.
+        fit in ``max_bytes``, none starting at or after ``end_offset`` (the
+        high watermark). Returns ``(bytes, next_offset)``.
 
         A bad frame (head, CRC or offset) raises CorruptRecordError only when
         it is the first one; after good frames the read stops before it and
@@ -438,6 +441,8 @@ class Segment:
                 if off:
                     break
                 raise
+            if off and end_offset is not None and h.base_offset >= end_offset:
+                break
             end = off + h.frame_size
             if end > len(mv):
                 if off:

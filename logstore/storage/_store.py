@@ -117,6 +117,7 @@ class PartitionInfo:
     log_end_offset: int
     size_bytes: int
     segment_count: int
+    high_watermark: int
 
 
 @dataclass(frozen=True)
@@ -730,6 +731,11 @@ class Store:
         lg = self.partition(topic, partition)
         return lg.log_start_offset, lg.log_end_offset
 
+    def high_watermark(self, topic: str, partition: int) -> int:
+        """The offset below which records are committed and served (on a single
+        broker, the log end offset)."""
+        return self.partition(topic, partition).high_watermark
+
     def offset_for_time(self, topic: str, partition: int, timestamp_ms: int) -> int | None:
         """First offset whose record timestamp is >= ``timestamp_ms``, or None."""
         found = self.partition(topic, partition).offset_for_time(timestamp_ms)
@@ -752,7 +758,12 @@ class Store:
         lg = self.partition(topic, partition)
         segs = lg.segments
         return PartitionInfo(
-            partition, lg.log_start_offset, lg.log_end_offset, sum(s.size for s in segs), len(segs)
+            partition,
+            lg.log_start_offset,
+            lg.log_end_offset,
+            sum(s.size for s in segs),
+            len(segs),
+            lg.high_watermark,
         )
 
     def add_append_listener(self, fn: Callable[[str, int, int], None]) -> None:
