@@ -276,9 +276,7 @@ class PartitionLog:
             # the directory before the first acknowledgement into them.
             self._dir_dirty = True
         if clean:
-            act = self.active
-            act.next_offset = max(act.next_offset, act.base_offset)
-            act._bytes_since_entry = act.size - act.index.last()[1] if act.index.n else act.size
+            self.active.resume_after_clean_open()
         else:
             self._recover(recovery_point)
         self.log_start_offset = max(log_start_offset, self.segments[0].base_offset)
@@ -334,39 +332,30 @@ class PartitionLog:
         start_pos = 0
         if recovery_point > rp_seg.base_offset:
             try:
-                start_pos = self._position_of_boundary(rp_seg, recovery_point)
+                start_pos = rp_seg.boundary_at(recovery_point)
             except CorruptRecordError as exc:
                 self._corrupt_before(rp_seg, k, recovery_point, str(exc))
                 return
         else:
-            rp_seg.index.reset()
-            rp_seg.time_index.reset()
-            rp_seg.max_timestamp_ms = -1
+            rp_seg.forget_indexes()
         self._check_frames_from(k, start_pos, recovery_point)
 
     def _check_frames_from(self, k: int, start_pos: int, expected_offset: int) -> None:
         """Check every frame from byte ``start_pos`` of segment ``k`` on, which
         must start at ``expected_offset``; truncate a torn tail."""
-        interval = self.config.index_interval_bytes
         segs = self.segments
         for j in range(k, len(segs)):
             seg = segs[j]
             pos = start_pos if j == k else 0
             expected = expected_offset if j == k else segs[j - 1].next_offset
             if j > k:
-                seg.index.reset()
-                seg.time_index.reset()
-                seg.max_timestamp_ms = -1
+                seg.forget_indexes()
                 if seg.base_offset != expected:
                     self._drop_from(j, f"segment base {seg.base_offset} != expected {expected}")
                     return
-            seg.size = pos
-            seg.next_offset = expected
-            seg._bytes_since_entry = pos - seg.index.last()[1] if seg.index.n else pos
-            file_size = self.fs.file_size(seg.log_path)
-            bad = self._scan_valid(seg, pos, file_size, expected, interval)
+            bad = seg.recover_from(pos, expected)
             if bad is not None:
-                dropped = file_size - seg.size
+                dropped = self.fs.file_size(seg.log_path) - seg.size
                 log.warning(
                     "%s: torn tail truncated at offset %d (byte %d of %s): %d bytes dropped (%s)",
                     self.name, seg.next_offset, seg.size, os.path.basename(seg.log_path),
@@ -376,63 +365,6 @@ class PartitionLog:
                 self._drop_from(j + 1, "after a torn tail")
                 return
             seg.sealed = j + 1 < len(segs)
-
-    def _scan_valid(
-        self, seg: Segment, pos: int, file_size: int, expected: int, interval: int
-    ) -> str | None:
-        """Accept valid frames from ``pos``; return why scanning stopped early."""
-        try:
-            for p, h in seg.frames(pos, file_size):
-                if h.base_offset != expected:
-                    return f"base offset {h.base_offset}, expected {expected}"
-                check_crc(seg.pread(h.frame_size, p), h)
-                rel = h.base_offset - seg.base_offset
-                if p and seg._bytes_since_entry >= interval and rel > seg.index.last()[0]:
-                    seg.index.append(rel, p)
-                    last = seg.time_index.last()
-                    ts = max(seg.max_timestamp_ms, h.max_timestamp_ms)
-                    if last is None or ts > last[0]:
-                        seg.time_index.append(ts, rel)
-                    seg._bytes_since_entry = 0
-                seg.max_timestamp_ms = max(seg.max_timestamp_ms, h.max_timestamp_ms)
-                seg._bytes_since_entry += h.frame_size
-                seg.size = p + h.frame_size
-                seg.next_offset = expected = h.next_offset
-        except CorruptRecordError as exc:
-            return str(exc)
-        return None
-
-    def _position_of_boundary(self, seg: Segment, offset: int) -> int:
-        """Byte position of the frame starting at ``offset`` (walk without CRC)."""
-        # Only entries of frames that start before the recovery point can be
-        # trusted (an entry for the frame at it may point at a torn frame).
-        seg.index.load(offset - seg.base_offset - 1)
-        seg.time_index.load(offset - seg.base_offset - 1)
-        file_size = self.fs.file_size(seg.log_path)
-        rel, pos = seg.index.lookup(offset - seg.base_offset)
-        if pos:
-            try:
-                for _p, h in seg.frames(pos, min(pos + FRAME_OVERHEAD, file_size)):
-                    if h.base_offset != seg.base_offset + rel:
-                        raise CorruptRecordError("bad index entry")
-                    break
-            except CorruptRecordError:
-                seg.index.reset()
-                seg.time_index.reset()
-                pos = 0
-        last_ts = seg.time_index.last()
-        seg.max_timestamp_ms = last_ts[0] if last_ts else -1
-        # Stop right after the frame that ends at the recovery point: the frame
-        # after it may be torn, and that is a torn tail, not corruption.
-        for p, h in seg.frames(pos, file_size):
-            if h.base_offset >= offset or h.next_offset > offset:
-                break
-            seg.max_timestamp_ms = max(seg.max_timestamp_ms, h.max_timestamp_ms)
-            if h.next_offset == offset:
-                return p + h.frame_size
-        raise CorruptRecordError(
-            f"{seg.log_path}: no frame boundary at recovery point {offset} (data missing)"
-        )
 
     def _corrupt_before(self, seg: Segment, k: int, recovery_point: int, why: str) -> None:
         """Data before the recovery point is unreachable: keep it (reads of it
@@ -586,9 +518,7 @@ class PartitionLog:
             base = seg.next_offset
             patch_base_offset(head, base)
             try:
-                seg.append(
-                    head, records, base, record_count, max_ts, self.config.index_interval_bytes
-                )
+                seg.append(head, records, base, record_count, max_ts)
             except StorageError as exc:
                 self._check_after_failed_write(seg, exc)
                 raise
@@ -1001,11 +931,6 @@ class PartitionLog:
             seg.sealed = False
             seg.truncate_to(pos, offset_at)
             self._high_watermark = min(self._high_watermark, offset_at)
-            last_ts = seg.time_index.last()
-            seg.max_timestamp_ms = last_ts[0] if last_ts else -1
-            from_pos = seg.index.last()[1] if seg.index.n else 0
-            for _p, h in seg.frames(from_pos, seg.size):
-                seg.max_timestamp_ms = max(seg.max_timestamp_ms, h.max_timestamp_ms)
             self.producers.truncate(offset_at)
 
     # --- close -------------------------------------------------------------------------

@@ -13,8 +13,20 @@ Invariants (checked by ``assert`` where cheap):
 - relative offsets (``offset - base_offset``) and positions fit in u32; the
   partition rolls before they would not.
 
+Indexing: one rule decides the sparse entries (``entries_for_frame``: an
+offset entry every ``index_interval_bytes`` of frames, a time entry with it
+when the running maximum timestamp grew); appends, recovery and index
+rebuilds all apply it.
+
+Recovery: the segment recovers itself. ``boundary_at(recovery_point)`` walks
+the frame heads to the recovery point; ``recover_from(pos, offset)`` checks
+and indexes every frame after it as if appended and stops at the first bad
+one (the caller truncates the torn tail with ``truncate_to``);
+``resume_after_clean_open`` continues after a clean shutdown.
+
 Thread-safety: one writer at a time (the partition's lock); any number of
 readers concurrently with it (``pread`` at positions below ``size``).
+Recovery runs before the partition is shared.
 """
 
 from __future__ import annotations
@@ -231,7 +243,6 @@ class Segment:
         finally:
             self.handles.release(self)
 
-    # --- writing ------------------------------------------------------------------------
     def fits(self, frame_size: int, record_count: int, segment_bytes: int) -> bool:
         """Whether a frame can be appended without breaking a limit."""
         if self.size == 0:
@@ -244,6 +255,60 @@ class Segment:
             and not self.time_index.is_full
         )
 
+    # --- the sparse-index rule (the one place it is written) ----------------------
+    @staticmethod
+    def entries_for_frame(
+        pos: int,
+        rel: int,
+        frame_max_ts: int,
+        bytes_since_entry: int,
+        interval: int,
+        last_rel: int,
+        running_max_ts: int,
+        last_time_ts: int | None,
+    ) -> tuple[bool, int | None]:
+        """Which index entries the frame at ``pos`` (relative offset ``rel``) gets.
+
+        An offset entry once at least ``interval`` bytes of frames were
+        written since the last one (never for the first frame: position 0
+        finds it), and only past the last entry (a recovery rescan may meet
+        an entry it kept); with it, a time entry of the running maximum
+        timestamp if that grew since the last time entry. Returns
+        ``(offset entry, time entry's timestamp or None)``. Appends, recovery
+        and index rebuilds all call this.
+        """
+        if not (pos and bytes_since_entry >= interval and rel > last_rel):
+            return False, None
+        ts = max(running_max_ts, frame_max_ts)
+        return True, (ts if last_time_ts is None or ts > last_time_ts else None)
+
+    def _entries_due(self, pos: int, rel: int, frame_max_ts: int) -> tuple[bool, int | None]:
+        last_time = self.time_index.last()
+        last_time_ts = None if last_time is None else last_time[0]
+        return self.entries_for_frame(
+            pos, rel, frame_max_ts, self._bytes_since_entry, self.index_interval_bytes,
+            self.index.last()[0], self.max_timestamp_ms, last_time_ts,
+        )  # fmt: skip
+
+    def _index_frame(
+        self, pos: int, rel: int, frame_size: int, frame_max_ts: int, due: tuple[bool, int | None]
+    ) -> None:
+        """Account for a frame just appended or accepted by recovery."""
+        add_offset, time_ts = due
+        if add_offset:
+            with self._index_lock:
+                self.index.append(rel, pos)
+                if time_ts is not None:
+                    self.time_index.append(time_ts, rel)
+            self._bytes_since_entry = 0
+        self.max_timestamp_ms = max(self.max_timestamp_ms, frame_max_ts)
+        self._bytes_since_entry += frame_size
+
+    def _bytes_after_last_entry(self) -> int:
+        """Bytes of frames after the last offset entry (``size`` known)."""
+        return self.size - self.index.last()[1] if self.index.n else self.size
+
+    # --- writing ------------------------------------------------------------------------
     def append(
         self,
         head: bytearray,
@@ -251,7 +316,6 @@ class Segment:
         header_base: int,
         record_count: int,
         max_timestamp_ms: int,
-        index_interval_bytes: int,
     ) -> None:
         """Append one frame whose base offset is ``header_base`` (already patched).
 
@@ -261,7 +325,9 @@ class Segment:
         assert header_base == self.next_offset
         pos = self.size
         frame_size = len(head) + len(body)
-        add_entry = bool(pos) and self._bytes_since_entry >= index_interval_bytes
+        rel = header_base - self.base_offset
+        due = self._entries_due(pos, rel, max_timestamp_ms)
+        add_entry = due[0]
         if add_entry:
             # Grow the index maps before writing the frame: an ENOSPC here
             # must not leave a written frame unaccounted for.
@@ -278,16 +344,7 @@ class Segment:
             self.handles.release(self)
             if add_entry:
                 self.handles.settle()
-        rel = header_base - self.base_offset
-        self.max_timestamp_ms = max(self.max_timestamp_ms, max_timestamp_ms)
-        if add_entry:
-            with self._index_lock:
-                self.index.append(rel, pos)
-                last = self.time_index.last()
-                if last is None or self.max_timestamp_ms > last[0]:
-                    self.time_index.append(self.max_timestamp_ms, rel)
-            self._bytes_since_entry = 0
-        self._bytes_since_entry += frame_size
+        self._index_frame(pos, rel, frame_size, max_timestamp_ms, due)
         # size before next_offset: a reader that sees the new end offset must
         # also see the bytes that hold it.
         self.size = pos + frame_size
@@ -343,6 +400,82 @@ class Segment:
         self.time_index.delete()
         if self.fs.exists(self.log_path):
             self.fs.unlink(self.log_path)
+
+    # --- recovery (called by the partition's open, single-threaded) ----------------------
+    def resume_after_clean_open(self) -> None:
+        """Continue appending after a clean shutdown (``size`` and ``next_offset``
+        were taken from the file and the checkpoint)."""
+        self.next_offset = max(self.next_offset, self.base_offset)
+        self._bytes_since_entry = self._bytes_after_last_entry()
+
+    def forget_indexes(self) -> None:
+        """Drop every index entry and the max timestamp (a rescan rebuilds them)."""
+        self.index.reset()
+        self.time_index.reset()
+        self.max_timestamp_ms = -1
+
+    def recover_from(self, pos: int, expected_offset: int) -> str | None:
+        """Accept the valid frames from byte ``pos`` (a frame boundary, where
+        ``expected_offset`` starts) to the end of the file: head, CRC32C,
+        contiguous offsets, indexed by the one rule as if appended. Sets
+        ``size`` and ``next_offset`` to the end of the last valid frame;
+        returns why scanning stopped early (a torn tail), or None. Does not
+        truncate (the caller logs, then calls ``truncate_to``)."""
+        self.size = pos
+        self.next_offset = expected_offset
+        self._bytes_since_entry = self._bytes_after_last_entry()
+        file_size = self.fs.file_size(self.log_path)
+        try:
+            for p, h in self.frames(pos, file_size):
+                if h.base_offset != self.next_offset:
+                    return f"base offset {h.base_offset}, expected {self.next_offset}"
+                check_crc(self.pread(h.frame_size, p), h)
+                rel = h.base_offset - self.base_offset
+                self._index_frame(
+                    p, rel, h.frame_size, h.max_timestamp_ms,
+                    self._entries_due(p, rel, h.max_timestamp_ms),
+                )  # fmt: skip
+                self.size = p + h.frame_size
+                self.next_offset = h.next_offset
+        except CorruptRecordError as exc:
+            return str(exc)
+        return None
+
+    def boundary_at(self, offset: int) -> int:
+        """Byte position right after the frame that ends at ``offset`` (the
+        recovery point), walking frame heads without CRC from the last index
+        entry before it; loads the indexes up to it and sets the max
+        timestamp of the frames before it. CorruptRecordError if no frame
+        ends there (damage or missing data before the recovery point)."""
+        # Only entries of frames that start before the recovery point can be
+        # trusted (an entry for the frame at it may point at a torn frame).
+        self.index.load(offset - self.base_offset - 1)
+        self.time_index.load(offset - self.base_offset - 1)
+        file_size = self.fs.file_size(self.log_path)
+        rel, pos = self.index.lookup(offset - self.base_offset)
+        if pos:
+            try:
+                for _p, h in self.frames(pos, min(pos + FRAME_OVERHEAD, file_size)):
+                    if h.base_offset != self.base_offset + rel:
+                        raise CorruptRecordError("bad index entry")
+                    break
+            except CorruptRecordError:
+                self.index.reset()
+                self.time_index.reset()
+                pos = 0
+        last_ts = self.time_index.last()
+        self.max_timestamp_ms = last_ts[0] if last_ts else -1
+        # Stop right after the frame that ends at the recovery point: the frame
+        # after it may be torn, and that is a torn tail, not corruption.
+        for p, h in self.frames(pos, file_size):
+            if h.base_offset >= offset or h.next_offset > offset:
+                break
+            self.max_timestamp_ms = max(self.max_timestamp_ms, h.max_timestamp_ms)
+            if h.next_offset == offset:
+                return p + h.frame_size
+        raise CorruptRecordError(
+            f"{self.log_path}: no frame boundary at recovery point {offset} (data missing)"
+        )
 
     # --- reading ----------------------------------------------------------------------------
     def _header_at(self, buf: bytes, pos_in_buf: int, pos: int) -> FrameHeader:
@@ -546,11 +679,15 @@ class Segment:
         try:
             for pos, h in self.frames(0, self.size):
                 rel = h.base_offset - self.base_offset
+                add_offset, time_ts = self.entries_for_frame(
+                    pos, rel, h.max_timestamp_ms, since, interval,
+                    offs[-1][0] if offs else 0, mx, times[-1][0] if times else None,
+                )  # fmt: skip
                 mx = max(mx, h.max_timestamp_ms)
-                if pos and since >= interval:
+                if add_offset:
                     offs.append((rel, pos))
-                    if not times or mx > times[-1][0]:
-                        times.append((mx, rel, 0))
+                    if time_ts is not None:
+                        times.append((time_ts, rel, 0))
                     since = 0
                 since += h.frame_size
         except CorruptRecordError as exc:
@@ -578,4 +715,9 @@ class Segment:
         self.time_index.truncate_entries(
             self.time_index.count_below_rel(next_offset - self.base_offset)
         )
-        self._bytes_since_entry = pos - self.index.last()[1] if self.index.n else pos
+        self._bytes_since_entry = self._bytes_after_last_entry()
+        last_ts = self.time_index.last()
+        self.max_timestamp_ms = last_ts[0] if last_ts else -1
+        from_pos = self.index.last()[1] if self.index.n else 0
+        for _p, h in self.frames(from_pos, self.size):
+            self.max_timestamp_ms = max(self.max_timestamp_ms, h.max_timestamp_ms)
