@@ -15,10 +15,11 @@ partition's lock: one writer at a time. Reads take no lock: they work on a
 snapshot of the segment list (replaced, never mutated in place) and read
 only below each segment's published ``size``.
 
-Group commit (``sync_to``): waiters queue on the partition. With the store's
-flusher thread running, it fsyncs and completes them; otherwise the first
-waiter becomes the leader, fsyncs for everyone queued behind it, and loops
-until no waiter is left (leader/follower, no thread).
+Group commit (``sync_to``): waiters queue on the partition's
+:class:`~._group_commit.GroupCommit`. With the store's flusher thread running,
+it fsyncs and completes them; otherwise the first waiter becomes the leader,
+fsyncs for everyone queued behind it, and loops until no waiter is left
+(leader/follower, no thread).
 
 Recovery (``open`` after an unclean shutdown): segments wholly below the
 recovery point are trusted; from the recovery point on, every frame is
@@ -39,13 +40,12 @@ first one asked for; a read that reaches it after good frames returns those.
 from __future__ import annotations
 
 import bisect
-import contextlib
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 from logstore.config import StoreConfig, TopicConfig
@@ -72,6 +72,7 @@ from logstore.wire import (
 
 from ._checkpoint import write_atomic
 from ._fs import FileSystem
+from ._group_commit import GroupCommit
 from ._index import IndexCache
 from ._names import FileKind, parse_segment_file, segment_file
 from ._producers import ProducerState
@@ -142,22 +143,20 @@ class PartitionLog:
         self._view: tuple[list[Segment], list[int]] = ([], [])
         self.log_start_offset = 0
         self._high_watermark = 0
-        self.flushed_offset = 0
         self.producers = ProducerState(
             store_config.max_producer_ids, store_config.producer_id_expiration_ms
         )
         self.last_append_ms = now_ms()
         self._lock = threading.Lock()
-        self._sync_lock = threading.Lock()
-        self._waiters: list[tuple[int, Future[None]]] = []
-        self._syncing = False
+        self.commits = GroupCommit(self._sync_files)
         self._dir_dirty = False
         self._failed: StorageError | None = None
         self._deleted = False
         self._closed = False
         #: Set by the store: called with the partition when it has sync waiters
-        #: and a flusher thread exists; returns False if there is none.
+        #: and no fsync runs; True if the flusher thread took them.
         self.on_sync_wanted: Callable[[PartitionLog], bool] = lambda _p: False
+        self.commits.on_wanted = lambda: self.on_sync_wanted(self)
         self.on_log_start_changed: Callable[[PartitionLog], None] = lambda _p: None
         #: Set by the store: make ``start`` the durable log start offset of this
         #: partition (raises StorageError if it cannot).
@@ -281,7 +280,7 @@ class PartitionLog:
             self._recover(recovery_point)
         self.log_start_offset = max(log_start_offset, self.segments[0].base_offset)
         self.log_start_offset = min(self.log_start_offset, self.log_end_offset)
-        self.flushed_offset = (
+        self.commits.reset_flushed(
             self.log_end_offset if clean else min(recovery_point, self.log_end_offset)
         )
         self._advance_high_watermark(self.log_end_offset)
@@ -448,6 +447,18 @@ class PartitionLog:
     def _snapshot_path(self, offset: int) -> str:
         return os.path.join(self.directory, segment_file(offset, FileKind.SNAPSHOT))
 
+    def snapshot_producers_if_changed(self) -> None:
+        """Snapshot the producer state if it changed since the last one."""
+        if self.producers.changed and not self._closed:
+            with self._lock:
+                if not self._closed:
+                    self.write_producer_snapshot()
+
+    def expire_producers(self, now: int) -> None:
+        """Forget producer ids idle for longer than the expiration."""
+        with self._lock:
+            self.producers.expire(now)
+
     def write_producer_snapshot(self) -> None:
         """Snapshot the producer state at the log end offset (under the lock)."""
         if not self.producers.changed:
@@ -591,81 +602,49 @@ class PartitionLog:
             self._roll(now_ms())
 
     # --- durability ----------------------------------------------------------------------
-    def sync_to(self, offset: int) -> Future[None]:
-        """A future done when every offset below ``offset`` is fsynced."""
-        fut: Future[None] = Future()
-        with self._sync_lock:
-            if self.flushed_offset >= offset:
-                fut.set_result(None)
-                return fut
-            self._waiters.append((offset, fut))
-            if self._syncing:
-                return fut
-            if self.on_sync_wanted(self):
-                return fut
-            self._syncing = True
-        self._lead_syncs()
-        return fut
+    @property
+    def flushed_offset(self) -> int:
+        """Every offset below it is fsynced (the store checkpoints it)."""
+        return self.commits.flushed_offset
 
-    def _lead_syncs(self) -> None:
-        """Fsync until no waiter is left (the caller set ``_syncing``)."""
-        while True:
-            self.sync_once()
-            with self._sync_lock:
-                if not self._waiters:
-                    self._syncing = False
-                    return
+    def sync_to(self, offset: int) -> Future[None]:
+        """A future done when every offset below ``offset`` is fsynced (group
+        commit: see ``_group_commit``)."""
+        return self.commits.sync_to(offset)
 
     def sync_once(self) -> int:
         """One fsync of everything appended so far; completes the waiters it
         covers and returns how many it completed."""
+        return self.commits.sync_once()
+
+    def _sync_files(self) -> tuple[int, BaseException | None]:
+        """Fsync the active segment (and the directory if it changed); return
+        the offset that is durable after it, or the error."""
         with self._lock:
             target = self.log_end_offset
             seg = self.active
             dir_dirty = self._dir_dirty
             self._dir_dirty = False
             failed: LogStoreError | None = self._deleted_error() if self._deleted else self._failed
-        error: BaseException | None = failed
-        if error is None:
-            try:
-                if self.flushed_offset < target:
-                    seg.sync()
-                if dir_dirty:
-                    self.fs.fsync_dir(self.directory)
-            except StorageError as exc:
-                if self._deleted:  # the directory was renamed away under us
-                    error = self._deleted_error()
-                else:
-                    # After a failed fsync the page cache state is unknown
-                    # (PostgreSQL's "fsyncgate"): stop accepting writes.
-                    self._failed = error = exc
-        with self._sync_lock:
-            done: list[Future[None]] = []
-            if error is None:
-                self.flushed_offset = max(self.flushed_offset, target)
-                keep = []
-                for off, fut in self._waiters:
-                    if off <= target:
-                        done.append(fut)
-                    else:
-                        keep.append((off, fut))
-                self._waiters = keep
-            else:
-                done = [f for _, f in self._waiters]
-                self._waiters = []
-        for fut in done:
-            # A waiter may have given up (an asyncio caller cancelled the
-            # wrapped future): completing it anyway must not kill the flusher.
-            with contextlib.suppress(InvalidStateError):
-                if error is None:
-                    fut.set_result(None)
-                else:
-                    fut.set_exception(error)
-        return len(done)
+        if failed is not None:
+            return target, failed
+        try:
+            if self.flushed_offset < target:
+                seg.sync()
+            if dir_dirty:
+                self.fs.fsync_dir(self.directory)
+        except StorageError as exc:
+            if self._deleted:  # the directory was renamed away under us
+                return target, self._deleted_error()
+            # After a failed fsync the page cache state is unknown
+            # (PostgreSQL's "fsyncgate"): stop accepting writes.
+            self._failed = exc
+            return target, exc
+        return target, None
 
     @property
     def has_waiters(self) -> bool:
-        return bool(self._waiters)
+        return self.commits.has_waiters
 
     def flush(self) -> None:
         """Everything appended before this call is durable when it returns."""
@@ -917,8 +896,7 @@ class PartitionLog:
             # Lower the checkpointed recovery point (to a frame boundary) before
             # touching a file: a crash after the truncation must not find a
             # recovery point past the end, which would read as lost data.
-            with self._sync_lock:
-                self.flushed_offset = min(self.flushed_offset, offset_at)
+            self.commits.lower_flushed(offset_at)
             self.on_recovery_point_lowered(self)
             for later in segs[i + 1 :]:
                 later.delete()

@@ -48,7 +48,6 @@ import json
 import logging
 import os
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
@@ -72,6 +71,7 @@ from logstore.wire import Record, encode_records
 
 from ._checkpoint import read_json, read_offsets, write_atomic, write_json, write_offsets
 from ._fs import FileSystem
+from ._group_commit import Flusher
 from ._index import IndexCache
 from ._names import (
     CLEAN_SHUTDOWN_FILE,
@@ -161,10 +161,7 @@ class Store:
         self._catalog_dirty = False
         self._next_producer_id = 1
         self._producer_id_limit = 0
-        self._flusher: threading.Thread | None = None
-        self._flush_cond = threading.Condition()
-        self._flush_queue: dict[tuple[str, int], PartitionLog] = {}
-        self._stop_flusher = False
+        self._flusher: Flusher | None = None
         #: Called after each fsync of the flusher thread with the partition,
         #: the seconds it took and the number of waiters it completed (the
         #: group-commit batch size).
@@ -808,9 +805,7 @@ class Store:
         logs = list(self._logs.items())
         if snapshots:
             for _tp, lg in logs:
-                if lg.producers.changed and not lg._closed:
-                    with lg._lock:
-                        lg.write_producer_snapshot()
+                lg.snapshot_producers_if_changed()
         with self._checkpoint_lock:
             points = {tp: lg.flushed_offset for tp, lg in logs}
             if points != self._checkpointed or force:
@@ -829,69 +824,34 @@ class Store:
     # --- the flusher thread (broker) -----------------------------------------------------------
     def start_flusher(self) -> None:
         """Start the one thread that fsyncs partitions with waiters (group commit)."""
-        with self._flush_cond:
+        with self._lock:
             if self._flusher is not None:
                 return
-            self._stop_flusher = False
-            self._flusher = threading.Thread(
-                target=self._flush_loop, name="logstore-flusher", daemon=True
+            self._flusher = Flusher(
+                self.config.recovery_checkpoint_interval_ms / 1000 or 1,
+                self._flusher_checkpoint,
+                self._after_fsync,
             )
-            self._flusher.start()
+
+    def _after_fsync(self, lg: PartitionLog, seconds: float, completed: int) -> None:
+        self.on_fsync(lg, seconds, completed)  # looked up per call: set after start
 
     def _queue_sync(self, lg: PartitionLog) -> bool:
-        if self._flusher is None:
-            return False
-        with self._flush_cond:
-            self._flush_queue[(lg.topic, lg.partition)] = lg
-            lg._syncing = True
-            self._flush_cond.notify()
-        return True
+        flusher = self._flusher
+        return flusher is not None and flusher.enqueue(lg)
 
-    def _flush_loop(self) -> None:
-        while True:
-            with self._flush_cond:
-                while not self._flush_queue and not self._stop_flusher:
-                    self._flush_cond.wait(
-                        timeout=self.config.recovery_checkpoint_interval_ms / 1000 or 1
-                    )
-                    if not self._flush_queue:
-                        break
-                if self._stop_flusher and not self._flush_queue:
-                    return
-                queue, self._flush_queue = self._flush_queue, {}
-            for lg in queue.values():
-                t0 = time.perf_counter()
-                completed = 0
-                try:
-                    completed = lg.sync_once()
-                finally:
-                    with lg._sync_lock:
-                        if lg._waiters:
-                            with self._flush_cond:
-                                self._flush_queue[(lg.topic, lg.partition)] = lg
-                        else:
-                            lg._syncing = False
-                self.on_fsync(lg, time.perf_counter() - t0, completed)
-            try:
-                self._maybe_checkpoint()
-            except StorageError as exc:
-                self._errors.log(f"recovery checkpoint failed: {exc}")
+    def _flusher_checkpoint(self) -> None:
+        try:
+            self._maybe_checkpoint()
+        except StorageError as exc:
+            self._errors.log(f"recovery checkpoint failed: {exc}")
 
     def _stop_flusher_thread(self) -> None:
-        t = self._flusher
-        if t is None:
+        flusher = self._flusher
+        if flusher is None:
             return
-        with self._flush_cond:
-            self._stop_flusher = True
-            self._flush_cond.notify()
-        t.join()
+        flusher.stop(list(self._logs.values()))
         self._flusher = None
-        for lg in self._logs.values():  # serve any waiter left in the caller
-            with lg._sync_lock:
-                lg._syncing = False
-            if lg.has_waiters:
-                with contextlib.suppress(StorageError):
-                    lg.flush()
 
     # --- maintenance ------------------------------------------------------------------------------
     def maintain(self, now_ms: int | None = None) -> None:
@@ -908,8 +868,7 @@ class Store:
                 # full disk fails only the write; it is retried next time.
                 self._starts_dirty = True
                 self._errors.log(f"{lg.name}: maintenance failed: {exc}")
-            with lg._lock:
-                lg.producers.expire(now)
+            lg.expire_producers(now)
             lg.close_idle(now)
         with self._lock:
             if self._closed:

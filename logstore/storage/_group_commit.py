@@ -1,0 +1,205 @@
+"""Group commit: the fsync waiters of one partition, and the store's flusher thread.
+
+:class:`GroupCommit` (one per partition) turns "every offset below N is
+durable" requests into as few fsyncs as possible. ``sync_to(offset)`` returns
+a future. If no fsync is running, the caller either hands the partition to
+the flusher thread (``on_wanted`` returns True: the broker) or becomes the
+leader: it fsyncs for everyone queued behind it and loops until no waiter is
+left (leader/follower, no thread: embedded use). One fsync completes every
+waiter at or below the offset it covered; on an error every waiter gets it.
+
+:class:`Flusher` is that thread: it takes partitions with waiters from a queue
+(``enqueue``), fsyncs each once per turn, queues it again while waiters
+remain, and between turns (at least every checkpoint interval) calls the
+store's checkpoint. ``stop()`` joins it and serves waiters left behind in the
+caller's thread.
+
+Thread-safety: all methods are thread-safe. Lock order: a partition's write
+lock (taken inside the ``sync`` callback), then its GroupCommit lock, never
+the other way; the flusher's condition is never held while calling a
+partition.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, InvalidStateError
+from typing import TYPE_CHECKING
+
+from logstore.errors import StorageError
+
+if TYPE_CHECKING:
+    from ._partition import PartitionLog
+
+#: ``sync()`` -> (offset it made durable, error or None): one fsync of a partition.
+SyncFn = Callable[[], "tuple[int, BaseException | None]"]
+
+
+class GroupCommit:
+    """See the module docstring."""
+
+    def __init__(self, sync: SyncFn) -> None:
+        self._sync = sync
+        self._lock = threading.Lock()
+        self._waiters: list[tuple[int, Future[None]]] = []
+        self._syncing = False  # a leader or the flusher owns the next fsync
+        self._flushed = 0
+        #: Called with no lock held when a fsync is wanted and none runs;
+        #: returns True if the flusher thread took the partition.
+        self.on_wanted: Callable[[], bool] = lambda: False
+
+    @property
+    def flushed_offset(self) -> int:
+        """Every offset below it is durable."""
+        return self._flushed
+
+    def reset_flushed(self, offset: int) -> None:
+        """Set the durable offset (at open)."""
+        with self._lock:
+            self._flushed = offset
+
+    def lower_flushed(self, offset: int) -> None:
+        """Lower the durable offset (a truncation below it)."""
+        with self._lock:
+            self._flushed = min(self._flushed, offset)
+
+    @property
+    def has_waiters(self) -> bool:
+        return bool(self._waiters)
+
+    def sync_to(self, offset: int) -> Future[None]:
+        """A future done when every offset below ``offset`` is durable."""
+        fut: Future[None] = Future()
+        with self._lock:
+            if self._flushed >= offset:
+                fut.set_result(None)
+                return fut
+            self._waiters.append((offset, fut))
+            if self._syncing:
+                return fut
+            self._syncing = True
+        if self.on_wanted():
+            return fut
+        self._lead()
+        return fut
+
+    def _lead(self) -> None:
+        """Fsync until no waiter is left (the caller owns ``_syncing``)."""
+        while True:
+            self.sync_once()
+            with self._lock:
+                if not self._waiters:
+                    self._syncing = False
+                    return
+
+    def sync_once(self) -> int:
+        """One fsync of everything written so far; completes the waiters it
+        covers and returns how many it completed."""
+        target, error = self._sync()
+        with self._lock:
+            done: list[Future[None]] = []
+            if error is None:
+                self._flushed = max(self._flushed, target)
+                keep = []
+                for off, fut in self._waiters:
+                    if off <= target:
+                        done.append(fut)
+                    else:
+                        keep.append((off, fut))
+                self._waiters = keep
+            else:
+                done = [f for _, f in self._waiters]
+                self._waiters = []
+        for fut in done:
+            # A waiter may have given up (an asyncio caller cancelled the
+            # wrapped future): completing it anyway must not kill the flusher.
+            with contextlib.suppress(InvalidStateError):
+                if error is None:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(error)
+        return len(done)
+
+    # --- the flusher's side ------------------------------------------------------------
+    def claim(self) -> None:
+        """The flusher queued this partition: followers wait for it."""
+        with self._lock:
+            self._syncing = True
+
+    def finish_turn(self) -> bool:
+        """After the flusher's fsync: True if waiters remain (queue it again),
+        else the partition is released."""
+        with self._lock:
+            if self._waiters:
+                return True
+            self._syncing = False
+            return False
+
+    def release(self) -> None:
+        """The flusher stopped: the next waiter leads."""
+        with self._lock:
+            self._syncing = False
+
+
+class Flusher:
+    """The thread that serves group commits of every partition (see above)."""
+
+    def __init__(
+        self,
+        interval_s: float,
+        checkpoint: Callable[[], None],
+        after_fsync: Callable[[PartitionLog, float, int], None],
+    ) -> None:
+        self._interval_s = interval_s
+        self._checkpoint = checkpoint
+        self._after_fsync = after_fsync
+        self._cond = threading.Condition()
+        self._queue: dict[tuple[str, int], PartitionLog] = {}
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="logstore-flusher", daemon=True)
+        self._thread.start()
+
+    def enqueue(self, lg: PartitionLog) -> bool:
+        """Take ``lg``'s waiters (always True: the thread serves them)."""
+        with self._cond:
+            self._queue[lg.key] = lg
+            lg.commits.claim()
+            self._cond.notify()
+        return True
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stop:
+                    self._cond.wait(timeout=self._interval_s)
+                    if not self._queue:
+                        break
+                if self._stop and not self._queue:
+                    return
+                queue, self._queue = self._queue, {}
+            for lg in queue.values():
+                t0 = time.perf_counter()
+                completed = 0
+                try:
+                    completed = lg.commits.sync_once()
+                finally:
+                    if lg.commits.finish_turn():
+                        with self._cond:
+                            self._queue[lg.key] = lg
+                self._after_fsync(lg, time.perf_counter() - t0, completed)
+            self._checkpoint()
+
+    def stop(self, logs: Iterable[PartitionLog]) -> None:
+        """Join the thread, then serve any waiter left, in the caller's thread."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        self._thread.join()
+        for lg in logs:
+            lg.commits.release()
+            if lg.commits.has_waiters:
+                with contextlib.suppress(StorageError):
+                    lg.flush()
