@@ -9,9 +9,10 @@ Usable alone (embedded mode, no server, no background thread)::
         records = store.read("events", 0, offset=first)
 """
 
+from ._catalog import TopicInfo
 from ._fs import FileSystem
 from ._partition import AppendResult, FetchResult, PartitionLog
-from ._store import PartitionInfo, Store, StoreStats, TopicInfo
+from ._store import PartitionInfo, Store, StoreStats
 
 __all__ = [
     "AppendResult",

@@ -42,9 +42,7 @@ listing never waits for a big create.
 
 from __future__ import annotations
 
-import bisect
 import contextlib
-import json
 import logging
 import os
 import threading
@@ -55,7 +53,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final
 
-from logstore.config import MAX_PARTITIONS, StoreConfig, TopicConfig
+from logstore.config import StoreConfig, TopicConfig
 from logstore.errors import (
     CatalogError,
     DiskFullError,
@@ -69,7 +67,8 @@ from logstore.errors import (
 )
 from logstore.wire import Record, encode_records
 
-from ._checkpoint import read_json, read_offsets, write_atomic, write_json, write_offsets
+from ._catalog import Catalog, TopicInfo, check_partition_count, rebuild_hint
+from ._checkpoint import read_json, read_offsets, write_json, write_offsets
 from ._fs import FileSystem
 from ._group_commit import Flusher
 from ._index import IndexCache
@@ -83,7 +82,6 @@ from ._names import (
     RECOVERY_POINT_FILE,
     STORE_FILES,
     TMP_SUFFIX,
-    TOPICS_FILE,
     check_topic_name,
     parse_partition_dir,
     partition_dir,
@@ -97,15 +95,6 @@ log = logging.getLogger("logstore.storage")
 #: Producer ids are handed out from blocks persisted ahead of use, so an id is
 #: never reused after a crash and InitProducer costs no fsync most of the time.
 PRODUCER_ID_BLOCK: Final = 1000
-
-
-@dataclass(frozen=True)
-class TopicInfo:
-    """A topic: its name, partition count and resolved configuration."""
-
-    name: str
-    partitions: int
-    config: TopicConfig
 
 
 @dataclass(frozen=True)
@@ -140,11 +129,7 @@ class Store:
         self.handles = HandleCache(config.max_open_segments)
         self.index_cache = IndexCache(config.index_cache_bytes)
         self._topics: dict[str, TopicInfo] = {}
-        #: topics.json as last written: sorted names and each one's JSON text
-        #: (see _write_topics); valid once ``_catalog_synced``.
-        self._catalog_names: list[str] = []
-        self._catalog_parts: list[str] = []
-        self._catalog_synced = False
+        self._catalog = Catalog(fs, path)
         self._logs: dict[tuple[str, int], PartitionLog] = {}
         self._lock = threading.RLock()  # topics, checkpoints
         self._checkpoint_lock = threading.Lock()  # the recovery-point file
@@ -158,7 +143,6 @@ class Store:
         #: full disk the same one comes every checkpoint interval (1 s).
         self._errors = RateLimitedLog(log, ERROR_LOG_INTERVAL_S)
         self._starts_dirty = False
-        self._catalog_dirty = False
         self._next_producer_id = 1
         self._producer_id_limit = 0
         self._flusher: Flusher | None = None
@@ -216,7 +200,7 @@ class Store:
                 found.setdefault(tp[0], set()).add(tp[1])
             else:
                 raise StorageError(f"unknown file in data directory: {full}")
-        self._topics = self._load_catalog(found, rebuild_catalog)
+        self._topics = self._catalog.load(found, rebuild_catalog)
         self._remove_orphans(found)
         recovery = read_offsets(fs, os.path.join(p, RECOVERY_POINT_FILE))
         starts = read_offsets(fs, os.path.join(p, LOG_START_FILE))
@@ -245,52 +229,6 @@ class Store:
                 self._starts_dirty = True
                 log.warning("log start checkpoint not written at open (retried later): %s", exc)
 
-    def _load_catalog(self, found: Mapping[str, set[int]], rebuild: bool) -> dict[str, TopicInfo]:
-        """The topics of ``topics.json``, checked; rebuilt from ``found`` if asked.
-
-        Never deletes data: a missing or damaged catalog, or one that does not
-        list a partition directory holding data, refuses the open with one line
-        naming the file and the way out (see ``_remove_orphans``).
-        """
-        path = os.path.join(self.path, TOPICS_FILE)
-        topics: dict[str, TopicInfo] = {}
-        damage: str | None = None
-        if not self.fs.exists(path):
-            damage = "is missing" if found else None
-        else:
-            raw = self.fs.read_file(path)  # an I/O error propagates as it is
-            try:
-                topics = _parse_catalog(json.loads(raw))
-            except ValueError as exc:  # malformed JSON or entries (InvalidArgumentError)
-                damage = f"is damaged ({exc})"
-        if rebuild:
-            rebuilt = dict(topics)
-            for name, parts in sorted(found.items()):
-                try:
-                    check_topic_name(name, internal=True)
-                except InvalidArgumentError as exc:
-                    raise CatalogError(f"cannot rebuild {path}: {exc}") from None
-                old = rebuilt.get(name)
-                count = max(parts) + 1
-                if old is None or old.partitions < count:
-                    cfg = old.config if old is not None else TopicConfig()
-                    rebuilt[name] = TopicInfo(name, count, cfg)
-                    log.warning(
-                        "rebuilt catalog entry: topic %s with %d partitions (%s)",
-                        name, count, "config kept" if old else "default config",
-                    )  # fmt: skip
-            if rebuilt != topics or damage is not None:
-                self._write_topics(rebuilt)
-            return rebuilt
-        if damage is not None:
-            raise CatalogError(
-                f"{path} {damage}; refusing to start so that no partition data is deleted. "
-                f"Restore it from a backup, or rebuild it from the partition directories with "
-                f"Store.open(..., rebuild_catalog=True) (`python -m logstore.storage "
-                f"rebuild-catalog {self.path}`; topic configs not in the file reset to defaults)"
-            )
-        return topics
-
     def _remove_orphans(self, found: Mapping[str, set[int]]) -> None:
         """Remove partition directories the catalog does not list if they hold
         no data (left by a CreateTopic interrupted before topics.json was
@@ -306,12 +244,11 @@ class Store:
             names = ", ".join(os.path.basename(d) for d in with_data[:3])
             more = f" and {len(with_data) - 3} more" if len(with_data) > 3 else ""
             raise CatalogError(
-                f"{os.path.join(self.path, TOPICS_FILE)} does not list {len(with_data)} "
+                f"{self._catalog.path} does not list {len(with_data)} "
                 f"partition director{'y' if len(with_data) == 1 else 'ies'} that hold data "
                 f"({names}{more}); refusing to start so that nothing is deleted. Restore "
                 f"topics.json from a backup, or rebuild it from the partition directories "
-                f"with Store.open(..., rebuild_catalog=True) (`python -m logstore.storage "
-                f"rebuild-catalog {self.path}`)"
+                f"with {rebuild_hint(self.path)}"
             )
         for d in orphans:
             log.info("removing empty partition directory %s of no known topic", d)
@@ -426,7 +363,7 @@ class Store:
         lists them durably; if that write fails (disk full), the new
         directories are removed and the error propagates."""
         check_topic_name(name, internal=internal)
-        _check_partition_count(partitions)
+        check_partition_count(partitions)
         cfg = TopicConfig.from_mapping(config)
         with self._lock:
             self._check_open()
@@ -456,7 +393,7 @@ class Store:
                     raise lg.failed
             self.fs.fsync_dir(self.path)
             topics = {**self._topics, info.name: info}
-            self._write_topics(topics, [info.name])
+            self._catalog.write(topics, [info.name])
         except BaseException:
             for lg in new.values():
                 lg.abandon()
@@ -513,7 +450,7 @@ class Store:
                 self.fs.fsync_dir(self.path)  # the removals durable: their space is free
                 self._write_catalog_and_checkpoints([name])
             except StorageError as exc:
-                self._catalog_dirty = True
+                self._catalog.dirty = True
                 log.error("deleted topic %s; writing topics.json failed (retried): %s", name, exc)
             log.debug("deleted topic %s", name)
 
@@ -528,7 +465,7 @@ class Store:
 
     def _write_catalog_and_checkpoints(self, changed: Sequence[str] | None = None) -> None:
         """topics.json, then the checkpoints without the partitions that are gone."""
-        self._write_topics(self._topics, changed)
+        self._catalog.write(self._topics, changed)
         # Forget a deleted topic's offsets, so a topic created later under the
         # same name starts from nothing.
         self._write_recovery_points(force=True, snapshots=False)
@@ -564,7 +501,7 @@ class Store:
             cfg = info.config.with_changes(set, list(reset))
             info = TopicInfo(name, info.partitions, cfg)
             topics = {**self._topics, name: info}
-            self._write_topics(topics, [name])
+            self._catalog.write(topics, [name])
             self._topics = topics
             for part in range(info.partitions):
                 self._logs[(name, part)].reconfigure(cfg)
@@ -579,46 +516,10 @@ class Store:
                     f"topic {name!r} has {info.partitions} partitions; the new count must be "
                     f"larger (partitions can only be added), got {total}"
                 )
-            _check_partition_count(total)
+            check_partition_count(total)
             new = TopicInfo(name, total, info.config)
             self._add_partitions(new, info.partitions, total)
             return new
-
-    def _write_topics(
-        self, topics: Mapping[str, TopicInfo], changed: Sequence[str] | None = None
-    ) -> None:
-        """Write topics.json for ``topics`` (the caller publishes them after).
-
-        ``changed`` names the topics that differ from the file as last
-        written (None: rebuild all). Only those are serialised; the others'
-        text is kept in name order, so a create costs list inserts and one
-        join (C loops) plus the write, instead of a JSON dump of every topic
-        (at 2,000 topics that dump was ~1.8 ms of Python per create). The
-        bytes are those of ``json.dumps(..., indent=1, sort_keys=True)`` of
-        the whole mapping.
-        """
-        if self._catalog_synced and not self._catalog_dirty and changed is not None:
-            names, parts = list(self._catalog_names), list(self._catalog_parts)
-            for name in changed:
-                i = bisect.bisect_left(names, name)
-                present = i < len(names) and names[i] == name
-                if name in topics:
-                    if present:
-                        parts[i] = _catalog_entry(topics[name])
-                    else:
-                        names.insert(i, name)
-                        parts.insert(i, _catalog_entry(topics[name]))
-                elif present:
-                    del names[i], parts[i]
-        else:
-            names = sorted(topics)
-            parts = [_catalog_entry(topics[n]) for n in names]
-        assert len(names) == len(topics)
-        data = "{\n" + ",\n".join(parts) + "\n}" if parts else "{}"
-        write_atomic(self.fs, os.path.join(self.path, TOPICS_FILE), data.encode())
-        self._catalog_names, self._catalog_parts = names, parts
-        self._catalog_synced = True
-        self._catalog_dirty = False
 
     def partition(self, topic: str, partition: int) -> PartitionLog:
         """The PartitionLog of ``topic``/``partition`` (typed errors if unknown)."""
@@ -874,7 +775,7 @@ class Store:
             if self._closed:
                 return
             try:
-                if self._catalog_dirty:
+                if self._catalog.dirty:
                     self._write_catalog_and_checkpoints()
                 if self._starts_dirty:
                     self._write_log_starts()
@@ -892,34 +793,3 @@ class Store:
 
 def _now() -> int:
     return now_ms()
-
-
-def _check_partition_count(n: object) -> None:
-    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_PARTITIONS:
-        raise InvalidArgumentError(
-            f"partition count must be an integer in 1..{MAX_PARTITIONS}, got {n!r}"
-        )
-
-
-def _catalog_entry(t: TopicInfo) -> str:
-    """One topic's text in topics.json, as ``json.dumps(indent=1)`` of the
-    whole catalog writes it (one level deeper than a dump of the entry)."""
-    body = json.dumps(
-        {"config": t.config.to_dict(), "partitions": t.partitions}, indent=1, sort_keys=True
-    )
-    return f" {json.dumps(t.name)}: " + body.replace("\n", "\n ")
-
-
-def _parse_catalog(raw: object) -> dict[str, TopicInfo]:
-    """Topics from the parsed topics.json; InvalidArgumentError if any entry
-    is malformed (a name that could escape the data directory included)."""
-    if not isinstance(raw, dict):
-        raise InvalidArgumentError(f"expected an object, got {type(raw).__name__}")
-    out: dict[str, TopicInfo] = {}
-    for name, t in raw.items():
-        check_topic_name(name, internal=True)
-        if not isinstance(t, dict) or not isinstance(t.get("config"), dict):
-            raise InvalidArgumentError(f"topic {name!r}: expected partitions and config")
-        _check_partition_count(t.get("partitions"))
-        out[name] = TopicInfo(name, t["partitions"], TopicConfig.from_mapping(t["config"]))
-    return out
