@@ -39,7 +39,6 @@ first one asked for; a read that reaches it after good frames returns those.
 
 from __future__ import annotations
 
-import bisect
 import logging
 import os
 import threading
@@ -77,6 +76,7 @@ from ._index import IndexCache
 from ._names import FileKind, parse_segment_file, segment_file
 from ._producers import ProducerState
 from ._segment import HandleCache, Segment
+from ._segments import SegmentList
 
 log = logging.getLogger("logstore.storage")
 
@@ -138,9 +138,8 @@ class PartitionLog:
         self.store_config = store_config
         self.handles = handles
         self.index_cache = index_cache
-        # (segments, their base offsets), replaced as one tuple so a reader
-        # never pairs a segment list with the bases of another.
-        self._view: tuple[list[Segment], list[int]] = ([], [])
+        # Replaced as a whole, never mutated (see _segments).
+        self._view = SegmentList()
         self.log_start_offset = 0
         self._high_watermark = 0
         self.producers = ProducerState(
@@ -177,12 +176,12 @@ class PartitionLog:
 
     @property
     def active(self) -> Segment:
-        return self.segments[-1]
+        return self._view.active
 
     @property
     def log_end_offset(self) -> int:
         """The offset the next append gets (written, maybe not committed)."""
-        return self.segments[-1].next_offset
+        return self._view.active.next_offset
 
     @property
     def high_watermark(self) -> int:
@@ -201,17 +200,13 @@ class PartitionLog:
 
     @property
     def segments(self) -> list[Segment]:
-        """The segments, oldest first (a snapshot: never mutated in place)."""
-        return self._view[0]
-
-    @property
-    def _bases(self) -> list[int]:
-        return self._view[1]
+        """The segments, oldest first (a snapshot: a new list each call)."""
+        return self._view.as_list
 
     def _set_segments(self, segments: list[Segment]) -> None:
         for seg in segments:
             seg.index_interval_bytes = self.config.index_interval_bytes
-        self._view = (segments, [s.base_offset for s in segments])
+        self._view = SegmentList(segments)
 
     # --- open and recovery -----------------------------------------------------------
     @classmethod
@@ -322,7 +317,7 @@ class PartitionLog:
         # points into: what is left starts at the first segment's base.
         recovery_point = max(recovery_point, segs[0].base_offset)
         # The segment holding the recovery point: the last one based at or below it.
-        k = max(bisect.bisect_right([s.base_offset for s in segs], recovery_point) - 1, 0)
+        k = max(self._view.floor(recovery_point), 0)
         for seg in segs[:k]:
             if not seg.size:
                 seg.next_offset = seg.base_offset
@@ -428,7 +423,7 @@ class PartitionLog:
             log.warning("%s: producer state rebuilt only partly: %s", self.name, exc)
 
     def _replay_producers(self, from_offset: int, end: int) -> None:
-        i = max(bisect.bisect_right(self._bases, from_offset) - 1, 0)
+        i = max(self._view.floor(from_offset), 0)
         for seg in self.segments[i:]:
             if seg.next_offset <= from_offset or seg.size == 0:
                 continue
@@ -680,16 +675,16 @@ class PartitionLog:
         start, end = self._check_read_offset(offset)
         if offset == end:
             return FetchResult(b"", end, start, end)
-        segments, bases = self._view
-        i = bisect.bisect_right(bases, offset) - 1
-        if i < 0 or offset >= segments[i].next_offset:
+        view = self._view
+        i = view.floor(offset)
+        if i < 0 or offset >= view[i].next_offset:
             if offset < self.log_start_offset:  # deleted by retention meanwhile
                 self._check_read_offset(offset)
             raise CorruptRecordError(
                 f"{self.name}: offset {offset} is missing from the log (data lost before the "
                 f"recovery point)"
             )
-        seg = segments[i]
+        seg = view[i]
         try:
             pos, _ = seg.position_of(offset)
             data, nxt = seg.read_frames(pos, max_bytes, end)
@@ -879,7 +874,7 @@ class PartitionLog:
             if offset == self.log_end_offset:
                 return
             segs = self.segments
-            i = max(bisect.bisect_right(self._bases, offset) - 1, 0)
+            i = max(self._view.floor(offset), 0)
             seg = segs[i]
             if offset <= seg.base_offset:
                 pos = 0
