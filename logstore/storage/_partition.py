@@ -75,6 +75,7 @@ from ._group_commit import GroupCommit
 from ._index import IndexCache
 from ._names import FileKind, parse_segment_file, segment_file
 from ._producers import ProducerState
+from ._retention import expired_prefix
 from ._segment import HandleCache, Segment
 from ._segments import SegmentList
 
@@ -779,9 +780,7 @@ class PartitionLog:
             if before_offset <= self.log_start_offset:
                 return self.log_start_offset
             segs = self.segments
-            n = 0
-            while n < len(segs) - 1 and segs[n + 1].base_offset <= before_offset:
-                n += 1
+            n = max(self._view.floor(before_offset), 0)  # whole segments below it
             if n:
                 # The start moves before the segments go, so a reader never
                 # finds an offset above the start in no segment.
@@ -811,9 +810,7 @@ class PartitionLog:
     def _delete_segments_below(self, offset: int, why: str) -> None:
         """Delete sealed segments whose records are all below ``offset`` (lock held)."""
         segs = self.segments
-        n = 0
-        while n < len(segs) - 1 and segs[n + 1].base_offset <= offset:
-            n += 1
+        n = max(self._view.floor(offset), 0)  # the segment holding offset stays
         if n:
             self._set_segments(segs[n:])
             for seg in segs[:n]:
@@ -821,27 +818,12 @@ class PartitionLog:
                 seg.delete()
 
     def apply_retention(self, now: int) -> bool:
-        """Delete whole sealed segments past retention_ms / retention_bytes."""
-        cfg = self.config
+        """Delete whole sealed segments past retention_ms / retention_bytes
+        (the rules: ``_retention``)."""
         changed = False
         with self._lock:
             segs = self.segments
-            n = 0
-            total = sum(s.size for s in segs)
-            while n < len(segs) - 1:
-                seg = segs[n]
-                if cfg.retention_ms >= 0:
-                    seg.ensure_indexes()  # its max timestamp comes from the time index
-                by_time = (
-                    cfg.retention_ms >= 0
-                    and seg.max_timestamp_ms >= 0
-                    and now - seg.max_timestamp_ms > cfg.retention_ms
-                )
-                by_size = cfg.retention_bytes >= 0 and total - seg.size >= cfg.retention_bytes
-                if not (by_time or by_size):
-                    break
-                total -= seg.size
-                n += 1
+            n = expired_prefix(segs, self.config, now)
             if n:
                 new_start = segs[n].base_offset
                 # The start moves before the segments go, so a reader never
