@@ -1,4 +1,4 @@
-"""PartitionLog: the ordered segments of one topic-partition.
+"""PartitionLog: one topic-partition: appends, reads and its offsets.
 
 Offsets: ``log_start_offset`` <= every readable offset < ``high_watermark``
 <= ``log_end_offset``. The log end offset is where the next append goes; the
@@ -21,17 +21,10 @@ it fsyncs and completes them; otherwise the first waiter becomes the leader,
 fsyncs for everyone queued behind it, and loops until no waiter is left
 (leader/follower, no thread).
 
-Recovery (``open`` after an unclean shutdown): segments wholly below the
-recovery point are trusted; from the recovery point on, every frame is
-checked (head, CRC32C, contiguous offsets). The first bad frame and
-everything after it are a torn tail: truncated, with one WARN line. A frame
-that cannot be reached *before* the recovery point is corruption: nothing is
-truncated, reads of that range raise CorruptRecordError, later segments are
-kept and checked as usual, and (when there is none) appends continue in a new
-segment at the recovery point so no acknowledged offset is reused. After a
-clean shutdown nothing is scanned except the active segment's tail (from its
-last index entry): if its frames do not end exactly at the end of the file and
-at the checkpointed end offset, the partition is recovered as after a crash.
+Open and recovery: ``open`` loads the segments with ``_loader`` (what a
+clean shutdown, a crash, a torn tail and corruption before the recovery point
+each mean is stated there), then rebuilds the producer state from the last
+snapshot. Retention rules: ``_retention``; the segment list: ``_segments``.
 
 Reads: a damaged frame is reported (CorruptRecordError) only when it is the
 first one asked for; a read that reaches it after good frames returns those.
@@ -73,7 +66,8 @@ from ._checkpoint import write_atomic
 from ._fs import FileSystem
 from ._group_commit import GroupCommit
 from ._index import IndexCache
-from ._names import FileKind, parse_segment_file, segment_file
+from ._loader import load_segments
+from ._names import FileKind, segment_file
 from ._producers import ProducerState
 from ._retention import expired_prefix
 from ._segment import HandleCache, Segment
@@ -226,180 +220,24 @@ class PartitionLog:
         recovery_point: int,
         log_start_offset: int,
     ) -> PartitionLog:
-        """Open (creating if needed) a partition directory and recover it."""
+        """Open (creating if needed) a partition directory and recover it
+        (``_loader``)."""
         self = cls(fs, directory, topic, partition, config, store_config, handles, index_cache)
-        fs.mkdir(directory)
-        now = now_ms()
-        log_bases: list[int] = []
-        snapshots: list[int] = []
-        index_files: set[int] = set()
-        for name in fs.listdir(directory):
-            parsed = parse_segment_file(directory, name)
-            if parsed is None:
-                fs.unlink(os.path.join(directory, name))  # leftover *.tmp
-                continue
-            offset, kind = parsed
-            if kind is FileKind.LOG:
-                log_bases.append(offset)
-            elif kind is FileKind.SNAPSHOT:
-                snapshots.append(offset)
-            else:
-                index_files.add(offset)
-        log_bases.sort()
-        for orphan in index_files - set(log_bases):
-            for kind in (FileKind.INDEX, FileKind.TIMEINDEX):
-                path = os.path.join(directory, segment_file(orphan, kind))
-                if fs.exists(path):
-                    fs.unlink(path)
-        segments: list[Segment] = []
-        for i, base in enumerate(log_bases):
-            nxt = (
-                log_bases[i + 1] if i + 1 < len(log_bases) else (recovery_point if clean else None)
-            )
-            seg = Segment.load(fs, directory, base, handles, index_cache, nxt, now)
-            seg.sealed = i + 1 < len(log_bases)
-            segments.append(seg)
-        if not segments:
-            base = max(recovery_point, log_start_offset)
-            segments.append(Segment.create(fs, directory, base, handles, index_cache, now))
-            self._dir_dirty = True
-        self._set_segments(segments)
-        if clean and not self._clean_tail_matches(recovery_point):
-            clean = False
-        if not clean:
-            # Files made before the crash may be in the page cache only: fsync
-            # the directory before the first acknowledgement into them.
-            self._dir_dirty = True
-        if clean:
-            self.active.resume_after_clean_open()
-        else:
-            self._recover(recovery_point)
+        loaded = load_segments(
+            fs, directory, self.name, handles, index_cache, config.index_interval_bytes,
+            now_ms(), clean=clean, recovery_point=recovery_point,
+            log_start_offset=log_start_offset,
+        )  # fmt: skip
+        self._set_segments(loaded.segments)
+        self._dir_dirty = loaded.dir_dirty
         self.log_start_offset = max(log_start_offset, self.segments[0].base_offset)
         self.log_start_offset = min(self.log_start_offset, self.log_end_offset)
         self.commits.reset_flushed(
-            self.log_end_offset if clean else min(recovery_point, self.log_end_offset)
+            self.log_end_offset if loaded.clean else min(recovery_point, self.log_end_offset)
         )
         self._advance_high_watermark(self.log_end_offset)
-        self._load_producers(sorted(snapshots))
+        self._load_producers(loaded.snapshots)
         return self
-
-    def _clean_tail_matches(self, recovery_point: int) -> bool:
-        """Whether, after a clean shutdown, the active segment's frames end
-        exactly at the end of its file and at the checkpointed end offset.
-
-        The marker says the checkpoint is right, but a file can disagree with
-        it (garbage appended after the last frame, a checkpoint written by a
-        partition whose fsync failed): appending after such a tail would hand
-        out offsets already used or put new frames where no reader can reach
-        them. A walk of the frame heads after the last index entry (at most
-        one index interval, 4 KiB by default) finds it; then the partition
-        is recovered as after a crash.
-        """
-        act = self.active
-        if act.size == 0:
-            ok = recovery_point <= act.base_offset
-            tail: int | None = act.base_offset
-        else:
-            tail = act.tail_next_offset()
-            ok = tail == recovery_point
-        if not ok:
-            log.warning(
-                "%s: clean-shutdown marker present but %s ends at offset %s, not at the "
-                "checkpointed %d: recovering as after a crash",
-                self.name, os.path.basename(act.log_path),
-                "an unparseable frame" if tail is None else tail, recovery_point,
-            )  # fmt: skip
-        return ok
-
-    def _recover(self, recovery_point: int) -> None:
-        """Re-scan everything from the recovery point (see the module docstring)."""
-        segs = self.segments
-        # Retention may have deleted segments the (older) checkpoint still
-        # points into: what is left starts at the first segment's base.
-        recovery_point = max(recovery_point, segs[0].base_offset)
-        # The segment holding the recovery point: the last one based at or below it.
-        k = max(self._view.floor(recovery_point), 0)
-        for seg in segs[:k]:
-            if not seg.size:
-                seg.next_offset = seg.base_offset
-        rp_seg = segs[k]
-        # 1. Walk (no CRC) from a trusted index entry up to the recovery point.
-        start_pos = 0
-        if recovery_point > rp_seg.base_offset:
-            try:
-                start_pos = rp_seg.boundary_at(recovery_point)
-            except CorruptRecordError as exc:
-                self._corrupt_before(rp_seg, k, recovery_point, str(exc))
-                return
-        else:
-            rp_seg.forget_indexes()
-        self._check_frames_from(k, start_pos, recovery_point)
-
-    def _check_frames_from(self, k: int, start_pos: int, expected_offset: int) -> None:
-        """Check every frame from byte ``start_pos`` of segment ``k`` on, which
-        must start at ``expected_offset``; truncate a torn tail."""
-        segs = self.segments
-        for j in range(k, len(segs)):
-            seg = segs[j]
-            pos = start_pos if j == k else 0
-            expected = expected_offset if j == k else segs[j - 1].next_offset
-            if j > k:
-                seg.forget_indexes()
-                if seg.base_offset != expected:
-                    self._drop_from(j, f"segment base {seg.base_offset} != expected {expected}")
-                    return
-            bad = seg.recover_from(pos, expected)
-            if bad is not None:
-                dropped = self.fs.file_size(seg.log_path) - seg.size
-                log.warning(
-                    "%s: torn tail truncated at offset %d (byte %d of %s): %d bytes dropped (%s)",
-                    self.name, seg.next_offset, seg.size, os.path.basename(seg.log_path),
-                    dropped, bad,
-                )  # fmt: skip
-                seg.truncate_to(seg.size, seg.next_offset)
-                self._drop_from(j + 1, "after a torn tail")
-                return
-            seg.sealed = j + 1 < len(segs)
-
-    def _corrupt_before(self, seg: Segment, k: int, recovery_point: int, why: str) -> None:
-        """Data before the recovery point is unreachable: keep it (reads of it
-        report corruption). Later segments are kept and checked as usual (they
-        hold acknowledged records); without one, appends continue in a new
-        segment at the recovery point, so no acknowledged offset is reused."""
-        segs = self.segments
-        if k + 1 < len(segs):
-            end = segs[k + 1].base_offset
-            log.error(
-                "%s: CORRUPTION before the recovery point %d in %s: %s; offsets %d..%d may be "
-                "unreadable; nothing was truncated and the %d later segment(s) are kept",
-                self.name, recovery_point, os.path.basename(seg.log_path), why,
-                seg.base_offset, end - 1, len(segs) - k - 1,
-            )  # fmt: skip
-            seg.next_offset = end
-            seg.sealed = True
-            self._check_frames_from(k + 1, 0, end)
-            return
-        log.error(
-            "%s: CORRUPTION before the recovery point %d in %s: %s; offsets %d..%d are "
-            "unreadable, nothing was truncated, appends continue at %d",
-            self.name, recovery_point, os.path.basename(seg.log_path), why,
-            seg.base_offset, recovery_point - 1, recovery_point,
-        )  # fmt: skip
-        seg.next_offset = recovery_point
-        seg.sealed = True
-        self._drop_from(k + 1, "after corruption")
-        new = Segment.create(
-            self.fs, self.directory, recovery_point, self.handles, self.index_cache, now_ms()
-        )
-        self._dir_dirty = True
-        self._set_segments([*self.segments, new])
-
-    def _drop_from(self, j: int, why: str) -> None:
-        for seg in self.segments[j:]:
-            log.warning("%s: deleting segment %s (%s)", self.name, seg.log_path, why)
-            seg.delete()
-        self._set_segments(self.segments[:j])
-        self.active.sealed = False
 
     def _load_producers(self, snapshots: list[int]) -> None:
         end = self.log_end_offset
