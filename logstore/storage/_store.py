@@ -99,7 +99,7 @@ PRODUCER_ID_BLOCK: Final = 1000
 
 @dataclass(frozen=True)
 class PartitionInfo:
-    """One partition's offset range, bytes on disk and number of segments."""
+    """One partition's offsets (start, end, high watermark), bytes on disk and segments."""
 
     partition: int
     log_start_offset: int
