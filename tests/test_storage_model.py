@@ -135,6 +135,8 @@ class StorageModel(RuleBasedStateMachine):
         m = self.models[(topic, part)]
         start, end = self.store.offsets(topic, part)
         assert (start, end) == (m.start, m.end), (topic, part, start, end, m.start, m.end)
+        # one broker: every appended record is committed
+        assert self.store.high_watermark(topic, part) == end, (topic, part)
         if not full:
             return
         offset = start

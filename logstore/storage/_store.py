@@ -34,6 +34,11 @@ frame from the recovery point. A full disk never refuses an open: a checkpoint
 it cannot write is retried by ``maintain()``; repeated background errors are
 logged once a minute.
 
+Layout of the package: ``_catalog`` (topics.json), ``_partition`` (appends,
+reads, offsets) with ``_loader`` (open and recovery), ``_group_commit``
+(fsync waiters and the flusher thread), ``_retention``, ``_segments`` (the
+ordered segment list) and ``_segment`` (one .log and its indexes).
+
 Threads: every method is thread-safe. Embedded use starts no thread;
 ``start_flusher()`` (the broker) starts one that serves group commits.
 ``topics()`` takes no lock (the topic map is replaced, never mutated), so a
