@@ -21,15 +21,17 @@ from hypothesis import strategies as st
 from logstore import errors
 from logstore.client import Admin, Consumer, Producer, TopicPartition, check_address, parse_acks
 from logstore.client._backoff import Backoff
-from logstore.client._columns import decode_columns, decode_objects, parse_fetch
 from logstore.client._rpc import translate
 from logstore.v1 import logstore_pb2, records_pb2
 from logstore.wire import (
     VALUE_PREFIX,
     Record,
     crc32c,
+    decode_columns,
+    decode_objects,
     encode_frame,
     encode_record,
+    parse_fetch,
     partition_for_key,
     split_produce_request,
 )

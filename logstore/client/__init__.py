@@ -5,9 +5,10 @@ Uses only the public gRPC API (``logstore.v1``), the wire format
 it never imports the broker or the storage engine.
 """
 
+from logstore.wire import ColumnBatch
+
 from ._address import check_address
 from ._admin import Admin, PartitionDescription, PartitionOffset, TopicDescription, TopicInfo
-from ._columns import ColumnBatch
 from ._consumer import Consumer, TopicPartition
 from .producer import Producer, RecordHandle, SendResult, parse_acks
 

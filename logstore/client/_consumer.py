@@ -12,7 +12,7 @@ Fetches are long polls (``min_bytes=1``, ``max_wait_ms``), so an idle
 partition costs one request per ``fetch_max_wait_ms``. Replies are parsed from
 raw bytes: each batch's CRC32C is checked, records below the position are
 skipped (a reply may start with the batch containing it) and records stored
-with timestamp 0 get their batch's timestamp (see ``_columns``).
+with timestamp 0 get their batch's timestamp (see ``logstore.wire._columns``).
 
 ``UNAVAILABLE`` and ``RESOURCE_EXHAUSTED`` with a retry hint are retried for
 ``retry_timeout_ms``, waiting by the client's one backoff policy
@@ -35,16 +35,16 @@ from typing import Any, Final, NamedTuple
 
 from logstore import errors
 from logstore.v1 import logstore_pb2
-from logstore.wire import Record
-
-from ._backoff import Backoff, retriable
-from ._columns import (
+from logstore.wire import (
     ColumnBatch,
-    FetchResult,
+    FetchedFrames,
+    Record,
     decode_columns,
     decode_objects,
     parse_fetch,
 )
+
+from ._backoff import Backoff, retriable
 from ._rpc import Connection, translate
 
 _RESETS: Final = ("earliest", "latest")
@@ -82,7 +82,7 @@ class _Part:
         self.epoch = 0
         self.future: Any = None
         #: fetched replies not yet fully returned, with the offset each ends at
-        self.buffers: deque[tuple[FetchResult, int]] = deque()
+        self.buffers: deque[tuple[FetchedFrames, int]] = deque()
         self.fetch_offset = 0
         self.hwm: int | None = None
         self.lso: int | None = None

@@ -1,10 +1,21 @@
-"""The wire layer: stored frame format, record encoding, partitioner.
+"""The wire layer: stored frame format, record encoding and decoding, partitioner.
 
 Everything that defines bytes shared by disk and network lives here (with the
-generated ``logstore.v1`` protobuf code). It depends on nothing else in
+generated ``logstore.v1`` protobuf code), and so does the decoding of stored
+frames into records or columns (:class:`ColumnBatch`), shared by the embedded
+store's reads and the client's fetches. It depends on nothing else in
 logstore but :mod:`logstore.errors`.
 """
 
+from ._columns import (
+    ColumnBatch,
+    FetchedFrames,
+    columns_to_records,
+    decode_columns,
+    decode_objects,
+    empty_columns,
+    parse_fetch,
+)
 from ._frame import (
     BASE_OFFSET_POS,
     CRC_START,
@@ -21,7 +32,6 @@ from ._frame import (
     decode_header,
     encode_frame,
     patch_base_offset,
-    records_view,
 )
 from ._murmur2 import murmur2, partition_for_key
 from ._produce import SplitRequest, split_produce_request
@@ -44,23 +54,29 @@ __all__ = [
     "HEADER_SIZE",
     "MAX_BATCH_LENGTH",
     "PREFIX_SIZE",
+    "ColumnBatch",
+    "FetchedFrames",
     "FrameHeader",
     "Record",
     "SplitRequest",
     "batch_view",
     "build_head",
     "check_crc",
+    "columns_to_records",
     "crc32c",
+    "decode_columns",
     "decode_header",
+    "decode_objects",
     "decode_records",
+    "empty_columns",
     "encode_frame",
     "encode_record",
     "encode_records",
     "encode_values",
     "murmur2",
+    "parse_fetch",
     "partition_for_key",
     "patch_base_offset",
-    "records_view",
     "split_produce_request",
     "varint",
 ]

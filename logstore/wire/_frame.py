@@ -243,11 +243,6 @@ def check_crc(frame: bytes | bytearray | memoryview, header: FrameHeader) -> Non
         )
 
 
-def records_view(frame: bytes | bytearray | memoryview) -> memoryview:
-    """The records' bytes (repeated field 15) of a whole frame."""
-    return memoryview(frame)[FRAME_OVERHEAD:]
-
-
 def batch_view(frame: bytes | bytearray | memoryview) -> memoryview:
     """The serialized RecordBatch of a whole frame (without tag and length)."""
     return memoryview(frame)[PREFIX_SIZE:]

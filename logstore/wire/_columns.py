@@ -1,10 +1,13 @@
-"""Decoding fetched frames: FetchResponse walking, CRC checks, columns and Records.
+"""Decoding stored frames: FetchResponse walking, CRC checks, columns and Records.
 
-A Fetch reply arrives as raw bytes (see ``_rpc``): field 1 frames exactly as
-stored (``logstore.wire`` layout: tag, 5-byte length, 66-byte header,
-records), field 2 the high watermark, field 3 the log start offset.
-:func:`parse_fetch` walks it with O(1) Python work per frame, checking each
-frame's CRC32C and that base offsets are contiguous.
+Shared by the client (a Fetch reply arrives as raw bytes) and the embedded
+store (``Store.read`` / ``Store.read_columns`` decode the frames they read
+from a segment): a run of stored frames is itself a serialized
+``FetchResponse``. Field 1 holds the frames exactly as stored (layout in
+:mod:`logstore.wire._frame`: tag, 5-byte length, fixed header, records), field
+2 the high watermark, field 3 the log start offset. :func:`parse_fetch` walks
+it with O(1) Python work per frame, checking each frame's CRC32C and that base
+offsets are contiguous.
 
 :func:`decode_columns` turns the records of those frames into a
 :class:`ColumnBatch` with no per-record Python object in the result. Finding
@@ -25,7 +28,6 @@ below ``start_offset`` (the first batch may begin earlier) are skipped.
 from __future__ import annotations
 
 import gc
-from collections.abc import Sequence
 from itertools import pairwise
 from typing import Final, NamedTuple
 
@@ -34,7 +36,9 @@ import numpy.typing as npt
 
 from logstore.errors import CorruptRecordError
 from logstore.v1 import records_pb2
-from logstore.wire import FRAME_OVERHEAD, FrameHeader, Record, check_crc, decode_header
+
+from ._frame import FRAME_OVERHEAD, PREFIX_SIZE, FrameHeader, check_crc, decode_header
+from ._records import Record
 
 _I64 = npt.NDArray[np.int64]
 _U8 = npt.NDArray[np.uint8]
@@ -47,7 +51,7 @@ _TS_TAG: Final = 0x18
 _HEADER_TAG: Final = 0x22
 
 
-class FetchResult(NamedTuple):
+class FetchedFrames(NamedTuple):
     """A parsed FetchResponse: frames as (position in ``buf``, header)."""
 
     buf: bytes
@@ -74,7 +78,7 @@ def _signed64(v: int) -> int:
     return v - (1 << 64) if v >= 1 << 63 else v
 
 
-def parse_fetch(buf: bytes, check_crcs: bool = True) -> FetchResult:
+def parse_fetch(buf: bytes, check_crcs: bool = True) -> FetchedFrames:
     """Walk a serialized FetchResponse (or SubscribeResponse)."""
     frames: list[tuple[int, FrameHeader]] = []
     hwm = lso = 0
@@ -119,7 +123,7 @@ def parse_fetch(buf: bytes, check_crcs: bool = True) -> FetchResult:
             pos += 4
         else:
             raise CorruptRecordError(f"bad wire type {wire_type} in a fetch reply")
-    return FetchResult(buf, frames, hwm, lso)
+    return FetchedFrames(buf, frames, hwm, lso)
 
 
 class ColumnBatch:
@@ -212,35 +216,6 @@ class ColumnBatch:
             )
             for i in range(len(self))
         ]
-
-    @staticmethod
-    def concat(topic: str, partition: int, parts: Sequence[ColumnBatch]) -> ColumnBatch:
-        """One batch made of several (in order)."""
-        if len(parts) == 1:
-            return parts[0]
-
-        def offsets_of(arrays: list[_I64]) -> _I64:
-            out = [np.zeros(1, np.int64)]
-            base = 0
-            for a in arrays:
-                out.append(a[1:] + base)
-                base += int(a[-1])
-            return np.concatenate(out)
-
-        return ColumnBatch(
-            topic,
-            partition,
-            np.concatenate([p.offsets for p in parts]),
-            np.concatenate([p.timestamps_ms for p in parts]),
-            np.concatenate([p.keys for p in parts]),
-            offsets_of([p.key_offsets for p in parts]),
-            np.concatenate([p.key_valid for p in parts]),
-            np.concatenate([p.values for p in parts]),
-            offsets_of([p.value_offsets for p in parts]),
-            np.concatenate([p.value_valid for p in parts]),
-            np.concatenate([p.headers for p in parts]),
-            offsets_of([p.header_offsets for p in parts]),
-        )
 
 
 def empty_columns(topic: str, partition: int) -> ColumnBatch:
@@ -347,7 +322,7 @@ def _gather(arr: _U8, start: _I64, stop: _I64) -> tuple[_U8, _I64]:
 def decode_columns(
     topic: str,
     partition: int,
-    result: FetchResult,
+    result: FetchedFrames,
     start_offset: int,
     max_records: int | None = None,
 ) -> ColumnBatch:
@@ -488,7 +463,7 @@ def _decode_upb(
     vvalid: list[bool] = []
     hdrs: list[bytes] = []
     for pos, h in frames:
-        msg = records_pb2.RecordBatch.FromString(buf[pos + 6 : pos + h.frame_size])
+        msg = records_pb2.RecordBatch.FromString(buf[pos + PREFIX_SIZE : pos + h.frame_size])
         if len(msg.records) != h.record_count:
             raise CorruptRecordError(
                 f"batch at offset {h.base_offset} holds {len(msg.records)} records, "
@@ -573,7 +548,7 @@ def columns_to_records(c: ColumnBatch) -> list[Record]:
 
 
 def decode_objects(
-    result: FetchResult, start_offset: int, max_records: int | None = None
+    result: FetchedFrames, start_offset: int, max_records: int | None = None
 ) -> list[Record]:
     """Records of ``result``'s frames at or after ``start_offset``, as objects.
 
