@@ -53,13 +53,16 @@ from logstore.errors import (
 from logstore.wire import (
     FRAME_OVERHEAD,
     PREFIX_SIZE,
+    ColumnBatch,
     Record,
     batch_view,
     build_head,
     check_crc,
-    decode_header,
+    columns_to_records,
+    decode_columns,
     decode_records,
     patch_base_offset,
+    stored_frames,
 )
 
 from ._checkpoint import write_atomic
@@ -540,17 +543,19 @@ class PartitionLog:
         return FetchResult(data, end, start, nxt)
 
     def read(self, offset: int, max_bytes: int = 1 << 20) -> list[Record]:
-        """Records from exactly ``offset``: at least one if ``offset`` < end."""
+        """Records from exactly ``offset``: at least one if ``offset`` < end.
+
+        Decoded through the columns (:meth:`read_columns`): building the
+        Record objects from per-column lists costs ~0.5 us a record, where
+        reading each field of a upb message from Python cost ~2 us.
+        """
+        return columns_to_records(self.read_columns(offset, max_bytes))
+
+    def read_columns(self, offset: int, max_bytes: int = 1 << 20) -> ColumnBatch:
+        """Records from exactly ``offset`` as columns (the client's ColumnBatch):
+        at least one record if ``offset`` < end, an empty batch at the end."""
         res = self.read_frames(offset, max_bytes)
-        out: list[Record] = []
-        mv = memoryview(res.data)
-        pos = 0
-        while pos < len(mv):
-            h = decode_header(mv, pos)
-            frame = mv[pos : pos + h.frame_size]
-            out += decode_records(batch_view(frame), h.base_offset, h.base_timestamp_ms, offset)
-            pos += h.frame_size
-        return out
+        return decode_columns(self.topic, self.partition, stored_frames(res.data), offset)
 
     def offset_for_time(self, timestamp_ms: int) -> tuple[int, int] | None:
         """``(offset, timestamp)`` of the first record with timestamp >= the

@@ -70,7 +70,7 @@ from logstore.errors import (
     UnknownProducerIdError,
     UnknownTopicError,
 )
-from logstore.wire import Record, encode_records
+from logstore.wire import ColumnBatch, Record, encode_records
 
 from ._catalog import Catalog, TopicInfo, check_partition_count, rebuild_hint
 from ._checkpoint import read_json, read_offsets, write_json, write_offsets
@@ -624,6 +624,13 @@ class Store:
     ) -> list[Record]:
         """Records starting exactly at ``offset``; at least one if ``offset`` < end."""
         return self.partition(topic, partition).read(offset, max_bytes)
+
+    def read_columns(
+        self, topic: str, partition: int, offset: int, max_bytes: int = 1 << 20
+    ) -> ColumnBatch:
+        """The records :meth:`read` returns, as columns (the same ColumnBatch as
+        ``Consumer.poll_columns``): no Python object per record."""
+        return self.partition(topic, partition).read_columns(offset, max_bytes)
 
     def read_frames(self, topic: str, partition: int, offset: int, max_bytes: int) -> FetchResult:
         """Stored frames, CRC-checked and unchanged (the Fetch path)."""

@@ -15,6 +15,7 @@ from ._columns import (
     decode_objects,
     empty_columns,
     parse_fetch,
+    stored_frames,
 )
 from ._frame import (
     BASE_OFFSET_POS,
@@ -78,5 +79,6 @@ __all__ = [
     "partition_for_key",
     "patch_base_offset",
     "split_produce_request",
+    "stored_frames",
     "varint",
 ]
