@@ -233,7 +233,8 @@ class LogStoreService:
             split.records,
             split.record_count,
             base_timestamp_ms=h.base_timestamp_ms if h.HasField("base_timestamp_ms") else None,
-            max_timestamp_ms=h.max_timestamp_ms if h.HasField("max_timestamp_ms") else None,
+            # Computed from the records, never the client's optional field.
+            max_timestamp_ms=split.max_timestamp_ms,
             producer_id=h.producer_id,
             producer_epoch=h.producer_epoch,
             base_sequence=h.base_sequence,

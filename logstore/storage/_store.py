@@ -70,7 +70,7 @@ from logstore.errors import (
     UnknownProducerIdError,
     UnknownTopicError,
 )
-from logstore.wire import ColumnBatch, Record, encode_records
+from logstore.wire import ColumnBatch, Record, encode_records, max_record_timestamp
 
 from ._catalog import Catalog, TopicInfo, check_partition_count, rebuild_hint
 from ._checkpoint import read_json, read_offsets, write_json, write_offsets
@@ -575,11 +575,19 @@ class Store:
         producer_epoch: int = 0,
         base_sequence: int = 0,
     ) -> AppendResult:
-        """Append the serialized records field of a batch (the broker's path)."""
+        """Append the serialized records field of a batch (the broker's path).
+
+        ``max_timestamp_ms`` must be the largest timestamp a record carries
+        (:data:`logstore.wire.NO_TIMESTAMP_MS` when none does), as
+        ``split_produce_request`` computes it; when None it is computed here
+        from the records (one upb parse). Time search and retention trust it.
+        """
         self._check_open()
         lg = self.partition(topic, partition)
         if record_count < 1:
             raise InvalidArgumentError("empty batch: a batch needs at least one record")
+        if max_timestamp_ms is None:
+            max_timestamp_ms = max_record_timestamp(records)
         if producer_id and not 0 < producer_id < self._producer_id_limit:
             raise UnknownProducerIdError(
                 f"producer id {producer_id} was never issued by this broker; call InitProducer"

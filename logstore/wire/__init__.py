@@ -36,6 +36,7 @@ from ._frame import (
 )
 from ._murmur2 import murmur2, partition_for_key
 from ._produce import SplitRequest, split_produce_request
+from ._record_views import NO_TIMESTAMP_MS, count_records, max_record_timestamp
 from ._records import (
     VALUE_PREFIX,
     Record,
@@ -54,6 +55,7 @@ __all__ = [
     "FRAME_TAG",
     "HEADER_SIZE",
     "MAX_BATCH_LENGTH",
+    "NO_TIMESTAMP_MS",
     "PREFIX_SIZE",
     "ColumnBatch",
     "FetchedFrames",
@@ -64,6 +66,7 @@ __all__ = [
     "build_head",
     "check_crc",
     "columns_to_records",
+    "count_records",
     "crc32c",
     "decode_columns",
     "decode_header",
@@ -74,6 +77,7 @@ __all__ = [
     "encode_record",
     "encode_records",
     "encode_values",
+    "max_record_timestamp",
     "murmur2",
     "parse_fetch",
     "partition_for_key",

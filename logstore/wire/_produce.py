@@ -5,10 +5,15 @@ bytes, so the broker stores the records exactly as they arrived.
 serializers emit fields in field-number order, so the records are a suffix of
 the request. :func:`split_produce_request` walks the few header fields at the
 front (a loop over at most a dozen fields, never over records), parses that
-prefix with upb, and parses the suffix with upb as a ``RecordBatch`` to
-validate every record in C. If the suffix holds anything but records (a
-serializer that does not emit in order, unknown fields), it falls back to
-parsing the whole request and re-serializing the records: correct, slower.
+prefix with upb, and parses the suffix with upb as two private views
+(:mod:`logstore.wire._record_views`): one counts the records and proves the
+suffix holds nothing else, the other validates every record in C and collects
+their timestamps, so the batch's true maximum timestamp is known whatever the
+client put in ``max_timestamp_ms`` (O(1) Python work per batch when no record
+carries a timestamp; a ``max()`` in C otherwise). If the suffix holds anything
+but records (a serializer that does not emit in order, unknown fields), it
+falls back to parsing the whole request and re-serializing the records:
+correct, slower.
 """
 
 from __future__ import annotations
@@ -16,12 +21,12 @@ from __future__ import annotations
 from typing import Final, NamedTuple
 
 from google.protobuf.message import DecodeError
-from google.protobuf.unknown_fields import UnknownFieldSet
 
 from logstore.errors import InvalidBatchError
 from logstore.v1 import logstore_pb2, records_pb2
 
 from ._frame import crc32c
+from ._record_views import count_records, max_record_timestamp
 
 _RECORDS_TAG: Final = 0x7A
 #: More header fields than this before the records means the request is not
@@ -35,6 +40,10 @@ class SplitRequest(NamedTuple):
     header: logstore_pb2.ProduceRequest  # every field but records
     records: bytes | memoryview
     record_count: int
+    #: The largest timestamp a record carries (NO_TIMESTAMP_MS when none
+    #: does), computed from the records: the client's max_timestamp_ms, an
+    #: optional field other clients leave unset, is never trusted.
+    max_timestamp_ms: int
     #: False when the records had to be re-serialized (slow path).
     zero_copy: bool
 
@@ -85,7 +94,8 @@ def _slow_path(raw: bytes) -> SplitRequest:
     batch = records_pb2.RecordBatch()
     batch.records.extend(full.records)
     full.ClearField("records")
-    return SplitRequest(full, batch.SerializeToString(), len(batch.records), False)
+    records = batch.SerializeToString()
+    return SplitRequest(full, records, len(batch.records), max_record_timestamp(records), False)
 
 
 def split_produce_request(raw: bytes) -> SplitRequest:
@@ -102,18 +112,23 @@ def split_produce_request(raw: bytes) -> SplitRequest:
     else:
         try:
             header = logstore_pb2.ProduceRequest.FromString(mv[:start])  # type: ignore[arg-type]
-            tail = mv[start:]
-            batch = records_pb2.RecordBatch.FromString(tail)  # type: ignore[arg-type]
         except DecodeError as exc:
             raise InvalidBatchError(f"malformed produce request: {exc}") from exc
-        # Every ProduceRequest field other than records lands in a RecordBatch
-        # either as a known field (numbers 1-10) or, with its different wire
-        # type, as an unknown one: both checks are O(1), unlike ByteSize(),
-        # which walks every record and costs as much as the parse.
-        if len(batch.ListFields()) <= 1 and not len(UnknownFieldSet(batch)):
-            result = SplitRequest(header, tail, len(batch.records), True)
-        else:
+        tail = mv[start:]
+        try:
+            # None when a field other than records follows them (O(1) check:
+            # such fields are unknown fields of the view).
+            count = count_records(tail)
+        except InvalidBatchError as exc:
+            raise InvalidBatchError(f"malformed produce request: {exc}") from exc
+        if count is None:
             result = _slow_path(raw)
+        else:
+            try:
+                max_ts = max_record_timestamp(tail)
+            except InvalidBatchError as exc:
+                raise InvalidBatchError(f"malformed produce request: {exc}") from exc
+            result = SplitRequest(header, tail, count, max_ts, True)
     if result.record_count == 0:
         raise InvalidBatchError("empty batch: a produce request needs at least one record")
     if result.header.HasField("records_crc32c"):

@@ -1,0 +1,117 @@
+"""Batch-level facts about a records field, found by upb in C with no Python
+work per record: how many records there are, and their largest timestamp.
+
+Both come from parsing the serialized records (``repeated Record records =
+15``, see :mod:`logstore.wire._records`) as private *view* messages that
+protobuf's wire format makes possible. Neither is ever serialized or sent:
+
+* ``CountView { repeated bytes records = 15; }`` keeps each record as an
+  opaque string, so ``len(view.records)`` is the record count, and anything in
+  the bytes that is not field 15 with wire type 2 is an unknown field.
+* ``TimestampView { TimestampRecord records = 15; }`` declares field 15 as a
+  *singular* message. Protobuf merges repeated occurrences of a singular
+  message field into one message, and merging concatenates repeated fields, so
+  with ``TimestampRecord { repeated sint64 timestamp_ms = 3; ... }`` one
+  parse collects every record's timestamp into one repeated scalar field, in
+  record order. Records that carry no timestamp (proto3 omits 0, which means
+  "the batch's timestamp") add nothing to it: when no record carries one, the
+  field is empty and the answer costs O(1). Key, value and headers are declared
+  as in ``Record`` (headers with a UTF-8 ``string`` name), so parsing the
+  bodies validates them as a ``RecordBatch`` parse does.
+
+Measured on the project's machine, 1 MiB of ~10,000 100-B records: the
+``RecordBatch`` parse the broker used to validate a produce request costs
+~190-240 us; ``CountView`` ~75 us plus ``TimestampView`` ~130-200 us replaces
+it at about the same cost. When records do carry timestamps, their maximum is
+taken by ``max()`` over the repeated field in C, ~29 ns a record.
+
+Pure functions, thread-safe (the view classes are immutable descriptors).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError
+from google.protobuf.unknown_fields import UnknownFieldSet
+
+from logstore.errors import InvalidBatchError
+
+#: Smaller than every timestamp: the maximum of no timestamps. Passing it as a
+#: batch's max timestamp leaves the batch's base timestamp as its maximum.
+NO_TIMESTAMP_MS: Final = -(1 << 63)
+
+_PACKAGE: Final = "logstore.internal.views"
+_RECORDS_FIELD: Final = 15  # RecordBatch.records / ProduceRequest.records
+
+
+def _build_views() -> tuple[Any, Any]:
+    f = descriptor_pb2.FieldDescriptorProto
+    file = descriptor_pb2.FileDescriptorProto(
+        name="logstore/internal/views.proto", package=_PACKAGE, syntax="proto3"
+    )
+    header = file.message_type.add(name="Header")
+    header.field.add(name="key", number=1, type=f.TYPE_STRING, label=f.LABEL_OPTIONAL)
+    header.field.add(name="value", number=2, type=f.TYPE_BYTES, label=f.LABEL_OPTIONAL)
+    rec = file.message_type.add(name="TimestampRecord")
+    rec.field.add(name="key", number=1, type=f.TYPE_BYTES, label=f.LABEL_OPTIONAL)
+    rec.field.add(name="value", number=2, type=f.TYPE_BYTES, label=f.LABEL_OPTIONAL)
+    rec.field.add(name="timestamp_ms", number=3, type=f.TYPE_SINT64, label=f.LABEL_REPEATED)
+    rec.field.add(
+        name="headers",
+        number=4,
+        type=f.TYPE_MESSAGE,
+        label=f.LABEL_REPEATED,
+        type_name=f".{_PACKAGE}.Header",
+    )
+    view = file.message_type.add(name="TimestampView")
+    view.field.add(
+        name="records",
+        number=_RECORDS_FIELD,
+        type=f.TYPE_MESSAGE,
+        label=f.LABEL_OPTIONAL,
+        type_name=f".{_PACKAGE}.TimestampRecord",
+    )
+    count = file.message_type.add(name="CountView")
+    count.field.add(
+        name="records", number=_RECORDS_FIELD, type=f.TYPE_BYTES, label=f.LABEL_REPEATED
+    )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return (
+        message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.CountView")),
+        message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.TimestampView")),
+    )
+
+
+_CountView, _TimestampView = _build_views()
+
+
+def count_records(records: bytes | memoryview) -> int | None:
+    """The number of records in a serialized records field, or None when the
+    bytes hold anything but records (another field, or field 15 with another
+    wire type). Raises InvalidBatchError if they are not protobuf at all."""
+    try:
+        view = _CountView.FromString(records)
+    except DecodeError as exc:
+        raise InvalidBatchError(f"malformed records: {exc}") from exc
+    if len(UnknownFieldSet(view)):
+        return None
+    return len(view.records)
+
+
+def max_record_timestamp(records: bytes | memoryview) -> int:
+    """The largest ``timestamp_ms`` a record of the serialized records field
+    carries, or :data:`NO_TIMESTAMP_MS` when none carries one.
+
+    Also validates every record body as a ``Record`` (wire types, UTF-8
+    header names): raises InvalidBatchError when one does not parse.
+    """
+    try:
+        timestamps = _TimestampView.FromString(records).records.timestamp_ms
+    except DecodeError as exc:
+        raise InvalidBatchError(f"malformed records: {exc}") from exc
+    if not timestamps:
+        return NO_TIMESTAMP_MS
+    return int(max(timestamps))
