@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Final
 
 from logstore.errors import InvalidConfigError
+from logstore.wire import FRAME_OVERHEAD, HEADER_SIZE, MIN_RECORD_BYTES
 
 KiB: Final = 1024
 MiB: Final = 1024 * KiB
@@ -23,6 +24,13 @@ DAY_MS: Final = 24 * 3600 * 1000
 
 #: Positions in a segment are u32, so a segment must stay below 4 GiB.
 MAX_SEGMENT_BYTES: Final = (1 << 32) - 1
+#: The smallest batch (max_batch_bytes counts the serialized RecordBatch: its
+#: fixed header and the records) and the smallest frame (a segment holds at
+#: least one; a frame larger than segment_bytes still gets a segment of its
+#: own), each with one empty record. Derived from the frame format so they
+#: follow it if the header grows.
+MIN_BATCH_BYTES: Final = HEADER_SIZE + MIN_RECORD_BYTES
+MIN_SEGMENT_BYTES: Final = FRAME_OVERHEAD + MIN_RECORD_BYTES
 MAX_PARTITIONS: Final = 10_000
 CLEANUP_POLICIES: Final = ("delete",)
 
@@ -83,12 +91,12 @@ class TopicConfig:
 
 
 _RANGES: Final[dict[str, _Range]] = {
-    "segment_bytes": _Range(14 + 72 + 1, MAX_SEGMENT_BYTES),
+    "segment_bytes": _Range(MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES),
     "segment_ms": _Range(1, 2**62),
     "retention_ms": _Range(1, 2**62, minus_one_ok=True),
     "retention_bytes": _Range(0, 2**62, minus_one_ok=True),
     "index_interval_bytes": _Range(0, 1 << 30),
-    "max_batch_bytes": _Range(72 + 1, 1 << 30),
+    "max_batch_bytes": _Range(MIN_BATCH_BYTES, 1 << 30),
 }
 
 #: Kafka's names for the same keys.

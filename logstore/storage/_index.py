@@ -228,10 +228,6 @@ class _Index:
         finally:
             self.fs.close(fd)
 
-    def sync(self) -> None:
-        if self._mm is not None:
-            self.fs.sync_map(self._mm, self.path)
-
     def truncate_entries(self, n: int) -> None:
         """Keep only the first ``n`` entries."""
         assert n <= self.n

@@ -37,18 +37,29 @@ import numpy.typing as npt
 from logstore.errors import CorruptRecordError
 from logstore.v1 import records_pb2
 
-from ._frame import FRAME_OVERHEAD, PREFIX_SIZE, FrameHeader, check_crc, decode_header
+from ._frame import (
+    FRAME_OVERHEAD,
+    FRAME_TAG,
+    PREFIX_SIZE,
+    RECORD_TAG,
+    FrameHeader,
+    check_crc,
+    decode_header,
+)
 from ._records import Record
 
 _I64 = npt.NDArray[np.int64]
 _U8 = npt.NDArray[np.uint8]
 _B = npt.NDArray[np.bool_]
 
-_RECORD_TAG: Final = 0x7A
+# Record's field keys (records.proto): field number << 3 | wire type.
 _KEY_TAG: Final = 0x0A
 _VALUE_TAG: Final = 0x12
 _TS_TAG: Final = 0x18
 _HEADER_TAG: Final = 0x22
+#: Longest varint of a length (< 2**32: 5 x 7 bits) and of a 64-bit value.
+_MAX_LENGTH_VARINT: Final = 5
+_MAX_VARINT64: Final = 10
 
 
 class FetchedFrames(NamedTuple):
@@ -107,7 +118,7 @@ def parse_fetch(buf: bytes, check_crcs: bool = True) -> FetchedFrames:
     expect = None
     while pos < n:
         tag = buf[pos]
-        if tag == 0x0A:
+        if tag == FRAME_TAG:
             h = decode_header(buf, pos)
             end = pos + h.frame_size
             if end > n:
@@ -251,7 +262,7 @@ class _Fallback(Exception):
 
 def _record_starts(buf: bytes, arr: _U8, pos: int, end: int, count: int) -> _I64:
     """Positions of the ``count`` record tags in ``buf[pos:end]``."""
-    if pos >= end or buf[pos] != _RECORD_TAG:
+    if pos >= end or buf[pos] != RECORD_TAG:
         raise _Fallback
     body_len, p = _varint(buf, pos + 1)
     size = p - pos + body_len
@@ -270,7 +281,7 @@ def _record_starts(buf: bytes, arr: _U8, pos: int, end: int, count: int) -> _I64
     out = [0] * count
     i = 0
     while pos < end:
-        if i >= count or buf[pos] != _RECORD_TAG:
+        if i >= count or buf[pos] != RECORD_TAG:
             raise _Fallback
         out[i] = pos
         i += 1
@@ -421,14 +432,14 @@ def _decode_fast(
     rec_end[:-1] = starts[1:]
     last_idx = np.cumsum(counts_a) - 1
     rec_end[last_idx] = np.asarray(ends, np.int64)
-    body_len, ll = _varints_at(arr, starts + 1, 5)
+    body_len, ll = _varints_at(arr, starts + 1, _MAX_LENGTH_VARINT)
     pos: _I64 = starts + 1 + ll
     if not np.array_equal(pos + body_len, rec_end):
         raise _Fallback
 
     def field(tag: int, pos: _I64) -> tuple[_B, _I64, _I64, _I64]:
         present = (pos < rec_end) & (arr[np.minimum(pos, len(arr) - 1)] == tag)
-        ln, lnl = _varints_at(arr, pos + 1, 5, present)
+        ln, lnl = _varints_at(arr, pos + 1, _MAX_LENGTH_VARINT, present)
         ln = np.where(present, ln, 0)
         start = np.where(present, pos + 1 + lnl, pos)
         stop = start + ln
@@ -441,7 +452,7 @@ def _decode_fast(
     has_ts = (pos < rec_end) & (arr[np.minimum(pos, len(arr) - 1)] == _TS_TAG)
     timestamps = np.repeat(np.asarray(base_ts, np.int64), counts_a)
     if has_ts.any():
-        zz, tl = _varints_at(arr, pos + 1, 10, has_ts)
+        zz, tl = _varints_at(arr, pos + 1, _MAX_VARINT64, has_ts)
         u = zz.view(np.uint64)
         ts = (u >> np.uint64(1)).view(np.int64) ^ -(u & np.uint64(1)).view(np.int64)
         timestamps = np.where(has_ts & (ts != 0), ts, timestamps)

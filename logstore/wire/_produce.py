@@ -25,10 +25,9 @@ from google.protobuf.message import DecodeError
 from logstore.errors import InvalidBatchError
 from logstore.v1 import logstore_pb2, records_pb2
 
-from ._frame import crc32c
+from ._frame import RECORD_TAG, crc32c
 from ._record_views import count_records, max_record_timestamp
 
-_RECORDS_TAG: Final = 0x7A
 #: More header fields than this before the records means the request is not
 #: in field order: take the slow path rather than walk further.
 _MAX_HEADER_FIELDS: Final = 32
@@ -69,7 +68,7 @@ def _records_start(buf: memoryview) -> int | None:
         if pos >= len(buf):
             return len(buf)  # no records at all
         tag, after = _read_varint(buf, pos)
-        if tag == _RECORDS_TAG:
+        if tag == RECORD_TAG:
             return pos
         wire_type = tag & 7
         if wire_type == 0:
