@@ -23,7 +23,9 @@ from logstore.wire import (
     encode_records,
     max_record_timestamp,
     split_produce_request,
+    uniform_record_count,
 )
+from logstore.wire._record_views import inspect_records
 from tests.brokerproc import BrokerProcess, start_broker
 from tests.test_broker_helpers import connect, create_topic
 
@@ -45,6 +47,20 @@ def test_max_record_timestamp_is_the_maximum_in_any_order() -> None:
     assert max_record_timestamp(_raw(T + 100, 0, T + 300, T - 5)) == T + 300
     assert max_record_timestamp(_raw(-50, -7)) == -7
     assert count_records(_raw(T, T, 0)) == 3
+
+
+def test_inspect_records_counts_any_sizes() -> None:
+    """The record count is right for same-size records (numpy check) and mixed sizes (a view)."""
+    same = encode_records([b"abc"] * 300)[0]
+    mixed = encode_records([b"a" * (i % 200) for i in range(300)])[0]
+    assert uniform_record_count(same) == 300 and uniform_record_count(mixed) is None
+    assert inspect_records(same) == (300, NO_TIMESTAMP_MS)
+    assert inspect_records(mixed) == (300, NO_TIMESTAMP_MS)
+    assert inspect_records(_raw(T + 3, T + 1)) == (2, T + 3)
+    # a same-size run whose last record is cut short is not uniform
+    assert uniform_record_count(same[:-1]) is None
+    # anything but records (here a field 1 varint after them): None
+    assert inspect_records(same + b"\x08\x01") is None
 
 
 def test_max_record_timestamp_none_carried() -> None:

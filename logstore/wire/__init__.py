@@ -16,6 +16,7 @@ from ._columns import (
     empty_columns,
     parse_fetch,
     stored_frames,
+    uniform_record_count,
 )
 from ._frame import (
     BASE_OFFSET_POS,
@@ -88,5 +89,6 @@ __all__ = [
     "patch_base_offset",
     "split_produce_request",
     "stored_frames",
+    "uniform_record_count",
     "varint",
 ]

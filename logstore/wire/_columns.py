@@ -71,7 +71,7 @@ class FetchedFrames(NamedTuple):
     log_start_offset: int
 
 
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+def _varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
     result = 0
     shift = 0
     while True:
@@ -260,24 +260,38 @@ class _Fallback(Exception):
     """Records not in canonical layout: decode this fetch with upb."""
 
 
+def uniform_record_count(
+    buf: bytes | memoryview, pos: int = 0, end: int | None = None
+) -> int | None:
+    """How many records ``buf[pos:end]`` holds if they all have the first one's
+    encoded size, else None (the records differ in size, or this is not a
+    records field). Vectorized: O(1) Python work whatever the count.
+
+    Each start is then a record tag followed by the same length bytes, checked
+    at once; that proves the chain (record k says the next starts at k + size).
+    """
+    end = len(buf) if end is None else end
+    if pos >= end or buf[pos] != RECORD_TAG:
+        return None
+    try:
+        body_len, p = _varint(buf, pos + 1)
+    except CorruptRecordError:
+        return None
+    size = p - pos + body_len
+    if (end - pos) % size:
+        return None
+    count = (end - pos) // size
+    arr = np.frombuffer(buf, np.uint8, end - pos, pos)
+    heads = arr.reshape(count, size)[:, : p - pos]
+    return count if (heads == arr[: p - pos]).all() else None
+
+
 def _record_starts(buf: bytes, arr: _U8, pos: int, end: int, count: int) -> _I64:
     """Positions of the ``count`` record tags in ``buf[pos:end]``."""
     if pos >= end or buf[pos] != RECORD_TAG:
         raise _Fallback
-    body_len, p = _varint(buf, pos + 1)
-    size = p - pos + body_len
-    if size * count == end - pos:
-        # Same encoded size for all? Then each start is tag + the same length
-        # bytes, checked at once; that proves the chain (record k says the
-        # next starts at k + size).
-        starts = np.arange(pos, end, size, dtype=np.int64)
-        head = arr[pos:p]
-        if (
-            len(starts) == count
-            and np.array_equal(arr[pos:end].reshape(count, size)[:, : p - pos].min(axis=0), head)
-            and np.array_equal(arr[pos:end].reshape(count, size)[:, : p - pos].max(axis=0), head)
-        ):
-            return starts
+    if uniform_record_count(buf, pos, end) == count:
+        return np.arange(pos, end, (end - pos) // count, dtype=np.int64)
     out = [0] * count
     i = 0
     while pos < end:

@@ -5,12 +5,13 @@ bytes, so the broker stores the records exactly as they arrived.
 serializers emit fields in field-number order, so the records are a suffix of
 the request. :func:`split_produce_request` walks the few header fields at the
 front (a loop over at most a dozen fields, never over records), parses that
-prefix with upb, and parses the suffix with upb as two private views
-(:mod:`logstore.wire._record_views`): one counts the records and proves the
-suffix holds nothing else, the other validates every record in C and collects
-their timestamps, so the batch's true maximum timestamp is known whatever the
-client put in ``max_timestamp_ms`` (O(1) Python work per batch when no record
-carries a timestamp; a ``max()`` in C otherwise). If the suffix holds anything
+prefix with upb, and parses the suffix with upb as a private view
+(:mod:`logstore.wire._record_views`) that validates every record in C, proves
+the suffix holds nothing else, and collects the records' timestamps, so the
+batch's true maximum timestamp is known whatever the client put in
+``max_timestamp_ms`` (O(1) Python work per batch when no record carries a
+timestamp; a ``max()`` in C otherwise). The record count comes from a numpy
+check when the records all have one size, else from a second view. If the suffix holds anything
 but records (a serializer that does not emit in order, unknown fields), it
 falls back to parsing the whole request and re-serializing the records:
 correct, slower.
@@ -26,7 +27,7 @@ from logstore.errors import InvalidBatchError
 from logstore.v1 import logstore_pb2, records_pb2
 
 from ._frame import RECORD_TAG, crc32c
-from ._record_views import count_records, max_record_timestamp
+from ._record_views import inspect_records, max_record_timestamp
 
 #: More header fields than this before the records means the request is not
 #: in field order: take the slow path rather than walk further.
@@ -115,18 +116,14 @@ def split_produce_request(raw: bytes) -> SplitRequest:
             raise InvalidBatchError(f"malformed produce request: {exc}") from exc
         tail = mv[start:]
         try:
-            # None when a field other than records follows them (O(1) check:
-            # such fields are unknown fields of the view).
-            count = count_records(tail)
+            # None when a field other than records follows them.
+            inspected = inspect_records(tail)
         except InvalidBatchError as exc:
             raise InvalidBatchError(f"malformed produce request: {exc}") from exc
-        if count is None:
+        if inspected is None:
             result = _slow_path(raw)
         else:
-            try:
-                max_ts = max_record_timestamp(tail)
-            except InvalidBatchError as exc:
-                raise InvalidBatchError(f"malformed produce request: {exc}") from exc
+            count, max_ts = inspected
             result = SplitRequest(header, tail, count, max_ts, True)
     if result.record_count == 0:
         raise InvalidBatchError("empty batch: a produce request needs at least one record")
