@@ -6,14 +6,18 @@ For 100-B and 1 KiB records:
 * append records/s and MB/s: no fsync; ``flush()`` after every batch; group
   commit across 8 threads (each appends a batch with ``sync=True``; one fsync
   serves every waiter behind it);
-* sequential read records/s: ``Store.read`` (Record objects) and
-  ``Store.read_frames`` (raw stored frames, what the broker sends);
+* sequential read records/s: ``Store.read`` (Record objects, target
+  >= 1,500,000/s for 100-B records), ``Store.read_columns`` (the client's
+  ColumnBatch, target >= 5,000,000/s) and ``Store.read_frames`` (raw stored
+  frames, what the broker sends);
 * random ``read(offset)`` latency p50/p99 over a partition of many 1 MiB
   segments (batches of 100 records);
 * restart time of ``Store.open`` after ``close()`` and after ``kill -9`` of the
   process that wrote the data;
-* appending pre-built 1 MiB frames (``append_raw``, the broker's path), MB/s:
-  target >= 400 MB/s to the page cache;
+* appending pre-built 1 MiB frames (``append_raw``, the broker's path: with
+  the batch's max timestamp given, as the broker computes it while splitting
+  the request), MB/s: target >= 400 MB/s to the page cache; and the per-batch
+  cost of ``append_raw`` left to find the max timestamp in the records itself;
 * per-batch cost of the append path for batches filled up to max_batch_bytes
   with 10 KiB records (~100 per batch) vs 100-B records (~9,000 per batch):
   target within 1.5x.
@@ -22,11 +26,21 @@ Batches are full (up to ``max_batch_bytes`` = 1 MiB) unless said otherwise.
 Every measurement is bounded by bytes (``Scale``) and by ``TIME_LIMIT_S``.
 Large sizes are opt-in (``--bytes``) and check free space first. Run alone:
 ``python -m benchmarks.storage_bench [--bytes N] [--runs N]``.
+
+Side by side with another tree (the "today" column): ``--baseline DIR``
+(e.g. a ``git worktree add --detach /tmp/old main``) runs this same
+measurement code against DIR's ``logstore`` and against this tree's, each in
+its own process, alternating for ``--rounds`` rounds so that drift and
+neighbours on a shared machine hit both columns alike; the table gives the
+median over rounds of each figure, and new/today. A figure the baseline has no
+API for (``read_columns``) shows "-".
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import random
 import shutil
 import signal
@@ -49,6 +63,10 @@ MAX_BATCH = MiB
 GROUP_THREADS = 8
 GROUP_BATCH_RECORDS = 100
 RANDOM_READS = 2_000
+#: Below every timestamp: as a batch's max timestamp it leaves the base
+#: timestamp as the max (what the broker passes for records without their own).
+#: Spelled here, not imported, so the bench also runs against older trees.
+NO_TIMESTAMP_MS = -(1 << 63)
 
 
 def _per_batch(size: int, batch_bytes: int = MAX_BATCH) -> int:
@@ -56,7 +74,13 @@ def _per_batch(size: int, batch_bytes: int = MAX_BATCH) -> int:
     from logstore.wire import encode_values
 
     one = len(encode_values([b"\x00" * size]))
-    return max(1, (batch_bytes - 72) // one)
+    return max(1, (batch_bytes - _frame_overhead()) // one)
+
+
+def _frame_overhead() -> int:
+    from logstore.wire import FRAME_OVERHEAD
+
+    return int(FRAME_OVERHEAD)
 
 
 def _open(path: Path) -> Any:
@@ -148,6 +172,20 @@ def _read_objects(d: Path, n: int) -> tuple[int, float]:
                 break
             count += len(recs)
             off = recs[-1].offset + 1
+        return count, time.perf_counter() - t0
+
+
+def _read_columns(d: Path, n: int) -> tuple[int, float]:
+    with _open(d) as store:
+        t0 = time.perf_counter()
+        off = count = 0
+        deadline = t0 + TIME_LIMIT_S
+        while off < n and time.perf_counter() < deadline:
+            cols = store.read_columns("t", 0, off, max_bytes=MiB)
+            if not len(cols):
+                break
+            count += len(cols)
+            off = int(cols.offsets[-1]) + 1
         return count, time.perf_counter() - t0
 
 
@@ -295,10 +333,14 @@ def run(ctx: Any, total_bytes: int | None = None) -> list[Figure]:
         # sequential reads
         d = _fresh(base, f"r{size}")
         n = _fill(d, size, total, per)
-        obj, frames, frames_mb = [], [], []
+        obj, cols, frames, frames_mb = [], [], [], []
+        has_columns = hasattr(_store_class(), "read_columns")
         for _ in range(runs):
             c, e = _read_objects(d, n)
             obj.append(c / e)
+            if has_columns:
+                c, e = _read_columns(d, n)
+                cols.append(c / e)
             c2, nb, e2 = _read_frames(d, n)
             frames.append(c2 / e2)
             frames_mb.append(nb / e2 / MB)
@@ -308,6 +350,13 @@ def run(ctx: Any, total_bytes: int | None = None) -> list[Figure]:
             {"size": size, "mode": "Record objects"},
             obj,
         )
+        if has_columns:
+            add(
+                f"read {size} B columns records/s",
+                "records/s",
+                {"size": size, "mode": "ColumnBatch"},
+                cols,
+            )
         add(
             f"read {size} B frames records/s",
             "records/s",
@@ -357,7 +406,7 @@ def run(ctx: Any, total_bytes: int | None = None) -> list[Figure]:
     for size in (100, 10 * 1024):
         per = _per_batch(size)
         body = encode_values(payloads(size, per))
-        mbs, per_batch_us = [], []
+        mbs, per_batch_us, unknown_max_us = [], [], []
         for r in range(runs):
             d = _fresh(base, f"raw{size}-{r}")
             with _open(d) as store:
@@ -366,15 +415,20 @@ def run(ctx: Any, total_bytes: int | None = None) -> list[Figure]:
                 t0 = time.perf_counter()
                 done = 0
                 for _ in range(n_batches):
-                    store.append_raw("t", 0, body, per)
+                    store.append_raw("t", 0, body, per, max_timestamp_ms=NO_TIMESTAMP_MS)
                     done += 1
                     if time.perf_counter() - t0 > TIME_LIMIT_S:
                         break
                 e = time.perf_counter() - t0
+                # the same batches with the max timestamp left to append_raw
+                t1 = time.perf_counter()
+                for _ in range(done):
+                    store.append_raw("t", 0, body, per)
+                unknown_max_us.append((time.perf_counter() - t1) / done * 1e6)
             mbs.append(done * len(body) / e / MB)
             per_batch_us.append(e / done * 1e6)
             shutil.rmtree(d, ignore_errors=True)
-        bi = {"size": size, "batch_records": per, "batch_bytes": len(body) + 72}
+        bi = {"size": size, "batch_records": per, "batch_bytes": len(body) + _frame_overhead()}
         add(
             f"append_raw 1 MiB batches of {size} B records MB/s",
             "MB/s",
@@ -386,6 +440,13 @@ def run(ctx: Any, total_bytes: int | None = None) -> list[Figure]:
             "µs",
             {**bi, "mode": "append_raw"},
             per_batch_us,
+            False,
+        )
+        add(
+            f"append_raw per-batch cost, {size} B records, max timestamp not given",
+            "µs",
+            {**bi, "mode": "append_raw, max_timestamp_ms=None"},
+            unknown_max_us,
             False,
         )
     # the same through Store.append (values list: includes encoding)
@@ -407,6 +468,92 @@ def run(ctx: Any, total_bytes: int | None = None) -> list[Figure]:
     return figs
 
 
+def _store_class() -> Any:
+    from logstore import Store
+
+    return Store
+
+
+#: Run in a child process: bind ``logstore`` to the tree under test, then load
+#: this measurement code from this tree, run it, print the figures as JSON.
+_CHILD = """
+import json, sys, tempfile
+from pathlib import Path
+tree, here, nbytes, runs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+sys.path.insert(0, tree)
+import logstore, logstore.storage, logstore.wire
+assert logstore.__file__.startswith(tree), logstore.__file__
+sys.path.insert(0, here)
+from benchmarks.storage_bench import run
+from benchmarks.workloads import QUICK, Ctx
+with tempfile.TemporaryDirectory(prefix="logstore-storage-bench-") as d:
+    figs = run(Ctx(workdir=Path(d), runs=runs, scale=QUICK, verbose=False), nbytes)
+print(json.dumps([f.to_dict() for f in figs]))
+"""
+
+
+def _run_tree(tree: Path, nbytes: int, runs: int) -> list[dict[str, Any]]:
+    here = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(tree)}  # also for the restart writer child
+    p = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(tree), str(here), str(nbytes), str(runs)],
+        cwd=tempfile.gettempdir(),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        check=False,
+    )
+    if p.returncode != 0:
+        raise RuntimeError(f"bench of {tree} failed: {p.stderr[-2000:]}")
+    out: list[dict[str, Any]] = json.loads(p.stdout.strip().splitlines()[-1])
+    return out
+
+
+def compare(baseline: Path, nbytes: int, rounds: int) -> str:
+    """Both trees, alternating per round; a side-by-side table of medians over rounds."""
+    here = Path(__file__).resolve().parent.parent
+    values: dict[str, dict[str, list[float]]] = {"today": {}, "new": {}}
+    meta: dict[str, tuple[str, bool]] = {}
+    order: list[str] = []
+    for r in range(rounds):
+        for label, tree in (
+            (("today", baseline), ("new", here))
+            if r % 2 == 0
+            else (
+                ("new", here),
+                ("today", baseline),
+            )
+        ):
+            for f in _run_tree(tree, nbytes, 1):
+                name = f["name"]
+                if name not in meta:
+                    meta[name] = (f["unit"], f["higher_is_better"])
+                    order.append(name)
+                values[label].setdefault(name, []).extend(f["values"])
+            print(f"  round {r + 1}/{rounds}: {label} done", file=sys.stderr, flush=True)
+
+    def cell(vs: list[float] | None, unit: str) -> str:
+        if not vs:
+            return "-"
+        med = float(np.median(vs))
+        return f"{fmt(med, unit)} [{fmt(min(vs))} .. {fmt(max(vs))}]"
+
+    rows = [("figure", f"today ({baseline})", "new (this tree)", "new/today", "better")]
+    for name in order:
+        unit, higher = meta[name]
+        old, new = values["today"].get(name), values["new"].get(name)
+        ratio = f"{np.median(new) / np.median(old):.2f}x" if old and new else "-"
+        rows.append(
+            (name, cell(old, unit), cell(new, unit), ratio, "higher" if higher else "lower")
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "-|-".join("-" * w for w in widths))
+    head = f"storage bench, {rounds} rounds alternating, median [min .. max] over rounds"
+    return head + "\n" + "\n".join(lines)
+
+
 def main() -> int:
     from benchmarks.report import figures_table
     from benchmarks.workloads import QUICK, Ctx
@@ -414,7 +561,12 @@ def main() -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.storage_bench")
     p.add_argument("--bytes", type=int, default=QUICK.storage_bytes, help="data per measurement")
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--baseline", type=Path, help="another tree to measure side by side")
+    p.add_argument("--rounds", type=int, default=3, help="with --baseline: rounds per tree")
     a = p.parse_args()
+    if a.baseline is not None:
+        print(compare(a.baseline.resolve(), a.bytes, a.rounds))
+        return 0
     with tempfile.TemporaryDirectory(prefix="logstore-storage-bench-") as d:
         ctx = Ctx(workdir=Path(d), runs=a.runs, scale=QUICK)
         figs = run(ctx, a.bytes)
