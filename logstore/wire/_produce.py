@@ -11,10 +11,10 @@ the suffix holds nothing else, and collects the records' timestamps, so the
 batch's true maximum timestamp is known whatever the client put in
 ``max_timestamp_ms`` (O(1) Python work per batch when no record carries a
 timestamp; a ``max()`` in C otherwise). The record count comes from a numpy
-check when the records all have one size, else from a second view. If the suffix holds anything
-but records (a serializer that does not emit in order, unknown fields), it
-falls back to parsing the whole request and re-serializing the records:
-correct, slower.
+check when the records all have one size, else from a second view. If the
+suffix holds anything but records (a serializer that does not emit in order,
+unknown fields), it falls back to parsing the whole request and
+re-serializing the records: correct, slower.
 """
 
 from __future__ import annotations
