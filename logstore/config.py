@@ -10,6 +10,7 @@ and the gRPC API, where configs are ``map<string, string>``).
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Final
@@ -128,12 +129,25 @@ def _coerce(name: str, raw: Any) -> Any:
         raise InvalidConfigError(f"{name} must be an integer in {_RANGES[name].describe()}")
     if isinstance(raw, int):
         return raw
-    try:
-        return int(str(raw).strip().replace("_", ""))
-    except ValueError:
+    value = parse_int(str(raw))
+    if value is None:
         raise InvalidConfigError(
             f"{name} must be an integer in {_RANGES[name].describe()}, not {raw!r}"
-        ) from None
+        )
+    return value
+
+
+#: ASCII digits with an optional sign and "_" separators ("1_000_000"), and
+#: ASCII blanks around. Python's int() also takes other scripts' digits
+#: ("١٢٣" is 123) and Unicode spaces; a config value must mean the same to
+#: every reader, so those are refused.
+_INT_TEXT: Final = re.compile(r"[ \t]*([+-]?[0-9_]*[0-9][0-9_]*)[ \t]*", re.ASCII)
+
+
+def parse_int(text: str) -> int | None:
+    """The integer ``text`` spells in ASCII decimal, or None if it spells none."""
+    m = _INT_TEXT.fullmatch(text)
+    return None if m is None else int(m.group(1).replace("_", ""))
 
 
 def _check(name: str, value: Any) -> None:

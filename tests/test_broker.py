@@ -656,16 +656,27 @@ def test_concurrent_requests_bound(tmp_path: Path) -> None:
         with connect(b) as s:
             t = topic_name()
             create_topic(s, t)
-            poll = pb.FetchRequest(topic=t, partition=0, offset=0, min_bytes=1, max_wait_ms=1500)
-            held = [s.Fetch.future(poll, timeout=20) for _ in range(2)]
+            # Two open ProduceStreams are two working requests (a parked long
+            # poll no longer counts: it holds a waiter slot instead).
+            gates = [threading.Event() for _ in range(2)]
+
+            def requests(gate: threading.Event) -> Iterator[pb.ProduceRequest]:
+                yield pb.ProduceRequest(topic=t, partition=0, records=records([b"x"]))
+                gate.wait(20)
+
+            held = [s.ProduceStream(requests(g), timeout=20) for g in gates]
+            for stream in held:
+                next(stream)
             wait_until(lambda: "logstore_inflight_requests 2.0" in scrape(b))
             t0 = time.monotonic()
             err = _err(s.ListTopics, pb.ListTopicsRequest())
             assert time.monotonic() - t0 < 1
             assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert retry_info(err) is not None and "max_concurrent_requests" in err.details()
-            for f in held:
-                f.result(timeout=10)
+            for gate, stream in zip(gates, held, strict=True):
+                gate.set()
+                assert list(stream) == []
+            wait_until(lambda: "logstore_inflight_requests 0.0" in scrape(b))
             assert s.ListTopics(pb.ListTopicsRequest(), timeout=10).topics
     finally:
         assert b.stop() == 0

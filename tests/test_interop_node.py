@@ -7,6 +7,8 @@ by package-lock.json and installed into node_modules by ``make install``.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import signal
 import subprocess
@@ -15,7 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from logstore import errors
+from logstore.broker._status import rich_status
 from tests.brokerproc import BrokerProcess
+from tests.test_broker_errors import sample
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tests" / "interop" / "interop.mjs"
@@ -44,15 +49,37 @@ def node() -> Path:
     return path
 
 
-def test_node_client_round_trip(node: Path, broker: BrokerProcess) -> None:
-    """A Node.js client using only the .proto files produces, fetches and decodes every record."""
+def write_statuses(path: Path) -> None:
+    """One serialized google.rpc.Status per error class, as the broker would send it."""
+    cases = []
+    for reason, cls in sorted(errors.BY_REASON.items()):
+        exc = sample(cls)
+        status = rich_status(exc)
+        cases.append(
+            {
+                "reason": reason,
+                "code": status.code,
+                "message": status.message,
+                "metadata": exc.metadata,
+                "retry_after_ms": exc.retry_after_ms,
+                "status_bin_base64": base64.b64encode(status.SerializeToString()).decode(),
+            }
+        )
+    path.write_text(json.dumps(cases))
+
+
+def test_node_client_round_trip(node: Path, broker: BrokerProcess, tmp_path: Path) -> None:
+    """A Node.js client using only the .proto files produces, fetches and decodes every record,
+    and decodes every error class's status details (ErrorInfo reason and metadata)."""
+    statuses = tmp_path / "statuses.json"
+    write_statuses(statuses)
     env = dict(os.environ)
     env["PATH"] = f"{node.parent}{os.pathsep}{env.get('PATH', '')}"
     env.pop("NODE_OPTIONS", None)
     # The venv's node is a Python wrapper that runs the real binary as its
     # child: a new session lets a timeout kill both through the group id.
     proc = subprocess.Popen(
-        [str(node), str(SCRIPT), broker.grpc_address],
+        [str(node), str(SCRIPT), broker.grpc_address, str(statuses)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import grpc.aio
 
-from logstore.config import TopicConfig
-from logstore.errors import InvalidConfigError, UnknownPartitionError
+from logstore.config import MAX_PARTITIONS, TopicConfig
+from logstore.errors import InvalidArgumentError, InvalidConfigError, UnknownPartitionError
 from logstore.v1 import logstore_pb2 as pb
 
 from ._config import BrokerConfig
@@ -70,8 +70,13 @@ class AdminService:
     ) -> pb.CreateTopicResponse:
         config = dict(request.config)
         self._check_topic_config(TopicConfig.from_mapping(config))
-        partitions = request.partitions or 1
-        info = await self.run_io(self._store.create_topic, request.name, partitions, config)
+        # No default: 0 is what a client that forgot the field sends, and
+        # silently making 1 partition is not what it asked for.
+        if not 1 <= request.partitions <= MAX_PARTITIONS:
+            raise InvalidArgumentError(
+                f"partitions must be in 1..{MAX_PARTITIONS}, got {request.partitions}"
+            )
+        info = await self.run_io(self._store.create_topic, request.name, request.partitions, config)
         log.info(
             "topic created",
             extra={"fields": {"topic": info.name, "partitions": info.partitions}},
@@ -161,6 +166,8 @@ class AdminService:
         partitions = list(request.partitions) or list(range(info.partitions))
         out = []
         which = request.WhichOneof("spec")
+        if which == "position":
+            check_enum(pb.OffsetSpec, "position", request.position)
         for p in partitions:
             if not 0 <= p < info.partitions:
                 raise UnknownPartitionError(
@@ -188,6 +195,13 @@ class AdminService:
         self, request: pb.ListOffsetsRequest, context: Context
     ) -> pb.ListOffsetsResponse:
         return await self.run_io(self._list_offsets_blocking, request)
+
+
+def check_enum(enum: Any, field: str, value: int) -> None:
+    """InvalidArgumentError for a value ``enum`` does not define (proto3 keeps them)."""
+    if value not in enum.values():
+        known = ", ".join(f"{n} ({v})" for n, v in enum.items())
+        raise InvalidArgumentError(f"{field} {value} is not a known value; known: {known}")
 
 
 def _topic_pb(info: TopicInfo) -> pb.TopicInfo:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Final
 
-from logstore.config import DAY_MS, MiB, StoreConfig, TopicConfig
+from logstore.config import DAY_MS, MiB, StoreConfig, TopicConfig, parse_int
 from logstore.errors import InvalidConfigError
 
 ENV_PREFIX: Final = "LOGSTORE_"
@@ -215,13 +215,13 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
             raise InvalidConfigError(f"{name} ({source}) must be an integer, not {raw!r}")
         if isinstance(raw, int):
             return raw
-        try:
-            return int(str(raw).strip().replace("_", ""))
-        except ValueError:
+        value = parse_int(str(raw))
+        if value is None:
             lo, hi = _INT_RANGES[name]
             raise InvalidConfigError(
                 f"{name} ({source}) must be an integer in {lo}..{hi}, not {raw!r}"
-            ) from None
+            )
+        return value
     if not isinstance(raw, str | os.PathLike):
         raise InvalidConfigError(f"{name} ({source}) must be a string, not {raw!r}")
     return os.fspath(raw)
@@ -247,7 +247,8 @@ def split_address(address: str, key: str = "listen") -> tuple[str, int]:
     if not isinstance(address, str):
         raise InvalidConfigError(f"{key} must be HOST:PORT, not {address!r}")
     host, sep, port_text = address.rpartition(":")
-    if not sep or not port_text.isdigit():
+    # isascii: str.isdigit() is also true of superscripts and other scripts' digits.
+    if not sep or not port_text.isascii() or not port_text.isdigit():
         raise InvalidConfigError(f"{key} must be HOST:PORT (port 0 = any free port): {address!r}")
     port = int(port_text)
     if port > 65535:

@@ -5,6 +5,12 @@ is refused with RESOURCE_EXHAUSTED and a RetryInfo hint (never queued: a
 queue would be one more unbounded buffer). gRPC's ``maximum_concurrent_rpcs``
 is set above the sum of these as a backstop only (it sends no hint).
 
+Waiting and working are bounded separately: a request holds a
+``max_concurrent_requests`` slot while it works, and a Fetch that parks in a
+long poll moves its hold to ``max_long_poll_waiters`` (:meth:`Slot.move_to`),
+so idle consumers (one per partition they follow: 300 for a 300-partition
+topic) never use up the budget that produce and admin calls need.
+
 All methods run on the event loop thread: no locks.
 """
 
@@ -12,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from logstore.errors import ResourceExhaustedError
 
@@ -75,3 +82,38 @@ class Limits:
         self.subscriptions = Gauge(
             "max_subscriptions", max_subscriptions, retry_after_ms, on_reject
         )
+
+
+class GaugeMetric(Protocol):
+    """The part of a prometheus Gauge a Slot uses."""
+
+    def inc(self, amount: float = 1) -> None: ...
+
+    def dec(self, amount: float = 1) -> None: ...
+
+
+class Slot:
+    """One admitted request's unit of one Gauge (and of its metric), until released."""
+
+    def __init__(self, gauge: Gauge, metric: GaugeMetric) -> None:
+        gauge.acquire()
+        metric.inc()
+        self.gauge = gauge
+        self._metric = metric
+        self._released = False
+
+    def move_to(self, gauge: Gauge, metric: GaugeMetric) -> None:
+        """Hold ``gauge`` instead (ResourceExhaustedError, still holding the old one, if full)."""
+        assert not self._released
+        gauge.acquire()
+        metric.inc()
+        self.gauge.release()
+        self._metric.dec()
+        self.gauge = gauge
+        self._metric = metric
+
+    def release(self) -> None:
+        assert not self._released, "slot released twice"
+        self._released = True
+        self.gauge.release()
+        self._metric.dec()

@@ -37,7 +37,6 @@ from typing import TYPE_CHECKING, Any, Final
 import grpc
 import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from logstore.errors import InvalidConfigError, LogStoreError, StorageError
@@ -48,6 +47,7 @@ from ._admin import AdminService
 from ._config import REQUEST_HEADROOM_BYTES, BrokerConfig, is_loopback, split_address
 from ._logging import setup_logging
 from ._metrics import BrokerMetrics
+from ._reflection import enable_reflection
 from ._service import LogStoreService
 
 if TYPE_CHECKING:
@@ -75,10 +75,13 @@ def _handlers(
     def ser(m: Any) -> bytes:
         return bytes(m.SerializeToString())
 
+    # Every request arrives as bytes (request_deserializer None) and is
+    # parsed in LogStoreService.wrap, so bytes that do not parse are answered
+    # INVALID_ARGUMENT like any other bad input.
     def unary(name: str, fn: Any, request_type: Any) -> grpc.RpcMethodHandler[Any, Any]:
         return grpc.unary_unary_rpc_method_handler(
-            svc.wrap(name, fn),
-            request_deserializer=request_type.FromString,
+            svc.wrap(name, fn, request_type),
+            request_deserializer=None,
             response_serializer=ser,
         )
 
@@ -94,13 +97,13 @@ def _handlers(
         ),
         # Stored bytes out, unchanged.
         "Fetch": grpc.unary_unary_rpc_method_handler(
-            svc.wrap("Fetch", svc.fetch),
-            request_deserializer=pb.FetchRequest.FromString,
+            svc.wrap("Fetch", svc.fetch, pb.FetchRequest),
+            request_deserializer=None,
             response_serializer=None,
         ),
         "Subscribe": grpc.unary_stream_rpc_method_handler(
-            svc.wrap("Subscribe", svc.subscribe),
-            request_deserializer=pb.SubscribeRequest.FromString,
+            svc.wrap("Subscribe", svc.subscribe, pb.SubscribeRequest),
+            request_deserializer=None,
             response_serializer=None,
         ),
         "InitProducer": unary("InitProducer", admin.init_producer, pb.InitProducerRequest),
@@ -284,13 +287,8 @@ async def create_server(config: BrokerConfig) -> tuple[Broker, Ports]:
         server.add_registered_method_handlers(SERVICE_NAME, handlers)  # type: ignore[attr-defined]
         health_servicer: Any = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection(
-            (
-                SERVICE_NAME,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
+        enable_reflection(
+            server, (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
         )
         try:
             grpc_port = server.add_insecure_port(config.listen)

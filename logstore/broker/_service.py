@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -37,21 +38,23 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import grpc
 import grpc.aio
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from logstore.errors import (
+    BrokerShuttingDownError,
     InvalidArgumentError,
     InvalidBatchError,
+    InvalidRequestError,
     LogStoreError,
     OffsetOutOfRangeError,
-    StoreClosedError,
     UnknownPartitionError,
 )
 from logstore.v1 import logstore_pb2 as pb
 from logstore.wire import HEADER_SIZE, SplitRequest, partition_for_key, split_produce_request
 
+from ._admin import check_enum
 from ._config import MAX_WAIT_MS_CAP, BrokerConfig
-from ._limits import Limits
+from ._limits import Limits, Slot
 from ._metrics import BrokerMetrics
 from ._status import OK_STATUS, abort, log_unexpected, rich_status
 
@@ -61,11 +64,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("logstore.broker")
 
 T = TypeVar("T")
+M = TypeVar("M", bound=Message)
 Context = grpc.aio.ServicerContext[Any, Any]
 PartitionKey = tuple[str, int]
 
 DEFAULT_MAX_BYTES: Final = 1 << 20
+#: RetryInfo of "shutting down": a restart of this broker takes about a second
+#: (store open, recovery of a clean data directory); retrying sooner only
+#: meets a closed port.
+SHUTDOWN_RETRY_AFTER_MS: Final = 1000
 _SUBSCRIBE_RECHECK_S: Final = 5.0
+#: The admission slot of the request being handled (each RPC runs in its own task).
+_SLOT: contextvars.ContextVar[Slot] = contextvars.ContextVar("logstore_admission_slot")
 
 
 class LogStoreService:
@@ -150,9 +160,19 @@ class LogStoreService:
     # -- handler wrappers (admission, metrics, the one error boundary) --------
 
     def wrap(
-        self, method: str, fn: Callable[[Any, Context], Awaitable[Any]]
+        self,
+        method: str,
+        fn: Callable[[Any, Context], Awaitable[Any]],
+        request_type: type[Message] | None = None,
     ) -> Callable[[Any, Context], Coroutine[Any, Any, Any]]:
-        """Wrap ``fn``: admission, the error -> status boundary, metrics."""
+        """Wrap ``fn``: admission, request parsing, the error -> status boundary, metrics.
+
+        The request arrives as bytes (identity deserializer) and is parsed
+        here as ``request_type``, so bytes that do not parse are
+        INVALID_ARGUMENT (reason INVALID_REQUEST) like any bad input, instead
+        of gRPC's own UNKNOWN "Unexpected DecodeError". ``request_type`` None:
+        ``fn`` takes the bytes (or, for streams, the iterator) itself.
+        """
         gauge = self._limits.subscriptions if method == "Subscribe" else self._limits.requests
         gauge_metric = (
             self._metrics.subscriptions
@@ -166,18 +186,26 @@ class LogStoreService:
             t0 = time.perf_counter()
             try:
                 if self._stopping:
-                    raise StoreClosedError("the broker is shutting down; retry on its restart")
-                gauge.acquire()
+                    raise _shutting_down("the broker is shutting down; retry on its restart")
+                slot = Slot(gauge, gauge_metric)
             except LogStoreError as exc:
                 requests.labels(method, exc.status).inc()
                 await abort(context, exc)
-            gauge_metric.inc()
+            _SLOT.set(slot)
             code = "OK"
             try:
+                if request_type is not None:
+                    request = parse_request(request_type, request)
                 return await fn(request, context)
             except asyncio.CancelledError:
                 code = "CANCELLED"
                 raise
+            except ClientGoneError as exc:
+                # The client cancelled or its deadline passed while we were
+                # writing: nobody is left to tell, and it is not a failure.
+                code = "CANCELLED"
+                log.debug("%s ended by the client: %s", method, exc)
+                return None
             except Exception as exc:
                 if isinstance(exc, grpc.aio.AbortError):
                     raise
@@ -185,8 +213,7 @@ class LogStoreService:
                 log_unexpected(exc, method)
                 await abort(context, exc)
             finally:
-                gauge.release()
-                gauge_metric.dec()
+                slot.release()
                 requests.labels(method, code).inc()
                 latency.observe(time.perf_counter() - t0)
 
@@ -329,6 +356,7 @@ class LogStoreService:
         try:
             split = split_produce_request(raw)
             header = split.header
+            check_enum(pb.Acks, "acks", header.acks)
             topic, partition, info = self._route(header)
             self._check_batch(split, info)
             if header.acks == pb.ACKS_NONE:
@@ -416,7 +444,7 @@ class LogStoreService:
             while True:
                 if self._stopping and queue.empty() and waiting_for_client[0]:
                     # Every batch read so far has been answered.
-                    raise StoreClosedError(
+                    raise _shutting_down(
                         "the broker is shutting down; every batch sent on this stream before "
                         "this status was answered; resend the rest when it is back"
                     )
@@ -436,7 +464,7 @@ class LogStoreService:
                 item = get.result()
                 if item is None:
                     return
-                await context.write(await item())
+                await write_reply(context, await item())
         finally:
             reader.cancel()
             stopping.cancel()
@@ -495,8 +523,9 @@ class LogStoreService:
     async def _long_poll(
         self, topic: str, partition: int, offset: int, max_bytes: int, need: int, wait_ms: int
     ) -> FetchResult:
-        self._limits.waiters.acquire()
-        self._metrics.long_poll_waiters.inc()
+        # From here on this request waits: it holds a long-poll waiter slot
+        # instead of a concurrent-request slot (and keeps it to the reply).
+        _SLOT.get().move_to(self._limits.waiters, self._metrics.long_poll_waiters)
         key = (topic, partition)
         ev = self._register(key)
         loop = asyncio.get_running_loop()
@@ -516,8 +545,6 @@ class LogStoreService:
                     pass
         finally:
             self._unregister(key, ev)
-            self._limits.waiters.release()
-            self._metrics.long_poll_waiters.dec()
 
     async def _start_offset(self, request: pb.SubscribeRequest) -> int:
         topic, partition = request.topic, request.partition
@@ -537,8 +564,10 @@ class LogStoreService:
                 self._store.offset_for_time, topic, partition, request.timestamp_ms
             )
             return end if found is None else found
-        if which == "position" and request.position == pb.START_POSITION_LATEST:
-            return end
+        if which == "position":
+            check_enum(pb.StartPosition, "position", request.position)
+            if request.position == pb.START_POSITION_LATEST:
+                return end
         return start
 
     async def subscribe(self, request: pb.SubscribeRequest, context: Context) -> None:
@@ -566,7 +595,7 @@ class LogStoreService:
                 await self._write_or_stop(context, _frames_reply(result), ev)
                 self._account_read("Subscribe", result, offset)
                 offset = result.next_offset
-            raise StoreClosedError(
+            raise _shutting_down(
                 f"the broker is shutting down; resubscribe to {topic}-{partition} from offset "
                 f"{offset} when it is back"
             )
@@ -575,16 +604,14 @@ class LogStoreService:
 
     async def _write_or_stop(self, context: Context, message: bytes, ev: asyncio.Event) -> None:
         """Await the write (flow control); give up at once when shutting down."""
-        write = asyncio.ensure_future(context.write(message))
+        write = asyncio.ensure_future(write_reply(context, message))
         # If this handler is cancelled (the client went away), the write fails
         # on its own; retrieve that so it is not reported as unhandled.
         write.add_done_callback(_consume_exception)
         try:
             while not write.done():
                 if self._stopping:
-                    raise StoreClosedError(
-                        "the broker is shutting down; resubscribe when it is back"
-                    )
+                    raise _shutting_down("the broker is shutting down; resubscribe when it is back")
                 ev.clear()
                 stop = asyncio.ensure_future(ev.wait())
                 try:
@@ -594,6 +621,35 @@ class LogStoreService:
             write.result()
         finally:
             write.cancel()
+
+
+class ClientGoneError(Exception):
+    """A reply could not be written because the call already ended on the client's side."""
+
+
+async def write_reply(context: Context, message: Any) -> None:
+    """``context.write``; ClientGoneError when the call has ended (cancel, deadline, reset)."""
+    try:
+        await context.write(message)
+    except grpc.aio.InternalError as exc:
+        # gRPC's "Failed execute_batch": the only way a send fails once the
+        # message is accepted is that the call is over.
+        raise ClientGoneError(f"the client is gone ({type(exc).__name__})") from exc
+
+
+def parse_request(request_type: type[M], raw: bytes) -> M:
+    """``raw`` parsed as ``request_type``; InvalidRequestError if it does not parse."""
+    try:
+        return request_type.FromString(raw)
+    except DecodeError as exc:
+        raise InvalidRequestError(
+            f"the request could not be parsed as a {request_type.DESCRIPTOR.full_name} "
+            f"({len(raw)} bytes): {exc}"
+        ) from None
+
+
+def _shutting_down(message: str) -> BrokerShuttingDownError:
+    return BrokerShuttingDownError(message, retry_after_ms=SHUTDOWN_RETRY_AFTER_MS)
 
 
 def _consume_exception(fut: asyncio.Future[Any]) -> None:

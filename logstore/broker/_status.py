@@ -2,12 +2,15 @@
 
 Every :class:`~logstore.errors.LogStoreError` names its status (``.status``, a
 ``grpc.StatusCode`` name); :data:`STATUS_CODES` is the single table that maps
-those names to codes. Errors carrying ``retry_after_ms`` (broker limits) get a
-``google.rpc.RetryInfo`` in the rich status details
-(``grpc-status-details-bin``); disk full and oversized requests get none, so
-clients do not retry them unchanged. Anything that is not a LogStoreError is a
-bug or an unexpected environment failure: INTERNAL, with the traceback logged
-on the broker and a short message to the client.
+those names to codes. Every error status carries a ``google.rpc.ErrorInfo`` in
+the rich status details (``grpc-status-details-bin``): the error's stable
+``reason``, domain ``logstore.v1`` and its metadata (e.g. the valid offset
+range of OFFSET_OUT_OF_RANGE). Errors carrying ``retry_after_ms`` (broker
+limits, shutdown) also get a ``google.rpc.RetryInfo``; disk full and
+oversized requests get none, so clients do not retry them unchanged. Anything
+that is not a LogStoreError is a bug or an unexpected environment failure:
+INTERNAL (reason INTERNAL), with the traceback logged on the broker and a short
+message to the client.
 """
 
 from __future__ import annotations
@@ -17,11 +20,11 @@ from typing import Final, NoReturn
 
 import grpc
 import grpc.aio
-from google.protobuf import any_pb2, duration_pb2
+from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from logstore.errors import LogStoreError, ResourceExhaustedError
+from logstore.errors import ERROR_DOMAIN, InternalError, LogStoreError
 
 log = logging.getLogger("logstore.broker")
 
@@ -49,24 +52,28 @@ INTERNAL_MESSAGE: Final = "internal error on the broker; see its log"
 
 
 def rich_status(exc: BaseException) -> status_pb2.Status:
-    """The google.rpc.Status for ``exc`` (unexpected exceptions are INTERNAL)."""
-    if isinstance(exc, LogStoreError):
-        code = STATUS_CODES.get(exc.status, grpc.StatusCode.UNKNOWN)
-        message = str(exc)
-    else:
-        code = grpc.StatusCode.INTERNAL
-        message = INTERNAL_MESSAGE
-    status = status_pb2.Status(code=code.value[0], message=message)
-    retry_ms = getattr(exc, "retry_after_ms", None)
-    if isinstance(exc, ResourceExhaustedError) and retry_ms is not None:
-        info = error_details_pb2.RetryInfo(
+    """The google.rpc.Status for ``exc`` (unexpected exceptions are INTERNAL).
+
+    Details: always a ``google.rpc.ErrorInfo`` (reason, domain ``logstore.v1``,
+    the error's metadata); a ``google.rpc.RetryInfo`` too when the error
+    carries ``retry_after_ms`` (broker limits, shutdown).
+    """
+    if not isinstance(exc, LogStoreError):
+        exc = InternalError(INTERNAL_MESSAGE)
+    code = STATUS_CODES.get(exc.status, grpc.StatusCode.UNKNOWN)
+    status = status_pb2.Status(code=code.value[0], message=str(exc))
+    info = error_details_pb2.ErrorInfo(
+        reason=exc.reason, domain=ERROR_DOMAIN, metadata=exc.metadata
+    )
+    status.details.add().Pack(info)
+    retry_ms = exc.retry_after_ms
+    if retry_ms is not None:
+        retry = error_details_pb2.RetryInfo(
             retry_delay=duration_pb2.Duration(
                 seconds=retry_ms // 1000, nanos=(retry_ms % 1000) * 1_000_000
             )
         )
-        detail = any_pb2.Any()
-        detail.Pack(info)
-        status.details.append(detail)
+        status.details.add().Pack(retry)
     return status
 
 

@@ -2,10 +2,12 @@
 
 Every ``grpc.RpcError`` the client sees is turned into a
 :class:`~logstore.errors.LogStoreError` by :func:`translate` -- the only place
-that looks at gRPC status codes. The broker's message is kept verbatim and the
-class is chosen by status (``RESOURCE_EXHAUSTED`` carries ``retry_after_ms``
-from a ``google.rpc.RetryInfo`` detail when the broker sent one; its absence
-means "do not retry unchanged").
+that looks at gRPC status codes. The broker's message is kept verbatim; the
+class is rebuilt from the ``google.rpc.ErrorInfo`` reason the broker sends
+(with its metadata, e.g. ``OffsetOutOfRangeError.log_start_offset``), or
+chosen by status when there is none. ``retry_after_ms`` comes from a
+``google.rpc.RetryInfo`` detail when the broker sent one; its absence means
+"do not retry unchanged".
 
 :class:`Connection` owns one channel. The first call waits at most
 ``connect_timeout_ms`` for the channel to become ready and otherwise fails with
@@ -59,25 +61,38 @@ _BY_STATUS: Final[dict[grpc.StatusCode, type[errors.LogStoreError]]] = {
 }
 
 
-def _retry_after_ms(exc: grpc.RpcError) -> int | None:
-    """The RetryInfo delay of a rich status, in ms, or None when absent."""
+def _status_details(exc: grpc.RpcError) -> tuple[error_details_pb2.ErrorInfo | None, int | None]:
+    """The ErrorInfo (None when absent) and RetryInfo delay in ms (None) of a rich status."""
     try:
         status = rpc_status.from_call(exc)  # type: ignore[arg-type]
     except (ValueError, AttributeError, TypeError):
-        return None
+        return None, None
     if status is None:
-        return None
+        return None, None
+    info: error_details_pb2.ErrorInfo | None = None
+    retry_ms: int | None = None
     for detail in status.details:
-        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            info = error_details_pb2.RetryInfo()
-            detail.Unpack(info)
-            d = info.retry_delay
-            return int(d.seconds) * 1000 + int(d.nanos) // 1_000_000
-    return None
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            found = error_details_pb2.ErrorInfo()
+            detail.Unpack(found)
+            if found.domain == errors.ERROR_DOMAIN:
+                info = found
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            d = retry.retry_delay
+            retry_ms = int(d.seconds) * 1000 + int(d.nanos) // 1_000_000
+    return info, retry_ms
 
 
 def translate(exc: BaseException, address: str = "") -> errors.LogStoreError:
-    """The client's exception for ``exc`` (a grpc.RpcError or already ours)."""
+    """The client's exception for ``exc`` (a grpc.RpcError or already ours).
+
+    With an ErrorInfo of domain ``logstore.v1`` whose reason this client
+    knows, the exact class is rebuilt (:data:`logstore.errors.BY_REASON`) with
+    its metadata; otherwise (a status from gRPC itself, or a reason newer than
+    this client) the class is chosen by status code.
+    """
     if isinstance(exc, errors.LogStoreError):
         return exc
     if not isinstance(exc, grpc.RpcError):
@@ -86,9 +101,13 @@ def translate(exc: BaseException, address: str = "") -> errors.LogStoreError:
     code = code_fn() if callable(code_fn) else grpc.StatusCode.UNKNOWN
     details_fn = getattr(exc, "details", None)
     message = (details_fn() if callable(details_fn) else None) or str(code)
+    info, retry_ms = _status_details(exc)
+    known = errors.BY_REASON.get(info.reason) if info is not None else None
+    if info is not None and known is not None and known.status == code.name:
+        return known.from_details(message, dict(info.metadata), retry_ms)
     cls = _BY_STATUS.get(code, errors.LogStoreError)
     if cls is errors.ResourceExhaustedError:
-        return errors.ResourceExhaustedError(message, _retry_after_ms(exc))
+        return errors.ResourceExhaustedError(message, retry_ms)
     if cls is errors.BrokerUnavailableError and address:
         return errors.BrokerUnavailableError(f"broker at {address} is unavailable: {message}")
     if cls is errors.LogStoreError:

@@ -1,6 +1,6 @@
 // Interoperability test: a Node.js client of the logstore gRPC API.
 //
-//   node tests/interop/interop.mjs HOST:PORT
+//   node tests/interop/interop.mjs HOST:PORT [STATUSES.json]
 //
 // Loads the project's .proto files with @grpc/proto-loader (no generated
 // code, no custom decoding of records: the FetchResponse, stored frames
@@ -9,12 +9,18 @@
 // values), fetches them back and checks every field. It also checks error
 // statuses, ProduceStream, Subscribe, ListOffsets, the admin calls and,
 // separately, the stored header layout documented in records.proto.
+// Error statuses are decoded from their rich details (the
+// "grpc-status-details-bin" trailer, a google.rpc.Status) with the .proto
+// files alone: each carries a google.rpc.ErrorInfo whose reason and metadata
+// are checked; STATUSES.json (written by tests/test_interop_node.py) holds
+// one serialized status per error class of the broker, each decoded here.
 //
 // Prints one line per check ("ok" / "FAIL") and exits 1 on any failure, 2 on
 // a usage error. Run by tests/test_interop_node.py against a real broker.
 
 import { strict as assert } from "node:assert";
 import { createHash, randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -30,8 +36,9 @@ const GRPC_JS_VERSION = require("@grpc/grpc-js/package.json").version;
 const PROTO_LOADER_VERSION = require("@grpc/proto-loader/package.json").version;
 
 const address = process.argv[2];
-if (!address || process.argv.length > 3) {
-  console.error("usage: node tests/interop/interop.mjs HOST:PORT");
+const statusesPath = process.argv[3];
+if (!address || process.argv.length > 4) {
+  console.error("usage: node tests/interop/interop.mjs HOST:PORT [STATUSES.json]");
   process.exit(2);
 }
 
@@ -124,18 +131,71 @@ function unary(method, request) {
   });
 }
 
-// Expects a unary call to fail with `code`; returns the error.
-async function expectStatus(name, method, request, code) {
+// google.rpc.Status and its details, from proto/google/rpc alone (protobufjs
+// is @grpc/proto-loader's own dependency, pinned by package-lock.json).
+const protobuf = require("protobufjs");
+const rpcRoot = new protobuf.Root();
+// google/protobuf/{any,duration}.proto are protobufjs's built-in copies.
+rpcRoot.resolvePath = (_origin, target) => (target.startsWith("google/protobuf/") ? target : path.join(PROTO_DIR, target));
+rpcRoot.loadSync(["google/rpc/status.proto", "google/rpc/error_details.proto"], { keepCase: true });
+const StatusType = rpcRoot.lookupType("google.rpc.Status");
+const ErrorInfoType = rpcRoot.lookupType("google.rpc.ErrorInfo");
+const RetryInfoType = rpcRoot.lookupType("google.rpc.RetryInfo");
+const TO_OBJECT = { longs: String, defaults: true };
+
+// {code, message, errorInfo: {reason, domain, metadata} | null, retryDelayMs | null}
+function decodeStatus(bytes) {
+  const status = StatusType.toObject(StatusType.decode(bytes), TO_OBJECT);
+  let errorInfo = null;
+  let retryDelayMs = null;
+  for (const any of status.details) {
+    if (any.type_url === "type.googleapis.com/google.rpc.ErrorInfo") {
+      errorInfo = ErrorInfoType.toObject(ErrorInfoType.decode(any.value), TO_OBJECT);
+    } else if (any.type_url === "type.googleapis.com/google.rpc.RetryInfo") {
+      const d = RetryInfoType.toObject(RetryInfoType.decode(any.value), TO_OBJECT).retry_delay;
+      retryDelayMs = Number(d?.seconds ?? 0) * 1000 + Math.floor((d?.nanos ?? 0) / 1e6);
+    }
+  }
+  return { code: status.code, message: status.message, errorInfo, retryDelayMs };
+}
+
+// The rich status of a failed call (null when the broker sent none).
+function richStatus(err) {
+  const bin = err.metadata?.get("grpc-status-details-bin")?.[0];
+  return bin ? decodeStatus(Buffer.from(bin)) : null;
+}
+
+// Expects a unary call to fail with `code` (and ErrorInfo `reason`, and
+// metadata containing `metadata`, when given); returns the error.
+async function expectStatus(name, method, request, code, reason = undefined, metadata = undefined) {
   try {
     const response = await unary(method, request);
     checkTrue(name, false, `expected ${codeName(code)}, got success ${show(response)}`);
     return null;
   } catch (err) {
     if (err.code === undefined) throw err;
-    check(`${name} (message: ${JSON.stringify(err.details)})`, codeName(err.code), codeName(code));
-    checkTrue(`${name}: the message is not empty`, typeof err.details === "string" && err.details.length > 0);
+    checkError(name, err, code, reason, metadata);
     return err;
   }
+}
+
+function checkError(name, err, code, reason, metadata) {
+  check(`${name} (message: ${JSON.stringify(err.details)})`, codeName(err.code), codeName(code));
+  checkTrue(`${name}: the message is not empty`, typeof err.details === "string" && err.details.length > 0);
+  if (reason === undefined) return;
+  const rich = richStatus(err);
+  check(`${name}: ErrorInfo reason and domain`, [rich?.errorInfo?.reason, rich?.errorInfo?.domain], [reason, "logstore.v1"]);
+  check(`${name}: rich status code and message match the call's`, [rich?.code, rich?.message], [err.code, err.details]);
+  for (const [k, v] of Object.entries(metadata ?? {})) {
+    check(`${name}: ErrorInfo metadata ${k}`, rich?.errorInfo?.metadata?.[k], v);
+  }
+}
+
+// A unary call with request bytes as given (no serializer): malformed input.
+function rawUnary(method, bytes) {
+  return new Promise((resolve, reject) => {
+    client.makeUnaryRequest(`/logstore.v1.LogStore/${method}`, (x) => x, (x) => x, bytes, { deadline: deadline() }, (err, r) => (err ? reject(err) : resolve(r)));
+  });
 }
 
 // ------------------------------------------------- records and decoding --
@@ -459,9 +519,9 @@ async function main() {
   });
 
   await section("Error statuses", async () => {
-    await expectStatus("Fetch of an unknown topic -> NOT_FOUND", "Fetch", { topic: `${topic}-missing`, partition: 0, offset: "0" }, grpc.status.NOT_FOUND);
-    await expectStatus("Fetch of an unknown partition -> NOT_FOUND", "Fetch", { topic, partition: PARTITIONS, offset: "0" }, grpc.status.NOT_FOUND);
-    await expectStatus("Produce of an empty batch -> INVALID_ARGUMENT", "Produce", { topic, partition: 0, records: [] }, grpc.status.INVALID_ARGUMENT);
+    await expectStatus("Fetch of an unknown topic -> NOT_FOUND", "Fetch", { topic: `${topic}-missing`, partition: 0, offset: "0" }, grpc.status.NOT_FOUND, "UNKNOWN_TOPIC");
+    await expectStatus("Fetch of an unknown partition -> NOT_FOUND", "Fetch", { topic, partition: PARTITIONS, offset: "0" }, grpc.status.NOT_FOUND, "UNKNOWN_PARTITION");
+    await expectStatus("Produce of an empty batch -> INVALID_ARGUMENT", "Produce", { topic, partition: 0, records: [] }, grpc.status.INVALID_ARGUMENT, "INVALID_BATCH");
     // protobufjs writes a lone surrogate as the bytes ED A0 80: not UTF-8, so
     // not a valid proto3 string. Stored, it would be a batch other readers
     // (upb, Go, Java) cannot parse; the broker must refuse it.
@@ -471,12 +531,50 @@ async function main() {
       { topic, partition: 0, records: [{ value: Buffer.from("x"), headers: [{ key: "bad-\ud800", value: Buffer.from("v") }] }] },
       grpc.status.INVALID_ARGUMENT,
     );
-    await expectStatus("Fetch above the log end offset -> OUT_OF_RANGE", "Fetch", { topic, partition: 0, offset: "1000000" }, grpc.status.OUT_OF_RANGE);
-    await expectStatus("CreateTopic of an existing topic -> ALREADY_EXISTS", "CreateTopic", { name: topic, partitions: 1 }, grpc.status.ALREADY_EXISTS);
-    await expectStatus("CreateTopic with a bad name -> INVALID_ARGUMENT", "CreateTopic", { name: "no/slash", partitions: 1 }, grpc.status.INVALID_ARGUMENT);
+    await expectStatus("Fetch above the log end offset -> OUT_OF_RANGE", "Fetch", { topic, partition: 0, offset: "1000000" }, grpc.status.OUT_OF_RANGE, "OFFSET_OUT_OF_RANGE", {
+      log_start_offset: "0",
+      log_end_offset: String(total + 1),
+    });
+    await expectStatus("CreateTopic of an existing topic -> ALREADY_EXISTS", "CreateTopic", { name: topic, partitions: 1 }, grpc.status.ALREADY_EXISTS, "TOPIC_ALREADY_EXISTS");
+    await expectStatus("CreateTopic with a bad name -> INVALID_ARGUMENT", "CreateTopic", { name: "no/slash", partitions: 1 }, grpc.status.INVALID_ARGUMENT, "INVALID_TOPIC_NAME");
+    await expectStatus("CreateTopic with a bad config value -> INVALID_ARGUMENT", "CreateTopic", { name: `${topic}-cfg`, partitions: 1, config: { retention_ms: "soon" } }, grpc.status.INVALID_ARGUMENT, "INVALID_CONFIG");
+    await expectStatus("Produce with acks = 99 -> INVALID_ARGUMENT", "Produce", { topic, partition: 0, acks: 99, records: [{ value: Buffer.from("x") }] }, grpc.status.INVALID_ARGUMENT, "INVALID_ARGUMENT");
+    for (const method of ["Fetch", "ListOffsets", "CreateTopic"]) {
+      try {
+        await rawUnary(method, Buffer.from([0x0a, 0x05, 0x61, 0x62]));
+        checkTrue(`${method} of truncated bytes -> INVALID_ARGUMENT`, false, "succeeded");
+      } catch (err) {
+        if (err.code === undefined) throw err;
+        checkError(`${method} of truncated bytes -> INVALID_ARGUMENT`, err, grpc.status.INVALID_ARGUMENT, "INVALID_REQUEST");
+      }
+    }
+    const ip = await unary("InitProducer", {});
+    const idem = (producer_id, producer_epoch, base_sequence) => ({ topic, partition: 1, producer_id, producer_epoch, base_sequence, records: [{ value: Buffer.from("i") }] });
+    await unary("Produce", idem(ip.producer_id, 1, 0));
+    await expectStatus("Produce with an older epoch -> FAILED_PRECONDITION (fenced)", "Produce", idem(ip.producer_id, 0, 1), grpc.status.FAILED_PRECONDITION, "INVALID_PRODUCER_EPOCH");
+    await expectStatus("Produce with a sequence gap -> FAILED_PRECONDITION", "Produce", idem(ip.producer_id, 1, 7), grpc.status.FAILED_PRECONDITION, "OUT_OF_ORDER_SEQUENCE_NUMBER");
+    await expectStatus("Produce with a never-issued producer id -> FAILED_PRECONDITION", "Produce", idem(String(BigInt(ip.producer_id) + 1000000n), 0, 0), grpc.status.FAILED_PRECONDITION, "UNKNOWN_PRODUCER_ID");
     const after = await unary("Fetch", { topic, partition: 0, offset: "0" });
     check("errors changed nothing stored", after.high_watermark, String(total + 1));
   });
+
+  if (statusesPath) {
+    await section("Every error class's status decodes (ErrorInfo, RetryInfo)", async () => {
+      const cases = JSON.parse(readFileSync(statusesPath, "utf8"));
+      checkTrue("statuses file lists error classes", cases.length > 10, `${cases.length} cases`);
+      for (const c of cases) {
+        const got = decodeStatus(Buffer.from(c.status_bin_base64, "base64"));
+        check(`${c.reason}: code, message, reason, domain, metadata, retry delay`, [got.code, got.message, got.errorInfo?.reason, got.errorInfo?.domain, got.errorInfo?.metadata, got.retryDelayMs], [
+          c.code,
+          c.message,
+          c.reason,
+          "logstore.v1",
+          c.metadata,
+          c.retry_after_ms,
+        ]);
+      }
+    });
+  }
 
   await section("DeleteTopic", async () => {
     await unary("DeleteTopic", { name: topic });

@@ -1,0 +1,83 @@
+"""Admission: waiting requests (long polls) and working requests are bounded separately.
+
+A Fetch parked in a long poll holds a ``max_long_poll_waiters`` slot, not a
+``max_concurrent_requests`` one, so idle consumers cannot starve produce and
+admin calls, and the waiter bound is the one that refuses extra long polls.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+
+from logstore.v1 import logstore_pb2 as pb
+from tests.brokerproc import start_broker
+from tests.test_broker_helpers import (
+    connect,
+    create_topic,
+    decode,
+    produce,
+    retry_info,
+    scrape,
+    wait_until,
+)
+
+POLL_MS = 8000
+
+
+def _poll(topic: str, partition: int) -> pb.FetchRequest:
+    return pb.FetchRequest(
+        topic=topic, partition=partition, offset=0, min_bytes=1, max_wait_ms=POLL_MS
+    )
+
+
+def test_parked_long_polls_leave_the_request_budget_free(tmp_path: Path) -> None:
+    """30 parked long polls with max_concurrent_requests 4: produce and admin calls still work."""
+    b = start_broker(tmp_path / "data", env={"LOGSTORE_MAX_CONCURRENT_REQUESTS": "4"})
+    try:
+        with connect(b) as s:
+            create_topic(s, "idle", partitions=30)
+            create_topic(s, "orders")
+            polls = [s.Fetch.future(_poll("idle", p), timeout=30) for p in range(30)]
+            wait_until(lambda: "logstore_long_poll_waiters 30.0" in scrape(b))
+            assert "logstore_inflight_requests 0.0" in scrape(b)
+            assert produce(s, "orders", [b"hello"]).base_offset == 0
+            assert "orders" in {
+                t.name for t in s.ListTopics(pb.ListTopicsRequest(), timeout=10).topics
+            }
+            produce(s, "idle", [b"wake"], partition=7)
+            assert decode(polls[7].result(timeout=10)) == [(0, b"wake")]
+            for f in polls:
+                f.cancel()
+    finally:
+        assert b.stop() == 0
+
+
+def test_waiter_bound_is_reachable_and_refuses_with_retry_info(tmp_path: Path) -> None:
+    """max_long_poll_waiters 5 above max_concurrent_requests 2: 5 park, the 6th is refused."""
+    b = start_broker(
+        tmp_path / "data",
+        env={"LOGSTORE_MAX_CONCURRENT_REQUESTS": "2", "LOGSTORE_MAX_LONG_POLL_WAITERS": "5"},
+    )
+    try:
+        with connect(b) as s:
+            create_topic(s, "t", partitions=6)
+            polls = [s.Fetch.future(_poll("t", p), timeout=30) for p in range(5)]
+            wait_until(lambda: "logstore_long_poll_waiters 5.0" in scrape(b))
+            try:
+                s.Fetch(_poll("t", 5), timeout=10)
+                raise AssertionError("the sixth long poll was admitted")
+            except grpc.RpcError as err:
+                assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "max_long_poll_waiters" in err.details()
+                assert retry_info(err) is not None
+            # Not waiting (min_bytes 0): a working request, admitted.
+            s.Fetch(pb.FetchRequest(topic="t", partition=5), timeout=10)
+            for f in polls:
+                f.cancel()
+            text = scrape(b)
+            assert 'logstore_rejected_requests_total{reason="max_long_poll_waiters"} 1.0' in text
+            assert 'reason="max_concurrent_requests"' not in text
+    finally:
+        assert b.stop() == 0

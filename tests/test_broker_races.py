@@ -1,0 +1,100 @@
+"""Races between a client and the broker end in precise statuses, never in a traceback.
+
+A Subscribe whose client deadline passes while the broker is writing is the
+client's own ending (CANCELLED / DEADLINE_EXCEEDED on its side); the broker
+must not log it as an unexpected failure. Races of admin calls with reads
+(ListOffsets by time against DeleteRecords) get their precise status.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import grpc
+import pytest
+
+from logstore.v1 import logstore_pb2 as pb
+from tests.brokerproc import start_broker
+from tests.test_broker_helpers import connect, create_topic, produce, scrape
+
+#: 40 batches of 4 x 60 KB: ~10 MB, far more than a reader that sleeps
+#: 50 ms per message drains in a 0.3 s deadline, so the deadline hits mid-write.
+BATCHES = 40
+SUBSCRIBERS = 12
+
+
+def test_subscribe_deadline_mid_write_is_not_an_unexpected_error(tmp_path: Path) -> None:
+    """Subscribers whose deadline expires mid-stream: no ERROR line, no traceback, counted."""
+    b = start_broker(tmp_path / "data", env={"LOGSTORE_SUBSCRIBE_MAX_BYTES": "65536"})
+    try:
+        with connect(b) as s:
+            create_topic(s, "t")
+            for _ in range(BATCHES):
+                produce(s, "t", [b"y" * 60_000] * 4, acks=pb.ACKS_LEADER)
+        codes: Counter[str] = Counter()
+        for _ in range(SUBSCRIBERS):
+            with grpc.insecure_channel(b.grpc_address) as ch:
+                call = ch.unary_stream(
+                    "/logstore.v1.LogStore/Subscribe",
+                    request_serializer=pb.SubscribeRequest.SerializeToString,
+                    response_deserializer=None,
+                )
+                stream = call(pb.SubscribeRequest(topic="t", partition=0), timeout=0.3)
+                try:
+                    for _ in stream:
+                        time.sleep(0.05)
+                except grpc.RpcError as err:
+                    codes[err.code().name] += 1
+        assert codes == {"DEADLINE_EXCEEDED": SUBSCRIBERS}
+        time.sleep(0.5)  # let the broker finish the handlers
+        log = b.log()
+        assert " ERROR " not in log and "Traceback" not in log, log
+        assert 'code="INTERNAL",method="Subscribe"' not in scrape(b)
+    finally:
+        assert b.stop() == 0
+
+
+# The AssertionError in Segment.position_of under this race is fixed in storage
+# (another branch); the broker maps the OffsetOutOfRangeError it then raises.
+@pytest.mark.xfail(reason="needs the storage fix of position_of (item 12)", strict=False)
+def test_list_offsets_by_time_racing_delete_records(tmp_path: Path) -> None:
+    """ListOffsets by time while DeleteRecords advances the start: OK or OUT_OF_RANGE only."""
+    b = start_broker(tmp_path / "data")
+    try:
+        with connect(b) as s:
+            create_topic(s, "t", segment_bytes="3000")
+            for _ in range(150):
+                produce(s, "t", [b"x" * 200] * 2, acks=pb.ACKS_LEADER)
+            stop = threading.Event()
+            codes: Counter[str] = Counter()
+
+            def lister() -> None:
+                with connect(b) as s2:
+                    while not stop.is_set():
+                        try:
+                            s2.ListOffsets(pb.ListOffsetsRequest(topic="t", timestamp_ms=0))
+                            codes["OK"] += 1
+                        except grpc.RpcError as err:
+                            codes[err.code().name] += 1
+
+            threads = [threading.Thread(target=lister) for _ in range(2)]
+            for t in threads:
+                t.start()
+            try:
+                for before in range(2, 300, 2):
+                    s.DeleteRecords(
+                        pb.DeleteRecordsRequest(topic="t", partition=0, before_offset=before),
+                        timeout=10,
+                    )
+            finally:
+                stop.set()
+                for t in threads:
+                    t.join(10)
+        assert set(codes) <= {"OK", "OUT_OF_RANGE"}, codes
+        assert codes["OK"] > 0
+        assert "Traceback" not in b.log()
+    finally:
+        assert b.stop() == 0
