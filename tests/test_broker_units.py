@@ -9,8 +9,8 @@ import pytest
 from google.rpc import error_details_pb2
 
 from logstore import errors
+from logstore.broker._admission import Gauge
 from logstore.broker._config import is_loopback, split_address
-from logstore.broker._limits import Gauge
 from logstore.broker._status import STATUS_CODES, rich_status
 from logstore.errors import InvalidConfigError
 

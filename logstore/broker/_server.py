@@ -7,12 +7,11 @@ first stdout line, signals, periodic maintenance and the drain;
 ``logctl serve``).
 
 Handler table: the generated ``add_LogStoreServicer_to_server`` serializes
-replies with ``SerializeToString``; we build our own table so Fetch and
-Subscribe reply with stored bytes (identity response serializer) and Produce
-and ProduceStream receive raw bytes (identity request deserializer), and
-register it with both ``add_generic_rpc_handlers`` and
-``add_registered_method_handlers`` (as generated code does), so server
-reflection still describes the service.
+replies with ``SerializeToString``; instead the service builds its handlers
+from the declarative RPC table (``_rpc_table.py``: requests arrive as bytes,
+Fetch and Subscribe reply with stored bytes), registered with both
+``add_generic_rpc_handlers`` and ``add_registered_method_handlers`` (as
+generated code does), so server reflection still describes the service.
 
 Shutdown (SIGTERM/SIGINT): health goes NOT_SERVING, new requests are refused
 (UNAVAILABLE), long polls are answered and Subscribe streams ended at once,
@@ -41,13 +40,12 @@ from prometheus_client import start_http_server
 
 from logstore.errors import InvalidConfigError, LogStoreError, StorageError
 from logstore.storage import Store
-from logstore.v1 import logstore_pb2 as pb
 
-from ._admin import AdminService
 from ._config import REQUEST_HEADROOM_BYTES, BrokerConfig, is_loopback, split_address
 from ._logging import setup_logging
 from ._metrics import BrokerMetrics
 from ._reflection import enable_reflection
+from ._rpc_table import SERVICE_NAME
 from ._service import LogStoreService
 
 if TYPE_CHECKING:
@@ -55,7 +53,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("logstore.broker")
 
-SERVICE_NAME: Final = "logstore.v1.LogStore"
 #: gRPC's own concurrency cap, a backstop well above the broker's limits: it
 #: refuses with no retry hint, so the broker's limiter must trip first.
 _BACKSTOP_FACTOR: Final = 2
@@ -67,59 +64,6 @@ _REPEAT_LOG_INTERVAL_S: Final = 60.0
 class Ports:
     grpc: int
     metrics: int
-
-
-def _handlers(
-    svc: LogStoreService, admin: AdminService
-) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
-    def ser(m: Any) -> bytes:
-        return bytes(m.SerializeToString())
-
-    # Every request arrives as bytes (request_deserializer None) and is
-    # parsed in LogStoreService.wrap, so bytes that do not parse are answered
-    # INVALID_ARGUMENT like any other bad input.
-    def unary(name: str, fn: Any, request_type: Any) -> grpc.RpcMethodHandler[Any, Any]:
-        return grpc.unary_unary_rpc_method_handler(
-            svc.wrap(name, fn, request_type),
-            request_deserializer=None,
-            response_serializer=ser,
-        )
-
-    return {
-        # Raw request bytes in: split_produce_request parses them once.
-        "Produce": grpc.unary_unary_rpc_method_handler(
-            svc.wrap("Produce", svc.produce), request_deserializer=None, response_serializer=ser
-        ),
-        "ProduceStream": grpc.stream_stream_rpc_method_handler(
-            svc.wrap("ProduceStream", svc.produce_stream),
-            request_deserializer=None,
-            response_serializer=ser,
-        ),
-        # Stored bytes out, unchanged.
-        "Fetch": grpc.unary_unary_rpc_method_handler(
-            svc.wrap("Fetch", svc.fetch, pb.FetchRequest),
-            request_deserializer=None,
-            response_serializer=None,
-        ),
-        "Subscribe": grpc.unary_stream_rpc_method_handler(
-            svc.wrap("Subscribe", svc.subscribe, pb.SubscribeRequest),
-            request_deserializer=None,
-            response_serializer=None,
-        ),
-        "InitProducer": unary("InitProducer", admin.init_producer, pb.InitProducerRequest),
-        "CreateTopic": unary("CreateTopic", admin.create_topic, pb.CreateTopicRequest),
-        "DeleteTopic": unary("DeleteTopic", admin.delete_topic, pb.DeleteTopicRequest),
-        "ListTopics": unary("ListTopics", admin.list_topics, pb.ListTopicsRequest),
-        "DescribeTopic": unary("DescribeTopic", admin.describe_topic, pb.DescribeTopicRequest),
-        "AlterTopicConfig": unary(
-            "AlterTopicConfig", admin.alter_topic_config, pb.AlterTopicConfigRequest
-        ),
-        "CreatePartitions": unary(
-            "CreatePartitions", admin.create_partitions, pb.CreatePartitionsRequest
-        ),
-        "DeleteRecords": unary("DeleteRecords", admin.delete_records, pb.DeleteRecordsRequest),
-        "ListOffsets": unary("ListOffsets", admin.list_offsets, pb.ListOffsetsRequest),
-    }
 
 
 def check_addresses(config: BrokerConfig) -> None:
@@ -280,7 +224,7 @@ async def create_server(config: BrokerConfig) -> tuple[Broker, Ports]:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        handlers = _handlers(service, AdminService(store, config, service.run_io))
+        handlers = service.method_handlers()
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),)
         )

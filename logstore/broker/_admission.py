@@ -1,4 +1,4 @@
-"""Admission control: the broker's own bounds, answered at once.
+"""Admission control: the broker's own bounds, answered at once (``Limits``, ``Slot``).
 
 Each bound is a counter checked when a request arrives; past it the request
 is refused with RESOURCE_EXHAUSTED and a RetryInfo hint (never queued: a

@@ -1,4 +1,4 @@
-"""Producer-id and admin RPCs: one store call each, run in the I/O pool.
+"""Admin RPCs: one store call each, run in the I/O pool.
 
 Thin by design (CONVENTIONS.md 6): decode, one call into the store, encode.
 Domain errors propagate to the one status boundary in ``LogStoreService.wrap``.
@@ -9,53 +9,29 @@ topic's ``max_batch_bytes`` + 64 KiB must fit in one request).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
-
-import grpc.aio
+from typing import TYPE_CHECKING
 
 from logstore.config import MAX_PARTITIONS, TopicConfig
 from logstore.errors import InvalidArgumentError, InvalidConfigError, UnknownPartitionError
 from logstore.v1 import logstore_pb2 as pb
 
-from ._config import BrokerConfig
+from .._runtime import Context, Runtime
+from ._common import check_enum
 
 if TYPE_CHECKING:
-    from logstore.storage import Store, TopicInfo
+    from logstore.storage import TopicInfo
 
 log = logging.getLogger("logstore.broker")
 
-T = TypeVar("T")
-Context = grpc.aio.ServicerContext[Any, Any]
 
+class AdminHandlers:
+    """Topic, partition, record and offset administration."""
 
-class RunIO(Protocol):
-    """Runs a blocking store call in the broker's I/O pool."""
-
-    def __call__(self, fn: Callable[..., T], *args: Any) -> Awaitable[T]: ...
-
-
-class AdminService:
-    """Handlers of InitProducer and the admin RPCs."""
-
-    def __init__(
-        self,
-        store: Store,
-        config: BrokerConfig,
-        run_io: RunIO,
-    ) -> None:
-        self._store = store
-        self._config = config
-        self.run_io = run_io
-
-    async def init_producer(
-        self, request: pb.InitProducerRequest, context: Context
-    ) -> pb.InitProducerResponse:
-        producer_id, epoch = await self.run_io(self._store.init_producer)
-        log.info(
-            "producer id issued", extra={"fields": {"producer_id": producer_id, "epoch": epoch}}
-        )
-        return pb.InitProducerResponse(producer_id=producer_id, producer_epoch=epoch)
+    def __init__(self, runtime: Runtime) -> None:
+        self._rt = runtime
+        self._store = runtime.store
+        self._config = runtime.config
+        self.run_io = runtime.run_io
 
     def _check_topic_config(self, config: TopicConfig) -> None:
         limit = self._config.max_batch_bytes_limit
@@ -195,13 +171,6 @@ class AdminService:
         self, request: pb.ListOffsetsRequest, context: Context
     ) -> pb.ListOffsetsResponse:
         return await self.run_io(self._list_offsets_blocking, request)
-
-
-def check_enum(enum: Any, field: str, value: int) -> None:
-    """InvalidArgumentError for a value ``enum`` does not define (proto3 keeps them)."""
-    if value not in enum.values():
-        known = ", ".join(f"{n} ({v})" for n, v in enum.items())
-        raise InvalidArgumentError(f"{field} {value} is not a known value; known: {known}")
 
 
 def _topic_pb(info: TopicInfo) -> pb.TopicInfo:

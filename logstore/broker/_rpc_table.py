@@ -1,0 +1,75 @@
+"""The RPC table: every method of ``logstore.v1.LogStore``, declared once.
+
+Each row says which handler area and method serves the RPC, its request and
+response types and streaming shape (as the .proto declares them; a test
+checks the table against the service descriptor), and how bytes cross the
+boundary:
+
+- ``parse_request`` True: the service parses the request bytes as
+  ``request`` (a DecodeError is INVALID_ARGUMENT, reason INVALID_REQUEST);
+  False: the handler gets the raw bytes (Produce: ``split_produce_request``
+  parses only the header and stores the records' bytes as they arrived).
+- ``raw_response`` True: the handler returns serialized bytes (stored frames
+  plus the small fields) and they are sent unchanged; False: a message,
+  serialized with ``SerializeToString``.
+- ``admission``: which bound the RPC counts against while it works
+  (``requests`` = max_concurrent_requests, ``subscriptions`` =
+  max_subscriptions); a Fetch that parks moves itself to the long-poll bound.
+
+Groups and queues add their areas and rows here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from google.protobuf.message import Message
+
+from logstore.v1 import logstore_pb2 as pb
+
+SERVICE_NAME: Final = "logstore.v1.LogStore"
+
+Area = Literal["produce", "fetch", "admin"]
+Admission = Literal["requests", "subscriptions"]
+
+
+@dataclass(frozen=True)
+class Rpc:
+    """One row of the table; see the module docstring for the columns."""
+
+    name: str
+    area: Area
+    handler: str
+    request: type[Message]
+    response: type[Message]
+    client_streaming: bool = False
+    server_streaming: bool = False
+    parse_request: bool = True
+    raw_response: bool = False
+    admission: Admission = "requests"
+
+
+RPCS: Final[tuple[Rpc, ...]] = (
+    Rpc("Produce", "produce", "produce", pb.ProduceRequest, pb.ProduceResponse,
+        parse_request=False),
+    Rpc("ProduceStream", "produce", "produce_stream", pb.ProduceRequest, pb.ProduceResponse,
+        client_streaming=True, server_streaming=True, parse_request=False),
+    Rpc("InitProducer", "produce", "init_producer", pb.InitProducerRequest,
+        pb.InitProducerResponse),
+    Rpc("Fetch", "fetch", "fetch", pb.FetchRequest, pb.FetchResponse, raw_response=True),
+    Rpc("Subscribe", "fetch", "subscribe", pb.SubscribeRequest, pb.SubscribeResponse,
+        server_streaming=True, raw_response=True, admission="subscriptions"),
+    Rpc("CreateTopic", "admin", "create_topic", pb.CreateTopicRequest, pb.CreateTopicResponse),
+    Rpc("DeleteTopic", "admin", "delete_topic", pb.DeleteTopicRequest, pb.DeleteTopicResponse),
+    Rpc("ListTopics", "admin", "list_topics", pb.ListTopicsRequest, pb.ListTopicsResponse),
+    Rpc("DescribeTopic", "admin", "describe_topic", pb.DescribeTopicRequest,
+        pb.DescribeTopicResponse),
+    Rpc("AlterTopicConfig", "admin", "alter_topic_config", pb.AlterTopicConfigRequest,
+        pb.AlterTopicConfigResponse),
+    Rpc("CreatePartitions", "admin", "create_partitions", pb.CreatePartitionsRequest,
+        pb.CreatePartitionsResponse),
+    Rpc("DeleteRecords", "admin", "delete_records", pb.DeleteRecordsRequest,
+        pb.DeleteRecordsResponse),
+    Rpc("ListOffsets", "admin", "list_offsets", pb.ListOffsetsRequest, pb.ListOffsetsResponse),
+)  # fmt: skip

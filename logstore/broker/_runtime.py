@@ -1,0 +1,137 @@
+"""What every handler area shares: the store, limits, waiters, timers, I/O pool, shutdown.
+
+One :class:`Runtime` per broker. Handler areas (``handlers/produce.py``,
+``handlers/fetch.py``, ``handlers/admin.py``; groups and queues add theirs)
+take it in their constructor and keep no shared state of their own.
+
+Threads: handlers run on the event loop; every store call that may touch the
+disk goes through :meth:`Runtime.run_io`, a bounded pool of ``io_threads``,
+so a slow disk never stalls the loop. Cheap in-memory lookups
+(``store.topic``) run inline. The store's append listener runs on the
+appending thread and only schedules a wake-up on the loop
+(:meth:`WaitRegistry.notify_threadsafe`).
+
+Shutdown: :meth:`begin_shutdown` makes :attr:`stopping` true, sets
+:attr:`stop_event` and wakes every waiter (long polls answer, subscriptions
+end); :meth:`drain` waits for queued background work (acks=NONE appends),
+cancels timers and stops the I/O pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+import grpc
+import grpc.aio
+
+from logstore.errors import BrokerShuttingDownError
+
+from ._admission import Limits, Slot
+from ._config import BrokerConfig
+from ._metrics import BrokerMetrics
+from ._waiters import Timers, WaitRegistry
+
+if TYPE_CHECKING:
+    from logstore.storage import Store
+
+T = TypeVar("T")
+Context = grpc.aio.ServicerContext[Any, Any]
+
+#: RetryInfo of "shutting down": a restart of this broker takes about a second
+#: (store open, recovery of a clean data directory); retrying sooner only
+#: meets a closed port.
+SHUTDOWN_RETRY_AFTER_MS: Final = 1000
+
+#: The admission slot of the request being handled (each RPC runs in its own task).
+_SLOT: contextvars.ContextVar[Slot] = contextvars.ContextVar("logstore_admission_slot")
+
+
+def current_slot() -> Slot:
+    """The admission slot of the RPC this task handles (set by the service wrapper)."""
+    return _SLOT.get()
+
+
+def set_current_slot(slot: Slot) -> None:
+    _SLOT.set(slot)
+
+
+def shutting_down(message: str) -> BrokerShuttingDownError:
+    """The error of a request refused or ended because the broker stops."""
+    return BrokerShuttingDownError(message, retry_after_ms=SHUTDOWN_RETRY_AFTER_MS)
+
+
+class ClientGoneError(Exception):
+    """A reply could not be written because the call already ended on the client's side."""
+
+
+async def write_reply(context: Context, message: Any) -> None:
+    """``context.write``; ClientGoneError when the call has ended (cancel, deadline, reset)."""
+    try:
+        await context.write(message)
+    except grpc.aio.InternalError as exc:
+        # gRPC's "Failed execute_batch": the only way a send fails once the
+        # message is accepted is that the call is over.
+        raise ClientGoneError(f"the client is gone ({type(exc).__name__})") from exc
+
+
+class Runtime:
+    """The broker's shared runtime state; see the module docstring."""
+
+    def __init__(self, store: Store, config: BrokerConfig, metrics: BrokerMetrics) -> None:
+        self.store = store
+        self.config = config
+        self.metrics = metrics
+        self.limits = Limits(
+            max_concurrent_requests=config.max_concurrent_requests,
+            max_inflight_produce_bytes=config.max_inflight_produce_bytes,
+            max_long_poll_waiters=config.max_long_poll_waiters,
+            max_subscriptions=config.max_subscriptions,
+            retry_after_ms=config.retry_after_ms,
+            on_reject=lambda reason: metrics.rejected.labels(reason).inc(),
+        )
+        #: Fetch long polls and Subscribe streams wait here on (topic, partition).
+        self.waiters = WaitRegistry()
+        self.timers = Timers()
+        self.stop_event = asyncio.Event()
+        self.stopping = False
+        self._pool = ThreadPoolExecutor(config.io_threads, thread_name_prefix="logstore-io")
+        self._background: set[asyncio.Task[None]] = set()
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.waiters.bind(loop)
+        self.timers.bind(loop)
+        self.store.add_append_listener(self._on_append)
+
+    def _on_append(self, topic: str, partition: int, end_offset: int) -> None:
+        # Appending thread: see WaitRegistry for why a racy test is enough.
+        self.waiters.notify_threadsafe((topic, partition))
+
+    async def run_io(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking store call in the I/O pool."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, partial(fn, *args))
+
+    def spawn(self, coro: Any) -> asyncio.Task[None]:
+        """A background task that shutdown waits for (acks=NONE appends)."""
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    def begin_shutdown(self) -> None:
+        """Refuse new requests; answer long polls and end subscriptions now."""
+        self.stopping = True
+        self.stop_event.set()
+        self.waiters.close()
+
+    async def drain(self) -> None:
+        """Wait for background work, cancel timers, then stop the I/O threads."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        self.timers.close()
+        await asyncio.get_running_loop().run_in_executor(None, self._pool.shutdown)

@@ -1,0 +1,181 @@
+"""Waiting without polling: wake-ups by key, and timers finer than the maintenance loop.
+
+:class:`WaitRegistry` holds the requests waiting for something to happen to a
+key -- today a ``(topic, partition)`` that a Fetch long poll or a Subscribe
+stream waits on for appends; a share-group fetch or a coordinator can wait on
+its own keys the same way. A waiter registers *before* it reads and waits
+after; :meth:`WaitRegistry.notify_threadsafe` (called from the appending
+thread) only schedules a wake-up on the loop when the key has waiters. That
+membership test is racy on purpose: an append it misses happened before the
+registration, so the waiter's own read after registering sees it. No
+wake-up is lost and an append with no waiters costs one dict lookup.
+
+After :meth:`WaitRegistry.close` (shutdown) every waiter is woken, and
+waiters registered later start woken, so nothing parks on a stopping broker.
+
+:class:`Timers` runs callbacks on the event loop after a delay in ms, with
+the loop's resolution (about 1 ms), bounded by ``max_timers``; coordinators
+use it for session timeouts and delays that the 10 s maintenance loop
+(``maintain_interval_ms``) is far too coarse for. :meth:`Timers.close` cancels
+every pending timer.
+
+Threads: everything runs on the event loop thread except
+:meth:`WaitRegistry.notify_threadsafe`, which any thread may call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Hashable, Iterator
+from typing import Final
+
+from logstore.errors import ResourceExhaustedError
+
+#: Default bound on pending timers: a coordinator keeps about one per member
+#: (session timeout) plus one per group (rebalance delay); 65,536 is far above
+#: what max_concurrent_requests and max_subscriptions let clients create.
+DEFAULT_MAX_TIMERS: Final = 65_536
+
+
+class Waiter:
+    """One registered waiter: woken by its key's notifications (or shutdown)."""
+
+    __slots__ = ("_event", "key")
+
+    def __init__(self, key: Hashable) -> None:
+        self.key = key
+        self._event = asyncio.Event()
+
+    def clear(self) -> None:
+        """Forget earlier wake-ups; call before the read that precedes a wait."""
+        self._event.clear()
+
+    def set(self) -> None:
+        self._event.set()
+
+    @property
+    def woken(self) -> bool:
+        return self._event.is_set()
+
+    async def wait(self, timeout_s: float | None = None) -> bool:
+        """Wait until woken (True) or ``timeout_s`` passes (False)."""
+        if timeout_s is None:
+            await self._event.wait()
+            return True
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+
+class WaitRegistry:
+    """Waiters by key; see the module docstring for the ordering contract."""
+
+    def __init__(self) -> None:
+        # Read (membership only) from appending threads; mutated on the loop only.
+        self._waiters: dict[Hashable, set[Waiter]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The loop that notify_threadsafe schedules wake-ups on."""
+        self._loop = loop
+
+    def register(self, key: Hashable) -> Waiter:
+        waiter = Waiter(key)
+        self._waiters.setdefault(key, set()).add(waiter)
+        if self._closed:
+            waiter.set()
+        return waiter
+
+    def unregister(self, waiter: Waiter) -> None:
+        waiters = self._waiters.get(waiter.key)
+        if waiters is not None:
+            waiters.discard(waiter)
+            if not waiters:
+                del self._waiters[waiter.key]
+
+    @contextlib.contextmanager
+    def waiting(self, key: Hashable) -> Iterator[Waiter]:
+        """A registered waiter for the block, unregistered after it."""
+        waiter = self.register(key)
+        try:
+            yield waiter
+        finally:
+            self.unregister(waiter)
+
+    def notify_threadsafe(self, key: Hashable) -> None:
+        """Wake ``key``'s waiters; safe from any thread, cheap when nobody waits."""
+        if key in self._waiters and self._loop is not None:
+            self._loop.call_soon_threadsafe(self.wake, key)
+
+    def wake(self, key: Hashable) -> None:
+        for waiter in self._waiters.get(key, ()):
+            waiter.set()
+
+    def close(self) -> None:
+        """Wake every waiter, now and registered from now on."""
+        self._closed = True
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                waiter.set()
+
+    def __len__(self) -> int:
+        return sum(len(w) for w in self._waiters.values())
+
+
+class Timer:
+    """A pending callback of :class:`Timers`; ``cancel()`` is idempotent."""
+
+    __slots__ = ("_handle", "_owner")
+
+    def __init__(self, owner: Timers, handle: asyncio.TimerHandle) -> None:
+        self._owner = owner
+        self._handle = handle
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+        self._owner._pending.discard(self)
+
+    @property
+    def cancelled(self) -> bool:
+        return self._handle.cancelled()
+
+
+class Timers:
+    """Callbacks on the loop after a delay in ms; at most ``max_timers`` pending."""
+
+    def __init__(self, max_timers: int = DEFAULT_MAX_TIMERS) -> None:
+        assert max_timers >= 1
+        self.max_timers = max_timers
+        self._pending: set[Timer] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def call_later(self, delay_ms: int, fn: Callable[[], None]) -> Timer:
+        """Run ``fn()`` on the loop in ``delay_ms`` (>= 0); ResourceExhaustedError if full."""
+        assert self._loop is not None, "Timers.bind(loop) first"
+        assert delay_ms >= 0, delay_ms
+        if len(self._pending) >= self.max_timers:
+            raise ResourceExhaustedError(f"{self.max_timers} timers pending (max_timers)")
+        timer: Timer
+
+        def fire() -> None:
+            self._pending.discard(timer)
+            fn()
+
+        timer = Timer(self, self._loop.call_later(delay_ms / 1000, fire))
+        self._pending.add(timer)
+        return timer
+
+    def close(self) -> None:
+        """Cancel every pending timer."""
+        for timer in list(self._pending):
+            timer.cancel()
+
+    def __len__(self) -> int:
+        return len(self._pending)

@@ -1,0 +1,176 @@
+"""Fetch and Subscribe: stored frames out, unchanged; long polls and tails wait, not poll.
+
+Both reply with ``FetchResult.data`` (stored frames, CRC-checked by the
+store) followed by the serialized ``high_watermark`` and ``log_start_offset``
+fields (the RPC table marks them raw-response): the batches are never parsed
+or re-serialized. Protobuf readers accept fields in any order.
+
+A Fetch with ``min_bytes`` not yet available parks in a long poll: it moves
+its admission slot from max_concurrent_requests to max_long_poll_waiters and
+waits on the partition in the runtime's WaitRegistry until an append, its
+``max_wait_ms`` (capped at 30 s) or shutdown. A Subscribe waits the same way
+between pushes and re-reads every 5 s even without appends, so a deleted
+topic or retention past its offset ends the stream.
+
+Memory bounds: Subscribe awaits each write (HTTP/2 flow control), so a reader
+that stops reading holds at most one message of ``subscribe_max_bytes`` plus
+the transport's window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any, Final
+
+from logstore.errors import InvalidArgumentError, OffsetOutOfRangeError
+from logstore.v1 import logstore_pb2 as pb
+
+from .._config import MAX_WAIT_MS_CAP
+from .._runtime import Context, Runtime, current_slot, shutting_down, write_reply
+from .._waiters import Waiter
+from ._common import DEFAULT_MAX_BYTES, check_enum
+
+if TYPE_CHECKING:
+    from logstore.storage import FetchResult
+
+log = logging.getLogger("logstore.broker")
+
+#: A Subscribe with nothing to send re-reads this often even without appends.
+_SUBSCRIBE_RECHECK_S: Final = 5.0
+
+
+class FetchHandlers:
+    """Fetch (with long polls) and Subscribe."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._rt = runtime
+
+    def _read_blocking(
+        self, topic: str, partition: int, offset: int, max_bytes: int
+    ) -> FetchResult:
+        return self._rt.store.read_frames(topic, partition, offset, max_bytes)
+
+    async def _read(self, topic: str, partition: int, offset: int, max_bytes: int) -> FetchResult:
+        return await self._rt.run_io(self._read_blocking, topic, partition, offset, max_bytes)
+
+    def _account_read(self, method: str, result: FetchResult, offset: int) -> None:
+        if result.data:
+            self._rt.metrics.fetch_bytes.labels(method).inc(len(result.data))
+            self._rt.metrics.fetch_records.labels(method).inc(max(0, result.next_offset - offset))
+
+    async def fetch(self, request: pb.FetchRequest, context: Context) -> bytes:
+        if request.max_bytes < 0 or request.min_bytes < 0 or request.max_wait_ms < 0:
+            raise InvalidArgumentError("max_bytes, min_bytes and max_wait_ms must be >= 0")
+        max_bytes = min(request.max_bytes or DEFAULT_MAX_BYTES, self._rt.config.fetch_max_bytes)
+        need = min(request.min_bytes, max_bytes)
+        wait_ms = min(request.max_wait_ms, MAX_WAIT_MS_CAP)
+        topic, partition, offset = request.topic, request.partition, request.offset
+        result = await self._read(topic, partition, offset, max_bytes)
+        if len(result.data) < need and wait_ms > 0 and not self._rt.stopping:
+            result = await self._long_poll(topic, partition, offset, max_bytes, need, wait_ms)
+        self._account_read("Fetch", result, offset)
+        return _frames_reply(result)
+
+    async def _long_poll(
+        self, topic: str, partition: int, offset: int, max_bytes: int, need: int, wait_ms: int
+    ) -> FetchResult:
+        # From here on this request waits: it holds a long-poll waiter slot
+        # instead of a concurrent-request slot (and keeps it to the reply).
+        current_slot().move_to(self._rt.limits.waiters, self._rt.metrics.long_poll_waiters)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_ms / 1000
+        with self._rt.waiters.waiting((topic, partition)) as waiter:
+            while True:
+                waiter.clear()
+                # Read after registering: an append between the first read and
+                # the registration is seen here, so no wake-up is lost.
+                result = await self._read(topic, partition, offset, max_bytes)
+                remaining = deadline - loop.time()
+                if len(result.data) >= need or remaining <= 0 or self._rt.stopping:
+                    return result
+                await waiter.wait(remaining)
+
+    async def _start_offset(self, request: pb.SubscribeRequest) -> int:
+        topic, partition = request.topic, request.partition
+        start, end = self._rt.store.offsets(topic, partition)
+        which = request.WhichOneof("start")
+        if which == "offset":
+            if not start <= request.offset <= end:
+                raise OffsetOutOfRangeError(
+                    f"offset {request.offset} is out of range for {topic}-{partition}: "
+                    f"valid offsets are {start}..{end} (log start offset..log end offset)",
+                    start,
+                    end,
+                )
+            return request.offset
+        if which == "timestamp_ms":
+            found = await self._rt.run_io(
+                self._rt.store.offset_for_time, topic, partition, request.timestamp_ms
+            )
+            return end if found is None else found
+        if which == "position":
+            check_enum(pb.StartPosition, "position", request.position)
+            if request.position == pb.START_POSITION_LATEST:
+                return end
+        return start
+
+    async def subscribe(self, request: pb.SubscribeRequest, context: Context) -> None:
+        if request.max_bytes < 0:
+            raise InvalidArgumentError("max_bytes must be >= 0")
+        max_bytes = min(request.max_bytes or DEFAULT_MAX_BYTES, self._rt.config.subscribe_max_bytes)
+        topic, partition = request.topic, request.partition
+        offset = await self._start_offset(request)
+        log.info(
+            "subscription started",
+            extra={"fields": {"topic": topic, "partition": partition, "offset": offset}},
+        )
+        with self._rt.waiters.waiting((topic, partition)) as waiter:
+            while not self._rt.stopping:
+                waiter.clear()
+                result = await self._read(topic, partition, offset, max_bytes)
+                if not result.data:
+                    # Re-read now and then even without appends, so a deleted
+                    # topic or retention past `offset` ends the stream.
+                    await waiter.wait(_SUBSCRIBE_RECHECK_S)
+                    continue
+                await self._write_or_stop(context, _frames_reply(result), waiter)
+                self._account_read("Subscribe", result, offset)
+                offset = result.next_offset
+        raise shutting_down(
+            f"the broker is shutting down; resubscribe to {topic}-{partition} from offset "
+            f"{offset} when it is back"
+        )
+
+    async def _write_or_stop(self, context: Context, message: bytes, waiter: Waiter) -> None:
+        """Await the write (flow control); give up at once when shutting down."""
+        write = asyncio.ensure_future(write_reply(context, message))
+        # If this handler is cancelled (the client went away), the write fails
+        # on its own; retrieve that so it is not reported as unhandled.
+        write.add_done_callback(_consume_exception)
+        try:
+            while not write.done():
+                if self._rt.stopping:
+                    raise shutting_down("the broker is shutting down; resubscribe when it is back")
+                waiter.clear()
+                stop = asyncio.ensure_future(waiter.wait())
+                try:
+                    await asyncio.wait({write, stop}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stop.cancel()
+            write.result()
+        finally:
+            write.cancel()
+
+
+def _consume_exception(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+def _frames_reply(result: FetchResult) -> bytes:
+    """Stored frames + the two small fields, as one serialized FetchResponse."""
+    tail = pb.FetchResponse(
+        high_watermark=result.high_watermark, log_start_offset=result.log_start_offset
+    ).SerializeToString()
+    return bytes(result.data) + tail if result.data else tail

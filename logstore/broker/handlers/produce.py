@@ -1,0 +1,355 @@
+"""Produce, ProduceStream and InitProducer: validate, append, reply.
+
+Data path (DESIGN.md, "the bytes on disk are the bytes on the wire"): Produce
+and ProduceStream receive the raw request bytes;
+:func:`logstore.wire.split_produce_request` parses the small header fields
+with upb and hands the records' bytes to ``Store.append_raw`` unchanged. Work
+per request, never per record.
+
+acks: NONE replies once the batch is validated and queued (appends of one
+partition stay in order, chained per partition; shutdown waits for them);
+LEADER once appended; ALL once fsynced (group commit, the reply waits on the
+store's future for the offset after the batch).
+
+Memory bounds: request bytes are counted against max_inflight_produce_bytes
+from arrival until the append returns (acks=NONE: until the queued append
+finishes). A ProduceStream holds at most ``produce_stream_max_inflight``
+requests between reading and replying.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from google.protobuf.message import DecodeError
+
+from logstore.errors import InvalidArgumentError, InvalidBatchError, UnknownPartitionError
+from logstore.v1 import logstore_pb2 as pb
+from logstore.wire import HEADER_SIZE, SplitRequest, partition_for_key, split_produce_request
+
+from .._runtime import Context, Runtime, shutting_down, write_reply
+from .._status import OK_STATUS, log_unexpected, rich_status
+from ._common import check_enum, status_name
+
+if TYPE_CHECKING:
+    from logstore.storage import AppendResult, TopicInfo
+
+log = logging.getLogger("logstore.broker")
+
+PartitionKey = tuple[str, int]
+
+
+class ProduceHandlers:
+    """Produce, ProduceStream and InitProducer."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._rt = runtime
+        # acks=NONE appends, chained per partition so a client's batches keep
+        # their order; shutdown waits for them (Runtime.spawn).
+        self._none_tail: dict[PartitionKey, asyncio.Future[None]] = {}
+
+    async def init_producer(
+        self, request: pb.InitProducerRequest, context: Context
+    ) -> pb.InitProducerResponse:
+        producer_id, epoch = await self._rt.run_io(self._rt.store.init_producer)
+        log.info(
+            "producer id issued", extra={"fields": {"producer_id": producer_id, "epoch": epoch}}
+        )
+        return pb.InitProducerResponse(producer_id=producer_id, producer_epoch=epoch)
+
+    def _route(self, header: pb.ProduceRequest) -> tuple[str, int, TopicInfo]:
+        if not header.topic:
+            raise InvalidArgumentError("topic is required")
+        has_partition = header.HasField("partition")
+        has_key = header.HasField("partition_key")
+        if has_partition == has_key:
+            raise InvalidArgumentError(
+                "set exactly one of partition and partition_key "
+                f"(got {'both' if has_partition else 'neither'})"
+            )
+        info = self._rt.store.topic(header.topic)
+        if has_key:
+            return header.topic, partition_for_key(header.partition_key, info.partitions), info
+        p = header.partition
+        if not 0 <= p < info.partitions:
+            raise UnknownPartitionError(
+                f"topic {header.topic!r} has partitions 0..{info.partitions - 1}; "
+                f"there is no partition {p}"
+            )
+        return header.topic, p, info
+
+    def _check_batch(self, split: SplitRequest, info: TopicInfo) -> None:
+        # The store checks this too; checking here rejects the batch before an
+        # acks=NONE reply is sent (the stored batch is header + records).
+        size = HEADER_SIZE + len(split.records)
+        if size > info.config.max_batch_bytes:
+            raise InvalidBatchError(
+                f"batch of {size} bytes exceeds max_batch_bytes {info.config.max_batch_bytes} "
+                f"of topic {info.name!r}; split it into smaller batches"
+            )
+
+    def _append_blocking(self, topic: str, partition: int, split: SplitRequest) -> AppendResult:
+        h = split.header
+        return self._rt.store.append_raw(
+            topic,
+            partition,
+            split.records,
+            split.record_count,
+            base_timestamp_ms=h.base_timestamp_ms if h.HasField("base_timestamp_ms") else None,
+            # Computed from the records, never the client's optional field.
+            max_timestamp_ms=split.max_timestamp_ms,
+            producer_id=h.producer_id,
+            producer_epoch=h.producer_epoch,
+            base_sequence=h.base_sequence,
+        )
+
+    async def _append(self, topic: str, partition: int, split: SplitRequest) -> AppendResult:
+        result = await self._rt.run_io(self._append_blocking, topic, partition, split)
+        if result.duplicate:
+            self._rt.metrics.produce_duplicates.inc()
+            log.info(
+                "duplicate batch answered with its original offset",
+                extra={
+                    "fields": {
+                        "topic": topic,
+                        "partition": partition,
+                        "offset": result.base_offset,
+                        "producer_id": split.header.producer_id,
+                        "sequence": split.header.base_sequence,
+                    }
+                },
+            )
+        else:
+            self._rt.metrics.produce_bytes.labels(topic).inc(len(split.records))
+            self._rt.metrics.produce_records.labels(topic).inc(split.record_count)
+            self._rt.metrics.produce_batches.labels(topic).inc()
+        return result
+
+    async def _sync(self, topic: str, partition: int, end_offset: int) -> None:
+        t0 = time.perf_counter()
+        # shield: cancelling this task (the client went away) must not cancel
+        # the store's future, which the flusher thread completes later.
+        await asyncio.shield(
+            asyncio.wrap_future(self._rt.store.sync_to(topic, partition, end_offset))
+        )
+        self._rt.metrics.sync_wait.observe(time.perf_counter() - t0)
+
+    def _acquire_bytes(self, size: int) -> None:
+        self._rt.limits.produce_bytes.acquire(size)
+        self._rt.metrics.inflight_bytes.inc(size)
+
+    def _release_bytes(self, size: int) -> None:
+        self._rt.limits.produce_bytes.release(size)
+        self._rt.metrics.inflight_bytes.dec(size)
+
+    def _queue_none(self, topic: str, partition: int, split: SplitRequest, size: int) -> None:
+        """acks=NONE: append in the background, after this partition's earlier ones."""
+        key = (topic, partition)
+        previous = self._none_tail.get(key)
+
+        async def run() -> None:
+            try:
+                if previous is not None:
+                    await asyncio.wait([previous])
+                result = await self._append(topic, partition, split)
+                log.debug(
+                    "acks=NONE batch appended",
+                    extra={
+                        "fields": {
+                            "topic": topic,
+                            "partition": partition,
+                            "offset": result.base_offset,
+                        }
+                    },
+                )
+            except Exception as exc:
+                self._rt.metrics.acks_none_errors.inc()
+                log.warning(
+                    "acks=NONE batch failed after its reply: %s",
+                    exc,
+                    extra={"fields": {"topic": topic, "partition": partition}},
+                )
+            finally:
+                self._release_bytes(size)
+                if self._none_tail.get(key) is task:
+                    del self._none_tail[key]
+
+        task = self._rt.spawn(run())
+        self._none_tail[key] = task
+
+    async def _produce_one(
+        self, raw: bytes
+    ) -> tuple[int, Callable[[], Awaitable[pb.ProduceResponse]]]:
+        """Validate and append one request; return what completes its reply.
+
+        Appends happen in call order (a ProduceStream awaits this before
+        reading its next request); the returned callable waits for the fsync
+        when acks=ALL, so fsyncs of a stream overlap with later appends.
+        """
+        size = len(raw)
+        self._acquire_bytes(size)
+        held = True
+        try:
+            split = split_produce_request(raw)
+            header = split.header
+            check_enum(pb.Acks, "acks", header.acks)
+            topic, partition, info = self._route(header)
+            self._check_batch(split, info)
+            if header.acks == pb.ACKS_NONE:
+                self._queue_none(topic, partition, split, size)
+                held = False
+                reply = pb.ProduceResponse(
+                    request_id=header.request_id, partition=partition, base_offset=-1
+                )
+
+                async def none_reply() -> pb.ProduceResponse:
+                    return reply
+
+                return header.request_id, none_reply
+            result = await self._append(topic, partition, split)
+        finally:
+            if held:
+                self._release_bytes(size)
+        reply = pb.ProduceResponse(
+            request_id=header.request_id,
+            partition=partition,
+            base_offset=result.base_offset,
+            timestamp_ms=result.timestamp_ms,
+            log_start_offset=result.log_start_offset,
+            duplicate=result.duplicate,
+        )
+        log.debug(
+            "batch appended",
+            extra={
+                "fields": {
+                    "topic": topic,
+                    "partition": partition,
+                    "offset": result.base_offset,
+                    "last_offset": result.last_offset,
+                }
+            },
+        )
+        if header.acks == pb.ACKS_LEADER:
+
+            async def leader_reply() -> pb.ProduceResponse:
+                return reply
+
+            return header.request_id, leader_reply
+
+        async def all_reply() -> pb.ProduceResponse:
+            await self._sync(topic, partition, result.last_offset + 1)
+            return reply
+
+        return header.request_id, all_reply
+
+    async def produce(self, raw: bytes, context: Context) -> pb.ProduceResponse:
+        _, complete = await self._produce_one(raw)
+        return await complete()
+
+    async def produce_stream(self, requests: AsyncIterator[bytes], context: Context) -> None:
+        """Append each request in order; reply in order; end at once when idle at shutdown.
+
+        A reader task appends (in request order) and queues each request's
+        completion; this coroutine awaits them in order and writes the replies.
+        The queue holds at most ``produce_stream_max_inflight`` requests, so a
+        client that never reads its replies stops being read from (HTTP/2
+        flow control) instead of growing the broker.
+        """
+        queue: asyncio.Queue[Callable[[], Awaitable[pb.ProduceResponse]] | None] = asyncio.Queue(
+            self._rt.config.produce_stream_max_inflight
+        )
+        waiting_for_client = [True]  # the reader is blocked on the client, not appending
+
+        async def read_all() -> None:
+            iterator = aiter(requests)
+            while True:
+                waiting_for_client[0] = True
+                try:
+                    raw = await anext(iterator)
+                except StopAsyncIteration:
+                    break
+                finally:
+                    waiting_for_client[0] = False
+                await queue.put(await self._stream_one(raw))
+            await queue.put(None)
+
+        loop = asyncio.get_running_loop()
+        reader = loop.create_task(read_all())
+        stopping = loop.create_task(self._rt.stop_event.wait())
+        try:
+            while True:
+                if self._rt.stopping and queue.empty() and waiting_for_client[0]:
+                    # Every batch read so far has been answered.
+                    raise shutting_down(
+                        "the broker is shutting down; every batch sent on this stream before "
+                        "this status was answered; resend the rest when it is back"
+                    )
+                if reader.done() and queue.empty():
+                    reader.result()  # the request stream itself failed
+                    return
+                get = loop.create_task(queue.get())
+                waits: set[asyncio.Future[Any]] = {get}
+                if not reader.done():
+                    waits.add(reader)
+                if not self._rt.stopping:
+                    waits.add(stopping)
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                if not get.done():
+                    get.cancel()
+                    continue
+                item = get.result()
+                if item is None:
+                    return
+                await write_reply(context, await item())
+        finally:
+            reader.cancel()
+            stopping.cancel()
+
+    async def _stream_one(self, raw: bytes) -> Callable[[], Awaitable[pb.ProduceResponse]]:
+        """Like _produce_one, but any failure becomes this request's own status."""
+        batches = self._rt.metrics.requests
+        try:
+            request_id, complete = await self._produce_one(raw)
+        except Exception as exc:
+            batches.labels("ProduceStream.batch", status_name(exc)).inc()
+            return _error_reply(_peek_request_id(raw), exc)
+        # From here on nothing refers to `raw`: up to produce_stream_max_inflight
+        # completions wait in the stream's queue and must not pin request bytes.
+
+        async def guarded() -> pb.ProduceResponse:
+            try:
+                reply = await complete()
+            except Exception as exc:
+                batches.labels("ProduceStream.batch", status_name(exc)).inc()
+                return await _error_reply(request_id, exc)()
+            reply.status.CopyFrom(OK_STATUS)
+            batches.labels("ProduceStream.batch", "OK").inc()
+            return reply
+
+        return guarded
+
+    # -- fetch and subscribe -------------------------------------------------
+
+
+def _peek_request_id(raw: bytes) -> int:
+    """request_id of a request that may be malformed (0 when unreadable)."""
+    try:
+        return int(pb.ProduceRequest.FromString(raw).request_id)
+    except DecodeError:
+        return 0
+
+
+def _error_reply(
+    request_id: int, exc: BaseException
+) -> Callable[[], Awaitable[pb.ProduceResponse]]:
+    log_unexpected(exc, "ProduceStream batch")
+    reply = pb.ProduceResponse(request_id=request_id, base_offset=-1, status=rich_status(exc))
+
+    async def done() -> pb.ProduceResponse:
+        return reply
+
+    return done

@@ -1,0 +1,43 @@
+"""The broker's declarative RPC table matches the .proto's service, row by row."""
+
+from __future__ import annotations
+
+import inspect
+
+from logstore.broker._rpc_table import RPCS, SERVICE_NAME
+from logstore.broker.handlers.admin import AdminHandlers
+from logstore.broker.handlers.fetch import FetchHandlers
+from logstore.broker.handlers.produce import ProduceHandlers
+from logstore.v1 import logstore_pb2 as pb
+
+AREAS = {"produce": ProduceHandlers, "fetch": FetchHandlers, "admin": AdminHandlers}
+
+
+def test_every_proto_method_has_one_row_with_its_types_and_shape() -> None:
+    """Names, request/response types and streaming flags are those of logstore.proto."""
+    service = pb.DESCRIPTOR.services_by_name["LogStore"]
+    assert service.full_name == SERVICE_NAME
+    rows = {rpc.name: rpc for rpc in RPCS}
+    assert len(rows) == len(RPCS), "a method is listed twice"
+    assert set(rows) == {m.name for m in service.methods}
+    for method in service.methods:
+        rpc = rows[method.name]
+        assert rpc.request.DESCRIPTOR.full_name == method.input_type.full_name, rpc.name
+        assert rpc.response.DESCRIPTOR.full_name == method.output_type.full_name, rpc.name
+        assert rpc.client_streaming == method.client_streaming, rpc.name
+        assert rpc.server_streaming == method.server_streaming, rpc.name
+
+
+def test_every_row_names_an_async_handler_of_its_area() -> None:
+    """Each row's handler exists on its area's class and is a coroutine function."""
+    for rpc in RPCS:
+        fn = getattr(AREAS[rpc.area], rpc.handler, None)
+        assert fn is not None, f"{rpc.name}: {rpc.area}.{rpc.handler} does not exist"
+        assert inspect.iscoroutinefunction(fn), rpc.name
+
+
+def test_raw_bytes_only_where_the_data_path_needs_them() -> None:
+    """Only Produce/ProduceStream take raw bytes; only Fetch/Subscribe send stored bytes."""
+    assert {r.name for r in RPCS if not r.parse_request} == {"Produce", "ProduceStream"}
+    assert {r.name for r in RPCS if r.raw_response} == {"Fetch", "Subscribe"}
+    assert {r.name for r in RPCS if r.admission == "subscriptions"} == {"Subscribe"}

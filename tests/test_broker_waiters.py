@@ -1,0 +1,96 @@
+"""The waiter registry and timers: wake-ups by key, shutdown, ms timers, bounds."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from logstore.broker._waiters import Timers, WaitRegistry
+from logstore.errors import ResourceExhaustedError
+
+
+def test_notify_from_another_thread_wakes_only_that_key() -> None:
+    """notify_threadsafe from an appending thread wakes the key's waiters, not others."""
+
+    async def main() -> tuple[bool, bool]:
+        reg = WaitRegistry()
+        reg.bind(asyncio.get_running_loop())
+        with reg.waiting(("t", 0)) as a, reg.waiting(("t", 1)) as b:
+            threading.Thread(target=reg.notify_threadsafe, args=(("t", 0),)).start()
+            woke_a = await a.wait(5)
+            woke_b = await b.wait(0.05)
+        assert len(reg) == 0
+        return woke_a, woke_b
+
+    assert asyncio.run(main()) == (True, False)
+
+
+def test_close_wakes_current_and_later_waiters() -> None:
+    """After close (shutdown) every waiter is woken, including ones registered later."""
+
+    async def main() -> list[bool]:
+        reg = WaitRegistry()
+        reg.bind(asyncio.get_running_loop())
+        early = reg.register("k")
+        reg.close()
+        late = reg.register("other")
+        return [await early.wait(1), await late.wait(1)]
+
+    assert asyncio.run(main()) == [True, True]
+
+
+def test_notify_without_waiters_schedules_nothing() -> None:
+    """A key nobody waits on costs a lookup: no callback is scheduled on the loop."""
+
+    class Loop:
+        calls = 0
+
+        def call_soon_threadsafe(self, *args: object) -> None:
+            Loop.calls += 1
+
+    reg = WaitRegistry()
+    reg.bind(Loop())  # type: ignore[arg-type]
+    reg.notify_threadsafe(("t", 0))
+    assert Loop.calls == 0
+
+
+def test_timers_fire_at_ms_resolution_and_cancel() -> None:
+    """A 20 ms timer fires well before the 10 s maintenance tick; a cancelled one never."""
+
+    async def main() -> tuple[float, list[str], int]:
+        timers = Timers(max_timers=4)
+        timers.bind(asyncio.get_running_loop())
+        fired: list[str] = []
+        done = asyncio.Event()
+        t0 = time.monotonic()
+        timers.call_later(20, lambda: (fired.append("a"), done.set()))
+        timers.call_later(10, lambda: fired.append("cancelled")).cancel()
+        await asyncio.wait_for(done.wait(), 5)
+        elapsed = time.monotonic() - t0
+        await asyncio.sleep(0.03)
+        return elapsed, fired, len(timers)
+
+    elapsed, fired, pending = asyncio.run(main())
+    assert fired == ["a"] and pending == 0
+    assert 0.015 <= elapsed < 1.0
+
+
+def test_timers_are_bounded_and_close_cancels() -> None:
+    """Past max_timers call_later refuses; close() cancels every pending timer."""
+
+    async def main() -> list[str]:
+        timers = Timers(max_timers=2)
+        timers.bind(asyncio.get_running_loop())
+        fired: list[str] = []
+        timers.call_later(10, lambda: fired.append("x"))
+        timers.call_later(10, lambda: fired.append("y"))
+        with pytest.raises(ResourceExhaustedError):
+            timers.call_later(10, lambda: fired.append("z"))
+        timers.close()
+        await asyncio.sleep(0.05)
+        return fired
+
+    assert asyncio.run(main()) == []
