@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Final
 
-from logstore.errors import InvalidConfigError
+from logstore.errors import InvalidBatchError, InvalidConfigError
 from logstore.wire import FRAME_OVERHEAD, HEADER_SIZE, MIN_RECORD_BYTES
 
 KiB: Final = 1024
@@ -82,6 +82,20 @@ class TopicConfig:
             name = canonical_key(key)
             changes[name] = _coerce(name, raw)
         return dataclasses.replace(self, **changes)
+
+    def check_batch_bytes(self, batch_bytes: int, where: str) -> None:
+        """InvalidBatchError if a stored batch of ``batch_bytes`` (header + records)
+        is above ``max_batch_bytes``; ``where`` names the partition in the message.
+
+        The one statement of the rule: the broker checks it before an acks=NONE
+        reply, storage before an append.
+        """
+        if batch_bytes > self.max_batch_bytes:
+            raise InvalidBatchError(
+                f"{where}: batch of {batch_bytes} bytes exceeds max_batch_bytes "
+                f"{self.max_batch_bytes}; send smaller batches or raise the topic's "
+                "max_batch_bytes"
+            )
 
     def to_strings(self) -> dict[str, str]:
         """Every key with its value as a string (the gRPC API's form)."""

@@ -144,3 +144,28 @@ def test_proto_documents_the_edges_it_has() -> None:
     assert "partition" not in failed  # INVALID_ARGUMENT, as CreatePartitions says
     response = text.split("message ProduceResponse {")[1].split("}")[0]
     assert "0 with ACKS_NONE" in response.split("int64 timestamp_ms")[0]
+
+
+def test_batch_size_rule_is_stated_once_for_broker_and_storage() -> None:
+    """TopicConfig.check_batch_bytes refuses above max_batch_bytes, accepts at it."""
+    from logstore.errors import InvalidBatchError
+
+    config = TopicConfig.from_mapping({"max_batch_bytes": "2000"})
+    config.check_batch_bytes(2000, "t-0")
+    with pytest.raises(
+        InvalidBatchError, match=r"t-0: batch of 2001 bytes exceeds max_batch_bytes"
+    ):
+        config.check_batch_bytes(2001, "t-0")
+
+
+def test_acks_none_oversized_batch_is_refused_before_the_reply(broker: BrokerProcess) -> None:
+    """acks=NONE with a batch above max_batch_bytes: INVALID_ARGUMENT, nothing stored."""
+    with connect(broker) as s:
+        create_topic(s, "t", max_batch_bytes="2000")
+        req = pb.ProduceRequest(
+            topic="t", partition=0, acks=pb.ACKS_NONE, records=records([b"x" * 3000])
+        )
+        err = _status(s.Produce, req)
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "max_batch_bytes 2000" in err.details()
+        assert fetch_all(s, "t") == []

@@ -12,7 +12,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from logstore.config import MAX_PARTITIONS, TopicConfig
-from logstore.errors import InvalidArgumentError, InvalidConfigError, UnknownPartitionError
+from logstore.errors import InvalidArgumentError, InvalidConfigError
 from logstore.v1 import logstore_pb2 as pb
 
 from .._runtime import Context, Runtime
@@ -145,11 +145,7 @@ class AdminHandlers:
         if which == "position":
             check_enum(pb.OffsetSpec, "position", request.position)
         for p in partitions:
-            if not 0 <= p < info.partitions:
-                raise UnknownPartitionError(
-                    f"topic {info.name!r} has partitions 0..{info.partitions - 1}; "
-                    f"there is no partition {p}"
-                )
+            self._store.partition(info.name, p)  # the store's error if there is none
             start, end = self._store.offsets(info.name, p)
             if which == "timestamp_ms":
                 # One lookup gives both the offset and that record's timestamp.

@@ -23,7 +23,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any, Final
 
-from logstore.errors import InvalidArgumentError, OffsetOutOfRangeError
+from logstore.errors import InvalidArgumentError
 from logstore.v1 import logstore_pb2 as pb
 
 from .._config import MAX_WAIT_MS_CAP
@@ -96,13 +96,8 @@ class FetchHandlers:
         start, end = self._rt.store.offsets(topic, partition)
         which = request.WhichOneof("start")
         if which == "offset":
-            if not start <= request.offset <= end:
-                raise OffsetOutOfRangeError(
-                    f"offset {request.offset} is out of range for {topic}-{partition}: "
-                    f"valid offsets are {start}..{end} (log start offset..log end offset)",
-                    start,
-                    end,
-                )
+            # Its range is checked by the store's first read, the one place
+            # that knows the partition's offsets (OUT_OF_RANGE before any push).
             return request.offset
         if which == "timestamp_ms":
             found = await self._rt.run_io(

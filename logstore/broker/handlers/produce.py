@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import DecodeError
 
-from logstore.errors import InvalidArgumentError, InvalidBatchError, UnknownPartitionError
+from logstore.errors import InvalidArgumentError
 from logstore.v1 import logstore_pb2 as pb
 from logstore.wire import HEADER_SIZE, SplitRequest, partition_for_key, split_produce_request
 
@@ -36,7 +36,7 @@ from .._status import OK_STATUS, log_unexpected, rich_status
 from ._common import check_enum, status_name
 
 if TYPE_CHECKING:
-    from logstore.storage import AppendResult, TopicInfo
+    from logstore.storage import AppendResult, PartitionLog
 
 log = logging.getLogger("logstore.broker")
 
@@ -61,7 +61,12 @@ class ProduceHandlers:
         )
         return pb.InitProducerResponse(producer_id=producer_id, producer_epoch=epoch)
 
-    def _route(self, header: pb.ProduceRequest) -> tuple[str, int, TopicInfo]:
+    def _route(self, header: pb.ProduceRequest) -> tuple[str, int, PartitionLog]:
+        """The partition a request goes to (by number or by key), from the store.
+
+        An unknown topic or partition is the store's own error
+        (``Store.topic`` / ``Store.partition``), the one place that knows.
+        """
         if not header.topic:
             raise InvalidArgumentError("topic is required")
         has_partition = header.HasField("partition")
@@ -71,26 +76,13 @@ class ProduceHandlers:
                 "set exactly one of partition and partition_key "
                 f"(got {'both' if has_partition else 'neither'})"
             )
-        info = self._rt.store.topic(header.topic)
+        store = self._rt.store
         if has_key:
-            return header.topic, partition_for_key(header.partition_key, info.partitions), info
-        p = header.partition
-        if not 0 <= p < info.partitions:
-            raise UnknownPartitionError(
-                f"topic {header.topic!r} has partitions 0..{info.partitions - 1}; "
-                f"there is no partition {p}"
-            )
-        return header.topic, p, info
-
-    def _check_batch(self, split: SplitRequest, info: TopicInfo) -> None:
-        # The store checks this too; checking here rejects the batch before an
-        # acks=NONE reply is sent (the stored batch is header + records).
-        size = HEADER_SIZE + len(split.records)
-        if size > info.config.max_batch_bytes:
-            raise InvalidBatchError(
-                f"batch of {size} bytes exceeds max_batch_bytes {info.config.max_batch_bytes} "
-                f"of topic {info.name!r}; split it into smaller batches"
-            )
+            count = store.topic(header.topic).partitions
+            p = partition_for_key(header.partition_key, count)
+        else:
+            p = header.partition
+        return header.topic, p, store.partition(header.topic, p)
 
     def _append_blocking(self, topic: str, partition: int, split: SplitRequest) -> AppendResult:
         h = split.header
@@ -197,8 +189,10 @@ class ProduceHandlers:
             split = split_produce_request(raw)
             header = split.header
             check_enum(pb.Acks, "acks", header.acks)
-            topic, partition, info = self._route(header)
-            self._check_batch(split, info)
+            topic, partition, plog = self._route(header)
+            # The store checks this at append too; checking here refuses the
+            # batch before an acks=NONE reply is sent.
+            plog.config.check_batch_bytes(HEADER_SIZE + len(split.records), plog.name)
             if header.acks == pb.ACKS_NONE:
                 self._queue_none(topic, partition, split, size)
                 held = False
