@@ -98,3 +98,43 @@ def test_list_offsets_by_time_racing_delete_records(tmp_path: Path) -> None:
         assert "Traceback" not in b.log()
     finally:
         assert b.stop() == 0
+
+
+# "fsync directory ... No such file" under this race becomes UnknownTopicError in
+# storage (another branch); the broker maps it to NOT_FOUND.
+@pytest.mark.xfail(
+    reason="needs the storage fix of the deleted-topic fsync (item 12)", strict=False
+)
+def test_produce_racing_delete_topic(tmp_path: Path) -> None:
+    """Produce (acks=ALL) while its topic is deleted and re-created: OK or NOT_FOUND only."""
+    b = start_broker(tmp_path / "data")
+    try:
+        stop = threading.Event()
+        codes: Counter[str] = Counter()
+
+        def producer() -> None:
+            with connect(b) as s2:
+                while not stop.is_set():
+                    try:
+                        produce(s2, "t", [b"x" * 100] * 4)
+                        codes["OK"] += 1
+                    except grpc.RpcError as err:
+                        codes[err.code().name] += 1
+
+        with connect(b) as s:
+            create_topic(s, "t")
+            threads = [threading.Thread(target=producer) for _ in range(2)]
+            for t in threads:
+                t.start()
+            try:
+                for _ in range(40):
+                    s.DeleteTopic(pb.DeleteTopicRequest(name="t"), timeout=10)
+                    create_topic(s, "t")
+            finally:
+                stop.set()
+                for t in threads:
+                    t.join(10)
+        assert set(codes) <= {"OK", "NOT_FOUND"}, codes
+        assert "Traceback" not in b.log()
+    finally:
+        assert b.stop() == 0
