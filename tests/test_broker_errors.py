@@ -110,6 +110,25 @@ def test_unknown_reason_falls_back_to_the_status_code() -> None:
     assert type(got) is errors.NotFoundError and str(got) == "gone"
 
 
+def _all_error_classes() -> list[type[errors.LogStoreError]]:
+    out, pending = [], [errors.LogStoreError]
+    while pending:
+        cls = pending.pop()
+        out.append(cls)
+        pending.extend(cls.__subclasses__())
+    return out
+
+
+def test_every_error_class_declares_its_own_reason() -> None:
+    """No class inherits its parent's reason: each is told apart on the wire."""
+    missing = [c.__name__ for c in _all_error_classes() if "reason" not in vars(c)]
+    assert missing == [], (
+        f'{missing}: add `reason = "..."` to the class and a row to the reason table '
+        "in proto/logstore/v1/logstore.proto"
+    )
+    assert set(errors.BY_REASON.values()) == set(_all_error_classes())
+
+
 def test_reasons_are_unique_and_documented_in_the_proto() -> None:
     """Every reason of logstore.errors has a row in the .proto's reason table, with its code."""
     text = PROTO.read_text()
