@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 
 from logstore.v1 import logstore_pb2 as pb
-from tests.brokerproc import start_broker
+from tests.brokerproc import BrokerProcess, start_broker
 from tests.test_broker_helpers import (
     connect,
     create_topic,
@@ -32,6 +32,20 @@ def _poll(topic: str, partition: int) -> pb.FetchRequest:
     )
 
 
+def park(s: object, b: BrokerProcess, topic: str, partitions: range) -> list[grpc.Future]:
+    """Long polls on ``partitions``, each parked before the next is sent.
+
+    One at a time: a Fetch does its first read in a working slot, so a burst
+    larger than max_concurrent_requests would be refused (rightly) before
+    its members park.
+    """
+    polls = []
+    for n, p in enumerate(partitions, start=1):
+        polls.append(s.Fetch.future(_poll(topic, p), timeout=30))  # type: ignore[attr-defined]
+        wait_until(lambda n=n: f"logstore_long_poll_waiters {n}.0" in scrape(b))
+    return polls
+
+
 def test_parked_long_polls_leave_the_request_budget_free(tmp_path: Path) -> None:
     """30 parked long polls with max_concurrent_requests 4: produce and admin calls still work."""
     b = start_broker(tmp_path / "data", env={"LOGSTORE_MAX_CONCURRENT_REQUESTS": "4"})
@@ -39,8 +53,7 @@ def test_parked_long_polls_leave_the_request_budget_free(tmp_path: Path) -> None
         with connect(b) as s:
             create_topic(s, "idle", partitions=30)
             create_topic(s, "orders")
-            polls = [s.Fetch.future(_poll("idle", p), timeout=30) for p in range(30)]
-            wait_until(lambda: "logstore_long_poll_waiters 30.0" in scrape(b))
+            polls = park(s, b, "idle", range(30))
             assert "logstore_inflight_requests 0.0" in scrape(b)
             assert produce(s, "orders", [b"hello"]).base_offset == 0
             assert "orders" in {
@@ -63,8 +76,7 @@ def test_waiter_bound_is_reachable_and_refuses_with_retry_info(tmp_path: Path) -
     try:
         with connect(b) as s:
             create_topic(s, "t", partitions=6)
-            polls = [s.Fetch.future(_poll("t", p), timeout=30) for p in range(5)]
-            wait_until(lambda: "logstore_long_poll_waiters 5.0" in scrape(b))
+            polls = park(s, b, "t", range(5))
             try:
                 s.Fetch(_poll("t", 5), timeout=10)
                 raise AssertionError("the sixth long poll was admitted")

@@ -202,3 +202,24 @@ def test_admin_errors_arrive_as_their_classes(broker: BrokerProcess) -> None:
     with connect(broker) as s, pytest.raises(grpc.RpcError) as err:
         s.Fetch(pb.FetchRequest(topic="t", partition=5), timeout=10)
     assert type(translate(err.value)) is errors.UnknownPartitionError
+
+
+def test_produce_stream_batch_status_carries_error_info(broker: BrokerProcess) -> None:
+    """A bad batch's own status on a ProduceStream has the ErrorInfo reason too."""
+    with connect(broker) as s:
+        create_topic(s, "t")
+        replies = list(
+            s.ProduceStream(
+                iter(
+                    [
+                        pb.ProduceRequest(topic="t", partition=0, records=records([b"a"])),
+                        pb.ProduceRequest(topic="t", partition=9, records=records([b"b"])),
+                    ]
+                ),
+                timeout=10,
+            )
+        )
+    assert [r.status.code for r in replies] == [0, grpc.StatusCode.NOT_FOUND.value[0]]
+    info = error_details_pb2.ErrorInfo()
+    assert replies[1].status.details[0].Unpack(info)
+    assert (info.reason, info.domain) == ("UNKNOWN_PARTITION", "logstore.v1")

@@ -52,7 +52,12 @@ def test_subscribe_deadline_mid_write_is_not_an_unexpected_error(tmp_path: Path)
         time.sleep(0.5)  # let the broker finish the handlers
         log = b.log()
         assert " ERROR " not in log and "Traceback" not in log, log
-        assert 'code="INTERNAL",method="Subscribe"' not in scrape(b)
+        metrics = scrape(b)
+        assert 'code="INTERNAL",method="Subscribe"' not in metrics
+        assert (
+            f'logstore_requests_total{{code="CANCELLED",method="Subscribe"}} {SUBSCRIBERS}.0'
+            in (metrics)
+        )
     finally:
         assert b.stop() == 0
 
