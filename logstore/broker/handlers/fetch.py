@@ -116,14 +116,19 @@ class FetchHandlers:
         max_bytes = min(request.max_bytes or DEFAULT_MAX_BYTES, self._rt.config.subscribe_max_bytes)
         topic, partition = request.topic, request.partition
         offset = await self._start_offset(request)
-        log.info(
-            "subscription started",
-            extra={"fields": {"topic": topic, "partition": partition, "offset": offset}},
-        )
+        started = False
         with self._rt.waiters.waiting((topic, partition)) as waiter:
             while not self._rt.stopping:
                 waiter.clear()
                 result = await self._read(topic, partition, offset, max_bytes)
+                if not started:  # the first read checked the start offset
+                    started = True
+                    log.info(
+                        "subscription started",
+                        extra={
+                            "fields": {"topic": topic, "partition": partition, "offset": offset}
+                        },
+                    )
                 if not result.data:
                     # Re-read now and then even without appends, so a deleted
                     # topic or retention past `offset` ends the stream.
