@@ -8,6 +8,8 @@ must not log it as an unexpected failure. Races of admin calls with reads
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import threading
 import time
 from collections import Counter
@@ -15,7 +17,14 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc._cython.cygrpc import ExecuteBatchError  # what a write to an ended call raises
+from prometheus_client import generate_latest
 
+from logstore.broker._config import BrokerConfig
+from logstore.broker._metrics import BrokerMetrics
+from logstore.broker._rpc_table import RPCS
+from logstore.broker._service import LogStoreService
+from logstore.storage import Store
 from logstore.v1 import logstore_pb2 as pb
 from tests.brokerproc import start_broker
 from tests.test_broker_helpers import connect, create_topic, produce, scrape
@@ -143,3 +152,49 @@ def test_produce_racing_delete_topic(tmp_path: Path) -> None:
         assert "Traceback" not in b.log()
     finally:
         assert b.stop() == 0
+
+
+class _GoneContext:
+    """A servicer context whose call already ended: every write fails as gRPC's does."""
+
+    def __init__(self) -> None:
+        self.aborted: tuple[object, ...] | None = None
+
+    async def write(self, message: object) -> None:
+        raise ExecuteBatchError('Failed "execute_batch"')
+
+    async def abort(self, *args: object) -> None:
+        self.aborted = args
+        raise AssertionError(f"aborted {args}")
+
+
+def test_subscribe_write_to_an_ended_call_is_cancelled_not_internal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The exact race, in process: the write fails because the call ended -> CANCELLED, quiet."""
+
+    async def main() -> tuple[_GoneContext, str]:
+        config = BrokerConfig(data_dir=str(tmp_path / "data"))
+        store = Store.open(config.data_dir, config.store_config())
+        try:
+            store.create_topic("t", 1)
+            store.append("t", 0, [b"x"])
+            metrics = BrokerMetrics()
+            svc = LogStoreService(store, config, metrics)
+            svc.start(asyncio.get_running_loop())
+            rpc = next(r for r in RPCS if r.name == "Subscribe")
+            handler = svc.wrap(rpc, svc.areas["fetch"].subscribe)  # type: ignore[attr-defined]
+            ctx = _GoneContext()
+            request = pb.SubscribeRequest(topic="t", partition=0).SerializeToString()
+            await asyncio.wait_for(handler(request, ctx), 10)  # type: ignore[arg-type]
+            svc.begin_shutdown()
+            await svc.drain_background()
+            return ctx, generate_latest(metrics.registry).decode()
+        finally:
+            store.close()
+
+    with caplog.at_level(logging.DEBUG, logger="logstore.broker"):
+        ctx, text = asyncio.run(main())
+    assert ctx.aborted is None
+    assert 'logstore_requests_total{code="CANCELLED",method="Subscribe"} 1.0' in text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
