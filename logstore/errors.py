@@ -236,6 +236,7 @@ class CatalogError(StorageError):
     anything (rebuild it with ``Store.open(..., rebuild_catalog=True)``)."""
 
     status = "FAILED_PRECONDITION"
+    reason = "CATALOG_ERROR"
 
 
 class StoreClosedError(LogStoreError):

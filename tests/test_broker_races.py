@@ -2,8 +2,10 @@
 
 A Subscribe whose client deadline passes while the broker is writing is the
 client's own ending (CANCELLED / DEADLINE_EXCEEDED on its side); the broker
-must not log it as an unexpected failure. Races of admin calls with reads
-(ListOffsets by time against DeleteRecords) get their precise status.
+must not log it as an unexpected failure. Races of admin calls with reads and
+writes get their precise status: ListOffsets by time against DeleteRecords is
+OUT_OF_RANGE, Produce against DeleteTopic is NOT_FOUND (storage raises the
+domain errors; the broker maps them through the one status table).
 """
 
 from __future__ import annotations
@@ -71,9 +73,6 @@ def test_subscribe_deadline_mid_write_is_not_an_unexpected_error(tmp_path: Path)
         assert b.stop() == 0
 
 
-# The AssertionError in Segment.position_of under this race is fixed in storage
-# (another branch); the broker maps the OffsetOutOfRangeError it then raises.
-@pytest.mark.xfail(reason="needs the storage fix of position_of (item 12)", strict=False)
 def test_list_offsets_by_time_racing_delete_records(tmp_path: Path) -> None:
     """ListOffsets by time while DeleteRecords advances the start: OK or OUT_OF_RANGE only."""
     b = start_broker(tmp_path / "data")
@@ -114,11 +113,6 @@ def test_list_offsets_by_time_racing_delete_records(tmp_path: Path) -> None:
         assert b.stop() == 0
 
 
-# "fsync directory ... No such file" under this race becomes UnknownTopicError in
-# storage (another branch); the broker maps it to NOT_FOUND.
-@pytest.mark.xfail(
-    reason="needs the storage fix of the deleted-topic fsync (item 12)", strict=False
-)
 def test_produce_racing_delete_topic(tmp_path: Path) -> None:
     """Produce (acks=ALL) while its topic is deleted and re-created: OK or NOT_FOUND only."""
     b = start_broker(tmp_path / "data")
