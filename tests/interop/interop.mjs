@@ -556,6 +556,7 @@ async function main() {
     await expectStatus("Produce with a never-issued producer id -> FAILED_PRECONDITION", "Produce", idem(String(BigInt(ip.producer_id) + 1000000n), 0, 0), grpc.status.FAILED_PRECONDITION, "UNKNOWN_PRODUCER_ID");
     const after = await unary("Fetch", { topic, partition: 0, offset: "0" });
     check("errors changed nothing stored", after.high_watermark, String(total + 1));
+    check("Fetch: log_end_offset and high_watermark are two fields, equal on one broker", after.log_end_offset, after.high_watermark);
   });
 
   if (statusesPath) {

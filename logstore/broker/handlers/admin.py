@@ -86,6 +86,7 @@ class AdminHandlers:
                     log_end_offset=pi.log_end_offset,
                     size_bytes=pi.size_bytes,
                     segment_count=pi.segment_count,
+                    high_watermark=pi.high_watermark,
                 )
             )
         return pb.DescribeTopicResponse(topic=_topic_pb(info), partitions=parts)
@@ -145,8 +146,9 @@ class AdminHandlers:
         if which == "position":
             check_enum(pb.OffsetSpec, "position", request.position)
         for p in partitions:
-            self._store.partition(info.name, p)  # the store's error if there is none
-            start, end = self._store.offsets(info.name, p)
+            plog = self._store.partition(info.name, p)  # the store's error if none
+            # LATEST is the high watermark: readers are served up to it.
+            start, end = plog.log_start_offset, plog.high_watermark
             if which == "timestamp_ms":
                 # One lookup gives both the offset and that record's timestamp.
                 found = self._store.find_time(info.name, p, request.timestamp_ms)

@@ -1,8 +1,8 @@
 """Fetch and Subscribe: stored frames out, unchanged; long polls and tails wait, not poll.
 
 Both reply with ``FetchResult.data`` (stored frames, CRC-checked by the
-store) followed by the serialized ``high_watermark`` and ``log_start_offset``
-fields (the RPC table marks them raw-response): the batches are never parsed
+store) followed by the serialized ``high_watermark``, ``log_start_offset`` and
+``log_end_offset`` fields (the RPC table marks them raw-response): the batches are never parsed
 or re-serialized. Protobuf readers accept fields in any order.
 
 A Fetch with ``min_bytes`` not yet available parks in a long poll: it moves
@@ -48,10 +48,16 @@ class FetchHandlers:
 
     def _read_blocking(
         self, topic: str, partition: int, offset: int, max_bytes: int
-    ) -> FetchResult:
-        return self._rt.store.read_frames(topic, partition, offset, max_bytes)
+    ) -> tuple[FetchResult, int]:
+        result = self._rt.store.read_frames(topic, partition, offset, max_bytes)
+        # Read after the frames: the log end offset only grows, so it is never
+        # below the high watermark the read saw.
+        return result, self._rt.store.offsets(topic, partition)[1]
 
-    async def _read(self, topic: str, partition: int, offset: int, max_bytes: int) -> FetchResult:
+    async def _read(
+        self, topic: str, partition: int, offset: int, max_bytes: int
+    ) -> tuple[FetchResult, int]:
+        """Stored frames from ``offset`` and the log end offset after reading them."""
         return await self._rt.run_io(self._read_blocking, topic, partition, offset, max_bytes)
 
     def _account_read(self, method: str, result: FetchResult, offset: int) -> None:
@@ -66,15 +72,17 @@ class FetchHandlers:
         need = min(request.min_bytes, max_bytes)
         wait_ms = min(request.max_wait_ms, MAX_WAIT_MS_CAP)
         topic, partition, offset = request.topic, request.partition, request.offset
-        result = await self._read(topic, partition, offset, max_bytes)
+        result, log_end = await self._read(topic, partition, offset, max_bytes)
         if len(result.data) < need and wait_ms > 0 and not self._rt.stopping:
-            result = await self._long_poll(topic, partition, offset, max_bytes, need, wait_ms)
+            result, log_end = await self._long_poll(
+                topic, partition, offset, max_bytes, need, wait_ms
+            )
         self._account_read("Fetch", result, offset)
-        return _frames_reply(result)
+        return _frames_reply(result, log_end)
 
     async def _long_poll(
         self, topic: str, partition: int, offset: int, max_bytes: int, need: int, wait_ms: int
-    ) -> FetchResult:
+    ) -> tuple[FetchResult, int]:
         # From here on this request waits: it holds a long-poll waiter slot
         # instead of a concurrent-request slot (and keeps it to the reply).
         current_slot().move_to(self._rt.limits.waiters, self._rt.metrics.long_poll_waiters)
@@ -85,15 +93,16 @@ class FetchHandlers:
                 waiter.clear()
                 # Read after registering: an append between the first read and
                 # the registration is seen here, so no wake-up is lost.
-                result = await self._read(topic, partition, offset, max_bytes)
+                result, log_end = await self._read(topic, partition, offset, max_bytes)
                 remaining = deadline - loop.time()
                 if len(result.data) >= need or remaining <= 0 or self._rt.stopping:
-                    return result
+                    return result, log_end
                 await waiter.wait(remaining)
 
     async def _start_offset(self, request: pb.SubscribeRequest) -> int:
         topic, partition = request.topic, request.partition
-        start, end = self._rt.store.offsets(topic, partition)
+        store = self._rt.store
+        start = store.offsets(topic, partition)[0]
         which = request.WhichOneof("start")
         if which == "offset":
             # Its range is checked by the store's first read, the one place
@@ -101,13 +110,13 @@ class FetchHandlers:
             return request.offset
         if which == "timestamp_ms":
             found = await self._rt.run_io(
-                self._rt.store.offset_for_time, topic, partition, request.timestamp_ms
+                store.offset_for_time, topic, partition, request.timestamp_ms
             )
-            return end if found is None else found
+            return store.high_watermark(topic, partition) if found is None else found
         if which == "position":
             check_enum(pb.StartPosition, "position", request.position)
             if request.position == pb.START_POSITION_LATEST:
-                return end
+                return store.high_watermark(topic, partition)
         return start
 
     async def subscribe(self, request: pb.SubscribeRequest, context: Context) -> None:
@@ -120,7 +129,7 @@ class FetchHandlers:
         with self._rt.waiters.waiting((topic, partition)) as waiter:
             while not self._rt.stopping:
                 waiter.clear()
-                result = await self._read(topic, partition, offset, max_bytes)
+                result, log_end = await self._read(topic, partition, offset, max_bytes)
                 if not started:  # the first read checked the start offset
                     started = True
                     log.info(
@@ -134,7 +143,7 @@ class FetchHandlers:
                     # topic or retention past `offset` ends the stream.
                     await waiter.wait(_SUBSCRIBE_RECHECK_S)
                     continue
-                await self._write_or_stop(context, _frames_reply(result), waiter)
+                await self._write_or_stop(context, _frames_reply(result, log_end), waiter)
                 self._account_read("Subscribe", result, offset)
                 offset = result.next_offset
         raise shutting_down(
@@ -168,9 +177,11 @@ def _consume_exception(fut: asyncio.Future[Any]) -> None:
         fut.exception()
 
 
-def _frames_reply(result: FetchResult) -> bytes:
-    """Stored frames + the two small fields, as one serialized FetchResponse."""
+def _frames_reply(result: FetchResult, log_end_offset: int) -> bytes:
+    """Stored frames + the three small fields, as one serialized FetchResponse."""
     tail = pb.FetchResponse(
-        high_watermark=result.high_watermark, log_start_offset=result.log_start_offset
+        high_watermark=result.high_watermark,
+        log_start_offset=result.log_start_offset,
+        log_end_offset=log_end_offset,
     ).SerializeToString()
     return bytes(result.data) + tail if result.data else tail

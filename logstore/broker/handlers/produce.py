@@ -215,6 +215,8 @@ class ProduceHandlers:
             timestamp_ms=result.timestamp_ms,
             log_start_offset=result.log_start_offset,
             duplicate=result.duplicate,
+            high_watermark=plog.high_watermark,
+            log_end_offset=plog.log_end_offset,
         )
         log.debug(
             "batch appended",
