@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from logstore import Store
-from logstore.errors import InvalidBatchError
+from logstore.errors import InvalidRequestError
 from logstore.v1 import logstore_pb2 as pb
 from logstore.v1 import records_pb2
 from logstore.wire import (
@@ -97,7 +97,7 @@ def test_split_still_rejects_bad_header_names() -> None:
     body = rec.SerializeToString() + b"\x22\x04\x0a\x02\xff\xfe"  # header key = invalid UTF-8
     raw = pb.ProduceRequest(topic="t", partition=0).SerializeToString()
     raw += b"\x7a" + bytes([len(body)]) + body
-    with pytest.raises(InvalidBatchError, match="malformed"):
+    with pytest.raises(InvalidRequestError, match="malformed"):
         split_produce_request(raw)
 
 

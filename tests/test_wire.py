@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from logstore.errors import CorruptRecordError, InvalidBatchError
+from logstore.errors import CorruptRecordError, InvalidBatchError, InvalidRequestError
 from logstore.v1 import logstore_pb2, records_pb2
 from logstore.wire import (
     FRAME_OVERHEAD,
@@ -176,11 +176,13 @@ def test_split_produce_request_zero_copy_and_fallback() -> None:
 
 
 def test_split_produce_request_rejects_bad_input() -> None:
-    """Empty batches, malformed bytes and CRC mismatches are InvalidBatchError."""
+    """Empty batches and CRC mismatches are InvalidBatchError; bytes that are not a
+    ProduceRequest (in the header fields or in the records) are InvalidRequestError."""
     with pytest.raises(InvalidBatchError, match="empty batch"):
         split_produce_request(logstore_pb2.ProduceRequest(topic="t").SerializeToString())
-    with pytest.raises(InvalidBatchError, match="malformed"):
-        split_produce_request(b"\x7a\xff\xff\xff")
+    for garbage in (b"\x7a\xff\xff\xff", b"\x0a\x05ab", b"\x0a\x01t\x7a\x03\x0a\x05a"):
+        with pytest.raises(InvalidRequestError, match="malformed"):
+            split_produce_request(garbage)
     req = logstore_pb2.ProduceRequest(
         topic="t", records=[records_pb2.Record(value=b"x")], records_crc32c=1
     )

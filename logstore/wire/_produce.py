@@ -23,7 +23,7 @@ from typing import Final, NamedTuple
 
 from google.protobuf.message import DecodeError
 
-from logstore.errors import InvalidBatchError
+from logstore.errors import InvalidBatchError, InvalidRequestError
 from logstore.v1 import logstore_pb2, records_pb2
 
 from ._frame import RECORD_TAG, crc32c
@@ -53,7 +53,7 @@ def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
     shift = 0
     while True:
         if pos >= len(buf) or shift > 63:
-            raise InvalidBatchError("malformed produce request: truncated varint")
+            raise InvalidRequestError("malformed produce request: truncated varint")
         b = buf[pos]
         pos += 1
         result |= (b & 0x7F) << shift
@@ -90,7 +90,7 @@ def _slow_path(raw: bytes) -> SplitRequest:
     try:
         full = logstore_pb2.ProduceRequest.FromString(raw)
     except DecodeError as exc:
-        raise InvalidBatchError(f"malformed produce request: {exc}") from exc
+        raise InvalidRequestError(f"malformed produce request: {exc}") from exc
     batch = records_pb2.RecordBatch()
     batch.records.extend(full.records)
     full.ClearField("records")
@@ -99,7 +99,11 @@ def _slow_path(raw: bytes) -> SplitRequest:
 
 
 def split_produce_request(raw: bytes) -> SplitRequest:
-    """Split a serialized ProduceRequest; raise InvalidBatchError if malformed.
+    """Split a serialized ProduceRequest.
+
+    Bytes that do not parse as a ProduceRequest raise InvalidRequestError (the
+    same reason every other method gives unparseable bytes); an empty batch or a
+    records CRC mismatch raises InvalidBatchError.
 
     Checks ``records_crc32c`` when present (over the records' bytes as sent;
     on the slow path, over the re-serialized records, which equal the bytes
@@ -113,13 +117,13 @@ def split_produce_request(raw: bytes) -> SplitRequest:
         try:
             header = logstore_pb2.ProduceRequest.FromString(mv[:start])  # type: ignore[arg-type]
         except DecodeError as exc:
-            raise InvalidBatchError(f"malformed produce request: {exc}") from exc
+            raise InvalidRequestError(f"malformed produce request: {exc}") from exc
         tail = mv[start:]
         try:
             # None when a field other than records follows them.
             inspected = inspect_records(tail)
         except InvalidBatchError as exc:
-            raise InvalidBatchError(f"malformed produce request: {exc}") from exc
+            raise InvalidRequestError(f"malformed produce request: {exc}") from exc
         if inspected is None:
             result = _slow_path(raw)
         else:
