@@ -1,6 +1,7 @@
 """The benchmark harness runs end to end at a tiny size, so it cannot rot.
 
-Every workload (W1-W6), the machine-limit probes and the storage, broker and
+Every workload (W1-W7; W7's logstore side is skipped with one line until the
+client has consumer groups), the machine-limit probes and the storage, broker and
 client sections run against logstore; Redis Streams and NATS JetStream only
 when they are already installed (tests never install packages). Sizes are
 tiny: these are not measurements, and nothing here asserts a speed.
@@ -15,6 +16,7 @@ import pytest
 
 from benchmarks import limits, run
 from benchmarks.systems import load
+from benchmarks.workloads import w7_group_drain
 
 
 def _run(tmp_path: Path, *args: str) -> dict:
@@ -54,9 +56,14 @@ def test_limit_probes_measure_every_limit(tmp_path: Path) -> None:
 
 
 def test_every_workload_runs_against_logstore(tmp_path: Path) -> None:
-    """W1-W6 produce figures against a real logstore broker and write the JSON."""
+    """W1-W6 (and W7 once logstore has consumer groups) produce figures against a real
+    logstore broker and write the JSON; until then W7 is recorded as skipped, with its reason."""
     results = _run(tmp_path, "--systems", "logstore", "--sections", "workloads")
-    assert _workloads(results, "logstore") == {"W1", "W2", "W3", "W4", "W5", "W6"}
+    groups = w7_group_drain.logstore_groups_available()
+    want = {"W1", "W2", "W3", "W4", "W5", "W6"} | ({"W7"} if groups else set())
+    assert _workloads(results, "logstore") == want
+    if not groups:
+        assert results["skipped"]["W7 logstore"] == w7_group_drain.LOGSTORE_SKIP
     w4 = [f for f in results["figures"] if f["name"].endswith("delivered")]
     assert w4 and all(f["median"] == 100.0 for f in w4)
 
@@ -69,9 +76,22 @@ def test_storage_broker_and_client_sections_run(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("system", ["redis", "nats"])
 def test_peer_workloads_run_when_installed(tmp_path: Path, system: str) -> None:
-    """W1-W5 run against a peer that is already installed (skipped otherwise)."""
+    """W1-W5 and W7 run against a peer that is already installed (skipped otherwise)."""
     why = load(system).unavailable()
     if why:
         pytest.skip(why)
     results = _run(tmp_path, "--systems", system, "--sections", "workloads")
-    assert _workloads(results, system) == {"W1", "W2", "W3", "W4", "W5"}
+    assert _workloads(results, system) == {"W1", "W2", "W3", "W4", "W5", "W7"}
+    w7 = [f for f in results["figures"] if f["info"]["workload"] == "W7"]
+    assert {f["unit"] for f in w7} == {"records/s", "MB/s", "MB"}
+
+
+def test_w7_logstore_lights_up_when_group_consumer_exists(monkeypatch: pytest.MonkeyPatch) -> None:
+    """W7 skips logstore exactly while logstore.client has no GroupConsumer."""
+    from logstore import client
+
+    system = load("logstore")()
+    monkeypatch.delattr(client, "GroupConsumer", raising=False)
+    assert w7_group_drain.unavailable(system) == w7_group_drain.LOGSTORE_SKIP
+    monkeypatch.setattr(client, "GroupConsumer", object, raising=False)
+    assert w7_group_drain.unavailable(system) is None

@@ -52,6 +52,14 @@ class System:
     def delete(self, topic: str, partitions: int = 1) -> None:
         raise NotImplementedError
 
+    def create_group(self, topic: str, group: str, partitions: int = 1) -> None:
+        """Create consumer group ``group`` on ``topic`` reading from the start (W7)."""
+        raise NotImplementedError
+
+    def group_outstanding(self, topic: str, group: str, partitions: int = 1) -> int:
+        """Records of ``topic`` that ``group`` has not acknowledged/committed (W7)."""
+        raise NotImplementedError
+
     def set_durable(self, durable: bool) -> None:
         """Server-side durability switch (Redis appendfsync); no-op elsewhere."""
 

@@ -151,6 +151,16 @@ class Driver(System):
     def label(self, durable: bool) -> str:
         return "acks=all (fsync)" if durable else "acks=1"
 
+    def create_group(self, topic: str, group: str, partitions: int = 1) -> None:
+        pass  # a group comes into being when its first member joins
+
+    def group_outstanding(self, topic: str, group: str, partitions: int = 1) -> int:
+        # PLACEHOLDER (W7, issue 10): no admin call for a group's committed
+        # offsets exists yet; until one does, the members' counts (every
+        # commit() returned) are the only check. Replace with end offsets minus
+        # the group's committed offsets when `describe group` lands.
+        return 0
+
     def end_offsets(self, topic: str) -> list[int]:
         from logstore.v1 import logstore_pb2 as pb
 
@@ -463,3 +473,42 @@ def paced(args: dict[str, Any], ready: Callable[[], None]) -> dict[str, Any]:
     if errors:
         raise RuntimeError(f"produce errors: {errors[:3]}")
     return {"start": start, "end": end, "count": count}
+
+
+def group_drain(args: dict[str, Any], ready: Callable[[], None]) -> dict[str, Any]:
+    """One W7 member. PLACEHOLDER until ``logstore.client.GroupConsumer`` exists.
+
+    Written against the API issue 10 describes (``GroupConsumer(bootstrap,
+    group_id, topics=[...], auto_offset_reset=...)``, ``poll_columns()``, a
+    synchronous ``commit()`` of what was returned); W7 only calls it once the
+    class is importable, so adjust it here if the landed API differs. Stops
+    when a poll finds nothing and the group's shared counter of committed
+    records (``args["acked"]``) has reached ``n``.
+    """
+    from logstore import client
+
+    n, topic, group = int(args["n"]), str(args["topic"]), str(args["group"])
+    acked = args["acked"]
+    member = client.GroupConsumer(  # type: ignore[attr-defined]
+        args["params"]["grpc"], group, topics=[topic], auto_offset_reset="earliest"
+    )
+    deadline = time.monotonic() + float(args.get("deadline_s", 120))
+    ready()
+    start = last_ack = time.monotonic()
+    count = 0
+    try:
+        while time.monotonic() < deadline:
+            got = sum(len(b) for b in member.poll_columns(200).values())
+            if not got:
+                if acked.value >= n:
+                    break
+                continue
+            member.commit()
+            last_ack = time.monotonic()
+            count += got
+            with acked.get_lock():
+                acked.value += got
+    finally:
+        member.close()
+    end = time.monotonic()
+    return {"start": start, "end": end, "last_ack": last_ack, "count": count}

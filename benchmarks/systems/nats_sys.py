@@ -22,6 +22,11 @@ from benchmarks.systems import find_exe, paced_steps, payloads
 from benchmarks.systems._base import System
 
 MAX_PENDING = 4000
+#: Messages per pull ``fetch`` of a W7 member (the same batch as Redis's XREADGROUP).
+GROUP_FETCH = 1000
+#: Unacknowledged messages the W7 consumer may have out at once: above the four
+#: members' batches in flight (4 x 1,000), so the bound never stalls a fetch.
+GROUP_MAX_ACK_PENDING = 20_000
 
 
 class Driver(System):
@@ -77,6 +82,25 @@ class Driver(System):
     def stream_count(self, topic: str) -> int:
         async def info(js: Any) -> int:
             return int((await js.stream_info(topic)).state.messages)
+
+        return int(self._admin(info))
+
+    def create_group(self, topic: str, group: str, partitions: int = 1) -> None:
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+        cfg = ConsumerConfig(
+            durable_name=group,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            max_ack_pending=GROUP_MAX_ACK_PENDING,
+            ack_wait=120.0,  # seconds: no redelivery during a drain
+        )
+        self._admin(lambda js: js.add_consumer(topic, cfg))
+
+    def group_outstanding(self, topic: str, group: str, partitions: int = 1) -> int:
+        async def info(js: Any) -> int:
+            ci = await js.consumer_info(topic, group)
+            return int(ci.num_pending) + int(ci.num_ack_pending)
 
         return int(self._admin(info))
 
@@ -229,5 +253,50 @@ def paced(args: dict[str, Any], ready: Callable[[], None]) -> dict[str, Any]:
         end = time.monotonic()
         await nc.close()
         return {"start": start, "end": end, "count": count}
+
+    return dict(_run(go))
+
+
+def group_drain(args: dict[str, Any], ready: Callable[[], None]) -> dict[str, Any]:
+    """One W7 member: a pull subscriber of the durable consumer ``args["group"]``.
+
+    ``fetch(GROUP_FETCH)``, ``msg.ack()`` for each message, then one
+    ``flush()`` (PING/PONG: the acks have reached the server) before the batch
+    counts. Stops when a fetch times out and the group's shared counter of
+    acknowledged records (``args["acked"]``) has reached ``n``.
+    """
+    import nats
+    from nats.errors import TimeoutError as NatsTimeout
+
+    n, topic, group = int(args["n"]), str(args["topic"]), str(args["group"])
+    acked = args["acked"]
+
+    async def go() -> dict[str, Any]:
+        nc = await nats.connect(args["params"]["url"])
+        js = nc.jetstream()
+        sub = await js.pull_subscribe_bind(group, stream=topic)
+        deadline = time.monotonic() + float(args.get("deadline_s", 120))
+        ready()
+        start = last_ack = time.monotonic()
+        count = 0
+        while time.monotonic() < deadline:
+            try:
+                msgs = await sub.fetch(GROUP_FETCH, timeout=0.2)
+            except (TimeoutError, NatsTimeout):
+                msgs = []
+            if not msgs:
+                if acked.value >= n:
+                    break
+                continue
+            for m in msgs:
+                await m.ack()
+            await nc.flush()
+            last_ack = time.monotonic()
+            count += len(msgs)
+            with acked.get_lock():
+                acked.value += len(msgs)
+        end = time.monotonic()
+        await nc.close()
+        return {"start": start, "end": end, "last_ack": last_ack, "count": count}
 
     return dict(_run(go))

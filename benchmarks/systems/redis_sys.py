@@ -20,6 +20,9 @@ from benchmarks.systems._base import System
 
 PIPELINE = 1000  # XADDs per pipelined round trip
 XRANGE_COUNT = 10_000
+#: Entries per XREADGROUP of a W7 member (then one XACK of their ids): the
+#: same batch as JetStream's fetch, ~100 KiB of values a round trip.
+GROUP_COUNT = 1000
 
 
 class Driver(System):
@@ -81,6 +84,17 @@ class Driver(System):
         keys = [f"{topic}-{p}" for p in range(partitions)]
         for i in range(0, len(keys), 1000):
             self.r.delete(*keys[i : i + 1000])
+
+    def create_group(self, topic: str, group: str, partitions: int = 1) -> None:
+        self.r.xgroup_create(f"{topic}-0", group, id="0")
+
+    def group_outstanding(self, topic: str, group: str, partitions: int = 1) -> int:
+        key = f"{topic}-0"
+        pending = int(self.r.xpending(key, group)["pending"])
+        undelivered = sum(
+            int(g.get("lag") or 0) for g in self.r.xinfo_groups(key) if g["name"] == group.encode()
+        )
+        return pending + undelivered
 
     def set_durable(self, durable: bool) -> None:
         self.r.config_set("appendfsync", "always" if durable else "no")
@@ -196,3 +210,37 @@ def paced(args: dict[str, Any], ready: Callable[[], None]) -> dict[str, Any]:
     end = time.monotonic()
     r.close()
     return {"start": start, "end": end, "count": count}
+
+
+def group_drain(args: dict[str, Any], ready: Callable[[], None]) -> dict[str, Any]:
+    """One W7 member: ``XREADGROUP >`` (GROUP_COUNT) then ``XACK`` of the batch's ids.
+
+    Stops when a read finds nothing new and the group's shared counter of
+    acknowledged records (``args["acked"]``) has reached ``n``.
+    """
+    n, topic, group = int(args["n"]), str(args["topic"]), str(args["group"])
+    acked = args["acked"]
+    key = f"{topic}-0"
+    name = f"m{args['member']}"
+    r = _conn(args)
+    r.ping()
+    deadline = time.monotonic() + float(args.get("deadline_s", 120))
+    ready()
+    start = last_ack = time.monotonic()
+    count = 0
+    while time.monotonic() < deadline:
+        resp = r.xreadgroup(group, name, {key: ">"}, count=GROUP_COUNT)
+        entries = resp[0][1] if resp else []
+        if not entries:
+            if acked.value >= n:
+                break
+            time.sleep(0.001)
+            continue
+        r.xack(key, group, *[e[0] for e in entries])
+        last_ack = time.monotonic()
+        count += len(entries)
+        with acked.get_lock():
+            acked.value += len(entries)
+    end = time.monotonic()
+    r.close()
+    return {"start": start, "end": end, "last_ack": last_ack, "count": count}
