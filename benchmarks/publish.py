@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- BEGIN GENERATED -->", "<!-- END GENERATED -->"
 SYSTEM_NAMES = {"logstore": "logstore", "redis": "Redis Streams", "nats": "JetStream"}
 #: Workloads shown systems side by side; the others as one row per figure.
-PIVOTED = ("W1", "W2", "W3", "W4", "W5")
+PIVOTED = ("W1", "W2", "W3", "W4", "W5", "W7")
 COLORS = {"logstore": "#1f77b4", "redis": "#d62728", "nats": "#2ca02c"}
 
 
@@ -278,6 +278,14 @@ def targets(results: dict[str, Any]) -> str:
         f"{cpu:.2f}x",
         ok(cpu <= 1.5, cpu),
     )
+    w7 = {s: _get(figs, "W7 group drain records/s", s) for s in ("logstore", "redis", "nats")}
+    row(
+        "W7 group drain: logstore ahead of Redis Streams and JetStream (same run)",
+        " vs ".join(f"{fmt(v)}" for v in w7.values()) + " records/s"
+        if not math.isnan(w7["logstore"])
+        else str(results.get("skipped", {}).get("W7 logstore", "logstore not run")),
+        ok(w7["logstore"] > max(w7["redis"], w7["nats"]), *w7.values()),
+    )
     send = _get(figs, "Producer.send records/s")
     many = _get(figs, "Producer.send_many records/s")
     row(
@@ -439,6 +447,7 @@ def generated_markdown(results: dict[str, Any], json_name: str) -> str:
         "W4": "W4 end-to-end latency at a fixed rate",
         "W5": "W5 partitions: throughput, RSS, descriptors",
         "W6": "W6 restart (logstore)",
+        "W7": "W7 group drain: 4 members, commits",
         "storage": "Embedded storage engine (issue 3)",
         "broker": "Broker end to end, raw gRPC clients (issue 4)",
         "client": "Python client library (issue 5)",
