@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from logstore import Store
+from logstore.v1 import records_pb2
 from logstore.wire import ColumnBatch, Record
 
 _records = st.lists(
@@ -82,3 +83,23 @@ def test_read_fixed_size_values_across_batches(tmp_path: Path) -> None:
         recs = store.read("t", 0, 1500, 1 << 20)
         assert [r.value for r in recs] == values[1500 : 1500 + len(recs)]
         assert {r.timestamp_ms for r in recs} == {5} and recs[0].offset == 1500
+
+
+def test_fields_after_a_header_are_not_lost(tmp_path: Path) -> None:
+    """A record whose key, value or timestamp follow its headers (valid protobuf,
+    fields out of number order) reads back whole through the columnar path."""
+
+    def record(i: int) -> bytes:
+        first = records_pb2.Record(headers=[records_pb2.Header(key="h", value=b"x")])
+        then = records_pb2.Record(key=b"k%d" % i, value=b"v%d" % i, timestamp_ms=7_000 + i)
+        body = first.SerializeToString() + then.SerializeToString()
+        return b"\x7a" + bytes([len(body)]) + body
+
+    n = 200  # above the count where Store.read decodes through the columns
+    with Store.open(tmp_path) as store:
+        store.create_topic("t", 1)
+        store.append_raw("t", 0, b"".join(record(i) for i in range(n)), n, base_timestamp_ms=5)
+        expected = [Record(b"v%d" % i, b"k%d" % i, [("h", b"x")], 7_000 + i, i) for i in range(n)]
+        assert store.read("t", 0, 0) == expected
+        assert store.read_columns("t", 0, 0).to_records() == expected
+        assert store.read("t", 0, n - 1) == expected[-1:]  # one record: upb, the reference
