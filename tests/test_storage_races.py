@@ -91,3 +91,25 @@ def test_append_and_sync_racing_delete_topic_give_unknown_topic() -> None:
     with pytest.raises(UnknownTopicError):
         store.append("t", 0, [b"late"])
     store.close()
+
+
+def test_partition_lookup_racing_delete_topic_says_unknown_topic() -> None:
+    """A partition lookup that runs while DeleteTopic unpublishes the topic gets
+    UnknownTopicError, never UnknownPartitionError for a partition the topic had."""
+    disk = _disk()
+    store = Store.open(ROOT, fs=disk)
+    store.create_topic("t", partitions=2)
+    seen: list[BaseException] = []
+
+    class Logs(dict):  # type: ignore[type-arg]
+        def pop(self, key: object, *default: object) -> object:
+            try:  # what a concurrent Produce sees between two steps of the delete
+                store.partition("t", 0)
+            except LookupError as exc:
+                seen.append(exc)
+            return super().pop(key, *default)
+
+    store._logs = Logs(store._logs)
+    store.delete_topic("t")
+    assert seen and all(type(e) is UnknownTopicError for e in seen), seen
+    store.close()

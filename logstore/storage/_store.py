@@ -441,10 +441,12 @@ class Store:
                 for lg in logs:
                     lg.unmark_deleted()
                 raise
-            topics = {t: i for t, i in self._topics.items() if t != name}
+            # The topic goes before its partitions: a lookup that races this
+            # finds either a partition marked deleted or no topic, both
+            # UnknownTopicError, never "topic t has no partition 0".
+            self._topics = {t: i for t, i in self._topics.items() if t != name}
             for lg in logs:
                 self._logs.pop((name, lg.partition), None)
-            self._topics = topics
             for lg, tmp in moved:
                 lg.abandon()
                 try:
