@@ -21,6 +21,7 @@ from logstore.errors import (
     StorageError,
 )
 from logstore.storage import Store
+from logstore.wire import encode_frame, encode_values
 from tests.simdisk import SimDisk
 
 pytestmark = pytest.mark.timeout(60)
@@ -162,4 +163,56 @@ def test_corruption_before_the_recovery_point_keeps_the_later_segments() -> None
     with pytest.raises(CorruptRecordError):
         store.read("t", 0, 5)
     assert store.append("t", 0, [b"next"], sync=True) == 20
+    store.close()
+
+
+def test_corruption_before_the_recovery_point_in_the_last_segment_reuses_no_offset() -> None:
+    """After kill -9, a damaged frame head before the recovery point of the only
+    segment: records acknowledged after the checkpoint keep their offsets (the next
+    append goes past them), across a reopen."""
+    disk = _disk()
+    config = StoreConfig(recovery_checkpoint_interval_ms=3_600_000)
+    store = Store.open(ROOT, config, fs=disk)
+    store.create_topic("t")
+    for i in range(5):
+        store.append("t", 0, [b"before-%d" % i])
+    store.flush()  # recovery point 5
+    for i in range(3):  # acknowledged (fsynced), not checkpointed: offsets 5..7
+        assert store.append("t", 0, [b"acked-%d" % i], sync=True) == 5 + i
+    frame_size = len(store.read_frames("t", 0, 0, 1).data)
+    disk = disk.process_crash()
+    disk.poke(_log_file("t-0", 0), frame_size + 3, b"\x01")  # frame 1's length varint
+    store = Store.open(ROOT, config, fs=disk)
+    assert store.read("t", 0, 0, max_bytes=1)[0].value == b"before-0"
+    assert store.offsets("t", 0) == (0, 8)
+    with pytest.raises(CorruptRecordError):
+        store.read("t", 0, 5)
+    assert store.append("t", 0, [b"next"], sync=True) == 8
+    store.close()
+    store = Store.open(ROOT, config, fs=disk)
+    assert store.offsets("t", 0) == (0, 9)
+    assert store.read("t", 0, 8)[0].value == b"next"
+    store.close()
+
+
+def test_a_frame_inside_a_value_cannot_push_the_offsets_far_ahead() -> None:
+    """The scan for frames after damage finds a valid-looking frame stored as a
+    record's value (base offset 10**15); the end it gives stays within what the
+    file's bytes can hold."""
+    disk = _disk()
+    config = StoreConfig(recovery_checkpoint_interval_ms=3_600_000)
+    store = Store.open(ROOT, config, fs=disk)
+    store.create_topic("t")
+    store.append("t", 0, [b"first"])
+    store.flush()  # recovery point 1
+    nested = encode_frame(encode_values([b"x"]), 1, 10**15, 5)
+    store.append("t", 0, [b"second"])
+    store.append("t", 0, [nested], sync=True)  # offset 2, not checkpointed
+    disk = disk.process_crash()
+    disk.poke(_log_file("t-0", 0), 3, b"\x01")  # frame 0's length varint
+    size = disk.file_size(_log_file("t-0", 0))
+    store = Store.open(ROOT, config, fs=disk)
+    end = store.offsets("t", 0)[1]
+    assert 3 <= end <= size // 2
+    assert store.append("t", 0, [b"next"]) == end
     store.close()

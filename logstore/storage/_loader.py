@@ -16,7 +16,9 @@ trust:
   cannot be reached *before* the recovery point is corruption: nothing is
   truncated, reads of that range raise CorruptRecordError, later segments
   are kept and checked as usual, and (when there is none) appends continue
-  in a new segment at the recovery point so no acknowledged offset is reused.
+  in a new segment past every offset the damaged file may hold (frames after
+  the damage are found by a scan for frame heads), so no acknowledged offset
+  is reused.
 
 The result is handed to the partition, which publishes the segments; nothing
 else is shared while this runs (single-threaded).
@@ -216,7 +218,8 @@ class _Loader:
         """Data before the recovery point is unreachable: keep it (reads of it
         report corruption). Later segments are kept and checked as usual (they
         hold acknowledged records); without one, appends continue in a new
-        segment at the recovery point, so no acknowledged offset is reused."""
+        segment past every offset the damaged file may hold
+        (``Segment.offset_bound``), so no acknowledged offset is reused."""
         segs = self.segments
         seg = segs[k]
         if k + 1 < len(segs):
@@ -231,16 +234,22 @@ class _Loader:
             seg.sealed = True
             self._check_frames_from(k + 1, 0, end)
             return
+        # Frames after the damage may hold records acknowledged after the last
+        # checkpoint (fsynced, but the recovery point is written at most every
+        # recovery_checkpoint_interval_ms): appends continue past every offset
+        # the file may hold, never at the recovery point.
+        end = max(recovery_point, seg.offset_bound())
         log.error(
             "%s: CORRUPTION before the recovery point %d in %s: %s; offsets %d..%d are "
-            "unreadable, nothing was truncated, appends continue at %d",
+            "unreadable (%d of them after the recovery point), nothing was truncated, "
+            "appends continue at %d",
             self.name, recovery_point, os.path.basename(seg.log_path), why,
-            seg.base_offset, recovery_point - 1, recovery_point,
+            seg.base_offset, end - 1, end - recovery_point, end,
         )  # fmt: skip
-        seg.next_offset = recovery_point
+        seg.next_offset = end
         seg.sealed = True
         self._drop_from(k + 1, "after corruption")
-        self.create(recovery_point)
+        self.create(end)
 
     def _drop_from(self, j: int, why: str) -> None:
         for seg in self.segments[j:]:

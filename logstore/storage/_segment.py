@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -41,13 +42,27 @@ from typing import Final
 import numpy as np
 
 from logstore.errors import CorruptRecordError, StorageError
-from logstore.wire import FRAME_OVERHEAD, FrameHeader, check_crc, decode_header
+from logstore.wire import (
+    FRAME_OVERHEAD,
+    MIN_RECORD_BYTES,
+    FrameHeader,
+    check_crc,
+    decode_header,
+)
 
 from ._fs import FileSystem
 from ._index import OFFSET_DTYPE, TIME_DTYPE, IndexCache, OffsetIndex, TimeIndex
 from ._names import FileKind, segment_file
 
 log = logging.getLogger("logstore.storage")
+
+#: Bytes read per step when a damaged segment is scanned for frame heads
+#: (``offset_bound``): 1 MiB, a few ms of regex and CRC work per step.
+_SCAN_STEP_BYTES: Final = 1 << 20
+#: What every frame starts with: its tag (0x0a), the batch length as a 5-byte
+#: varint (four bytes with the continuation bit, one without) and the tag of
+#: the base offset (0x09); decode_header and the CRC check the rest.
+_FRAME_HEAD: Final = re.compile(rb"\x0a[\x80-\xff]{4}[\x00-\x7f]\x09", re.DOTALL)
 
 #: Bytes read at once when walking frame headers: several index intervals'
 #: worth, so a lookup costs one pread whatever the batch size.
@@ -440,6 +455,34 @@ class Segment:
         except CorruptRecordError as exc:
             return str(exc)
         return None
+
+    def offset_bound(self) -> int:
+        """An offset that no record in this segment's file reaches, for when
+        damage stops the walk of its frames: the largest next offset of any
+        CRC-valid frame found anywhere in the file (frames after the damage
+        included: the file is scanned for frame heads), at most what its bytes
+        can hold (every record takes at least MIN_RECORD_BYTES, so a frame
+        that only looks valid, inside a record's value, cannot push it
+        further). The base offset if no frame is found."""
+        file_size = self.fs.file_size(self.log_path)
+        best = self.base_offset
+        pos = 0
+        while pos < file_size:
+            # FRAME_OVERHEAD more than the step: a head that starts in this
+            # step is decoded from this read.
+            chunk = self.pread(_SCAN_STEP_BYTES + FRAME_OVERHEAD, pos)
+            for m in _FRAME_HEAD.finditer(chunk, 0, min(_SCAN_STEP_BYTES, len(chunk))):
+                p = pos + m.start()
+                try:
+                    h = decode_header(chunk, m.start())
+                    if p + h.frame_size > file_size:
+                        continue
+                    check_crc(self.pread(h.frame_size, p), h)
+                except CorruptRecordError:
+                    continue
+                best = max(best, h.next_offset)
+            pos += _SCAN_STEP_BYTES
+        return min(best, self.base_offset + file_size // MIN_RECORD_BYTES)
 
     def boundary_at(self, offset: int) -> int:
         """Byte position right after the frame that ends at ``offset`` (the
