@@ -21,16 +21,6 @@ def test_floor_finds_the_segment_that_would_hold_an_offset() -> None:
     assert view.active.base_offset == 35 and len(view) == 3
 
 
-def test_changes_make_new_lists() -> None:
-    """appended/prefix/suffix return new lists and leave the original alone."""
-    view = SegmentList(_segs(0, 5))
-    longer = view.appended(SimpleNamespace(base_offset=9))  # type: ignore[arg-type]
-    assert [s.base_offset for s in longer] == [0, 5, 9]
-    assert [s.base_offset for s in view] == [0, 5]
-    assert [s.base_offset for s in longer.suffix(1)] == [5, 9]
-    assert [s.base_offset for s in longer.prefix(1)] == [0]
-
-
 def test_bases_must_increase() -> None:
     """A list whose base offsets do not strictly increase is a programmer error."""
     with pytest.raises(AssertionError):

@@ -56,15 +56,3 @@ class SegmentList:
     def floor(self, offset: int) -> int:
         """Index of the last segment whose base offset is <= ``offset``; -1 if none."""
         return bisect.bisect_right(self._bases, offset) - 1
-
-    def appended(self, seg: Segment) -> SegmentList:
-        """This list with ``seg`` (a higher base) added at the end."""
-        return SegmentList((*self._segments, seg))
-
-    def prefix(self, n: int) -> SegmentList:
-        """The first ``n`` segments."""
-        return SegmentList(self._segments[:n])
-
-    def suffix(self, n: int) -> SegmentList:
-        """Every segment from index ``n`` on."""
-        return SegmentList(self._segments[n:])
