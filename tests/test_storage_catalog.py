@@ -229,6 +229,36 @@ def test_failed_delete_records_does_not_move_the_start() -> None:
     store.close()
 
 
+def test_topic_created_again_after_a_failed_catalog_write_keeps_its_records() -> None:
+    """DeleteTopic whose topics.json write fails, then CreateTopic of the same name:
+    after kill -9 the new topic does not inherit the old one's log start offset
+    (which would hide its acknowledged records)."""
+    disk = _disk()
+    store = Store.open(ROOT, fs=disk)
+    store.create_topic("t")
+    store.append("t", 0, [b"old-%d" % i for i in range(10)], sync=True)
+    assert store.delete_records("t", 0, 8) == 8  # log start 8 in the checkpoint
+    failed = []
+
+    def once(op: str, path: str) -> int | None:
+        if op == "write_file" and "topics.json" in path and not failed:
+            failed.append(path)
+            return errno.EIO
+        return None
+
+    disk.inject(once)
+    store.delete_topic("t")  # the data goes; the smaller topics.json is not written
+    disk.clear_faults()
+    assert failed
+    store.create_topic("t")
+    assert store.append("t", 0, [b"new-%d" % i for i in range(5)], sync=True) == 0
+    disk = disk.process_crash()
+    store = Store.open(ROOT, fs=disk)
+    assert store.offsets("t", 0) == (0, 5)
+    assert _values(store) == [b"new-%d" % i for i in range(5)]
+    store.close()
+
+
 # --- 6. a full disk can be recovered through the API ----------------------------------------
 def test_delete_topic_and_delete_records_work_on_a_full_disk() -> None:
     """With the disk 100 % full, DeleteTopic and a DeleteRecords that frees whole

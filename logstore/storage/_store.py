@@ -458,6 +458,11 @@ class Store:
                 self._write_catalog_and_checkpoints([name])
             except StorageError as exc:
                 self._catalog.dirty = True
+                # The checkpoints may still hold its offsets: a topic created
+                # again under the name before the retry must rewrite them
+                # first (a create's topics.json write clears ``dirty``), or a
+                # crash would give it the old log start and hide its records.
+                self._stale_topics.add(name)
                 log.error("deleted topic %s; writing topics.json failed (retried): %s", name, exc)
             log.debug("deleted topic %s", name)
 
