@@ -111,6 +111,32 @@ def test_damaged_topics_json_refuses_to_open() -> None:
     assert disk.exists(_log_file("orders-1", 0))
 
 
+def test_rebuild_keeps_good_entries_and_deletes_nothing_of_the_damaged_one() -> None:
+    """A rebuild after one malformed entry keeps the other topics' configs, and the
+    rebuilt topic gets retention -1: old segments survive maintain() (a default
+    7-day retention would delete data because its metadata was damaged)."""
+    disk = _disk()
+    store = Store.open(ROOT, fs=disk)
+    store.create_topic("old", partitions=1, config={"retention_ms": -1, "segment_bytes": 200})
+    store.create_topic("fine", partitions=1, config={"retention_ms": 12_345_000})
+    for i in range(5):  # several segments of records stamped in 2001
+        store.append("old", 0, [b"x" * 100], timestamp_ms=1_000_000_000_000 + i)
+    store.close()
+    raw = json.loads(disk.read_file(f"{ROOT}/topics.json"))
+    raw["old"]["partitions"] = "many"
+    disk.write_file(f"{ROOT}/topics.json", json.dumps(raw).encode())
+    with pytest.raises(CatalogError, match="topic 'old': partition count"):
+        Store.open(ROOT, fs=disk)
+    store = Store.open(ROOT, fs=disk, rebuild_catalog=True)
+    assert store.topic("fine").config.retention_ms == 12_345_000
+    assert store.topic("old").config.retention_ms == -1
+    assert store.topic("old").config.retention_bytes == -1
+    store.maintain()
+    assert store.offsets("old", 0) == (0, 5)
+    assert len(_values(store, "old", 0)) == 5
+    store.close()
+
+
 def test_empty_partition_directory_of_an_interrupted_create_is_removed() -> None:
     """A partition directory topics.json does not list and that holds no record
     (a CreateTopic cut before topics.json was written) is removed at open."""

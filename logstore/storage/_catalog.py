@@ -45,6 +45,11 @@ from ._names import TOPICS_FILE, check_topic_name
 
 log = logging.getLogger("logstore.storage")
 
+#: The config a rebuilt topic gets when the catalog had no usable entry for it:
+#: defaults, except that retention deletes nothing (a default 7-day retention
+#: would delete data because metadata was lost). The operator sets it again.
+KEEP_EVERYTHING = TopicConfig(retention_ms=-1, retention_bytes=-1)
+
 
 @dataclass(frozen=True)
 class TopicInfo:
@@ -97,9 +102,12 @@ class Catalog:
         else:
             raw = self.fs.read_file(self.path)  # an I/O error propagates as it is
             try:
-                topics = _parse(json.loads(raw))
+                topics, bad = _parse(json.loads(raw), lenient=rebuild)
             except ValueError as exc:  # malformed JSON or entries (InvalidArgumentError)
                 damage = f"is damaged ({exc})"
+            else:
+                if bad:
+                    damage = f"is damaged ({'; '.join(bad)})"
         if rebuild:
             rebuilt = dict(topics)
             for name, parts in sorted(found.items()):
@@ -110,11 +118,14 @@ class Catalog:
                 old = rebuilt.get(name)
                 count = max(parts) + 1
                 if old is None or old.partitions < count:
-                    cfg = old.config if old is not None else TopicConfig()
+                    cfg = old.config if old is not None else KEEP_EVERYTHING
                     rebuilt[name] = TopicInfo(name, count, cfg)
                     log.warning(
                         "rebuilt catalog entry: topic %s with %d partitions (%s)",
-                        name, count, "config kept" if old else "default config",
+                        name, count,
+                        "config kept" if old else
+                        "config unknown: retention_ms=-1 and retention_bytes=-1 so nothing is "
+                        "deleted; set the topic's retention again",
                     )  # fmt: skip
             if rebuilt != topics or damage is not None:
                 self.write(rebuilt)
@@ -123,8 +134,9 @@ class Catalog:
             raise CatalogError(
                 f"{self.path} {damage}; refusing to start so that no partition data is "
                 f"deleted. Restore it from a backup, or rebuild it from the partition "
-                f"directories with {rebuild_hint(self.data_dir)}; topic configs not in the "
-                f"file reset to defaults"
+                f"directories with {rebuild_hint(self.data_dir)}; topics whose entry is "
+                f"missing or damaged keep every record (retention -1) until their config is "
+                f"set again"
             )
         return topics
 
@@ -165,16 +177,28 @@ def _entry(t: TopicInfo) -> str:
     return f" {json.dumps(t.name)}: " + body.replace("\n", "\n ")
 
 
-def _parse(raw: object) -> dict[str, TopicInfo]:
-    """Topics from the parsed file; InvalidArgumentError if any entry is
-    malformed (a name that could escape the data directory included)."""
+def _parse(raw: object, *, lenient: bool = False) -> tuple[dict[str, TopicInfo], list[str]]:
+    """Topics from the parsed file, and what was wrong with the entries left out.
+
+    Strict (the default): InvalidArgumentError on the first malformed entry (a
+    name that could escape the data directory included). Lenient (a rebuild):
+    malformed entries are left out and described, so the good entries keep
+    their configs and only the bad ones are rebuilt from their directories.
+    """
     if not isinstance(raw, dict):
         raise InvalidArgumentError(f"expected an object, got {type(raw).__name__}")
     out: dict[str, TopicInfo] = {}
+    bad: list[str] = []
     for name, t in raw.items():
-        check_topic_name(name, internal=True)
-        if not isinstance(t, dict) or not isinstance(t.get("config"), dict):
-            raise InvalidArgumentError(f"topic {name!r}: expected partitions and config")
-        check_partition_count(t.get("partitions"))
-        out[name] = TopicInfo(name, t["partitions"], TopicConfig.from_mapping(t["config"]))
-    return out
+        try:
+            check_topic_name(name, internal=True)
+            if not isinstance(t, dict) or not isinstance(t.get("config"), dict):
+                raise InvalidArgumentError("expected partitions and config")
+            check_partition_count(t.get("partitions"))
+            out[name] = TopicInfo(name, t["partitions"], TopicConfig.from_mapping(t["config"]))
+        except InvalidArgumentError as exc:
+            why = f"topic {name!r}: {exc}"
+            if not lenient:
+                raise InvalidArgumentError(why) from None
+            bad.append(why)
+    return out, bad

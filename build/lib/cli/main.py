@@ -1,0 +1,585 @@
+"""logctl: serve, topics, produce, consume, offsets.
+
+Exit codes: 0 ok; 2 for argument errors found before any request is sent
+(usage errors included); 1 for everything else, including what the broker
+rejects. Every failure is one line on stderr (``logctl: error: ...``): Typer
+runs with ``standalone_mode=False``, its exceptions are handled in
+:func:`main`, and neither Rich panels nor tracebacks are shown.
+
+Environment: only what a user sets once per shell or machine, never what
+changes what a command does (a stray ``LOGSTORE_OFFSET`` or ``LOGSTORE_MAX``
+must not silently change a replay). The flag wins over the variable.
+
+- ``LOGSTORE_BOOTSTRAP``: the broker's HOST:PORT (every client command);
+- ``LOGSTORE_OUTPUT``: ``text`` or ``json`` (every client command);
+- ``LOGSTORE_CONNECT_TIMEOUT_MS``: how long to wait for the broker (a
+  property of the network, like the address);
+- ``LOGSTORE_TOKEN``: reserved for authentication. The broker has none yet, so
+  logctl neither reads nor sends it; it is named here so no other meaning
+  takes the name.
+
+``serve`` passes what was given to the broker, which resolves its own
+environment and ``--config-file`` (flag > environment > file > default).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import signal
+import stat
+import sys
+from types import FrameType
+from typing import TYPE_CHECKING, Annotated, Any, Final
+
+import typer
+
+import logstore
+from logstore import errors
+
+from ._format import (
+    ArgumentError,
+    ReaderGone,
+    Terminated,
+    format_ms,
+    human_bytes,
+    parse_time,
+    table,
+    write_json,
+)
+
+if TYPE_CHECKING:
+    from logstore.client import Admin
+
+# The client (grpc, protobuf, numpy) is imported inside the commands that use
+# it: usage errors, --help and --version then answer in a fraction of the time.
+
+DEFAULT_BOOTSTRAP: Final = "127.0.0.1:7070"
+
+app = typer.Typer(
+    name="logctl",
+    help="Operate and use a logstore broker.",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+topics_app = typer.Typer(
+    help="Create, list, describe, alter and delete topics.",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+app.add_typer(topics_app, name="topics")
+
+
+class Output(enum.StrEnum):
+    text = "text"
+    json = "json"
+
+
+class LogFormat(enum.StrEnum):
+    text = "text"
+    json = "json"
+
+
+def _check_bootstrap(value: str) -> str:
+    """A malformed address is an argument error (exit 2) found before any request."""
+    from logstore.client import check_address  # noqa: PLC0415 (startup time)
+
+    try:
+        return check_address(value)
+    except errors.InvalidArgumentError as exc:
+        raise ArgumentError(f"--bootstrap: {exc}") from None
+
+
+Bootstrap = Annotated[
+    str,
+    typer.Option(
+        "--bootstrap",
+        envvar="LOGSTORE_BOOTSTRAP",
+        help="Broker HOST:PORT.",
+        show_default=True,
+        callback=_check_bootstrap,
+    ),
+]
+OutputOpt = Annotated[
+    Output, typer.Option("--output", "-o", envvar="LOGSTORE_OUTPUT", help="text or json.")
+]
+ConnectTimeout = Annotated[
+    int,
+    typer.Option(
+        "--connect-timeout-ms",
+        envvar="LOGSTORE_CONNECT_TIMEOUT_MS",
+        min=1,
+        help="Give up connecting to the broker after this long.",
+    ),
+]
+ConfigOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--config",
+        help="key=value (repeatable), e.g. retention_ms=86400000.",
+    ),
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"logctl {logstore.__version__}\n")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """logctl: operate and use a logstore broker."""
+
+
+def _parse_config(items: list[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ArgumentError(f"--config wants key=value, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _admin(bootstrap: str, connect_timeout_ms: int) -> Admin:
+    from logstore.client import Admin  # noqa: PLC0415 (startup time, see above)
+
+    return Admin(bootstrap, connect_timeout_ms=connect_timeout_ms)
+
+
+# -- serve ---------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    data_dir: Annotated[str | None, typer.Option("--data-dir", help="Data directory.")] = None,
+    listen: Annotated[str | None, typer.Option("--listen", help="gRPC HOST:PORT.")] = None,
+    metrics_listen: Annotated[
+        str | None, typer.Option("--metrics-listen", help="Prometheus HOST:PORT.")
+    ] = None,
+    config_file: Annotated[
+        str | None, typer.Option("--config-file", help="TOML file of broker settings.")
+    ] = None,
+    log_format: Annotated[
+        LogFormat | None, typer.Option("--log-format", help="text or json.")
+    ] = None,
+    allow_remote: Annotated[
+        bool | None, typer.Option("--allow-remote", help="Listen on a non-loopback address.")
+    ] = None,
+) -> None:
+    """Run the broker (flags > LOGSTORE_* environment > --config-file > defaults)."""
+    # The one allowed import of the broker (DESIGN.md, layers).
+    from logstore.broker import serve_main  # noqa: PLC0415
+
+    code = serve_main(
+        data_dir=data_dir,
+        listen=listen,
+        metrics_listen=metrics_listen,
+        config_file=config_file,
+        log_format=log_format.value if log_format is not None else None,
+        allow_remote=allow_remote,
+    )
+    raise typer.Exit(code)
+
+
+# -- topics --------------------------------------------------------------------
+
+
+def _topic_json(info: Any) -> dict[str, Any]:
+    return {"name": info.name, "partitions": info.partitions, "config": info.config}
+
+
+@topics_app.command("create")
+def topics_create(
+    name: Annotated[str, typer.Argument(help="Topic name.")],
+    partitions: Annotated[int, typer.Option("--partitions", "-p", min=1)] = 1,
+    config: ConfigOpt = None,
+    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
+    output: OutputOpt = Output.text,
+    connect_timeout_ms: ConnectTimeout = 5000,
+) -> None:
+    """Create a topic."""
+    cfg = _parse_config(config)
+    with _admin(bootstrap, connect_timeout_ms) as admin:
+        info = admin.create_topic(name, partitions, cfg)
+    if output is Output.json:
+        write_json(_topic_json(info))
+    else:
+        sys.stdout.write(f"created topic {info.name} with {info.partitions} partition(s)\n")
+
+
+@topics_app.command("list")
+def topics_list(
+    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
+    output: OutputOpt = Output.text,
+    connect_timeout_ms: ConnectTimeout = 5000,
+) -> None:
+    """List topics."""
+    with _admin(bootstrap, connect_timeout_ms) as admin:
+        infos = admin.list_topics()
+    if output is Output.json:
+        write_json([_topic_json(i) for i in infos])
+    else:
+        table(["TOPIC", "PARTITIONS"], [(i.name, i.partitions) for i in infos])
+
+
+@topics_app.command("describe")
+def topics_describe(
+    name: Annotated[str, typer.Argument(help="Topic name.")],
+    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
+    output: OutputOpt = Output.text,
+    connect_timeout_ms: ConnectTimeout = 5000,
+) -> None:
+    """Show a topic's configuration and partitions."""
+    with _admin(bootstrap, connect_timeout_ms) as admin:
+        d = admin.describe_topic(name)
+    parts = [
+        {
+            "partition": p.partition,
+            "log_start_offset": p.log_start_offset,
+            "log_end_offset": p.log_end_offset,
+            "size_bytes": p.size_bytes,
+            "segment_count": p.segment_count,
+        }
+        for p in d.partitions
+    ]
+    if output is Output.json:
+        write_json({**_topic_json(d.topic), "partition_info": parts})
+        return
+    sys.stdout.write(f"topic {d.topic.name}: {d.topic.partitions} partition(s)\n")
+    table(["CONFIG", "VALUE"], sorted(d.topic.config.items()))
+    sys.stdout.write("\n")
+    table(
+        ["PARTITION", "START", "END", "RECORDS", "SIZE", "SEGMENTS"],
+        [
+            (
+                p.partition,
+                p.log_start_offset,
+                p.log_end_offset,
+                p.log_end_offset - p.log_start_offset,
+                human_bytes(p.size_bytes),
+                p.segment_count,
+            )
+            for p in d.partitions
+        ],
+    )
+
+
+@topics_app.command("alter")
+def topics_alter(
+    name: Annotated[str, typer.Argument(help="Topic name.")],
+    config: ConfigOpt = None,
+    reset: Annotated[
+        list[str] | None,
+        typer.Option("--reset", help="Key back to its default."),
+    ] = None,
+    partitions: Annotated[
+        int | None,
+        typer.Option("--partitions", "-p", min=1),
+    ] = None,
+    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
+    output: OutputOpt = Output.text,
+    connect_timeout_ms: ConnectTimeout = 5000,
+) -> None:
+    """Change a topic's configuration and/or increase its partitions."""
+    cfg = _parse_config(config)
+    if not cfg and not reset and partitions is None:
+        raise ArgumentError("nothing to alter: give --config key=value, --reset or --partitions")
+    with _admin(bootstrap, connect_timeout_ms) as admin:
+        info = None
+        if cfg or reset:
+            info = admin.alter_topic_config(name, cfg, reset or [])
+        if partitions is not None:
+            current = (info or admin.describe_topic(name).topic).partitions
+            if partitions != current:  # the broker rejects a decrease
+                info = admin.create_partitions(name, partitions)
+        if info is None:
+            info = admin.describe_topic(name).topic
+    if output is Output.json:
+        write_json(_topic_json(info))
+    else:
+        sys.stdout.write(f"altered topic {info.name}: {info.partitions} partition(s)\n")
+
+
+@topics_app.command("delete")
+def topics_delete(
+    name: Annotated[str, typer.Argument(help="Topic name.")],
+    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
+    output: OutputOpt = Output.text,
+    connect_timeout_ms: ConnectTimeout = 5000,
+) -> None:
+    """Delete a topic and all its records."""
+    with _admin(bootstrap, connect_timeout_ms) as admin:
+        admin.delete_topic(name)
+    if output is Output.json:
+        write_json({"deleted": name})
+    else:
+        sys.stdout.write(f"deleted topic {name}\n")
+
+
+# -- produce / consume / offsets -------------------------------------------------
+
+
+def _check_input_file(path: str) -> None:
+    """--file names a readable regular file; else ArgumentError saying what it is."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ArgumentError(f"--file {path!r}: no such file") from None
+    except OSError as exc:
+        raise ArgumentError(f"--file {path!r}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ArgumentError(f"--file {path!r} is a directory, not a file of lines")
+    if not stat.S_ISREG(st.st_mode):
+        raise ArgumentError(f"--file {path!r} is not a regular file (use stdin for a pipe)")
+    if not os.access(path, os.R_OK):
+        raise ArgumentError(f"--file {path!r}: permission denied")
+
+
+@app.command()
+def produce(
+    topic: Annotated[str, typer.Argument(help="Topic to append to.")],
+    partition: Annotated[
+        int | None,
+        typer.Option(
+            "--partition",
+            min=0,
+            help="Append to this partition (default: by key, else sticky).",
+        ),
+    ] = None,
+    key_separator: Annotated[
+        str | None,
+        typer.Option(
+            "--key-separator",
+            help="Split each line into key and value at the first SEP.",
+        ),
+    ] = None,
+    file: Annotated[
+        str | None,
+        typer.Option("--file", "-f", help="Read lines from PATH."),
+    ] = None,
+    acks: Annotated[str, typer.Option("--acks", help="0, 1 or all.")] = "all",
+    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
+    output: OutputOpt = Output.text,
+    connect_timeout_ms: ConnectTimeout = 5000,
+) -> None:
+    """Append one record per input line (stdin or --file); summary on stderr."""
+    from logstore.client import parse_acks  # noqa: PLC0415 (startup time)
+
+    from . import _produce  # noqa: PLC0415 (startup time)
+
+    try:
+        parse_acks(acks)
+    except errors.InvalidArgumentError as exc:
+        raise ArgumentError(str(exc)) from None
+    if key_separator == "":
+        raise ArgumentError("--key-separator must not be empty")
+    if file is not None:
+        _check_input_file(file)
+    _produce.run(
+        topic,
+        partition=partition,
+        key_separator=key_separator,
+        path=file,
+        acks=acks,
+        bootstrap=bootstrap,
+        json_output=output is Output.json,
+        connect_timeout_ms=connect_timeout_ms,
+    )
+
+
+@app.command()
+def consume(
+    topic: Annotated[str, typer.Argument(help="Topic to read.")],
+    partition: Annotated[
+        int | None,
+        typer.Option("--partition", min=0, help="Read only this partition."),
+    ] = None,
+    from_beginning: Annotated[
+        bool,
+        typer.Option(
+            "--from-beginning",
+            help="Start at each partition's first record (the default).",
+        ),
+    ] = False,
+    offset: Annotated[
+        int | None,
+        typer.Option("--offset", min=0, help="Start here (needs --partition)."),
+    ] = None,
+    from_time: Annotated[
+        str | None,
+        typer.Option(
+            "--from-time",
+            help="ISO 8601 (UTC if no zone) or -90s, -15m, -1h, -2d.",
+        ),
+    ] = None,
+    latest: Annotated[
+        bool,
+        typer.Option("--latest", help="Start at the end (new only)."),
+    ] = False,
+    max_records: Annotated[
+        int | None,
+        typer.Option("--max", min=0, help="Stop after N records."),
+    ] = None,
+    follow: Annotated[bool, typer.Option("--follow", help="Keep waiting for more.")] = False,
+    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
+    output: OutputOpt = Output.text,
+    connect_timeout_ms: ConnectTimeout = 5000,
+) -> None:
+    """Replay records from the beginning, an offset, a time or the end."""
+    starts = [
+        name
+        for name, given in (
+            ("--from-beginning", from_beginning),
+            ("--offset", offset is not None),
+            ("--from-time", from_time is not None),
+            ("--latest", latest),
+        )
+        if given
+    ]
+    if len(starts) > 1:
+        raise ArgumentError(f"choose one start position, not {' and '.join(starts)}")
+    if offset is not None and partition is None:
+        raise ArgumentError("--offset needs --partition")
+    at_time = parse_time(from_time) if from_time is not None else None
+    from . import _consume  # noqa: PLC0415 (startup time)
+
+    start = _consume.Start("earliest")
+    if offset is not None:
+        start = _consume.Start("offset", offset)
+    elif at_time is not None:
+        start = _consume.Start("time", at_time)
+    elif latest:
+        start = _consume.Start("latest")
+    _consume.run(
+        topic,
+        partition=partition,
+        start=start,
+        max_records=max_records,
+        follow=follow,
+        bootstrap=bootstrap,
+        json_output=output is Output.json,
+        connect_timeout_ms=connect_timeout_ms,
+    )
+
+
+@app.command()
+def offsets(
+    topic: Annotated[str, typer.Argument(help="Topic.")],
+    at_time: Annotated[
+        str | None,
+        typer.Option(
+            "--time",
+            help="Offset of the first record at or after this time (ISO 8601 or -1h...).",
+        ),
+    ] = None,
+    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
+    output: OutputOpt = Output.text,
+    connect_timeout_ms: ConnectTimeout = 5000,
+) -> None:
+    """Earliest and latest offsets per partition (or the offset at --time)."""
+    ts = parse_time(at_time) if at_time is not None else None
+    with _admin(bootstrap, connect_timeout_ms) as admin:
+        earliest = admin.list_offsets(topic, "earliest")
+        latest = admin.list_offsets(topic, "latest")
+        by_time = admin.list_offsets(topic, ts) if ts is not None else None
+    rows: list[dict[str, Any]] = []
+    for i, (e, la) in enumerate(zip(earliest, latest, strict=True)):
+        row: dict[str, Any] = {"partition": e.partition, "earliest": e.offset, "latest": la.offset}
+        if by_time is not None:
+            t = by_time[i]
+            row["offset"] = t.offset
+            row["found"] = t.found
+            row["timestamp_ms"] = t.timestamp_ms if t.found else None
+        rows.append(row)
+    if output is Output.json:
+        write_json({"topic": topic, "partitions": rows})
+        return
+    if by_time is None:
+        table(["PARTITION", "EARLIEST", "LATEST"], [tuple(r.values()) for r in rows])
+    else:
+        table(
+            ["PARTITION", "EARLIEST", "LATEST", "OFFSET", "TIMESTAMP"],
+            [
+                (
+                    r["partition"],
+                    r["earliest"],
+                    r["latest"],
+                    r["offset"],
+                    format_ms(r["timestamp_ms"]) if r["found"] else "(end: none at/after)",
+                )
+                for r in rows
+            ],
+        )
+
+
+# -- the one error handler -------------------------------------------------------
+
+
+def _error(message: str, code: int) -> int:
+    line = " ".join(str(message).split()) or "failed"
+    try:
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError):
+        pass
+    sys.stderr.write(f"logctl: error: {line}\n")
+    sys.stderr.flush()
+    return code
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run logctl with ``argv``; the exit code (no SystemExit)."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(encoding="utf-8", errors="strict")
+    try:
+        rv = app(args=argv, prog_name="logctl", standalone_mode=False)
+        code = rv if isinstance(rv, int) else 0
+    except ArgumentError as exc:
+        return _error(str(exc), 2)
+    except typer.TyperException as exc:  # click usage errors and the like
+        return _error(exc.format_message(), getattr(exc, "exit_code", 2))
+    except typer.Abort:
+        return _error("aborted", 1)
+    except errors.LogStoreError as exc:
+        return _error(str(exc), 1)
+    except KeyboardInterrupt:  # SIGINT, or SIGTERM outside consume --follow
+        try:
+            sys.stdout.flush()  # what was printed before the signal is kept
+        except (BrokenPipeError, ValueError):
+            pass
+        return 130
+    except (BrokenPipeError, ReaderGone):
+        # the reader went away (logctl consume | head): stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except Exception as exc:
+        return _error(f"unexpected {type(exc).__name__}: {exc}", 1)
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return code
+
+
+def main() -> None:
+    """Entry point of the ``logctl`` command."""
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,267 @@
+"""Broker configuration: one frozen, validated dataclass and its resolution.
+
+Precedence for every key (DESIGN.md, "Configuration"): command-line flag >
+environment variable ``LOGSTORE_<NAME>`` (the key upper-cased) > TOML file >
+default. Unknown keys in the TOML file and bad values from any source raise
+:class:`~logstore.errors.InvalidConfigError` naming the key, its source and
+the allowed range. Environment variables with other ``LOGSTORE_`` names are
+ignored: the client and the CLI read their own ``LOGSTORE_<NAME>`` variables
+from the same environment.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Final
+
+from logstore.config import DAY_MS, MiB, StoreConfig, TopicConfig
+from logstore.errors import InvalidConfigError
+
+ENV_PREFIX: Final = "LOGSTORE_"
+#: Headroom above the largest batch for the request's own fields (topic name,
+#: key, producer fields): DESIGN.md requires max_request_bytes >= the largest
+#: topic max_batch_bytes + 64 KiB.
+REQUEST_HEADROOM_BYTES: Final = 64 * 1024
+#: Fetch long polls wait at most this long whatever the client asks.
+MAX_WAIT_MS_CAP: Final = 30_000
+LOG_FORMATS: Final = ("text", "json")
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """Everything the broker process can be configured with."""
+
+    #: gRPC address HOST:PORT; port 0 picks a free port.
+    listen: str = "127.0.0.1:7070"
+    #: Prometheus metrics address HOST:PORT; port 0 picks a free port.
+    metrics_listen: str = "127.0.0.1:9464"
+    data_dir: str = "./data"
+    log_format: str = "text"
+    log_level: str = "info"
+    #: Listening on a non-loopback address needs this (there is no auth yet).
+    allow_remote: bool = False
+
+    #: gRPC max_receive_message_length. Above it gRPC itself answers
+    #: RESOURCE_EXHAUSTED without a retry hint.
+    max_request_bytes: int = 4 * MiB
+    #: Sum of the sizes of produce requests being handled (received, not yet
+    #: answered, or queued with acks=NONE). 64 MiB = 16 maximal requests: with
+    #: 1 MiB batches that keeps 2 cores busy while bounding broker memory.
+    max_inflight_produce_bytes: int = 64 * MiB
+    #: Produce, Fetch, admin calls and ProduceStreams being handled at once.
+    max_concurrent_requests: int = 256
+    #: Fetch requests parked in a long poll at once.
+    max_long_poll_waiters: int = 1024
+    #: Subscribe streams open at once.
+    max_subscriptions: int = 256
+    #: Largest message pushed on one Subscribe stream (the client's max_bytes
+    #: is clamped to it; one whole batch is still sent when larger). Together
+    #: with awaiting each write, this bounds what the broker holds per stream.
+    subscribe_max_bytes: int = 1 * MiB
+    #: Largest Fetch reply (the client's max_bytes is clamped to it).
+    fetch_max_bytes: int = 16 * MiB
+    #: ProduceStream: requests accepted but not yet answered, per stream.
+    produce_stream_max_inflight: int = 64
+    #: The delay suggested in google.rpc.RetryInfo when a limit is hit.
+    retry_after_ms: int = 100
+    #: Threads doing storage calls (appends, reads, admin) off the event loop.
+    io_threads: int = 8
+
+    #: SIGTERM/SIGINT: in-flight unary requests get this long to finish.
+    shutdown_grace_ms: int = 5000
+    #: Background fsync of everything (bounds data lost at a power cut with
+    #: acks=LEADER/NONE); acks=ALL never waits for it. 0 disables.
+    flush_interval_ms: int = 1000
+    #: How often store.maintain() runs (roll by time, retention, idle close).
+    maintain_interval_ms: int = 10_000
+
+    # Store limits: the defaults are StoreConfig's own.
+    max_open_segments: int = StoreConfig.max_open_segments
+    index_cache_bytes: int = StoreConfig.index_cache_bytes
+    recovery_checkpoint_interval_ms: int = StoreConfig.recovery_checkpoint_interval_ms
+    idle_close_ms: int = StoreConfig.idle_close_ms
+    producer_id_expiration_ms: int = StoreConfig.producer_id_expiration_ms
+    max_producer_ids: int = StoreConfig.max_producer_ids
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            _check(f.name, getattr(self, f.name))
+        largest = TopicConfig().max_batch_bytes + REQUEST_HEADROOM_BYTES
+        if self.max_request_bytes < largest:
+            raise InvalidConfigError(
+                f"max_request_bytes ({self.max_request_bytes}) must be at least the default "
+                f"topic max_batch_bytes + 64 KiB ({largest})"
+            )
+        if self.max_inflight_produce_bytes < self.max_request_bytes:
+            raise InvalidConfigError(
+                f"max_inflight_produce_bytes ({self.max_inflight_produce_bytes}) must be at "
+                f"least max_request_bytes ({self.max_request_bytes})"
+            )
+        # Every produce / fetch / admin call is validated against these.
+        self.store_config()
+
+    @property
+    def max_batch_bytes_limit(self) -> int:
+        """The largest topic max_batch_bytes this broker can accept."""
+        return self.max_request_bytes - REQUEST_HEADROOM_BYTES
+
+    def store_config(self) -> StoreConfig:
+        return StoreConfig(
+            max_open_segments=self.max_open_segments,
+            index_cache_bytes=self.index_cache_bytes,
+            recovery_checkpoint_interval_ms=self.recovery_checkpoint_interval_ms,
+            idle_close_ms=self.idle_close_ms,
+            producer_id_expiration_ms=self.producer_id_expiration_ms,
+            max_producer_ids=self.max_producer_ids,
+        )
+
+    @classmethod
+    def resolve(
+        cls,
+        flags: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+        config_file: str | os.PathLike[str] | None = None,
+    ) -> BrokerConfig:
+        """Defaults < TOML file < environment < flags (None values in flags are absent)."""
+        values: dict[str, Any] = {}
+        if config_file is not None:
+            values.update(_from_toml(Path(config_file)))
+        environ = os.environ if env is None else env
+        for f in fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = _coerce(f.name, raw, f"environment {ENV_PREFIX}{f.name.upper()}")
+        for key, raw in (flags or {}).items():
+            if raw is None:
+                continue
+            name = _known(key, "flag")
+            values[name] = _coerce(name, raw, f"flag --{name.replace('_', '-')}")
+        return cls(**values)
+
+
+_FIELD_TYPES: Final = {f.name: f.type for f in fields(BrokerConfig)}
+_DEFAULTS: Final = BrokerConfig.__dataclass_fields__
+
+#: (minimum, maximum) of each integer key.
+_INT_RANGES: Final[dict[str, tuple[int, int]]] = {
+    "max_request_bytes": (64 * 1024, 1 << 30),
+    "max_inflight_produce_bytes": (64 * 1024, 1 << 40),
+    "max_concurrent_requests": (1, 1_000_000),
+    "max_long_poll_waiters": (0, 1_000_000),
+    "max_subscriptions": (0, 1_000_000),
+    "subscribe_max_bytes": (1024, 1 << 30),
+    "fetch_max_bytes": (1024, 1 << 30),
+    "produce_stream_max_inflight": (1, 100_000),
+    "retry_after_ms": (1, 3_600_000),
+    "io_threads": (1, 256),
+    "shutdown_grace_ms": (0, 3_600_000),
+    "flush_interval_ms": (0, DAY_MS),
+    "maintain_interval_ms": (100, DAY_MS),
+    "max_open_segments": (4, 1_000_000),
+    "index_cache_bytes": (0, 1 << 40),
+    "recovery_checkpoint_interval_ms": (0, DAY_MS),
+    "idle_close_ms": (0, 365 * DAY_MS),
+    "producer_id_expiration_ms": (1, 365 * DAY_MS),
+    "max_producer_ids": (1, 100_000_000),
+}
+
+
+def _known(key: str, source: str) -> str:
+    name = key.replace("-", "_").replace(".", "_").lower()
+    if name not in _DEFAULTS:
+        known = ", ".join(sorted(_DEFAULTS))
+        raise InvalidConfigError(f"unknown broker config key {key!r} ({source}); known: {known}")
+    return name
+
+
+def _from_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise InvalidConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    # A [broker] table is accepted as well as top-level keys.
+    broker = data.pop("broker", None)
+    if isinstance(broker, dict):
+        data.update(broker)
+    out: dict[str, Any] = {}
+    for key, raw in data.items():
+        name = _known(key, f"config file {path}")
+        out[name] = _coerce(name, raw, f"config file {path}")
+    return out
+
+
+def _coerce(name: str, raw: Any, source: str) -> Any:
+    kind = _FIELD_TYPES[name]
+    if kind == "bool":
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off", ""):
+            return False
+        raise InvalidConfigError(f"{name} ({source}) must be true or false, not {raw!r}")
+    if kind == "int":
+        if isinstance(raw, bool):
+            raise InvalidConfigError(f"{name} ({source}) must be an integer, not {raw!r}")
+        if isinstance(raw, int):
+            return raw
+        try:
+            return int(str(raw).strip().replace("_", ""))
+        except ValueError:
+            lo, hi = _INT_RANGES[name]
+            raise InvalidConfigError(
+                f"{name} ({source}) must be an integer in {lo}..{hi}, not {raw!r}"
+            ) from None
+    if not isinstance(raw, str | os.PathLike):
+        raise InvalidConfigError(f"{name} ({source}) must be a string, not {raw!r}")
+    return os.fspath(raw)
+
+
+def _check(name: str, value: Any) -> None:
+    if name in _INT_RANGES:
+        lo, hi = _INT_RANGES[name]
+        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+            raise InvalidConfigError(f"{name} must be an integer in {lo}..{hi}, got {value!r}")
+    elif name in ("listen", "metrics_listen"):
+        split_address(value, name)
+    elif name == "log_format" and value not in LOG_FORMATS:
+        raise InvalidConfigError(f"log_format must be one of {', '.join(LOG_FORMATS)}: {value!r}")
+    elif name == "log_level" and value not in LOG_LEVELS:
+        raise InvalidConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}: {value!r}")
+    elif name == "data_dir" and (not isinstance(value, str) or not value):
+        raise InvalidConfigError("data_dir must be a non-empty path")
+
+
+def split_address(address: str, key: str = "listen") -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) -> (host, port); InvalidConfigError if bad."""
+    if not isinstance(address, str):
+        raise InvalidConfigError(f"{key} must be HOST:PORT, not {address!r}")
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise InvalidConfigError(f"{key} must be HOST:PORT (port 0 = any free port): {address!r}")
+    port = int(port_text)
+    if port > 65535:
+        raise InvalidConfigError(f"{key}: port must be in 0..65535, got {port}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, port
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback IP literals; any other host is remote."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,188 @@
+"""Prometheus metrics of one broker, in their own registry.
+
+Counters and histograms are updated per request or per batch (never per
+record). Partition offsets and sizes and the store's open files and mapped
+index bytes are read from the store at scrape time by :class:`StoreCollector`
+(in the HTTP server's thread; the store's read methods are thread-safe), so
+the data path pays nothing for them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+
+if TYPE_CHECKING:
+    from logstore.storage import Store
+
+log = logging.getLogger("logstore.broker")
+
+#: Latency buckets (s): loopback round trips are ~0.5 ms, fsyncs 0.2-20 ms.
+_LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+
+
+class BrokerMetrics:
+    """Every metric the broker exports."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "logstore_requests",
+            "RPCs answered, by method and status code",
+            ["method", "code"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "logstore_request_seconds",
+            "RPC latency by method (Fetch includes long-poll waits)",
+            ["method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.produce_bytes = Counter(
+            "logstore_produce_bytes", "Record bytes appended, by topic", ["topic"], registry=r
+        )
+        self.produce_records = Counter(
+            "logstore_produce_records", "Records appended, by topic", ["topic"], registry=r
+        )
+        self.produce_batches = Counter(
+            "logstore_produce_batches", "Batches appended, by topic", ["topic"], registry=r
+        )
+        self.produce_duplicates = Counter(
+            "logstore_produce_duplicate_batches",
+            "Idempotent retries answered with their original offset",
+            registry=r,
+        )
+        self.fetch_bytes = Counter(
+            "logstore_fetch_bytes",
+            "Frame bytes sent by Fetch and Subscribe",
+            ["method"],
+            registry=r,
+        )
+        self.fetch_records = Counter(
+            "logstore_fetch_records",
+            "Records sent by Fetch and Subscribe (from the requested offset)",
+            ["method"],
+            registry=r,
+        )
+        self.sync_wait = Histogram(
+            "logstore_fsync_wait_seconds",
+            "acks=ALL: time from append to the group-commit fsync covering it",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.fsync_seconds = Histogram(
+            "logstore_fsync_seconds",
+            "Duration of one group-commit fsync of a partition (flusher thread)",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.fsync_batch_size = Histogram(
+            "logstore_fsync_batch_size",
+            "acks=ALL waiters completed by one group-commit fsync",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
+        self.inflight_bytes = Gauge(
+            "logstore_inflight_produce_bytes", "Produce request bytes being handled", registry=r
+        )
+        self.inflight_requests = Gauge(
+            "logstore_inflight_requests", "Requests being handled", registry=r
+        )
+        self.long_poll_waiters = Gauge(
+            "logstore_long_poll_waiters", "Fetch requests parked in a long poll", registry=r
+        )
+        self.subscriptions = Gauge("logstore_subscriptions", "Open Subscribe streams", registry=r)
+        self.rejected = Counter(
+            "logstore_rejected_requests",
+            "Requests refused with RESOURCE_EXHAUSTED, by the limit hit",
+            ["reason"],
+            registry=r,
+        )
+        self.acks_none_errors = Counter(
+            "logstore_acks_none_errors",
+            "acks=NONE batches that failed after the reply was sent",
+            registry=r,
+        )
+
+    def attach_store(self, store: Store) -> None:
+        self.registry.register(StoreCollector(store))
+        fsync = self.fsync_seconds
+        batch = self.fsync_batch_size
+
+        # Called by the store's flusher thread after each partition fsync.
+        def on_fsync(_log: object, seconds: float, waiters: int) -> None:
+            fsync.observe(seconds)
+            batch.observe(waiters)
+
+        store.on_fsync = on_fsync
+
+
+class StoreCollector:
+    """Partition offsets and sizes, open files and mapped bytes, read at scrape time."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def describe(self) -> list[Any]:
+        return []  # collected lazily: the set of partitions changes
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        labels = ["topic", "partition"]
+        start = GaugeMetricFamily(
+            "logstore_partition_log_start_offset", "Log start offset", labels=labels
+        )
+        end = GaugeMetricFamily(
+            "logstore_partition_log_end_offset", "Log end offset (high watermark)", labels=labels
+        )
+        size = GaugeMetricFamily(
+            "logstore_partition_size_bytes", "Bytes of .log files", labels=labels
+        )
+        segs = GaugeMetricFamily("logstore_partition_segments", "Segment count", labels=labels)
+        try:
+            for topic in self._store.topics():
+                for p in range(topic.partitions):
+                    info = self._store.partition_info(topic.name, p)
+                    lv = [topic.name, str(p)]
+                    start.add_metric(lv, info.log_start_offset)
+                    end.add_metric(lv, info.log_end_offset)
+                    size.add_metric(lv, info.size_bytes)
+                    segs.add_metric(lv, info.segment_count)
+            stats = self._store.stats()
+        except Exception as exc:  # a scrape during shutdown or deletion: export what we have
+            log.debug("metrics scrape incomplete: %s", exc)
+            yield from (start, end, size, segs)
+            return
+        yield from (start, end, size, segs)
+        yield GaugeMetricFamily(
+            "logstore_open_files", "Open segment files of the store", value=stats.open_files
+        )
+        yield GaugeMetricFamily(
+            "logstore_mapped_index_bytes",
+            "Bytes of index files memory-mapped by the store",
+            value=stats.mapped_index_bytes,
+        )
+        yield GaugeMetricFamily(
+            "logstore_partitions", "Partitions in the store", value=stats.partitions
+        )

@@ -1,0 +1,385 @@
+"""Server assembly: the handler table, startup, serving, and shutdown.
+
+``create_server(config)`` opens the store and returns a started
+:class:`Broker` and its bound :class:`Ports`; ``serve(config)`` adds the
+first stdout line, signals, periodic maintenance and the drain;
+``serve_main(...)`` is the CLI entry point (``python -m logstore.broker`` and
+``logctl serve``).
+
+Handler table: the generated ``add_LogStoreServicer_to_server`` serializes
+replies with ``SerializeToString``; we build our own table so Fetch and
+Subscribe reply with stored bytes (identity response serializer) and Produce
+and ProduceStream receive raw bytes (identity request deserializer), and
+register it with both ``add_generic_rpc_handlers`` and
+``add_registered_method_handlers`` (as generated code does), so server
+reflection still describes the service.
+
+Shutdown (SIGTERM/SIGINT): health goes NOT_SERVING, new requests are refused
+(UNAVAILABLE), long polls are answered and Subscribe streams ended at once,
+other in-flight requests get ``shutdown_grace_ms``; then queued acks=NONE
+appends finish, the store is flushed and closed (clean-shutdown marker), and
+the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import resource
+import signal
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from logstore.errors import InvalidConfigError, LogStoreError
+from logstore.storage import Store
+from logstore.v1 import logstore_pb2 as pb
+
+from ._admin import AdminService
+from ._config import REQUEST_HEADROOM_BYTES, BrokerConfig, is_loopback, split_address
+from ._logging import setup_logging
+from ._metrics import BrokerMetrics
+from ._service import LogStoreService
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+log = logging.getLogger("logstore.broker")
+
+SERVICE_NAME: Final = "logstore.v1.LogStore"
+#: gRPC's own concurrency cap, a backstop well above the broker's limits: it
+#: refuses with no retry hint, so the broker's limiter must trip first.
+_BACKSTOP_FACTOR: Final = 2
+
+
+@dataclass(frozen=True)
+class Ports:
+    grpc: int
+    metrics: int
+
+
+def _handlers(
+    svc: LogStoreService, admin: AdminService
+) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+    def ser(m: Any) -> bytes:
+        return bytes(m.SerializeToString())
+
+    def unary(name: str, fn: Any, request_type: Any) -> grpc.RpcMethodHandler[Any, Any]:
+        return grpc.unary_unary_rpc_method_handler(
+            svc.wrap(name, fn),
+            request_deserializer=request_type.FromString,
+            response_serializer=ser,
+        )
+
+    return {
+        # Raw request bytes in: split_produce_request parses them once.
+        "Produce": grpc.unary_unary_rpc_method_handler(
+            svc.wrap("Produce", svc.produce), request_deserializer=None, response_serializer=ser
+        ),
+        "ProduceStream": grpc.stream_stream_rpc_method_handler(
+            svc.wrap("ProduceStream", svc.produce_stream),
+            request_deserializer=None,
+            response_serializer=ser,
+        ),
+        # Stored bytes out, unchanged.
+        "Fetch": grpc.unary_unary_rpc_method_handler(
+            svc.wrap("Fetch", svc.fetch),
+            request_deserializer=pb.FetchRequest.FromString,
+            response_serializer=None,
+        ),
+        "Subscribe": grpc.unary_stream_rpc_method_handler(
+            svc.wrap("Subscribe", svc.subscribe),
+            request_deserializer=pb.SubscribeRequest.FromString,
+            response_serializer=None,
+        ),
+        "InitProducer": unary("InitProducer", admin.init_producer, pb.InitProducerRequest),
+        "CreateTopic": unary("CreateTopic", admin.create_topic, pb.CreateTopicRequest),
+        "DeleteTopic": unary("DeleteTopic", admin.delete_topic, pb.DeleteTopicRequest),
+        "ListTopics": unary("ListTopics", admin.list_topics, pb.ListTopicsRequest),
+        "DescribeTopic": unary("DescribeTopic", admin.describe_topic, pb.DescribeTopicRequest),
+        "AlterTopicConfig": unary(
+            "AlterTopicConfig", admin.alter_topic_config, pb.AlterTopicConfigRequest
+        ),
+        "CreatePartitions": unary(
+            "CreatePartitions", admin.create_partitions, pb.CreatePartitionsRequest
+        ),
+        "DeleteRecords": unary("DeleteRecords", admin.delete_records, pb.DeleteRecordsRequest),
+        "ListOffsets": unary("ListOffsets", admin.list_offsets, pb.ListOffsetsRequest),
+    }
+
+
+def check_addresses(config: BrokerConfig) -> None:
+    """Refuse non-loopback addresses unless allow_remote (then warn)."""
+    for key in ("listen", "metrics_listen"):
+        address = getattr(config, key)
+        host, _ = split_address(address, key)
+        if is_loopback(host):
+            continue
+        if not config.allow_remote:
+            raise InvalidConfigError(
+                f"{key} {address} is not a loopback address; the broker has no authentication "
+                "yet, so pass --allow-remote to listen on it anyway"
+            )
+        log.warning(
+            "listening on a non-loopback address without authentication",
+            extra={"fields": {"key": key, "address": address}},
+        )
+
+
+def raise_nofile_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit (many partitions, many clients)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("could not raise RLIMIT_NOFILE from %d to %d: %s", soft, target, exc)
+
+
+def _format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Broker:
+    """A running broker: gRPC server, store, service, health and metrics endpoint."""
+
+    def __init__(
+        self,
+        config: BrokerConfig,
+        store: Store,
+        server: grpc.aio.Server,
+        service: LogStoreService,
+        health_servicer: Any,  # grpc_health's aio HealthServicer (untyped)
+        metrics: BrokerMetrics,
+        metrics_server: WSGIServer,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.server = server
+        self.service = service
+        self.health = health_servicer
+        self.metrics = metrics
+        self._metrics_server = metrics_server
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = False
+
+    def start_periodic(self) -> None:
+        """Background maintain() and flush() on their intervals."""
+        loop = asyncio.get_running_loop()
+        self._tasks.append(
+            loop.create_task(self._every(self.config.maintain_interval_ms, self.store.maintain))
+        )
+        if self.config.flush_interval_ms > 0:
+            self._tasks.append(
+                loop.create_task(self._every(self.config.flush_interval_ms, self.store.flush))
+            )
+
+    async def _every(self, interval_ms: int, fn: Any) -> None:
+        name = getattr(fn, "__name__", "task")
+        while True:
+            await asyncio.sleep(interval_ms / 1000)
+            try:
+                await self.service.run_io(fn)
+            except Exception as exc:
+                log.error("periodic %s failed: %s", name, exc, exc_info=exc)
+
+    async def stop(self) -> None:
+        """Drain and close (idempotent). See the module docstring for the order."""
+        if self._stopped:
+            return
+        self._stopped = True
+        log.info("shutting down", extra={"fields": {"grace_ms": self.config.shutdown_grace_ms}})
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await self.health.enter_graceful_shutdown()
+        self.service.begin_shutdown()
+        await self.server.stop(self.config.shutdown_grace_ms / 1000)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.service.drain_background()
+        t1 = loop.time()
+        await loop.run_in_executor(None, self.store.flush)
+        t2 = loop.time()
+        await loop.run_in_executor(None, self.store.close)
+        self._metrics_server.shutdown()
+        self._metrics_server.server_close()
+        log.info(
+            "stopped cleanly",
+            extra={
+                "fields": {
+                    "drain_ms": round((t1 - t0) * 1000),
+                    "flush_ms": round((t2 - t1) * 1000),
+                    "close_ms": round((loop.time() - t2) * 1000),
+                }
+            },
+        )
+
+
+def _check_existing_topics(store: Store, config: BrokerConfig) -> None:
+    limit = config.max_batch_bytes_limit
+    for topic in store.topics():
+        if topic.config.max_batch_bytes > limit:
+            raise InvalidConfigError(
+                f"max_request_bytes {config.max_request_bytes} is too small for topic "
+                f"{topic.name!r} (max_batch_bytes {topic.config.max_batch_bytes}); it must be at "
+                f"least {topic.config.max_batch_bytes + REQUEST_HEADROOM_BYTES}"
+            )
+
+
+async def create_server(config: BrokerConfig) -> tuple[Broker, Ports]:
+    """Open the store, bind both ports and start serving; return the broker and its ports."""
+    check_addresses(config)
+    loop = asyncio.get_running_loop()
+    data_dir = os.path.abspath(config.data_dir)
+    store = await loop.run_in_executor(None, Store.open, data_dir, config.store_config())
+    try:
+        _check_existing_topics(store, config)
+        store.start_flusher()
+        metrics = BrokerMetrics()
+        metrics.attach_store(store)
+        service = LogStoreService(store, config, metrics)
+        service.start(loop)
+        backstop = _BACKSTOP_FACTOR * (
+            config.max_concurrent_requests + config.max_long_poll_waiters + config.max_subscriptions
+        )
+        server = grpc.aio.server(
+            maximum_concurrent_rpcs=backstop,
+            options=[
+                ("grpc.max_receive_message_length", config.max_request_bytes),
+                # Replies carry at least one whole batch, which may exceed
+                # fetch_max_bytes; a batch is < max_request_bytes.
+                (
+                    "grpc.max_send_message_length",
+                    config.fetch_max_bytes + config.max_request_bytes,
+                ),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        handlers = _handlers(service, AdminService(store, config, service.run_io))
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),)
+        )
+        server.add_registered_method_handlers(SERVICE_NAME, handlers)  # type: ignore[attr-defined]
+        health_servicer: Any = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        try:
+            grpc_port = server.add_insecure_port(config.listen)
+        except RuntimeError as exc:
+            raise InvalidConfigError(f"cannot listen on {config.listen}: {exc}") from exc
+        mhost, mport = split_address(config.metrics_listen, "metrics_listen")
+        try:
+            metrics_server, _ = start_http_server(mport, mhost, registry=metrics.registry)
+        except OSError as exc:
+            raise InvalidConfigError(
+                f"cannot listen on metrics_listen {config.metrics_listen}: {exc.strerror}"
+            ) from exc
+        await server.start()
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    except BaseException:
+        await loop.run_in_executor(None, store.close)
+        raise
+    broker = Broker(config, store, server, service, health_servicer, metrics, metrics_server)
+    return broker, Ports(grpc=grpc_port, metrics=int(metrics_server.server_port))
+
+
+async def serve(config: BrokerConfig) -> int:
+    """Run until SIGTERM/SIGINT, then drain; 0 on a clean stop."""
+    broker, ports = await create_server(config)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        broker.start_periodic()
+        ghost, _ = split_address(config.listen)
+        mhost, _ = split_address(config.metrics_listen, "metrics_listen")
+        line = (
+            f"logstore listening grpc={_format_address(ghost, ports.grpc)} "
+            f"metrics={_format_address(mhost, ports.metrics)} "
+            f"data_dir={os.path.abspath(config.data_dir)}\n"
+        )
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        log.info(
+            "listening",
+            extra={
+                "fields": {
+                    "grpc": _format_address(ghost, ports.grpc),
+                    "metrics": _format_address(mhost, ports.metrics),
+                    "data_dir": os.path.abspath(config.data_dir),
+                    "pid": os.getpid(),
+                }
+            },
+        )
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await broker.stop()
+    return 0
+
+
+def serve_main(
+    data_dir: str | None = None,
+    listen: str | None = None,
+    metrics_listen: str | None = None,
+    config_file: str | None = None,
+    log_format: str | None = None,
+    allow_remote: bool | None = None,
+) -> int:
+    """Resolve the configuration (flag > env > file > default), serve; the exit code.
+
+    ``None`` means "flag not given". Returns 0 after a clean shutdown, 2 for a
+    bad configuration, 1 for any other failure (each reported as one line on
+    stderr).
+    """
+    flags = {
+        "data_dir": data_dir,
+        "listen": listen,
+        "metrics_listen": metrics_listen,
+        "log_format": log_format,
+        "allow_remote": allow_remote,
+    }
+    try:
+        config = BrokerConfig.resolve(flags, config_file=config_file)
+    except InvalidConfigError as exc:
+        sys.stderr.write(f"logstore: error: {exc}\n")
+        return 2
+    setup_logging(config.log_format, config.log_level)
+    raise_nofile_limit()
+    try:
+        return asyncio.run(serve(config))
+    except InvalidConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    except LogStoreError as exc:
+        log.error("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        return 1
+    except Exception as exc:
+        log.error("broker failed: %s", exc, exc_info=exc)
+        return 1
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()

@@ -1,0 +1,24 @@
+"""The producer: records are encoded at ``send()`` into per-partition batches that
+a background sender thread ships as raw ``Produce`` requests.
+
+- :mod:`._accumulator`: encoding (``logstore.wire``'s encoder), batching, the
+  sticky and key partitioners, the buffer bound;
+- :mod:`._sender`: the thread, request bytes, delivery order, retries
+  (the client's one backoff policy, :mod:`logstore.client._backoff`);
+- :mod:`._idempotence`: producer id, epoch and sequence numbers;
+- :mod:`._handles`: what ``send`` and ``send_many`` return;
+- :mod:`._producer`: the :class:`Producer` that wires them together.
+"""
+
+from ._handles import RecordHandle, SendResult
+from ._producer import Producer, parse_acks
+from ._sender import GrpcTransport, Transport
+
+__all__ = [
+    "GrpcTransport",
+    "Producer",
+    "RecordHandle",
+    "SendResult",
+    "Transport",
+    "parse_acks",
+]

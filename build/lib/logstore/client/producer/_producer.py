@@ -1,0 +1,133 @@
+"""The Producer: the accumulator, the sender thread and idempotence, wired together.
+
+``Producer`` is a :class:`~._accumulator.RecordAccumulator` (``send`` and
+``send_many`` are its methods: the hot path pays no extra call) that owns a
+transport, an :class:`~._idempotence.Idempotence` and a
+:class:`~._sender.Sender`. See those modules for batching, delivery,
+retries and sequence numbers.
+
+Thread-safety: ``send``/``send_many``/``flush`` may be called from any thread.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from logstore import errors
+from logstore.v1 import logstore_pb2
+
+from .._backoff import Backoff
+from ._accumulator import BATCH_HEADER_BYTES, RecordAccumulator
+from ._idempotence import Idempotence
+from ._sender import GrpcTransport, Sender, Transport
+
+_ACKS: Final[dict[str, int]] = {
+    "all": logstore_pb2.ACKS_ALL,
+    "-1": logstore_pb2.ACKS_ALL,
+    "1": logstore_pb2.ACKS_LEADER,
+    "leader": logstore_pb2.ACKS_LEADER,
+    "0": logstore_pb2.ACKS_NONE,
+    "none": logstore_pb2.ACKS_NONE,
+}
+
+
+def parse_acks(acks: str | int) -> int:
+    """Kafka's spellings (``0``, ``1``, ``all``/``-1``) to the ``Acks`` enum."""
+    value = _ACKS.get(str(acks).strip().lower())
+    if value is None:
+        raise errors.InvalidArgumentError(f"acks must be 0, 1 or all, not {acks!r}")
+    return value
+
+
+class Producer(RecordAccumulator):
+    """Sends records to a broker in batches.
+
+    ``send`` returns a :class:`RecordHandle` at once; ``send_many`` a
+    :class:`SendResult` for a list of values. Records are batched per
+    partition (``linger_ms``, ``batch_bytes``), shipped by a background thread
+    with at most one request in flight per partition, and retried on
+    UNAVAILABLE (or a hinted RESOURCE_EXHAUSTED) with full-jitter backoff until
+    ``delivery_timeout_ms``. ``idempotent`` (default: unless acks=0) makes a
+    retried batch stored once. ``flush`` waits for everything sent so far.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str = "127.0.0.1:7070",
+        *,
+        acks: str | int = "all",
+        linger_ms: int = 5,
+        batch_bytes: int = 1 << 20,
+        idempotent: bool | None = None,
+        delivery_timeout_ms: int = 120_000,
+        request_timeout_ms: int = 30_000,
+        connect_timeout_ms: int = 5_000,
+        retry_backoff_ms: int = 100,
+        retry_backoff_max_ms: int = 1_000,
+        buffer_bytes: int = 64 << 20,
+        max_block_ms: int = 60_000,
+        max_in_flight: int = 8,
+        metadata_max_age_ms: int = 300_000,
+        transport: Transport | None = None,
+    ) -> None:
+        acks_value = parse_acks(acks)
+        if idempotent is None:
+            idempotent = acks_value != logstore_pb2.ACKS_NONE
+        elif idempotent and acks_value == logstore_pb2.ACKS_NONE:
+            raise errors.InvalidArgumentError("idempotent=True needs acks 1 or all, not 0")
+        if batch_bytes <= BATCH_HEADER_BYTES:
+            raise errors.InvalidArgumentError(f"batch_bytes must exceed {BATCH_HEADER_BYTES}")
+        if linger_ms < 0 or delivery_timeout_ms <= 0 or max_in_flight < 1:
+            raise errors.InvalidArgumentError(
+                "linger_ms >= 0, delivery_timeout_ms > 0, max_in_flight >= 1"
+            )
+        backoff = Backoff(retry_backoff_ms, retry_backoff_max_ms)
+        self._transport: Transport = transport or GrpcTransport(
+            bootstrap, connect_timeout_ms, request_timeout_ms
+        )
+        self.address = self._transport.address
+        super().__init__(
+            topic_metadata=self._transport.topic_metadata,
+            on_new_topic=self._first_send_to_a_topic,
+            batch_bytes=batch_bytes,
+            linger_ms=linger_ms,
+            delivery_timeout_ms=delivery_timeout_ms,
+            buffer_bytes=buffer_bytes,
+            max_block_ms=max_block_ms,
+        )
+        self._idempotence = Idempotence(idempotent, self._transport.init_producer, self._lock)
+        self._sender = Sender(
+            self,
+            self._transport,
+            self._idempotence,
+            acks=acks_value,
+            request_timeout_ms=request_timeout_ms,
+            backoff=backoff,
+            max_in_flight=max_in_flight,
+            metadata_max_age_ms=metadata_max_age_ms,
+        )
+        self._sender.start()
+
+    def _first_send_to_a_topic(self) -> None:
+        # Take the producer id here, in the caller's thread: an InitProducer
+        # failure is then raised by send() instead of failing batches later.
+        self._idempotence.refresh_if_stale()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush, stop the sender thread and close the connection. Idempotent."""
+        if self._closed:
+            return
+        try:
+            self.flush(timeout)
+        finally:
+            with self._lock:
+                self._closed = True
+                self._cond.notify_all()
+            self._sender.join()
+            self._transport.close()
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,180 @@
+"""Validated, frozen configuration: topic configs and store limits.
+
+Canonical keys are snake_case; Kafka's dotted names are accepted as aliases
+(``retention.ms``). Unknown keys and bad values raise
+:class:`~logstore.errors.InvalidConfigError` naming the key and the allowed
+range. Values may be given as ints or as strings (as they arrive from the CLI
+and the gRPC API, where configs are ``map<string, string>``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Final
+
+from logstore.errors import InvalidConfigError
+
+KiB: Final = 1024
+MiB: Final = 1024 * KiB
+GiB: Final = 1024 * MiB
+DAY_MS: Final = 24 * 3600 * 1000
+
+#: Positions in a segment are u32, so a segment must stay below 4 GiB.
+MAX_SEGMENT_BYTES: Final = (1 << 32) - 1
+MAX_PARTITIONS: Final = 10_000
+CLEANUP_POLICIES: Final = ("delete",)
+
+
+@dataclass(frozen=True)
+class _Range:
+    lo: int
+    hi: int
+    minus_one_ok: bool = False  # -1 means "unlimited"
+
+    def describe(self) -> str:
+        s = f"{self.lo}..{self.hi}"
+        return s + " or -1 (unlimited)" if self.minus_one_ok else s
+
+
+@dataclass(frozen=True)
+class TopicConfig:
+    """Per-topic settings (DESIGN.md, "Configuration")."""
+
+    segment_bytes: int = 1 * GiB
+    segment_ms: int = 7 * DAY_MS
+    retention_ms: int = 7 * DAY_MS
+    retention_bytes: int = -1
+    index_interval_bytes: int = 4096
+    max_batch_bytes: int = 1 * MiB
+    cleanup_policy: str = "delete"
+
+    def __post_init__(self) -> None:
+        # A batch larger than segment_bytes is allowed: it gets a segment of its own.
+        for f in fields(self):
+            _check(f.name, getattr(self, f.name))
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any] | None = None) -> TopicConfig:
+        """Defaults overridden by ``values`` (keys canonical or dotted aliases)."""
+        return cls().with_changes(values or {})
+
+    def with_changes(
+        self, values: Mapping[str, Any], reset: tuple[str, ...] | list[str] = ()
+    ) -> TopicConfig:
+        """A copy with ``values`` set and the ``reset`` keys back at their defaults."""
+        changes: dict[str, Any] = {}
+        defaults = TopicConfig.__dataclass_fields__
+        for key in reset:
+            name = canonical_key(key)
+            changes[name] = defaults[name].default
+        for key, raw in values.items():
+            name = canonical_key(key)
+            changes[name] = _coerce(name, raw)
+        return dataclasses.replace(self, **changes)
+
+    def to_strings(self) -> dict[str, str]:
+        """Every key with its value as a string (the gRPC API's form)."""
+        return {f.name: str(getattr(self, f.name)) for f in fields(self)}
+
+    def to_dict(self) -> dict[str, int | str]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+_RANGES: Final[dict[str, _Range]] = {
+    "segment_bytes": _Range(14 + 72 + 1, MAX_SEGMENT_BYTES),
+    "segment_ms": _Range(1, 2**62),
+    "retention_ms": _Range(1, 2**62, minus_one_ok=True),
+    "retention_bytes": _Range(0, 2**62, minus_one_ok=True),
+    "index_interval_bytes": _Range(0, 1 << 30),
+    "max_batch_bytes": _Range(72 + 1, 1 << 30),
+}
+
+#: Kafka's names for the same keys.
+_ALIASES: Final = {
+    "segment.bytes": "segment_bytes",
+    "segment.ms": "segment_ms",
+    "retention.ms": "retention_ms",
+    "retention.bytes": "retention_bytes",
+    "index.interval.bytes": "index_interval_bytes",
+    "max.message.bytes": "max_batch_bytes",
+    "max.batch.bytes": "max_batch_bytes",
+    "cleanup.policy": "cleanup_policy",
+}
+
+
+def canonical_key(key: str) -> str:
+    """The snake_case name of a config key; InvalidConfigError if unknown."""
+    name = _ALIASES.get(key, key)
+    if name not in TopicConfig.__dataclass_fields__:
+        known = ", ".join(sorted(TopicConfig.__dataclass_fields__))
+        raise InvalidConfigError(f"unknown config key {key!r}; known keys: {known}")
+    return name
+
+
+def _coerce(name: str, raw: Any) -> Any:
+    if name == "cleanup_policy":
+        return str(raw)
+    if isinstance(raw, bool):
+        raise InvalidConfigError(f"{name} must be an integer in {_RANGES[name].describe()}")
+    if isinstance(raw, int):
+        return raw
+    try:
+        return int(str(raw).strip().replace("_", ""))
+    except ValueError:
+        raise InvalidConfigError(
+            f"{name} must be an integer in {_RANGES[name].describe()}, not {raw!r}"
+        ) from None
+
+
+def _check(name: str, value: Any) -> None:
+    if name == "cleanup_policy":
+        if value == "compact":
+            raise InvalidConfigError(
+                "cleanup_policy 'compact' is not supported yet; allowed: delete"
+            )
+        if value not in CLEANUP_POLICIES:
+            raise InvalidConfigError(f"cleanup_policy must be one of: delete; got {value!r}")
+        return
+    r = _RANGES[name]
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidConfigError(f"{name} must be an integer in {r.describe()}, not {value!r}")
+    if r.minus_one_ok and value == -1:
+        return
+    if not r.lo <= value <= r.hi:
+        raise InvalidConfigError(f"{name} must be in {r.describe()}, got {value}")
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Limits of one Store (one data directory)."""
+
+    #: Cap on open segment handles (.log descriptors) and active index maps
+    #: across all partitions. Kafka keeps every segment open, which is how
+    #: clusters hit vm.max_map_count and FD exhaustion; we keep an LRU.
+    max_open_segments: int = 256
+    #: Bytes of sealed-segment indexes kept in memory (LRU). A full 1 GiB
+    #: segment at the default 4 KiB interval has 262,144 offset entries (2 MiB)
+    #: and at most as many 16-byte time entries (4 MiB), so 32 MiB keeps the
+    #: indexes of the ~5 most recently read full segments; a miss re-reads one
+    #: small file, so this bounds memory and only costs speed when too small.
+    index_cache_bytes: int = 32 * MiB
+    #: How often the recovery point checkpoint may advance with flushes.
+    recovery_checkpoint_interval_ms: int = 1000
+    #: A partition not written for this long closes its active segment's
+    #: handles and maps.
+    idle_close_ms: int = 60_000
+    #: Idempotent producer state.
+    producer_id_expiration_ms: int = DAY_MS
+    max_producer_ids: int = 10_000
+
+    def __post_init__(self) -> None:
+        if self.max_open_segments < 4:
+            raise InvalidConfigError("max_open_segments must be at least 4")
+        if self.index_cache_bytes < 0:
+            raise InvalidConfigError("index_cache_bytes must be >= 0")
+        if self.recovery_checkpoint_interval_ms < 0:
+            raise InvalidConfigError("recovery_checkpoint_interval_ms must be >= 0")
+        if self.max_producer_ids < 1:
+            raise InvalidConfigError("max_producer_ids must be >= 1")

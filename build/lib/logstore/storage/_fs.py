@@ -1,0 +1,213 @@
+"""The I/O seam: every file operation of ``logstore.storage`` goes through here.
+
+:class:`FileSystem` is the real one (POSIX calls on file descriptors). Tests
+substitute a simulated disk with the same methods that knows, per file, what
+was fsynced, and can cut the power or fail any call with EIO or ENOSPC
+(``tests/simdisk.py``). Nothing else in storage calls ``open``, ``os.*`` or
+``mmap`` on data-directory files.
+
+Contract:
+- ``OSError`` is translated here, once, into :class:`~logstore.errors.StorageError`
+  (``ENOSPC``/``EDQUOT`` into :class:`~logstore.errors.DiskFullError`) with the
+  path in the message; callers never see a bare ``OSError``.
+- ``append`` writes every buffer at the end of the file, retrying short writes;
+  if it raises, the file may hold a prefix of the data (the caller truncates
+  back to its last good length).
+- ``fsync`` is ``fdatasync``: it makes the file's data (and its size) durable.
+  A new file's *name* is durable only after ``fsync_dir`` of its directory.
+- ``replace`` is atomic (``rename(2)``); durable after ``fsync_dir``.
+- Memory maps: ``map`` returns a writable buffer of a file preallocated with
+  ``posix_fallocate`` (a sparse file under ENOSPC turns a write through a map
+  into SIGBUS); ``sync_map`` flushes it (msync); ``unmap`` closes it. Callers
+  drop every numpy view of a map before ``unmap``.
+Thread-safety: the methods are as thread-safe as the system calls they wrap;
+the owners (segments, the store) serialise writers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import mmap
+import os
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+from logstore.errors import DirectoryInUseError, DiskFullError, StorageError
+
+#: Data files are only ever appended to (and truncated), so O_APPEND: every
+#: write lands at the current end, whatever the file offset.
+_OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC
+
+
+def translate(exc: OSError, what: str) -> StorageError:
+    """The typed storage error for an OSError raised while doing ``what``."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError(errno.ENOSPC, f"disk full while {what}: {exc.strerror}")
+    return StorageError(exc.errno or errno.EIO, f"I/O error while {what}: {exc.strerror or exc}")
+
+
+@contextlib.contextmanager
+def io(what: str) -> Iterator[None]:
+    """Translate any OSError raised in the block (used by FileSystem only)."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except OSError as exc:
+        raise translate(exc, what) from exc
+
+
+class FileSystem:
+    """Real file I/O on POSIX file descriptors."""
+
+    # --- files -------------------------------------------------------------
+    def open(self, path: str, *, create: bool = False) -> int:
+        """Open ``path`` for reading and appending; create it if asked."""
+        flags = _OPEN_FLAGS | (os.O_CREAT if create else 0)
+        with io(f"opening {path}"):
+            return os.open(path, flags, 0o644)
+
+    def append(self, fd: int, buffers: list[Any], path: str = "") -> int:
+        """Write ``buffers`` (bytes-like) at the end of the file; return bytes written."""
+        total = sum(len(b) for b in buffers)
+        with io(f"writing {path or fd}"):
+            written = os.writev(fd, buffers)
+            while written < total:  # short write: continue with the rest
+                rest = b"".join(bytes(b) for b in buffers)[written:]
+                written += os.write(fd, rest)
+        return total
+
+    def pread(self, fd: int, size: int, position: int, path: str = "") -> bytes:
+        """Up to ``size`` bytes at ``position`` (fewer only at end of file)."""
+        with io(f"reading {path or fd}"):
+            data = os.pread(fd, size, position)
+            if len(data) < size and data:
+                # pread may return short on some filesystems; loop to EOF.
+                parts = [data]
+                got = len(data)
+                while got < size:
+                    more = os.pread(fd, size - got, position + got)
+                    if not more:
+                        break
+                    parts.append(more)
+                    got += len(more)
+                data = b"".join(parts)
+            return data
+
+    def size(self, fd: int, path: str = "") -> int:
+        with io(f"stat {path or fd}"):
+            return os.fstat(fd).st_size
+
+    def fsync(self, fd: int, path: str = "") -> None:
+        with io(f"fsync {path or fd}"):
+            os.fdatasync(fd)
+
+    def truncate(self, fd: int, length: int, path: str = "") -> None:
+        with io(f"truncating {path or fd}"):
+            os.ftruncate(fd, length)
+
+    def allocate(self, fd: int, length: int, path: str = "") -> None:
+        """Reserve ``length`` bytes (posix_fallocate), so maps never hit ENOSPC."""
+        with io(f"allocating {length} bytes for {path or fd}"):
+            os.posix_fallocate(fd, 0, length)
+
+    def close(self, fd: int) -> None:
+        with io("closing a file"):
+            os.close(fd)
+
+    # --- maps ---------------------------------------------------------------
+    def map(self, fd: int, length: int, path: str = "") -> mmap.mmap:
+        with io(f"mapping {path or fd}"):
+            return mmap.mmap(fd, length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+
+    def sync_map(self, m: mmap.mmap, path: str = "") -> None:
+        with io(f"msync {path}"):
+            m.flush()
+
+    def unmap(self, m: mmap.mmap) -> None:
+        m.close()
+
+    # --- whole files and directories ------------------------------------------
+    def read_file(self, path: str) -> bytes:
+        with io(f"reading {path}"), open(path, "rb") as f:
+            return f.read()
+
+    def write_file(self, path: str, data: bytes) -> None:
+        """Create or replace ``path`` with ``data`` and fsync it (not atomic)."""
+        with io(f"writing {path}"):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+
+    def replace(self, src: str, dst: str) -> None:
+        with io(f"renaming {src} to {dst}"):
+            os.replace(src, dst)
+
+    def fsync_dir(self, path: str) -> None:
+        with io(f"fsync directory {path}"):
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def unlink(self, path: str) -> None:
+        with io(f"deleting {path}"):
+            os.unlink(path)
+
+    def listdir(self, path: str) -> list[str]:
+        with io(f"listing {path}"):
+            return sorted(os.listdir(path))
+
+    def mkdir(self, path: str) -> None:
+        with io(f"creating directory {path}"):
+            os.makedirs(path, exist_ok=True)
+
+    def rmtree(self, path: str) -> None:
+        with io(f"removing {path}"):
+            shutil.rmtree(path)
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path)
+
+    def isdir(self, path: str) -> bool:
+        return os.path.isdir(path)
+
+    def file_size(self, path: str) -> int:
+        with io(f"stat {path}"):
+            return os.stat(path).st_size
+
+    # --- the directory lock ----------------------------------------------------
+    def lock(self, path: str) -> int:
+        """Take ``flock(LOCK_EX|LOCK_NB)`` on ``path``; the fd holds the lock."""
+        with io(f"opening {path}"):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            finally:
+                os.close(fd)
+            raise DirectoryInUseError(
+                errno.EBUSY,
+                f"data directory {os.path.dirname(path)} in use by pid {owner}",
+            ) from None
+        with io(f"writing {path}"):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
+
+    def unlock(self, fd: int) -> None:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        with contextlib.suppress(OSError):
+            os.close(fd)

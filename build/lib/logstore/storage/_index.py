@@ -1,0 +1,339 @@
+"""Sparse offset and time indexes of one segment (numpy).
+
+File formats (little-endian, fixed-size entries, no header)::
+
+    .index      (relative offset u32, position u32)                 8 bytes
+    .timeindex  (running max timestamp i64, relative offset u32, pad u32)  16 bytes
+
+An offset entry ``(r, p)`` says: the frame whose base offset is
+``segment base + r`` starts at byte ``p`` of the .log file. A time entry
+``(t, r)`` says: every frame up to and including the one at relative offset
+``r`` has timestamps <= t, and ``t`` is the running maximum there. Entries are
+added only when ``t`` grows, so the timestamp column is non-decreasing and
+``searchsorted`` is valid even when records arrive out of time order. The
+time entries are 16 bytes so the i64 column is aligned: a 12-byte stride
+makes numpy copy the column on every lookup.
+
+Memory: only the active segment's indexes are memory maps, of a file
+preallocated with ``posix_fallocate`` (a sparse file under ENOSPC turns a write
+through a map into SIGBUS); the map starts small and doubles up to
+``MAX_INDEX_BYTES``, so a thousand idle partitions do not preallocate
+gigabytes. Sealed indexes are trimmed to their entries and read with one
+``read_file`` into :class:`IndexCache`, a byte-bounded LRU shared by the
+store; they hold no descriptor or map. No numpy view of a map leaves this
+module: lookups return Python ints.
+
+Trust: entries are hints. A lookup's answer is verified by the segment
+against the frame header found at the position; the loader keeps only the
+longest strictly increasing prefix of entries (a torn or zero-filled tail is
+dropped). An empty or missing index file is an empty index.
+
+Thread-safety: the owner (Segment) serialises writers; lookups may run
+concurrently with appends (an entry is written before ``n`` grows).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from ._fs import FileSystem
+
+#: Kafka's default segment.index.bytes: 10 MiB. An index that reaches it
+#: makes the segment roll.
+MAX_INDEX_BYTES: Final = 10 * 1024 * 1024
+#: First size of an active index map; doubled as it fills.
+INITIAL_INDEX_BYTES: Final = 16 * 1024
+
+OFFSET_DTYPE: Final = np.dtype([("rel", "<u4"), ("pos", "<u4")])
+TIME_DTYPE: Final = np.dtype([("ts", "<i8"), ("rel", "<u4"), ("pad", "<u4")])
+
+
+class IndexCache:
+    """Byte-bounded LRU of sealed index arrays, keyed by file path."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._bytes = 0
+        self._items: OrderedDict[str, npt.NDArray[Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, path: str) -> npt.NDArray[Any] | None:
+        with self._lock:
+            arr = self._items.get(path)
+            if arr is not None:
+                self._items.move_to_end(path)
+            return arr
+
+    def put(self, path: str, arr: npt.NDArray[Any]) -> None:
+        with self._lock:
+            old = self._items.pop(path, None)
+            if old is not None:
+                self._bytes -= old.nbytes
+            if arr.nbytes > self.max_bytes:
+                return
+            self._items[path] = arr
+            self._bytes += arr.nbytes
+            while self._bytes > self.max_bytes:
+                _, dropped = self._items.popitem(last=False)
+                self._bytes -= dropped.nbytes
+
+    def drop(self, path: str) -> None:
+        with self._lock:
+            old = self._items.pop(path, None)
+            if old is not None:
+                self._bytes -= old.nbytes
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+
+def _valid_prefix(arr: npt.NDArray[Any], limit_rel: int | None) -> int:
+    """Length of the longest prefix whose relative offsets strictly increase
+    (and, for offset entries, positions too), with rel <= limit_rel."""
+    n = len(arr)
+    if n == 0:
+        return 0
+    rel = arr["rel"].astype(np.int64)
+    ok = np.ones(n, dtype=bool)
+    ok[1:] = rel[1:] > rel[:-1]
+    if "pos" in arr.dtype.names:  # type: ignore[operator]
+        pos = arr["pos"].astype(np.int64)
+        ok[1:] &= pos[1:] > pos[:-1]
+    else:
+        ts = arr["ts"]
+        ok[1:] &= ts[1:] >= ts[:-1]
+    if limit_rel is not None:
+        ok &= rel <= limit_rel
+    bad = np.flatnonzero(~ok)
+    return int(bad[0]) if len(bad) else n
+
+
+class _Index:
+    """Common state of the two index kinds; see the module docstring."""
+
+    dtype: np.dtype[Any]
+
+    def __init__(self, fs: FileSystem, path: str, cache: IndexCache) -> None:
+        self.fs = fs
+        self.path = path
+        self.cache = cache
+        self.n = 0  # number of valid entries
+        self._fd: int | None = None
+        self._mm: Any = None
+        self._arr: npt.NDArray[Any] | None = None  # view of the map (active only)
+        self._capacity = 0  # entries the map can hold
+
+    # --- state -----------------------------------------------------------------
+    @property
+    def is_mapped(self) -> bool:
+        return self._arr is not None
+
+    @property
+    def mapped_bytes(self) -> int:
+        return self._capacity * self.dtype.itemsize if self._arr is not None else 0
+
+    @property
+    def is_full(self) -> bool:
+        return (self.n + 1) * self.dtype.itemsize > MAX_INDEX_BYTES
+
+    def load(self, limit_rel: int | None = None) -> None:
+        """Read the entry count from the file (sealed or after a restart)."""
+        arr = self._read_file()
+        self.n = _valid_prefix(arr, limit_rel)
+
+    def _read_file(self) -> npt.NDArray[Any]:
+        if not self.fs.exists(self.path):
+            return np.zeros(0, dtype=self.dtype)
+        data = self.fs.read_file(self.path)
+        usable = len(data) - len(data) % self.dtype.itemsize
+        return np.frombuffer(data[:usable], dtype=self.dtype)
+
+    def entries(self) -> npt.NDArray[Any]:
+        """The valid entries (read-only; a copy for the active index)."""
+        if self._arr is not None:
+            return self._arr[: self.n].copy()
+        arr = self.cache.get(self.path)
+        if arr is None or len(arr) < self.n:
+            arr = self._read_file()[: self.n]
+            self.cache.put(self.path, arr)
+        return arr[: self.n]
+
+    def _view(self) -> npt.NDArray[Any]:
+        """Entries for a lookup, without copying."""
+        if self._arr is not None:
+            return self._arr[: self.n]
+        return self.entries()
+
+    # --- active maps --------------------------------------------------------------
+    def map(self, min_entries: int = 0) -> None:
+        """Map the file for appending (creating or growing it)."""
+        want = max(self.n + 1, min_entries, INITIAL_INDEX_BYTES // self.dtype.itemsize)
+        cap = INITIAL_INDEX_BYTES // self.dtype.itemsize
+        while cap < want:
+            cap *= 2
+        cap = min(cap, MAX_INDEX_BYTES // self.dtype.itemsize)
+        cap = max(cap, self.n)
+        if self._arr is not None and cap <= self._capacity:
+            return
+        self.unmap()
+        fd = self.fs.open(self.path, create=True)
+        try:
+            nbytes = cap * self.dtype.itemsize
+            size = self.fs.size(fd, self.path)
+            if size > nbytes:
+                self.fs.truncate(fd, nbytes, self.path)
+            self.fs.allocate(fd, nbytes, self.path)
+            self._mm = self.fs.map(fd, nbytes, self.path)
+        finally:
+            self.fs.close(fd)
+        self._arr = np.frombuffer(self._mm, dtype=self.dtype)
+        self._capacity = cap
+        self.cache.drop(self.path)
+
+    def unmap(self) -> None:
+        """Drop the map (entries stay in the file, which keeps its length)."""
+        if self._arr is not None:
+            self._arr = None
+            mm, self._mm = self._mm, None
+            self.fs.sync_map(mm, self.path)
+            try:
+                self.fs.unmap(mm)
+            except BufferError:
+                # A numpy view is still alive (e.g. held by a traceback); the
+                # map is released with it.
+                pass
+        self._capacity = 0
+
+    def seal(self) -> None:
+        """Unmap, trim the file to its entries and fsync it."""
+        self.unmap()
+        if not self.fs.exists(self.path):
+            self.fs.write_file(self.path, b"")
+            return
+        fd = self.fs.open(self.path)
+        try:
+            self.fs.truncate(fd, self.n * self.dtype.itemsize, self.path)
+            self.fs.fsync(fd, self.path)
+        finally:
+            self.fs.close(fd)
+
+    def sync(self) -> None:
+        if self._mm is not None:
+            self.fs.sync_map(self._mm, self.path)
+
+    def truncate_entries(self, n: int) -> None:
+        """Keep only the first ``n`` entries."""
+        assert n <= self.n
+        if self._arr is not None:
+            self._arr[n : self.n] = 0
+        self.n = n
+        self.cache.drop(self.path)
+
+    def reset(self) -> None:
+        """Forget every entry (the caller rebuilds the index)."""
+        if self._arr is not None:
+            self._arr[: self.n] = 0
+        self.n = 0
+        self.cache.drop(self.path)
+
+    def replace(self, arr: npt.NDArray[Any]) -> None:
+        """Replace every entry with ``arr`` (a rebuilt index)."""
+        arr = np.ascontiguousarray(arr, dtype=self.dtype)
+        self.cache.drop(self.path)
+        if self._arr is not None:
+            self.reset()
+            self.map(len(arr))
+            assert self._arr is not None
+            self._arr[: len(arr)] = arr
+            self.n = len(arr)
+        else:
+            self.fs.write_file(self.path, arr.tobytes())
+            self.n = len(arr)
+            self.cache.put(self.path, arr)
+
+    def delete(self) -> None:
+        self.unmap()
+        self.cache.drop(self.path)
+        if self.fs.exists(self.path):
+            self.fs.unlink(self.path)
+
+    def reserve(self) -> None:
+        """Make room for one more entry (maps or grows the file; may raise)."""
+        self._slot()
+
+    def _slot(self) -> npt.NDArray[Any]:
+        if self._arr is None or self.n >= self._capacity:
+            self.map(self.n + 1)
+        assert self._arr is not None
+        return self._arr
+
+
+class OffsetIndex(_Index):
+    dtype = OFFSET_DTYPE
+
+    def append(self, rel: int, pos: int) -> None:
+        assert 0 <= rel < 1 << 32 and 0 <= pos < 1 << 32
+        arr = self._slot()
+        if self.n:
+            last = arr[self.n - 1]
+            assert rel > int(last["rel"]) and pos > int(last["pos"]), "index must increase"
+        arr[self.n] = (rel, pos)
+        self.n += 1
+
+    def lookup(self, rel: int) -> tuple[int, int]:
+        """The last entry with relative offset <= ``rel``; (0, 0) if none."""
+        view = self._view()
+        if not len(view):
+            return 0, 0
+        i = int(np.searchsorted(view["rel"], np.uint32(rel), side="right")) - 1
+        if i < 0:
+            return 0, 0
+        return int(view[i]["rel"]), int(view[i]["pos"])
+
+    def last(self) -> tuple[int, int]:
+        if not self.n:
+            return 0, 0
+        e = self._view()[self.n - 1]
+        return int(e["rel"]), int(e["pos"])
+
+    def count_below_position(self, pos: int) -> int:
+        """Number of entries whose position is < ``pos`` (for truncation)."""
+        view = self._view()
+        return int(np.searchsorted(view["pos"], np.uint32(pos), side="left"))
+
+
+class TimeIndex(_Index):
+    dtype = TIME_DTYPE
+
+    def append(self, ts: int, rel: int) -> None:
+        arr = self._slot()
+        if self.n:
+            last = arr[self.n - 1]
+            assert ts > int(last["ts"]) and rel > int(last["rel"]), "time index must increase"
+        arr[self.n] = (ts, rel, 0)
+        self.n += 1
+
+    def last(self) -> tuple[int, int] | None:
+        """(max timestamp, relative offset) of the last entry, or None."""
+        if not self.n:
+            return None
+        e = self._view()[self.n - 1]
+        return int(e["ts"]), int(e["rel"])
+
+    def scan_start(self, ts: int) -> int:
+        """Relative offset from which to scan for the first timestamp >= ``ts``."""
+        view = self._view()
+        if not len(view):
+            return 0
+        i = int(np.searchsorted(view["ts"], np.int64(ts), side="left"))
+        return 0 if i == 0 else int(view[i - 1]["rel"])
+
+    def count_below_rel(self, rel: int) -> int:
+        view = self._view()
+        return int(np.searchsorted(view["rel"], np.uint32(rel), side="left"))

@@ -1,0 +1,114 @@
+"""Every file name of a data directory, made and parsed in one place.
+
+Layout::
+
+    <data-dir>/
+      .lock                                  flock of the owning process (its pid inside)
+      .clean_shutdown                        written last by a clean close; removed on open
+      recovery-point-offset-checkpoint       "topic partition offset" per line
+      log-start-offset-checkpoint            same format
+      topics.json                            topic names, partition counts, configs
+      producer-id-block                      next block of producer ids to hand out
+      <topic>-<partition>/
+        00000000000000000000.log             frames, appended
+        00000000000000000000.index           sparse offset index
+        00000000000000000000.timeindex       sparse time index
+        00000000000000000123.snapshot        idempotent-producer state at offset 123
+      <uuid>.deleted/                        a partition being removed (finished on open)
+      lost+found/                            left alone
+
+Parsing is strict: a name that is none of these is an error naming the path,
+except leftover ``*.tmp`` files (deleted on open by the caller).
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from typing import Final
+
+from logstore.errors import InvalidTopicNameError, StorageError
+
+LOCK_FILE: Final = ".lock"
+CLEAN_SHUTDOWN_FILE: Final = ".clean_shutdown"
+RECOVERY_POINT_FILE: Final = "recovery-point-offset-checkpoint"
+LOG_START_FILE: Final = "log-start-offset-checkpoint"
+TOPICS_FILE: Final = "topics.json"
+PRODUCER_ID_FILE: Final = "producer-id-block"
+TMP_SUFFIX: Final = ".tmp"
+DELETED_SUFFIX: Final = ".deleted"
+LOST_AND_FOUND: Final = "lost+found"
+
+STORE_FILES: Final = frozenset(
+    {LOCK_FILE, CLEAN_SHUTDOWN_FILE, RECOVERY_POINT_FILE, LOG_START_FILE, TOPICS_FILE,
+     PRODUCER_ID_FILE}
+)  # fmt: skip
+
+MAX_TOPIC_NAME: Final = 249
+_TOPIC_RE: Final = re.compile(r"^[a-zA-Z0-9._-]+$")
+_PARTITION_DIR_RE: Final = re.compile(r"^([a-zA-Z0-9._-]+)-(0|[1-9][0-9]{0,4})$")
+_SEGMENT_RE: Final = re.compile(r"^([0-9]{20})\.(log|index|timeindex|snapshot)$")
+
+
+class FileKind(Enum):
+    LOG = "log"
+    INDEX = "index"
+    TIMEINDEX = "timeindex"
+    SNAPSHOT = "snapshot"
+
+
+def check_topic_name(name: object, *, internal: bool = False) -> str:
+    """Return ``name`` if it is a valid topic name, else raise InvalidTopicNameError.
+
+    Kafka's rules: 1-249 characters of ``[a-zA-Z0-9._-]``, not ``.`` or
+    ``..``. Names starting with ``__`` are reserved for internal topics. Such
+    a name can never escape the data directory (no ``/``, not ``..``).
+    """
+    if not isinstance(name, str) or not name:
+        raise InvalidTopicNameError("topic name must be a non-empty string")
+    if len(name) > MAX_TOPIC_NAME:
+        raise InvalidTopicNameError(
+            f"topic name is {len(name)} characters; the limit is {MAX_TOPIC_NAME}"
+        )
+    if name in (".", ".."):
+        raise InvalidTopicNameError(f"topic name cannot be {name!r}")
+    if not _TOPIC_RE.match(name):
+        raise InvalidTopicNameError(
+            f"topic name {name!r} has characters other than ASCII letters, digits, '.', '_', '-'"
+        )
+    if name.startswith("__") and not internal:
+        raise InvalidTopicNameError(
+            f"topic name {name!r} starts with '__', which is reserved for internal topics"
+        )
+    return name
+
+
+def partition_dir(topic: str, partition: int) -> str:
+    return f"{topic}-{partition}"
+
+
+def parse_partition_dir(name: str) -> tuple[str, int] | None:
+    """``(topic, partition)`` for a partition directory name, else None."""
+    m = _PARTITION_DIR_RE.match(name)
+    if not m:
+        return None
+    return m.group(1), int(m.group(2))
+
+
+def segment_file(base_offset: int, kind: FileKind) -> str:
+    assert 0 <= base_offset < 10**20
+    return f"{base_offset:020d}.{kind.value}"
+
+
+def parse_segment_file(path: str, name: str) -> tuple[int, FileKind] | None:
+    """``(offset, kind)`` for a file of a partition directory.
+
+    Returns None for a leftover ``*.tmp`` file (the caller deletes it); raises
+    StorageError naming the path for any other unknown name.
+    """
+    if name.endswith(TMP_SUFFIX):
+        return None
+    m = _SEGMENT_RE.match(name)
+    if not m:
+        raise StorageError(f"unknown file in partition directory: {path}/{name}")
+    return int(m.group(1)), FileKind(m.group(2))
