@@ -31,7 +31,7 @@ class _Collect(logging.Handler):
 
 def test_rate_limited_log_logs_a_repeated_message_once() -> None:
     """RateLimitedLog logs a message the first time and suppresses repeats."""
-    from logstore.storage._ratelimit import RateLimitedLog
+    from logstore.storage import RateLimitedLog
 
     logger = logging.getLogger("logstore.test.ratelimit")
     handler = _Collect()

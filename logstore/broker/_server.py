@@ -29,7 +29,6 @@ import os
 import resource
 import signal
 import sys
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -39,7 +38,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
 from logstore.errors import InvalidConfigError, LogStoreError, StorageError
-from logstore.storage import Store
+from logstore.storage import RateLimitedLog, Store
 
 from ._config import REQUEST_HEADROOM_BYTES, BrokerConfig, is_loopback, split_address
 from ._logging import setup_logging
@@ -56,8 +55,6 @@ log = logging.getLogger("logstore.broker")
 #: gRPC's own concurrency cap, a backstop well above the broker's limits: it
 #: refuses with no retry hint, so the broker's limiter must trip first.
 _BACKSTOP_FACTOR: Final = 2
-#: Seconds between two log lines of the same periodic-task error.
-_REPEAT_LOG_INTERVAL_S: Final = 60.0
 
 
 @dataclass(frozen=True)
@@ -136,18 +133,16 @@ class Broker:
 
     async def _every(self, interval_ms: int, fn: Any) -> None:
         name = getattr(fn, "__name__", "task")
-        last: tuple[str, float] = ("", 0.0)  # the last error logged, and when
+        # An environment error (a full disk, a failed partition) repeats every
+        # interval (1 s for flush): one line a minute with the repeat count, no
+        # traceback.
+        errors = RateLimitedLog(log)
         while True:
             await asyncio.sleep(interval_ms / 1000)
             try:
                 await self.service.run_io(fn)
             except StorageError as exc:
-                # An environment error (a full disk, a failed partition) repeats
-                # every interval (1 s for flush): one line a minute, no traceback.
-                msg, now = f"periodic {name} failed: {exc}", time.monotonic()
-                if msg != last[0] or now - last[1] >= _REPEAT_LOG_INTERVAL_S:
-                    log.error("%s", msg)
-                    last = (msg, now)
+                errors.log(f"periodic {name} failed: {exc}")
             except Exception as exc:
                 log.error("periodic %s failed: %s", name, exc, exc_info=exc)
 

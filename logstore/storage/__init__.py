@@ -12,6 +12,7 @@ Usable alone (embedded mode, no server, no background thread)::
 from ._catalog import TopicInfo
 from ._fs import FileSystem
 from ._partition import AppendResult, FetchResult, PartitionLog
+from ._ratelimit import RateLimitedLog
 from ._store import PartitionInfo, Store, StoreStats
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "FileSystem",
     "PartitionInfo",
     "PartitionLog",
+    "RateLimitedLog",
     "Store",
     "StoreStats",
     "TopicInfo",

@@ -27,7 +27,10 @@ class RateLimitedLog:
     """See the module docstring."""
 
     def __init__(
-        self, logger: logging.Logger, interval_s: float, level: int = logging.ERROR
+        self,
+        logger: logging.Logger,
+        interval_s: float = ERROR_LOG_INTERVAL_S,
+        level: int = logging.ERROR,
     ) -> None:
         self._logger = logger
         self._interval_s = interval_s
