@@ -318,6 +318,65 @@ def _declared_reasons() -> dict[str, type[LogStoreError]]:
 BY_REASON: Final[Mapping[str, type[LogStoreError]]] = _declared_reasons()
 
 
+# Consumer-group coordinator errors. ``reason`` is the stable machine-readable
+# word the broker puts in the status details (Kafka's error names), so a client
+# reacts without parsing the message.
+
+
+class GroupIdNotFoundError(NotFoundError):
+    """The consumer group does not exist (describe, delete)."""
+
+    reason: ClassVar[str] = "GROUP_ID_NOT_FOUND"
+
+
+class UnknownMemberIdError(FailedPreconditionError):
+    """The group has no member with this id (expired, left, or fenced): rejoin with epoch 0."""
+
+    reason: ClassVar[str] = "UNKNOWN_MEMBER_ID"
+
+
+class FencedMemberEpochError(FailedPreconditionError):
+    """The member epoch is not one the coordinator accepts (a zombie): rejoin with epoch 0."""
+
+    reason: ClassVar[str] = "FENCED_MEMBER_EPOCH"
+
+
+class StaleMemberEpochError(FailedPreconditionError):
+    """An offset commit carries an older member epoch: heartbeat, then commit again."""
+
+    reason: ClassVar[str] = "STALE_MEMBER_EPOCH"
+
+
+class PartitionNotAssignedError(FailedPreconditionError):
+    """An offset commit names a partition the member does not own; nothing was committed."""
+
+    reason: ClassVar[str] = "PARTITION_NOT_ASSIGNED"
+
+
+class GroupNotEmptyError(FailedPreconditionError):
+    """Delete group or reset offsets while the group still has members."""
+
+    reason: ClassVar[str] = "NON_EMPTY_GROUP"
+
+
+class GroupMaxSizeReachedError(ResourceExhaustedError):
+    """A join would exceed ``max_members_per_group``; the message says the limit."""
+
+    reason: ClassVar[str] = "GROUP_MAX_SIZE_REACHED"
+
+
+class TooManyGroupsError(ResourceExhaustedError):
+    """A join would create a group beyond ``max_groups``; the message says the limit."""
+
+    reason: ClassVar[str] = "MAX_GROUPS_REACHED"
+
+
+class InvalidGroupRequestError(InvalidArgumentError):
+    """A group request breaks a documented limit or rule (ids, subscription, metadata size)."""
+
+    reason: ClassVar[str] = "INVALID_GROUP_REQUEST"
+
+
 __all__ = [
     "BY_REASON",
     "ERROR_DOMAIN",
@@ -329,10 +388,15 @@ __all__ = [
     "DirectoryInUseError",
     "DiskFullError",
     "FailedPreconditionError",
+    "FencedMemberEpochError",
+    "GroupIdNotFoundError",
+    "GroupMaxSizeReachedError",
+    "GroupNotEmptyError",
     "InternalError",
     "InvalidArgumentError",
     "InvalidBatchError",
     "InvalidConfigError",
+    "InvalidGroupRequestError",
     "InvalidProducerEpochError",
     "InvalidRequestError",
     "InvalidTopicNameError",
@@ -340,10 +404,14 @@ __all__ = [
     "NotFoundError",
     "OffsetOutOfRangeError",
     "OutOfOrderSequenceError",
+    "PartitionNotAssignedError",
     "ResourceExhaustedError",
+    "StaleMemberEpochError",
     "StorageError",
     "StoreClosedError",
+    "TooManyGroupsError",
     "TopicExistsError",
+    "UnknownMemberIdError",
     "UnknownPartitionError",
     "UnknownProducerIdError",
     "UnknownTopicError",
