@@ -267,7 +267,7 @@ def _decode(k: Any, v: Any) -> CoordinatorRecord:
         rkey = OffsetCommitKey(k[1], k[2], _int(k[3]))
     if v is None:
         return CoordinatorRecord(rkey, None)
-    if not isinstance(v, dict) or _int(v.get("v")) < 1:
+    if not isinstance(v, dict) or not isinstance(v.get("v"), int) or v["v"] < 1:
         raise CorruptRecordError(f"coordinator record value has no version: {v!r}")
     if v["v"] > RECORD_FORMAT_VERSION:
         raise CorruptRecordError(
