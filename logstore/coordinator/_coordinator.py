@@ -585,6 +585,13 @@ class Coordinator:
                 for mid, parts in computed.items():
                     if mid not in targets or targets[mid].partitions != parts:
                         targets[mid] = TargetAssignmentValue(epoch, parts)
+        for mid, m in members.items():
+            if m.epoch == STATIC_LEAVE_EPOCH:
+                # A static member away holds only what is still its target;
+                # its process is gone, so there is nothing to revoke from it.
+                keep = m.assigned & (targets[mid].partitions if mid in targets else frozenset())
+                if keep != m.assigned:
+                    members[mid] = dataclasses.replace(m, assigned=keep)
         final = None
         if acting is not None and acting in members:
             others: set[TopicPartition] = set()
