@@ -5,7 +5,8 @@ BIN     := $(VENV)/bin
 PYTHON  := $(BIN)/python
 STAMP   := $(VENV)/.installed
 PROTOS  := $(wildcard proto/logstore/v1/*.proto)
-GEN     := logstore/v1/logstore_pb2.py logstore/v1/records_pb2.py
+# one generated module per .proto, derived (a hand list missed new files)
+GEN     := $(patsubst proto/%.proto,%_pb2.py,$(PROTOS))
 NODE_STAMP := node_modules/.installed
 
 .PHONY: install proto run test lint bench bench-compare clean

@@ -371,6 +371,12 @@ class TooManyGroupsError(ResourceExhaustedError):
     reason: ClassVar[str] = "MAX_GROUPS_REACHED"
 
 
+class TooManyCommittedPartitionsError(ResourceExhaustedError):
+    """A commit would keep more than ``max_committed_partitions_per_group`` offsets."""
+
+    reason: ClassVar[str] = "MAX_COMMITTED_PARTITIONS"
+
+
 class InvalidGroupRequestError(InvalidArgumentError):
     """A group request breaks a documented limit or rule (ids, subscription, metadata size)."""
 
@@ -410,6 +416,7 @@ __all__ = [
     "StorageError",
     "StoreClosedError",
     "TooManyGroupsError",
+    "TooManyCommittedPartitionsError",
     "TopicExistsError",
     "UnknownMemberIdError",
     "UnknownPartitionError",

@@ -14,7 +14,13 @@ import types
 
 import pytest
 
-MODULES = ["logstore", "logstore.client", "logstore.client.producer", "logstore.storage"]
+MODULES = [
+    "logstore",
+    "logstore.client",
+    "logstore.client.producer",
+    "logstore.coordinator",
+    "logstore.storage",
+]
 
 
 def _module(name: str) -> types.ModuleType:

@@ -15,6 +15,15 @@ FORBIDDEN = {
     "logstore/storage": ("logstore.broker", "logstore.client", "cli", "grpc"),
     "logstore/client": ("logstore.storage", "logstore.broker", "cli"),
     "logstore/broker": ("logstore.client", "cli"),
+    # the coordinator is pure: no gRPC, no storage I/O, no generated code
+    "logstore/coordinator": (
+        "logstore.storage",
+        "logstore.broker",
+        "logstore.client",
+        "logstore.v1",
+        "cli",
+        "grpc",
+    ),
     "cli": ("logstore.storage", "logstore.broker"),
 }
 ROOT_MODULES = ("logstore/errors.py", "logstore/config.py")

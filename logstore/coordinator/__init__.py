@@ -7,6 +7,12 @@ them, and sends the reply; at start it rebuilds the coordinator with
 protocol (KIP-848: server-side assignment, incremental revocation, epochs),
 ``_records`` for the record format, ``_assignors`` for ``uniform`` and
 ``range``, and ``_config`` for every limit.
+
+Constants: ``JOIN_EPOCH`` (0), ``LEAVE_EPOCH`` (-1) and ``STATIC_LEAVE_EPOCH``
+(-2) are the special member epochs of a heartbeat; ``EMPTY``, ``RECONCILING``
+and ``STABLE`` the group states; ``ASSIGNORS`` maps assignor names to the
+pure functions; ``RECORD_FORMAT_VERSION`` is the version written in every
+record value; ``TopicPartition`` is the ``(topic, partition)`` tuple type.
 """
 
 from logstore.coordinator._assignors import ASSIGNORS, AssignorMember, range_, uniform

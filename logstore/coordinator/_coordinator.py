@@ -94,8 +94,8 @@ from logstore.errors import (
     GroupNotEmptyError,
     InvalidGroupRequestError,
     PartitionNotAssignedError,
-    ResourceExhaustedError,
     StaleMemberEpochError,
+    TooManyCommittedPartitionsError,
     TooManyGroupsError,
     UnknownMemberIdError,
 )
@@ -652,8 +652,8 @@ class Coordinator:
         UnknownMemberIdError, StaleMemberEpochError (heartbeat first),
         FencedMemberEpochError, PartitionNotAssignedError,
         InvalidGroupRequestError (offset < 0, metadata above
-        max_commit_metadata_bytes, too many partitions), ResourceExhaustedError
-        (max_committed_partitions_per_group)."""
+        max_commit_metadata_bytes, too many partitions),
+        TooManyCommittedPartitionsError (max_committed_partitions_per_group)."""
         cfg = self.config
         self._check_id("group id", group_id, "max_group_id_length")
         if len(offsets) > cfg.max_partitions_per_request:
@@ -695,7 +695,7 @@ class Coordinator:
         existing = g.offsets if g is not None else {}
         fresh = sum(1 for tp in offsets if tp not in existing)
         if len(existing) + fresh > cfg.max_committed_partitions_per_group:
-            raise ResourceExhaustedError(
+            raise TooManyCommittedPartitionsError(
                 f"group {group_id} would hold {len(existing) + fresh} committed partitions; "
                 f"the limit is {cfg.max_committed_partitions_per_group} "
                 "(max_committed_partitions_per_group)"

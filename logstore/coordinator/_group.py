@@ -86,6 +86,8 @@ class CommittedOffset:
 
 @dataclass(frozen=True)
 class MemberDescription:
+    """One member for ``describe_group``: identity, subscription, epoch and partitions."""
+
     member_id: str
     instance_id: str | None
     client_id: str
@@ -113,6 +115,8 @@ class GroupDescription:
 
 @dataclass(frozen=True)
 class GroupListing:
+    """One group for ``list_groups``."""
+
     group_id: str
     state: str
     member_count: int

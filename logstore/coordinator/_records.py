@@ -61,23 +61,31 @@ class RecordType(IntEnum):
 
 @dataclass(frozen=True)
 class GroupMetadataKey:
+    """Key of a group's metadata; its tombstone deletes the group."""
+
     group_id: str
 
 
 @dataclass(frozen=True)
 class MemberKey:
+    """Key of one member's record."""
+
     group_id: str
     member_id: str
 
 
 @dataclass(frozen=True)
 class TargetAssignmentKey:
+    """Key of one member's target assignment."""
+
     group_id: str
     member_id: str
 
 
 @dataclass(frozen=True)
 class OffsetCommitKey:
+    """Key of the committed offset of one partition."""
+
     group_id: str
     topic: str
     partition: int
