@@ -194,7 +194,9 @@ class Coordinator:
                 for k in [k for k in self._revoke if k[0] == gid]:
                     del self._revoke[k]
             elif isinstance(key, MemberKey):
-                g.members.pop(key.member_id, None)
+                gone = g.members.pop(key.member_id, None)
+                if gone is not None:
+                    g.disown(key.member_id, gone)
                 self._session.pop((gid, key.member_id), None)
                 self._revoke.pop((gid, key.member_id), None)
             elif isinstance(key, TargetAssignmentKey):
@@ -212,7 +214,13 @@ class Coordinator:
             )
         elif isinstance(value, MemberValue):
             assert isinstance(key, MemberKey)
+            before = g.members.get(key.member_id)
+            if before is not None:
+                g.disown(key.member_id, before)
             g.members[key.member_id] = value
+            for tp in value.assigned | value.revoking:
+                assert g.owners.setdefault(tp, key.member_id) == key.member_id, tp
+                g.owners[tp] = key.member_id
             if not value.revoking:
                 self._revoke.pop((gid, key.member_id), None)
         elif isinstance(value, TargetAssignmentValue):
@@ -546,6 +554,30 @@ class Coordinator:
         Pure: reads state, writes nothing. Returns the records and the acting
         member's final value."""
         upserts = upserts or {}
+        if (
+            g is not None
+            and acting is not None
+            and not removals
+            and inherit is None
+            and not recompute
+            and upserts.keys() == {acting}
+            and acting in g.members
+            and _subscription(upserts[acting]) == _subscription(g.members[acting])
+        ):
+            # The common case, a heartbeat that changes no subscription: only
+            # this member moves, so work is O(its partitions), not O(group);
+            # who else holds a partition comes from the replayed owner map.
+            group = g
+            current = g.members[acting]
+            target = g.targets[acting].partitions if acting in g.targets else frozenset()
+
+            def taken(tp: TopicPartition) -> bool:
+                return group.owners.get(tp, acting) != acting
+
+            moved = _reconcile(upserts[acting], target, g.epoch, owned, taken)
+            if moved == current:
+                return [], moved
+            return [CoordinatorRecord(MemberKey(gid, acting), moved)], moved
         old_members = g.members if g is not None else {}
         old_targets = g.targets if g is not None else {}
         old_epoch = g.epoch if g is not None else 0
@@ -556,11 +588,8 @@ class Coordinator:
             targets[inherit[1]] = old_targets[inherit[0]]
         rename = {inherit[0]: inherit[1]} if inherit is not None else {}
 
-        def sub(m: MemberValue) -> tuple[tuple[str, ...], str | None, str | None]:
-            return (m.topics, m.regex, m.assignor)
-
-        old_subs = {rename.get(k, k): sub(v) for k, v in old_members.items()}
-        new_subs = {k: sub(v) for k, v in members.items()}
+        old_subs = {rename.get(k, k): _subscription(v) for k, v in old_members.items()}
+        new_subs = {k: _subscription(v) for k, v in members.items()}
         assignor = self._group_assignor(members)
         changed = old_subs != new_subs or (g is not None and assignor != g.assignor)
         epoch = old_epoch
@@ -599,7 +628,7 @@ class Coordinator:
                 if mid != acting:
                     others |= m.assigned | m.revoking
             target = targets[acting].partitions if acting in targets else frozenset()
-            final = _reconcile(members[acting], target, epoch, owned, others)
+            final = _reconcile(members[acting], target, epoch, owned, others.__contains__)
             members[acting] = final
 
         records: list[CoordinatorRecord] = []
@@ -631,7 +660,10 @@ class Coordinator:
         for mid in sorted(targets):
             if old_targets.get(mid) != targets[mid]:
                 records.append(CoordinatorRecord(TargetAssignmentKey(gid, mid), targets[mid]))
-        for mid in sorted(members):
+        # The acting member last: it may take partitions that another record
+        # of this result releases (a static member away shrinking to its
+        # target), and every prefix of the log must have one owner per partition.
+        for mid in sorted(members, key=lambda k: (k == acting, k)):
             if old_members.get(mid) != members[mid]:
                 records.append(CoordinatorRecord(MemberKey(gid, mid), members[mid]))
         return records, final
@@ -862,12 +894,17 @@ class Coordinator:
         return Result(tuple(records), None)
 
 
+def _subscription(m: MemberValue) -> tuple[tuple[str, ...], str | None, str | None]:
+    """What of a member the assignor depends on: a change bumps the group epoch."""
+    return (m.topics, m.regex, m.assignor)
+
+
 def _reconcile(
     m: MemberValue,
     target: frozenset[TopicPartition],
     epoch: int,
     owned: frozenset[TopicPartition] | None,
-    others: set[TopicPartition],
+    taken: Callable[[TopicPartition], bool],
 ) -> MemberValue:
     """One step of a member toward its target (see the module docstring)."""
     if m.epoch == STATIC_LEAVE_EPOCH:
@@ -879,7 +916,7 @@ def _reconcile(
     if drop:
         # first release what moves away; the epoch moves only afterwards
         return dataclasses.replace(m, assigned=m.assigned & target, revoking=drop)
-    assigned = m.assigned | frozenset(tp for tp in target - m.assigned if tp not in others)
+    assigned = m.assigned | frozenset(tp for tp in target - m.assigned if not taken(tp))
     if m.epoch != epoch:
         return dataclasses.replace(
             m, assigned=assigned, revoking=frozenset(), epoch=epoch, previous_epoch=m.epoch

@@ -43,6 +43,16 @@ class Group:
     members: dict[str, MemberValue] = field(default_factory=dict)
     targets: dict[str, TargetAssignmentValue] = field(default_factory=dict)
     offsets: dict[TopicPartition, OffsetCommitValue] = field(default_factory=dict)
+    #: Derived from ``members`` by replay (not in records): who holds each
+    #: partition (assigned or revoking), so a heartbeat checks ownership in
+    #: O(1) per partition instead of scanning the group.
+    owners: dict[TopicPartition, str] = field(default_factory=dict)
+
+    def disown(self, member_id: str, m: MemberValue) -> None:
+        """Forget ``m``'s partitions in ``owners`` (replay only)."""
+        for tp in m.assigned | m.revoking:
+            if self.owners.get(tp) == member_id:
+                del self.owners[tp]
 
     def state(self) -> str:
         """``empty`` without members; ``stable`` when every member holds exactly
