@@ -296,6 +296,71 @@ def _int_or(text: str | None, default: int) -> int:
     return int(text)
 
 
+# Consumer-group coordinator errors. ``reason`` is the stable machine-readable
+# word the broker puts in the status details (Kafka's error names), so a client
+# reacts without parsing the message.
+
+
+class GroupIdNotFoundError(NotFoundError):
+    """The consumer group does not exist (describe, delete)."""
+
+    reason = "GROUP_ID_NOT_FOUND"
+
+
+class UnknownMemberIdError(FailedPreconditionError):
+    """The group has no member with this id (expired, left, or fenced): rejoin with epoch 0."""
+
+    reason = "UNKNOWN_MEMBER_ID"
+
+
+class FencedMemberEpochError(FailedPreconditionError):
+    """The member epoch is not one the coordinator accepts (a zombie): rejoin with epoch 0."""
+
+    reason = "FENCED_MEMBER_EPOCH"
+
+
+class StaleMemberEpochError(FailedPreconditionError):
+    """An offset commit carries an older member epoch: heartbeat, then commit again."""
+
+    reason = "STALE_MEMBER_EPOCH"
+
+
+class PartitionNotAssignedError(FailedPreconditionError):
+    """An offset commit names a partition the member does not own; nothing was committed."""
+
+    reason = "PARTITION_NOT_ASSIGNED"
+
+
+class GroupNotEmptyError(FailedPreconditionError):
+    """Delete group or reset offsets while the group still has members."""
+
+    reason = "NON_EMPTY_GROUP"
+
+
+class GroupMaxSizeReachedError(ResourceExhaustedError):
+    """A join would exceed ``max_members_per_group``; the message says the limit."""
+
+    reason = "GROUP_MAX_SIZE_REACHED"
+
+
+class TooManyGroupsError(ResourceExhaustedError):
+    """A join would create a group beyond ``max_groups``; the message says the limit."""
+
+    reason = "MAX_GROUPS_REACHED"
+
+
+class TooManyCommittedPartitionsError(ResourceExhaustedError):
+    """A commit would keep more than ``max_committed_partitions_per_group`` offsets."""
+
+    reason = "MAX_COMMITTED_PARTITIONS"
+
+
+class InvalidGroupRequestError(InvalidArgumentError):
+    """A group request breaks a documented limit or rule (ids, subscription, metadata size)."""
+
+    reason = "INVALID_GROUP_REQUEST"
+
+
 def _declared_reasons() -> dict[str, type[LogStoreError]]:
     """Every class that declares its own ``reason``, by reason.
 
@@ -316,71 +381,6 @@ def _declared_reasons() -> dict[str, type[LogStoreError]]:
 
 #: The one table from ``ErrorInfo.reason`` to the class the client rebuilds.
 BY_REASON: Final[Mapping[str, type[LogStoreError]]] = _declared_reasons()
-
-
-# Consumer-group coordinator errors. ``reason`` is the stable machine-readable
-# word the broker puts in the status details (Kafka's error names), so a client
-# reacts without parsing the message.
-
-
-class GroupIdNotFoundError(NotFoundError):
-    """The consumer group does not exist (describe, delete)."""
-
-    reason: ClassVar[str] = "GROUP_ID_NOT_FOUND"
-
-
-class UnknownMemberIdError(FailedPreconditionError):
-    """The group has no member with this id (expired, left, or fenced): rejoin with epoch 0."""
-
-    reason: ClassVar[str] = "UNKNOWN_MEMBER_ID"
-
-
-class FencedMemberEpochError(FailedPreconditionError):
-    """The member epoch is not one the coordinator accepts (a zombie): rejoin with epoch 0."""
-
-    reason: ClassVar[str] = "FENCED_MEMBER_EPOCH"
-
-
-class StaleMemberEpochError(FailedPreconditionError):
-    """An offset commit carries an older member epoch: heartbeat, then commit again."""
-
-    reason: ClassVar[str] = "STALE_MEMBER_EPOCH"
-
-
-class PartitionNotAssignedError(FailedPreconditionError):
-    """An offset commit names a partition the member does not own; nothing was committed."""
-
-    reason: ClassVar[str] = "PARTITION_NOT_ASSIGNED"
-
-
-class GroupNotEmptyError(FailedPreconditionError):
-    """Delete group or reset offsets while the group still has members."""
-
-    reason: ClassVar[str] = "NON_EMPTY_GROUP"
-
-
-class GroupMaxSizeReachedError(ResourceExhaustedError):
-    """A join would exceed ``max_members_per_group``; the message says the limit."""
-
-    reason: ClassVar[str] = "GROUP_MAX_SIZE_REACHED"
-
-
-class TooManyGroupsError(ResourceExhaustedError):
-    """A join would create a group beyond ``max_groups``; the message says the limit."""
-
-    reason: ClassVar[str] = "MAX_GROUPS_REACHED"
-
-
-class TooManyCommittedPartitionsError(ResourceExhaustedError):
-    """A commit would keep more than ``max_committed_partitions_per_group`` offsets."""
-
-    reason: ClassVar[str] = "MAX_COMMITTED_PARTITIONS"
-
-
-class InvalidGroupRequestError(InvalidArgumentError):
-    """A group request breaks a documented limit or rule (ids, subscription, metadata size)."""
-
-    reason: ClassVar[str] = "INVALID_GROUP_REQUEST"
 
 
 __all__ = [
