@@ -585,12 +585,18 @@ def test_a_flipped_byte_fails_the_crc_check() -> None:
         parse_fetch(_fetch_reply([bytes(bad)], 3))
 
 
-def test_batches_that_skip_offsets_are_rejected() -> None:
-    """A reply whose second batch does not start where the first ended is corrupt."""
+def test_batches_that_skip_offsets_are_read_and_overlaps_rejected() -> None:
+    """A gap between batches (a compacted log) is legal and the records keep their
+    offsets; a batch that starts before the previous one ended is corrupt."""
     a = encode_frame(encode_record(b"a"), 1, 0, 1)
     b = encode_frame(encode_record(b"b"), 1, 5, 1)
-    with pytest.raises(errors.CorruptRecordError, match="does not follow"):
-        parse_fetch(_fetch_reply([a, b], 6))
+    cols = decode_columns("t", 0, parse_fetch(_fetch_reply([a, b], 6)), 0)
+    assert cols.offsets.tolist() == [0, 5]
+    c = encode_frame(encode_record(b"c") * 2, 2, 4, 1)
+    with pytest.raises(errors.CorruptRecordError, match="overlaps"):
+        parse_fetch(_fetch_reply([a, b, encode_frame(encode_record(b"d"), 1, 5, 1)], 6))
+    with pytest.raises(errors.CorruptRecordError, match="overlaps"):
+        parse_fetch(_fetch_reply([c, b], 6))
 
 
 def test_record_count_mismatch_is_corruption() -> None:

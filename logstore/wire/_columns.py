@@ -6,8 +6,9 @@ from a segment): a run of stored frames is itself a serialized
 ``FetchResponse``. Field 1 holds the frames exactly as stored (layout in
 :mod:`logstore.wire._frame`: tag, 5-byte length, fixed header, records), field
 2 the high watermark, field 3 the log start offset. :func:`parse_fetch` walks
-it with O(1) Python work per frame, checking each frame's CRC32C and that base
-offsets are contiguous.
+it with O(1) Python work per frame, checking each frame's CRC32C and that
+offsets increase (each frame's base offset >= the previous frame's
+``next_offset``; gaps are legal: a compacted log has them).
 
 :func:`decode_columns` turns the records of those frames into a
 :class:`ColumnBatch` with no per-record Python object in the result. Finding
@@ -19,10 +20,14 @@ varint. Everything after that (key/value/timestamp fields, null masks, the
 Arrow-style value and key buffers) is vectorized over the whole fetch. Records
 that are not laid out as protobuf serializers lay them out (fields in number
 order, no unknown fields) are decoded with upb instead: correct, slower.
+Format-2 frames (records with offset deltas, written only by log compaction;
+see :mod:`logstore.wire._frame`) also take the upb path (~0.8 us a record
+against ~0.1 us): any fetch that contains one is decoded with upb.
 
 :func:`decode_objects` gives the same records as :class:`logstore.wire.Record`.
 Records stored with timestamp 0 get their batch's base timestamp; records
-below ``start_offset`` (the first batch may begin earlier) are skipped.
+below ``start_offset`` (the first batch may begin earlier, and an offset that a
+gap removed is served from the next record) are skipped.
 
 :meth:`ColumnBatch.to_arrow` (:func:`columns_to_arrow`) hands the columns to
 pyarrow (the optional ``analytics`` extra) without copying the offsets,
@@ -43,7 +48,6 @@ from logstore.errors import CorruptRecordError
 from logstore.v1 import records_pb2
 
 from ._frame import (
-    FRAME_OVERHEAD,
     FRAME_TAG,
     PREFIX_SIZE,
     RECORD_TAG,
@@ -123,7 +127,7 @@ def parse_fetch(buf: bytes, check_crcs: bool = True) -> FetchedFrames:
     pos = 0
     n = len(buf)
     mv = memoryview(buf)
-    expect = None
+    expect = -1
     while pos < n:
         tag = buf[pos]
         if tag == FRAME_TAG:
@@ -135,12 +139,12 @@ def parse_fetch(buf: bytes, check_crcs: bool = True) -> FetchedFrames:
                 )
             if check_crcs:
                 check_crc(mv[pos:end], h)
-            if expect is not None and h.base_offset != expect:
+            if h.base_offset < expect:
                 raise CorruptRecordError(
-                    f"batch at offset {h.base_offset} does not follow the previous batch "
-                    f"(expected offset {expect})"
+                    f"batch at offset {h.base_offset} overlaps the previous batch "
+                    f"(which ends before offset {expect})"
                 )
-            expect = h.base_offset + h.record_count
+            expect = h.next_offset
             frames.append((pos, h))
             pos = end
             continue
@@ -426,7 +430,7 @@ def decode_columns(
     max_records: int | None = None,
 ) -> ColumnBatch:
     """Records of ``result``'s frames at or after ``start_offset``, as columns."""
-    frames = [(p, h) for p, h in result.frames if h.base_offset + h.record_count > start_offset]
+    frames = [(p, h) for p, h in result.frames if h.next_offset > start_offset]
     if not frames:
         return empty_columns(topic, partition)
     if max_records is not None:
@@ -436,19 +440,33 @@ def decode_columns(
             if budget <= 0:
                 break
             kept.append((p, h))
-            budget -= h.base_offset + h.record_count - max(h.base_offset, start_offset)
+            budget -= _records_at_least(h, start_offset)
         frames = kept
     try:
+        if any(h.has_offset_deltas for _, h in frames):
+            raise _Fallback
         cols = _decode_fast(topic, partition, result.buf, frames)
     except _Fallback:
         cols = _decode_upb(topic, partition, result.buf, frames)
-    skip = start_offset - frames[0][1].base_offset
     n = len(cols)
-    lo = max(0, skip)
+    # The first record at or after start_offset (offsets increase; the one
+    # asked for may be in a gap).
+    lo = int(np.searchsorted(cols.offsets, start_offset)) if n else 0
     hi = n if max_records is None else min(n, lo + max_records)
     if lo == 0 and hi == n:
         return cols
     return _slice(cols, lo, hi)
+
+
+def _records_at_least(h: FrameHeader, start_offset: int) -> int:
+    """How many of frame ``h``'s records are surely at or after ``start_offset``
+    (exact in format 1; in format 2 all of them when the frame starts there,
+    else none is certain)."""
+    if h.base_offset >= start_offset:
+        return h.record_count
+    if h.has_offset_deltas:
+        return 0
+    return h.next_offset - start_offset
 
 
 def _slice(c: ColumnBatch, lo: int, hi: int) -> ColumnBatch:
@@ -505,7 +523,7 @@ def _decode_fast(
     base_ts: list[int] = []
     base_offsets: list[int] = []
     for fpos, h in frames:
-        rs = fpos + FRAME_OVERHEAD
+        rs = fpos + h.records_start
         re = fpos + h.frame_size
         starts_l.append(_record_starts(buf, arr, rs, re, h.record_count))
         ends.append(re)
@@ -587,8 +605,13 @@ def _decode_upb(
                 f"batch at offset {h.base_offset} holds {len(msg.records)} records, "
                 f"header says {h.record_count}"
             )
-        for i, r in enumerate(msg.records):
-            offs.append(h.base_offset + i)
+        first = len(offs)
+        if h.has_offset_deltas:
+            offs += [h.base_offset + r.offset_delta for r in msg.records]
+            _check_deltas(offs[first:], h)
+        else:
+            offs += range(h.base_offset, h.next_offset)
+        for r in msg.records:
             tss.append(r.timestamp_ms or h.base_timestamp_ms)
             hk = r.HasField("key")
             kvalid.append(hk)
@@ -625,6 +648,16 @@ def _decode_upb(
         hb,
         ho,
     )
+
+
+def _check_deltas(offsets: list[int], h: FrameHeader) -> None:
+    """Raise CorruptRecordError unless a format-2 frame's record offsets
+    strictly increase and end at or before its last offset."""
+    if any(a >= b for a, b in pairwise(offsets)) or (offsets and offsets[-1] > h.last_offset):
+        raise CorruptRecordError(
+            f"batch at offset {h.base_offset}: record offset deltas do not increase up to its "
+            f"last offset {h.last_offset}"
+        )
 
 
 def _split(buf: _U8, offsets: _I64, valid: _B) -> list[bytes | None]:
@@ -689,9 +722,11 @@ def decode_objects(
     than reading each field of an upb message from Python), except for a few
     records (a random read, a small fetch), where upb is cheaper.
     """
+    if any(h.has_offset_deltas for _, h in result.frames):
+        return _decode_objects_upb(result, start_offset, max_records)
     wanted = 0
     for _, h in result.frames:
-        wanted += max(0, h.base_offset + h.record_count - max(h.base_offset, start_offset))
+        wanted += max(0, h.next_offset - max(h.base_offset, start_offset))
     if max_records is not None:
         wanted = min(wanted, max_records)
     if wanted >= _COLUMNS_MIN_RECORDS:
@@ -701,17 +736,36 @@ def decode_objects(
     for pos, h in result.frames:
         if len(out) >= wanted:
             break
-        if h.base_offset + h.record_count <= start_offset:
+        if h.next_offset <= start_offset:
             continue
         batch = mv[pos + PREFIX_SIZE : pos + h.frame_size]
         got = decode_records(batch, h.base_offset, h.base_timestamp_ms, start_offset)
-        if len(got) != h.base_offset + h.record_count - max(h.base_offset, start_offset):
+        if len(got) != h.next_offset - max(h.base_offset, start_offset):
             raise CorruptRecordError(
                 f"batch at offset {h.base_offset} holds a different number of records than "
                 f"its header's {h.record_count}"
             )
         out += got
     return out[:wanted]
+
+
+def _decode_objects_upb(
+    result: FetchedFrames, start_offset: int, max_records: int | None
+) -> list[Record]:
+    """decode_objects of a fetch holding format-2 frames: upb, frame by frame
+    (how many records are past ``start_offset`` is known only once decoded)."""
+    out: list[Record] = []
+    mv = memoryview(result.buf)
+    for pos, h in result.frames:
+        if max_records is not None and len(out) >= max_records:
+            break
+        if h.next_offset <= start_offset:
+            continue
+        batch = mv[pos + PREFIX_SIZE : pos + h.frame_size]
+        out += decode_records(
+            batch, h.base_offset, h.base_timestamp_ms, start_offset, h.record_count
+        )
+    return out if max_records is None else out[:max_records]
 
 
 # ---- Arrow ----------------------------------------------------------------------------------

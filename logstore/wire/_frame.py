@@ -5,32 +5,50 @@ A *frame* is one entry of the repeated ``batches`` field (field 1) of
 valid serialized ``repeated RecordBatch`` field, so the broker sends stored
 bytes unchanged (DESIGN.md, "the bytes on disk are the bytes on the wire").
 
+Two formats, told apart by attributes bit 3 (``ATTR_OFFSET_DELTAS``, 0x08).
 Frame layout (byte offsets from the start of the frame, little-endian)::
 
     0   0x0a                      tag: field 1, wire type 2 (length-delimited)
     1   5-byte varint             batch length L, always 5 bytes (overlong
                                   varints are legal protobuf; upb and
                                   protobufjs read them)
-    6   RecordBatch header        66 bytes, fixed width, written here with
-                                  struct.pack (never by a protobuf serializer,
-                                  which would omit zero fields):
+    6   RecordBatch header        66 bytes (format 1) or 71 (format 2), fixed
+                                  width, written here with struct.pack (never
+                                  by a protobuf serializer, which would omit
+                                  zero fields):
         6   0x09 sfixed64  base_offset        (patched in place at append)
         15  0x15 fixed32   crc32c             of frame[20:] (everything after it)
         20  0x1d fixed32   batch_length       = L
-        25  0x25 fixed32   record_count       >= 1
+        25  0x25 fixed32   record_count       >= 1, the records present
         30  0x29 sfixed64  base_timestamp_ms
         39  0x31 sfixed64  max_timestamp_ms
         48  0x39 sfixed64  producer_id        0 = none
         57  0x45 sfixed32  producer_epoch
         62  0x4d sfixed32  base_sequence
-        67  0x55 fixed32   attributes         bits 0-2 codec; only 0 (none); readers
-                                             reject any other value
-    72  records                   repeated Record, field 15 (tag 0x7a each),
-                                  to the end of the batch (6 + L)
+        67  0x55 fixed32   attributes         bits 0-2 codec, only 0 (none);
+                                             bit 3 ATTR_OFFSET_DELTAS; readers
+                                             reject any other bit
+      format 2 only (bit 3 set):
+        72  0x5d fixed32   last_offset_delta  last offset - base_offset
+    72  records (format 1)        repeated Record, field 15 (tag 0x7a each),
+    77  records (format 2)        to the end of the batch (6 + L)
+
+Format 1 (bit 3 clear) is what every producer and the append path write:
+the record at index i has offset base_offset + i, so the batch's last offset
+is base_offset + record_count - 1. Format 2 (bit 3 set) is written only by
+log compaction (which keeps records' original offsets, so a batch may have
+gaps) and by tests (:func:`build_offset_frame`): each record carries its
+``offset_delta`` (Record field 5, proto3 omits 0), deltas strictly increase,
+and the last offset is base_offset + last_offset_delta (>= the last
+record's: compaction may remove a batch's last records and keep its end).
+Readers find the format from the attributes at their fixed position
+(``ATTRIBUTES_POS``), so the header size costs O(1) per frame.
+``FrameHeader.last_offset_delta`` / ``next_offset`` are right for both.
 
 The CRC does not cover the base offset, so it can be patched without
-recomputing the CRC; readers also check that each frame's base offset equals
-the previous frame's base offset + record count.
+recomputing the CRC. Offsets only increase: each frame's base offset is >=
+the previous frame's ``next_offset``; they need not be contiguous (a
+compacted log has gaps within and between batches).
 
 All functions here are pure and thread-safe. Per-frame work is O(1) Python
 operations; the per-byte work (CRC32C) runs in C.
@@ -39,11 +57,14 @@ operations; the per-byte work (CRC32C) runs in C.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from typing import Final, NamedTuple
 
 import crc32c as _crc32c
 
 from logstore.errors import CorruptRecordError, InvalidBatchError
+
+from ._records import _ATTR_OFFSET_DELTAS, Record, encode_record
 
 _WIRE_I64: Final = 1  # protobuf wire type of sfixed64/fixed64: 8 bytes
 _WIRE_LEN: Final = 2  # length-delimited
@@ -69,6 +90,11 @@ PREFIX_SIZE: Final = 1 + LENGTH_VARINT_BYTES  # tag + 5-byte varint
 MAX_BATCH_LENGTH: Final = (1 << 31) - 1
 #: Attribute bits 0-2: the compression codec; 0 (none) is the only one so far.
 ATTR_CODEC_MASK: Final = 0x07
+#: Attribute bit 3: format 2, records carry offset deltas (module docstring).
+ATTR_OFFSET_DELTAS: Final = 0x08
+assert ATTR_OFFSET_DELTAS == _ATTR_OFFSET_DELTAS
+#: The attribute bits this version reads.
+_KNOWN_ATTRIBUTES: Final = ATTR_OFFSET_DELTAS
 
 #: The RecordBatch header fields in stored order: (field number, struct code).
 #: "q" is sfixed64 (wire type 1), "I"/"i" fixed32/sfixed32 (wire type 5).
@@ -120,8 +146,19 @@ assert (HEADER_SIZE, FRAME_OVERHEAD, BASE_OFFSET_POS, CRC_POS, CRC_START, ATTRIB
     68,
 )
 assert _TAGS.size == HEADER_SIZE and _HEAD.size == FRAME_OVERHEAD
+#: Format 2's extra header field: RecordBatch.last_offset_delta = 11, fixed32.
+LAST_OFFSET_DELTA_TAG: Final = _tag(11, _WIRE_I32)
+_DELTA_FIELD = struct.Struct("<BI")
+#: Format 2's header and frame head: 5 more bytes (tag + fixed32).
+HEADER_SIZE_V2: Final = HEADER_SIZE + _DELTA_FIELD.size
+FRAME_OVERHEAD_V2: Final = FRAME_OVERHEAD + _DELTA_FIELD.size
+#: The longest frame head of any format: read this many bytes to decode one.
+MAX_FRAME_OVERHEAD: Final = FRAME_OVERHEAD_V2
+assert (LAST_OFFSET_DELTA_TAG, HEADER_SIZE_V2, FRAME_OVERHEAD_V2) == (0x5D, 71, 77)
 _U32 = struct.Struct("<I")
 _I64 = struct.Struct("<q")
+_U32_MAX: Final = (1 << 32) - 1  # offset deltas are fixed32/uint32
+NO_TIMESTAMP: Final = -(1 << 63)
 
 
 class FrameHeader(NamedTuple):
@@ -137,6 +174,8 @@ class FrameHeader(NamedTuple):
     producer_epoch: int
     base_sequence: int
     attributes: int
+    #: The last offset minus base_offset (record_count - 1 in format 1).
+    last_offset_delta: int
 
     @property
     def frame_size(self) -> int:
@@ -144,9 +183,24 @@ class FrameHeader(NamedTuple):
         return PREFIX_SIZE + self.batch_length
 
     @property
+    def has_offset_deltas(self) -> bool:
+        """Format 2: records carry their offset deltas (may have gaps)."""
+        return bool(self.attributes & ATTR_OFFSET_DELTAS)
+
+    @property
+    def records_start(self) -> int:
+        """Where the records begin, from the start of the frame (72 or 77)."""
+        return FRAME_OVERHEAD_V2 if self.attributes & ATTR_OFFSET_DELTAS else FRAME_OVERHEAD
+
+    @property
+    def last_offset(self) -> int:
+        """The batch's last offset (its last record's, or past it in format 2)."""
+        return self.base_offset + self.last_offset_delta
+
+    @property
     def next_offset(self) -> int:
-        """The offset after this frame's last record."""
-        return self.base_offset + self.record_count
+        """The offset after this frame's last offset."""
+        return self.base_offset + self.last_offset_delta + 1
 
 
 def crc32c(data: bytes | bytearray | memoryview, value: int = 0) -> int:
@@ -270,23 +324,42 @@ def decode_header(buf: bytes | bytearray | memoryview, pos: int = 0) -> FrameHea
     )
     if _TAGS.unpack_from(buf, pos + PREFIX_SIZE) != _HEADER_TAGS:
         raise CorruptRecordError(f"bad batch header tags at byte {pos}")
-    header = FrameHeader(*_FIELDS.unpack_from(buf, pos + PREFIX_SIZE))
-    if header.batch_length != length or length < HEADER_SIZE or header.record_count < 1:
-        raise CorruptRecordError(
-            f"inconsistent batch length {length}/{header.batch_length} or record count "
-            f"{header.record_count} at byte {pos}"
-        )
-    if header.attributes:
-        # Only codec 0 (none) exists and no other bit is defined: anything
-        # else is not a batch this version can read (the CRC covers it, so it
-        # was written so, not flipped on disk).
-        codec = header.attributes & ATTR_CODEC_MASK
+    fields = _FIELDS.unpack_from(buf, pos + PREFIX_SIZE)
+    base_offset, _crc, batch_length, record_count = fields[:4]
+    attributes = fields[9]
+    if attributes & ~_KNOWN_ATTRIBUTES:
+        # Only codec 0 (none) and the offset-deltas bit exist: anything else
+        # is not a batch this version can read (the CRC covers it, so it was
+        # written so, not flipped on disk).
+        codec = attributes & ATTR_CODEC_MASK
         what = f"codec {codec} is unknown (only 0, none)" if codec else "unknown bits are set"
         raise CorruptRecordError(
-            f"batch at offset {header.base_offset} (byte {pos}) has attributes "
-            f"0x{header.attributes:08x}: {what}"
+            f"batch at offset {base_offset} (byte {pos}) has attributes 0x{attributes:08x}: {what}"
         )
-    return header
+    if attributes & ATTR_OFFSET_DELTAS:
+        if len(buf) - pos < FRAME_OVERHEAD_V2:
+            raise CorruptRecordError(f"truncated frame head at byte {pos}")
+        tag, last_delta = _DELTA_FIELD.unpack_from(buf, pos + FRAME_OVERHEAD)
+        if tag != LAST_OFFSET_DELTA_TAG:
+            raise CorruptRecordError(f"bad batch header tags at byte {pos}")
+        min_length = HEADER_SIZE_V2
+    else:
+        last_delta = record_count - 1
+        min_length = HEADER_SIZE
+    if (
+        batch_length != length
+        or length < min_length
+        or record_count < 1
+        or last_delta < record_count - 1
+    ):
+        raise CorruptRecordError(
+            f"inconsistent batch length {length}/{batch_length}, record count "
+            f"{record_count} or last offset delta {last_delta} at byte {pos}"
+        )
+    return FrameHeader(
+        base_offset, _crc, batch_length, record_count, fields[4], fields[5], fields[6],
+        fields[7], fields[8], attributes, last_delta,
+    )  # fmt: skip
 
 
 def check_crc(frame: bytes | bytearray | memoryview, header: FrameHeader) -> None:
@@ -302,6 +375,65 @@ def check_crc(frame: bytes | bytearray | memoryview, header: FrameHeader) -> Non
             f"CRC32C mismatch in batch at offset {header.base_offset}: stored "
             f"0x{header.crc32c:08x}, computed 0x{actual:08x}"
         )
+
+
+def build_offset_frame(
+    base_offset: int,
+    records: Sequence[tuple[int, Record]],
+    base_timestamp_ms: int,
+    max_timestamp_ms: int | None = None,
+    last_offset: int | None = None,
+    producer_id: int = 0,
+    producer_epoch: int = 0,
+    base_sequence: int = 0,
+) -> bytes:
+    """A format-2 frame of ``(offset, record)`` pairs that keep their offsets.
+
+    What log compaction writes (and tests, to build logs with gaps): the
+    offsets must strictly increase and be >= ``base_offset``; each record is
+    encoded with ``offset_delta`` = offset - base_offset; the batch's last
+    offset is ``last_offset`` (default: the last record's; compaction keeps a
+    batch's original end). ``max_timestamp_ms`` defaults to the largest
+    effective record timestamp (0 means the base timestamp). Records' own
+    ``offset`` attributes are ignored.
+    """
+    if not records:
+        raise InvalidBatchError("a batch needs at least one record")
+    parts: list[bytes] = []
+    prev = base_offset - 1
+    max_ts = NO_TIMESTAMP
+    for offset, r in records:
+        if offset <= prev or offset - base_offset > _U32_MAX:
+            raise InvalidBatchError(
+                f"record offsets must increase from base offset {base_offset}: {offset} after "
+                f"{prev}"
+            )
+        prev = offset
+        parts.append(encode_record(r.value, r.key, r.headers, r.timestamp_ms, offset - base_offset))
+        max_ts = max(max_ts, r.timestamp_ms or base_timestamp_ms)
+    last = prev if last_offset is None else last_offset
+    if not prev <= last <= base_offset + _U32_MAX:
+        raise InvalidBatchError(f"last offset {last} is before the last record's {prev}")
+    body = b"".join(parts)
+    batch_length = HEADER_SIZE_V2 + len(body)
+    head = build_head(
+        len(body) + _DELTA_FIELD.size,
+        len(records),
+        base_timestamp_ms,
+        max_ts if max_timestamp_ms is None else max_timestamp_ms,
+        producer_id,
+        producer_epoch,
+        base_sequence,
+        base_offset=base_offset,
+    )
+    _U32.pack_into(head, ATTRIBUTES_POS, ATTR_OFFSET_DELTAS)
+    head += _DELTA_FIELD.pack(LAST_OFFSET_DELTA_TAG, last - base_offset)
+    assert len(head) == FRAME_OVERHEAD_V2 and head[ATTRIBUTES_POS - 1] == 0x55
+    crc = crc32c(body, crc32c(memoryview(head)[CRC_START:]))
+    _U32.pack_into(head, CRC_POS, crc)
+    frame = bytes(head) + body
+    assert len(frame) == PREFIX_SIZE + batch_length
+    return frame
 
 
 def batch_view(frame: bytes | bytearray | memoryview) -> memoryview:

@@ -9,6 +9,7 @@ The records of a batch are serialized as protobuf field 15 of ``RecordBatch``
            [0x12 varint(len(value)) value]    value present (optional bytes)
            [0x18 zigzag-varint(timestamp_ms)] timestamp_ms != 0 (sint64)
            [0x22 varint(len(h)) h]*           headers: 0x0a name 0x12 value
+           [0x28 varint(offset_delta)]        format-2 batches only, != 0
 
 The encoders below build exactly what a protobuf serializer would (so any
 protobuf library decodes them) but without a message object per record: the
@@ -19,10 +20,15 @@ prefixes with the payloads and joining once, in C. Decoding uses upb.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from itertools import pairwise
 from typing import Final
 
-from logstore.errors import InvalidBatchError
+from logstore.errors import CorruptRecordError, InvalidBatchError
 from logstore.v1 import records_pb2
+
+#: RecordBatch attributes bit 3, format 2 (``_frame.ATTR_OFFSET_DELTAS``; it
+#: imports this module, so the value is repeated here and asserted there).
+_ATTR_OFFSET_DELTAS: Final = 0x08
 
 #: Largest payload (key or value) whose prefix is cached; larger ones are
 #: encoded directly (the per-record cost is then negligible next to the copy).
@@ -141,11 +147,13 @@ def encode_record(
     key: bytes | None = None,
     headers: Sequence[tuple[str, bytes]] | None = None,
     timestamp_ms: int = 0,
+    offset_delta: int = 0,
 ) -> bytes:
     """One record as one entry of the records field (tag 0x7a, length, body).
 
     ``None`` key or value is absent (not empty); a timestamp of 0 is omitted
-    (the batch's applies). Byte-identical to upb serializing the same Record.
+    (the batch's applies), and so is an offset delta of 0 (only format-2
+    batches carry deltas). Byte-identical to upb serializing the same Record.
     """
     parts: list[bytes] = []
     if key is not None:
@@ -167,6 +175,8 @@ def encode_record(
                 )
             )
             parts += (b"\x22", varint(len(h)), h)
+    if offset_delta:
+        parts += (b"\x28", varint(offset_delta))
     body = b"".join(parts)
     return b"\x7a" + varint(len(body)) + body
 
@@ -230,17 +240,35 @@ def decode_records(
     base_offset: int,
     base_timestamp_ms: int,
     start_offset: int = 0,
+    record_count: int | None = None,
 ) -> list[Record]:
     """Decode a serialized RecordBatch into Records, skipping offsets < start_offset.
 
-    Records stored with timestamp 0 get the batch's base timestamp.
+    Records stored with timestamp 0 get the batch's base timestamp. In a
+    format-2 batch (attributes bit 3) each record's offset is base_offset +
+    its offset_delta; raises CorruptRecordError if the deltas do not
+    strictly increase up to last_offset_delta, or, with ``record_count``
+    given, if the batch holds another number of records.
     """
     msg = records_pb2.RecordBatch.FromString(bytes(batch))
+    recs = msg.records
+    if record_count is not None and len(recs) != record_count:
+        raise CorruptRecordError(
+            f"batch at offset {base_offset} holds {len(recs)} records, header says {record_count}"
+        )
+    if msg.attributes & _ATTR_OFFSET_DELTAS:
+        offsets = [base_offset + r.offset_delta for r in recs]
+        last = base_offset + msg.last_offset_delta
+        if any(a >= b for a, b in pairwise(offsets)) or (offsets and offsets[-1] > last):
+            raise CorruptRecordError(
+                f"batch at offset {base_offset}: record offset deltas do not increase up to "
+                f"its last offset delta {msg.last_offset_delta}"
+            )
+    else:
+        offsets = list(range(base_offset, base_offset + len(recs)))
     out: list[Record] = []
-    offset = base_offset
-    skip = start_offset - base_offset
-    for i, r in enumerate(msg.records):
-        if i < skip:
+    for offset, r in zip(offsets, recs, strict=True):
+        if offset < start_offset:
             continue
         out.append(
             Record(
@@ -248,7 +276,7 @@ def decode_records(
                 r.key if r.HasField("key") else None,
                 [(h.key, h.value) for h in r.headers] if r.headers else None,
                 r.timestamp_ms or base_timestamp_ms,
-                offset + i,
+                offset,
             )
         )
     return out
