@@ -10,8 +10,9 @@ trust:
   (garbage after the last frame; a checkpoint written by a partition whose
   fsync had failed), the partition is recovered as after a crash;
 - after a crash, segments wholly below the recovery point are trusted; from
-  the recovery point on every frame is checked (head, CRC32C, contiguous
-  offsets) and indexed as if appended. The first bad frame and everything
+  the recovery point on every frame is checked (head, CRC32C, increasing
+  offsets: gaps within and between batches and segments are legal, a
+  compacted log has them) and indexed as if appended. The first bad frame and everything
   after it are a torn tail: truncated, with one WARN line. A frame that
   cannot be reached *before* the recovery point is corruption: nothing is
   truncated, reads of that range raise CorruptRecordError, later segments
@@ -195,11 +196,15 @@ class _Loader:
         for j in range(k, len(segs)):
             seg = segs[j]
             pos = start_pos if j == k else 0
-            expected = expected_offset if j == k else segs[j - 1].next_offset
+            expected = expected_offset if j == k else seg.base_offset
             if j > k:
                 seg.forget_indexes()
-                if seg.base_offset != expected:
-                    self._drop_from(j, f"segment base {seg.base_offset} != expected {expected}")
+                if seg.base_offset < segs[j - 1].next_offset:
+                    self._drop_from(
+                        j,
+                        f"segment base {seg.base_offset} overlaps the previous segment, which "
+                        f"ends at {segs[j - 1].next_offset}",
+                    )
                     return
             bad = seg.recover_from(pos, expected)
             if bad is not None:
@@ -222,6 +227,7 @@ class _Loader:
         (``Segment.offset_bound``), so no acknowledged offset is reused."""
         segs = self.segments
         seg = segs[k]
+        seg.damaged = True
         if k + 1 < len(segs):
             end = segs[k + 1].base_offset
             log.error(

@@ -28,6 +28,14 @@ snapshot. Retention rules: ``_retention``; the segment list: ``_segments``.
 
 Reads: a damaged frame is reported (CorruptRecordError) only when it is the
 first one asked for; a read that reaches it after good frames returns those.
+
+Gaps: offsets increase but need not be contiguous, within a batch (format-2
+frames) or between batches and segments. ``append_frames`` writes pre-built
+frames keeping their offsets (the test seam today; a replication follower
+and compaction later). An offset lookup returns the first batch whose last
+offset is >= the target (Kafka's translateOffset), so a read of an offset
+that a gap removed returns the records after it; the log end offset after
+a frame is its ``next_offset``.
 """
 
 from __future__ import annotations
@@ -54,6 +62,7 @@ from logstore.wire import (
     FRAME_OVERHEAD,
     PREFIX_SIZE,
     ColumnBatch,
+    FrameHeader,
     Record,
     batch_view,
     build_head,
@@ -271,12 +280,17 @@ class PartitionLog:
                 continue
             pos = 0
             if seg.base_offset < from_offset:
-                pos, _ = seg.position_of(from_offset)
+                found = seg.locate(from_offset)
+                if found is None:  # a gap to the segment's end
+                    continue
+                pos = found[0]
             for _p, h in seg.frames(pos, seg.size):
                 if h.producer_id and h.base_offset >= from_offset and h.producer_epoch >= 0:
+                    # A batch's sequences span its offsets (Kafka: base
+                    # sequence + last offset delta), present records or not.
                     self.producers.update(
                         h.producer_id, h.producer_epoch, h.base_sequence,
-                        h.record_count, h.base_offset, h.base_timestamp_ms,
+                        h.last_offset_delta + 1, h.base_offset, h.base_timestamp_ms,
                     )  # fmt: skip
                 if h.next_offset >= end:
                     break
@@ -353,7 +367,8 @@ class PartitionLog:
                     )
             seg = self.active
             frame_size = len(head) + len(records)
-            if not seg.fits(frame_size, record_count, self.config.segment_bytes) or (
+            next_after = seg.next_offset + record_count
+            if not seg.fits(frame_size, next_after, self.config.segment_bytes) or (
                 seg.size and now - seg.created_ms >= self.config.segment_ms
             ):
                 try:
@@ -366,7 +381,7 @@ class PartitionLog:
             base = seg.next_offset
             patch_base_offset(head, base)
             try:
-                seg.append(head, records, base, record_count, max_ts)
+                seg.append(head, records, base, base + record_count, max_ts)
             except StorageError as exc:
                 self._check_after_failed_write(seg, exc)
                 raise
@@ -378,6 +393,76 @@ class PartitionLog:
             self.last_append_ms = now
             result = AppendResult(base, base + record_count - 1, base_ts, self.log_start_offset)
         return result
+
+    def append_frames(self, frames: bytes | bytearray | memoryview) -> int:
+        """Append a run of whole pre-built frames keeping their offsets; return
+        the log end offset after them.
+
+        Each frame's base offset must be >= the log end offset (and >= the
+        previous frame's next offset), its CRC32C must match and it must
+        respect ``max_batch_bytes``: else InvalidBatchError and nothing is
+        written. Gaps are kept (format-2 frames may have gaps inside). The
+        producer state follows the frames' producer fields without duplicate
+        checks. What tests use to build logs with gaps, and what a
+        replication follower will need.
+        """
+        data = bytes(frames)
+        parsed: list[tuple[int, FrameHeader]] = []
+        try:
+            for pos, h in stored_frames(data).frames:
+                check_crc(memoryview(data)[pos : pos + h.frame_size], h)
+                parsed.append((pos, h))
+        except CorruptRecordError as exc:
+            raise InvalidBatchError(f"{self.name}: not a run of valid frames: {exc}") from exc
+        if not parsed:
+            raise InvalidBatchError(f"{self.name}: append_frames needs at least one frame")
+        for _pos, h in parsed:
+            if h.batch_length > self.config.max_batch_bytes:
+                raise InvalidBatchError(
+                    f"{self.name}: batch of {h.batch_length} bytes exceeds max_batch_bytes "
+                    f"{self.config.max_batch_bytes}"
+                )
+        now = now_ms()
+        mv = memoryview(data)
+        with self._lock:
+            self._check_writable()
+            expect = self.log_end_offset
+            for _pos, h in parsed:
+                if h.base_offset < expect:
+                    raise InvalidBatchError(
+                        f"{self.name}: frame at offset {h.base_offset} is below the log end "
+                        f"offset or the previous frame's end ({expect})"
+                    )
+                expect = h.next_offset
+            for pos, h in parsed:
+                seg = self.active
+                if not seg.fits(h.frame_size, h.next_offset, self.config.segment_bytes):
+                    if seg.size == 0:
+                        raise InvalidBatchError(
+                            f"{self.name}: frame at offset {h.base_offset} spans more than 2**32 "
+                            f"offsets past its segment's base {seg.base_offset}"
+                        )
+                    try:
+                        seg = self._roll(now)
+                    except StorageError as exc:
+                        self._failed = exc
+                        raise
+                try:
+                    seg.append(
+                        mv[pos : pos + h.frame_size], b"", h.base_offset, h.next_offset,
+                        h.max_timestamp_ms,
+                    )  # fmt: skip
+                except StorageError as exc:
+                    self._check_after_failed_write(seg, exc)
+                    raise
+                if h.producer_id:
+                    self.producers.update(
+                        h.producer_id, h.producer_epoch, h.base_sequence,
+                        h.last_offset_delta + 1, h.base_offset, h.base_timestamp_ms,
+                    )  # fmt: skip
+                self._advance_high_watermark(h.next_offset)
+            self.last_append_ms = now
+            return self.log_end_offset
 
     def _check_after_failed_write(self, seg: Segment, exc: StorageError) -> None:
         """After a failed append the segment truncated its file back; if the
@@ -519,16 +604,16 @@ class PartitionLog:
             return FetchResult(b"", end, start, end)
         view = self._view
         i = view.floor(offset)
-        if i < 0 or offset >= view[i].next_offset:
-            if offset < self.log_start_offset:  # deleted by retention meanwhile
-                self._check_read_offset(offset)
-            raise CorruptRecordError(
-                f"{self.name}: offset {offset} is missing from the log (data lost before the "
-                f"recovery point)"
-            )
-        seg = view[i]
         try:
-            pos, _ = seg.position_of(offset)
+            found = self._locate(view, i, offset)
+            if found is None:
+                if offset < self.log_start_offset:  # deleted by retention meanwhile
+                    self._check_read_offset(offset)
+                raise CorruptRecordError(
+                    f"{self.name}: offset {offset} is missing from the log (data lost before "
+                    f"the recovery point)"
+                )
+            seg, pos = found
             data, nxt = seg.read_frames(pos, max_bytes, end)
         except StorageError as exc:
             if self._deleted:
@@ -541,6 +626,26 @@ class PartitionLog:
                 ) from exc
             raise
         return FetchResult(data, end, start, nxt)
+
+    @staticmethod
+    def _locate(view: SegmentList, i: int, offset: int) -> tuple[Segment, int] | None:
+        """The segment and position of the first frame whose last offset is
+        >= ``offset``, starting at segment ``i`` (the floor of ``offset``);
+        None if no segment has one."""
+        if i < 0:
+            return None
+        seg = view[i]
+        if offset < seg.next_offset:
+            found = seg.locate(offset)
+            if found is not None:
+                return seg, found[0]
+        elif seg.damaged:
+            return None
+        # A gap to the end of segment i: the next non-empty segment's first frame.
+        for later in view.as_list[i + 1 :]:
+            if later.size:
+                return later, 0
+        return None
 
     def read(self, offset: int, max_bytes: int = 1 << 20) -> list[Record]:
         """Records from exactly ``offset``: at least one if ``offset`` < end.
@@ -594,8 +699,10 @@ class PartitionLog:
             start_off = max(seg.base_offset + rel, start)
             if start_off >= seg.next_offset:
                 continue
-            pos, _ = seg.position_of(start_off)
-            for p, h in seg.frames(pos, seg.size):
+            found = seg.locate(start_off)
+            if found is None:  # a gap to the segment's end
+                continue
+            for p, h in seg.frames(found[0], seg.size):
                 if h.max_timestamp_ms < timestamp_ms or h.next_offset <= start:
                     continue
                 frame = seg.pread(h.frame_size, p)
@@ -605,7 +712,8 @@ class PartitionLog:
                 ):
                     if r.timestamp_ms >= timestamp_ms:
                         return r.offset, r.timestamp_ms
-                return h.next_offset - 1, h.max_timestamp_ms  # max ts claimed but no record: last
+                # The batch claims a max >= the target but no record has it
+                # (release 0.1.0 stored inflated maxima): the answer is later.
         return None
 
     # --- deletion ---------------------------------------------------------------------
@@ -707,12 +815,9 @@ class PartitionLog:
                 pos = 0
                 offset_at = seg.base_offset
             else:
-                pos, h = seg.position_of(offset)
-                if h.base_offset != offset:  # inside a batch: keep the whole batch
-                    pos += h.frame_size
-                    offset_at = h.next_offset
-                else:
-                    offset_at = offset
+                # Inside a batch: keep the whole batch; in a gap: the end of
+                # the last frame kept (where the log's frames really end).
+                pos, offset_at = seg.cut_point(offset)
             if offset_at >= self.log_end_offset:
                 return
             # Lower the checkpointed recovery point (to a frame boundary) before

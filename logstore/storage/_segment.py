@@ -8,8 +8,13 @@ number of partitions; an evicted segment simply reopens on next use.
 Invariants (checked by ``assert`` where cheap):
 - ``size`` is the byte length of the valid frames; bytes past it are never
   read (a concurrent append may be writing there).
-- frames are contiguous: frame k+1's base offset = frame k's base offset +
-  record count; ``next_offset`` is the offset after the last record.
+- offsets increase: frame k+1's base offset >= frame k's ``next_offset``
+  (base offset + last offset delta + 1). They need not be contiguous: frames
+  appended through ``append_frames`` (and, later, written by compaction) may
+  leave gaps within and between batches, and the first frame may start
+  after the segment's base offset. ``next_offset`` is the offset after the
+  last frame (for a sealed segment loaded without a scan: the next
+  segment's base offset, which may lie past it when there is a gap).
 - relative offsets (``offset - base_offset``) and positions fit in u32; the
   partition rolls before they would not.
 
@@ -44,6 +49,7 @@ import numpy as np
 from logstore.errors import CorruptRecordError, StorageError
 from logstore.wire import (
     FRAME_OVERHEAD,
+    MAX_FRAME_OVERHEAD,
     MIN_RECORD_BYTES,
     FrameHeader,
     check_crc,
@@ -178,6 +184,9 @@ class Segment:
         self._index_lock = threading.Lock()
         self._fd: int | None = None
         self._fd_lock = threading.Lock()
+        #: Set by recovery when data before the recovery point is unreachable:
+        #: an offset past the frames found is then missing, not in a gap.
+        self.damaged = False
 
     def __repr__(self) -> str:
         return f"Segment({self.log_path}, size={self.size}, next={self.next_offset})"
@@ -258,14 +267,15 @@ class Segment:
         finally:
             self.handles.release(self)
 
-    def fits(self, frame_size: int, record_count: int, segment_bytes: int) -> bool:
-        """Whether a frame can be appended without breaking a limit."""
+    def fits(self, frame_size: int, frame_next_offset: int, segment_bytes: int) -> bool:
+        """Whether a frame ending before ``frame_next_offset`` can be appended
+        without breaking a limit."""
         if self.size == 0:
-            return self.next_offset + record_count - self.base_offset < U32_LIMIT
+            return frame_next_offset - self.base_offset < U32_LIMIT
         return (
             self.size + frame_size <= segment_bytes
             and self.size + frame_size < U32_LIMIT
-            and self.next_offset + record_count - self.base_offset < U32_LIMIT
+            and frame_next_offset - self.base_offset < U32_LIMIT
             and not self.index.is_full
             and not self.time_index.is_full
         )
@@ -326,18 +336,19 @@ class Segment:
     # --- writing ------------------------------------------------------------------------
     def append(
         self,
-        head: bytearray,
+        head: bytes | bytearray | memoryview,
         body: bytes | memoryview,
         header_base: int,
-        record_count: int,
+        frame_next_offset: int,
         max_timestamp_ms: int,
     ) -> None:
-        """Append one frame whose base offset is ``header_base`` (already patched).
+        """Append one frame whose base offset is ``header_base`` (already patched)
+        and whose last offset is ``frame_next_offset - 1``.
 
         On a write error the file is truncated back to its previous size, so
         nothing half-written is ever served; the error propagates.
         """
-        assert header_base == self.next_offset
+        assert header_base >= self.next_offset and frame_next_offset > header_base
         pos = self.size
         frame_size = len(head) + len(body)
         rel = header_base - self.base_offset
@@ -363,7 +374,7 @@ class Segment:
         # size before next_offset: a reader that sees the new end offset must
         # also see the bytes that hold it.
         self.size = pos + frame_size
-        self.next_offset = header_base + record_count
+        self.next_offset = frame_next_offset
 
     def sync(self) -> None:
         """fdatasync the .log file (indexes are rebuilt after a crash)."""
@@ -434,7 +445,8 @@ class Segment:
         ``expected_offset`` starts) to the end of the file: head, CRC32C,
         contiguous offsets, indexed by the one rule as if appended. Sets
         ``size`` and ``next_offset`` to the end of the last valid frame;
-        returns why scanning stopped early (a torn tail), or None. Does not
+        returns why scanning stopped early (a torn tail), or None. Offsets
+        must increase, not be contiguous (a gap is legal). Does not
         truncate (the caller logs, then calls ``truncate_to``)."""
         self.size = pos
         self.next_offset = expected_offset
@@ -442,8 +454,8 @@ class Segment:
         file_size = self.fs.file_size(self.log_path)
         try:
             for p, h in self.frames(pos, file_size):
-                if h.base_offset != self.next_offset:
-                    return f"base offset {h.base_offset}, expected {self.next_offset}"
+                if h.base_offset < self.next_offset:
+                    return f"base offset {h.base_offset}, expected >= {self.next_offset}"
                 check_crc(self.pread(h.frame_size, p), h)
                 rel = h.base_offset - self.base_offset
                 self._index_frame(
@@ -468,9 +480,9 @@ class Segment:
         best = self.base_offset
         pos = 0
         while pos < file_size:
-            # FRAME_OVERHEAD more than the step: a head that starts in this
-            # step is decoded from this read.
-            chunk = self.pread(_SCAN_STEP_BYTES + FRAME_OVERHEAD, pos)
+            # MAX_FRAME_OVERHEAD more than the step: a head (of either format)
+            # that starts in this step is decoded from this read.
+            chunk = self.pread(_SCAN_STEP_BYTES + MAX_FRAME_OVERHEAD, pos)
             for m in _FRAME_HEAD.finditer(chunk, 0, min(_SCAN_STEP_BYTES, len(chunk))):
                 p = pos + m.start()
                 try:
@@ -498,10 +510,11 @@ class Segment:
         rel, pos = self.index.lookup(offset - self.base_offset)
         if pos:
             try:
-                for _p, h in self.frames(pos, min(pos + FRAME_OVERHEAD, file_size)):
-                    if h.base_offset != self.base_offset + rel:
-                        raise CorruptRecordError("bad index entry")
-                    break
+                # The head alone (a walk bounded at the head's end would call
+                # every frame "running past the end" and distrust the entry).
+                h = decode_header(self.pread(MAX_FRAME_OVERHEAD, pos))
+                if h.base_offset != self.base_offset + rel or pos + h.frame_size > file_size:
+                    raise CorruptRecordError("bad index entry")
             except CorruptRecordError:
                 self.index.reset()
                 self.time_index.reset()
@@ -538,7 +551,9 @@ class Segment:
         buf_start = pos
         while pos < end_pos:
             off = pos - buf_start
-            if off + FRAME_OVERHEAD > len(buf):
+            # A head of either format must be in the buffer (72 or 77 bytes);
+            # re-read when fewer than the longest remain and more exist.
+            if off + MAX_FRAME_OVERHEAD > len(buf) and buf_start + len(buf) < end_pos:
                 buf = self.pread(min(SCAN_CHUNK, end_pos - pos), pos)
                 buf_start, off = pos, 0
                 if len(buf) < FRAME_OVERHEAD:
@@ -553,11 +568,17 @@ class Segment:
             yield pos, h
             pos += h.frame_size
 
-    def position_of(self, offset: int) -> tuple[int, FrameHeader]:
-        """Position and header of the frame containing ``offset``.
+    def locate(self, offset: int) -> tuple[int, FrameHeader] | None:
+        """Position and header of the first frame whose last offset is >=
+        ``offset`` (Kafka's translateOffset): the frame containing it, or the
+        next one when a gap removed it. None when every frame ends before it
+        (a gap at the end of the segment: the next segment has it).
 
-        Uses the sparse index, verified against the frame found there; a
-        wrong entry (corrupt index) falls back to a scan from the start.
+        Uses the sparse index (its entries are frame base offsets: the frames
+        before an entry all end at or before it), verified against the frame
+        found there; a wrong entry (corrupt index) falls back to a scan from
+        the start. Raises CorruptRecordError when the offset should be here
+        but a frame head is damaged, or the segment is ``damaged``.
         """
         assert self.base_offset <= offset < self.next_offset
         self.ensure_indexes()
@@ -567,26 +588,51 @@ class Segment:
             self._rebuild_indexes_locked("an offset index entry does not match the log")
             rel, pos = self.index.lookup(offset - self.base_offset)
         for p, h in self.frames(pos, limit):
-            if h.base_offset > offset:
-                break
             if offset < h.next_offset:
                 return p, h
-        raise CorruptRecordError(
-            f"{self.log_path}: offset {offset} not found (missing or damaged data)"
-        )
+        if self.damaged:
+            raise CorruptRecordError(
+                f"{self.log_path}: offset {offset} not found (missing or damaged data)"
+            )
+        return None
+
+    def position_of(self, offset: int) -> tuple[int, FrameHeader]:
+        """:meth:`locate`, raising CorruptRecordError instead of returning None."""
+        found = self.locate(offset)
+        if found is None:
+            raise CorruptRecordError(
+                f"{self.log_path}: offset {offset} not found (missing or damaged data)"
+            )
+        return found
+
+    def cut_point(self, offset: int) -> tuple[int, int]:
+        """Where to truncate to drop every record at or after ``offset``,
+        keeping a batch that straddles it whole: ``(position, next offset
+        after the frames kept)``. The next offset is the last kept frame's
+        (or the base offset when none is kept), so the segment's end stays
+        where its last frame ends, gaps or not. Walks the frame heads from
+        the start (a truncation is rare: replication and admin only)."""
+        end = self.base_offset
+        for p, h in self.frames(0, self.size):
+            if h.base_offset >= offset:
+                return p, end
+            if offset <= h.last_offset:
+                return p + h.frame_size, h.next_offset
+            end = h.next_offset
+        return self.size, end
 
     def tail_next_offset(self) -> int | None:
         """The offset after the last frame, found by walking the frame heads
         from the last offset index entry to ``size`` (no CRC); None if the
-        frames do not run contiguously and exactly to ``size`` (garbage or a
-        torn frame at the end)."""
+        frames do not run, with increasing offsets, exactly to ``size``
+        (garbage or a torn frame at the end)."""
         rel, pos = self.index.last()
         if pos and not self._entry_matches(rel, pos):
             rel, pos = 0, 0
         nxt = self.base_offset + rel
         try:
             for _p, h in self.frames(pos, self.size):
-                if h.base_offset != nxt:
+                if h.base_offset < nxt:
                     return None
                 nxt = h.next_offset
         except CorruptRecordError:
@@ -605,7 +651,7 @@ class Segment:
         returns those, so one damaged batch never hides the valid data before
         it (the next read, starting at the bad one, reports it)."""
         limit = self.size
-        want = max(min(max_bytes, limit - pos), FRAME_OVERHEAD)
+        want = max(min(max_bytes, limit - pos), MAX_FRAME_OVERHEAD)
         buf = self.pread(want, pos)
         mv = memoryview(buf)
         off = 0
@@ -637,8 +683,8 @@ class Segment:
                 if off:
                     break
                 raise CorruptRecordError(f"{self.log_path} at byte {pos + off}: {exc}") from None
-            if next_offset != -1 and h.base_offset != next_offset:
-                break  # a gap or overlap: not served past it (off > 0 here)
+            if h.base_offset < next_offset:
+                break  # an overlap: not served past it (off > 0 here); gaps are legal
             next_offset = h.next_offset
             off = end
         if off == 0:
@@ -653,7 +699,7 @@ class Segment:
         if pos >= self.size:
             return False
         try:
-            h = decode_header(self.pread(FRAME_OVERHEAD, pos))
+            h = decode_header(self.pread(MAX_FRAME_OVERHEAD, pos))
         except CorruptRecordError:
             return False
         return h.base_offset == self.base_offset + rel

@@ -604,6 +604,21 @@ class Store:
             producer_id, producer_epoch, base_sequence,
         )  # fmt: skip
 
+    def append_frames(
+        self, topic: str, partition: int, frames: bytes | bytearray | memoryview
+    ) -> int:
+        """Append a run of whole pre-built frames that keep their offsets (gaps
+        allowed, e.g. format-2 frames from ``logstore.wire.build_offset_frame``);
+        return the log end offset after them. Each frame's base offset must be
+        >= the log end offset and its CRC must match (InvalidBatchError). The
+        seam for tests of gaps, and what a replication follower will use."""
+        self._check_open()
+        lg = self.partition(topic, partition)
+        end = lg.append_frames(frames)
+        for fn in self._listeners:
+            fn(lg.topic, lg.partition, end)
+        return end
+
     def _append(
         self,
         lg: PartitionLog,
