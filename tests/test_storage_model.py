@@ -6,8 +6,11 @@ with ``sync=True``: group commit), reads (records, raw frames, by time), rolls
 (tiny ``segment_bytes``), retention by time and size, ``delete_records``,
 ``truncate_to``, topic deletion and re-creation, flushes, clean close-and-reopen,
 kill -9 (page cache kept), power cuts (with torn sectors), injected EIO/ENOSPC
-on writes, fsyncs, reads and opens, and a nearly full disk; it compares the
-store with a list of acknowledged batches per partition.
+on writes, fsyncs, reads and opens, a nearly full disk, and frames with
+offset gaps (within a batch: format 2, and between batches) appended through
+``Store.append_frames``; it compares the store with a list of acknowledged
+batches per partition. Reads start at every offset, those a gap removed too
+(they return the records after it).
 
 Invariants, checked after every reopen (and reads checked all along):
 - every record acknowledged durable (a returned ``flush()`` or
@@ -79,10 +82,22 @@ class Batch:
     base: int
     values: list[bytes]
     timestamp_ms: int
+    #: The records' offsets when they have gaps (None: base, base + 1, ...).
+    offsets: list[int] | None = None
+    #: The batch's last offset when it lies past its last record's.
+    last: int | None = None
+
+    @property
+    def kept(self) -> list[int]:
+        if self.offsets is None:
+            return list(range(self.base, self.base + len(self.values)))
+        return self.offsets
 
     @property
     def end(self) -> int:
-        return self.base + len(self.values)
+        if self.last is not None:
+            return self.last + 1
+        return self.kept[-1] + 1
 
 
 @dataclass
@@ -93,15 +108,23 @@ class PartModel:
     durable_end: int = 0  # every offset below was acknowledged durable
 
     def add(self, batch: Batch) -> None:
-        assert batch.base == self.end
+        assert batch.base >= self.end
         self.batches.append(batch)
         self.end = batch.end
 
     def record(self, offset: int) -> tuple[bytes, int]:
         for b in self.batches:
             if b.base <= offset < b.end:
-                return b.values[offset - b.base], b.timestamp_ms
+                return b.values[b.kept.index(offset)], b.timestamp_ms
         raise AssertionError(f"model has no offset {offset}")
+
+    def first_at_or_after(self, offset: int) -> int | None:
+        """The first stored offset >= ``offset`` (a gap skips to the next record)."""
+        for b in self.batches:
+            for o in b.kept:
+                if o >= offset:
+                    return o
+        return None
 
     def truncate(self, end: int, start: int) -> None:
         """Forget batches from ``end`` on (lost unflushed records). A batch is
@@ -142,14 +165,19 @@ class StorageModel(RuleBasedStateMachine):
         offset = start
         while offset < end:
             recs = self.store.read(topic, part, offset, max_bytes=1500)
+            first = m.first_at_or_after(offset)
+            if first is None:  # only a gap left before the end
+                assert recs == [], (topic, part, offset, recs)
+                break
             assert recs, f"read at {offset} < end {end} returned nothing"
             for r in recs:
-                assert r.offset == offset, (r.offset, offset)
-                value, ts = m.record(offset)
-                assert r.value == value, (topic, part, offset, r.value, value)
+                assert r.offset == first, (r.offset, first)
+                value, ts = m.record(first)
+                assert r.value == value, (topic, part, first, r.value, value)
                 assert r.timestamp_ms == ts
-                offset += 1
-        assert offset == end
+                nxt = m.first_at_or_after(first + 1)
+                first = end if nxt is None else nxt
+            offset = recs[-1].offset + 1
         assert self.store.read(topic, part, end) == []
 
     def _check_all(self) -> None:
@@ -226,6 +254,63 @@ class StorageModel(RuleBasedStateMachine):
         for p, sizes, sync, dt in batches:
             self._append(p, sizes, sync, dt)
 
+    @rule(
+        p=st.sampled_from(PARTS),
+        batches=st.lists(
+            st.tuples(
+                st.integers(0, 5),  # gap before the batch
+                st.lists(st.tuples(st.integers(1, 3), st.integers(0, 200)), min_size=1, max_size=5),
+                st.integers(0, 3),  # offsets past the last record (format 2)
+                st.booleans(),  # format 2 (else a format-1 frame after the gap)
+            ),
+            min_size=1,
+            max_size=4,
+        ),
+    )
+    def append_gaps(
+        self, p: tuple[str, int], batches: list[tuple[int, list[tuple[int, int]], int, bool]]
+    ) -> None:
+        """Frames with gaps between and (format 2) within batches, through the
+        append_frames seam: they keep their offsets and the log end follows them."""
+        m = self.models[p]
+        base = m.end
+        run = []
+        new: list[Batch] = []
+        for gap, recs, tail, fmt2 in batches:
+            base += gap
+            self.counter += 1
+            self.now_ms += 10
+            values = [
+                (f"{p[0]}{p[1]}:g{self.counter}:{i}:".encode() + b"x" * n)
+                for i, (_d, n) in enumerate(recs)
+            ]
+            if fmt2:
+                offsets = []
+                o = base - 1  # the first record may follow its batch's base
+                for d, _n in recs:
+                    o += d
+                    offsets.append(o)
+                last = offsets[-1] + tail
+                run.append(
+                    wire.build_offset_frame(
+                        base,
+                        [(o, wire.Record(v)) for o, v in zip(offsets, values, strict=True)],
+                        self.now_ms,
+                        last_offset=last,
+                    )
+                )
+                new.append(Batch(base, values, self.now_ms, offsets, last))
+            else:
+                run.append(
+                    wire.encode_frame(wire.encode_values(values), len(values), base, self.now_ms)
+                )
+                new.append(Batch(base, values, self.now_ms))
+            base = new[-1].end
+        end = self.store.append_frames(p[0], p[1], b"".join(run))
+        for b in new:
+            m.add(b)
+        assert end == m.end, (p, end, m.end)
+
     @rule(p=st.sampled_from(PARTS), frac=st.floats(0, 1), max_bytes=st.integers(1, 3000))
     def read(self, p: tuple[str, int], frac: float, max_bytes: int) -> None:
         m = self.models[p]
@@ -234,10 +319,17 @@ class StorageModel(RuleBasedStateMachine):
             return
         offset = m.start + int(frac * (m.end - m.start - 1))
         recs = self.store.read(p[0], p[1], offset, max_bytes=max_bytes)
-        assert recs and recs[0].offset == offset
-        for i, r in enumerate(recs):
-            assert r.offset == offset + i
-            assert (r.value, r.timestamp_ms) == m.record(offset + i)
+        cols = self.store.read_columns(p[0], p[1], offset, max_bytes=max_bytes)
+        assert cols.to_records() == recs
+        expect = m.first_at_or_after(offset)
+        if expect is None:  # offset is in a gap at the end of the log
+            assert recs == []
+            return
+        assert recs and recs[0].offset == expect, (p, offset, recs[:1], expect)
+        for r in recs:
+            assert r.offset == expect
+            assert (r.value, r.timestamp_ms) == m.record(expect)
+            expect = m.first_at_or_after(expect + 1)
 
     @rule(p=st.sampled_from(PARTS), frac=st.floats(0, 1), max_bytes=st.integers(1, 3000))
     def read_frames(self, p: tuple[str, int], frac: float, max_bytes: int) -> None:
@@ -256,9 +348,11 @@ class StorageModel(RuleBasedStateMachine):
             frame = res.data[pos : pos + h.frame_size]
             wire.check_crc(frame, h)
             if nxt is None:
-                assert h.base_offset <= offset < h.next_offset, (h, offset)
+                # the first batch whose last offset >= the one asked for
+                assert offset < h.next_offset, (h, offset)
+                assert h.base_offset <= offset or m.first_at_or_after(offset) == h.base_offset
             else:
-                assert h.base_offset == nxt
+                assert h.base_offset >= nxt
             for r in wire.decode_records(
                 wire.batch_view(frame), h.base_offset, h.base_timestamp_ms, m.start
             ):
@@ -282,13 +376,10 @@ class StorageModel(RuleBasedStateMachine):
         m = self.models[p]
         ts = BASE_TS + dt
         got = self.store.offset_for_time(p[0], p[1], ts)
-        # the first live batch whose max timestamp (ours: one timestamp per batch) >= ts
-        live = [b for b in m.batches if b.end > m.start]
-        expected = next((b for b in live if b.timestamp_ms >= ts), None)
-        if expected is None:
-            assert got is None, (p, ts, got)
-        else:
-            assert got in (expected.base, max(expected.base, m.start)), (p, ts, got, expected)
+        # the first live record whose timestamp (ours: one timestamp per batch) >= ts
+        live = [o for b in m.batches if b.timestamp_ms >= ts for o in b.kept if o >= m.start]
+        expected = live[0] if live else None
+        assert got == expected, (p, ts, got, expected)
 
     @rule()
     def flush(self) -> None:
@@ -313,7 +404,13 @@ class StorageModel(RuleBasedStateMachine):
         offset = m.start + int(frac * (m.end - m.start))
         self.store.partition(p[0], p[1]).truncate_to(offset)
         batch = next((b for b in m.batches if b.base < offset < b.end), None)
-        new_end = batch.end if batch is not None else offset
+        if batch is not None:
+            new_end = batch.end
+        else:
+            # in a gap: the end of the last batch kept (where the frames end)
+            new_end = max([b.end for b in m.batches if b.end <= offset], default=offset)
+            if not any(b.end == offset or b.base == offset for b in m.batches):
+                new_end = max(new_end, m.start)
         _, end = self.store.offsets(p[0], p[1])
         assert end == new_end, (p, offset, end, new_end)
         m.truncate(new_end, m.start)
@@ -371,7 +468,8 @@ class StorageModel(RuleBasedStateMachine):
             assert end == m.end and m.start <= start <= end, (topic, part, start, end)
             if start > m.start:
                 # retention removes whole segments: the new start is a batch boundary
-                assert start == end or any(b.base == start for b in m.batches)
+                # (or a segment base: the end of a batch, before a gap)
+                assert start == end or any(start in (b.base, b.end) for b in m.batches)
                 if topic == "a":  # time retention: only batches older than the cutoff
                     cutoff = self.now_ms - RETENTION_MS_A
                     for b in m.batches:
@@ -501,9 +599,10 @@ class StorageModel(RuleBasedStateMachine):
         self.disk.fail_next("pread", errno.EIO)
         try:
             recs = self.store.read(p[0], p[1], offset, max_bytes=500)
-            assert recs[0].offset == offset and (recs[0].value, recs[0].timestamp_ms) == (
-                m.record(offset)
-            )
+            first = m.first_at_or_after(offset)
+            assert (recs[0].offset if recs else None) == first
+            if first is not None:
+                assert (recs[0].value, recs[0].timestamp_ms) == m.record(first)
         except StorageError as exc:
             assert exc.errno == errno.EIO
         finally:

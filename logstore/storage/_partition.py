@@ -655,14 +655,25 @@ class PartitionLog:
         us a record, where reading each field of a upb message from Python
         costs ~0.8-2 us (see ``logstore.wire.decode_objects``).
         """
-        res = self.read_frames(offset, max_bytes)
-        return decode_objects(stored_frames(res.data), offset)
+        while True:
+            res = self.read_frames(offset, max_bytes)
+            recs = decode_objects(stored_frames(res.data), offset)
+            if recs or res.next_offset >= res.high_watermark:
+                return recs
+            # The frames read hold no record at or after ``offset`` (a batch
+            # whose last records were removed keeps its end offset): go on
+            # from their end, so a read below the end returns a record.
+            offset = res.next_offset
 
     def read_columns(self, offset: int, max_bytes: int = 1 << 20) -> ColumnBatch:
         """Records from exactly ``offset`` as columns (the client's ColumnBatch):
         at least one record if ``offset`` < end, an empty batch at the end."""
-        res = self.read_frames(offset, max_bytes)
-        return decode_columns(self.topic, self.partition, stored_frames(res.data), offset)
+        while True:
+            res = self.read_frames(offset, max_bytes)
+            cols = decode_columns(self.topic, self.partition, stored_frames(res.data), offset)
+            if len(cols) or res.next_offset >= res.high_watermark:
+                return cols
+            offset = res.next_offset  # no record in these frames (see read)
 
     def offset_for_time(self, timestamp_ms: int) -> tuple[int, int] | None:
         """``(offset, timestamp)`` of the first record with timestamp >= the
