@@ -157,7 +157,7 @@ def _shift(run: bytes, by: int) -> bytes:
 def test_time_search_truncate_and_delete_records_with_gaps(tmp_path: Path) -> None:
     """offset_for_time answers a kept record; truncate_to in a gap ends the log where
     the last kept frame ends; delete_records into a gap reads from the next record."""
-    run, kept, end = _gappy_frames()
+    run, kept, _end = _gappy_frames()
     with Store.open(tmp_path) as store:
         store.create_topic("t", config={"segment_bytes": 1024, "index_interval_bytes": 100})
         store.append_frames("t", 0, run)

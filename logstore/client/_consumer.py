@@ -13,6 +13,10 @@ partition costs one request per ``fetch_max_wait_ms``. Replies are parsed from
 raw bytes: each batch's CRC32C is checked, records below the position are
 skipped (a reply may start with the batch containing it) and records stored
 with timestamp 0 get their batch's timestamp (see ``logstore.wire._columns``).
+Offsets may have gaps (a compacted log): a position in a gap returns the next
+record, and once a reply is taken the position is its last frame's
+``next_offset`` (past offsets removed after the last record), where the next
+Fetch starts.
 
 ``UNAVAILABLE`` and ``RESOURCE_EXHAUSTED`` with a retry hint are retried for
 ``retry_timeout_ms``, waiting by the client's one backoff policy
@@ -288,7 +292,9 @@ class Consumer:
         part.lso = result.log_start_offset
         if result.frames:
             last = result.frames[-1][1]
-            end = last.base_offset + last.record_count
+            # The last frame's next offset, not base + count: offsets may have
+            # gaps (a compacted log), within a batch and after its last record.
+            end = last.next_offset
             part.buffers.append((result, end))
             part.fetch_offset = end
 
@@ -347,7 +353,10 @@ class Consumer:
                 last = int(got.offsets[-1]) if n else None
             if last is not None:
                 part.position = last + 1
-            if last is None or part.position >= end:
+            if last is None or part.position >= end or budget is None or n < budget:
+                # Everything in this reply is taken: the position moves past
+                # it, over any offsets a gap removed after its last record.
+                part.position = max(part.position, end)
                 part.buffers.popleft()
             if n:
                 out[part.tp] = got
