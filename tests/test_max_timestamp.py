@@ -202,3 +202,22 @@ def test_broker_rejects_malformed_records(broker_proc: BrokerProcess) -> None:
         with pytest.raises(grpc.RpcError) as err:
             produce(raw, timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_append_time_is_not_the_max_when_every_record_has_its_own_time(tmp_path: Path) -> None:
+    """Store.append of records with old CreateTimes and no batch timestamp stores the
+    records' max, not the append time, so a search by an old time finds the next batch."""
+    with Store.open(tmp_path) as store:
+        store.create_topic("t")
+        store.append("t", 0, [Record(b"a", timestamp_ms=T + 100), Record(b"b", timestamp_ms=T)])
+        store.append("t", 0, [Record(b"c", timestamp_ms=T + 500)])
+        store.append("t", 0, [Record(b"d", timestamp_ms=T + 50), Record(b"e")])  # one without
+        frames = store.read_frames("t", 0, 0, 1 << 20).data
+        first = decode_header(frames)
+        assert first.max_timestamp_ms == T + 100
+        pos = first.frame_size
+        pos += decode_header(frames, pos).frame_size
+        third = decode_header(frames, pos)
+        assert third.max_timestamp_ms == third.base_timestamp_ms > T + 500  # "e" has append time
+        assert store.offset_for_time("t", 0, T + 200) == 2
+        assert store.partition("t", 0).segments[0].max_timestamp_ms == third.max_timestamp_ms

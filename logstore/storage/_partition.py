@@ -60,6 +60,7 @@ from logstore.errors import (
 )
 from logstore.wire import (
     FRAME_OVERHEAD,
+    NO_TIMESTAMP_MS,
     PREFIX_SIZE,
     ColumnBatch,
     FrameHeader,
@@ -70,6 +71,7 @@ from logstore.wire import (
     decode_columns,
     decode_objects,
     decode_records,
+    every_record_timestamped,
     patch_base_offset,
     stored_frames,
 )
@@ -346,7 +348,7 @@ class PartitionLog:
             )
         now = now_ms()
         base_ts = now if base_timestamp_ms is None else base_timestamp_ms
-        max_ts = base_ts if max_timestamp_ms is None else max(max_timestamp_ms, base_ts)
+        max_ts = self._effective_max_ts(records, record_count, base_ts, max_timestamp_ms)
         head = build_head(
             len(records), record_count, base_ts, max_ts, producer_id, producer_epoch,
             base_sequence, records=records,
@@ -463,6 +465,25 @@ class PartitionLog:
                 self._advance_high_watermark(h.next_offset)
             self.last_append_ms = now
             return self.log_end_offset
+
+    @staticmethod
+    def _effective_max_ts(
+        records: bytes | memoryview, record_count: int, base_ts: int, max_ts: int | None
+    ) -> int:
+        """The batch's max timestamp: the max over its records' effective
+        timestamps (a record without one has the base timestamp).
+
+        ``max_ts`` is the largest timestamp a record carries (None or
+        NO_TIMESTAMP_MS: none does). The base counts only if some record has
+        no timestamp of its own: that matters only when the records' max is
+        below the base (records with old CreateTimes appended without a batch
+        timestamp), and only then are the records parsed (once, in C).
+        """
+        if max_ts is None or max_ts == NO_TIMESTAMP_MS:
+            return base_ts
+        if max_ts >= base_ts or not every_record_timestamped(records, record_count):
+            return max(max_ts, base_ts)
+        return max_ts
 
     def _check_after_failed_write(self, seg: Segment, exc: StorageError) -> None:
         """After a failed append the segment truncated its file back; if the

@@ -43,7 +43,12 @@ from ._frame import (
 )
 from ._murmur2 import murmur2, partition_for_key
 from ._produce import SplitRequest, split_produce_request
-from ._record_views import NO_TIMESTAMP_MS, count_records, max_record_timestamp
+from ._record_views import (
+    NO_TIMESTAMP_MS,
+    count_records,
+    every_record_timestamped,
+    max_record_timestamp,
+)
 from ._records import (
     VALUE_PREFIX,
     Record,
@@ -90,6 +95,7 @@ __all__ = [
     "encode_record",
     "encode_records",
     "encode_values",
+    "every_record_timestamped",
     "max_record_timestamp",
     "murmur2",
     "parse_fetch",
