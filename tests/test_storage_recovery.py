@@ -11,7 +11,9 @@ files in ``tmp_path``.
 from __future__ import annotations
 
 import errno
+import logging
 import os
+from pathlib import Path
 
 import pytest
 
@@ -216,3 +218,29 @@ def test_a_frame_inside_a_value_cannot_push_the_offsets_far_ahead() -> None:
     assert 3 <= end <= size // 2
     assert store.append("t", 0, [b"next"]) == end
     store.close()
+
+
+def test_clean_reopen_append_and_reopen_does_not_rebuild_indexes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Clean close, reopen, append, clean close, reopen (and again): the indexes are
+    trusted, never rebuilt ("time index entries are not on offset index entries" came
+    from the time entry the first close added, left in the middle by the appends)."""
+    ts = 1_700_000_000_000
+    n = 0
+    with Store.open(tmp_path) as store:
+        store.create_topic("t")
+        for i in range(30):
+            store.append("t", 0, [b"x" * 200], timestamp_ms=ts + i)
+        n = 30
+    with caplog.at_level(logging.WARNING, logger="logstore.storage"):
+        for rnd in range(1, 4):
+            with Store.open(tmp_path) as store:
+                for i in range(30 + 5 * rnd):
+                    store.append("t", 0, [b"y" * 200], timestamp_ms=ts + 100 * rnd + i)
+                assert store.offset_for_time("t", 0, ts + 100 * rnd - 50) == n
+                assert store.offset_for_time("t", 0, ts + 100 * rnd + 1) == n + 1
+                n += 30 + 5 * rnd
+        with Store.open(tmp_path) as store:
+            assert store.offset_for_time("t", 0, ts + 301) == n - 45 + 1
+    assert not [r.getMessage() for r in caplog.records if "rebuilding" in r.getMessage()]

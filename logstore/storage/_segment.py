@@ -322,6 +322,8 @@ class Segment:
         add_offset, time_ts = due
         if add_offset:
             with self._index_lock:
+                if time_ts is not None:
+                    self._drop_cover_time_entry()
                 self.index.append(rel, pos)
                 if time_ts is not None:
                     self.time_index.append(time_ts, rel)
@@ -404,9 +406,27 @@ class Segment:
             log.warning("%s: final time index entry skipped: %s", self.log_path, exc)
             self._indexes_checked = False
 
+    def _drop_cover_time_entry(self) -> None:
+        """Drop a trailing time entry that is not on the last offset entry before
+        appending another time entry.
+
+        Such an entry is the one a close (or a rebuild) adds so that a reload
+        knows the segment's max timestamp without a scan; every other time
+        entry is written with an offset entry. Appends after a clean reopen
+        would otherwise leave it in the middle of the index, where
+        ``ensure_indexes`` takes an entry off the offset entries for damage
+        and rebuilds both indexes. The entry that replaces it has a larger
+        timestamp and relative offset, so nothing is lost.
+        """
+        last = self.time_index.last()
+        if last is not None and (not self.index.n or last[1] != self.index.last()[0]):
+            self.time_index.truncate_entries(self.time_index.n - 1)
+
     def _append_final_time_entry(self) -> None:
         last = self.time_index.last()
         if self.size and (last is None or self.max_timestamp_ms > last[0]):
+            self._drop_cover_time_entry()
+            last = self.time_index.last()
             lrel = self.index.last()[0]
             rel = max(lrel, (last[1] + 1) if last else 0)
             rel = min(rel, self.next_offset - 1 - self.base_offset)
@@ -433,6 +453,10 @@ class Segment:
         were taken from the file and the checkpoint)."""
         self.next_offset = max(self.next_offset, self.base_offset)
         self._bytes_since_entry = self._bytes_after_last_entry()
+        # Check the indexes against the log as closed, before appends add to
+        # them (a check after appends would find the frames past the last
+        # entry newer than the last time entry and rebuild for nothing).
+        self.ensure_indexes()
 
     def forget_indexes(self) -> None:
         """Drop every index entry and the max timestamp (a rescan rebuilds them)."""
