@@ -354,3 +354,33 @@ def test_topics_json_is_the_same_as_a_full_dump() -> None:
     got = disk.read_file(f"{ROOT}/topics.json").decode()
     assert got == json.dumps(want, indent=1, sort_keys=True)
     store.close()
+
+
+def test_full_disk_frees_space_inside_the_active_segment_and_of_an_empty_topic() -> None:
+    """On a 100 % full disk, DeleteRecords inside the active segment (no file freed) and
+    DeleteTopic of an empty topic succeed: the metadata write uses the space reserve,
+    which the store recreates when space returns."""
+    from logstore.storage._names import RESERVE_FILE
+
+    disk = _disk()
+    store = Store.open(ROOT, fs=disk)
+    reserve = f"{ROOT}/{RESERVE_FILE}"
+    store.create_topic("one")  # one segment only: nothing to free by deleting files
+    store.create_topic("empty")
+    for i in range(5):
+        store.append("one", 0, [bytes([i]) * 100], sync=True)
+    disk.capacity = disk.used_bytes()
+    with pytest.raises(DiskFullError):
+        store.append("one", 0, [b"x" * 900], sync=True)
+    assert store.delete_records("one", 0, 3) == 3
+    store.delete_topic("empty")
+    assert [t.name for t in store.topics()] == ["one"]
+    assert not disk.exists(reserve)
+    disk.capacity = None
+    store.maintain()
+    assert disk.exists(reserve)
+    store.close()
+    store = Store.open(ROOT, fs=disk)
+    assert [t.name for t in store.topics()] == ["one"]
+    assert store.offsets("one", 0) == (3, 5)
+    store.close()

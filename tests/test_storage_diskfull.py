@@ -92,3 +92,27 @@ def test_full_tmpfs_is_recovered_through_the_api(tmpfs: Path) -> None:
     os.unlink(tmpfs / "filler")
     assert store.append("spare", 0, [b"after"], sync=True) == 160
     store.close()
+
+
+def test_full_tmpfs_frees_space_inside_the_active_segment_and_of_an_empty_topic(
+    tmpfs: Path,
+) -> None:
+    """On a 100 % full tmpfs, DeleteRecords inside the active segment and DeleteTopic of
+    an empty topic (no data file to free first) succeed through the space reserve."""
+    data = tmpfs / "data"
+    store = Store.open(data)
+    store.create_topic("one")
+    store.create_topic("empty")
+    for i in range(5):
+        store.append("one", 0, [bytes([i]) * 1000], sync=True)
+    _fill(tmpfs)
+    assert os.statvfs(tmpfs).f_bavail == 0
+    assert store.delete_records("one", 0, 3) == 3
+    store.delete_topic("empty")
+    assert [t.name for t in store.topics()] == ["one"]
+    os.unlink(tmpfs / "filler")
+    store.maintain()
+    assert any(p.name.endswith("reserve") for p in data.iterdir())
+    store.close()
+    with Store.open(data) as store:
+        assert store.offsets("one", 0) == (3, 5)

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from logstore.config import MAX_PARTITIONS, TopicConfig
 from logstore.errors import CatalogError, InvalidArgumentError
 
-from ._checkpoint import write_atomic
+from ._checkpoint import SpaceReserve, write_atomic
 from ._fs import FileSystem
 from ._names import TOPICS_FILE, check_topic_name
 
@@ -82,6 +82,8 @@ class Catalog:
         self.fs = fs
         self.data_dir = data_dir
         self.path = os.path.join(data_dir, TOPICS_FILE)
+        #: Set by the store: released when a write finds the disk full.
+        self.reserve: SpaceReserve | None = None
         # The file as last written: sorted names and each one's text.
         self._names: list[str] = []
         self._parts: list[str] = []
@@ -162,7 +164,7 @@ class Catalog:
             parts = [_entry(topics[n]) for n in names]
         assert len(names) == len(topics)
         data = "{\n" + ",\n".join(parts) + "\n}" if parts else "{}"
-        write_atomic(self.fs, self.path, data.encode())
+        write_atomic(self.fs, self.path, data.encode(), self.reserve)
         self._names, self._parts = names, parts
         self._synced = True
         self.dirty = False

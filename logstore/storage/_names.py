@@ -35,13 +35,15 @@ RECOVERY_POINT_FILE: Final = "recovery-point-offset-checkpoint"
 LOG_START_FILE: Final = "log-start-offset-checkpoint"
 TOPICS_FILE: Final = "topics.json"
 PRODUCER_ID_FILE: Final = "producer-id-block"
+#: Space kept free for metadata writes on a full disk (``_checkpoint.SpaceReserve``).
+RESERVE_FILE: Final = ".space-reserve"
 TMP_SUFFIX: Final = ".tmp"
 DELETED_SUFFIX: Final = ".deleted"
 LOST_AND_FOUND: Final = "lost+found"
 
 STORE_FILES: Final = frozenset(
     {LOCK_FILE, CLEAN_SHUTDOWN_FILE, RECOVERY_POINT_FILE, LOG_START_FILE, TOPICS_FILE,
-     PRODUCER_ID_FILE}
+     PRODUCER_ID_FILE, RESERVE_FILE}
 )  # fmt: skip
 
 MAX_TOPIC_NAME: Final = 249

@@ -73,7 +73,7 @@ from logstore.errors import (
 from logstore.wire import ColumnBatch, Record, encode_records, max_record_timestamp
 
 from ._catalog import Catalog, TopicInfo, check_partition_count, rebuild_hint
-from ._checkpoint import read_json, read_offsets, write_json, write_offsets
+from ._checkpoint import SpaceReserve, read_json, read_offsets, write_json, write_offsets
 from ._fs import FileSystem
 from ._group_commit import Flusher
 from ._index import IndexCache
@@ -85,6 +85,7 @@ from ._names import (
     LOST_AND_FOUND,
     PRODUCER_ID_FILE,
     RECOVERY_POINT_FILE,
+    RESERVE_FILE,
     STORE_FILES,
     TMP_SUFFIX,
     check_topic_name,
@@ -135,6 +136,8 @@ class Store:
         self.index_cache = IndexCache(config.index_cache_bytes)
         self._topics: dict[str, TopicInfo] = {}
         self._catalog = Catalog(fs, path)
+        self._reserve = SpaceReserve(fs, os.path.join(path, RESERVE_FILE))
+        self._catalog.reserve = self._reserve
         self._logs: dict[tuple[str, int], PartitionLog] = {}
         self._lock = threading.RLock()  # topics, checkpoints
         self._checkpoint_lock = threading.Lock()  # the recovery-point file
@@ -181,6 +184,8 @@ class Store:
         self._lock_fd = fs.lock(os.path.join(p, LOCK_FILE))
         try:
             self._load(rebuild_catalog)
+            # Old directories get one too; on a full disk, later (maintain).
+            self._reserve.ensure()
         except BaseException:
             self._abandon()
             raise
@@ -752,7 +757,9 @@ class Store:
         with self._checkpoint_lock:
             points = {tp: lg.flushed_offset for tp, lg in logs}
             if points != self._checkpointed or force:
-                write_offsets(self.fs, os.path.join(self.path, RECOVERY_POINT_FILE), points)
+                write_offsets(
+                    self.fs, os.path.join(self.path, RECOVERY_POINT_FILE), points, self._reserve
+                )
                 self._checkpointed = points
             self._last_checkpoint_ms = now_ms()
 
@@ -761,7 +768,7 @@ class Store:
         with self._lock:
             starts = {tp: lg.log_start_offset for tp, lg in self._logs.items()}
             starts.update(pending or {})
-            write_offsets(self.fs, os.path.join(self.path, LOG_START_FILE), starts)
+            write_offsets(self.fs, os.path.join(self.path, LOG_START_FILE), starts, self._reserve)
             self._starts_dirty = False
 
     # --- the flusher thread (broker) -----------------------------------------------------------
@@ -816,6 +823,7 @@ class Store:
         with self._lock:
             if self._closed:
                 return
+            self._reserve.ensure()  # recreated once space returns
             try:
                 if self._catalog.dirty:
                     self._write_catalog_and_checkpoints()
