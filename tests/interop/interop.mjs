@@ -203,12 +203,16 @@ function rawUnary(method, bytes) {
 // Flattens batches into records with offsets, skipping offsets < `from`, as
 // a consumer does (DESIGN.md: the first batch may start before the offset).
 // The only logic here is offset arithmetic: every field comes from protobufjs.
+// records.proto: with attributes bit 3 (0x08) set a record's offset is
+// base_offset + its offset_delta (offsets may have gaps), else base + index.
+const ATTR_OFFSET_DELTAS = 0x08;
 function recordsOf(batches, from = 0n) {
   const out = [];
   for (const batch of batches) {
     const base = BigInt(batch.base_offset);
+    const deltas = (batch.attributes & ATTR_OFFSET_DELTAS) !== 0;
     batch.records.forEach((record, i) => {
-      const offset = base + BigInt(i);
+      const offset = base + BigInt(deltas ? record.offset_delta || 0 : i);
       if (offset >= from) out.push({ offset: String(offset), record, batch });
     });
   }
