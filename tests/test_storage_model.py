@@ -350,7 +350,9 @@ class StorageModel(RuleBasedStateMachine):
             if nxt is None:
                 # the first batch whose last offset >= the one asked for
                 assert offset < h.next_offset, (h, offset)
-                assert h.base_offset <= offset or m.first_at_or_after(offset) == h.base_offset
+                # (it starts after the offset only if no record lies in between)
+                first = m.first_at_or_after(offset)
+                assert h.base_offset <= offset or first is None or first >= h.base_offset
             else:
                 assert h.base_offset >= nxt
             for r in wire.decode_records(
@@ -407,10 +409,9 @@ class StorageModel(RuleBasedStateMachine):
         if batch is not None:
             new_end = batch.end
         else:
-            # in a gap: the end of the last batch kept (where the frames end)
-            new_end = max([b.end for b in m.batches if b.end <= offset], default=offset)
-            if not any(b.end == offset or b.base == offset for b in m.batches):
-                new_end = max(new_end, m.start)
+            # at a batch boundary or in a gap: the end of the last batch kept (where
+            # the frames end; 0 if none), never below the log start
+            new_end = max(max([b.end for b in m.batches if b.end <= offset], default=0), m.start)
         _, end = self.store.offsets(p[0], p[1])
         assert end == new_end, (p, offset, end, new_end)
         m.truncate(new_end, m.start)

@@ -850,6 +850,9 @@ class PartitionLog:
                 # Inside a batch: keep the whole batch; in a gap: the end of
                 # the last frame kept (where the log's frames really end).
                 pos, offset_at = seg.cut_point(offset)
+                # A log start inside the gap: the log ends there, not below it
+                # (the next append goes to the log start).
+                offset_at = max(offset_at, self.log_start_offset)
             if offset_at >= self.log_end_offset:
                 return
             # Lower the checkpointed recovery point (to a frame boundary) before
