@@ -59,9 +59,8 @@ from logstore.errors import (
     UnknownTopicError,
 )
 from logstore.wire import (
-    FRAME_OVERHEAD,
+    HEADER_SIZE,
     NO_TIMESTAMP_MS,
-    PREFIX_SIZE,
     ColumnBatch,
     FrameHeader,
     Record,
@@ -339,13 +338,7 @@ class PartitionLog:
         base_sequence: int = 0,
     ) -> AppendResult:
         """Append one batch (the serialized records field) and return where it went."""
-        batch_bytes = FRAME_OVERHEAD - PREFIX_SIZE + len(records)
-        if batch_bytes > self.config.max_batch_bytes:
-            raise InvalidBatchError(
-                f"{self.name}: batch of {batch_bytes} bytes exceeds max_batch_bytes "
-                f"{self.config.max_batch_bytes}; send smaller batches or raise the topic's "
-                f"max_batch_bytes"
-            )
+        self.config.check_batch_bytes(HEADER_SIZE + len(records), self.name)
         now = now_ms()
         base_ts = now if base_timestamp_ms is None else base_timestamp_ms
         max_ts = self._effective_max_ts(records, record_count, base_ts, max_timestamp_ms)
@@ -419,11 +412,7 @@ class PartitionLog:
         if not parsed:
             raise InvalidBatchError(f"{self.name}: append_frames needs at least one frame")
         for _pos, h in parsed:
-            if h.batch_length > self.config.max_batch_bytes:
-                raise InvalidBatchError(
-                    f"{self.name}: batch of {h.batch_length} bytes exceeds max_batch_bytes "
-                    f"{self.config.max_batch_bytes}"
-                )
+            self.config.check_batch_bytes(h.batch_length, self.name)
         now = now_ms()
         mv = memoryview(data)
         with self._lock:
