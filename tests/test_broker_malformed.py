@@ -1,7 +1,8 @@
-"""Malformed request bytes: every LogStore method answers INVALID_ARGUMENT, never UNKNOWN.
+"""Malformed request bytes: every LogStore and Groups method answers INVALID_ARGUMENT.
 
 The methods are the ones server reflection lists for ``logstore.v1.LogStore``
-(so a method added to the .proto is covered without editing this file). Each
+and ``logstore.v1.Groups`` (so a method added to either .proto is covered
+without editing this file). Each
 gets truncated bytes, an overlong varint, an invalid wire type and seeded
 random bytes; the broker log must not report any of them as unexpected.
 """
@@ -18,6 +19,7 @@ from logstore.v1 import logstore_pb2 as pb
 from tests.brokerproc import BrokerProcess
 
 SERVICE = "logstore.v1.LogStore"
+GROUPS_SERVICE = "logstore.v1.Groups"
 #: Field 1 (a length-delimited field in every request that has one) says 5
 #: bytes follow, 2 do.
 TRUNCATED = b"\x0a\x05ab"
@@ -39,29 +41,39 @@ PRECISE = {
 RANDOM_CASES = 6
 
 
-def reflected_methods(address: str) -> list[descriptor_pb2.MethodDescriptorProto]:
-    """The LogStore methods as server reflection describes them."""
+def reflected_methods(
+    address: str, service_name: str = SERVICE
+) -> list[descriptor_pb2.MethodDescriptorProto]:
+    """A service's methods as server reflection describes them."""
     with grpc.insecure_channel(address) as ch:
         stub = reflection_pb2_grpc.ServerReflectionStub(ch)
         reply = next(
             stub.ServerReflectionInfo(
-                iter([reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE)]),
+                iter([reflection_pb2.ServerReflectionRequest(file_containing_symbol=service_name)]),
                 timeout=10,
             )
         )
     for raw in reply.file_descriptor_response.file_descriptor_proto:
         fd = descriptor_pb2.FileDescriptorProto.FromString(raw)
         for service in fd.service:
-            if f"{fd.package}.{service.name}" == SERVICE:
+            if f"{fd.package}.{service.name}" == service_name:
                 return list(service.method)
-    raise AssertionError(f"reflection does not describe {SERVICE}")
+    raise AssertionError(f"reflection does not describe {service_name}")
+
+
+def all_methods(address: str) -> list[tuple[str, descriptor_pb2.MethodDescriptorProto]]:
+    """(service, method) of both services, as reflection lists them."""
+    return [(s, m) for s in (SERVICE, GROUPS_SERVICE) for m in reflected_methods(address, s)]
 
 
 def call(
-    ch: grpc.Channel, method: descriptor_pb2.MethodDescriptorProto, raw: bytes
+    ch: grpc.Channel,
+    method: descriptor_pb2.MethodDescriptorProto,
+    raw: bytes,
+    service: str = SERVICE,
 ) -> tuple[grpc.StatusCode, str]:
     """Send ``raw`` as the request; the status (a stream's per-batch status for ProduceStream)."""
-    path = f"/{SERVICE}/{method.name}"
+    path = f"/{service}/{method.name}"
     try:
         if method.client_streaming:
             stream = ch.stream_stream(path)
@@ -86,12 +98,19 @@ def test_every_method_refuses_malformed_bytes_with_invalid_argument(
     broker: BrokerProcess,
 ) -> None:
     """Truncated, overlong-varint and bad-wire-type bytes get INVALID_ARGUMENT saying so."""
-    methods = reflected_methods(broker.grpc_address)
-    assert {m.name for m in methods} >= {"Produce", "Fetch", "Subscribe", "ListOffsets"}
+    methods = all_methods(broker.grpc_address)
+    assert {m.name for _, m in methods} >= {
+        "Produce",
+        "Fetch",
+        "Subscribe",
+        "ListOffsets",
+        "ConsumerGroupHeartbeat",
+        "ResetOffsets",
+    }
     with grpc.insecure_channel(broker.grpc_address) as ch:
-        for method in methods:
+        for service, method in methods:
             for what, raw in MALFORMED.items():
-                code, details = call(ch, method, raw)
+                code, details = call(ch, method, raw, service)
                 assert code == grpc.StatusCode.INVALID_ARGUMENT, (method.name, what, details)
                 assert "could not be parsed" in details or "malformed" in details, details
     log = broker.log()
@@ -101,12 +120,12 @@ def test_every_method_refuses_malformed_bytes_with_invalid_argument(
 def test_random_bytes_get_a_precise_status(broker: BrokerProcess) -> None:
     """Seeded random bytes to every method: a precise status, never UNKNOWN or INTERNAL."""
     rng = random.Random(20261201)
-    methods = reflected_methods(broker.grpc_address)
+    methods = all_methods(broker.grpc_address)
     with grpc.insecure_channel(broker.grpc_address) as ch:
         for _ in range(RANDOM_CASES):
-            for method in methods:
+            for service, method in methods:
                 raw = rng.randbytes(rng.randrange(1, 64))
-                code, details = call(ch, method, raw)
+                code, details = call(ch, method, raw, service)
                 assert code in PRECISE, (method.name, raw.hex(), code, details)
     log = broker.log()
     assert "unexpectedly" not in log and "Traceback" not in log, log

@@ -4,21 +4,46 @@ from __future__ import annotations
 
 import inspect
 
-from logstore.broker._rpc_table import RPCS, SERVICE_NAME
+from google.protobuf.descriptor import ServiceDescriptor
+
+from logstore.broker._rpc_table import (
+    GROUPS_RPCS,
+    GROUPS_SERVICE_NAME,
+    RPCS,
+    SERVICE_NAME,
+    SERVICES,
+    Rpc,
+)
 from logstore.broker.handlers.admin import AdminHandlers
 from logstore.broker.handlers.fetch import FetchHandlers
+from logstore.broker.handlers.groups import GroupsHandlers
 from logstore.broker.handlers.produce import ProduceHandlers
+from logstore.v1 import groups_pb2 as gpb
 from logstore.v1 import logstore_pb2 as pb
 
-AREAS = {"produce": ProduceHandlers, "fetch": FetchHandlers, "admin": AdminHandlers}
+AREAS = {
+    "produce": ProduceHandlers,
+    "fetch": FetchHandlers,
+    "admin": AdminHandlers,
+    "groups": GroupsHandlers,
+}
 
 
 def test_every_proto_method_has_one_row_with_its_types_and_shape() -> None:
     """Names, request/response types and streaming flags are those of logstore.proto."""
-    service = pb.DESCRIPTOR.services_by_name["LogStore"]
-    assert service.full_name == SERVICE_NAME
-    rows = {rpc.name: rpc for rpc in RPCS}
-    assert len(rows) == len(RPCS), "a method is listed twice"
+    _check_service(pb.DESCRIPTOR.services_by_name["LogStore"], SERVICE_NAME, RPCS)
+
+
+def test_every_groups_method_has_one_row_with_its_types_and_shape() -> None:
+    """The Groups rows match groups.proto's service; SERVICES lists both tables."""
+    _check_service(gpb.DESCRIPTOR.services_by_name["Groups"], GROUPS_SERVICE_NAME, GROUPS_RPCS)
+    assert SERVICES == {SERVICE_NAME: RPCS, GROUPS_SERVICE_NAME: GROUPS_RPCS}
+
+
+def _check_service(service: ServiceDescriptor, name: str, table: tuple[Rpc, ...]) -> None:
+    assert service.full_name == name
+    rows = {rpc.name: rpc for rpc in table}
+    assert len(rows) == len(table), "a method is listed twice"
     assert set(rows) == {m.name for m in service.methods}
     for method in service.methods:
         rpc = rows[method.name]
@@ -30,7 +55,7 @@ def test_every_proto_method_has_one_row_with_its_types_and_shape() -> None:
 
 def test_every_row_names_an_async_handler_of_its_area() -> None:
     """Each row's handler exists on its area's class and is a coroutine function."""
-    for rpc in RPCS:
+    for rpc in (*RPCS, *GROUPS_RPCS):
         fn = getattr(AREAS[rpc.area], rpc.handler, None)
         assert fn is not None, f"{rpc.name}: {rpc.area}.{rpc.handler} does not exist"
         assert inspect.iscoroutinefunction(fn), rpc.name

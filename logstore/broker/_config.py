@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from logstore.config import DAY_MS, MiB, StoreConfig, TopicConfig, parse_int
+from logstore.coordinator import GroupConfig
 from logstore.errors import InvalidConfigError
 
 ENV_PREFIX: Final = "LOGSTORE_"
@@ -89,6 +90,17 @@ class BrokerConfig:
     producer_id_expiration_ms: int = StoreConfig.producer_id_expiration_ms
     max_producer_ids: int = StoreConfig.max_producer_ids
 
+    # Consumer-group coordinator (GroupConfig's fields, prefixed ``group_``;
+    # the defaults are GroupConfig's own, Kafka's values).
+    group_heartbeat_interval_ms: int = GroupConfig.heartbeat_interval_ms
+    group_session_timeout_ms: int = GroupConfig.session_timeout_ms
+    group_min_session_timeout_ms: int = GroupConfig.min_session_timeout_ms
+    group_max_session_timeout_ms: int = GroupConfig.max_session_timeout_ms
+    group_rebalance_timeout_ms: int = GroupConfig.rebalance_timeout_ms
+    group_offsets_retention_ms: int = GroupConfig.offsets_retention_ms
+    group_max_groups: int = GroupConfig.max_groups
+    group_max_members_per_group: int = GroupConfig.max_members_per_group
+
     def __post_init__(self) -> None:
         for f in fields(self):
             _check(f.name, getattr(self, f.name))
@@ -105,6 +117,7 @@ class BrokerConfig:
             )
         # Every produce / fetch / admin call is validated against these.
         self.store_config()
+        self.group_config()
 
     @property
     def max_batch_bytes_limit(self) -> int:
@@ -120,6 +133,11 @@ class BrokerConfig:
             producer_id_expiration_ms=self.producer_id_expiration_ms,
             max_producer_ids=self.max_producer_ids,
         )
+
+    def group_config(self) -> GroupConfig:
+        """The coordinator's config from the ``group_*`` keys (InvalidConfigError if
+        they contradict each other, e.g. a session timeout outside its bounds)."""
+        return GroupConfig(**{name: getattr(self, "group_" + name) for name in _GROUP_KEYS})
 
     @classmethod
     def resolve(
@@ -145,6 +163,16 @@ class BrokerConfig:
         return cls(**values)
 
 
+_GROUP_KEYS: Final = (
+    "heartbeat_interval_ms",
+    "session_timeout_ms",
+    "min_session_timeout_ms",
+    "max_session_timeout_ms",
+    "rebalance_timeout_ms",
+    "offsets_retention_ms",
+    "max_groups",
+    "max_members_per_group",
+)
 _FIELD_TYPES: Final = {f.name: f.type for f in fields(BrokerConfig)}
 _DEFAULTS: Final = BrokerConfig.__dataclass_fields__
 
@@ -169,6 +197,8 @@ _INT_RANGES: Final[dict[str, tuple[int, int]]] = {
     "idle_close_ms": (0, 365 * DAY_MS),
     "producer_id_expiration_ms": (1, 365 * DAY_MS),
     "max_producer_ids": (1, 100_000_000),
+    # wide bounds here; GroupConfig checks the real ones (and their relations)
+    **{"group_" + name: (1, 365 * DAY_MS) for name in _GROUP_KEYS},
 }
 
 

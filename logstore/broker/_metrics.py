@@ -9,15 +9,24 @@ the data path pays nothing for them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
+from ._groups_runtime import group_lag
+
 if TYPE_CHECKING:
     from logstore.storage import Store
+
+    from ._groups_runtime import GroupsRuntime
+
+#: A scrape waits at most this long for the coordinator's state (it is read
+#: between coordinator calls, on the event loop).
+_GROUP_SCRAPE_TIMEOUT_S: Final = 5.0
 
 log = logging.getLogger("logstore.broker")
 
@@ -120,6 +129,18 @@ class BrokerMetrics:
             ["reason"],
             registry=r,
         )
+        self.group_rebalances = Counter(
+            "logstore_group_rebalances",
+            "Group epoch bumps (membership, subscription or topic changes), by group",
+            ["group"],
+            registry=r,
+        )
+        self.group_fenced = Counter(
+            "logstore_group_fenced_requests",
+            "Group requests refused as from an unknown or fenced member, by reason",
+            ["reason"],
+            registry=r,
+        )
         self.acks_none_errors = Counter(
             "logstore_acks_none_errors",
             "acks=NONE batches that failed after the reply was sent",
@@ -137,6 +158,64 @@ class BrokerMetrics:
             batch.observe(waiters)
 
         store.on_fsync = on_fsync
+
+    def attach_groups(self, groups: GroupsRuntime, loop: asyncio.AbstractEventLoop) -> None:
+        self.registry.register(GroupCollector(groups, loop))
+
+
+class GroupCollector:
+    """Members per group and lag per group/topic/partition, computed at scrape time.
+
+    The coordinator's state is read on the event loop between coordinator
+    calls; the lag (one read of at most one batch per lagging partition) in the
+    I/O pool. The series are bounded by max_groups x the partitions each group
+    subscribes to or has committed (max_committed_partitions_per_group)."""
+
+    def __init__(self, groups: GroupsRuntime, loop: asyncio.AbstractEventLoop) -> None:
+        self._groups = groups
+        self._loop = loop
+
+    def describe(self) -> list[Any]:
+        return []
+
+    async def _rows(self) -> list[tuple[str, int, dict[Any, Any]]]:
+        g = self._groups
+        descs = await g.read(lambda c: [c.describe_group(x.group_id) for x in c.list_groups()])
+        out = []
+        for d in descs:
+            lags = await g.runtime.run_io(group_lag, g.runtime.store, d)
+            out.append((d.group_id, len(d.members), lags))
+        return out
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        members = GaugeMetricFamily(
+            "logstore_group_members", "Members of each consumer group", labels=["group"]
+        )
+        labels = ["group", "topic", "partition"]
+        lag = GaugeMetricFamily(
+            "logstore_group_lag_records",
+            "Log end offset minus the group's committed offset",
+            labels=labels,
+        )
+        lag_s = GaugeMetricFamily(
+            "logstore_group_lag_seconds",
+            "Age of the oldest record the group has not committed",
+            labels=labels,
+        )
+        try:
+            rows = asyncio.run_coroutine_threadsafe(self._rows(), self._loop).result(
+                _GROUP_SCRAPE_TIMEOUT_S
+            )
+        except Exception as exc:  # loading, shutting down, or a slow loop
+            log.debug("group metrics scrape skipped: %s", exc)
+            rows = []
+        for gid, n, lags in rows:
+            members.add_metric([gid], n)
+            for (topic, part), (_owner, _c, _end, records, ms) in lags.items():
+                lv = [gid, topic, str(part)]
+                lag.add_metric(lv, records)
+                lag_s.add_metric(lv, ms / 1000)
+        yield from (members, lag, lag_s)
 
 
 class StoreCollector:

@@ -16,7 +16,8 @@ boundary:
   (``requests`` = max_concurrent_requests, ``subscriptions`` =
   max_subscriptions); a Fetch that parks moves itself to the long-poll bound.
 
-Groups and queues add their areas and rows here.
+``GROUPS_RPCS`` are the rows of ``logstore.v1.Groups`` (groups.proto), served
+by the same server beside LogStore; queues add their areas and rows here.
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ from typing import Final, Literal
 
 from google.protobuf.message import Message
 
+from logstore.v1 import groups_pb2 as gpb
 from logstore.v1 import logstore_pb2 as pb
 
 SERVICE_NAME: Final = "logstore.v1.LogStore"
+GROUPS_SERVICE_NAME: Final = "logstore.v1.Groups"
 
-Area = Literal["produce", "fetch", "admin"]
+Area = Literal["produce", "fetch", "admin", "groups"]
 Admission = Literal["requests", "subscriptions"]
 
 
@@ -73,3 +76,25 @@ RPCS: Final[tuple[Rpc, ...]] = (
         pb.DeleteRecordsResponse),
     Rpc("ListOffsets", "admin", "list_offsets", pb.ListOffsetsRequest, pb.ListOffsetsResponse),
 )  # fmt: skip
+
+GROUPS_RPCS: Final[tuple[Rpc, ...]] = (
+    Rpc("ConsumerGroupHeartbeat", "groups", "consumer_group_heartbeat",
+        gpb.ConsumerGroupHeartbeatRequest, gpb.ConsumerGroupHeartbeatResponse),
+    Rpc("LeaveGroup", "groups", "leave_group", gpb.LeaveGroupRequest, gpb.LeaveGroupResponse),
+    Rpc("OffsetCommit", "groups", "offset_commit", gpb.OffsetCommitRequest,
+        gpb.OffsetCommitResponse),
+    Rpc("OffsetFetch", "groups", "offset_fetch", gpb.OffsetFetchRequest, gpb.OffsetFetchResponse),
+    Rpc("ListGroups", "groups", "list_groups", gpb.ListGroupsRequest, gpb.ListGroupsResponse),
+    Rpc("DescribeGroup", "groups", "describe_group", gpb.DescribeGroupRequest,
+        gpb.DescribeGroupResponse),
+    Rpc("DeleteGroup", "groups", "delete_group", gpb.DeleteGroupRequest,
+        gpb.DeleteGroupResponse),
+    Rpc("ResetOffsets", "groups", "reset_offsets", gpb.ResetOffsetsRequest,
+        gpb.ResetOffsetsResponse),
+)  # fmt: skip
+
+#: Every service the broker serves, with its rows.
+SERVICES: Final[dict[str, tuple[Rpc, ...]]] = {
+    SERVICE_NAME: RPCS,
+    GROUPS_SERVICE_NAME: GROUPS_RPCS,
+}

@@ -39,6 +39,8 @@ from ._waiters import Timers, WaitRegistry
 if TYPE_CHECKING:
     from logstore.storage import Store
 
+    from ._groups_runtime import GroupsRuntime
+
 T = TypeVar("T")
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -101,6 +103,13 @@ class Runtime:
         self.stopping = False
         self._pool = ThreadPoolExecutor(config.io_threads, thread_name_prefix="logstore-io")
         self._background: set[asyncio.Task[None]] = set()
+        #: The consumer-group coordinator runtime (set by the service).
+        self.groups: GroupsRuntime | None = None
+
+    async def topics_changed(self) -> None:
+        """A topic was created or deleted or got partitions: retarget groups."""
+        if self.groups is not None:
+            await self.groups.on_metadata()
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.waiters.bind(loop)

@@ -11,7 +11,10 @@ replies with ``SerializeToString``; instead the service builds its handlers
 from the declarative RPC table (``_rpc_table.py``: requests arrive as bytes,
 Fetch and Subscribe reply with stored bytes), registered with both
 ``add_generic_rpc_handlers`` and ``add_registered_method_handlers`` (as
-generated code does), so server reflection still describes the service.
+generated code does), so server reflection still describes the service. The
+same is done for every service of ``_rpc_table.SERVICES`` (LogStore and
+Groups); health reports each of them, and the coordinator's log is replayed
+before the port opens.
 
 Shutdown (SIGTERM/SIGINT): health goes NOT_SERVING, new requests are refused
 (UNAVAILABLE), long polls are answered and Subscribe streams ended at once,
@@ -44,7 +47,7 @@ from ._config import REQUEST_HEADROOM_BYTES, BrokerConfig, is_loopback, split_ad
 from ._logging import setup_logging
 from ._metrics import BrokerMetrics
 from ._reflection import enable_reflection
-from ._rpc_table import SERVICE_NAME
+from ._rpc_table import SERVICES
 from ._service import LogStoreService
 
 if TYPE_CHECKING:
@@ -203,6 +206,10 @@ async def create_server(config: BrokerConfig) -> tuple[Broker, Ports]:
         metrics.attach_store(store)
         service = LogStoreService(store, config, metrics)
         service.start(loop)
+        # Groups and offsets come back before the port opens (a replay of
+        # __consumer_offsets), so no client sees a broker without its groups.
+        await service.groups.start()
+        metrics.attach_groups(service.groups, loop)
         backstop = _BACKSTOP_FACTOR * (
             config.max_concurrent_requests + config.max_long_poll_waiters + config.max_subscriptions
         )
@@ -219,15 +226,14 @@ async def create_server(config: BrokerConfig) -> tuple[Broker, Ports]:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        handlers = service.method_handlers()
-        server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),)
-        )
-        server.add_registered_method_handlers(SERVICE_NAME, handlers)  # type: ignore[attr-defined]
+        for name, rpcs in SERVICES.items():
+            handlers = service.method_handlers(rpcs)
+            server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+            server.add_registered_method_handlers(name, handlers)  # type: ignore[attr-defined]
         health_servicer: Any = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         enable_reflection(
-            server, (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
+            server, (*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
         )
         try:
             grpc_port = server.add_insecure_port(config.listen)
@@ -242,7 +248,8 @@ async def create_server(config: BrokerConfig) -> tuple[Broker, Ports]:
             ) from exc
         await server.start()
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-        await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        for name in SERVICES:
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     except BaseException:
         await loop.run_in_executor(None, store.close)
         raise

@@ -37,6 +37,7 @@ from logstore.errors import InvalidRequestError, LogStoreError
 
 from ._admission import Slot
 from ._config import BrokerConfig
+from ._groups_runtime import GroupsRuntime
 from ._metrics import BrokerMetrics
 from ._rpc_table import RPCS, Rpc
 from ._runtime import ClientGoneError, Context, Runtime, set_current_slot, shutting_down
@@ -44,6 +45,7 @@ from ._status import abort, log_unexpected
 from .handlers._common import status_name
 from .handlers.admin import AdminHandlers
 from .handlers.fetch import FetchHandlers
+from .handlers.groups import GroupsHandlers
 from .handlers.produce import ProduceHandlers
 
 if TYPE_CHECKING:
@@ -60,10 +62,14 @@ class LogStoreService:
 
     def __init__(self, store: Store, config: BrokerConfig, metrics: BrokerMetrics) -> None:
         self.runtime = Runtime(store, config, metrics)
+        self.groups = GroupsRuntime(self.runtime, config.group_config())
+        self.groups.on_rebalance = lambda gid: metrics.group_rebalances.labels(gid).inc()
+        self.runtime.groups = self.groups
         self.areas: dict[str, object] = {
             "produce": ProduceHandlers(self.runtime),
             "fetch": FetchHandlers(self.runtime),
             "admin": AdminHandlers(self.runtime),
+            "groups": GroupsHandlers(self.runtime),
         }
 
     # -- lifecycle -----------------------------------------------------------
@@ -85,9 +91,11 @@ class LogStoreService:
 
     # -- the handler table ---------------------------------------------------
 
-    def method_handlers(self) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
-        """gRPC method handlers of every row of the RPC table, by method name."""
-        return {rpc.name: self._method_handler(rpc) for rpc in RPCS}
+    def method_handlers(
+        self, rpcs: tuple[Rpc, ...] = RPCS
+    ) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+        """gRPC method handlers of every row of ``rpcs`` (one service's table), by name."""
+        return {rpc.name: self._method_handler(rpc) for rpc in rpcs}
 
     def _method_handler(self, rpc: Rpc) -> grpc.RpcMethodHandler[Any, Any]:
         fn = getattr(self.areas[rpc.area], rpc.handler)

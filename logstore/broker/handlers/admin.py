@@ -2,6 +2,8 @@
 
 Thin by design (CONVENTIONS.md 6): decode, one call into the store, encode.
 Domain errors propagate to the one status boundary in ``LogStoreService.wrap``.
+CreateTopic, CreatePartitions and DeleteTopic then tell the coordinator
+(``Runtime.topics_changed``), so group targets follow without member restarts.
 Topic configs are checked against this broker's ``max_request_bytes`` (a
 topic's ``max_batch_bytes`` + 64 KiB must fit in one request).
 """
@@ -57,6 +59,7 @@ class AdminHandlers:
             "topic created",
             extra={"fields": {"topic": info.name, "partitions": info.partitions}},
         )
+        await self._rt.topics_changed()
         return pb.CreateTopicResponse(topic=_topic_pb(info))
 
     async def delete_topic(
@@ -64,6 +67,7 @@ class AdminHandlers:
     ) -> pb.DeleteTopicResponse:
         await self.run_io(self._store.delete_topic, request.name)
         log.info("topic deleted", extra={"fields": {"topic": request.name}})
+        await self._rt.topics_changed()
         return pb.DeleteTopicResponse()
 
     async def list_topics(
@@ -118,6 +122,7 @@ class AdminHandlers:
             "partitions added",
             extra={"fields": {"topic": info.name, "partitions": info.partitions}},
         )
+        await self._rt.topics_changed()
         return pb.CreatePartitionsResponse(topic=_topic_pb(info))
 
     async def delete_records(

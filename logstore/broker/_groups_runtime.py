@@ -1,0 +1,330 @@
+"""The coordinator runtime: one :class:`~logstore.coordinator.Coordinator` on a store.
+
+Contract (CONVENTIONS.md rule 5; ``docs/architecture.md``, "Consumer group
+coordinator"):
+
+* Every coordinator call goes through :meth:`GroupsRuntime.call` (or
+  :meth:`GroupsRuntime.read` for read-only ones) under one asyncio lock: one
+  writer at a time, in arrival order (asyncio's lock is FIFO). A handler's
+  records are appended to ``__consumer_offsets`` and **fsynced** (acks=ALL)
+  in the I/O pool, then replayed, then the reply is returned. A handler that
+  raises appended nothing.
+* If an append fails (full disk, I/O error), part of it may be in the log
+  while the coordinator did not replay it: the coordinator is marked stale
+  and rebuilt from the log (``load`` + ``on_metadata``) before the next call,
+  so the state is always the replay of the log. The caller gets INTERNAL.
+* At start (:meth:`start`, before the gRPC port opens) the topic is created if
+  missing (through the store's internal-topic path; ``__`` names are reserved),
+  read from its start and ``Coordinator.load``-ed: groups and offsets survive a
+  clean restart and a kill -9 (every acknowledged record was fsynced).
+* Timers: after each call that changed something, and when its timer fires,
+  ``tick(now)`` runs (expiring members and offsets) and one
+  :class:`~logstore.broker._waiters.Timers` timer is armed at the returned
+  next deadline (+1 ms, since ``tick`` expires deadlines ``<= now``), so a
+  session timeout fires within a few ms of its deadline, not on the 10 s
+  maintenance loop. A steady heartbeat writes nothing and only pushes its own
+  deadline later, so a timer armed earlier at worst fires early, finds
+  nothing and re-arms.
+
+``__consumer_offsets`` has **one partition** for now (one coordinator per
+broker; a partition per coordinator shard is the follow-up once groups are
+sharded). Its cleanup policy is ``delete`` with ``retention_ms=-1`` (keep
+forever). TODO(compaction): switch it to ``cleanup_policy=compact`` once log
+compaction lands (issue 10, "Log compaction"); until then the topic grows
+with every change (a steady heartbeat writes nothing, commits do).
+
+A handler's records are appended in batches of at most
+``_MAX_APPEND_BYTES``; a crash between two batches of one result leaves a
+prefix, which the coordinator's record order keeps consistent (every prefix
+of its log has one owner per partition).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final, TypeVar
+
+from logstore.coordinator import (
+    Coordinator,
+    CoordinatorRecord,
+    GroupConfig,
+    GroupDescription,
+    GroupMetadataKey,
+    GroupMetadataValue,
+    Result,
+    TopicPartition,
+    decode,
+    encode,
+)
+from logstore.errors import (
+    BrokerUnavailableError,
+    GroupIdNotFoundError,
+    InternalError,
+    LogStoreError,
+    TopicExistsError,
+)
+from logstore.wire import Record
+
+if TYPE_CHECKING:
+    from logstore.storage import Store
+
+    from ._runtime import Runtime
+    from ._waiters import Timer
+
+log = logging.getLogger("logstore.broker")
+
+T = TypeVar("T")
+
+#: The internal topic of the coordinator's records.
+OFFSETS_TOPIC: Final = "__consumer_offsets"
+#: Its partition count (see the module docstring).
+OFFSETS_PARTITIONS: Final = 1
+#: TODO(compaction): cleanup_policy "compact" when compaction lands.
+OFFSETS_TOPIC_CONFIG: Final = {"cleanup_policy": "delete", "retention_ms": -1}
+#: Records of one result per appended batch, in bytes: half the default
+#: max_batch_bytes (1 MiB), leaving room for the batch and record headers.
+_MAX_APPEND_BYTES: Final = 512 * 1024
+#: Bytes read per call while loading (each read returns at least one batch).
+_LOAD_READ_BYTES: Final = 1 << 20
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class GroupsRuntime:
+    """The broker's coordinator, its log and its timer (see the module docstring)."""
+
+    def __init__(self, runtime: Runtime, config: GroupConfig) -> None:
+        self._rt = self.runtime = runtime
+        self._store = runtime.store
+        self.config = config
+        self.coordinator = Coordinator(config)
+        self._lock = asyncio.Lock()
+        self._ready = False
+        self._stale = False
+        self._timer: Timer | None = None
+        self._timer_at: int | None = None
+        #: Called with the group ids whose epoch a replayed record bumped.
+        self.on_rebalance: Callable[[str], None] = lambda _gid: None
+
+    # ------------------------------------------------------------- loading
+
+    def topics(self) -> dict[str, int]:
+        """Partition counts of every user topic (internal ``__`` ones excluded)."""
+        return {t.name: t.partitions for t in self._store.topics()}
+
+    def _load_blocking(self) -> Coordinator:
+        try:
+            self._store.create_topic(
+                OFFSETS_TOPIC, OFFSETS_PARTITIONS, OFFSETS_TOPIC_CONFIG, internal=True
+            )
+            log.info("created internal topic", extra={"fields": {"topic": OFFSETS_TOPIC}})
+        except TopicExistsError:
+            pass
+        records: list[CoordinatorRecord] = []
+        for p in range(self._store.topic(OFFSETS_TOPIC).partitions):
+            offset, _ = self._store.offsets(OFFSETS_TOPIC, p)
+            end = self._store.high_watermark(OFFSETS_TOPIC, p)
+            while offset < end:
+                batch = self._store.read(OFFSETS_TOPIC, p, offset, _LOAD_READ_BYTES)
+                if not batch:
+                    break
+                for r in batch:
+                    if r.key is not None:
+                        records.append(decode(r.key, r.value))
+                offset = batch[-1].offset + 1
+        topics = self.topics()
+        c = Coordinator.load(records, config=self.config, topics=topics, now_ms=now_ms())
+        log.info(
+            "consumer groups loaded",
+            extra={"fields": {"records": len(records), "groups": len(c.list_groups())}},
+        )
+        return c
+
+    async def start(self) -> None:
+        """Create/read ``__consumer_offsets`` and rebuild the coordinator (before serving)."""
+        async with self._lock:
+            await self._reload()
+            self._ready = True
+
+    async def _reload(self) -> None:
+        self.coordinator = await self._rt.run_io(self._load_blocking)
+        # Topics may have changed while the broker was down (or since the failure).
+        result = self.coordinator.on_metadata(self.topics(), now_ms=now_ms())
+        self._stale = False
+        await self._commit(result.records)
+        await self._tick()
+
+    # --------------------------------------------------------------- calls
+
+    def _check_ready(self) -> None:
+        if not self._ready:
+            raise BrokerUnavailableError(
+                "the broker is loading __consumer_offsets; retry shortly",
+                retry_after_ms=self._rt.config.retry_after_ms,
+            )
+
+    async def call(self, handler: Callable[[Coordinator, int], Result[T]]) -> T:
+        """Run ``handler(coordinator, now_ms)``, append + fsync its records,
+        replay them, and return its reply (serialized with every other call)."""
+        self._check_ready()
+        async with self._lock:
+            if self._stale:
+                await self._reload()
+            result = handler(self.coordinator, now_ms())
+            await self._commit(result.records)
+            if result.records:
+                await self._tick()
+            return result.reply
+
+    async def read(self, fn: Callable[[Coordinator], T]) -> T:
+        """Run a read-only ``fn(coordinator)`` between writes."""
+        self._check_ready()
+        async with self._lock:
+            if self._stale:
+                await self._reload()
+            return fn(self.coordinator)
+
+    async def on_metadata(self) -> None:
+        """Topics were created, deleted or got partitions: retarget every group."""
+        if not self._ready or self._rt.stopping:
+            return
+        try:
+            await self.call(lambda c, now: c.on_metadata(self.topics(), now_ms=now))
+        except LogStoreError as exc:
+            # The topic change itself succeeded; the coordinator is rebuilt
+            # (with on_metadata) before its next call.
+            log.error("retargeting groups after a topic change failed: %s", exc)
+
+    # ------------------------------------------------------------- the log
+
+    async def _commit(self, records: tuple[CoordinatorRecord, ...]) -> None:
+        """Append ``records`` (fsynced), then replay them; INTERNAL if the append fails."""
+        if not records:
+            return
+        try:
+            await self._rt.run_io(self._append_blocking, records)
+        except Exception as exc:
+            self._stale = True
+            log.error("appending to %s failed: %s", OFFSETS_TOPIC, exc, exc_info=exc)
+            raise InternalError(
+                f"appending the group's records to {OFFSETS_TOPIC} failed ({exc}); "
+                "nothing changed; retry"
+            ) from exc
+        for r in records:
+            if isinstance(r.key, GroupMetadataKey) and isinstance(r.value, GroupMetadataValue):
+                self._count_rebalance(r.key.group_id, r.value.epoch)
+            self.coordinator.replay(r)
+
+    def _count_rebalance(self, group_id: str, epoch: int) -> None:
+        try:
+            before = self.coordinator.describe_group(group_id).epoch
+        except GroupIdNotFoundError:
+            before = 0
+        if epoch > before:
+            self.on_rebalance(group_id)
+
+    def _append_blocking(self, records: tuple[CoordinatorRecord, ...]) -> None:
+        batch: list[Record] = []
+        size = 0
+        for r in records:
+            key, value = encode(r)
+            n = len(key) + (len(value) if value is not None else 0)
+            if batch and size + n > _MAX_APPEND_BYTES:
+                self._store.append(OFFSETS_TOPIC, 0, batch, sync=True)
+                batch, size = [], 0
+            batch.append(Record(value=value, key=key))
+            size += n
+        self._store.append(OFFSETS_TOPIC, 0, batch, sync=True)
+
+    # -------------------------------------------------------------- timers
+
+    async def _tick(self) -> None:
+        """Expire what is due (lock held), then arm the timer at the next deadline."""
+        t = self.coordinator.tick(now_ms())
+        await self._commit(t.records)
+        self._arm(t.next_deadline_ms)
+
+    def _arm(self, deadline_ms: int | None) -> None:
+        if deadline_ms is None or self._rt.stopping:
+            return
+        if self._timer is not None and not self._timer.cancelled:
+            if self._timer_at is not None and self._timer_at <= deadline_ms:
+                return  # an earlier timer re-arms when it fires
+            self._timer.cancel()
+        delay = max(0, deadline_ms - now_ms()) + 1
+        self._timer_at = deadline_ms
+        self._timer = self._rt.timers.call_later(delay, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        if not self._rt.stopping:
+            self._rt.spawn(self._fired())
+
+    async def _fired(self) -> None:
+        try:
+            async with self._lock:
+                if self._rt.stopping:
+                    return
+                if self._stale:
+                    await self._reload()
+                else:
+                    await self._tick()
+        except Exception as exc:
+            log.error("group timers failed: %s", exc, exc_info=exc)
+            # retry in one heartbeat interval rather than never
+            self._arm(now_ms() + self.config.heartbeat_interval_ms)
+
+
+LagRow = tuple[str, int, int, int, int]
+
+
+def group_lag(
+    store: Store, desc: GroupDescription, now: int | None = None
+) -> dict[TopicPartition, LagRow]:
+    """Per partition the group subscribes to, owns or has committed:
+    ``(owner, committed or -1, log end offset, lag in offsets, lag in ms)``.
+    The lag in ms is the age of the oldest record not committed (the record at
+    the committed offset, or the log start when none), 0 when caught up.
+    Blocking (store reads): run it in the I/O pool. One read per lagging
+    partition, of at most one batch."""
+    now = time.time_ns() // 1_000_000 if now is None else now
+    topics = {t.name: t.partitions for t in store.topics()}
+    owners: dict[TopicPartition, str] = {}
+    wanted: set[TopicPartition] = set(desc.offsets)
+    for m in desc.members:
+        for tp in m.assigned | m.revoking:
+            owners[tp] = m.member_id
+        wanted |= m.assigned | m.revoking | m.target
+        names = set(m.topics)
+        if m.regex is not None:
+            rx = re.compile(m.regex)
+            names |= {t for t in topics if rx.fullmatch(t)}
+        for t in names:
+            wanted |= {(t, p) for p in range(topics.get(t, 0))}
+    out: dict[TopicPartition, LagRow] = {}
+    for tp in sorted(wanted):
+        committed = desc.offsets[tp].offset if tp in desc.offsets else -1
+        if tp[0] not in topics or tp[1] >= topics[tp[0]]:
+            out[tp] = (owners.get(tp, ""), committed, 0, 0, 0)
+            continue
+        try:
+            start, _ = store.offsets(*tp)
+            end = store.high_watermark(*tp)
+            pos = max(start, committed if committed >= 0 else start)
+            lag = max(0, end - pos)
+            lag_ms = 0
+            if lag:
+                recs = store.read(tp[0], tp[1], pos, 1)
+                if recs:
+                    lag_ms = max(0, now - recs[0].timestamp_ms)
+        except Exception:  # deleted while we looked: report it as empty
+            start = end = lag = lag_ms = 0
+        out[tp] = (owners.get(tp, ""), committed, end, lag, lag_ms)
+    return out
