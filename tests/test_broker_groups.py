@@ -17,6 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from logstore.v1 import groups_pb2 as gpb
@@ -453,3 +454,31 @@ def test_every_wrong_input_has_its_precise_status(client: Client) -> None:
     assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "MAX_GROUPS_REACHED")
     assert c.committed("g") == {}  # nothing refused changed anything
     assert len(c.describe("g").members) == 4
+
+
+def test_clients_cannot_write_or_delete_the_internal_topic(client: Client) -> None:
+    """Produce, DeleteTopic, CreatePartitions, AlterTopicConfig and DeleteRecords on
+    __consumer_offsets are INVALID_ARGUMENT (INVALID_TOPIC_NAME); the groups are unharmed.
+    Health reports the Groups service SERVING."""
+    c = client
+    c.topic("t", 1)
+    r = c.join("g", ["t"])
+    c.commit("g", r.member_id, r.member_epoch, {("t", 0): 0})
+    name = "__consumer_offsets"
+    rec = [records_pb2.Record(key=b'[0,"g"]', value=None)]
+    calls = [
+        (c.log.Produce, pb.ProduceRequest(topic=name, partition=0, records=rec)),
+        (c.log.DeleteTopic, pb.DeleteTopicRequest(name=name)),
+        (c.log.CreatePartitions, pb.CreatePartitionsRequest(name=name, partitions=2)),
+        (c.log.AlterTopicConfig, pb.AlterTopicConfigRequest(name=name, set={"retention_ms": "1"})),
+        (c.log.DeleteRecords, pb.DeleteRecordsRequest(topic=name, partition=0, before_offset=1)),
+    ]
+    for fn, req in calls:
+        code, reason, msg = refused(fn, req, timeout=10)
+        assert (code, reason) == (INVALID, "INVALID_TOPIC_NAME") and "internal" in msg, req
+    assert c.committed("g") == {("t", 0): 0}
+    assert [x.member_id for x in c.describe("g").members] == [r.member_id]
+    health = health_pb2_grpc.HealthStub(c.channel)
+    for service in ("logstore.v1.Groups", "logstore.v1.LogStore"):
+        reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING

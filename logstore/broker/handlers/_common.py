@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from logstore.errors import InvalidArgumentError, LogStoreError
+from logstore.errors import InvalidArgumentError, InvalidTopicNameError, LogStoreError
 
 #: max_bytes of a Fetch or Subscribe that leaves it 0 (unset).
 DEFAULT_MAX_BYTES: Final = 1 << 20
@@ -20,3 +20,15 @@ def check_enum(enum: Any, field: str, value: int) -> None:
 def status_name(exc: BaseException) -> str:
     """The status name counted in metrics for ``exc`` (INTERNAL when unexpected)."""
     return exc.status if isinstance(exc, LogStoreError) else "INTERNAL"
+
+
+def check_client_writable(topic: str) -> None:
+    """InvalidTopicNameError for an internal ``__`` topic: only the broker writes
+    them (a record a client put in ``__consumer_offsets`` would be replayed
+    into the coordinator at the next start), and deleting or reshaping one
+    would lose the broker's own state."""
+    if topic.startswith("__"):
+        raise InvalidTopicNameError(
+            f"topic {topic!r} is internal (the '__' prefix is reserved); only the broker "
+            "writes, deletes or reconfigures it"
+        )

@@ -18,7 +18,7 @@ from logstore.errors import InvalidArgumentError, InvalidConfigError
 from logstore.v1 import logstore_pb2 as pb
 
 from .._runtime import Context, Runtime
-from ._common import check_enum
+from ._common import check_client_writable, check_enum
 
 if TYPE_CHECKING:
     from logstore.storage import TopicInfo
@@ -65,6 +65,7 @@ class AdminHandlers:
     async def delete_topic(
         self, request: pb.DeleteTopicRequest, context: Context
     ) -> pb.DeleteTopicResponse:
+        check_client_writable(request.name)
         await self.run_io(self._store.delete_topic, request.name)
         log.info("topic deleted", extra={"fields": {"topic": request.name}})
         await self._rt.topics_changed()
@@ -103,6 +104,7 @@ class AdminHandlers:
     async def alter_topic_config(
         self, request: pb.AlterTopicConfigRequest, context: Context
     ) -> pb.AlterTopicConfigResponse:
+        check_client_writable(request.name)
         current = self._store.topic(request.name)
         changes = dict(request.set)
         reset = list(request.reset)
@@ -117,6 +119,7 @@ class AdminHandlers:
     async def create_partitions(
         self, request: pb.CreatePartitionsRequest, context: Context
     ) -> pb.CreatePartitionsResponse:
+        check_client_writable(request.name)
         info = await self.run_io(self._store.create_partitions, request.name, request.partitions)
         log.info(
             "partitions added",
@@ -128,6 +131,7 @@ class AdminHandlers:
     async def delete_records(
         self, request: pb.DeleteRecordsRequest, context: Context
     ) -> pb.DeleteRecordsResponse:
+        check_client_writable(request.topic)
         start = await self.run_io(
             self._store.delete_records, request.topic, request.partition, request.before_offset
         )

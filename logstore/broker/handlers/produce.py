@@ -33,7 +33,7 @@ from logstore.wire import HEADER_SIZE, SplitRequest, partition_for_key, split_pr
 
 from .._runtime import Context, Runtime, shutting_down, write_reply
 from .._status import OK_STATUS, log_unexpected, rich_status
-from ._common import check_enum, status_name
+from ._common import check_client_writable, check_enum, status_name
 
 if TYPE_CHECKING:
     from logstore.storage import AppendResult, PartitionLog
@@ -69,6 +69,7 @@ class ProduceHandlers:
         """
         if not header.topic:
             raise InvalidArgumentError("topic is required")
+        check_client_writable(header.topic)
         has_partition = header.HasField("partition")
         has_key = header.HasField("partition_key")
         if has_partition == has_key:
