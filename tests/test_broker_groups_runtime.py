@@ -1,0 +1,103 @@
+"""The coordinator runtime in-process: timer precision and a failed append.
+
+A real Store in a temporary directory, the broker's Runtime and GroupsRuntime on
+one event loop (no gRPC): session timeouts are fired by the runtime's timer
+close to their deadline, and an append that fails after writing part of a
+result leaves the coordinator equal to the replay of the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from logstore.broker._config import BrokerConfig
+from logstore.broker._groups_runtime import OFFSETS_TOPIC, GroupsRuntime
+from logstore.broker._metrics import BrokerMetrics
+from logstore.broker._runtime import Runtime
+from logstore.coordinator import Coordinator, GroupConfig, decode
+from logstore.errors import InternalError, StorageError
+from logstore.storage import Store
+
+CONFIG = GroupConfig(session_timeout_ms=300, min_session_timeout_ms=100, heartbeat_interval_ms=50)
+
+
+def run(path: Path, body: Callable[[GroupsRuntime], Awaitable[None]]) -> None:
+    async def main() -> None:
+        store = Store.open(str(path))
+        store.start_flusher()
+        rt = Runtime(store, BrokerConfig(data_dir=str(path)), BrokerMetrics())
+        rt.start(asyncio.get_running_loop())
+        groups = GroupsRuntime(rt, CONFIG)
+        rt.groups = groups
+        await groups.start()
+        try:
+            await body(groups)
+        finally:
+            rt.begin_shutdown()
+            await rt.drain()
+            store.close()
+
+    asyncio.run(main())
+
+
+def log_records(store: Store) -> list[Any]:
+    end = store.high_watermark(OFFSETS_TOPIC, 0)
+    out, offset = [], 0
+    while offset < end:
+        batch = store.read(OFFSETS_TOPIC, 0, offset)
+        out += [decode(r.key, r.value) for r in batch if r.key is not None]
+        offset = batch[-1].offset + 1
+    return out
+
+
+def test_session_timeout_fires_within_100ms_of_its_deadline(tmp_path: Path) -> None:
+    """A silent member is removed by the runtime's timer < 100 ms after its session
+    deadline (the maintenance loop runs every 10 s), and never before it."""
+
+    async def body(g: GroupsRuntime) -> None:
+        g._store.create_topic("t", 2)
+        await g.on_metadata()
+        t0 = time.monotonic()
+        await g.call(lambda c, now: c.heartbeat("g", "", 0, now_ms=now, topics=["t"]))
+        while await g.read(lambda c: [x.member_count for x in c.list_groups()]) == [1]:
+            assert time.monotonic() - t0 < 3, "never expired"
+            await asyncio.sleep(0.002)
+        after_ms = (time.monotonic() - t0) * 1000
+        assert CONFIG.session_timeout_ms - 5 <= after_ms <= CONFIG.session_timeout_ms + 100
+
+    run(tmp_path / "data", body)
+
+
+def test_a_failed_append_leaves_the_coordinator_equal_to_its_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An append that wrote its records but failed to fsync answers INTERNAL; the next
+    call first rebuilds the coordinator from the log, so its state is the log's replay."""
+
+    async def body(g: GroupsRuntime) -> None:
+        store = g._store
+        store.create_topic("t", 2)
+        await g.on_metadata()
+        real = store.append
+
+        def half(*args: Any, **kw: Any) -> int:
+            real(*args, **{**kw, "sync": False})
+            raise StorageError(5, "Input/output error (simulated fsync failure)")
+
+        monkeypatch.setattr(store, "append", half)
+        with pytest.raises(InternalError, match="nothing changed; retry"):
+            await g.call(lambda c, now: c.heartbeat("g", "", 0, now_ms=now, topics=["t"]))
+        monkeypatch.setattr(store, "append", real)
+        listing = await g.read(lambda c: [(x.group_id, x.member_count) for x in c.list_groups()])
+        # the records reached the log, so the rebuilt coordinator has the member
+        assert listing == [("g", 1)]
+        replayed = Coordinator.load(log_records(store), config=CONFIG, topics={"t": 2})
+        assert g.coordinator.snapshot() == replayed.snapshot()
+
+    run(tmp_path / "data", body)
