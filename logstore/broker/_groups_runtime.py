@@ -5,7 +5,9 @@ coordinator"):
 
 * Every coordinator call goes through :meth:`GroupsRuntime.call` (or
   :meth:`GroupsRuntime.read` for read-only ones) under one asyncio lock: one
-  writer at a time, in arrival order (asyncio's lock is FIFO). A handler's
+  writer at a time, in arrival order (asyncio's lock is FIFO; the calls
+  waiting on it are bounded by ``max_concurrent_requests``, the admission
+  bound every Groups RPC holds a slot of). A handler's
   records are appended to ``__consumer_offsets`` and **fsynced** (acks=ALL)
   in the I/O pool, then replayed, then the reply is returned. A handler that
   raises appended nothing.
