@@ -129,10 +129,11 @@ class BrokerMetrics:
             ["reason"],
             registry=r,
         )
+        # Not labelled by group: group ids come and go, and a counter's
+        # children are never removed, so per-group series would grow forever.
         self.group_rebalances = Counter(
             "logstore_group_rebalances",
-            "Group epoch bumps (membership, subscription or topic changes), by group",
-            ["group"],
+            "Group epoch bumps (membership, subscription or topic changes)",
             registry=r,
         )
         self.group_fenced = Counter(

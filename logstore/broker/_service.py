@@ -63,7 +63,7 @@ class LogStoreService:
     def __init__(self, store: Store, config: BrokerConfig, metrics: BrokerMetrics) -> None:
         self.runtime = Runtime(store, config, metrics)
         self.groups = GroupsRuntime(self.runtime, config.group_config())
-        self.groups.on_rebalance = lambda gid: metrics.group_rebalances.labels(gid).inc()
+        self.groups.on_rebalance = lambda _gid: metrics.group_rebalances.inc()
         self.runtime.groups = self.groups
         self.areas: dict[str, object] = {
             "produce": ProduceHandlers(self.runtime),
