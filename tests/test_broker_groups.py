@@ -165,17 +165,7 @@ def client(gbroker: BrokerProcess) -> Iterator[Client]:
 
 def stable_pair(c: Client, group: str, topic: str) -> tuple[tuple[str, int], tuple[str, int]]:
     """Two members of ``group`` owning ``topic``'s partitions, reconciled: ((id, epoch), ...)."""
-    a = c.join(group, [topic])
-    b = c.join(group, [topic])
-    ma, ea, owned_a = a.member_id, a.member_epoch, tps(a.assignment)
-    mb, eb, owned_b = b.member_id, b.member_epoch, tps(b.assignment)
-    for _ in range(6):
-        ra = c.beat(group, ma, ea, owned_a)
-        ma, ea, owned_a = ra.member_id, ra.member_epoch, tps(ra.assignment)
-        rb = c.beat(group, mb, eb, owned_b)
-        mb, eb, owned_b = rb.member_id, rb.member_epoch, tps(rb.assignment)
-    assert c.describe(group).state == gpb.GROUP_STATE_STABLE
-    return (ma, ea), (mb, eb)
+    return stable_pair_from(c, group, topic, c.join(group, [topic]))
 
 
 def test_two_members_share_partitions_with_incremental_revocation(client: Client) -> None:
@@ -490,3 +480,38 @@ def test_clients_cannot_write_or_delete_the_internal_topic(client: Client) -> No
     for service in ("logstore.v1.Groups", "logstore.v1.LogStore"):
         reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_static_member_reclaims_its_partitions_without_moving_others(client: Client) -> None:
+    """A static member that leaves temporarily (-2) and rejoins with its instance id gets
+    the same partitions back, the other member's assignment and the group epoch unchanged,
+    and the old member id is fenced."""
+    c = client
+    c.topic("t4", 4)
+    a = c.join("g", ["t4"], instance_id="pod-a")
+    (ma, ea), (mb, eb) = stable_pair_from(c, "g", "t4", a)
+    before = c.describe("g")
+    owned = {m.member_id: tps(m.assigned) for m in before.members}
+    c.groups.LeaveGroup(
+        gpb.LeaveGroupRequest(group_id="g", member_id=ma, temporary=True), timeout=10
+    )
+    back = c.join("g", ["t4"], instance_id="pod-a")
+    assert back.member_id != ma and tps(back.assignment) == owned[ma]
+    rb = c.beat("g", mb, eb, owned[mb])
+    assert tps(rb.assignment) == owned[mb] and not tps(rb.revoking)
+    assert c.describe("g").group_epoch == before.group_epoch
+    assert refused(c.beat, "g", ma, ea)[:2] == (FAILED, "UNKNOWN_MEMBER_ID")
+
+
+def stable_pair_from(
+    c: Client, group: str, topic: str, a: gpb.ConsumerGroupHeartbeatResponse
+) -> tuple[tuple[str, int], tuple[str, int]]:
+    """``a`` (already joined) and a new member, heartbeating until the group is stable."""
+    b = c.join(group, [topic])
+    state = {a.member_id: (a.member_epoch, tps(a.assignment)), b.member_id: (b.member_epoch, set())}
+    for _ in range(6):
+        for mid, (epoch, owned) in list(state.items()):
+            r = c.beat(group, mid, epoch, owned)
+            state[mid] = (r.member_epoch, tps(r.assignment))
+    assert c.describe(group).state == gpb.GROUP_STATE_STABLE
+    return (a.member_id, state[a.member_id][0]), (b.member_id, state[b.member_id][0])
