@@ -16,6 +16,7 @@ import typing as _typing
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "OffsetAndTimestamp": "logstore._types",
     "Store": "logstore.storage",
     "StoreConfig": "logstore.config",
     "TopicConfig": "logstore.config",
@@ -23,6 +24,7 @@ _EXPORTS = {
 }
 
 if _typing.TYPE_CHECKING:
+    from logstore._types import OffsetAndTimestamp
     from logstore.config import StoreConfig, TopicConfig
     from logstore.storage import Store
     from logstore.wire import Record
@@ -37,4 +39,4 @@ def __getattr__(name: str) -> _typing.Any:
     return value
 
 
-__all__ = ["Record", "Store", "StoreConfig", "TopicConfig", "__version__"]
+__all__ = ["OffsetAndTimestamp", "Record", "Store", "StoreConfig", "TopicConfig", "__version__"]

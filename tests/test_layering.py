@@ -26,7 +26,7 @@ FORBIDDEN = {
     ),
     "cli": ("logstore.storage", "logstore.broker"),
 }
-ROOT_MODULES = ("logstore/errors.py", "logstore/config.py")
+ROOT_MODULES = ("logstore/errors.py", "logstore/config.py", "logstore/_types.py")
 
 
 def _imports(path: Path) -> list[tuple[str, ast.AST, list[ast.AST]]]:

@@ -112,8 +112,8 @@ def test_embedded_append_raw_without_max(tmp_path: Path) -> None:
         head = decode_header(store.read_frames("t", 0, 0, 1).data)
         assert (head.base_timestamp_ms, head.max_timestamp_ms) == (T, T + 200)
         for ts in (T - 1, T + 50, T + 150, T + 200):
-            assert store.offset_for_time("t", 0, ts) == 0, ts
-        assert store.offset_for_time("t", 0, T + 201) == 2
+            assert store.offset_for_time("t", 0, ts).offset == 0, ts
+        assert store.offset_for_time("t", 0, T + 201).offset == 2
         assert store.offset_for_time("t", 0, T + 1001) is None
 
 
@@ -122,7 +122,7 @@ def test_embedded_append_records_max(tmp_path: Path) -> None:
     with Store.open(tmp_path) as store:
         store.create_topic("t", 1)
         store.append("t", 0, [Record(b"a", timestamp_ms=T + 200), Record(b"b")], timestamp_ms=T)
-        assert store.offset_for_time("t", 0, T + 150) == 0
+        assert store.offset_for_time("t", 0, T + 150).offset == 0
         assert decode_header(store.read_frames("t", 0, 0, 1).data).max_timestamp_ms == T + 200
 
 
@@ -219,5 +219,5 @@ def test_append_time_is_not_the_max_when_every_record_has_its_own_time(tmp_path:
         pos += decode_header(frames, pos).frame_size
         third = decode_header(frames, pos)
         assert third.max_timestamp_ms == third.base_timestamp_ms > T + 500  # "e" has append time
-        assert store.offset_for_time("t", 0, T + 200) == 2
+        assert store.offset_for_time("t", 0, T + 200).offset == 2
         assert store.partition("t", 0).segments[0].max_timestamp_ms == third.max_timestamp_ms

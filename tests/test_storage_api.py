@@ -88,13 +88,13 @@ def test_offset_for_time_finds_first_record_at_or_after(store: Store) -> None:
     store.create_topic("t", 1, {"segment_bytes": 2048, "index_interval_bytes": 100})
     for i in range(200):
         store.append("t", 0, [b"x" * 20], timestamp_ms=1_000 + 10 * i)
-    assert store.offset_for_time("t", 0, 0) == 0
-    assert store.offset_for_time("t", 0, 1_000 + 10 * 57) == 57
-    assert store.offset_for_time("t", 0, 1_000 + 10 * 57 - 3) == 57
+    assert store.offset_for_time("t", 0, 0).offset == 0
+    assert store.offset_for_time("t", 0, 1_000 + 10 * 57).offset == 57
+    assert store.offset_for_time("t", 0, 1_000 + 10 * 57 - 3).offset == 57
     assert store.offset_for_time("t", 0, 10**13) is None
     recs = [Record(value=b"a", timestamp_ms=5_000), Record(value=b"b", timestamp_ms=9_000)]
     first = store.append("t", 0, recs, timestamp_ms=5_000)
-    assert store.offset_for_time("t", 0, 8_000) == first + 1
+    assert store.offset_for_time("t", 0, 8_000).offset == first + 1
 
 
 def test_retention_by_size_and_time_deletes_whole_sealed_segments(store: Store) -> None:

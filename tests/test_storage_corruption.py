@@ -388,7 +388,8 @@ def test_broken_index_files_lookups_still_right(harness: Harness, shutdown: str,
         assert recs[0].offset == off and recs[0].value == w.values[off]
     for ts in range(min(w.timestamps) - 5, max(w.timestamps) + 6, 3):
         expected = next((o for o, t in enumerate(w.timestamps) if t >= ts), None)
-        assert store.offset_for_time(TOPIC, 0, ts) == expected, ts
+        found = store.offset_for_time(TOPIC, 0, ts)
+        assert (None if found is None else found.offset) == expected, ts
     # and the partition keeps working
     append_batches(store, 0, w, 10, rng)
     check_reads(store, 0, w, 0, len(w.values))

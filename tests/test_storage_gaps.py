@@ -163,12 +163,12 @@ def test_time_search_truncate_and_delete_records_with_gaps(tmp_path: Path) -> No
         store.append_frames("t", 0, run)
         for k in range(12):
             first = min(o for o, (_v, ts) in kept.items() if ts >= T0 + 1000 * k)
-            assert store.offset_for_time("t", 0, T0 + 1000 * k - 500) == first
+            assert store.offset_for_time("t", 0, T0 + 1000 * k - 500).offset == first
         assert store.offset_for_time("t", 0, T0 + 12_000) is None
         # batch 0 is offsets 0..7 with records 0, 2, 5; batch 1 is 8..15
         assert store.delete_records("t", 0, 6) == 6
         assert store.read("t", 0, 6)[0].offset == 8
-        assert store.offset_for_time("t", 0, 0) == 8
+        assert store.offset_for_time("t", 0, 0).offset == 8
         # batch 2 (format 1) is 18..20 after a gap of 2: 17 is in the gap, so the
         # log ends where batch 1 (8..15) ends
         store.partition("t", 0).truncate_to(17)

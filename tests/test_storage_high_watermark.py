@@ -53,7 +53,7 @@ def test_reads_are_served_up_to_the_high_watermark_only() -> None:
     with pytest.raises(OffsetOutOfRangeError) as exc_info:
         store.read("t", 0, 8)
     assert exc_info.value.log_end_offset == 6
-    assert store.find_time("t", 0, 0) == (0, store.read("t", 0, 0)[0].timestamp_ms)
+    assert store.offset_for_time("t", 0, 0) == (0, store.read("t", 0, 0)[0].timestamp_ms)
     assert store.append("t", 0, [b"next"]) == 10
     assert lg.high_watermark == 11  # committed on append (one broker)
     store.close()

@@ -84,7 +84,7 @@ def test_full_time_index_rolls_the_segment(tmp_path: Path, monkeypatch: pytest.M
             store.append("t", 0, [b"x"], timestamp_ms=TS0 + i)
         assert len(_segment_bases(tmp_path / "t-0")) >= 60 // 6
         for i in range(60):
-            assert store.offset_for_time("t", 0, TS0 + i) == i
+            assert store.offset_for_time("t", 0, TS0 + i).offset == i
         assert store.offset_for_time("t", 0, TS0 + 60) is None
 
 
@@ -168,7 +168,9 @@ def test_empty_index_files_are_empty_indexes(tmp_path: Path) -> None:
     for _ in range(2):  # and once more after an unclean restart
         with Store.open(tmp_path) as store:
             assert [store.read("t", 0, i, max_bytes=1)[0].value for i in range(40)] == values
-            assert [store.offset_for_time("t", 0, TS0 + i) for i in range(40)] == list(range(40))
+            assert [store.offset_for_time("t", 0, TS0 + i).offset for i in range(40)] == list(
+                range(40)
+            )
         (tmp_path / ".clean_shutdown").unlink(missing_ok=True)
 
 

@@ -377,7 +377,8 @@ class StorageModel(RuleBasedStateMachine):
     def read_by_time(self, p: tuple[str, int], dt: int) -> None:
         m = self.models[p]
         ts = BASE_TS + dt
-        got = self.store.offset_for_time(p[0], p[1], ts)
+        found = self.store.offset_for_time(p[0], p[1], ts)
+        got = None if found is None else found.offset
         # the first live record whose timestamp (ours: one timestamp per batch) >= ts
         live = [o for b in m.batches if b.timestamp_ms >= ts for o in b.kept if o >= m.start]
         expected = live[0] if live else None

@@ -70,7 +70,7 @@ def test_search_by_time_racing_delete_records_gives_a_domain_error() -> None:
     except OffsetOutOfRangeError:
         pass
     else:
-        assert found is not None and found[0] >= 0
+        assert found is not None and found.offset >= 0
     assert lg.offset_for_time(0) == (16, 1008)
     store.close()
 

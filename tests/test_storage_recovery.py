@@ -238,9 +238,9 @@ def test_clean_reopen_append_and_reopen_does_not_rebuild_indexes(
             with Store.open(tmp_path) as store:
                 for i in range(30 + 5 * rnd):
                     store.append("t", 0, [b"y" * 200], timestamp_ms=ts + 100 * rnd + i)
-                assert store.offset_for_time("t", 0, ts + 100 * rnd - 50) == n
-                assert store.offset_for_time("t", 0, ts + 100 * rnd + 1) == n + 1
+                assert store.offset_for_time("t", 0, ts + 100 * rnd - 50).offset == n
+                assert store.offset_for_time("t", 0, ts + 100 * rnd + 1).offset == n + 1
                 n += 30 + 5 * rnd
         with Store.open(tmp_path) as store:
-            assert store.offset_for_time("t", 0, ts + 301) == n - 45 + 1
+            assert store.offset_for_time("t", 0, ts + 301).offset == n - 45 + 1
     assert not [r.getMessage() for r in caplog.records if "rebuilding" in r.getMessage()]

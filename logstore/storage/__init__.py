@@ -9,6 +9,8 @@ Usable alone (embedded mode, no server, no background thread)::
         records = store.read("events", 0, offset=first)
 """
 
+from logstore._types import OffsetAndTimestamp
+
 from ._catalog import TopicInfo
 from ._fs import FileSystem
 from ._partition import AppendResult, FetchResult, PartitionLog
@@ -19,6 +21,7 @@ __all__ = [
     "AppendResult",
     "FetchResult",
     "FileSystem",
+    "OffsetAndTimestamp",
     "PartitionInfo",
     "PartitionLog",
     "RateLimitedLog",

@@ -48,6 +48,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
+from logstore._types import Offset, OffsetAndTimestamp
 from logstore.config import StoreConfig, TopicConfig
 from logstore.errors import (
     CorruptRecordError,
@@ -685,9 +686,9 @@ class PartitionLog:
                 return cols
             offset = res.next_offset  # no record in these frames (see read)
 
-    def offset_for_time(self, timestamp_ms: int) -> tuple[int, int] | None:
-        """``(offset, timestamp)`` of the first record with timestamp >= the
-        given one, or None if there is none.
+    def offset_for_time(self, timestamp_ms: int) -> OffsetAndTimestamp | None:
+        """The first record with timestamp >= the given one (its offset and its
+        own timestamp), or None if there is none below the high watermark.
 
         Raises OffsetOutOfRangeError if records were deleted (DeleteRecords,
         retention) under the search; the caller may ask again.
@@ -696,7 +697,7 @@ class PartitionLog:
         hw = self._high_watermark
         try:
             found = self._offset_for_time(timestamp_ms, start)
-            return None if found is None or found[0] >= hw else found
+            return None if found is None or found.offset >= hw else found
         except (StorageError, CorruptRecordError) as exc:
             if self._deleted:
                 raise self._deleted_error() from exc
@@ -709,7 +710,7 @@ class PartitionLog:
                 self.log_end_offset,
             ) from exc
 
-    def _offset_for_time(self, timestamp_ms: int, start: int) -> tuple[int, int] | None:
+    def _offset_for_time(self, timestamp_ms: int, start: int) -> OffsetAndTimestamp | None:
         for seg in list(self.segments):
             if seg.next_offset <= start or seg.size == 0:
                 continue
@@ -732,7 +733,7 @@ class PartitionLog:
                     batch_view(frame), h.base_offset, h.base_timestamp_ms, start
                 ):
                     if r.timestamp_ms >= timestamp_ms:
-                        return r.offset, r.timestamp_ms
+                        return OffsetAndTimestamp(Offset(r.offset), r.timestamp_ms)
                 # The batch claims a max >= the target but no record has it
                 # (release 0.1.0 stored inflated maxima): the answer is later.
         return None

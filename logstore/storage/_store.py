@@ -58,6 +58,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final
 
+from logstore._types import OffsetAndTimestamp
 from logstore.config import StoreConfig, TopicConfig
 from logstore.errors import (
     CatalogError,
@@ -681,13 +682,11 @@ class Store:
         broker, the log end offset)."""
         return self.partition(topic, partition).high_watermark
 
-    def offset_for_time(self, topic: str, partition: int, timestamp_ms: int) -> int | None:
-        """First offset whose record timestamp is >= ``timestamp_ms``, or None."""
-        found = self.partition(topic, partition).offset_for_time(timestamp_ms)
-        return None if found is None else found[0]
-
-    def find_time(self, topic: str, partition: int, timestamp_ms: int) -> tuple[int, int] | None:
-        """``(offset, timestamp_ms)`` of that first record, or None."""
+    def offset_for_time(
+        self, topic: str, partition: int, timestamp_ms: int
+    ) -> OffsetAndTimestamp | None:
+        """The first record whose timestamp is >= ``timestamp_ms`` (its offset and
+        its own timestamp), or None if there is none below the high watermark."""
         return self.partition(topic, partition).offset_for_time(timestamp_ms)
 
     def delete_records(self, topic: str, partition: int, before_offset: int) -> int:

@@ -160,7 +160,7 @@ class AdminHandlers:
             start, end = plog.log_start_offset, plog.high_watermark
             if which == "timestamp_ms":
                 # One lookup gives both the offset and that record's timestamp.
-                found = self._store.find_time(info.name, p, request.timestamp_ms)
+                found = self._store.offset_for_time(info.name, p, request.timestamp_ms)
                 if found is None:
                     out.append(pb.PartitionOffset(partition=p, offset=end, found=False))
                     continue

@@ -112,7 +112,7 @@ class FetchHandlers:
             found = await self._rt.run_io(
                 store.offset_for_time, topic, partition, request.timestamp_ms
             )
-            return store.high_watermark(topic, partition) if found is None else found
+            return store.high_watermark(topic, partition) if found is None else found.offset
         if which == "position":
             check_enum(pb.StartPosition, "position", request.position)
             if request.position == pb.START_POSITION_LATEST:
