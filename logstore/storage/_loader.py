@@ -214,7 +214,7 @@ class _Loader:
                     self.name, seg.next_offset, seg.size, os.path.basename(seg.log_path),
                     dropped, bad,
                 )  # fmt: skip
-                seg.truncate_to(seg.size, seg.next_offset)
+                seg.truncate_at(seg.size, seg.next_offset)
                 self._drop_from(j + 1, "after a torn tail")
                 return
             seg.sealed = j + 1 < len(segs)

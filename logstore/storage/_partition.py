@@ -625,7 +625,7 @@ class PartitionLog:
                     f"the recovery point)"
                 )
             seg, pos = found
-            data, nxt = seg.read_frames(pos, max_bytes, end)
+            data, nxt = seg.read_frames_at(pos, max_bytes, end)
         except StorageError as exc:
             if self._deleted:
                 raise self._deleted_error() from exc
@@ -859,7 +859,7 @@ class PartitionLog:
                 # recovery point and be taken as valid data.
                 self.fs.fsync_dir(self.directory)
             seg.sealed = False
-            seg.truncate_to(pos, offset_at)
+            seg.truncate_at(pos, offset_at)
             self._high_watermark = min(self._high_watermark, offset_at)
             self.producers.truncate(offset_at)
 

@@ -26,7 +26,7 @@ rebuilds all apply it.
 Recovery: the segment recovers itself. ``boundary_at(recovery_point)`` walks
 the frame heads to the recovery point; ``recover_from(pos, offset)`` checks
 and indexes every frame after it as if appended and stops at the first bad
-one (the caller truncates the torn tail with ``truncate_to``);
+one (the caller truncates the torn tail with ``truncate_at``);
 ``resume_after_clean_open`` continues after a clean shutdown.
 
 Thread-safety: one writer at a time (the partition's lock); any number of
@@ -471,7 +471,7 @@ class Segment:
         ``size`` and ``next_offset`` to the end of the last valid frame;
         returns why scanning stopped early (a torn tail), or None. Offsets
         must increase, not be contiguous (a gap is legal). Does not
-        truncate (the caller logs, then calls ``truncate_to``)."""
+        truncate (the caller logs, then calls ``truncate_at``)."""
         self.size = pos
         self.next_offset = expected_offset
         self._bytes_since_entry = self._bytes_after_last_entry()
@@ -663,7 +663,7 @@ class Segment:
             return None
         return nxt
 
-    def read_frames(
+    def read_frames_at(
         self, pos: int, max_bytes: int, end_offset: int | None = None
     ) -> tuple[bytes, int]:
         """CRC-checked whole frames from ``pos``: at least one, then as many as
@@ -814,7 +814,7 @@ class Segment:
         self._bytes_since_entry = since
         self._indexes_checked = True
 
-    def truncate_to(self, pos: int, next_offset: int) -> None:
+    def truncate_at(self, pos: int, next_offset: int) -> None:
         """Drop every byte from ``pos`` (a frame boundary) on."""
         fd = self.handles.acquire(self)
         try:
