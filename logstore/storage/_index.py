@@ -42,6 +42,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from logstore._types import Position
 from logstore.errors import DiskFullError
 
 from ._fs import FileSystem
@@ -287,7 +288,7 @@ class _Index:
 class OffsetIndex(_Index):
     dtype = OFFSET_DTYPE
 
-    def append(self, rel: int, pos: int) -> None:
+    def append(self, rel: int, pos: Position) -> None:
         assert 0 <= rel < 1 << 32 and 0 <= pos < 1 << 32
         arr = self._slot()
         if self.n:
@@ -296,23 +297,24 @@ class OffsetIndex(_Index):
         arr[self.n] = (rel, pos)
         self.n += 1
 
-    def lookup(self, rel: int) -> tuple[int, int]:
-        """The last entry with relative offset <= ``rel``; (0, 0) if none."""
+    def lookup(self, rel: int) -> tuple[int, Position]:
+        """The last entry with relative offset <= ``rel``: (relative offset, its
+        frame's position); (0, 0) if none."""
         view = self._view()
         if not len(view):
-            return 0, 0
+            return 0, Position(0)
         i = int(np.searchsorted(view["rel"], np.uint32(rel), side="right")) - 1
         if i < 0:
-            return 0, 0
-        return int(view[i]["rel"]), int(view[i]["pos"])
+            return 0, Position(0)
+        return int(view[i]["rel"]), Position(int(view[i]["pos"]))
 
-    def last(self) -> tuple[int, int]:
+    def last(self) -> tuple[int, Position]:
         if not self.n:
-            return 0, 0
+            return 0, Position(0)
         e = self._view()[self.n - 1]
-        return int(e["rel"]), int(e["pos"])
+        return int(e["rel"]), Position(int(e["pos"]))
 
-    def count_below_position(self, pos: int) -> int:
+    def count_below_position(self, pos: Position) -> int:
         """Number of entries whose position is < ``pos`` (for truncation)."""
         view = self._view()
         return int(np.searchsorted(view["pos"], np.uint32(pos), side="left"))

@@ -32,6 +32,7 @@ import logging
 import os
 from dataclasses import dataclass
 
+from logstore._types import Offset, Position
 from logstore.errors import CorruptRecordError
 
 from ._fs import FileSystem
@@ -107,7 +108,7 @@ def load_segments(
         loader.segments[-1].resume_after_clean_open()
     else:
         loader.dir_dirty = True
-        loader.recover(recovery_point)
+        loader.recover(Offset(recovery_point))
     return LoadedLog(loader.segments, sorted(snapshots), clean, loader.dir_dirty)
 
 
@@ -164,7 +165,7 @@ class _Loader:
             )  # fmt: skip
         return ok
 
-    def recover(self, recovery_point: int) -> None:
+    def recover(self, recovery_point: Offset) -> None:
         """Re-check everything from the recovery point."""
         segs = self.segments
         # Retention may have deleted segments the (older) checkpoint still
@@ -177,7 +178,7 @@ class _Loader:
                 seg.next_offset = seg.base_offset
         rp_seg = segs[k]
         # 1. Walk (no CRC) from a trusted index entry up to the recovery point.
-        start_pos = 0
+        start_pos = Position(0)
         if recovery_point > rp_seg.base_offset:
             try:
                 start_pos = rp_seg.boundary_at(recovery_point)
@@ -189,13 +190,13 @@ class _Loader:
         # 2. Check every frame after it, segment by segment.
         self._check_frames_from(k, start_pos, recovery_point)
 
-    def _check_frames_from(self, k: int, start_pos: int, expected_offset: int) -> None:
+    def _check_frames_from(self, k: int, start_pos: Position, expected_offset: Offset) -> None:
         """Check every frame from byte ``start_pos`` of segment ``k`` on, which
         must start at ``expected_offset``; truncate a torn tail."""
         segs = self.segments
         for j in range(k, len(segs)):
             seg = segs[j]
-            pos = start_pos if j == k else 0
+            pos = start_pos if j == k else Position(0)
             expected = expected_offset if j == k else seg.base_offset
             if j > k:
                 seg.forget_indexes()
@@ -219,7 +220,7 @@ class _Loader:
                 return
             seg.sealed = j + 1 < len(segs)
 
-    def _corrupt_before(self, k: int, recovery_point: int, why: str) -> None:
+    def _corrupt_before(self, k: int, recovery_point: Offset, why: str) -> None:
         """Data before the recovery point is unreachable: keep it (reads of it
         report corruption). Later segments are kept and checked as usual (they
         hold acknowledged records); without one, appends continue in a new
@@ -238,13 +239,13 @@ class _Loader:
             )  # fmt: skip
             seg.next_offset = end
             seg.sealed = True
-            self._check_frames_from(k + 1, 0, end)
+            self._check_frames_from(k + 1, Position(0), end)
             return
         # Frames after the damage may hold records acknowledged after the last
         # checkpoint (fsynced, but the recovery point is written at most every
         # recovery_checkpoint_interval_ms): appends continue past every offset
         # the file may hold, never at the recovery point.
-        end = max(recovery_point, seg.offset_bound())
+        end = Offset(max(recovery_point, seg.offset_bound()))
         log.error(
             "%s: CORRUPTION before the recovery point %d in %s: %s; offsets %d..%d are "
             "unreadable (%d of them after the recovery point), nothing was truncated, "

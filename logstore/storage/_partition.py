@@ -48,7 +48,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from logstore._types import Offset, OffsetAndTimestamp
+from logstore._types import Offset, OffsetAndTimestamp, Position
 from logstore.config import StoreConfig, TopicConfig
 from logstore.errors import (
     CorruptRecordError,
@@ -260,7 +260,7 @@ class PartitionLog:
         for s in snapshots:
             if s > end:
                 self.fs.unlink(self._snapshot_path(s))
-        from_offset = self.segments[0].base_offset
+        from_offset: int = self.segments[0].base_offset
         if usable:
             try:
                 self.producers.load_json(self.fs.read_file(self._snapshot_path(usable[-1])))
@@ -271,16 +271,16 @@ class PartitionLog:
         if from_offset >= end:
             return
         try:
-            self._replay_producers(from_offset, end)
+            self._replay_producers(Offset(from_offset), end)
         except CorruptRecordError as exc:
             log.warning("%s: producer state rebuilt only partly: %s", self.name, exc)
 
-    def _replay_producers(self, from_offset: int, end: int) -> None:
+    def _replay_producers(self, from_offset: Offset, end: int) -> None:
         i = max(self._view.floor(from_offset), 0)
         for seg in self.segments[i:]:
             if seg.next_offset <= from_offset or seg.size == 0:
                 continue
-            pos = 0
+            pos = Position(0)
             if seg.base_offset < from_offset:
                 found = seg.locate(from_offset)
                 if found is None:  # a gap to the segment's end
@@ -614,9 +614,9 @@ class PartitionLog:
         if offset == end:
             return FetchResult(b"", end, start, end)
         view = self._view
-        i = view.floor(offset)
+        i = view.floor(Offset(offset))
         try:
-            found = self._locate(view, i, offset)
+            found = self._locate(view, i, Offset(offset))
             if found is None:
                 if offset < self.log_start_offset:  # deleted by retention meanwhile
                     self._check_read_offset(offset)
@@ -625,7 +625,7 @@ class PartitionLog:
                     f"the recovery point)"
                 )
             seg, pos = found
-            data, nxt = seg.read_frames_at(pos, max_bytes, end)
+            data, nxt = seg.read_frames_at(pos, max_bytes, Offset(end))
         except StorageError as exc:
             if self._deleted:
                 raise self._deleted_error() from exc
@@ -639,7 +639,7 @@ class PartitionLog:
         return FetchResult(data, end, start, nxt)
 
     @staticmethod
-    def _locate(view: SegmentList, i: int, offset: int) -> tuple[Segment, int] | None:
+    def _locate(view: SegmentList, i: int, offset: Offset) -> tuple[Segment, Position] | None:
         """The segment and position of the first frame whose last offset is
         >= ``offset``, starting at segment ``i`` (the floor of ``offset``);
         None if no segment has one."""
@@ -655,7 +655,7 @@ class PartitionLog:
         # A gap to the end of segment i: the next non-empty segment's first frame.
         for later in view.as_list[i + 1 :]:
             if later.size:
-                return later, 0
+                return later, Position(0)
         return None
 
     def read(self, offset: int, max_bytes: int = 1 << 20) -> list[Record]:
@@ -718,7 +718,7 @@ class PartitionLog:
             if seg.max_timestamp_ms < timestamp_ms:
                 continue
             rel = seg.time_index.scan_start(timestamp_ms)
-            start_off = max(seg.base_offset + rel, start)
+            start_off = Offset(max(seg.base_offset + rel, start))
             if start_off >= seg.next_offset:
                 continue
             found = seg.locate(start_off)
@@ -755,7 +755,7 @@ class PartitionLog:
             if before_offset <= self.log_start_offset:
                 return self.log_start_offset
             segs = self.segments
-            n = max(self._view.floor(before_offset), 0)  # whole segments below it
+            n = max(self._view.floor(Offset(before_offset)), 0)  # whole segments below it
             if n:
                 # The start moves before the segments go, so a reader never
                 # finds an offset above the start in no segment.
@@ -785,7 +785,7 @@ class PartitionLog:
     def _delete_segments_below(self, offset: int, why: str) -> None:
         """Delete sealed segments whose records are all below ``offset`` (lock held)."""
         segs = self.segments
-        n = max(self._view.floor(offset), 0)  # the segment holding offset stays
+        n = max(self._view.floor(Offset(offset)), 0)  # the segment holding offset stays
         if n:
             self._set_segments(segs[n:])
             for seg in segs[:n]:
@@ -831,18 +831,18 @@ class PartitionLog:
             if offset == self.log_end_offset:
                 return
             segs = self.segments
-            i = max(self._view.floor(offset), 0)
+            i = max(self._view.floor(Offset(offset)), 0)
             seg = segs[i]
             if offset <= seg.base_offset:
-                pos = 0
+                pos = Position(0)
                 offset_at = seg.base_offset
             else:
                 # Inside a batch: keep the whole batch; in a gap: the end of
                 # the last frame kept (where the log's frames really end).
-                pos, offset_at = seg.cut_point(offset)
+                pos, offset_at = seg.cut_point(Offset(offset))
                 # A log start inside the gap: the log ends there, not below it
                 # (the next append goes to the log start).
-                offset_at = max(offset_at, self.log_start_offset)
+                offset_at = Offset(max(offset_at, self.log_start_offset))
             if offset_at >= self.log_end_offset:
                 return
             # Lower the checkpointed recovery point (to a frame boundary) before

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 def expired_prefix(segments: Sequence[Segment], config: TopicConfig, now_ms: int) -> int:
     """How many of the oldest segments retention deletes (0..len - 1)."""
     n = 0
-    total = sum(s.size for s in segments)
+    total: int = sum(s.size for s in segments)
     while n < len(segments) - 1:
         seg = segments[n]
         if config.retention_ms >= 0:

@@ -46,6 +46,7 @@ from typing import Final
 
 import numpy as np
 
+from logstore._types import Offset, Position
 from logstore.errors import CorruptRecordError, StorageError
 from logstore.wire import (
     FRAME_OVERHEAD,
@@ -162,7 +163,7 @@ class Segment:
     ) -> None:
         self.fs = fs
         self.directory = directory
-        self.base_offset = base_offset
+        self.base_offset = Offset(base_offset)
         self.handles = handles
         self.log_path = os.path.join(directory, segment_file(base_offset, FileKind.LOG))
         self.index = OffsetIndex(
@@ -171,8 +172,9 @@ class Segment:
         self.time_index = TimeIndex(
             fs, os.path.join(directory, segment_file(base_offset, FileKind.TIMEINDEX)), index_cache
         )
-        self.size = 0
-        self.next_offset = base_offset
+        #: The end of the frames (a byte position) and the offset after them.
+        self.size = Position(0)
+        self.next_offset = Offset(base_offset)
         self.max_timestamp_ms = -1
         self.created_ms = 0
         self.sealed = False
@@ -232,8 +234,8 @@ class Segment:
         next segment's base, or the checkpointed end); else the caller scans.
         """
         seg = cls(fs, directory, base_offset, handles, index_cache)
-        seg.size = fs.file_size(seg.log_path)
-        seg.next_offset = base_offset if next_offset is None else next_offset
+        seg.size = Position(fs.file_size(seg.log_path))
+        seg.next_offset = Offset(base_offset if next_offset is None else next_offset)
         limit = None if next_offset is None else next_offset - base_offset - 1
         seg.index.load(limit)
         seg.time_index.load(limit)
@@ -260,7 +262,7 @@ class Segment:
         if fd is not None:
             self.fs.close(fd)
 
-    def pread(self, size: int, position: int) -> bytes:
+    def pread(self, size: int, position: Position) -> bytes:
         fd = self.handles.acquire(self)
         try:
             return self.fs.pread(fd, size, position, self.log_path)
@@ -316,7 +318,12 @@ class Segment:
         )  # fmt: skip
 
     def _index_frame(
-        self, pos: int, rel: int, frame_size: int, frame_max_ts: int, due: tuple[bool, int | None]
+        self,
+        pos: Position,
+        rel: int,
+        frame_size: int,
+        frame_max_ts: int,
+        due: tuple[bool, int | None],
     ) -> None:
         """Account for a frame just appended or accepted by recovery."""
         add_offset, time_ts = due
@@ -375,8 +382,8 @@ class Segment:
         self._index_frame(pos, rel, frame_size, max_timestamp_ms, due)
         # size before next_offset: a reader that sees the new end offset must
         # also see the bytes that hold it.
-        self.size = pos + frame_size
-        self.next_offset = frame_next_offset
+        self.size = Position(pos + frame_size)
+        self.next_offset = Offset(frame_next_offset)
 
     def sync(self) -> None:
         """fdatasync the .log file (indexes are rebuilt after a crash)."""
@@ -464,7 +471,7 @@ class Segment:
         self.time_index.reset()
         self.max_timestamp_ms = -1
 
-    def recover_from(self, pos: int, expected_offset: int) -> str | None:
+    def recover_from(self, pos: Position, expected_offset: Offset) -> str | None:
         """Accept the valid frames from byte ``pos`` (a frame boundary, where
         ``expected_offset`` starts) to the end of the file: head, CRC32C,
         contiguous offsets, indexed by the one rule as if appended. Sets
@@ -486,7 +493,7 @@ class Segment:
                     p, rel, h.frame_size, h.max_timestamp_ms,
                     self._entries_due(p, rel, h.max_timestamp_ms),
                 )  # fmt: skip
-                self.size = p + h.frame_size
+                self.size = Position(p + h.frame_size)
                 self.next_offset = h.next_offset
         except CorruptRecordError as exc:
             return str(exc)
@@ -506,21 +513,21 @@ class Segment:
         while pos < file_size:
             # MAX_FRAME_OVERHEAD more than the step: a head (of either format)
             # that starts in this step is decoded from this read.
-            chunk = self.pread(_SCAN_STEP_BYTES + MAX_FRAME_OVERHEAD, pos)
+            chunk = self.pread(_SCAN_STEP_BYTES + MAX_FRAME_OVERHEAD, Position(pos))
             for m in _FRAME_HEAD.finditer(chunk, 0, min(_SCAN_STEP_BYTES, len(chunk))):
                 p = pos + m.start()
                 try:
                     h = decode_header(chunk, m.start())
                     if p + h.frame_size > file_size:
                         continue
-                    check_crc(self.pread(h.frame_size, p), h)
+                    check_crc(self.pread(h.frame_size, Position(p)), h)
                 except CorruptRecordError:
                     continue
                 best = max(best, h.next_offset)
             pos += _SCAN_STEP_BYTES
         return min(best, self.base_offset + file_size // MIN_RECORD_BYTES)
 
-    def boundary_at(self, offset: int) -> int:
+    def boundary_at(self, offset: Offset) -> Position:
         """Byte position right after the frame that ends at ``offset`` (the
         recovery point), walking frame heads without CRC from the last index
         entry before it; loads the indexes up to it and sets the max
@@ -542,7 +549,7 @@ class Segment:
             except CorruptRecordError:
                 self.index.reset()
                 self.time_index.reset()
-                pos = 0
+                pos = Position(0)
         last_ts = self.time_index.last()
         self.max_timestamp_ms = last_ts[0] if last_ts else -1
         # Stop right after the frame that ends at the recovery point: the frame
@@ -552,7 +559,7 @@ class Segment:
                 break
             self.max_timestamp_ms = max(self.max_timestamp_ms, h.max_timestamp_ms)
             if h.next_offset == offset:
-                return p + h.frame_size
+                return Position(p + h.frame_size)
         raise CorruptRecordError(
             f"{self.log_path}: no frame boundary at recovery point {offset} (data missing)"
         )
@@ -564,13 +571,13 @@ class Segment:
         except CorruptRecordError as exc:
             raise CorruptRecordError(f"{self.log_path} at byte {pos}: {exc}") from None
 
-    def frames(self, start_pos: int, end_pos: int) -> Iterator[tuple[int, FrameHeader]]:
+    def frames(self, start_pos: Position, end_pos: int) -> Iterator[tuple[Position, FrameHeader]]:
         """Walk frame headers from ``start_pos`` (a frame boundary) to ``end_pos``.
 
         Yields ``(position, header)``; raises CorruptRecordError on a bad head
         or a frame running past ``end_pos``. No CRC check.
         """
-        pos = start_pos
+        pos: int = start_pos
         buf = b""
         buf_start = pos
         while pos < end_pos:
@@ -578,7 +585,7 @@ class Segment:
             # A head of either format must be in the buffer (72 or 77 bytes);
             # re-read when fewer than the longest remain and more exist.
             if off + MAX_FRAME_OVERHEAD > len(buf) and buf_start + len(buf) < end_pos:
-                buf = self.pread(min(SCAN_CHUNK, end_pos - pos), pos)
+                buf = self.pread(min(SCAN_CHUNK, end_pos - pos), Position(pos))
                 buf_start, off = pos, 0
                 if len(buf) < FRAME_OVERHEAD:
                     raise CorruptRecordError(
@@ -589,10 +596,10 @@ class Segment:
                 raise CorruptRecordError(
                     f"{self.log_path}: frame at byte {pos} runs past the end ({end_pos})"
                 )
-            yield pos, h
+            yield Position(pos), h
             pos += h.frame_size
 
-    def locate(self, offset: int) -> tuple[int, FrameHeader] | None:
+    def locate(self, offset: Offset) -> tuple[Position, FrameHeader] | None:
         """Position and header of the first frame whose last offset is >=
         ``offset`` (Kafka's translateOffset): the frame containing it, or the
         next one when a gap removed it. None when every frame ends before it
@@ -620,7 +627,7 @@ class Segment:
             )
         return None
 
-    def position_of(self, offset: int) -> tuple[int, FrameHeader]:
+    def position_of(self, offset: Offset) -> tuple[Position, FrameHeader]:
         """:meth:`locate`, raising CorruptRecordError instead of returning None."""
         found = self.locate(offset)
         if found is None:
@@ -629,7 +636,7 @@ class Segment:
             )
         return found
 
-    def cut_point(self, offset: int) -> tuple[int, int]:
+    def cut_point(self, offset: Offset) -> tuple[Position, Offset]:
         """Where to truncate to drop every record at or after ``offset``,
         keeping a batch that straddles it whole: ``(position, next offset
         after the frames kept)``. The next offset is the last kept frame's
@@ -637,22 +644,22 @@ class Segment:
         where its last frame ends, gaps or not. Walks the frame heads from
         the start (a truncation is rare: replication and admin only)."""
         end = self.base_offset
-        for p, h in self.frames(0, self.size):
+        for p, h in self.frames(Position(0), self.size):
             if h.base_offset >= offset:
-                return p, end
+                return p, Offset(end)
             if offset <= h.last_offset:
-                return p + h.frame_size, h.next_offset
+                return Position(p + h.frame_size), h.next_offset
             end = h.next_offset
-        return self.size, end
+        return self.size, Offset(end)
 
-    def tail_next_offset(self) -> int | None:
+    def tail_next_offset(self) -> Offset | None:
         """The offset after the last frame, found by walking the frame heads
         from the last offset index entry to ``size`` (no CRC); None if the
         frames do not run, with increasing offsets, exactly to ``size``
         (garbage or a torn frame at the end)."""
         rel, pos = self.index.last()
         if pos and not self._entry_matches(rel, pos):
-            rel, pos = 0, 0
+            rel, pos = 0, Position(0)
         nxt = self.base_offset + rel
         try:
             for _p, h in self.frames(pos, self.size):
@@ -661,11 +668,11 @@ class Segment:
                 nxt = h.next_offset
         except CorruptRecordError:
             return None
-        return nxt
+        return Offset(nxt)
 
     def read_frames_at(
-        self, pos: int, max_bytes: int, end_offset: int | None = None
-    ) -> tuple[bytes, int]:
+        self, pos: Position, max_bytes: int, end_offset: Offset | None = None
+    ) -> tuple[bytes, Offset]:
         """CRC-checked whole frames from ``pos``: at least one, then as many as
         fit in ``max_bytes``, none starting at or after ``end_offset`` (the
         high watermark). Returns ``(bytes, next_offset)``.
@@ -714,11 +721,11 @@ class Segment:
         if off == 0:
             raise CorruptRecordError(f"{self.log_path}: no whole frame at byte {pos}")
         if off == len(buf):
-            return buf, next_offset
-        return bytes(mv[:off]), next_offset
+            return buf, Offset(next_offset)
+        return bytes(mv[:off]), Offset(next_offset)
 
     # --- index verification ----------------------------------------------------------
-    def _entry_matches(self, rel: int, pos: int) -> bool:
+    def _entry_matches(self, rel: int, pos: Position) -> bool:
         """Whether the frame at ``pos`` starts at relative offset ``rel``."""
         if pos >= self.size:
             return False
@@ -759,13 +766,13 @@ class Segment:
         if len(t_rels) and not np.isin(t_rels, offs["rel"]).all():
             return "time index entries are not on offset index entries"
         for k in {0, len(offs) - 1} if len(offs) else ():
-            if not self._entry_matches(int(offs[k]["rel"]), int(offs[k]["pos"])):
+            if not self._entry_matches(int(offs[k]["rel"]), Position(int(offs[k]["pos"]))):
                 return "an offset index entry does not match the log"
         start = int(offs[-1]["pos"]) if len(offs) else 0
         tail_max = -1
         last_rel = -1
         try:
-            for _p, h in self.frames(start, self.size):
+            for _p, h in self.frames(Position(start), self.size):
                 tail_max = max(tail_max, h.max_timestamp_ms)
                 last_rel = h.base_offset - self.base_offset
         except CorruptRecordError as exc:
@@ -790,7 +797,7 @@ class Segment:
         since = 0
         rel = 0
         try:
-            for pos, h in self.frames(0, self.size):
+            for pos, h in self.frames(Position(0), self.size):
                 rel = h.base_offset - self.base_offset
                 add_offset, time_ts = self.entries_for_frame(
                     pos, rel, h.max_timestamp_ms, since, interval,
@@ -814,7 +821,7 @@ class Segment:
         self._bytes_since_entry = since
         self._indexes_checked = True
 
-    def truncate_at(self, pos: int, next_offset: int) -> None:
+    def truncate_at(self, pos: Position, next_offset: Offset) -> None:
         """Drop every byte from ``pos`` (a frame boundary) on."""
         fd = self.handles.acquire(self)
         try:
@@ -831,6 +838,6 @@ class Segment:
         self._bytes_since_entry = self._bytes_after_last_entry()
         last_ts = self.time_index.last()
         self.max_timestamp_ms = last_ts[0] if last_ts else -1
-        from_pos = self.index.last()[1] if self.index.n else 0
+        from_pos = self.index.last()[1] if self.index.n else Position(0)
         for _p, h in self.frames(from_pos, self.size):
             self.max_timestamp_ms = max(self.max_timestamp_ms, h.max_timestamp_ms)

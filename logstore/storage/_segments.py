@@ -20,6 +20,8 @@ import bisect
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
+from logstore._types import Offset
+
 if TYPE_CHECKING:
     from ._segment import Segment
 
@@ -53,6 +55,6 @@ class SegmentList:
         """The last segment (the one appends go to)."""
         return self._segments[-1]
 
-    def floor(self, offset: int) -> int:
+    def floor(self, offset: Offset) -> int:
         """Index of the last segment whose base offset is <= ``offset``; -1 if none."""
         return bisect.bisect_right(self._bases, offset) - 1

@@ -62,6 +62,7 @@ from typing import Final, NamedTuple
 
 import crc32c as _crc32c
 
+from logstore._types import Offset
 from logstore.errors import CorruptRecordError, InvalidBatchError
 
 from ._records import _ATTR_OFFSET_DELTAS, Record, encode_record
@@ -164,7 +165,7 @@ NO_TIMESTAMP: Final = -(1 << 63)
 class FrameHeader(NamedTuple):
     """The decoded fixed header of one frame."""
 
-    base_offset: int
+    base_offset: Offset
     crc32c: int
     batch_length: int
     record_count: int
@@ -193,14 +194,14 @@ class FrameHeader(NamedTuple):
         return FRAME_OVERHEAD_V2 if self.attributes & ATTR_OFFSET_DELTAS else FRAME_OVERHEAD
 
     @property
-    def last_offset(self) -> int:
+    def last_offset(self) -> Offset:
         """The batch's last offset (its last record's, or past it in format 2)."""
-        return self.base_offset + self.last_offset_delta
+        return Offset(self.base_offset + self.last_offset_delta)
 
     @property
-    def next_offset(self) -> int:
+    def next_offset(self) -> Offset:
         """The offset after this frame's last offset."""
-        return self.base_offset + self.last_offset_delta + 1
+        return Offset(self.base_offset + self.last_offset_delta + 1)
 
 
 def crc32c(data: bytes | bytearray | memoryview, value: int = 0) -> int:
@@ -357,7 +358,7 @@ def decode_header(buf: bytes | bytearray | memoryview, pos: int = 0) -> FrameHea
             f"{record_count} or last offset delta {last_delta} at byte {pos}"
         )
     return FrameHeader(
-        base_offset, _crc, batch_length, record_count, fields[4], fields[5], fields[6],
+        Offset(base_offset), _crc, batch_length, record_count, fields[4], fields[5], fields[6],
         fields[7], fields[8], attributes, last_delta,
     )  # fmt: skip
 
