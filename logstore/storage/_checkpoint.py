@@ -30,6 +30,8 @@ from ._fs import FileSystem
 from ._names import TMP_SUFFIX
 
 _VERSION = "0"
+#: An offset checkpoint's first lines: the version, then the entry count.
+_HEADER_LINES: Final = 2
 
 log = logging.getLogger("logstore.storage")
 
@@ -130,7 +132,7 @@ def read_offsets(fs: FileSystem, path: str) -> dict[tuple[str, int], int]:
             raise ValueError(f"version {lines[0]!r}")
         count = int(lines[1])
         out: dict[tuple[str, int], int] = {}
-        for line in lines[2 : 2 + count]:
+        for line in lines[_HEADER_LINES : _HEADER_LINES + count]:
             t, p, o = line.split(" ")
             out[(t, int(p))] = int(o)
         if len(out) != count:

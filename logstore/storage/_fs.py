@@ -33,13 +33,19 @@ import mmap
 import os
 import shutil
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Final
 
 from logstore.errors import DirectoryInUseError, DiskFullError, StorageError
 
 #: Data files are only ever appended to (and truncated), so O_APPEND: every
 #: write lands at the current end, whatever the file offset.
 _OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC
+#: rw-r--r--: only the broker writes its files; operators' tools (backups,
+#: ``logstore.storage`` inspection) may read them. The umask still applies.
+FILE_MODE: Final = 0o644
+#: Bytes of the lock file read to name its owner: it holds ``"<pid>\n"``, at
+#: most 8 bytes on Linux (pid_max <= 4,194,304); 32 leaves room for any OS.
+_LOCK_OWNER_BYTES: Final = 32
 
 
 def translate(exc: OSError, what: str) -> StorageError:
@@ -68,7 +74,7 @@ class FileSystem:
         """Open ``path`` for reading and appending; create it if asked."""
         flags = _OPEN_FLAGS | (os.O_CREAT if create else 0)
         with io(f"opening {path}"):
-            return os.open(path, flags, 0o644)
+            return os.open(path, flags, FILE_MODE)
 
     def append(self, fd: int, buffers: list[Any], path: str = "") -> int:
         """Write ``buffers`` (bytes-like) at the end of the file; return bytes written."""
@@ -145,7 +151,7 @@ class FileSystem:
         flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
         flags |= os.O_EXCL if exclusive else os.O_TRUNC
         with io(f"writing {path}"):
-            fd = os.open(path, flags, 0o644)
+            fd = os.open(path, flags, FILE_MODE)
             try:
                 view = memoryview(data)
                 while view:
@@ -200,12 +206,14 @@ class FileSystem:
     def lock(self, path: str) -> int:
         """Take ``flock(LOCK_EX|LOCK_NB)`` on ``path``; the fd holds the lock."""
         with io(f"opening {path}"):
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             try:
-                owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                owner = (
+                    os.pread(fd, _LOCK_OWNER_BYTES, 0).decode(errors="replace").strip() or "unknown"
+                )
             finally:
                 os.close(fd)
             raise DirectoryInUseError(

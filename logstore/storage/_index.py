@@ -52,8 +52,14 @@ log = logging.getLogger("logstore.storage")
 #: Kafka's default segment.index.bytes: 10 MiB. An index that reaches it
 #: makes the segment roll.
 MAX_INDEX_BYTES: Final = 10 * 1024 * 1024
-#: First size of an active index map; doubled as it fills.
+#: First size of an active index map (2,048 offset entries, one per 4 KiB of
+#: frames: an 8 MiB segment's worth); grown by _GROWTH_FACTOR as it fills.
 INITIAL_INDEX_BYTES: Final = 16 * 1024
+#: Doubling: appends remap O(log n) times, at most 10 MiB / 16 KiB = 2^9 ->
+#: 9 remaps per index.
+_GROWTH_FACTOR: Final = 2
+#: Both columns of an offset entry are u32 (relative offset, position).
+_U32_LIMIT: Final = 1 << 32
 
 OFFSET_DTYPE: Final = np.dtype([("rel", "<u4"), ("pos", "<u4")])
 TIME_DTYPE: Final = np.dtype([("ts", "<i8"), ("rel", "<u4"), ("pad", "<u4")])
@@ -182,7 +188,7 @@ class _Index:
         want = max(self.n + 1, min_entries, INITIAL_INDEX_BYTES // self.dtype.itemsize)
         cap = INITIAL_INDEX_BYTES // self.dtype.itemsize
         while cap < want:
-            cap *= 2
+            cap *= _GROWTH_FACTOR
         cap = min(cap, MAX_INDEX_BYTES // self.dtype.itemsize)
         cap = max(cap, self.n)
         if self._arr is not None and cap <= self._capacity:
@@ -289,7 +295,7 @@ class OffsetIndex(_Index):
     dtype = OFFSET_DTYPE
 
     def append(self, rel: int, pos: Position) -> None:
-        assert 0 <= rel < 1 << 32 and 0 <= pos < 1 << 32
+        assert 0 <= rel < _U32_LIMIT and 0 <= pos < _U32_LIMIT
         arr = self._slot()
         if self.n:
             last = arr[self.n - 1]

@@ -51,7 +51,11 @@ MAX_TOPIC_NAME: Final = 249
 #: trailing newline, which let ``"a\n"`` through and broke every checkpoint.
 _TOPIC_RE: Final = re.compile(r"[a-zA-Z0-9._-]+")
 _PARTITION_DIR_RE: Final = re.compile(r"([a-zA-Z0-9._-]+)-(0|[1-9][0-9]{0,4})")
-_SEGMENT_RE: Final = re.compile(r"([0-9]{20})\.(log|index|timeindex|snapshot)")
+#: Segment file names are the base offset in this many zero-padded digits
+#: (Kafka's 20: enough for any non-negative int64, 19 digits), so that they
+#: sort by offset as strings.
+OFFSET_DIGITS: Final = 20
+_SEGMENT_RE: Final = re.compile(rf"([0-9]{{{OFFSET_DIGITS}}})\.(log|index|timeindex|snapshot)")
 
 
 class FileKind(Enum):
@@ -100,8 +104,8 @@ def parse_partition_dir(name: str) -> tuple[str, int] | None:
 
 
 def segment_file(base_offset: int, kind: FileKind) -> str:
-    assert 0 <= base_offset < 10**20
-    return f"{base_offset:020d}.{kind.value}"
+    assert 0 <= base_offset < 10**OFFSET_DIGITS
+    return f"{base_offset:0{OFFSET_DIGITS}d}.{kind.value}"
 
 
 def parse_segment_file(path: str, name: str) -> tuple[int, FileKind] | None:

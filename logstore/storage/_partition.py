@@ -47,6 +47,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Final
 
 from logstore._types import Offset, OffsetAndTimestamp, Position
 from logstore.config import StoreConfig, TopicConfig
@@ -89,12 +90,17 @@ from ._segments import SegmentList
 
 log = logging.getLogger("logstore.storage")
 
-#: Producer-state snapshots kept per partition (older ones are deleted).
-SNAPSHOTS_KEPT = 2
+#: Producer-state snapshots kept per partition (older ones are deleted): the
+#: newest, and one before it in case the newest is unreadable (Kafka keeps 2).
+SNAPSHOTS_KEPT: Final = 2
+#: What an embedded ``read`` returns at most per call when not told (1 MiB,
+#: the broker's Fetch default): at least one whole batch still comes back.
+DEFAULT_READ_MAX_BYTES: Final = 1 << 20
+_NS_PER_MS: Final = 1_000_000
 
 
 def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+    return time.time_ns() // _NS_PER_MS
 
 
 @dataclass(frozen=True)
@@ -658,7 +664,7 @@ class PartitionLog:
                 return later, Position(0)
         return None
 
-    def read(self, offset: int, max_bytes: int = 1 << 20) -> list[Record]:
+    def read(self, offset: int, max_bytes: int = DEFAULT_READ_MAX_BYTES) -> list[Record]:
         """Records from exactly ``offset``: at least one if ``offset`` < end.
 
         Decoded through the columns (:meth:`read_columns`) when there are more
@@ -676,7 +682,7 @@ class PartitionLog:
             # from their end, so a read below the end returns a record.
             offset = res.next_offset
 
-    def read_columns(self, offset: int, max_bytes: int = 1 << 20) -> ColumnBatch:
+    def read_columns(self, offset: int, max_bytes: int = DEFAULT_READ_MAX_BYTES) -> ColumnBatch:
         """Records from exactly ``offset`` as columns (the client's ColumnBatch):
         at least one record if ``offset`` < end, an empty batch at the end."""
         while True:

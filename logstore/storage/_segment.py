@@ -47,6 +47,7 @@ from typing import Final
 import numpy as np
 
 from logstore._types import Offset, Position
+from logstore.config import TopicConfig
 from logstore.errors import CorruptRecordError, StorageError
 from logstore.wire import (
     FRAME_OVERHEAD,
@@ -179,8 +180,8 @@ class Segment:
         self.created_ms = 0
         self.sealed = False
         self._bytes_since_entry = 0
-        #: Set by the partition from its topic config.
-        self.index_interval_bytes = 4096
+        #: Set by the partition from its topic config; until then its default.
+        self.index_interval_bytes = TopicConfig.index_interval_bytes
         #: Whether the indexes were checked against the log (see ensure_indexes).
         self._indexes_checked = False
         self._index_lock = threading.Lock()

@@ -93,7 +93,7 @@ from ._names import (
     parse_partition_dir,
     partition_dir,
 )
-from ._partition import AppendResult, FetchResult, PartitionLog, now_ms
+from ._partition import DEFAULT_READ_MAX_BYTES, AppendResult, FetchResult, PartitionLog, now_ms
 from ._ratelimit import ERROR_LOG_INTERVAL_S, RateLimitedLog
 from ._segment import HandleCache
 
@@ -102,6 +102,12 @@ log = logging.getLogger("logstore.storage")
 #: Producer ids are handed out from blocks persisted ahead of use, so an id is
 #: never reused after a crash and InitProducer costs no fsync most of the time.
 PRODUCER_ID_BLOCK: Final = 1000
+#: Directories named in the "data without a catalog" error; the rest are
+#: counted (a data directory may hold thousands).
+_DIRS_NAMED: Final = 3
+#: Hex digits of a random uuid4 in the name of a directory being deleted: 48
+#: bits, so two deletions in one data directory never collide in practice.
+_TMP_NAME_HEX: Final = 12
 
 
 @dataclass(frozen=True)
@@ -252,8 +258,10 @@ class Store:
         ]
         with_data = [d for d in orphans if self._holds_data(d)]
         if with_data:
-            names = ", ".join(os.path.basename(d) for d in with_data[:3])
-            more = f" and {len(with_data) - 3} more" if len(with_data) > 3 else ""
+            names = ", ".join(os.path.basename(d) for d in with_data[:_DIRS_NAMED])
+            more = (
+                f" and {len(with_data) - _DIRS_NAMED} more" if len(with_data) > _DIRS_NAMED else ""
+            )
             raise CatalogError(
                 f"{self._catalog.path} does not list {len(with_data)} "
                 f"partition director{'y' if len(with_data) == 1 else 'ies'} that hold data "
@@ -438,7 +446,7 @@ class Store:
             moved: list[tuple[PartitionLog, str]] = []
             try:
                 for lg in logs:
-                    tmp = os.path.join(self.path, uuid.uuid4().hex[:12] + DELETED_SUFFIX)
+                    tmp = os.path.join(self.path, uuid.uuid4().hex[:_TMP_NAME_HEX] + DELETED_SUFFIX)
                     self.fs.replace(lg.directory, tmp)
                     moved.append((lg, tmp))
                 self.fs.fsync_dir(self.path)
@@ -490,7 +498,7 @@ class Store:
         self._write_log_starts()
 
     def _remove_dir(self, directory: str) -> None:
-        tmp = os.path.join(self.path, uuid.uuid4().hex[:12] + DELETED_SUFFIX)
+        tmp = os.path.join(self.path, uuid.uuid4().hex[:_TMP_NAME_HEX] + DELETED_SUFFIX)
         self.fs.replace(directory, tmp)
         self.fs.fsync_dir(self.path)
         self.fs.rmtree(tmp)
@@ -656,13 +664,13 @@ class Store:
             return pid, 0
 
     def read(
-        self, topic: str, partition: int, offset: int, max_bytes: int = 1 << 20
+        self, topic: str, partition: int, offset: int, max_bytes: int = DEFAULT_READ_MAX_BYTES
     ) -> list[Record]:
         """Records starting exactly at ``offset``; at least one if ``offset`` < end."""
         return self.partition(topic, partition).read(offset, max_bytes)
 
     def read_columns(
-        self, topic: str, partition: int, offset: int, max_bytes: int = 1 << 20
+        self, topic: str, partition: int, offset: int, max_bytes: int = DEFAULT_READ_MAX_BYTES
     ) -> ColumnBatch:
         """The records :meth:`read` returns, as columns (the same ColumnBatch as
         ``Consumer.poll_columns``): no Python object per record."""
