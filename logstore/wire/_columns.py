@@ -49,13 +49,22 @@ from logstore.v1 import records_pb2
 
 from ._frame import (
     FRAME_TAG,
+    I32_BYTES,
+    I64_BYTES,
+    MAX_VARINT_SHIFT,
     PREFIX_SIZE,
     RECORD_TAG,
+    TAG_TYPE_BITS,
+    TAG_TYPE_MASK,
+    WIRE_I32,
+    WIRE_I64,
+    WIRE_LEN,
+    WIRE_VARINT,
     FrameHeader,
     check_crc,
     decode_header,
 )
-from ._records import Record, decode_records
+from ._records import VARINT_BITS, VARINT_MORE, VARINT_SHIFT, Record, decode_records
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -72,6 +81,13 @@ _HEADER_TAG: Final = 0x22
 #: Longest varint of a length (< 2**32: 5 x 7 bits) and of a 64-bit value.
 _MAX_LENGTH_VARINT: Final = 5
 _MAX_VARINT64: Final = 10
+#: FetchResponse (and SubscribeResponse) scalar fields (logstore.proto).
+_FIELD_HIGH_WATERMARK: Final = 2
+_FIELD_LOG_START_OFFSET: Final = 3
+#: A record under 128 bytes: its 1-byte tag and 1-byte length varint.
+_SHORT_RECORD_PREFIX: Final = 2
+_U64_RANGE: Final = 1 << 64
+_I64_MIN_AS_U64: Final = 1 << 63
 
 
 class FetchedFrames(NamedTuple):
@@ -87,18 +103,18 @@ def _varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
     result = 0
     shift = 0
     while True:
-        if pos >= len(buf) or shift > 63:
+        if pos >= len(buf) or shift > MAX_VARINT_SHIFT:
             raise CorruptRecordError(f"truncated varint at byte {pos} of a fetch reply")
         b = buf[pos]
         pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
+        result |= (b & VARINT_BITS) << shift
+        if b < VARINT_MORE:
             return result, pos
-        shift += 7
+        shift += VARINT_SHIFT
 
 
 def _signed64(v: int) -> int:
-    return v - (1 << 64) if v >= 1 << 63 else v
+    return v - _U64_RANGE if v >= _I64_MIN_AS_U64 else v
 
 
 def stored_frames(data: bytes) -> FetchedFrames:
@@ -149,20 +165,20 @@ def parse_fetch(buf: bytes, check_crcs: bool = True) -> FetchedFrames:
             pos = end
             continue
         key, pos = _varint(buf, pos)
-        field, wire_type = key >> 3, key & 7
-        if wire_type == 0:
+        field, wire_type = key >> TAG_TYPE_BITS, key & TAG_TYPE_MASK
+        if wire_type == WIRE_VARINT:
             v, pos = _varint(buf, pos)
-            if field == 2:
+            if field == _FIELD_HIGH_WATERMARK:
                 hwm = _signed64(v)
-            elif field == 3:
+            elif field == _FIELD_LOG_START_OFFSET:
                 lso = _signed64(v)
-        elif wire_type == 1:
-            pos += 8
-        elif wire_type == 2:
+        elif wire_type == WIRE_I64:
+            pos += I64_BYTES
+        elif wire_type == WIRE_LEN:
             ln, pos = _varint(buf, pos)
             pos += ln
-        elif wire_type == 5:
-            pos += 4
+        elif wire_type == WIRE_I32:
+            pos += I32_BYTES
         else:
             raise CorruptRecordError(f"bad wire type {wire_type} in a fetch reply")
     return FetchedFrames(buf, frames, hwm, lso)
@@ -326,8 +342,8 @@ def _record_starts(buf: bytes, arr: _U8, pos: int, end: int, count: int) -> _I64
         out[i] = pos
         i += 1
         b = buf[pos + 1]
-        if b < 0x80:
-            pos += 2 + b
+        if b < VARINT_MORE:
+            pos += _SHORT_RECORD_PREFIX + b
         else:
             body_len, p = _varint(buf, pos + 1)
             pos = p + body_len
@@ -343,9 +359,9 @@ def _varints_at(arr: _U8, pos: _I64, max_len: int, where: _B | None = None) -> t
     """
     last = len(arr) - 1
     b = arr[np.minimum(pos, last)].astype(np.uint64)
-    value = b & np.uint64(0x7F)
+    value = b & np.uint64(VARINT_BITS)
     length = np.ones(len(pos), np.int64)
-    cont = b >= 0x80
+    cont = b >= VARINT_MORE
     if where is not None:
         cont &= where
     k = 1
@@ -353,9 +369,11 @@ def _varints_at(arr: _U8, pos: _I64, max_len: int, where: _B | None = None) -> t
         if k >= max_len:
             raise _Fallback
         b = arr[np.minimum(pos + k, last)].astype(np.uint64)
-        value |= np.where(cont, (b & np.uint64(0x7F)) << np.uint64(7 * k), np.uint64(0))
+        value |= np.where(
+            cont, (b & np.uint64(VARINT_BITS)) << np.uint64(VARINT_SHIFT * k), np.uint64(0)
+        )
         length += cont
-        cont &= b >= 0x80
+        cont &= b >= VARINT_MORE
         k += 1
     return value.view(np.int64), length
 

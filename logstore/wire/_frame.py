@@ -65,26 +65,42 @@ import crc32c as _crc32c
 from logstore._types import Offset
 from logstore.errors import CorruptRecordError, InvalidBatchError
 
-from ._records import _ATTR_OFFSET_DELTAS, Record, encode_record
+from ._records import (
+    _ATTR_OFFSET_DELTAS,
+    VARINT_BITS,
+    VARINT_MORE,
+    VARINT_SHIFT,
+    Record,
+    encode_record,
+)
 
-_WIRE_I64: Final = 1  # protobuf wire type of sfixed64/fixed64: 8 bytes
-_WIRE_LEN: Final = 2  # length-delimited
-_WIRE_I32: Final = 5  # fixed32/sfixed32: 4 bytes
+# The protobuf wire format (protobuf.dev/programming-guides/encoding), shared
+# by every hand-written walker in this package (_columns, _produce): a field
+# key is ``field_number << TAG_TYPE_BITS | wire type``.
+WIRE_VARINT: Final = 0
+WIRE_I64: Final = 1  # sfixed64/fixed64: I64_BYTES
+WIRE_LEN: Final = 2  # length-delimited: a varint length, then the bytes
+WIRE_I32: Final = 5  # fixed32/sfixed32: I32_BYTES
+TAG_TYPE_BITS: Final = 3
+TAG_TYPE_MASK: Final = (1 << TAG_TYPE_BITS) - 1
+I64_BYTES: Final = 8
+I32_BYTES: Final = 4
+#: A 64-bit value needs at most 10 varint bytes, so the last byte's shift is
+#: MAX_VARINT_SHIFT (9 x VARINT_SHIFT) and any later one is malformed.
+MAX_VARINT_SHIFT: Final = 9 * VARINT_SHIFT
 
 
 def _tag(field_number: int, wire_type: int) -> int:
     """A protobuf field key; one byte for field numbers <= 15."""
-    return field_number << 3 | wire_type
+    return field_number << TAG_TYPE_BITS | wire_type
 
 
-FRAME_TAG: Final = _tag(1, _WIRE_LEN)  # FetchResponse.batches = 1
-RECORD_TAG: Final = _tag(15, _WIRE_LEN)  # RecordBatch.records = 15
+FRAME_TAG: Final = _tag(1, WIRE_LEN)  # FetchResponse.batches = 1
+RECORD_TAG: Final = _tag(15, WIRE_LEN)  # RecordBatch.records = 15
 #: The batch length is always written as a 5-byte varint: 5 x 7 = 35 bits
 #: hold any length up to MAX_BATCH_LENGTH (31 bits), and a fixed width lets
 #: the header be packed by one struct.
 LENGTH_VARINT_BYTES: Final = 5
-_VARINT_MORE: Final = 0x80  # continuation bit of a varint byte
-_VARINT_BITS: Final = 0x7F  # payload bits of a varint byte
 PREFIX_SIZE: Final = 1 + LENGTH_VARINT_BYTES  # tag + 5-byte varint
 #: The largest batch a frame can describe; segments are < 4 GiB (u32 positions)
 #: and max_batch_bytes is far below this.
@@ -112,7 +128,7 @@ _HEADER_FIELDS: Final = (
     (10, "I"),  # attributes
 )
 _HEADER_TAGS: Final = tuple(
-    _tag(n, _WIRE_I64 if code == "q" else _WIRE_I32) for n, code in _HEADER_FIELDS
+    _tag(n, WIRE_I64 if code == "q" else WIRE_I32) for n, code in _HEADER_FIELDS
 )
 # tag, 5 varint bytes, then the header fields, each preceded by its 1-byte tag.
 _HEAD = struct.Struct("<B5B" + "".join("B" + code for _, code in _HEADER_FIELDS))
@@ -148,7 +164,7 @@ assert (HEADER_SIZE, FRAME_OVERHEAD, BASE_OFFSET_POS, CRC_POS, CRC_START, ATTRIB
 )
 assert _TAGS.size == HEADER_SIZE and _HEAD.size == FRAME_OVERHEAD
 #: Format 2's extra header field: RecordBatch.last_offset_delta = 11, fixed32.
-LAST_OFFSET_DELTA_TAG: Final = _tag(11, _WIRE_I32)
+LAST_OFFSET_DELTA_TAG: Final = _tag(11, WIRE_I32)
 _DELTA_FIELD = struct.Struct("<BI")
 #: Format 2's header and frame head: 5 more bytes (tag + fixed32).
 HEADER_SIZE_V2: Final = HEADER_SIZE + _DELTA_FIELD.size
@@ -238,11 +254,11 @@ def build_head(
         _HEAD.pack(
             FRAME_TAG,
             # the length as a LENGTH_VARINT_BYTES-byte varint
-            (v & _VARINT_BITS) | _VARINT_MORE,
-            ((v >> 7) & _VARINT_BITS) | _VARINT_MORE,
-            ((v >> 14) & _VARINT_BITS) | _VARINT_MORE,
-            ((v >> 21) & _VARINT_BITS) | _VARINT_MORE,
-            (v >> 28) & _VARINT_BITS,
+            (v & VARINT_BITS) | VARINT_MORE,
+            ((v >> 7) & VARINT_BITS) | VARINT_MORE,
+            ((v >> 14) & VARINT_BITS) | VARINT_MORE,
+            ((v >> 21) & VARINT_BITS) | VARINT_MORE,
+            (v >> 28) & VARINT_BITS,
             t[0],
             base_offset,
             t[1],
@@ -314,13 +330,13 @@ def decode_header(buf: bytes | bytearray | memoryview, pos: int = 0) -> FrameHea
     if buf[pos] != FRAME_TAG:
         raise CorruptRecordError(f"bad frame tag 0x{buf[pos]:02x} at byte {pos}")
     b1, b2, b3, b4, b5 = buf[pos + 1 : pos + PREFIX_SIZE]
-    if not (b1 & b2 & b3 & b4 & _VARINT_MORE) or b5 & _VARINT_MORE:
+    if not (b1 & b2 & b3 & b4 & VARINT_MORE) or b5 & VARINT_MORE:
         raise CorruptRecordError(f"bad frame length varint at byte {pos}")
     length = (
-        (b1 & _VARINT_BITS)
-        | (b2 & _VARINT_BITS) << 7
-        | (b3 & _VARINT_BITS) << 14
-        | (b4 & _VARINT_BITS) << 21
+        (b1 & VARINT_BITS)
+        | (b2 & VARINT_BITS) << 7
+        | (b3 & VARINT_BITS) << 14
+        | (b4 & VARINT_BITS) << 21
         | b5 << 28
     )
     if _TAGS.unpack_from(buf, pos + PREFIX_SIZE) != _HEADER_TAGS:

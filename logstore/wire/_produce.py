@@ -26,8 +26,20 @@ from google.protobuf.message import DecodeError
 from logstore.errors import InvalidBatchError, InvalidRequestError
 from logstore.v1 import logstore_pb2, records_pb2
 
-from ._frame import RECORD_TAG, crc32c
+from ._frame import (
+    I32_BYTES,
+    I64_BYTES,
+    MAX_VARINT_SHIFT,
+    RECORD_TAG,
+    TAG_TYPE_MASK,
+    WIRE_I32,
+    WIRE_I64,
+    WIRE_LEN,
+    WIRE_VARINT,
+    crc32c,
+)
 from ._record_views import inspect_records, max_record_timestamp
+from ._records import VARINT_BITS, VARINT_MORE, VARINT_SHIFT
 
 #: More header fields than this before the records means the request is not
 #: in field order: take the slow path rather than walk further.
@@ -52,14 +64,14 @@ def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
     result = 0
     shift = 0
     while True:
-        if pos >= len(buf) or shift > 63:
+        if pos >= len(buf) or shift > MAX_VARINT_SHIFT:
             raise InvalidRequestError("malformed produce request: truncated varint")
         b = buf[pos]
         pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
+        result |= (b & VARINT_BITS) << shift
+        if not b & VARINT_MORE:
             return result, pos
-        shift += 7
+        shift += VARINT_SHIFT
 
 
 def _records_start(buf: memoryview) -> int | None:
@@ -71,16 +83,16 @@ def _records_start(buf: memoryview) -> int | None:
         tag, after = _read_varint(buf, pos)
         if tag == RECORD_TAG:
             return pos
-        wire_type = tag & 7
-        if wire_type == 0:
+        wire_type = tag & TAG_TYPE_MASK
+        if wire_type == WIRE_VARINT:
             _, pos = _read_varint(buf, after)
-        elif wire_type == 1:
-            pos = after + 8
-        elif wire_type == 2:
+        elif wire_type == WIRE_I64:
+            pos = after + I64_BYTES
+        elif wire_type == WIRE_LEN:
             n, pos = _read_varint(buf, after)
             pos += n
-        elif wire_type == 5:
-            pos = after + 4
+        elif wire_type == WIRE_I32:
+            pos = after + I32_BYTES
         else:
             return None
     return None

@@ -34,14 +34,23 @@ _ATTR_OFFSET_DELTAS: Final = 0x08
 #: encoded directly (the per-record cost is then negligible next to the copy).
 _PREFIX_CACHE_MAX: Final = 1 << 16
 
+# Protobuf varints (the one definition; ``_frame`` imports these): 7 payload
+# bits a byte, the high bit set on every byte but the last.
+VARINT_MORE: Final = 0x80  # continuation bit of a varint byte
+VARINT_BITS: Final = 0x7F  # payload bits of a varint byte
+VARINT_SHIFT: Final = 7
+#: sint64 zigzag encoding: the sign bit's shift and the 64-bit mask.
+_SIGN_SHIFT: Final = 63
+_U64_MASK: Final = (1 << 64) - 1
+
 
 def _varint(n: int) -> bytes:
-    if n < 0x80:
+    if n < VARINT_MORE:
         return bytes((n,))
     out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
+    while n >= VARINT_MORE:
+        out.append((n & VARINT_BITS) | VARINT_MORE)
+        n >>= VARINT_SHIFT
     out.append(n)
     return bytes(out)
 
@@ -161,7 +170,7 @@ def encode_record(
     if value is not None:
         parts += (b"\x12", varint(len(value)), value)
     if timestamp_ms:
-        zigzag = ((timestamp_ms << 1) ^ (timestamp_ms >> 63)) & 0xFFFFFFFFFFFFFFFF  # sint64
+        zigzag = ((timestamp_ms << 1) ^ (timestamp_ms >> _SIGN_SHIFT)) & _U64_MASK  # sint64
         parts += (b"\x18", _varint(zigzag))  # nonzero ms since 1970: 6+ bytes, past the table
     if headers:
         for name, hval in headers:
