@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from logstore import Record, Store, StoreConfig
+from logstore import OffsetAndTimestamp, Record, Store, StoreConfig
 from logstore.errors import (
     DirectoryInUseError,
     InvalidArgumentError,
@@ -95,6 +95,19 @@ def test_offset_for_time_finds_first_record_at_or_after(store: Store) -> None:
     recs = [Record(value=b"a", timestamp_ms=5_000), Record(value=b"b", timestamp_ms=9_000)]
     first = store.append("t", 0, recs, timestamp_ms=5_000)
     assert store.offset_for_time("t", 0, 8_000).offset == first + 1
+
+
+def test_offset_for_time_answers_offset_and_timestamp(store: Store) -> None:
+    """offset_for_time's one answer is an OffsetAndTimestamp: the first record at or
+    after the time, with that record's own (later) timestamp."""
+    store.create_topic("t")
+    store.append("t", 0, [Record(value=b"a", timestamp_ms=5_000)], timestamp_ms=5_000)
+    store.append("t", 0, [Record(value=b"b", timestamp_ms=9_000)], timestamp_ms=9_000)
+    found = store.offset_for_time("t", 0, 6_000)
+    assert isinstance(found, OffsetAndTimestamp)
+    assert (found.offset, found.timestamp_ms) == (1, 9_000)
+    assert store.partition("t", 0).offset_for_time(6_000) == found
+    assert not hasattr(store, "find_time")
 
 
 def test_retention_by_size_and_time_deletes_whole_sealed_segments(store: Store) -> None:
