@@ -339,7 +339,8 @@ class GroupsHandlers:
             end = self._store.high_watermark(t, p)
             at = None
             if request.WhichOneof("to") == "timestamp_ms":
-                at = self._store.offset_for_time(t, p, request.timestamp_ms)
+                found = self._store.offset_for_time(t, p, request.timestamp_ms)
+                at = None if found is None else found.offset
             out[(t, p)] = (start, end, at)
         return out
 
