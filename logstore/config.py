@@ -33,7 +33,10 @@ MAX_SEGMENT_BYTES: Final = (1 << 32) - 1
 MIN_BATCH_BYTES: Final = HEADER_SIZE + MIN_RECORD_BYTES
 MIN_SEGMENT_BYTES: Final = FRAME_OVERHEAD + MIN_RECORD_BYTES
 MAX_PARTITIONS: Final = 10_000
-CLEANUP_POLICIES: Final = ("delete",)
+#: Kafka's spellings; ``delete,compact`` is the same policy as ``compact,delete``
+#: and is stored as that.
+CLEANUP_POLICIES: Final = ("delete", "compact", "compact,delete")
+_POLICY_ALIASES: Final = {"delete,compact": "compact,delete"}
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,15 @@ class TopicConfig:
     index_interval_bytes: int = 4096
     max_batch_bytes: int = 1 * MiB
     cleanup_policy: str = "delete"
+    #: Compaction (``cleanup_policy`` with ``compact``): a tombstone (null
+    #: value) is kept this long after the cleaner first passed it (Kafka's
+    #: ``delete.retention.ms``), so a consumer that reads within it sees it.
+    delete_retention_ms: int = DAY_MS
+    #: A log is cleaned when its dirty bytes (not yet cleaned) are more than
+    #: this share of its sealed bytes (Kafka's ``min.cleanable.dirty.ratio``).
+    min_cleanable_dirty_ratio: float = 0.5
+    #: Records younger than this (by timestamp) are never cleaned.
+    min_compaction_lag_ms: int = 0
 
     def __post_init__(self) -> None:
         # A batch larger than segment_bytes is allowed: it gets a segment of its own.
@@ -101,7 +113,17 @@ class TopicConfig:
         """Every key with its value as a string (the gRPC API's form)."""
         return {f.name: str(getattr(self, f.name)) for f in fields(self)}
 
-    def to_dict(self) -> dict[str, int | str]:
+    @property
+    def compact(self) -> bool:
+        """Whether the policy includes compaction."""
+        return "compact" in self.cleanup_policy
+
+    @property
+    def delete(self) -> bool:
+        """Whether the policy includes retention (time and size deletion)."""
+        return "delete" in self.cleanup_policy
+
+    def to_dict(self) -> dict[str, int | str | float]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
@@ -112,6 +134,8 @@ _RANGES: Final[dict[str, _Range]] = {
     "retention_bytes": _Range(0, 2**62, minus_one_ok=True),
     "index_interval_bytes": _Range(0, 1 << 30),
     "max_batch_bytes": _Range(MIN_BATCH_BYTES, 1 << 30),
+    "delete_retention_ms": _Range(0, 2**62),
+    "min_compaction_lag_ms": _Range(0, 2**62),
 }
 
 #: Kafka's names for the same keys.
@@ -124,6 +148,9 @@ _ALIASES: Final = {
     "max.message.bytes": "max_batch_bytes",
     "max.batch.bytes": "max_batch_bytes",
     "cleanup.policy": "cleanup_policy",
+    "delete.retention.ms": "delete_retention_ms",
+    "min.cleanable.dirty.ratio": "min_cleanable_dirty_ratio",
+    "min.compaction.lag.ms": "min_compaction_lag_ms",
 }
 
 
@@ -138,7 +165,15 @@ def canonical_key(key: str) -> str:
 
 def _coerce(name: str, raw: Any) -> Any:
     if name == "cleanup_policy":
-        return str(raw)
+        text = str(raw).replace(" ", "")
+        return _POLICY_ALIASES.get(text, text)
+    if name == "min_cleanable_dirty_ratio":
+        if isinstance(raw, bool):
+            raise InvalidConfigError(f"{name} must be a number in 0..1")
+        try:
+            return float(raw)
+        except (TypeError, ValueError):
+            raise InvalidConfigError(f"{name} must be a number in 0..1, not {raw!r}") from None
     if isinstance(raw, bool):
         raise InvalidConfigError(f"{name} must be an integer in {_RANGES[name].describe()}")
     if isinstance(raw, int):
@@ -166,12 +201,15 @@ def parse_int(text: str) -> int | None:
 
 def _check(name: str, value: Any) -> None:
     if name == "cleanup_policy":
-        if value == "compact":
-            raise InvalidConfigError(
-                "cleanup_policy 'compact' is not supported yet; allowed: delete"
-            )
         if value not in CLEANUP_POLICIES:
-            raise InvalidConfigError(f"cleanup_policy must be one of: delete; got {value!r}")
+            raise InvalidConfigError(
+                "cleanup_policy must be one of: delete, compact, compact,delete "
+                f"(or delete,compact); got {value!r}"
+            )
+        return
+    if name == "min_cleanable_dirty_ratio":
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
+            raise InvalidConfigError(f"{name} must be a number in 0..1, got {value!r}")
         return
     r = _RANGES[name]
     if not isinstance(value, int) or isinstance(value, bool):
@@ -204,8 +242,20 @@ class StoreConfig:
     #: Idempotent producer state.
     producer_id_expiration_ms: int = DAY_MS
     max_producer_ids: int = 10_000
+    #: Memory of the log cleaner's key map (compacted topics): 24 bytes a key
+    #: (16-byte digest + 8-byte offset) at a 0.75 load factor, so 16 MiB maps
+    #: ~524,000 distinct keys in one pass; a dirty section with more keys is
+    #: cleaned in several passes (Kafka's ``log.cleaner.dedupe.buffer.size``).
+    cleaner_buffer_bytes: int = 16 * MiB
+    #: Bytes a second the cleaner may read plus write; 0 means unlimited
+    #: (Kafka's ``log.cleaner.io.max.bytes.per.second``).
+    cleaner_io_max_bytes_per_s: int = 0
 
     def __post_init__(self) -> None:
+        if self.cleaner_buffer_bytes < 1024:
+            raise InvalidConfigError("cleaner_buffer_bytes must be at least 1024")
+        if self.cleaner_io_max_bytes_per_s < 0:
+            raise InvalidConfigError("cleaner_io_max_bytes_per_s must be >= 0 (0: unlimited)")
         if self.max_open_segments < 4:
             raise InvalidConfigError("max_open_segments must be at least 4")
         if self.index_cache_bytes < 0:

@@ -508,9 +508,9 @@ def test_error_statuses(stub) -> None:
         ),
         (
             stub.CreateTopic,
-            pb.CreateTopicRequest(name=topic_name(), config={"cleanup_policy": "compact"}),
+            pb.CreateTopicRequest(name=topic_name(), config={"cleanup_policy": "compacted"}),
             grpc.StatusCode.INVALID_ARGUMENT,
-            "compact",
+            "compacted",
         ),
         (
             stub.CreateTopic,

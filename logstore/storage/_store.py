@@ -71,7 +71,13 @@ from logstore.errors import (
     UnknownProducerIdError,
     UnknownTopicError,
 )
-from logstore.wire import ColumnBatch, Record, encode_records, max_record_timestamp
+from logstore.wire import (
+    ColumnBatch,
+    Record,
+    encode_records,
+    keyed_record_count,
+    max_record_timestamp,
+)
 
 from ._catalog import Catalog, TopicInfo, check_partition_count, rebuild_hint
 from ._checkpoint import SpaceReserve, read_json, read_offsets, write_json, write_offsets
@@ -644,6 +650,13 @@ class Store:
         epoch: int,
         seq: int,
     ) -> AppendResult:
+        if lg.config.compact and keyed_record_count(body) != count:
+            # Kafka refuses these too: compaction keeps the latest record per
+            # key, and a record without one has no place in that.
+            raise InvalidArgumentError(
+                f"{lg.name}: a record with a null key cannot go to a compacted topic "
+                f"(cleanup_policy {lg.config.cleanup_policy!r}); give every record a key"
+            )
         res = lg.append(body, count, base_ts, max_ts, pid, epoch, seq)
         if not res.duplicate:
             end = res.last_offset + 1

@@ -47,6 +47,7 @@ from ._record_views import (
     NO_TIMESTAMP_MS,
     count_records,
     every_record_timestamped,
+    keyed_record_count,
     max_record_timestamp,
 )
 from ._records import (
@@ -96,6 +97,7 @@ __all__ = [
     "encode_records",
     "encode_values",
     "every_record_timestamped",
+    "keyed_record_count",
     "max_record_timestamp",
     "murmur2",
     "parse_fetch",

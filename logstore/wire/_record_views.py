@@ -51,7 +51,7 @@ _PACKAGE: Final = "logstore.internal.views"
 _RECORDS_FIELD: Final = 15  # RecordBatch.records / ProduceRequest.records
 
 
-def _build_views() -> tuple[Any, Any]:
+def _build_views() -> tuple[Any, Any, Any]:
     f = descriptor_pb2.FieldDescriptorProto
     file = descriptor_pb2.FileDescriptorProto(
         name="logstore/internal/views.proto", package=_PACKAGE, syntax="proto3"
@@ -82,15 +82,42 @@ def _build_views() -> tuple[Any, Any]:
     count.field.add(
         name="records", number=_RECORDS_FIELD, type=f.TYPE_BYTES, label=f.LABEL_REPEATED
     )
+    # KeyView: field 15 singular, so every record's ``key`` (declared
+    # repeated here) is concatenated into one list: its length is the number
+    # of records that carry a key (an empty key included, proto3 ``optional``
+    # writes it), whatever else they hold (unknown fields, left unparsed).
+    krec = file.message_type.add(name="KeyRecord")
+    krec.field.add(name="key", number=1, type=f.TYPE_BYTES, label=f.LABEL_REPEATED)
+    kview = file.message_type.add(name="KeyView")
+    kview.field.add(
+        name="records",
+        number=_RECORDS_FIELD,
+        type=f.TYPE_MESSAGE,
+        label=f.LABEL_OPTIONAL,
+        type_name=f".{_PACKAGE}.KeyRecord",
+    )
     pool = descriptor_pool.DescriptorPool()
     pool.Add(file)
     return (
         message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.CountView")),
         message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.TimestampView")),
+        message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.KeyView")),
     )
 
 
-_CountView, _TimestampView = _build_views()
+_CountView, _TimestampView, _KeyView = _build_views()
+
+
+def keyed_record_count(records: bytes | memoryview) -> int:
+    """How many records of a serialized records field carry a key (an empty
+    key counts; a null key does not). One ``KeyView`` parse in C, O(1)
+    Python: compacted topics compare it with the record count to refuse null
+    keys. Raises InvalidBatchError if the bytes are not protobuf."""
+    try:
+        view = _KeyView.FromString(records)
+    except DecodeError as exc:
+        raise InvalidBatchError(f"malformed records: {exc}") from exc
+    return len(view.records.key)
 
 
 def _timestamps(records: bytes | memoryview) -> tuple[Any, bool]:
