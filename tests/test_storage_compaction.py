@@ -3,17 +3,19 @@ and the cleaner (latest record per key, tombstones, crash safety)."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import grpc
 import pytest
 
 from logstore import Store
-from logstore.config import TopicConfig
+from logstore.config import StoreConfig, TopicConfig
 from logstore.errors import InvalidArgumentError, InvalidConfigError
 from logstore.v1 import logstore_pb2 as pb
 from logstore.wire import Record, encode_records, keyed_record_count
 from tests.brokerproc import start_broker
+from tests.simdisk import SimDisk
 from tests.test_broker_helpers import connect, records
 
 
@@ -110,3 +112,222 @@ def test_null_key_refused_through_broker(tmp_path: Path) -> None:
             assert ok.base_offset == 0
     finally:
         b.stop()
+
+
+# --- the cleaner ------------------------------------------------------------------------------
+ROOT = "/data"
+T0 = 1_700_000_000_000
+COMPACT = {"cleanup_policy": "compact", "segment_bytes": 600, "delete_retention_ms": 0}
+
+
+def _fresh_disk(seed: int = 0) -> SimDisk:
+    disk = SimDisk(seed=seed)
+    disk.mkdir(ROOT)
+    disk.fsync_dir("/")
+    return disk
+
+
+def _read_all(store: Store, topic: str = "c") -> list[tuple[int, bytes | None, bytes | None]]:
+    """Every record from the log start to the end, as (offset, key, value)."""
+    start, end = store.offsets(topic, 0)
+    out: list[tuple[int, bytes | None, bytes | None]] = []
+    offset = start
+    while offset < end:
+        recs = store.read(topic, 0, offset)
+        if not recs:
+            break
+        out += [(r.offset, r.key, r.value) for r in recs]
+        offset = recs[-1].offset + 1
+    return out
+
+
+def _check_compacted(
+    got: list[tuple[int, bytes | None, bytes | None]],
+    appended: dict[int, tuple[bytes, bytes | None]],
+    intact_from: int,
+) -> None:
+    """``got`` is a sub-log of ``appended`` (same offsets and contents, in order) that
+    keeps each key's latest record (a tombstone may go, and then every record of its
+    key), and every record at or above ``intact_from``."""
+    offsets = [o for o, _k, _v in got]
+    assert offsets == sorted(set(offsets))
+    for o, k, v in got:
+        assert appended[o] == (k, v), o
+    present = set(offsets)
+    latest: dict[bytes, int] = {}
+    for o, (k, _v) in sorted(appended.items()):
+        latest[k] = o
+    for k, o in latest.items():
+        if appended[o][1] is None and o not in present:
+            assert not [1 for _o, k2, _v in got if k2 == k], f"key {k!r} came back"
+        else:
+            assert o in present, f"latest record of {k!r} (offset {o}) lost"
+    assert {o for o in appended if o >= intact_from} <= present
+
+
+def _cleaned_store(disk: SimDisk, buffer_bytes: int = 16 << 20) -> Store:
+    return Store.open(ROOT, StoreConfig(cleaner_buffer_bytes=buffer_bytes), fs=disk)
+
+
+def test_clean_keeps_latest_per_key_and_original_offsets() -> None:
+    """A clean keeps each key's latest record at its original offset and timestamp, drops
+    superseded ones, never touches the active segment, and the result survives reopen."""
+    disk = _fresh_disk()
+    store = _cleaned_store(disk)
+    store.create_topic("c", 1, COMPACT)
+    appended: dict[int, tuple[bytes, bytes | None]] = {}
+    for i in range(80):
+        k, v = f"k{i % 7}".encode(), f"v{i}".encode() * 5
+        off = store.append(
+            "c", 0, [Record(v, key=k), Record(v + b"!", key=b"x")], timestamp_ms=T0 + i
+        )
+        appended[off], appended[off + 1] = (k, v), (b"x", v + b"!")
+    before = {r.offset: r.timestamp_ms for r in _all_records(store)}
+    active_base = store.partition("c", 0).segments[-1].base_offset
+    assert store.clean(T0 + 1000) == 1
+    got = _read_all(store)
+    _check_compacted(got, appended, active_base)
+    assert len(got) < len(appended) / 3
+    for r in _all_records(store):
+        assert r.timestamp_ms == before[r.offset]
+    store.close()
+    store = _cleaned_store(disk)
+    assert _read_all(store) == got
+    assert not [n for n in disk.walk() if n.endswith(".cleaned")]
+    store.close()
+
+
+def _all_records(store: Store) -> list[Record]:
+    start, end = store.offsets("c", 0)
+    out: list[Record] = []
+    while start < end:
+        recs = store.read("c", 0, start)
+        if not recs:
+            break
+        out += recs
+        start = recs[-1].offset + 1
+    return out
+
+
+def test_dirty_ratio_and_lag_gate_cleaning() -> None:
+    """No clean below min_cleanable_dirty_ratio, none of segments younger than
+    min_compaction_lag_ms, and a delete-policy topic is never cleaned."""
+    disk = _fresh_disk()
+    store = _cleaned_store(disk)
+    store.create_topic(
+        "c", 1, {**COMPACT, "min_cleanable_dirty_ratio": 0.99, "min_compaction_lag_ms": 10_000}
+    )
+    store.create_topic("d", 1, {"segment_bytes": 600})
+    for i in range(40):
+        for t in ("c", "d"):
+            store.append(t, 0, [Record(b"v" * 50, key=b"same")], timestamp_ms=T0 + i)
+    n_d = len(store.partition("d", 0).segments)
+    assert store.clean(T0 + 5_000) == 0  # every record younger than the lag
+    store.alter_topic_config("c", {"min_compaction_lag_ms": 0})
+    store.alter_topic_config("c", {"min_cleanable_dirty_ratio": 0.99})
+    assert store.clean(T0 + 50_000) == 1  # all dirty: ratio 1.0 > 0.99
+    assert store.clean(T0 + 50_000) == 0  # nothing dirty left
+    assert len(store.partition("d", 0).segments) == n_d
+    assert len(_read_all(store, "d")) == 40
+    store.close()
+
+
+def test_tombstones_removed_only_after_delete_retention() -> None:
+    """A tombstone survives the clean that first passes it and any clean within
+    delete_retention_ms; a later clean drops it and the key stays gone."""
+    disk = _fresh_disk()
+    store = _cleaned_store(disk)
+    store.create_topic("c", 1, {**COMPACT, "delete_retention_ms": 60_000})
+    store.append("c", 0, [Record(b"old", key=b"gone")], timestamp_ms=T0)
+    store.append("c", 0, [Record(None, key=b"gone")], timestamp_ms=T0 + 1)
+    for i in range(30):
+        store.append("c", 0, [Record(b"f" * 60, key=f"fill{i}".encode())], timestamp_ms=T0 + 2)
+    lg = store.partition("c", 0)
+    store.clean(T0 + 10, force=True)
+    assert [(k, v) for _o, k, v in _read_all(store) if k == b"gone"] == [(b"gone", None)]
+    for i in range(30):  # more dirty data so the next clean runs
+        store.append("c", 0, [Record(b"g" * 60, key=f"more{i}".encode())], timestamp_ms=T0 + 3)
+    store.clean(T0 + 30_000, force=True)
+    assert [(k, v) for _o, k, v in _read_all(store) if k == b"gone"] == [(b"gone", None)]
+    for i in range(30):
+        store.append("c", 0, [Record(b"h" * 60, key=f"last{i}".encode())], timestamp_ms=T0 + 4)
+    store.clean(T0 + 120_000, force=True)
+    assert [k for _o, k, _v in _read_all(store) if k == b"gone"] == []
+    assert lg.cleaned_offset > 0
+    store.close()
+
+
+def test_tiny_key_map_cleans_in_several_passes() -> None:
+    """With a key map smaller than the dirty section's distinct keys, the cleaner makes
+    several passes and the result is the same as one pass."""
+    results = []
+    for buffer_bytes in (1024, 16 << 20):  # 21 keys vs ~350,000
+        disk = _fresh_disk()
+        store = _cleaned_store(disk, buffer_bytes)
+        # Tombstones kept (a later pass may drop those an earlier one passed).
+        store.create_topic("c", 1, {**COMPACT, "delete_retention_ms": 10**12})
+        appended: dict[int, tuple[bytes, bytes | None]] = {}
+        for i in range(300):
+            k = f"key{(i * 37) % 90}".encode()
+            v = None if i % 11 == 0 else f"v{i}".encode()
+            appended[store.append("c", 0, [Record(v, key=k)], timestamp_ms=T0 + i)] = (k, v)
+        store.clean(T0 + 10_000, force=True)
+        got = _read_all(store)
+        _check_compacted(got, appended, store.partition("c", 0).segments[-1].base_offset)
+        results.append((got, store.cleaner.stats.passes))
+        store.close()
+    (small, passes_small), (big, passes_big) = results
+    assert passes_small > 1 and passes_big == 1
+    assert small == big
+
+
+def test_power_cut_at_every_io_step_of_a_clean() -> None:
+    """A power cut at any I/O call of a clean leaves every segment file either wholly
+    old or wholly new (or gone, if cleaned empty), and the reopened log keeps every
+    acknowledged latest record."""
+    disk = _fresh_disk()
+    store = _cleaned_store(disk)
+    store.create_topic("c", 1, COMPACT)
+    appended: dict[int, tuple[bytes, bytes | None]] = {}
+    for i in range(60):  # latest records spread over the segments: some rewritten, some dropped
+        k = f"k{(i * 7) % 23 if i % 3 else i % 4}".encode()
+        v = None if i % 13 == 5 else f"v{i}".encode() * 4
+        appended[store.append("c", 0, [Record(v, key=k)], sync=True)] = (k, v)
+    directory = f"{ROOT}/c-0"
+    logs_before = {
+        n: disk.read_bytes(f"{directory}/{n}")
+        for n in disk.listdir(directory)
+        if n.endswith(".log")
+    }
+    active = max(logs_before)
+    cuts: list[SimDisk] = []
+
+    def cut(op: str, path: str) -> int | None:
+        cuts.append(disk.power_cut(random.Random(len(cuts))))
+        return None
+
+    disk.inject(cut)
+    assert store.clean(force=True) == 1
+    disk.clear_faults()
+    cuts.append(disk.power_cut(random.Random(len(cuts))))
+    logs_after = {
+        n: disk.read_bytes(f"{directory}/{n}")
+        for n in disk.listdir(directory)
+        if n.endswith(".log")
+    }
+    rewritten = [n for n in logs_after if logs_after[n] != logs_before[n]]
+    assert rewritten and len(logs_after) < len(logs_before) and len(cuts) > 10
+    store.close()
+    for after in cuts:
+        for n, old in logs_before.items():
+            path = f"{directory}/{n}"
+            if n == active:
+                assert after.read_bytes(path) == old  # never cleaned, every record synced
+                continue
+            if not after.exists(path):
+                assert n not in logs_after, f"{n} lost, not cleaned empty"
+                continue
+            assert after.read_bytes(path) in (old, logs_after.get(n)), n
+        reopened = _cleaned_store(after)
+        _check_compacted(_read_all(reopened), appended, int(active[:20]))
+        reopened.close()

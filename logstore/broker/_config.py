@@ -89,6 +89,9 @@ class BrokerConfig:
     idle_close_ms: int = StoreConfig.idle_close_ms
     producer_id_expiration_ms: int = StoreConfig.producer_id_expiration_ms
     max_producer_ids: int = StoreConfig.max_producer_ids
+    #: The log cleaner (compacted topics): key-map memory and I/O bound.
+    cleaner_buffer_bytes: int = StoreConfig.cleaner_buffer_bytes
+    cleaner_io_max_bytes_per_s: int = StoreConfig.cleaner_io_max_bytes_per_s
 
     # Consumer-group coordinator (GroupConfig's fields, prefixed ``group_``;
     # the defaults are GroupConfig's own, Kafka's values).
@@ -132,6 +135,8 @@ class BrokerConfig:
             idle_close_ms=self.idle_close_ms,
             producer_id_expiration_ms=self.producer_id_expiration_ms,
             max_producer_ids=self.max_producer_ids,
+            cleaner_buffer_bytes=self.cleaner_buffer_bytes,
+            cleaner_io_max_bytes_per_s=self.cleaner_io_max_bytes_per_s,
         )
 
     def group_config(self) -> GroupConfig:
@@ -197,6 +202,8 @@ _INT_RANGES: Final[dict[str, tuple[int, int]]] = {
     "idle_close_ms": (0, 365 * DAY_MS),
     "producer_id_expiration_ms": (1, 365 * DAY_MS),
     "max_producer_ids": (1, 100_000_000),
+    "cleaner_buffer_bytes": (1024, 1 << 40),
+    "cleaner_io_max_bytes_per_s": (0, 1 << 40),
     # wide bounds here; GroupConfig checks the real ones (and their relations)
     **{"group_" + name: (1, 365 * DAY_MS) for name in _GROUP_KEYS},
 }

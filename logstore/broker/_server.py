@@ -202,6 +202,9 @@ async def create_server(config: BrokerConfig) -> tuple[Broker, Ports]:
     try:
         _check_existing_topics(store, config)
         store.start_flusher()
+        # One cleaner thread for compacted topics, on the maintenance interval
+        # (a long clean then never delays retention or flushes).
+        store.start_cleaner(config.maintain_interval_ms)
         metrics = BrokerMetrics()
         metrics.attach_store(store)
         service = LogStoreService(store, config, metrics)

@@ -14,11 +14,12 @@ Layout::
         00000000000000000000.index           sparse offset index
         00000000000000000000.timeindex       sparse time index
         00000000000000000123.snapshot        idempotent-producer state at offset 123
+        00000000000000000000.log.cleaned     a cleaner's unfinished rewrite (deleted on open)
       <uuid>.deleted/                        a partition being removed (finished on open)
       lost+found/                            left alone
 
 Parsing is strict: a name that is none of these is an error naming the path,
-except leftover ``*.tmp`` files (deleted on open by the caller).
+except leftover ``*.tmp`` and ``*.cleaned`` files (deleted on open by the caller).
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ PRODUCER_ID_FILE: Final = "producer-id-block"
 #: Space kept free for metadata writes on a full disk (``_checkpoint.SpaceReserve``).
 RESERVE_FILE: Final = ".space-reserve"
 TMP_SUFFIX: Final = ".tmp"
+#: A segment being rewritten by the cleaner (``<base>.log.cleaned``): complete
+#: only once renamed over its ``.log``, so one found on open is deleted.
+CLEANED_SUFFIX: Final = ".cleaned"
 DELETED_SUFFIX: Final = ".deleted"
 LOST_AND_FOUND: Final = "lost+found"
 
@@ -111,10 +115,10 @@ def segment_file(base_offset: int, kind: FileKind) -> str:
 def parse_segment_file(path: str, name: str) -> tuple[int, FileKind] | None:
     """``(offset, kind)`` for a file of a partition directory.
 
-    Returns None for a leftover ``*.tmp`` file (the caller deletes it); raises
-    StorageError naming the path for any other unknown name.
+    Returns None for a leftover ``*.tmp`` or ``*.cleaned`` file (the caller
+    deletes it); raises StorageError naming the path for any other unknown name.
     """
-    if name.endswith(TMP_SUFFIX):
+    if name.endswith((TMP_SUFFIX, CLEANED_SUFFIX)):
         return None
     m = _SEGMENT_RE.fullmatch(name)
     if not m:

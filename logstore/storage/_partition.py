@@ -176,6 +176,9 @@ class PartitionLog:
         #: partition (raises StorageError if it cannot).
         self.persist_log_start: Callable[[PartitionLog, int], None] = lambda _p, _s: None
         self.on_recovery_point_lowered: Callable[[PartitionLog], None] = lambda _p: None
+        #: The cleaner's cleaned point (``_cleaner``): offsets below it were
+        #: deduplicated by a pass. In memory; 0 after an open (all dirty).
+        self.cleaned_offset = 0
 
     # --- offsets ------------------------------------------------------------------
     @property
@@ -800,8 +803,11 @@ class PartitionLog:
 
     def apply_retention(self, now: int) -> bool:
         """Delete whole sealed segments past retention_ms / retention_bytes
-        (the rules: ``_retention``)."""
+        (the rules: ``_retention``); nothing when the policy is ``compact``
+        alone."""
         changed = False
+        if not self.config.delete:
+            return False
         with self._lock:
             segs = self.segments
             n = expired_prefix(segs, self.config, now)
@@ -815,6 +821,76 @@ class PartitionLog:
         if changed:
             self.on_log_start_changed(self)
         return changed
+
+    # --- compaction hooks (the cleaner, ``_cleaner``) ----------------------------------------
+    def _sealed_index(self, seg: Segment) -> int:
+        """Index of ``seg`` in the current list if it is there and sealed, else -1."""
+        view = self._view
+        for i, s in enumerate(view):
+            if s is seg:
+                return i if i < len(view) - 1 else -1
+        return -1
+
+    def swap_cleaned(self, seg: Segment, cleaned_path: str) -> bool:
+        """Replace sealed ``seg``'s file with the fsynced ``cleaned_path`` (same
+        base offset, a subset of its records). False, and nothing changed, if
+        ``seg`` is no longer a sealed segment of this partition (retention or
+        a truncation took it). Lock held for this one swap only."""
+        fs = self.fs
+        with self._lock:
+            self._check_writable()
+            i = self._sealed_index(seg)
+            if i < 0:
+                return False
+            # Readers that took the old list keep reading the old inode
+            # through this pinned descriptor (released by the next clean).
+            self.handles.acquire(seg)
+            try:
+                # Old indexes go first (durably): an old index beside the new
+                # log could point into the middle of a frame; a missing one is
+                # rebuilt on open.
+                for path in (seg.index.path, seg.time_index.path):
+                    if fs.exists(path):
+                        fs.unlink(path)
+                fs.fsync_dir(self.directory)
+                fs.replace(cleaned_path, seg.log_path)
+                fs.fsync_dir(self.directory)
+                new = Segment.load(
+                    fs, self.directory, seg.base_offset, self.handles, self.index_cache,
+                    seg.next_offset, now_ms(),
+                )  # fmt: skip
+                new.sealed = True
+                new.index_interval_bytes = self.config.index_interval_bytes
+                new._rebuild_indexes_locked("written by the cleaner", logging.DEBUG)
+                new.index.seal()
+                new.time_index.seal()
+            except StorageError as exc:
+                self._failed = exc
+                raise
+            segs = self._view.as_list
+            segs[i] = new
+            self._set_segments(segs)
+            return True
+
+    def drop_cleaned_segment(self, seg: Segment) -> None:
+        """Delete sealed ``seg``, every record of which the cleaner removed (the
+        first segment moves the log start offset, as retention does)."""
+        moved = False
+        with self._lock:
+            self._check_writable()
+            i = self._sealed_index(seg)
+            if i < 0:
+                return
+            segs = self._view.as_list
+            del segs[i]
+            if i == 0:
+                self.log_start_offset = max(self.log_start_offset, segs[0].base_offset)
+                moved = True
+            self._set_segments(segs)
+            seg.delete()
+            self.fs.fsync_dir(self.directory)
+        if moved:
+            self.on_log_start_changed(self)
 
     def maybe_roll_by_time(self, now: int) -> None:
         with self._lock:

@@ -784,13 +784,14 @@ class Segment:
         self.max_timestamp_ms = last_ts
         return None
 
-    def _rebuild_indexes_locked(self, why: str) -> None:
+    def _rebuild_indexes_locked(self, why: str, level: int = logging.WARNING) -> None:
         with self._index_lock:
-            self._rebuild_indexes(why)
+            self._rebuild_indexes(why, level)
 
-    def _rebuild_indexes(self, why: str) -> None:
-        """Rebuild both indexes from the frame headers (lock held)."""
-        log.warning("%s: rebuilding indexes: %s", self.log_path, why)
+    def _rebuild_indexes(self, why: str, level: int = logging.WARNING) -> None:
+        """Rebuild both indexes from the frame headers (lock held); logged at
+        ``level`` (a repair is a warning, the cleaner's new segment is not)."""
+        log.log(level, "%s: rebuilding indexes: %s", self.log_path, why)
         interval = self.index_interval_bytes
         offs: list[tuple[int, int]] = []
         times: list[tuple[int, int, int]] = []

@@ -81,6 +81,7 @@ from logstore.wire import (
 
 from ._catalog import Catalog, TopicInfo, check_partition_count, rebuild_hint
 from ._checkpoint import SpaceReserve, read_json, read_offsets, write_json, write_offsets
+from ._cleaner import Cleaner
 from ._fs import FileSystem
 from ._group_commit import Flusher
 from ._index import IndexCache
@@ -167,6 +168,10 @@ class Store:
         self._next_producer_id = 1
         self._producer_id_limit = 0
         self._flusher: Flusher | None = None
+        self.cleaner = Cleaner(config.cleaner_buffer_bytes, config.cleaner_io_max_bytes_per_s)
+        self._cleaner_lock = threading.Lock()  # one clean at a time
+        self._cleaner_thread: threading.Thread | None = None
+        self._cleaner_stop = threading.Event()
         #: Called after each fsync of the flusher thread with the partition,
         #: the seconds it took and the number of waiters it completed (the
         #: group-commit batch size).
@@ -311,6 +316,7 @@ class Store:
         release the lock. Idempotent."""
         if self._closed:
             return
+        self._stop_cleaner_thread()
         self._stop_flusher_thread()
         failed = False
         with self._lock:
@@ -823,10 +829,58 @@ class Store:
         flusher.stop(list(self._logs.values()))
         self._flusher = None
 
+    # --- compaction -------------------------------------------------------------------------------
+    def clean(self, now_ms: int | None = None, *, force: bool = False) -> int:
+        """Run the log cleaner (``_cleaner``) over every compacted partition
+        whose dirty ratio is above its ``min_cleanable_dirty_ratio`` (every
+        one with dirty segments, with ``force``); return how many were
+        cleaned. One clean at a time; errors are logged (rate-limited) and the
+        partition is retried next time."""
+        self._check_open()
+        now = _now() if now_ms is None else now_ms
+        cleaned = 0
+        with self._cleaner_lock:
+            self.cleaner.release_retired()
+            for lg in list(self._logs.values()):
+                if self._cleaner_stop.is_set() or self._closed:
+                    break
+                try:
+                    cleaned += self.cleaner.clean(lg, now, force=force)
+                except StorageError as exc:
+                    self._errors.log(f"{lg.name}: cleaning failed: {exc}")
+        return cleaned
+
+    def start_cleaner(self, interval_ms: int) -> None:
+        """Clean in one background thread every ``interval_ms`` (the broker);
+        ``maintain`` then leaves cleaning to it."""
+        if self._cleaner_thread is not None:
+            return
+
+        def run() -> None:
+            while not self._cleaner_stop.wait(interval_ms / 1000):
+                try:
+                    self.clean()
+                except StorageError as exc:  # a closed store: the loop ends
+                    self._errors.log(f"cleaner: {exc}")
+
+        self._cleaner_thread = threading.Thread(target=run, name="logstore-cleaner", daemon=True)
+        self._cleaner_thread.start()
+
+    def _stop_cleaner_thread(self) -> None:
+        self._cleaner_stop.set()
+        thread = self._cleaner_thread
+        if thread is not None:
+            thread.join()
+            self._cleaner_thread = None
+        with self._cleaner_lock:
+            self.cleaner.release_retired()
+
     # --- maintenance ------------------------------------------------------------------------------
     def maintain(self, now_ms: int | None = None) -> None:
         """Roll segments by ``segment_ms``, apply retention, expire producer
-        ids, close idle partitions' handles. Runs in the caller's thread."""
+        ids, close idle partitions' handles, and (unless a cleaner thread
+        runs, see :meth:`start_cleaner`) clean compacted partitions. Runs in
+        the caller's thread."""
         self._check_open()
         now = _now() if now_ms is None else now_ms
         for lg in list(self._logs.values()):
@@ -852,6 +906,8 @@ class Store:
             except StorageError as exc:
                 self._errors.log(f"metadata write retry failed: {exc}")
         self._maybe_checkpoint()
+        if self._cleaner_thread is None:
+            self.clean(now)
 
     def stats(self) -> StoreStats:
         mapped = 0

@@ -1,0 +1,277 @@
+"""The log cleaner: compaction of partitions whose policy includes ``compact``.
+
+Contract (Kafka's LogCleaner, simplified):
+
+- Only sealed segments are cleaned; the active one never is. The cleanable
+  range ends before the first sealed segment holding a record younger than
+  ``min_compaction_lag_ms``.
+- Each partition has a *cleaned point* (``PartitionLog.cleaned_offset``,
+  in memory: after a restart everything is dirty again, which costs a
+  re-clean, never data). A partition is cleaned when its dirty bytes (sealed
+  segments at or past the cleaned point) exceed ``min_cleanable_dirty_ratio``
+  of its cleanable bytes.
+- One pass maps every key of the dirty section, from the cleaned point, to
+  its latest offset (:class:`~._keymap.KeyMap`, ``cleaner_buffer_bytes``); when
+  the map is full the pass ends at that batch, and the next pass starts there.
+  Then every cleanable segment below the map's end is rewritten, oldest first,
+  keeping a record unless a later record of its key is in the map, or it is a
+  tombstone (null value) that was already below the cleaned point before this
+  pass and whose timestamp is more than ``delete_retention_ms`` old.
+- Rewritten batches keep their base offset, last offset, timestamps and
+  producer fields; a batch that lost records becomes a format-2 frame
+  (``build_offset_frame``, CRC recomputed); an unchanged batch is copied byte
+  for byte; a batch that lost every record goes. A segment that lost every
+  record is deleted (the first one moves the log start offset, as retention
+  does).
+
+Crash safety: a segment's cleaned frames go to ``<base>.log.cleaned``,
+fsynced; then, under the partition lock, the segment's index files (hints,
+rebuilt on open when missing) are deleted, the directory fsynced, the
+``.cleaned`` file renamed over ``<base>.log`` (atomic) and the directory
+fsynced again. A crash leaves each segment either wholly old or wholly new;
+``*.cleaned`` leftovers are deleted on open. Because segments are swapped
+oldest first and a record is only removed when a later record of its key
+stays, any prefix of swaps is a correct log: nothing acknowledged that is the
+latest of its key is lost, and a key removed by a tombstone cannot come back
+(its older records, in older segments, were swapped out first). One rename
+instead of Kafka's ``.cleaned`` -> ``.swap`` -> replace: a segment here is one
+file (the indexes are rebuildable hints), so there is no group of files to
+commit together.
+
+Concurrency: appends and reads take no cleaner lock; the cleaner takes the
+partition lock only for one swap (rename + two directory fsyncs + index
+rebuild of one segment). Readers keep the segment-list snapshot they took;
+the old segment's descriptor stays open (pinned) until the next run.
+
+Not thread-safe: one cleaner (the store's ``maintain`` caller, or the
+broker's one cleaner thread).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from logstore.errors import CorruptRecordError
+from logstore.wire import Record, build_offset_frame, check_crc, decode_objects, stored_frames
+
+from ._keymap import KeyMap, digests
+from ._names import CLEANED_SUFFIX
+
+if TYPE_CHECKING:
+    from ._partition import PartitionLog
+    from ._segment import Segment
+
+log = logging.getLogger("logstore.storage")
+
+#: Bytes of frames read per pread while cleaning (bounds the cleaner's
+#: read buffer; a larger frame is read whole).
+READ_CHUNK = 1 << 20
+
+
+@dataclass
+class CleanStats:
+    """What one ``clean`` call did (summed over partitions by the store)."""
+
+    runs: int = 0
+    passes: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    records_removed: int = 0
+    segments_swapped: int = 0
+
+
+class Throttle:
+    """Bounds the cleaner's I/O to ``bytes_per_s`` (0: unbounded) by sleeping."""
+
+    def __init__(self, bytes_per_s: int) -> None:
+        self.bytes_per_s = bytes_per_s
+        self._start = time.monotonic()
+        self._done = 0
+
+    def add(self, n: int) -> None:
+        if not self.bytes_per_s:
+            return
+        self._done += n
+        ahead = self._done / self.bytes_per_s - (time.monotonic() - self._start)
+        if ahead > 0:
+            time.sleep(min(ahead, 1.0))
+
+
+class Cleaner:
+    """See the module docstring."""
+
+    def __init__(self, buffer_bytes: int, io_bytes_per_s: int = 0) -> None:
+        self.keymap = KeyMap(buffer_bytes)
+        self.throttle = Throttle(io_bytes_per_s)
+        self.stats = CleanStats()
+        self._retired: list[Segment] = []
+
+    def release_retired(self) -> None:
+        """Close the descriptors of segments replaced by the previous run."""
+        for seg in self._retired:
+            seg.handles.release(seg)
+            seg.handles.forget(seg)
+        self._retired = []
+
+    # --- deciding --------------------------------------------------------------------
+    @staticmethod
+    def cleanable(lg: PartitionLog, now: int) -> list[Segment]:
+        """The sealed segments a clean may rewrite (before the compaction lag)."""
+        sealed = lg.segments[:-1]
+        lag = lg.config.min_compaction_lag_ms
+        for i, seg in enumerate(sealed):
+            if lag > 0:
+                seg.ensure_indexes()  # max timestamp from the time index
+                if seg.max_timestamp_ms > now - lag:
+                    return sealed[:i]
+        return sealed
+
+    @staticmethod
+    def dirty_ratio(lg: PartitionLog, segs: list[Segment]) -> float:
+        total = sum(s.size for s in segs)
+        if not total:
+            return 0.0
+        dirty = sum(s.size for s in segs if s.next_offset > lg.cleaned_offset)
+        return dirty / total
+
+    def clean(self, lg: PartitionLog, now: int, *, force: bool = False) -> bool:
+        """Clean ``lg`` if its policy compacts and its dirty ratio is above the
+        threshold (or ``force``); passes until the dirty section is done.
+        Returns whether anything was cleaned."""
+        if not lg.config.compact:
+            return False
+        segs = self.cleanable(lg, now)
+        if not segs or segs[-1].next_offset <= lg.cleaned_offset:
+            return False
+        if not force and self.dirty_ratio(lg, segs) <= lg.config.min_cleanable_dirty_ratio:
+            return False
+        self.stats.runs += 1
+        while True:
+            segs = self.cleanable(lg, now)
+            if not segs or segs[-1].next_offset <= lg.cleaned_offset:
+                return True
+            self._one_pass(lg, segs, now)
+
+    # --- one pass ------------------------------------------------------------------------
+    def _frames(self, seg: Segment, from_offset: int) -> list[tuple[int, bytes, list[Record]]]:
+        """``(base offset, frame bytes, records)`` of the segment's frames that
+        end at or after ``from_offset``, CRC-checked (one chunk at a time)."""
+        out: list[tuple[int, bytes, list[Record]]] = []
+        heads = [(p, h) for p, h in seg.frames(0, seg.size) if h.next_offset > from_offset]
+        i = 0
+        while i < len(heads):
+            start = heads[i][0]
+            j = i + 1
+            while j < len(heads) and heads[j][0] + heads[j][1].frame_size - start <= READ_CHUNK:
+                j += 1
+            end = heads[j - 1][0] + heads[j - 1][1].frame_size
+            chunk = seg.pread(end - start, start)
+            self.stats.bytes_read += len(chunk)
+            self.throttle.add(len(chunk))
+            for p, h in heads[i:j]:
+                frame = chunk[p - start : p - start + h.frame_size]
+                check_crc(frame, h)
+                out.append((h.base_offset, frame, decode_objects(stored_frames(frame), 0)))
+            i = j
+        return out
+
+    def _one_pass(self, lg: PartitionLog, segs: list[Segment], now: int) -> None:
+        self.stats.passes += 1
+        first_dirty = max(lg.cleaned_offset, segs[0].base_offset)
+        keymap = self.keymap
+        keymap.clear()
+        map_end = first_dirty
+        full = False
+        for seg in segs:
+            if seg.next_offset <= first_dirty:
+                continue
+            for _base, frame, all_recs in self._frames(seg, first_dirty):
+                # A null key (a topic that was not compacted before) is never
+                # deduplicated: it is kept, as nothing can supersede it.
+                recs = [r for r in all_recs if r.offset >= first_dirty and r.key is not None]
+                if recs:
+                    keys = digests([r.key for r in recs if r.key is not None])
+                    offs = np.fromiter((r.offset for r in recs), dtype=np.int64, count=len(recs))
+                    if not keymap.add(keys, offs):
+                        full = True
+                        break
+                map_end = stored_frames(frame).frames[0][1].next_offset
+            if full:
+                break
+            map_end = seg.next_offset  # the segment's gap past its last frame too
+        if map_end == first_dirty:
+            raise CorruptRecordError(
+                f"{lg.name}: cleaner_buffer_bytes holds {keymap.capacity} keys, fewer than one "
+                f"batch at offset {first_dirty} has; raise cleaner_buffer_bytes"
+            )
+        old_clean = lg.cleaned_offset
+        horizon = now - lg.config.delete_retention_ms
+        for seg in segs:
+            if seg.base_offset >= map_end:
+                break
+            self._rewrite(lg, seg, map_end, old_clean, horizon)
+        lg.cleaned_offset = map_end
+
+    def _rewrite(
+        self, lg: PartitionLog, seg: Segment, map_end: int, old_clean: int, horizon: int
+    ) -> None:
+        parts: list[bytes] = []
+        removed = 0
+        for base, frame, recs in self._frames(seg, 0):
+            h = stored_frames(frame).frames[0][1]
+            keyed = [r.key for r in recs if r.key is not None]
+            newest_of = iter(self.keymap.latest(digests(keyed)).tolist())
+            keep: list[tuple[int, Record]] = []
+            for r in recs:
+                newest = next(newest_of) if r.key is not None else -1
+                if r.offset < map_end and newest > r.offset:
+                    continue  # a later record of its key stays
+                if r.value is None and r.offset < old_clean and r.timestamp_ms < horizon:
+                    continue  # a tombstone past delete_retention_ms
+                keep.append((r.offset, r))
+            removed += len(recs) - len(keep)
+            if len(keep) == len(recs):
+                parts.append(frame)
+            elif keep:
+                parts.append(
+                    build_offset_frame(
+                        base,
+                        keep,
+                        h.base_timestamp_ms,
+                        last_offset=base + h.last_offset_delta,
+                        producer_id=h.producer_id,
+                        producer_epoch=h.producer_epoch,
+                        base_sequence=h.base_sequence,
+                    )
+                )
+        if not removed:
+            return
+        self.stats.records_removed += removed
+        data = b"".join(parts)
+        self.stats.bytes_written += len(data)
+        self.throttle.add(len(data))
+        if not data:
+            lg.drop_cleaned_segment(seg)
+            self.stats.segments_swapped += 1
+            return
+        path = seg.log_path + CLEANED_SUFFIX
+        fs = lg.fs
+        fd = fs.open(path, create=True)
+        try:
+            fs.truncate(fd, 0, path)
+            fs.append(fd, [data], path)
+            fs.fsync(fd, path)
+        finally:
+            fs.close(fd)
+        try:
+            if lg.swap_cleaned(seg, path):
+                self._retired.append(seg)
+                self.stats.segments_swapped += 1
+        finally:
+            if fs.exists(path):
+                fs.unlink(path)
