@@ -4,7 +4,9 @@ and the cleaner (latest record per key, tombstones, crash safety)."""
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -331,3 +333,58 @@ def test_power_cut_at_every_io_step_of_a_clean() -> None:
         reopened = _cleaned_store(after)
         _check_compacted(_read_all(reopened), appended, int(active[:20]))
         reopened.close()
+
+
+def _fetch_all(stub: Any, topic: str) -> list[tuple[int, bytes | None, bytes | None]]:
+    """(offset, key, value) of every record from the log start, read as another
+    language's client would (a clean moving the start meanwhile restarts the read)."""
+    out: list[tuple[int, bytes | None, bytes | None]] = []
+    desc = stub.DescribeTopic(pb.DescribeTopicRequest(name=topic), timeout=10)
+    offset = desc.partitions[0].log_start_offset
+    while True:
+        try:
+            resp = stub.Fetch(pb.FetchRequest(topic=topic, partition=0, offset=offset), timeout=10)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.OUT_OF_RANGE:
+                raise
+            return _fetch_all(stub, topic)
+        if not resp.batches:
+            return out
+        for b in resp.batches:
+            for i, r in enumerate(b.records):
+                o = b.base_offset + (r.offset_delta if b.attributes & 0x08 else i)
+                if o >= offset:
+                    key = r.key if r.HasField("key") else None
+                    out.append((o, key, r.value if r.HasField("value") else None))
+            offset = b.base_offset + b.last_offset_delta + 1
+
+
+def test_broker_cleaner_thread_compacts_in_background(tmp_path: Path) -> None:
+    """The broker's cleaner thread compacts a compacted topic on its own; a Fetch from 0
+    then returns only each key's latest records (before the active segment) with their
+    offsets."""
+    b = start_broker(tmp_path / "data", env={"LOGSTORE_MAINTAIN_INTERVAL_MS": "200"})
+    try:
+        with connect(b) as stub:
+            cfg = {
+                "cleanup_policy": "compact",
+                "segment_bytes": "600",
+                "min_compaction_lag_ms": "0",
+            }
+            stub.CreateTopic(pb.CreateTopicRequest(name="c", partitions=1, config=cfg), timeout=10)
+            appended: dict[int, tuple[bytes, bytes | None]] = {}
+            for i in range(100):
+                k, v = f"k{i % 5}".encode(), f"value-{i}".encode() * 3
+                resp = stub.Produce(
+                    pb.ProduceRequest(topic="c", partition=0, records=records([v], [k])), timeout=10
+                )
+                appended[resp.base_offset] = (k, v)
+            deadline = time.monotonic() + 20
+            got = _fetch_all(stub, "c")
+            while len(got) > 30 and time.monotonic() < deadline:
+                time.sleep(0.2)
+                got = _fetch_all(stub, "c")
+            assert len(got) <= 30, f"not compacted: {len(got)} records"
+            _check_compacted(got, appended, 99)
+    finally:
+        b.stop()
