@@ -51,13 +51,21 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from logstore.errors import CorruptRecordError
-from logstore.wire import Record, build_offset_frame, check_crc, decode_objects, stored_frames
+from logstore.wire import (
+    FrameHeader,
+    Record,
+    build_offset_frame,
+    check_crc,
+    decode_objects,
+    stored_frames,
+)
 
 from ._keymap import KeyMap, digests
 from ._names import CLEANED_SUFFIX
@@ -158,27 +166,33 @@ class Cleaner:
             self._one_pass(lg, segs, now)
 
     # --- one pass ------------------------------------------------------------------------
-    def _frames(self, seg: Segment, from_offset: int) -> list[tuple[int, bytes, list[Record]]]:
+    def _frames(self, seg: Segment, from_offset: int) -> Iterator[tuple[int, bytes, list[Record]]]:
         """``(base offset, frame bytes, records)`` of the segment's frames that
-        end at or after ``from_offset``, CRC-checked (one chunk at a time)."""
-        out: list[tuple[int, bytes, list[Record]]] = []
-        heads = [(p, h) for p, h in seg.frames(0, seg.size) if h.next_offset > from_offset]
-        i = 0
-        while i < len(heads):
-            start = heads[i][0]
-            j = i + 1
-            while j < len(heads) and heads[j][0] + heads[j][1].frame_size - start <= READ_CHUNK:
-                j += 1
-            end = heads[j - 1][0] + heads[j - 1][1].frame_size
-            chunk = seg.pread(end - start, start)
-            self.stats.bytes_read += len(chunk)
-            self.throttle.add(len(chunk))
-            for p, h in heads[i:j]:
-                frame = chunk[p - start : p - start + h.frame_size]
-                check_crc(frame, h)
-                out.append((h.base_offset, frame, decode_objects(stored_frames(frame), 0)))
-            i = j
-        return out
+        end at or after ``from_offset``, CRC-checked; one ``READ_CHUNK`` read
+        and decoded at a time, so memory is bounded by a chunk's records."""
+        group: list[tuple[int, FrameHeader]] = []
+        for p, h in seg.frames(0, seg.size):
+            if h.next_offset <= from_offset:
+                continue
+            if group and p + h.frame_size - group[0][0] > READ_CHUNK:
+                yield from self._decode(seg, group)
+                group = []
+            group.append((p, h))
+        if group:
+            yield from self._decode(seg, group)
+
+    def _decode(
+        self, seg: Segment, group: list[tuple[int, FrameHeader]]
+    ) -> Iterator[tuple[int, bytes, list[Record]]]:
+        start = group[0][0]
+        end = group[-1][0] + group[-1][1].frame_size
+        chunk = seg.pread(end - start, start)
+        self.stats.bytes_read += len(chunk)
+        self.throttle.add(len(chunk))
+        for p, h in group:
+            frame = chunk[p - start : p - start + h.frame_size]
+            check_crc(frame, h)
+            yield h.base_offset, frame, decode_objects(stored_frames(frame), 0)
 
     def _one_pass(self, lg: PartitionLog, segs: list[Segment], now: int) -> None:
         self.stats.passes += 1
