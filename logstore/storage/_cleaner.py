@@ -234,26 +234,57 @@ class Cleaner:
     def _rewrite(
         self, lg: PartitionLog, seg: Segment, map_end: int, old_clean: int, horizon: int
     ) -> None:
-        parts: list[bytes] = []
+        """Rewrite one segment. Until the first removed record the output equals
+        the segment's own prefix, so nothing is written for a segment that
+        keeps everything; after it, output goes to the ``.cleaned`` file in
+        ``READ_CHUNK`` writes (memory bounded by a chunk)."""
+        fs = lg.fs
+        path = seg.log_path + CLEANED_SUFFIX
+        fd: int | None = None
+        pending: list[bytes] = []
+        pending_bytes = 0
+        same_upto = 0  # the output so far is the segment's bytes [0, same_upto)
+        written = 0
         removed = 0
-        for base, frame, recs in self._frames(seg, 0):
-            h = stored_frames(frame).frames[0][1]
-            keyed = [r.key for r in recs if r.key is not None]
-            newest_of = iter(self.keymap.latest(digests(keyed)).tolist())
-            keep: list[tuple[int, Record]] = []
-            for r in recs:
-                newest = next(newest_of) if r.key is not None else -1
-                if r.offset < map_end and newest > r.offset:
-                    continue  # a later record of its key stays
-                if r.value is None and r.offset < old_clean and r.timestamp_ms < horizon:
-                    continue  # a tombstone past delete_retention_ms
-                keep.append((r.offset, r))
-            removed += len(recs) - len(keep)
-            if len(keep) == len(recs):
-                parts.append(frame)
-            elif keep:
-                parts.append(
-                    build_offset_frame(
+
+        def flush() -> None:
+            nonlocal pending, pending_bytes, written
+            if pending and fd is not None:
+                fs.append(fd, pending, path)
+                self.throttle.add(pending_bytes)
+                written += pending_bytes
+            pending, pending_bytes = [], 0
+
+        try:
+            for base, frame, recs in self._frames(seg, 0):
+                h = stored_frames(frame).frames[0][1]
+                keyed = [r.key for r in recs if r.key is not None]
+                newest_of = iter(self.keymap.latest(digests(keyed)).tolist())
+                keep: list[tuple[int, Record]] = []
+                for r in recs:
+                    newest = next(newest_of) if r.key is not None else -1
+                    if r.offset < map_end and newest > r.offset:
+                        continue  # a later record of its key stays
+                    if r.value is None and r.offset < old_clean and r.timestamp_ms < horizon:
+                        continue  # a tombstone past delete_retention_ms
+                    keep.append((r.offset, r))
+                if len(keep) == len(recs):
+                    if fd is None:
+                        same_upto += len(frame)
+                        continue
+                    out = frame
+                else:
+                    removed += len(recs) - len(keep)
+                    if fd is None:  # the first change: start the file with the same prefix
+                        fd = fs.open(path, create=True)
+                        fs.truncate(fd, 0, path)
+                        for start in range(0, same_upto, READ_CHUNK):
+                            pending.append(seg.pread(min(READ_CHUNK, same_upto - start), start))
+                            pending_bytes += len(pending[-1])
+                            flush()
+                    if not keep:
+                        continue
+                    out = build_offset_frame(
                         base,
                         keep,
                         h.base_timestamp_ms,
@@ -262,28 +293,24 @@ class Cleaner:
                         producer_epoch=h.producer_epoch,
                         base_sequence=h.base_sequence,
                     )
-                )
-        if not removed:
-            return
-        self.stats.records_removed += removed
-        data = b"".join(parts)
-        self.stats.bytes_written += len(data)
-        self.throttle.add(len(data))
-        if not data:
-            lg.drop_cleaned_segment(seg)
-            self.stats.segments_swapped += 1
-            return
-        path = seg.log_path + CLEANED_SUFFIX
-        fs = lg.fs
-        fd = fs.open(path, create=True)
-        try:
-            fs.truncate(fd, 0, path)
-            fs.append(fd, [data], path)
+                pending.append(out)
+                pending_bytes += len(out)
+                if pending_bytes >= READ_CHUNK:
+                    flush()
+            if fd is None:
+                return  # nothing removed
+            flush()
             fs.fsync(fd, path)
         finally:
-            fs.close(fd)
+            if fd is not None:
+                fs.close(fd)
+        self.stats.records_removed += removed
+        self.stats.bytes_written += written
         try:
-            if lg.swap_cleaned(seg, path):
+            if not written:
+                lg.drop_cleaned_segment(seg)
+                self.stats.segments_swapped += 1
+            elif lg.swap_cleaned(seg, path):
                 self._retired.append(seg)
                 self.stats.segments_swapped += 1
         finally:
