@@ -388,3 +388,29 @@ def test_broker_cleaner_thread_compacts_in_background(tmp_path: Path) -> None:
             _check_compacted(got, appended, 99)
     finally:
         b.stop()
+
+
+def test_cleaner_settings_reach_the_cleaner(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cleaner_buffer_bytes and cleaner_io_max_bytes_per_s go from the broker's
+    environment to the store's cleaner, and the throttle sleeps for the bytes done
+    beyond the rate (the sleep requested is checked, not elapsed time)."""
+    from logstore.broker._config import BrokerConfig
+    from logstore.storage import _cleaner
+
+    cfg = BrokerConfig.resolve(
+        env={"LOGSTORE_CLEANER_IO_MAX_BYTES_PER_S": "1000", "LOGSTORE_CLEANER_BUFFER_BYTES": "4800"}
+    ).store_config()
+    with Store.open(str(tmp_path), cfg) as store:
+        assert store.cleaner.throttle.bytes_per_s == 1000
+        assert store.cleaner.keymap.capacity == 100
+    with pytest.raises(InvalidConfigError):
+        StoreConfig(cleaner_buffer_bytes=10)
+    slept: list[float] = []
+    monkeypatch.setattr(_cleaner.time, "sleep", slept.append)
+    throttle = _cleaner.Throttle(1000)
+    throttle.add(500)
+    assert slept and 0.4 < slept[0] <= 0.5
+    _cleaner.Throttle(0).add(10**9)
+    assert len(slept) == 1
