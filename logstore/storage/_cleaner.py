@@ -50,6 +50,7 @@ broker's one cleaner thread).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -118,6 +119,9 @@ class Cleaner:
         self.throttle = Throttle(io_bytes_per_s)
         self.stats = CleanStats()
         self._retired: list[Segment] = []
+        #: Set by the store's close: the cleaner stops between two segments
+        #: (any prefix of swaps is a correct log, see the module docstring).
+        self.stopping = threading.Event()
 
     def release_retired(self) -> None:
         """Close the descriptors of segments replaced by the previous run."""
@@ -159,11 +163,15 @@ class Cleaner:
         if not force and self.dirty_ratio(lg, segs) <= lg.config.min_cleanable_dirty_ratio:
             return False
         self.stats.runs += 1
-        while True:
-            segs = self.cleanable(lg, now)
+        # Up to the end found now: segments sealed meanwhile wait for the next
+        # run, so steady appends cannot keep one clean going forever.
+        target = segs[-1].next_offset
+        while not self.stopping.is_set() and lg.cleaned_offset < target:
+            segs = [s for s in self.cleanable(lg, now) if s.base_offset < target]
             if not segs or segs[-1].next_offset <= lg.cleaned_offset:
-                return True
+                break
             self._one_pass(lg, segs, now)
+        return True
 
     # --- one pass ------------------------------------------------------------------------
     def _frames(self, seg: Segment, from_offset: int) -> Iterator[tuple[int, bytes, list[Record]]]:
@@ -228,6 +236,8 @@ class Cleaner:
         for seg in segs:
             if seg.base_offset >= map_end:
                 break
+            if self.stopping.is_set():
+                return  # the cleaned point stays: the next run redoes this pass
             self._rewrite(lg, seg, map_end, old_clean, horizon)
         lg.cleaned_offset = map_end
 

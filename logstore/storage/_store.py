@@ -172,6 +172,7 @@ class Store:
         self._cleaner_lock = threading.Lock()  # one clean at a time
         self._cleaner_thread: threading.Thread | None = None
         self._cleaner_stop = threading.Event()
+        self.cleaner.stopping = self._cleaner_stop
         #: Called after each fsync of the flusher thread with the partition,
         #: the seconds it took and the number of waiters it completed (the
         #: group-commit batch size).
