@@ -57,6 +57,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
 from logstore.errors import CorruptRecordError
 from logstore.wire import (
@@ -80,6 +81,8 @@ log = logging.getLogger("logstore.storage")
 #: Bytes of frames read per pread while cleaning (bounds the cleaner's
 #: read buffer; a larger frame is read whole).
 READ_CHUNK = 1 << 20
+#: Digests gathered before one merge into the key map (~1.5 MiB of arrays).
+MERGE_KEYS = 65_536
 
 
 @dataclass
@@ -208,6 +211,30 @@ class Cleaner:
         keymap = self.keymap
         keymap.clear()
         map_end = first_dirty
+        # Frames' digests are merged into the map MERGE_KEYS at a time (one sort
+        # each; a merge per 1,000-record batch re-sorted the whole map every
+        # time). If a merge overflows, its frames are retried one by one, so the
+        # pass still ends exactly at the last frame that fit.
+        pending: list[tuple[npt.NDArray[np.bytes_], npt.NDArray[np.int64], int]] = []
+        pending_n = 0
+
+        def merge() -> bool:
+            nonlocal map_end, pending, pending_n
+            if not pending:
+                return True
+            batch = pending
+            pending, pending_n = [], 0
+            keys = np.concatenate([k for k, _o, _e in batch])
+            offs = np.concatenate([o for _k, o, _e in batch])
+            if keymap.add(keys, offs):
+                map_end = batch[-1][2]
+                return True
+            for k, o, end in batch:
+                if not keymap.add(k, o):
+                    return False
+                map_end = end
+            return True  # pragma: no cover - the whole group failed but each part fit
+
         full = False
         for seg in segs:
             if seg.next_offset <= first_dirty:
@@ -216,14 +243,15 @@ class Cleaner:
                 # A null key (a topic that was not compacted before) is never
                 # deduplicated: it is kept, as nothing can supersede it.
                 recs = [r for r in all_recs if r.offset >= first_dirty and r.key is not None]
-                if recs:
-                    keys = digests([r.key for r in recs if r.key is not None])
-                    offs = np.fromiter((r.offset for r in recs), dtype=np.int64, count=len(recs))
-                    if not keymap.add(keys, offs):
-                        full = True
-                        break
-                map_end = stored_frames(frame).frames[0][1].next_offset
-            if full:
+                keys = digests([r.key for r in recs if r.key is not None])
+                offs = np.fromiter((r.offset for r in recs), dtype=np.int64, count=len(recs))
+                pending.append((keys, offs, stored_frames(frame).frames[0][1].next_offset))
+                pending_n += len(recs)
+                if pending_n >= MERGE_KEYS and not merge():
+                    full = True
+                    break
+            if full or not merge():
+                full = True
                 break
             map_end = seg.next_offset  # the segment's gap past its last frame too
         if map_end == first_dirty:
