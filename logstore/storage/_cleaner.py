@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from logstore._types import Position
 from logstore.errors import CorruptRecordError
 from logstore.wire import (
     FrameHeader,
@@ -182,7 +183,7 @@ class Cleaner:
         end at or after ``from_offset``, CRC-checked; one ``READ_CHUNK`` read
         and decoded at a time, so memory is bounded by a chunk's records."""
         group: list[tuple[int, FrameHeader]] = []
-        for p, h in seg.frames(0, seg.size):
+        for p, h in seg.frames(Position(0), seg.size):
             if h.next_offset <= from_offset:
                 continue
             if group and p + h.frame_size - group[0][0] > READ_CHUNK:
@@ -197,7 +198,7 @@ class Cleaner:
     ) -> Iterator[tuple[int, bytes, list[Record]]]:
         start = group[0][0]
         end = group[-1][0] + group[-1][1].frame_size
-        chunk = seg.pread(end - start, start)
+        chunk = seg.pread(end - start, Position(start))
         self.stats.bytes_read += len(chunk)
         self.throttle.add(len(chunk))
         for p, h in group:
@@ -317,7 +318,9 @@ class Cleaner:
                         fd = fs.open(path, create=True)
                         fs.truncate(fd, 0, path)
                         for start in range(0, same_upto, READ_CHUNK):
-                            pending.append(seg.pread(min(READ_CHUNK, same_upto - start), start))
+                            pending.append(
+                                seg.pread(min(READ_CHUNK, same_upto - start), Position(start))
+                            )
                             pending_bytes += len(pending[-1])
                             flush()
                     if not keep:
