@@ -101,3 +101,53 @@ def test_a_failed_append_leaves_the_coordinator_equal_to_its_log(
         assert g.coordinator.snapshot() == replayed.snapshot()
 
     run(tmp_path / "data", body)
+
+
+def test_offsets_topic_stays_small_under_many_commits(tmp_path: Path) -> None:
+    """__consumer_offsets is compacted: 300 rounds of commits to 100 partitions shrink to
+    about one record per partition (plus the active segment), and a coordinator loaded from
+    the compacted topic has the last commit of every partition."""
+    from logstore.broker._groups_runtime import OFFSETS_TOPIC_CONFIG
+    from logstore.coordinator._records import (
+        CoordinatorRecord,
+        OffsetCommitKey,
+        OffsetCommitValue,
+        encode,
+    )
+    from logstore.wire import Record
+
+    assert OFFSETS_TOPIC_CONFIG["cleanup_policy"] == "compact"
+    config = {**OFFSETS_TOPIC_CONFIG, "segment_bytes": 64 * 1024}  # many sealed segments
+    rounds, partitions = 300, 100
+    with Store.open(tmp_path) as store:
+        store.create_topic(OFFSETS_TOPIC, 1, config, internal=True)
+        for r in range(rounds):
+            batch = []
+            for p in range(partitions):
+                k, v = encode(
+                    CoordinatorRecord(
+                        OffsetCommitKey("g", "t", p), OffsetCommitValue(r * 10 + p, "", 1_000 + r)
+                    )
+                )
+                batch.append(Record(key=k, value=v))
+            store.append(OFFSETS_TOPIC, 0, batch)
+        size_before = store.partition_info(OFFSETS_TOPIC, 0).size_bytes
+        store.maintain()
+        size_after = store.partition_info(OFFSETS_TOPIC, 0).size_bytes
+        start, end = store.offsets(OFFSETS_TOPIC, 0)
+        kept: list[Record] = []
+        offset = start
+        while offset < end:
+            got = store.read(OFFSETS_TOPIC, 0, offset)
+            if not got:
+                break
+            kept += got
+            offset = got[-1].offset + 1
+    assert end == rounds * partitions
+    assert size_after < size_before / 10, (size_before, size_after)
+    assert len(kept) < partitions + 64 * 1024 // 40, len(kept)  # the active segment stays whole
+    coordinator = Coordinator.load(decode(r.key, r.value) for r in kept if r.key is not None)
+    committed = coordinator.fetch_offsets("g")
+    assert {tp[1]: c.offset for tp, c in committed.items()} == {
+        p: (rounds - 1) * 10 + p for p in range(partitions)
+    }

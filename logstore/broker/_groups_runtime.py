@@ -31,9 +31,13 @@ coordinator"):
 ``__consumer_offsets`` has **one partition** for now (one coordinator per
 broker; a partition per coordinator shard is the follow-up once groups are
 sharded). Its cleanup policy is ``delete`` with ``retention_ms=-1`` (keep
-forever). TODO(compaction): switch it to ``cleanup_policy=compact`` once log
-compaction lands (issue 10, "Log compaction"); until then the topic grows
-with every change (a steady heartbeat writes nothing, commits do).
+forever) plus ``compact``: the cleaner keeps the latest record per key
+(every coordinator record is keyed: group, member, assignment, or group +
+partition for a commit), so the topic stays about as large as the state, not
+the history of commits. Segments are 100 MiB (Kafka's
+``offsets.topic.segment.bytes``), since the active segment is never cleaned. A
+directory whose internal topic was created before compaction existed gets the
+same config at start.
 
 A handler's records are appended in batches of at most
 ``_MAX_APPEND_BYTES``; a crash between two batches of one result leaves a
@@ -85,8 +89,12 @@ T = TypeVar("T")
 OFFSETS_TOPIC: Final = "__consumer_offsets"
 #: Its partition count (see the module docstring).
 OFFSETS_PARTITIONS: Final = 1
-#: TODO(compaction): cleanup_policy "compact" when compaction lands.
-OFFSETS_TOPIC_CONFIG: Final = {"cleanup_policy": "delete", "retention_ms": -1}
+#: Compacted, never deleted by time or size; 100 MiB segments (see the module docstring).
+OFFSETS_TOPIC_CONFIG: Final = {
+    "cleanup_policy": "compact",
+    "retention_ms": -1,
+    "segment_bytes": 100 * 1024 * 1024,
+}
 #: Records of one result per appended batch, in bytes: half the default
 #: max_batch_bytes (1 MiB), leaving room for the batch and record headers.
 _MAX_APPEND_BYTES: Final = 512 * 1024
@@ -127,7 +135,12 @@ class GroupsRuntime:
             )
             log.info("created internal topic", extra={"fields": {"topic": OFFSETS_TOPIC}})
         except TopicExistsError:
-            pass
+            cfg = self._store.topic(OFFSETS_TOPIC).config.to_dict()
+            if any(cfg.get(k) != v for k, v in OFFSETS_TOPIC_CONFIG.items()):
+                self._store.alter_topic_config(OFFSETS_TOPIC, OFFSETS_TOPIC_CONFIG)
+                log.info(
+                    "internal topic set to compact", extra={"fields": {"topic": OFFSETS_TOPIC}}
+                )
         records: list[CoordinatorRecord] = []
         for p in range(self._store.topic(OFFSETS_TOPIC).partitions):
             offset, _ = self._store.offsets(OFFSETS_TOPIC, p)
