@@ -1,4 +1,4 @@
-"""logctl: serve, topics, produce, consume, offsets.
+"""logctl: serve, topics, produce, consume, offsets, groups.
 
 Exit codes: 0 ok; 2 for argument errors found before any request is sent
 (usage errors included); 1 for everything else, including what the broker
@@ -30,7 +30,7 @@ import signal
 import stat
 import sys
 from types import FrameType
-from typing import TYPE_CHECKING, Annotated, Any, Final
+from typing import Annotated, Any
 
 import typer
 
@@ -47,14 +47,12 @@ from ._format import (
     table,
     write_json,
 )
-
-if TYPE_CHECKING:
-    from logstore.client import Admin
+from ._groups import groups_app
+from ._options import DEFAULT_BOOTSTRAP, Bootstrap, ConnectTimeout, Output, OutputOpt
+from ._options import admin as _admin
 
 # The client (grpc, protobuf, numpy) is imported inside the commands that use
 # it: usage errors, --help and --version then answer in a fraction of the time.
-
-DEFAULT_BOOTSTRAP: Final = "127.0.0.1:7070"
 
 app = typer.Typer(
     name="logctl",
@@ -70,11 +68,7 @@ topics_app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(topics_app, name="topics")
-
-
-class Output(enum.StrEnum):
-    text = "text"
-    json = "json"
+app.add_typer(groups_app, name="groups")
 
 
 class LogFormat(enum.StrEnum):
@@ -82,38 +76,6 @@ class LogFormat(enum.StrEnum):
     json = "json"
 
 
-def _check_bootstrap(value: str) -> str:
-    """A malformed address is an argument error (exit 2) found before any request."""
-    from logstore.client import check_address  # noqa: PLC0415 (startup time)
-
-    try:
-        return check_address(value)
-    except errors.InvalidArgumentError as exc:
-        raise ArgumentError(f"--bootstrap: {exc}") from None
-
-
-Bootstrap = Annotated[
-    str,
-    typer.Option(
-        "--bootstrap",
-        envvar="LOGSTORE_BOOTSTRAP",
-        help="Broker HOST:PORT.",
-        show_default=True,
-        callback=_check_bootstrap,
-    ),
-]
-OutputOpt = Annotated[
-    Output, typer.Option("--output", "-o", envvar="LOGSTORE_OUTPUT", help="text or json.")
-]
-ConnectTimeout = Annotated[
-    int,
-    typer.Option(
-        "--connect-timeout-ms",
-        envvar="LOGSTORE_CONNECT_TIMEOUT_MS",
-        min=1,
-        help="Give up connecting to the broker after this long.",
-    ),
-]
 ConfigOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -147,12 +109,6 @@ def _parse_config(items: list[str] | None) -> dict[str, str]:
             raise ArgumentError(f"--config wants key=value, got {item!r}")
         out[key.strip()] = value.strip()
     return out
-
-
-def _admin(bootstrap: str, connect_timeout_ms: int) -> Admin:
-    from logstore.client import Admin  # noqa: PLC0415 (startup time, see above)
-
-    return Admin(bootstrap, connect_timeout_ms=connect_timeout_ms)
 
 
 # -- serve ---------------------------------------------------------------------

@@ -8,7 +8,19 @@ it never imports the broker or the storage engine.
 from logstore.wire import ColumnBatch
 
 from ._address import check_address
-from ._admin import Admin, PartitionDescription, PartitionOffset, TopicDescription, TopicInfo
+from ._admin import (
+    Admin,
+    GroupDescription,
+    GroupListing,
+    GroupMemberDescription,
+    GroupPartitionLag,
+    OffsetReset,
+    PartitionDescription,
+    PartitionOffset,
+    ResetPlan,
+    TopicDescription,
+    TopicInfo,
+)
 from ._consumer import Consumer, TopicPartition
 from .producer import Producer, RecordHandle, SendResult, parse_acks
 
@@ -16,10 +28,16 @@ __all__ = [
     "Admin",
     "ColumnBatch",
     "Consumer",
+    "GroupDescription",
+    "GroupListing",
+    "GroupMemberDescription",
+    "GroupPartitionLag",
+    "OffsetReset",
     "PartitionDescription",
     "PartitionOffset",
     "Producer",
     "RecordHandle",
+    "ResetPlan",
     "SendResult",
     "TopicDescription",
     "TopicInfo",
