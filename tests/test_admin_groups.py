@@ -13,12 +13,14 @@ from logstore import errors
 from logstore.client import Admin, GroupListing, OffsetReset, TopicPartition
 from logstore.v1 import groups_pb2 as gpb
 from tests.brokerproc import BrokerProcess, start_broker
-from tests.test_broker_groups import ENV, Client
+from tests.test_broker_groups import Client
 
 
+# The default 45 s session: members must outlive a few logctl subprocesses on a loaded
+# machine (test_broker_groups' 1.5 s would expire them mid-test).
 @pytest.fixture(scope="module")
 def gbroker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
-    b = start_broker(tmp_path_factory.mktemp("admin-groups") / "data", env=ENV)
+    b = start_broker(tmp_path_factory.mktemp("admin-groups") / "data")
     try:
         yield b
     finally:
