@@ -56,10 +56,6 @@ def parse_topic_spec(text: str) -> tuple[str, list[int] | None]:
     return m.group(1), sorted({int(p) for p in m.group(2).split(",")})
 
 
-def _seconds(ms: int) -> str:
-    return f"{ms / 1000:.1f}"
-
-
 def _tp_list(tps: list[TopicPartition]) -> list[dict[str, Any]]:
     return [{"topic": t, "partition": p} for t, p in tps]
 
@@ -128,7 +124,7 @@ def describe_json(d: GroupDescription) -> dict[str, Any]:
                 "log_end_offset": p.log_end_offset,
                 "lag_records": p.lag_records,
                 "lag_ms": p.lag_ms,
-                "lag_seconds": p.lag_ms / 1000,
+                "lag_seconds": p.lag_seconds,
             }
             for p in d.partitions
         ],
@@ -179,7 +175,7 @@ def groups_describe(
                 _or_dash(p.committed_offset),
                 p.log_end_offset,
                 p.lag_records,
-                _seconds(p.lag_ms),
+                f"{p.lag_seconds:.1f}",
             )
             for p in d.partitions
         ],

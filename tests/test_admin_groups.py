@@ -69,7 +69,7 @@ def test_list_and_describe_with_members_and_lag(raw: Client, admin: Admin) -> No
     p0, p1 = d.partitions
     assert (p0.topic, p0.partition, p0.member_id) == ("lag", 0, r.member_id)
     assert (p0.committed_offset, p0.log_end_offset, p0.lag_records) == (4, 10, 6)
-    assert 60_000 <= p0.lag_ms < 120_000
+    assert 60_000 <= p0.lag_ms < 120_000 and p0.lag_seconds == p0.lag_ms / 1000
     # nothing committed on partition 1: None, lag counted from the log start
     assert (p1.committed_offset, p1.log_end_offset, p1.lag_records) == (None, 3, 3)
     assert GroupListing("g-lag", "stable", 1) in admin.list_groups()

@@ -108,6 +108,11 @@ class GroupPartitionLag:
     lag_records: int
     lag_ms: int
 
+    @property
+    def lag_seconds(self) -> float:
+        """``lag_ms`` in seconds."""
+        return self.lag_ms / 1000
+
 
 @dataclass(frozen=True)
 class GroupDescription:
