@@ -1,4 +1,4 @@
-"""The Python client of a logstore broker: Producer, Consumer, Admin.
+"""The Python client of a logstore broker: Producer, Consumer, GroupConsumer, Admin.
 
 Uses only the public gRPC API (``logstore.v1``), the wire format
 (``logstore.wire``) and the one exception hierarchy (``logstore.errors``);
@@ -22,12 +22,14 @@ from ._admin import (
     TopicInfo,
 )
 from ._consumer import Consumer, TopicPartition
+from ._group_consumer import GroupConsumer
 from .producer import Producer, RecordHandle, SendResult, parse_acks
 
 __all__ = [
     "Admin",
     "ColumnBatch",
     "Consumer",
+    "GroupConsumer",
     "GroupDescription",
     "GroupListing",
     "GroupMemberDescription",

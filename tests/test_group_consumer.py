@@ -1,0 +1,208 @@
+"""GroupConsumer over a real broker: sharing, failover from committed offsets, resets,
+the heartbeat thread, max_poll_interval_ms, static membership.
+
+Short timeouts come from the broker's ``LOGSTORE_GROUP_*`` environment (session
+1.5 s, heartbeat 200 ms) so the whole file runs in well under a minute.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from logstore import errors
+from logstore.client import Admin, GroupConsumer, Producer, TopicPartition
+from tests.brokerproc import BrokerProcess, start_broker
+
+SESSION_MS = 1500
+ENV = {
+    "LOGSTORE_GROUP_SESSION_TIMEOUT_MS": str(SESSION_MS),
+    "LOGSTORE_GROUP_MIN_SESSION_TIMEOUT_MS": "500",
+    "LOGSTORE_GROUP_HEARTBEAT_INTERVAL_MS": "200",
+}
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
+    b = start_broker(tmp_path_factory.mktemp("gc") / "data", env=ENV)
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+def make_topic(b: BrokerProcess, name: str, partitions: int, per_partition: int) -> None:
+    with Admin(b.grpc_address) as admin:
+        admin.create_topic(name, partitions=partitions)
+    with Producer(b.grpc_address) as p:
+        for part in range(partitions):
+            for i in range(per_partition):
+                p.send(name, b"%d-%d" % (part, i), partition=part)
+        p.flush()
+
+
+def drain(
+    members: list[GroupConsumer], until: int, seen: list[tuple[TopicPartition, int]], limit_s: float
+) -> None:
+    """Poll every member in turn until ``seen`` has ``until`` records (or the limit)."""
+    deadline = time.monotonic() + limit_s
+    while len(seen) < until and time.monotonic() < deadline:
+        for m in members:
+            for tp, recs in m.poll(100).items():
+                seen.extend((tp, r.offset) for r in recs)
+
+
+def settle(
+    members: list[GroupConsumer],
+    total: int,
+    seen: list[tuple[TopicPartition, int]] | None = None,
+    limit_s: float = 10.0,
+) -> None:
+    """Poll until the members own ``total`` partitions between them, disjointly and evenly."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        owned = [set(m.assignment()) for m in members]
+        even = all(len(o) == total // len(members) for o in owned)
+        if even and sum(len(o) for o in owned) == total and len(set().union(*owned)) == total:
+            return
+        for m in members:
+            for tp, recs in m.poll(50).items():
+                assert seen is not None, "records arrived while settling"
+                seen.extend((tp, r.offset) for r in recs)
+    raise AssertionError(f"never settled: {[m.assignment() for m in members]}")
+
+
+def test_two_members_share_then_failover_from_committed_offsets(broker: BrokerProcess) -> None:
+    """Each partition goes to exactly one of two members; every record is read once
+    across both; when one closes the other takes all partitions from the committed
+    offsets, with no loss and no duplicate past them."""
+    make_topic(broker, "share", 4, 25)
+    a = GroupConsumer(
+        broker.grpc_address, "g-share", topics=["share"], auto_offset_reset="earliest"
+    )
+    b = GroupConsumer(
+        broker.grpc_address, "g-share", topics=["share"], auto_offset_reset="earliest"
+    )
+    try:
+        seen: list[tuple[TopicPartition, int]] = []
+        settle([a, b], 4, seen)
+        assert len(a.assignment()) == 2 and len(b.assignment()) == 2
+        drain([a, b], 100, seen, 20)
+        assert sorted(seen) == sorted(
+            (TopicPartition("share", p), o) for p in range(4) for o in range(25)
+        )
+        a.commit()
+        b.commit()
+        with Producer(broker.grpc_address) as p:
+            for part in range(4):
+                for _ in range(10):
+                    p.send("share", b"late", partition=part)
+            p.flush()
+        a.close()
+        more: list[tuple[TopicPartition, int]] = []
+        settle([b], 4, more)
+        drain([b], 40, more, 20)
+        assert sorted(more) == sorted(
+            (TopicPartition("share", p), o) for p in range(4) for o in range(25, 35)
+        )
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("reset", ["earliest", "latest", "error"])
+def test_auto_offset_reset_without_committed_offsets(broker: BrokerProcess, reset: str) -> None:
+    """With nothing committed, earliest reads from 0, latest only new records, error raises."""
+    topic = f"reset-{reset}"
+    make_topic(broker, topic, 1, 5)
+    c = GroupConsumer(broker.grpc_address, f"g-{reset}", topics=[topic], auto_offset_reset=reset)
+    try:
+        if reset == "error":
+            with pytest.raises(errors.FailedPreconditionError, match="no committed offset"):
+                for _ in range(50):
+                    c.poll(100)
+            c.seek((topic, 0), 3)
+            got = c.poll(2000)
+            assert [r.offset for r in got[TopicPartition(topic, 0)]] == [3, 4]
+            return
+        seen: list[tuple[TopicPartition, int]] = []
+        settle([c], 1, seen)
+        with Producer(broker.grpc_address) as p:
+            p.send(topic, b"new", partition=0)
+            p.flush()
+        drain([c], 6 if reset == "earliest" else 1, seen, 10)
+        want = list(range(6)) if reset == "earliest" else [5]
+        assert [o for _, o in seen] == want
+    finally:
+        c.close()
+
+
+def test_slow_processing_keeps_partitions(broker: BrokerProcess) -> None:
+    """Sleeping longer than the session timeout between polls (under max_poll_interval)
+    keeps the partitions: the heartbeat thread keeps the member alive."""
+    make_topic(broker, "slow", 2, 3)
+    lost: list[list[TopicPartition]] = []
+    c = GroupConsumer(
+        broker.grpc_address,
+        "g-slow",
+        topics=["slow"],
+        auto_offset_reset="earliest",
+        on_lost=lost.append,
+        max_poll_interval_ms=20_000,
+    )
+    try:
+        seen: list[tuple[TopicPartition, int]] = []
+        settle([c], 2, seen)
+        member = c.member_id
+        time.sleep(SESSION_MS / 1000 * 2)
+        drain([c], 6, seen, 10)
+        assert len(seen) == 6 and not lost and c.member_id == member
+        assert len(c.assignment()) == 2
+    finally:
+        c.close()
+
+
+def test_max_poll_interval_breach_fires_on_lost_and_rejoins(broker: BrokerProcess) -> None:
+    """Not polling for longer than max_poll_interval_ms leaves the group; the next poll
+    calls on_lost with the partitions and the member rejoins and gets them back."""
+    make_topic(broker, "breach", 2, 1)
+    lost: list[list[TopicPartition]] = []
+    c = GroupConsumer(
+        broker.grpc_address,
+        "g-breach",
+        topics=["breach"],
+        auto_offset_reset="earliest",
+        on_lost=lost.append,
+        max_poll_interval_ms=800,
+    )
+    try:
+        settle([c], 2, [])
+        before = c.member_id
+        time.sleep(1.6)
+        c.poll(100)
+        assert lost == [[TopicPartition("breach", 0), TopicPartition("breach", 1)]]
+        settle([c], 2, [])
+        assert c.member_id != before
+    finally:
+        c.close()
+
+
+def test_static_member_restart_reclaims_its_partitions(broker: BrokerProcess) -> None:
+    """A static member that closes (epoch -2) and restarts with the same instance id gets
+    the same partitions back, while the other member keeps its own."""
+    make_topic(broker, "static", 4, 0)
+    kw = {"topics": ["static"], "auto_offset_reset": "earliest"}
+    a = GroupConsumer(broker.grpc_address, "g-static", group_instance_id="pod-a", **kw)  # type: ignore[arg-type]
+    b = GroupConsumer(broker.grpc_address, "g-static", group_instance_id="pod-b", **kw)  # type: ignore[arg-type]
+    try:
+        settle([a, b], 4)
+        mine, theirs = a.assignment(), b.assignment()
+        a.close()
+        a = GroupConsumer(broker.grpc_address, "g-static", group_instance_id="pod-a", **kw)  # type: ignore[arg-type]
+        settle([a, b], 4)
+        assert a.assignment() == mine and b.assignment() == theirs
+    finally:
+        a.close()
+        b.close()
