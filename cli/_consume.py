@@ -19,6 +19,11 @@ Without ``--follow`` the command reads each partition up to its end and exits
 0. With ``--follow`` it keeps waiting, writing and flushing records as they
 arrive, until stopped: SIGTERM ends it with exit 0, SIGINT (Ctrl-C) with 130
 like any Unix tool, both after flushing what was printed.
+
+With ``--group G`` (:func:`run_group`) the command is a member of consumer
+group G instead: it reads the partitions the coordinator gives it, from G's
+committed offsets (else the beginning, or the end with ``--latest``), commits
+exactly what it printed, and leaves the group on exit (SIGINT: 130, as above).
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from rich.progress import (
 )
 
 from logstore import errors
-from logstore.client import Admin, Consumer
+from logstore.client import Admin, Consumer, GroupConsumer, TopicPartition
 from logstore.wire import Record
 
 from ._format import ReaderGone, Terminated, record_json
@@ -249,6 +254,119 @@ def run(
         if progress is not None:
             progress.stop()
         consumer.close()
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise ReaderGone from None
+    if sys.stderr.isatty():
+        sys.stderr.write(f"consumed {count} records\n")
+
+
+class Printed:
+    """Next offset after the last printed record per partition, and what was committed."""
+
+    def __init__(self) -> None:
+        self.printed: dict[TopicPartition, int] = {}
+        self.committed: dict[TopicPartition, int] = {}
+
+    def commit(self, member: GroupConsumer, only: list[TopicPartition] | None = None) -> None:
+        """Commit what was printed and not yet committed (of ``only``, or of every owned)."""
+        keep = set(member.assignment()) if only is None else set(only)
+        todo = {
+            tp: o for tp, o in self.printed.items() if tp in keep and self.committed.get(tp) != o
+        }
+        if todo:
+            member.commit(todo)
+            self.committed.update(todo)
+
+
+def group_loop(
+    member: GroupConsumer,
+    state: Printed,
+    output: Output,
+    *,
+    max_records: int | None,
+    follow: bool,
+) -> int:
+    """Print what ``member`` is given and commit exactly what was printed; the count.
+
+    Commits after every flushed batch (one OffsetCommit per poll that printed
+    something), in ``on_revoke`` (see :func:`run_group`), and once more in
+    ``finally`` for what a signal interrupted between printing and committing,
+    so a second run continues after the last printed record. Without
+    ``follow`` it stops at the first second with nothing new once the member
+    owns partitions (what is there has been read).
+    """
+    count = 0
+    try:
+        while True:
+            budget = None if max_records is None else max_records - count
+            polled = member.poll(500 if follow else 1000, budget)
+            for tp, got in polled.items():
+                output.write(tp.partition, got)
+                count += len(got)
+                state.printed[tp] = got[-1].offset + 1
+            if polled:
+                output.flush()
+                state.commit(member)
+            elif not follow and member.assignment():
+                break
+            if max_records is not None and count >= max_records:
+                break
+    except Terminated:  # SIGTERM: the way a supervisor stops a follower
+        if not follow:
+            raise
+    finally:
+        try:
+            output.flush()
+            state.commit(member)
+        except (errors.LogStoreError, BrokenPipeError):
+            pass  # best effort on the way out: at worst these are printed again
+    return count
+
+
+def run_group(
+    topic: str,
+    group: str,
+    *,
+    latest: bool,
+    max_records: int | None,
+    follow: bool,
+    bootstrap: str,
+    json_output: bool,
+    connect_timeout_ms: int,
+) -> None:
+    """``consume TOPIC --group G``: read as a member of G from its committed offsets
+    (else from the beginning, or the end with ``--latest``); leave G on exit."""
+    if max_records == 0:
+        return
+    output: Output = JsonOutput(topic) if json_output else TextOutput()
+    state = Printed()
+    holder: list[GroupConsumer] = []
+
+    def on_revoke(tps: list[TopicPartition]) -> None:
+        if holder:
+            output.flush()
+            state.commit(holder[0], tps)
+
+    member = GroupConsumer(
+        bootstrap,
+        group,
+        topics=[topic],
+        auto_offset_reset="latest" if latest else "earliest",
+        enable_auto_commit=False,  # we commit exactly what was printed
+        on_revoke=on_revoke,
+        connect_timeout_ms=connect_timeout_ms,
+        client_id="logctl",
+    )
+    holder.append(member)
+    count = 0
+    try:
+        count = group_loop(member, state, output, max_records=max_records, follow=follow)
+    except BrokenPipeError:
+        raise ReaderGone from None
+    finally:
+        member.close()  # leaves the group: its partitions move to the others now
         try:
             sys.stdout.flush()
         except BrokenPipeError:

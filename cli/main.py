@@ -386,6 +386,10 @@ def consume(
         typer.Option("--max", min=0, help="Stop after N records."),
     ] = None,
     follow: Annotated[bool, typer.Option("--follow", help="Keep waiting for more.")] = False,
+    group: Annotated[
+        str | None,
+        typer.Option("--group", help="Read as a member of this consumer group; commit."),
+    ] = None,
     bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
     output: OutputOpt = Output.text,
     connect_timeout_ms: ConnectTimeout = 5000,
@@ -405,8 +409,26 @@ def consume(
         raise ArgumentError(f"choose one start position, not {' and '.join(starts)}")
     if offset is not None and partition is None:
         raise ArgumentError("--offset needs --partition")
+    if group is not None and (partition is not None or offset is not None or from_time):
+        raise ArgumentError(
+            "--group reads the group's partitions from its committed offsets; "
+            "it cannot be combined with --partition, --offset or --from-time"
+        )
     at_time = parse_time(from_time) if from_time is not None else None
     from . import _consume  # noqa: PLC0415 (startup time)
+
+    if group is not None:
+        _consume.run_group(
+            topic,
+            group,
+            latest=latest,
+            max_records=max_records,
+            follow=follow,
+            bootstrap=bootstrap,
+            json_output=output is Output.json,
+            connect_timeout_ms=connect_timeout_ms,
+        )
+        return
 
     start = _consume.Start("earliest")
     if offset is not None:

@@ -76,6 +76,8 @@ _LEAVE_EPOCH: Final = -1
 _STATIC_LEAVE_EPOCH: Final = -2
 
 Callback = Callable[[list[TopicPartition]], None]
+#: {(topic, partition): the next offset to consume}
+Offsets = Mapping[TopicPartition, int] | Mapping[tuple[str, int], int]
 
 
 def _pset(tps: Iterable[TopicPartition]) -> gpb.PartitionSet:
@@ -465,9 +467,7 @@ class GroupConsumer:
 
     # -- commits ---------------------------------------------------------------
 
-    def _commit_request(
-        self, offsets: Mapping[tuple[str, int], int] | None
-    ) -> gpb.OffsetCommitRequest | None:
+    def _commit_request(self, offsets: Offsets | None) -> gpb.OffsetCommitRequest | None:
         if offsets is None:
             todo = {tp: o for tp, o in self._positions.items() if self._committed.get(tp) != o}
         else:
@@ -490,7 +490,7 @@ class GroupConsumer:
         for p in req.partitions:
             self._committed[TopicPartition(p.topic, p.partition)] = p.offset
 
-    def commit(self, offsets: Mapping[tuple[str, int], int] | None = None) -> None:
+    def commit(self, offsets: Offsets | None = None) -> None:
         """Commit synchronously what poll returned (or ``offsets``: {tp: next offset})."""
         req = self._commit_request(offsets)
         if req is None:
