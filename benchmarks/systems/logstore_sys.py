@@ -155,11 +155,18 @@ class Driver(System):
         pass  # a group comes into being when its first member joins
 
     def group_outstanding(self, topic: str, group: str, partitions: int = 1) -> int:
-        # PLACEHOLDER (W7, issue 10): no admin call for a group's committed
-        # offsets exists yet; until one does, the members' counts (every
-        # commit() returned) are the only check. Replace with end offsets minus
-        # the group's committed offsets when `describe group` lands.
-        return 0
+        """End offsets minus the group's committed offsets (OffsetFetch), summed."""
+        from logstore.v1 import groups_pb2 as gpb
+        from logstore.v1 import groups_pb2_grpc
+
+        stub = groups_pb2_grpc.GroupsStub(self._channel)
+        want = [gpb.TopicPartitions(topic=topic, partitions=list(range(partitions)))]
+        reply = stub.OffsetFetch(
+            gpb.OffsetFetchRequest(group_id=group, partitions=want), timeout=30
+        )
+        committed = {o.partition: max(0, o.offset) for o in reply.offsets}
+        ends = self.end_offsets(topic)
+        return sum(end - committed.get(p, 0) for p, end in enumerate(ends))
 
     def end_offsets(self, topic: str) -> list[int]:
         from logstore.v1 import logstore_pb2 as pb
@@ -476,20 +483,17 @@ def paced(args: dict[str, Any], ready: Callable[[], None]) -> dict[str, Any]:
 
 
 def group_drain(args: dict[str, Any], ready: Callable[[], None]) -> dict[str, Any]:
-    """One W7 member. PLACEHOLDER until ``logstore.client.GroupConsumer`` exists.
-
-    Written against the API issue 10 describes (``GroupConsumer(bootstrap,
-    group_id, topics=[...], auto_offset_reset=...)``, ``poll_columns()``, a
-    synchronous ``commit()`` of what was returned); W7 only calls it once the
-    class is importable, so adjust it here if the landed API differs. Stops
-    when a poll finds nothing and the group's shared counter of committed
-    records (``args["acked"]``) has reached ``n``.
+    """One W7 member: a ``logstore.client.GroupConsumer`` of ``args["group"]``
+    (``auto_offset_reset="earliest"``, ``poll_columns()``, then a synchronous
+    ``commit()`` of what was returned, one OffsetCommit per poll). Stops when a
+    poll finds nothing and the group's shared counter of committed records
+    (``args["acked"]``) has reached ``n``.
     """
     from logstore import client
 
     n, topic, group = int(args["n"]), str(args["topic"]), str(args["group"])
     acked = args["acked"]
-    member = client.GroupConsumer(  # type: ignore[attr-defined]
+    member = client.GroupConsumer(
         args["params"]["grpc"], group, topics=[topic], auto_offset_reset="earliest"
     )
     deadline = time.monotonic() + float(args.get("deadline_s", 120))

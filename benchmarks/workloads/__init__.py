@@ -6,8 +6,9 @@ deletes it afterwards, and bounds every run in time (``ctx.deadline_s``) and in
 count (``ctx.scale``). Figures carry ``info`` = workload, system, mode, and
 the machine limit that bounds them (``bound``), for the report's "% of limit".
 
-W7 (group drain, issue 10) runs against Redis and JetStream; its logstore side
-is skipped with one line until ``logstore.client.GroupConsumer`` exists.
+W7 (group drain, issue 10) runs against Redis, JetStream and logstore (its
+logstore side is skipped with one line if ``logstore.client.GroupConsumer`` is
+missing).
 """
 
 from __future__ import annotations

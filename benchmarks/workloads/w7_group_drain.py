@@ -19,9 +19,9 @@ server's peak RSS is sampled every 50 ms during the drain.
   no pending and no ack-pending messages afterwards.
 * logstore: a topic with ``PARTITIONS`` partitions and 4 ``GroupConsumer``
   members (``auto_offset_reset="earliest"``, manual ``commit()`` after each
-  poll). PLACEHOLDER: logstore has no consumer groups yet; until
-  ``logstore.client.GroupConsumer`` exists this is skipped with one line, and
-  it runs by itself once the class lands (see ``logstore_sys.group_drain``).
+  poll; see ``logstore_sys.group_drain``); the group's committed offsets
+  (OffsetFetch) must reach the end offsets afterwards. With a client library
+  that has no ``GroupConsumer`` this is skipped with one line.
 
 The members share one counter of acknowledged records (a ``multiprocessing``
 value): a member that finds nothing to read stops once the group's total
