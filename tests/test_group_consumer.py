@@ -206,3 +206,70 @@ def test_static_member_restart_reclaims_its_partitions(broker: BrokerProcess) ->
     finally:
         a.close()
         b.close()
+
+
+def test_fenced_member_fires_on_lost_and_rejoins(broker: BrokerProcess) -> None:
+    """When another join takes over the member's instance id (fencing it), the next
+    heartbeat's UNKNOWN_MEMBER_ID makes poll call on_lost with every owned partition
+    and the member rejoins with epoch 0 and owns them again."""
+    import grpc
+
+    from logstore.v1 import groups_pb2 as gpb
+    from logstore.v1 import groups_pb2_grpc
+
+    make_topic(broker, "fenced", 2, 0)
+    lost: list[list[TopicPartition]] = []
+    c = GroupConsumer(
+        broker.grpc_address,
+        "g-fenced",
+        topics=["fenced"],
+        group_instance_id="pod-f",
+        on_lost=lost.append,
+    )
+    try:
+        settle([c], 2)
+        before = c.assignment()
+        with grpc.insecure_channel(broker.grpc_address) as ch:
+            req = gpb.ConsumerGroupHeartbeatRequest(
+                group_id="g-fenced", member_epoch=0, instance_id="pod-f"
+            )
+            req.topic_names.names.append("fenced")
+            groups_pb2_grpc.GroupsStub(ch).ConsumerGroupHeartbeat(req, timeout=10)
+        deadline = time.monotonic() + 10
+        while not lost and time.monotonic() < deadline:
+            c.poll(100)
+        assert lost == [before]
+        settle([c], 2)
+        assert c.assignment() == before
+    finally:
+        c.close()
+
+
+def test_pattern_subscription_follows_new_topics(broker: BrokerProcess) -> None:
+    """A regex subscription is assigned the partitions of a matching topic created later."""
+    make_topic(broker, "pat-a", 1, 0)
+    c = GroupConsumer(broker.grpc_address, "g-pat", pattern="pat-.*")
+    try:
+        settle([c], 1)
+        make_topic(broker, "pat-b", 1, 0)
+        settle([c], 2)
+        assert {tp.topic for tp in c.assignment()} == {"pat-a", "pat-b"}
+    finally:
+        c.close()
+
+
+def test_consumer_reassign_ignores_the_cancelled_fetch(broker: BrokerProcess) -> None:
+    """A partition unassigned while its fetch is in flight and assigned again does not
+    raise the cancelled fetch's CancelledError from the next poll (regression)."""
+    from logstore.client import Consumer
+
+    make_topic(broker, "reassign", 1, 0)
+    with Consumer(broker.grpc_address, fetch_max_wait_ms=2000) as c:
+        c.assign([("reassign", 0)])
+        c.seek(("reassign", 0), 0)
+        assert c.poll(50) == {}  # the long-poll fetch is now in flight
+        c.assign([])
+        c.assign([("reassign", 0)])
+        c.seek(("reassign", 0), 0)  # the same epoch as the cancelled fetch's
+        time.sleep(0.2)  # its done callback has queued its event
+        assert c.poll(100) == {}

@@ -132,6 +132,7 @@ class Consumer:
         self._parts: dict[TopicPartition, _Part] = {}
         self._events: queue.Queue[tuple[TopicPartition, int, Any]] = queue.Queue()
         self._rr = 0
+        self._epoch_seq = 0
         self._closed = False
 
     # -- assignment and positions -----------------------------------------
@@ -157,7 +158,11 @@ class Consumer:
         return part
 
     def _cancel(self, part: _Part) -> None:
-        part.epoch += 1
+        # Epochs come from one counter of the consumer, not per partition: a
+        # partition unassigned and assigned again is a new _Part, and a per-part
+        # count could give it the epoch of the old part's cancelled fetch.
+        self._epoch_seq += 1
+        part.epoch = self._epoch_seq
         if part.future is not None:
             part.future.cancel()
             part.future = None

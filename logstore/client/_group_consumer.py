@@ -19,9 +19,9 @@ partitions each member owns, and this client only follows it:
   reported released by an immediate heartbeat; new partitions start at the
   group's committed offset (``OffsetFetch``), else at ``auto_offset_reset``
   (``latest`` by default, as Kafka; ``earliest``; or ``error``: ``poll``
-  raises :class:`~logstore.errors.NoCommittedOffsetError`-like
-  ``FailedPreconditionError`` until :meth:`seek` places the partition), and
-  are passed to ``on_assign``. Revocation waits for the polling thread (so
+  raises :class:`~logstore.errors.FailedPreconditionError` naming the
+  partitions until :meth:`seek` places them), and are passed to
+  ``on_assign``. Revocation waits for the polling thread (so
   records returned by the previous poll were processed before their offsets
   are committed); the coordinator gives it ``rebalance_timeout_ms`` =
   ``max_poll_interval_ms``.
