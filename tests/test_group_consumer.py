@@ -273,3 +273,63 @@ def test_consumer_reassign_ignores_the_cancelled_fetch(broker: BrokerProcess) ->
         c.seek(("reassign", 0), 0)  # the same epoch as the cancelled fetch's
         time.sleep(0.2)  # its done callback has queued its event
         assert c.poll(100) == {}
+
+
+def committed_of(b: BrokerProcess, group: str) -> dict[tuple[str, int], int]:
+    import grpc
+
+    from logstore.v1 import groups_pb2 as gpb
+    from logstore.v1 import groups_pb2_grpc
+
+    with grpc.insecure_channel(b.grpc_address) as ch:
+        reply = groups_pb2_grpc.GroupsStub(ch).OffsetFetch(
+            gpb.OffsetFetchRequest(group_id=group), timeout=10
+        )
+    return {(o.topic, o.partition): o.offset for o in reply.offsets}
+
+
+def test_auto_commit_and_commit_async_commit_what_poll_returned(broker: BrokerProcess) -> None:
+    """Auto-commit commits what earlier polls returned once its interval passed; with
+    auto-commit off nothing is committed until commit_async(), which commits it."""
+    make_topic(broker, "autoc", 1, 4)
+    c = GroupConsumer(
+        broker.grpc_address,
+        "g-auto",
+        topics=["autoc"],
+        auto_offset_reset="earliest",
+        auto_commit_interval_ms=200,
+    )
+    try:
+        seen: list[tuple[TopicPartition, int]] = []
+        settle([c], 1, seen)
+        drain([c], 4, seen, 10)
+        time.sleep(0.3)
+        c.poll(100)  # the interval passed: this poll commits asynchronously
+        deadline = time.monotonic() + 5
+        while committed_of(broker, "g-auto") != {("autoc", 0): 4} and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert committed_of(broker, "g-auto") == {("autoc", 0): 4}
+    finally:
+        c.close()
+    m = GroupConsumer(
+        broker.grpc_address,
+        "g-manual",
+        topics=["autoc"],
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        auto_commit_interval_ms=1,
+    )
+    try:
+        seen = []
+        settle([m], 1, seen)
+        drain([m], 4, seen, 10)
+        m.poll(100)
+        assert committed_of(broker, "g-manual") == {}
+        done: list[object] = []
+        m.commit_async(done.append)
+        deadline = time.monotonic() + 5
+        while not done and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert done == [None] and committed_of(broker, "g-manual") == {("autoc", 0): 4}
+    finally:
+        m.close()
