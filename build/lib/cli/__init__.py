@@ -1,3 +1,0 @@
-"""logctl: the command line of logstore (``cli.main:main``)."""
-
-__all__: list[str] = []
