@@ -25,32 +25,9 @@ from logstore.errors import (
 )
 from logstore.storage import Store
 from tests.simdisk import SimDisk
+from tests.storagehelp import ROOT, all_values, log_file, sim_disk
 
 pytestmark = pytest.mark.timeout(60)
-
-ROOT = "/data"
-
-
-def _disk() -> SimDisk:
-    disk = SimDisk(seed=0)
-    disk.mkdir(ROOT)
-    disk.fsync_dir("/")
-    return disk
-
-
-def _values(store: Store, topic: str = "t", part: int = 0, offset: int = 0) -> list[bytes]:
-    out: list[bytes] = []
-    end = store.offsets(topic, part)[1]
-    while offset < end:
-        recs = store.read(topic, part, offset)
-        assert recs, offset
-        out += [r.value or b"" for r in recs]
-        offset = recs[-1].offset + 1
-    return out
-
-
-def _log_file(part_dir: str, base: int) -> str:
-    return f"{ROOT}/{part_dir}/{base:020d}.log"
 
 
 # --- 3. missing or short topics.json never deletes data -------------------------------------
@@ -65,7 +42,7 @@ def _store_with_data(disk: SimDisk, partitions: int = 2) -> None:
 def test_missing_topics_json_refuses_to_open_and_deletes_nothing() -> None:
     """Without topics.json the store refuses to open with one line naming the file
     and the way out; every partition directory is still there."""
-    disk = _disk()
+    disk = sim_disk()
     _store_with_data(disk)
     disk.unlink(f"{ROOT}/topics.json")
     with pytest.raises(CatalogError) as exc_info:
@@ -73,49 +50,49 @@ def test_missing_topics_json_refuses_to_open_and_deletes_nothing() -> None:
     msg = str(exc_info.value)
     assert f"{ROOT}/topics.json is missing" in msg and "rebuild_catalog=True" in msg
     assert "\n" not in msg
-    assert disk.exists(_log_file("orders-0", 0)) and disk.exists(_log_file("orders-1", 0))
+    assert disk.exists(log_file("orders-0", 0)) and disk.exists(log_file("orders-1", 0))
     store = Store.open(ROOT, fs=disk, rebuild_catalog=True)
     assert [(t.name, t.partitions) for t in store.topics()] == [("orders", 2)]
-    assert _values(store, "orders", 1) == [b"o1"]
+    assert all_values(store, "orders", 1) == [b"o1"]
     store.close()
     store = Store.open(ROOT, fs=disk)  # the rebuilt catalog is durable
-    assert _values(store, "orders", 0) == [b"o0"]
+    assert all_values(store, "orders", 0) == [b"o0"]
     store.close()
 
 
 def test_topics_json_listing_fewer_partitions_refuses_to_open() -> None:
     """A topics.json that lists fewer partitions than hold data refuses the open;
     the rebuild restores the count and keeps the topic's config."""
-    disk = _disk()
+    disk = sim_disk()
     _store_with_data(disk, partitions=3)
     raw = json.loads(disk.read_file(f"{ROOT}/topics.json"))
     raw["orders"]["partitions"] = 2
     disk.write_file(f"{ROOT}/topics.json", json.dumps(raw).encode())
     with pytest.raises(CatalogError, match="orders-2"):
         Store.open(ROOT, fs=disk)
-    assert disk.exists(_log_file("orders-2", 0))
+    assert disk.exists(log_file("orders-2", 0))
     store = Store.open(ROOT, fs=disk, rebuild_catalog=True)
     info = store.topic("orders")
     assert info.partitions == 3 and info.config.retention_ms == 99_000_000
-    assert _values(store, "orders", 2) == [b"o2"]
+    assert all_values(store, "orders", 2) == [b"o2"]
     store.close()
 
 
 def test_damaged_topics_json_refuses_to_open() -> None:
     """A topics.json that does not parse refuses the open (naming the file)."""
-    disk = _disk()
+    disk = sim_disk()
     _store_with_data(disk)
     disk.write_file(f"{ROOT}/topics.json", b'{"orders": {"partit')
     with pytest.raises(CatalogError, match=r"topics\.json is damaged"):
         Store.open(ROOT, fs=disk)
-    assert disk.exists(_log_file("orders-1", 0))
+    assert disk.exists(log_file("orders-1", 0))
 
 
 def test_rebuild_keeps_good_entries_and_deletes_nothing_of_the_damaged_one() -> None:
     """A rebuild after one malformed entry keeps the other topics' configs, and the
     rebuilt topic gets retention -1: old segments survive maintain() (a default
     7-day retention would delete data because its metadata was damaged)."""
-    disk = _disk()
+    disk = sim_disk()
     store = Store.open(ROOT, fs=disk)
     store.create_topic("old", partitions=1, config={"retention_ms": -1, "segment_bytes": 200})
     store.create_topic("fine", partitions=1, config={"retention_ms": 12_345_000})
@@ -133,17 +110,17 @@ def test_rebuild_keeps_good_entries_and_deletes_nothing_of_the_damaged_one() -> 
     assert store.topic("old").config.retention_bytes == -1
     store.maintain()
     assert store.offsets("old", 0) == (0, 5)
-    assert len(_values(store, "old", 0)) == 5
+    assert len(all_values(store, "old", 0)) == 5
     store.close()
 
 
 def test_empty_partition_directory_of_an_interrupted_create_is_removed() -> None:
     """A partition directory topics.json does not list and that holds no record
     (a CreateTopic cut before topics.json was written) is removed at open."""
-    disk = _disk()
+    disk = sim_disk()
     _store_with_data(disk)
     disk.mkdir(f"{ROOT}/half-0")
-    disk.write_file(_log_file("half-0", 0), b"")
+    disk.write_file(log_file("half-0", 0), b"")
     store = Store.open(ROOT, fs=disk)
     assert not disk.exists(f"{ROOT}/half-0")
     assert [t.name for t in store.topics()] == ["orders"]
@@ -161,7 +138,7 @@ def test_rebuild_catalog_command(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["rebuild-catalog", str(tmp_path)]) == 0
     assert "events\tpartitions=2" in capsys.readouterr().out
     with Store.open(tmp_path) as store:
-        assert _values(store, "events", 1) == [b"kept"]
+        assert all_values(store, "events", 1) == [b"kept"]
 
 
 # --- 4. names read back from topics.json --------------------------------------------------
@@ -186,7 +163,7 @@ def _fail_topics_json(disk: SimDisk, err: int = errno.ENOSPC) -> None:
 def test_create_topic_that_fails_on_a_full_disk_is_not_live() -> None:
     """A CreateTopic whose topics.json write fails leaves no topic: appends to it
     fail, and no directory of it is left."""
-    disk = _disk()
+    disk = sim_disk()
     store = Store.open(ROOT, fs=disk)
     _fail_topics_json(disk)
     with pytest.raises(DiskFullError):
@@ -203,7 +180,7 @@ def test_create_topic_that_fails_on_a_full_disk_is_not_live() -> None:
 
 def test_create_partitions_and_alter_config_that_fail_change_nothing() -> None:
     """Failed CreatePartitions / AlterTopicConfig leave the topic as it was."""
-    disk = _disk()
+    disk = sim_disk()
     store = Store.open(ROOT, fs=disk)
     store.create_topic("t", config={"retention_ms": 5000})
     _fail_topics_json(disk)
@@ -221,7 +198,7 @@ def test_create_partitions_and_alter_config_that_fail_change_nothing() -> None:
 
 def test_failed_delete_topic_keeps_the_topic() -> None:
     """A DeleteTopic that fails part-way leaves the topic listed and readable."""
-    disk = _disk()
+    disk = sim_disk()
     store = Store.open(ROOT, fs=disk)
     store.create_topic("t", partitions=2)
     store.append("t", 1, [b"kept"], sync=True)
@@ -229,17 +206,17 @@ def test_failed_delete_topic_keeps_the_topic() -> None:
     with pytest.raises(StorageError):
         store.delete_topic("t")
     assert [t.name for t in store.topics()] == ["t"]
-    assert _values(store, "t", 1) == [b"kept"]
+    assert all_values(store, "t", 1) == [b"kept"]
     assert store.append("t", 1, [b"more"], sync=True) == 1
     store.close()
     store = Store.open(ROOT, fs=disk)
-    assert _values(store, "t", 1) == [b"kept", b"more"]
+    assert all_values(store, "t", 1) == [b"kept", b"more"]
     store.close()
 
 
 def test_failed_delete_records_does_not_move_the_start() -> None:
     """A DeleteRecords whose checkpoint write fails leaves the log start offset."""
-    disk = _disk()
+    disk = sim_disk()
     store = Store.open(ROOT, fs=disk)
     store.create_topic("t")
     store.append("t", 0, [b"a", b"b", b"c", b"d"], sync=True)
@@ -250,7 +227,7 @@ def test_failed_delete_records_does_not_move_the_start() -> None:
         store.delete_records("t", 0, 3)
     disk.clear_faults()
     assert store.offsets("t", 0) == (0, 4)
-    assert _values(store) == [b"a", b"b", b"c", b"d"]
+    assert all_values(store) == [b"a", b"b", b"c", b"d"]
     assert store.delete_records("t", 0, 3) == 3
     store.close()
 
@@ -259,7 +236,7 @@ def test_topic_created_again_after_a_failed_catalog_write_keeps_its_records() ->
     """DeleteTopic whose topics.json write fails, then CreateTopic of the same name:
     after kill -9 the new topic does not inherit the old one's log start offset
     (which would hide its acknowledged records)."""
-    disk = _disk()
+    disk = sim_disk()
     store = Store.open(ROOT, fs=disk)
     store.create_topic("t")
     store.append("t", 0, [b"old-%d" % i for i in range(10)], sync=True)
@@ -281,7 +258,7 @@ def test_topic_created_again_after_a_failed_catalog_write_keeps_its_records() ->
     disk = disk.process_crash()
     store = Store.open(ROOT, fs=disk)
     assert store.offsets("t", 0) == (0, 5)
-    assert _values(store) == [b"new-%d" % i for i in range(5)]
+    assert all_values(store) == [b"new-%d" % i for i in range(5)]
     store.close()
 
 
@@ -289,7 +266,7 @@ def test_topic_created_again_after_a_failed_catalog_write_keeps_its_records() ->
 def test_delete_topic_and_delete_records_work_on_a_full_disk() -> None:
     """With the disk 100 % full, DeleteTopic and a DeleteRecords that frees whole
     segments succeed, and the space they free takes appends again."""
-    disk = _disk()
+    disk = sim_disk()
     store = Store.open(ROOT, fs=disk)
     store.create_topic("big", config={"segment_bytes": 2048})
     store.create_topic("keep", config={"segment_bytes": 2048})
@@ -313,21 +290,21 @@ def test_delete_topic_and_delete_records_work_on_a_full_disk() -> None:
 def test_restart_after_a_crash_on_a_full_disk_is_not_refused() -> None:
     """kill -9 after CreateTopic, then a restart with the disk 100 % full: the store
     opens and serves what it has."""
-    disk = _disk()
+    disk = sim_disk()
     store = Store.open(ROOT, fs=disk)
     store.create_topic("t", partitions=2)
     store.append("t", 0, [b"a"], sync=True)
     disk = disk.process_crash()
     disk.capacity = disk.used_bytes()
     store = Store.open(ROOT, fs=disk)
-    assert _values(store) == [b"a"]
+    assert all_values(store) == [b"a"]
     store.close()
 
 
 # --- 13. listing does not wait for a big create --------------------------------------------
 def test_listing_topics_does_not_wait_for_the_store_lock() -> None:
     """topics() answers while another thread holds the store lock (a big create)."""
-    disk = _disk()
+    disk = sim_disk()
     store = Store.open(ROOT, fs=disk)
     store.create_topic("a")
     answer: list[list[str]] = []
@@ -341,7 +318,7 @@ def test_listing_topics_does_not_wait_for_the_store_lock() -> None:
 
 def test_topics_json_is_the_same_as_a_full_dump() -> None:
     """The incrementally built topics.json equals json.dumps of the whole catalog."""
-    disk = _disk()
+    disk = sim_disk()
     store = Store.open(ROOT, fs=disk)
     for name in ["b", "a", "__internal", "c.d"]:
         store.create_topic(name, partitions=2, internal=name.startswith("__"))
@@ -362,7 +339,7 @@ def test_full_disk_frees_space_inside_the_active_segment_and_of_an_empty_topic()
     which the store recreates when space returns."""
     from logstore.storage._names import RESERVE_FILE
 
-    disk = _disk()
+    disk = sim_disk()
     store = Store.open(ROOT, fs=disk)
     reserve = f"{ROOT}/{RESERVE_FILE}"
     store.create_topic("one")  # one segment only: nothing to free by deleting files

@@ -21,33 +21,9 @@ from logstore.errors import (
 )
 from logstore.storage import Store
 from logstore.storage._names import check_topic_name
-from tests.simdisk import SimDisk
+from tests.storagehelp import ROOT, sim_disk
 
 pytestmark = pytest.mark.timeout(60)
-
-ROOT = "/data"
-
-
-def _disk() -> SimDisk:
-    disk = SimDisk(seed=0)
-    disk.mkdir(ROOT)
-    disk.fsync_dir("/")
-    return disk
-
-
-def _values(store: Store, topic: str = "t", part: int = 0, offset: int = 0) -> list[bytes]:
-    out: list[bytes] = []
-    end = store.offsets(topic, part)[1]
-    while offset < end:
-        recs = store.read(topic, part, offset)
-        assert recs, offset
-        out += [r.value or b"" for r in recs]
-        offset = recs[-1].offset + 1
-    return out
-
-
-def _log_file(part_dir: str, base: int) -> str:
-    return f"{ROOT}/{part_dir}/{base:020d}.log"
 
 
 # --- 4. names -------------------------------------------------------------------------------
@@ -56,7 +32,7 @@ def test_topic_names_with_newlines_are_rejected(name: str) -> None:
     """A topic name is validated with a full match: no trailing newline."""
     with pytest.raises(InvalidTopicNameError):
         check_topic_name(name)
-    disk = _disk()
+    disk = sim_disk()
     store = Store.open(ROOT, fs=disk)
     with pytest.raises(InvalidTopicNameError):
         store.create_topic(name)

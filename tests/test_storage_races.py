@@ -17,40 +17,16 @@ from logstore.errors import (
     UnknownTopicError,
 )
 from logstore.storage import Store
-from tests.simdisk import SimDisk
+from tests.storagehelp import ROOT, sim_disk
 
 pytestmark = pytest.mark.timeout(60)
-
-ROOT = "/data"
-
-
-def _disk() -> SimDisk:
-    disk = SimDisk(seed=0)
-    disk.mkdir(ROOT)
-    disk.fsync_dir("/")
-    return disk
-
-
-def _values(store: Store, topic: str = "t", part: int = 0, offset: int = 0) -> list[bytes]:
-    out: list[bytes] = []
-    end = store.offsets(topic, part)[1]
-    while offset < end:
-        recs = store.read(topic, part, offset)
-        assert recs, offset
-        out += [r.value or b"" for r in recs]
-        offset = recs[-1].offset + 1
-    return out
-
-
-def _log_file(part_dir: str, base: int) -> str:
-    return f"{ROOT}/{part_dir}/{base:020d}.log"
 
 
 # --- 12. races give precise errors ----------------------------------------------------------
 def test_search_by_time_racing_delete_records_gives_a_domain_error() -> None:
     """offset_for_time while DeleteRecords removes the segment being searched raises
     OffsetOutOfRangeError or answers; never an AssertionError."""
-    disk = _disk()
+    disk = sim_disk()
     store = Store.open(ROOT, fs=disk)
     store.create_topic("t", config={"segment_bytes": 1024})
     for i in range(12):
@@ -78,7 +54,7 @@ def test_search_by_time_racing_delete_records_gives_a_domain_error() -> None:
 def test_append_and_sync_racing_delete_topic_give_unknown_topic() -> None:
     """Writes that lose the race with DeleteTopic fail with UnknownTopicError, not an
     I/O error about a directory that is gone."""
-    disk = _disk()
+    disk = sim_disk()
     store = Store.open(ROOT, fs=disk)
     store.create_topic("t")
     lg = store.partition("t", 0)
@@ -96,7 +72,7 @@ def test_append_and_sync_racing_delete_topic_give_unknown_topic() -> None:
 def test_partition_lookup_racing_delete_topic_says_unknown_topic() -> None:
     """A partition lookup that runs while DeleteTopic unpublishes the topic gets
     UnknownTopicError, never UnknownPartitionError for a partition the topic had."""
-    disk = _disk()
+    disk = sim_disk()
     store = Store.open(ROOT, fs=disk)
     store.create_topic("t", partitions=2)
     seen: list[BaseException] = []

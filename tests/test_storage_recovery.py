@@ -24,40 +24,16 @@ from logstore.errors import (
 )
 from logstore.storage import Store
 from logstore.wire import encode_frame, encode_values
-from tests.simdisk import SimDisk
+from tests.storagehelp import ROOT, all_values, log_file, sim_disk
 
 pytestmark = pytest.mark.timeout(60)
-
-ROOT = "/data"
-
-
-def _disk() -> SimDisk:
-    disk = SimDisk(seed=0)
-    disk.mkdir(ROOT)
-    disk.fsync_dir("/")
-    return disk
-
-
-def _values(store: Store, topic: str = "t", part: int = 0, offset: int = 0) -> list[bytes]:
-    out: list[bytes] = []
-    end = store.offsets(topic, part)[1]
-    while offset < end:
-        recs = store.read(topic, part, offset)
-        assert recs, offset
-        out += [r.value or b"" for r in recs]
-        offset = recs[-1].offset + 1
-    return out
-
-
-def _log_file(part_dir: str, base: int) -> str:
-    return f"{ROOT}/{part_dir}/{base:020d}.log"
 
 
 # --- 1. a failed fsync never ends in a clean shutdown -------------------------------------
 def test_failed_fsync_then_close_writes_no_clean_marker_and_reuses_no_offset() -> None:
     """After a failed fsync, close() writes no clean-shutdown marker; the reopened
     partition keeps every written record, hands out no used offset, reads from 0."""
-    disk = _disk()
+    disk = sim_disk()
     store = Store.open(ROOT, fs=disk)
     store.create_topic("t")
     store.append("t", 0, [b"a", b"b"], sync=True)
@@ -70,14 +46,14 @@ def test_failed_fsync_then_close_writes_no_clean_marker_and_reuses_no_offset() -
     store = Store.open(ROOT, fs=disk)
     assert store.offsets("t", 0) == (0, 5)
     assert store.append("t", 0, [b"new"], sync=True) == 5
-    assert _values(store) == [b"a", b"b", b"c", b"d", b"e", b"new"]
+    assert all_values(store) == [b"a", b"b", b"c", b"d", b"e", b"new"]
     store.close()
 
 
 def test_clean_open_checks_the_last_frame_against_the_checkpoint() -> None:
     """A clean-shutdown marker with a recovery point short of the last frame (as the
     old close wrote after a failed fsync) is not trusted: no offset is reused."""
-    disk = _disk()
+    disk = sim_disk()
     store = Store.open(ROOT, fs=disk)
     store.create_topic("t")
     store.append("t", 0, [b"a", b"b"])
@@ -88,7 +64,7 @@ def test_clean_open_checks_the_last_frame_against_the_checkpoint() -> None:
     store = Store.open(ROOT, fs=disk)
     assert store.offsets("t", 0) == (0, 3)
     assert store.append("t", 0, [b"d"]) == 3
-    assert _values(store) == [b"a", b"b", b"c", b"d"]
+    assert all_values(store) == [b"a", b"b", b"c", b"d"]
     store.close()
 
 
@@ -96,13 +72,13 @@ def test_clean_open_checks_the_last_frame_against_the_checkpoint() -> None:
 def test_garbage_after_the_last_frame_with_a_clean_marker_is_truncated() -> None:
     """Garbage after the last frame of a cleanly closed partition is dropped at open:
     records appended after the restart read, across another restart."""
-    disk = _disk()
+    disk = sim_disk()
     store = Store.open(ROOT, fs=disk)
     store.create_topic("t")
     for i in range(10):
         store.append("t", 0, [f"v{i}-{j}".encode() for j in range(5)])
     store.close()
-    fd = disk.open(_log_file("t-0", 0))
+    fd = disk.open(log_file("t-0", 0))
     disk.append(fd, [os.urandom(300)])
     disk.fsync(fd)
     disk.close(fd)
@@ -111,7 +87,7 @@ def test_garbage_after_the_last_frame_with_a_clean_marker_is_truncated() -> None
     assert [r.value for r in store.read("t", 0, 50)] == [b"new1", b"new2"]
     store.close()
     store = Store.open(ROOT, fs=disk)
-    assert _values(store)[48:] == [b"v9-3", b"v9-4", b"new1", b"new2"]
+    assert all_values(store)[48:] == [b"v9-3", b"v9-4", b"new1", b"new2"]
     store.close()
 
 
@@ -119,7 +95,7 @@ def test_a_bad_batch_hides_neither_the_batches_before_it_nor_after_it() -> None:
     """With the batch at offset 45 damaged, a read at 0 or 40 with a normal max_bytes
     returns the valid batches before it; a read at 45 reports the corruption; the
     batch after it reads."""
-    disk = _disk()
+    disk = sim_disk()
     store = Store.open(ROOT, fs=disk)
     store.create_topic("t")
     for i in range(11):
@@ -140,7 +116,7 @@ def test_a_bad_batch_hides_neither_the_batches_before_it_nor_after_it() -> None:
 def test_corruption_before_the_recovery_point_keeps_the_later_segments() -> None:
     """After kill -9, a damaged frame before the recovery point makes only that range
     unreadable: the later segments (acknowledged records) stay and serve."""
-    disk = _disk()
+    disk = sim_disk()
     config = StoreConfig(recovery_checkpoint_interval_ms=3_600_000)
     store = Store.open(ROOT, config, fs=disk)
     # ~1 KiB batches, 4 per segment, no index entries: nothing but the frames
@@ -156,7 +132,7 @@ def test_corruption_before_the_recovery_point_keeps_the_later_segments() -> None
     bases = [s.base_offset for s in store.partition("t", 0).segments]
     assert bases == [0, 4, 8, 12, 16]
     disk = disk.process_crash()
-    disk.poke(_log_file("t-0", 4), 0, b"\xf5")  # the first frame's head of segment 4
+    disk.poke(log_file("t-0", 4), 0, b"\xf5")  # the first frame's head of segment 4
     store = Store.open(ROOT, config, fs=disk)
     assert store.offsets("t", 0) == (0, 20)
     for off in range(8, 20):
@@ -172,7 +148,7 @@ def test_corruption_before_the_recovery_point_in_the_last_segment_reuses_no_offs
     """After kill -9, a damaged frame head before the recovery point of the only
     segment: records acknowledged after the checkpoint keep their offsets (the next
     append goes past them), across a reopen."""
-    disk = _disk()
+    disk = sim_disk()
     config = StoreConfig(recovery_checkpoint_interval_ms=3_600_000)
     store = Store.open(ROOT, config, fs=disk)
     store.create_topic("t")
@@ -183,7 +159,7 @@ def test_corruption_before_the_recovery_point_in_the_last_segment_reuses_no_offs
         assert store.append("t", 0, [b"acked-%d" % i], sync=True) == 5 + i
     frame_size = len(store.read_frames("t", 0, 0, 1).data)
     disk = disk.process_crash()
-    disk.poke(_log_file("t-0", 0), frame_size + 3, b"\x01")  # frame 1's length varint
+    disk.poke(log_file("t-0", 0), frame_size + 3, b"\x01")  # frame 1's length varint
     store = Store.open(ROOT, config, fs=disk)
     assert store.read("t", 0, 0, max_bytes=1)[0].value == b"before-0"
     assert store.offsets("t", 0) == (0, 8)
@@ -201,7 +177,7 @@ def test_a_frame_inside_a_value_cannot_push_the_offsets_far_ahead() -> None:
     """The scan for frames after damage finds a valid-looking frame stored as a
     record's value (base offset 10**15); the end it gives stays within what the
     file's bytes can hold."""
-    disk = _disk()
+    disk = sim_disk()
     config = StoreConfig(recovery_checkpoint_interval_ms=3_600_000)
     store = Store.open(ROOT, config, fs=disk)
     store.create_topic("t")
@@ -211,8 +187,8 @@ def test_a_frame_inside_a_value_cannot_push_the_offsets_far_ahead() -> None:
     store.append("t", 0, [b"second"])
     store.append("t", 0, [nested], sync=True)  # offset 2, not checkpointed
     disk = disk.process_crash()
-    disk.poke(_log_file("t-0", 0), 3, b"\x01")  # frame 0's length varint
-    size = disk.file_size(_log_file("t-0", 0))
+    disk.poke(log_file("t-0", 0), 3, b"\x01")  # frame 0's length varint
+    size = disk.file_size(log_file("t-0", 0))
     store = Store.open(ROOT, config, fs=disk)
     end = store.offsets("t", 0)[1]
     assert 3 <= end <= size // 2
