@@ -89,3 +89,30 @@ def test_partition_lookup_racing_delete_topic_says_unknown_topic() -> None:
     store.delete_topic("t")
     assert seen and all(type(e) is UnknownTopicError for e in seen), seen
     store.close()
+
+
+def test_flush_racing_delete_topic_completes() -> None:
+    """A flush whose wait on a partition fails because the topic was deleted meanwhile
+    (the broker's periodic flush racing DeleteTopic) still flushes every other partition
+    and returns, instead of raising UnknownTopicError with a traceback in the broker log."""
+    from concurrent.futures import Future
+
+    disk = sim_disk()
+    store = Store.open(ROOT, fs=disk)
+    store.create_topic("gone", partitions=1)
+    store.create_topic("kept", partitions=1)
+    store.append("gone", 0, [b"a"])
+    store.append("kept", 0, [b"b"])
+    gone = store.partition("gone", 0)
+
+    def deleted_meanwhile(offset: int) -> Future[None]:
+        fut: Future[None] = Future()
+        fut.set_exception(UnknownTopicError("unknown topic 'gone' (deleted)"))
+        return fut
+
+    gone.sync_to = deleted_meanwhile  # type: ignore[method-assign]
+    store.flush()
+    after = disk.power_cut(keep_unsynced_changes=False)  # only what flush made durable
+    store = Store.open(ROOT, fs=after)
+    assert [r.value for r in store.read("kept", 0, 0)] == [b"b"]
+    store.close()

@@ -40,7 +40,7 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
-from logstore.errors import InvalidConfigError, LogStoreError, StorageError
+from logstore.errors import InvalidConfigError, LogStoreError
 from logstore.storage import RateLimitedLog, Store
 
 from ._config import REQUEST_HEADROOM_BYTES, BrokerConfig, is_loopback, split_address
@@ -138,13 +138,14 @@ class Broker:
         name = getattr(fn, "__name__", "task")
         # An environment error (a full disk, a failed partition) repeats every
         # interval (1 s for flush): one line a minute with the repeat count, no
-        # traceback.
+        # traceback. So does any other domain error (a topic deleted under the
+        # task); only an unexpected exception gets a traceback.
         errors = RateLimitedLog(log)
         while True:
             await asyncio.sleep(interval_ms / 1000)
             try:
                 await self.service.run_io(fn)
-            except StorageError as exc:
+            except LogStoreError as exc:
                 errors.log(f"periodic {name} failed: {exc}")
             except Exception as exc:
                 log.error("periodic %s failed: %s", name, exc, exc_info=exc)

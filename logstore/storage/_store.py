@@ -754,7 +754,12 @@ class Store:
         self._check_open()
         futures = [lg.sync_to(lg.log_end_offset) for lg in list(self._logs.values())]
         for f in futures:
-            f.result()
+            try:
+                f.result()
+            except UnknownTopicError:
+                # Its topic was deleted while we waited: nothing of it is left to
+                # make durable, and the deletion itself was made durable first.
+                continue
         self._maybe_checkpoint(force=True)
 
     def _maybe_checkpoint(self, force: bool = False) -> None:
