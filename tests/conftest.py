@@ -1,4 +1,5 @@
-"""Shared fixtures: a real broker process per test, hypothesis profiles."""
+"""Shared fixtures: a real broker process per test, one per module for the group admin
+tests, raw Groups clients, hypothesis profiles."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from tests.brokerproc import BrokerProcess, start_broker
+from tests.test_broker_groups import Client
 
 # CI profile: no deadline (the machine is noisy) and a fixed number of
 # examples so a run takes a stable time.
@@ -32,3 +34,25 @@ def broker(tmp_path: Path) -> Iterator[BrokerProcess]:
         yield b
     finally:
         b.stop()
+
+
+# The default 45 s session: members must outlive a few logctl subprocesses on a loaded
+# machine (test_broker_groups' 1.5 s would expire them mid-test).
+@pytest.fixture(scope="module")
+def gbroker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
+    """One broker with the default group config for a module's tests (own groups each)."""
+    b = start_broker(tmp_path_factory.mktemp("groups") / "data")
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@pytest.fixture
+def raw(gbroker: BrokerProcess) -> Iterator[Client]:
+    """A raw Groups/Broker client of ``gbroker`` (generated stubs)."""
+    c = Client(gbroker.grpc_address, gbroker)
+    try:
+        yield c
+    finally:
+        c.close()

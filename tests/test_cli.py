@@ -42,6 +42,22 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def read_lines(proc: subprocess.Popen[bytes], n: int, timeout_s: float = 20) -> bytes:
+    """What ``proc`` printed to stdout until ``n`` full lines arrived, it closed its
+    stdout, or ``timeout_s`` passed (the caller asserts on what came)."""
+    assert proc.stdout is not None
+    got = b""
+    deadline = time.monotonic() + timeout_s
+    while got.count(b"\n") < n and time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+        if ready:
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            got += chunk
+    return got
+
+
 def logctl(
     broker: BrokerProcess | None,
     *args: str,
@@ -214,16 +230,7 @@ def test_follow_tails_while_producing(cli_broker: BrokerProcess, tmp_path: Path)
         time.sleep(1.0)
         for batch in (b"a\nb\nc\n", b"d\ne\n"):
             assert logctl(cli_broker, "produce", "tailed", stdin=batch).returncode == 0
-        assert follower.stdout is not None
-        got = b""
-        deadline = time.monotonic() + 20
-        while got.count(b"\n") < 5 and time.monotonic() < deadline:
-            ready, _, _ = select.select([follower.stdout], [], [], 0.5)
-            if ready:
-                chunk = os.read(follower.stdout.fileno(), 65536)
-                if not chunk:
-                    break
-                got += chunk
+        got = read_lines(follower, 5)
         values = sorted(json.loads(line)["value"] for line in got.splitlines())
         assert values == ["a", "b", "c", "d", "e"]
         assert follower.poll() is None  # still following
@@ -429,16 +436,7 @@ def test_sigint_stops_follow_with_exit_130_after_what_was_printed(
         cwd=ROOT,
     )
     try:
-        assert follower.stdout is not None
-        got = b""
-        deadline = time.monotonic() + 20
-        while got.count(b"\n") < 3 and time.monotonic() < deadline:
-            ready, _, _ = select.select([follower.stdout], [], [], 0.5)
-            if ready:
-                chunk = os.read(follower.stdout.fileno(), 65536)
-                if not chunk:
-                    break
-                got += chunk
+        got = read_lines(follower, 3)
         assert got == b"r1\nr2\nr3\n"
         assert follower.poll() is None  # following, past the records
     finally:
@@ -532,16 +530,7 @@ def test_serve_starts_a_broker_and_stops_on_sigterm(tmp_path: Path) -> None:
         cwd=ROOT,
     )  # fmt: skip
     try:
-        assert proc.stdout is not None
-        line = b""
-        deadline = time.monotonic() + 30
-        while not line.endswith(b"\n") and time.monotonic() < deadline:
-            ready, _, _ = select.select([proc.stdout], [], [], 0.5)
-            if ready:
-                chunk = os.read(proc.stdout.fileno(), 4096)
-                if not chunk:
-                    break
-                line += chunk
+        line = read_lines(proc, 1, timeout_s=30)
         m = re.match(rb"logstore listening grpc=(\S+) metrics=\S+ data_dir=", line)
         assert m, line
         listed = logctl(None, "topics", "list", "--bootstrap", m.group(1).decode())

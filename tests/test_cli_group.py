@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import grpc
@@ -18,7 +16,7 @@ import pytest
 from logstore.v1 import groups_pb2 as gpb
 from logstore.v1 import groups_pb2_grpc
 from tests.brokerproc import BrokerProcess, start_broker
-from tests.test_cli import ROOT, _env, logctl
+from tests.test_cli import ROOT, _env, logctl, read_lines
 
 ENV = {
     "LOGSTORE_GROUP_SESSION_TIMEOUT_MS": "1500",
@@ -78,16 +76,7 @@ def test_sigint_on_group_follow_exits_130_and_leaves(broker: BrokerProcess) -> N
         cwd=ROOT,
     )
     try:
-        assert follower.stdout is not None
-        got = b""
-        deadline = time.monotonic() + 20
-        while got.count(b"\n") < 2 and time.monotonic() < deadline:
-            ready, _, _ = select.select([follower.stdout], [], [], 0.5)
-            if ready:
-                chunk = os.read(follower.stdout.fileno(), 65536)
-                if not chunk:
-                    break
-                got += chunk
+        got = read_lines(follower, 2)
         assert got == b"a\nb\n"
         assert len(describe(broker, "g2").members) == 1
     finally:

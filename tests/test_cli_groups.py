@@ -7,34 +7,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-
-import pytest
 
 from logstore.v1 import groups_pb2 as gpb
-from tests.brokerproc import BrokerProcess, start_broker
+from tests.brokerproc import BrokerProcess
 from tests.test_broker_groups import Client
 from tests.test_cli import assert_one_line_error, logctl, logctl_many
-
-
-# The default 45 s session: members must outlive a few logctl subprocesses on a loaded
-# machine (test_broker_groups' 1.5 s would expire them mid-test).
-@pytest.fixture(scope="module")
-def gbroker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
-    b = start_broker(tmp_path_factory.mktemp("cli-groups") / "data")
-    try:
-        yield b
-    finally:
-        b.stop()
-
-
-@pytest.fixture
-def raw(gbroker: BrokerProcess) -> Iterator[Client]:
-    c = Client(gbroker.grpc_address, gbroker)
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def member(c: Client, group: str, topic: str, offsets: dict[int, int]) -> str:
