@@ -448,18 +448,9 @@ def decode_columns(
     max_records: int | None = None,
 ) -> ColumnBatch:
     """Records of ``result``'s frames at or after ``start_offset``, as columns."""
-    frames = [(p, h) for p, h in result.frames if h.next_offset > start_offset]
+    frames = frames_from(result, start_offset, max_records)
     if not frames:
         return empty_columns(topic, partition)
-    if max_records is not None:
-        kept = []
-        budget = max_records
-        for p, h in frames:
-            if budget <= 0:
-                break
-            kept.append((p, h))
-            budget -= _records_at_least(h, start_offset)
-        frames = kept
     try:
         if any(h.has_offset_deltas for _, h in frames):
             raise _Fallback
@@ -474,6 +465,24 @@ def decode_columns(
     if lo == 0 and hi == n:
         return cols
     return _slice(cols, lo, hi)
+
+
+def frames_from(
+    result: FetchedFrames, start_offset: int, max_records: int | None
+) -> list[tuple[int, FrameHeader]]:
+    """The frames that may hold the first ``max_records`` records at or after
+    ``start_offset`` (O(1) Python work per frame)."""
+    frames = [(p, h) for p, h in result.frames if h.next_offset > start_offset]
+    if max_records is not None:
+        kept = []
+        budget = max_records
+        for p, h in frames:
+            if budget <= 0:
+                break
+            kept.append((p, h))
+            budget -= _records_at_least(h, start_offset)
+        frames = kept
+    return frames
 
 
 def _records_at_least(h: FrameHeader, start_offset: int) -> int:
@@ -531,9 +540,34 @@ def _check_only_headers(arr: _U8, start: _I64, rec_end: _I64) -> None:
         p, end = p[more], end[more]
 
 
-def _decode_fast(
-    topic: str, partition: int, buf: bytes, frames: list[tuple[int, FrameHeader]]
-) -> ColumnBatch:
+class Located(NamedTuple):
+    """Where every record's fields sit in a fetch buffer (the fast path's first
+    half, shared by :func:`decode_columns` and the share layer's
+    :func:`logstore.wire.share_metadata`): int64 byte positions into ``arr``,
+    one entry per record, nothing copied yet."""
+
+    arr: _U8
+    offsets: _I64
+    timestamps: _I64
+    key_valid: _B
+    kstart: _I64
+    kstop: _I64
+    value_valid: _B
+    vstart: _I64
+    vstop: _I64
+    #: The record's header fields are arr[hdr_start:rec_end] (empty: none).
+    hdr_start: _I64
+    rec_end: _I64
+    #: Index of each frame's first record, then the record count.
+    bounds: list[int]
+
+
+def locate_fast(buf: bytes, frames: list[tuple[int, FrameHeader]]) -> Located:
+    """Field positions of format-1 frames' records in canonical layout.
+
+    Raises ``_Fallback`` for records this path does not read (callers then
+    use upb), CorruptRecordError for records that do not match their frame.
+    """
     arr = np.frombuffer(buf, np.uint8)
     starts_l: list[_I64] = []
     ends: list[int] = []
@@ -586,20 +620,41 @@ def _decode_fast(
     offsets = np.repeat(np.asarray(base_offsets, np.int64), counts_a)
     offsets += np.arange(n, dtype=np.int64) - np.repeat(last_idx + 1 - counts_a, counts_a)
     bounds = [0, *itertools.accumulate(counts)]
-    keys, key_offsets = _gather(arr, kstart, kstop, bounds)
-    values, value_offsets = _gather(arr, vstart, vstop, bounds)
-    headers, header_offsets = _gather(arr, hdr_start, rec_end, bounds)
+    return Located(
+        arr,
+        offsets,
+        timestamps,
+        key_valid,
+        kstart,
+        kstop,
+        value_valid,
+        vstart,
+        vstop,
+        hdr_start,
+        rec_end,
+        bounds,
+    )
+
+
+def _decode_fast(
+    topic: str, partition: int, buf: bytes, frames: list[tuple[int, FrameHeader]]
+) -> ColumnBatch:
+    loc = locate_fast(buf, frames)
+    arr, bounds = loc.arr, loc.bounds
+    keys, key_offsets = _gather(arr, loc.kstart, loc.kstop, bounds)
+    values, value_offsets = _gather(arr, loc.vstart, loc.vstop, bounds)
+    headers, header_offsets = _gather(arr, loc.hdr_start, loc.rec_end, bounds)
     return ColumnBatch(
         topic,
         partition,
-        offsets,
-        timestamps,
+        loc.offsets,
+        loc.timestamps,
         keys,
         key_offsets,
-        key_valid,
+        loc.key_valid,
         values,
         value_offsets,
-        value_valid,
+        loc.value_valid,
         headers,
         header_offsets,
     )
