@@ -129,6 +129,24 @@ MIN_TIME_MS: Final = (datetime.min.replace(tzinfo=UTC) - _EPOCH) // _MS
 MAX_TIME_MS: Final = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // _MS
 
 
+_DURATION: Final = re.compile(r"^(\d+)(ms|s|m|h|d)$")
+
+
+def parse_duration(text: str, option: str) -> int:
+    """A duration as milliseconds: a whole number and a unit, 500ms, 30s, 10m, 2h, 1d.
+
+    Raises ArgumentError naming ``option`` and the accepted forms.
+    """
+    s = text.strip()
+    m = _DURATION.match(s)
+    if m is None or not s.isascii():
+        raise ArgumentError(
+            f"bad duration {text!r} for {option}: use a whole number and a unit, "
+            "500ms, 30s, 10m, 2h or 1d"
+        )
+    return int(m.group(1)) * _UNIT_MS[m.group(2)]
+
+
 def parse_time(text: str, now_ms: int | None = None) -> int:
     """ISO 8601 (UTC when no zone), a relative time (-90s, -15m, -1h, -2d) or epoch ms.
 

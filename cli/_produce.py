@@ -8,6 +8,12 @@ empty line is a record with an empty value. Input is read in chunks of up to
 what was sent before it is flushed, the summary says what was stored, and the
 error names the line (exit 1). With the default ``acks=all`` an exit status 0
 means every line is durable on the broker.
+
+``--delay`` (each record's deliver-at is the time it is sent plus the
+delay) and ``--deliver-at`` (one time for all) add the
+``logstore-deliver-at-ms`` header to every record; they are checked before
+anything is sent, and lines then go out one ``send`` each (the header is
+per record; ``send_many`` sends values only).
 """
 
 from __future__ import annotations
@@ -88,8 +94,11 @@ def run(
     bootstrap: str,
     json_output: bool,
     connect_timeout_ms: int,
+    delay_ms: int | None = None,
+    deliver_at_ms: int | None = None,
 ) -> None:
     sep = key_separator.encode() if key_separator is not None else None
+    delayed = delay_ms is not None or deliver_at_ms is not None
     total = os.path.getsize(path) if path is not None else None
     progress = _Progress(total) if sys.stderr.isatty() else None
     started = time.monotonic()
@@ -103,17 +112,30 @@ def run(
     failure: BaseException | None = None
     try:
         for lines in _lines(src):
-            if sep is None:
+            if sep is None and not delayed:
                 results.append(producer.send_many(topic, lines, partition=partition))
                 records += len(lines)
                 nbytes += sum(map(len, lines)) + len(lines)
             else:
                 for line in lines:
-                    key, found, value = line.partition(sep)
-                    if not found:
-                        bad_line = records + 1
-                        break
-                    sent.add(producer.send(topic, value, key=key, partition=partition))
+                    if sep is None:
+                        key: bytes | None = None
+                        value = line
+                    else:
+                        key, found, value = line.partition(sep)
+                        if not found:
+                            bad_line = records + 1
+                            break
+                    sent.add(
+                        producer.send(
+                            topic,
+                            value,
+                            key=key,
+                            partition=partition,
+                            delay_ms=delay_ms,
+                            deliver_at_ms=deliver_at_ms,
+                        )
+                    )
                     records += 1
                     nbytes += len(line) + 1
                 if bad_line is not None:

@@ -43,6 +43,7 @@ from ._format import (
     Terminated,
     format_ms,
     human_bytes,
+    parse_duration,
     parse_time,
     table,
     write_json,
@@ -323,12 +324,28 @@ def produce(
         typer.Option("--file", "-f", help="Read lines from PATH."),
     ] = None,
     acks: Annotated[str, typer.Option("--acks", help="0, 1 or all.")] = "all",
+    delay: Annotated[
+        str | None,
+        typer.Option(
+            "--delay",
+            help="Hold each record from share consumers this long after it is sent "
+            "(500ms, 30s, 10m, 2h, 1d).",
+        ),
+    ] = None,
+    deliver_at: Annotated[
+        str | None,
+        typer.Option(
+            "--deliver-at",
+            help="Hold the records from share consumers until this time (ISO 8601, UTC "
+            "when no zone, or epoch ms).",
+        ),
+    ] = None,
     bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
     output: OutputOpt = Output.text,
     connect_timeout_ms: ConnectTimeout = 5000,
 ) -> None:
     """Append one record per input line (stdin or --file); summary on stderr."""
-    from logstore.client import parse_acks  # noqa: PLC0415 (startup time)
+    from logstore.client import parse_acks, resolve_deliver_at  # noqa: PLC0415 (startup time)
 
     from . import _produce  # noqa: PLC0415 (startup time)
 
@@ -338,6 +355,16 @@ def produce(
         raise ArgumentError(str(exc)) from None
     if key_separator == "":
         raise ArgumentError("--key-separator must not be empty")
+    if delay is not None and deliver_at is not None:
+        raise ArgumentError("--delay and --deliver-at cannot be combined: give one")
+    delay_ms = parse_duration(delay, "--delay") if delay is not None else None
+    deliver_at_ms = parse_time(deliver_at) if deliver_at is not None else None
+    if delay_ms is not None or deliver_at_ms is not None:
+        try:
+            resolve_deliver_at(delay_ms, deliver_at_ms)
+        except errors.InvalidArgumentError as exc:
+            option = "--delay" if delay is not None else "--deliver-at"
+            raise ArgumentError(f"{option} {delay or deliver_at}: {exc}") from None
     if file is not None:
         _check_input_file(file)
     _produce.run(
@@ -349,6 +376,8 @@ def produce(
         bootstrap=bootstrap,
         json_output=output is Output.json,
         connect_timeout_ms=connect_timeout_ms,
+        delay_ms=delay_ms,
+        deliver_at_ms=deliver_at_ms,
     )
 
 

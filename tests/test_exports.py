@@ -104,5 +104,22 @@ def test_the_client_reexports_the_producer_api() -> None:
     """The producer's public names are the same objects from logstore.client."""
     client = _module("logstore.client")
     producer = _module("logstore.client.producer")
-    for export in ("Producer", "RecordHandle", "SendResult", "parse_acks"):
+    for export in (
+        "Producer",
+        "RecordHandle",
+        "SendResult",
+        "parse_acks",
+        "DELIVER_AT_HEADER",
+        "MAX_DELAY_MS",
+        "resolve_deliver_at",
+    ):
         assert getattr(client, export) is getattr(producer, export)
+
+
+def test_the_deliver_at_header_is_one_name() -> None:
+    """The delayed-delivery header and bound are the wire layer's, re-exported as is."""
+    wire = importlib.import_module("logstore.wire")
+    client = _module("logstore.client")
+    assert client.DELIVER_AT_HEADER is wire.DELIVER_AT_HEADER == "logstore-deliver-at-ms"
+    assert client.MAX_DELAY_MS is wire.MAX_DELAY_MS
+    assert {"DELIVER_AT_HEADER", "share_metadata", "ShareMeta"} <= set(wire.__all__)

@@ -3,6 +3,11 @@
 Uses only the public gRPC API (``logstore.v1``), the wire format
 (``logstore.wire``) and the one exception hierarchy (``logstore.errors``);
 it never imports the broker or the storage engine.
+
+Delayed delivery: ``Producer.send(..., delay_ms=...)`` or ``deliver_at_ms=...``
+sets the record header ``DELIVER_AT_HEADER`` (``logstore-deliver-at-ms``,
+ASCII decimal epoch ms) that share consumers honour; ``MAX_DELAY_MS`` is the
+longest delay the producer accepts.
 """
 
 from logstore.wire import ColumnBatch
@@ -23,9 +28,19 @@ from ._admin import (
 )
 from ._consumer import Consumer, TopicPartition
 from ._group_consumer import GroupConsumer
-from .producer import Producer, RecordHandle, SendResult, parse_acks
+from .producer import (
+    DELIVER_AT_HEADER,
+    MAX_DELAY_MS,
+    Producer,
+    RecordHandle,
+    SendResult,
+    parse_acks,
+    resolve_deliver_at,
+)
 
 __all__ = [
+    "DELIVER_AT_HEADER",
+    "MAX_DELAY_MS",
     "Admin",
     "ColumnBatch",
     "Consumer",
@@ -46,4 +61,5 @@ __all__ = [
     "TopicPartition",
     "check_address",
     "parse_acks",
+    "resolve_deliver_at",
 ]

@@ -44,6 +44,7 @@ from logstore import errors
 from logstore.wire import HEADER_SIZE, VALUE_PREFIX, encode_record, partition_for_key
 
 from ._batch import ProducerBatch
+from ._delay import with_deliver_at
 from ._handles import RecordHandle, SendResult
 
 #: Bytes of the stored RecordBatch header that count against max_batch_bytes
@@ -162,8 +163,19 @@ class RecordAccumulator:
         partition: int | None = None,
         headers: Sequence[tuple[str, bytes]] | None = None,
         timestamp_ms: int | None = None,
+        *,
+        delay_ms: int | None = None,
+        deliver_at_ms: int | None = None,
     ) -> RecordHandle:
-        """Queue one record; returns its handle at once (see the module docstring)."""
+        """Queue one record; returns its handle at once (see the module docstring).
+
+        ``delay_ms`` (from now) or ``deliver_at_ms`` (ms since the epoch), not
+        both, keep the record from share consumers until then: they add the
+        ``logstore-deliver-at-ms`` header (:mod:`._delay` has the bounds; a bad
+        value raises InvalidArgumentError and queues nothing).
+        """
+        if delay_ms is not None or deliver_at_ms is not None:
+            headers = with_deliver_at(headers, delay_ms, deliver_at_ms)
         meta = self._topics.get(topic) or self._topic(topic)
         if key is None and headers is None and timestamp_ms is None and value is not None:
             prefix = _prefix_of(len(value))
