@@ -9,10 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from logstore.errors import CorruptRecordError
 from logstore.wire import (
     DELIVER_AT_HEADER,
     MAX_DELIVER_AT_DIGITS,
     Record,
+    _share_meta,
     build_offset_frame,
     decode_objects,
     deliver_at_header,
@@ -239,3 +241,40 @@ def test_matches_the_reference_on_random_frames(
             data += _frame(base, recs, BASE_TS + i)
             base += len(recs)
     _check(data, start)
+
+
+def test_canonical_records_never_take_a_per_record_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records as producers write them (headers, keys, tombstones) are read without upb:
+    no per-record Python on the broker's path."""
+
+    def boom(*args: object) -> None:
+        raise AssertionError("per-record upb path taken")
+
+    monkeypatch.setattr(_share_meta, "_decode_upb", boom)
+    monkeypatch.setattr(_share_meta.records_pb2.Record, "FromString", boom)
+    recs = [
+        Record(
+            None if i % 7 == 0 else b"v" * (i % 50),
+            key=None if i % 3 == 0 else b"key-%d" % (i % 11),
+            headers=[("a", b"1"), deliver_at_header(1000 + i)] if i % 2 else None,
+            timestamp_ms=BASE_TS + i if i % 5 == 0 else 0,
+        )
+        for i in range(500)
+    ]
+    data = _frame(0, recs[:250]) + _frame(250, recs[250:])
+    m = share_metadata(data, 0, want_keys=True, want_delays=True)
+    assert m.deliver_at.tolist() == [1000 + i if i % 2 else 0 for i in range(500)]
+    assert m.key_hash.tolist() == [key_hash(r.key) for r in recs]
+
+
+def test_a_header_that_does_not_parse_is_corruption() -> None:
+    """A Header message whose name runs past it (bytes no producer writes) is reported as
+    CorruptRecordError, not read as some other time."""
+    inner = b"\x0a\x30abc"  # a 48-byte name in a 5-byte header
+    body = b"\x12\x01x" + b"\x22" + bytes([len(inner)]) + inner
+    rec = b"\x7a" + bytes([len(body)]) + body
+    data = encode_frame(rec, 1, 0, BASE_TS)
+    with pytest.raises(CorruptRecordError, match="headers do not parse"):
+        share_metadata(data, 0, want_keys=False, want_delays=True)
+    # without want_delays the headers are not read at all
+    assert share_metadata(data, 0, want_keys=False, want_delays=False).offsets.tolist() == [0]

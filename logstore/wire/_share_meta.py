@@ -38,9 +38,10 @@ sum is (C[end] - C[start]) * P**-start. It is not a cryptographic hash: two
 keys that collide are only serialized as if they were one key (ordering keys
 get stricter, never looser).
 
-**Speed** (``share_metadata`` on 1,000,000 records of 100-B values in
-frames of 10,000 records, ~1 MiB each, best of 3, on the project's 2-core
-machine under a load average of 5; the records/s scale with that load):
+**Speed** (``share_metadata`` on 1,000,000 records of 100-B values in 100
+frames of 10,000 records, ~1 MiB each, built with ``encode_record`` and
+``encode_frame``; best of 3, on the project's 2-core machine under a load
+average of 5, so these scale with that load):
 
 ============================================  ==========  =========
 records                                        asked for   records/s
