@@ -261,10 +261,30 @@ def test_canonical_records_never_take_a_per_record_path(monkeypatch: pytest.Monk
         )
         for i in range(500)
     ]
-    data = _frame(0, recs[:250]) + _frame(250, recs[250:])
+    # a format-1 frame, then a compacted (format-2) one: offsets 250, 252, ...
+    compacted = [(250 + 2 * j, r) for j, r in enumerate(recs[250:])]
+    data = _frame(0, recs[:250]) + build_offset_frame(250, compacted, BASE_TS, last_offset=800)
     m = share_metadata(data, 0, want_keys=True, want_delays=True)
+    assert m.offsets.tolist() == [*range(250), *range(250, 750, 2)]
     assert m.deliver_at.tolist() == [1000 + i if i % 2 else 0 for i in range(500)]
     assert m.key_hash.tolist() == [key_hash(r.key) for r in recs]
+    _check(data, 0)
+
+
+def test_format2_deltas_that_do_not_increase_are_corruption() -> None:
+    """A compacted frame whose record offsets repeat is CorruptRecordError, as in
+    decode_columns."""
+    frame = build_offset_frame(10, [(10, Record(b"a")), (12, Record(b"b"))], BASE_TS)
+    assert frame.count(b"\x28\x02") == 1
+    data = frame.replace(b"\x28\x02", b"\x28\x00")  # offset 12 -> 10 (the CRC is not read)
+    with pytest.raises(CorruptRecordError, match="do not increase"):
+        share_metadata(data, 0, want_keys=False, want_delays=False)
+    with pytest.raises(CorruptRecordError, match="do not increase"):
+        decode_objects(stored_frames(data), 0)
+    past_end = build_offset_frame(10, [(10, Record(b"a")), (12, Record(b"b"))], BASE_TS)
+    data = past_end.replace(b"\x28\x02", b"\x28\x09")  # offset 19 > last offset 12
+    with pytest.raises(CorruptRecordError, match="do not increase"):
+        share_metadata(data, 0, want_keys=False, want_delays=False)
 
 
 def test_a_header_that_does_not_parse_is_corruption() -> None:

@@ -78,6 +78,8 @@ _KEY_TAG: Final = 0x0A
 _VALUE_TAG: Final = 0x12
 _TS_TAG: Final = 0x18
 _HEADER_TAG: Final = 0x22
+_DELTA_TAG: Final = 0x28  # offset_delta = 5, varint (format 2 only)
+_U32_MAX: Final = (1 << 32) - 1
 #: Longest varint of a length (< 2**32: 5 x 7 bits) and of a 64-bit value.
 _MAX_LENGTH_VARINT: Final = 5
 _MAX_VARINT64: Final = 10
@@ -555,19 +557,57 @@ class Located(NamedTuple):
     value_valid: _B
     vstart: _I64
     vstop: _I64
-    #: The record's header fields are arr[hdr_start:rec_end] (empty: none).
+    #: The record's header fields are arr[hdr_start:hdr_end] (empty: none);
+    #: hdr_end is rec_end but in format 2, where an offset delta may follow.
     hdr_start: _I64
+    hdr_end: _I64
     rec_end: _I64
     #: Index of each frame's first record, then the record count.
     bounds: list[int]
 
 
-def locate_fast(buf: bytes, frames: list[tuple[int, FrameHeader]]) -> Located:
-    """Field positions of format-1 frames' records in canonical layout.
+def _headers_then_delta(arr: _U8, start: _I64, rec_end: _I64) -> tuple[_I64, _I64]:
+    """Format 2's record tail: header fields from ``start``, then an optional
+    ``offset_delta`` (field 5, varint) ending the record. Returns (where the
+    headers end, the deltas, 0 where absent); raises _Fallback for anything
+    else. Vectorized: one step per header of the record with the most."""
+    hdr_end = start.copy()
+    idx = np.flatnonzero(hdr_end < rec_end)
+    while len(idx):
+        p = hdr_end[idx]
+        is_header = arr[p] == _HEADER_TAG
+        idx, p = idx[is_header], p[is_header]
+        if not len(idx):
+            break
+        ln, lnl = _varints_at(arr, p + 1, _MAX_LENGTH_VARINT)
+        p = p + 1 + lnl + ln
+        if (p > rec_end[idx]).any():
+            raise _Fallback
+        hdr_end[idx] = p
+        idx = idx[p < rec_end[idx]]
+    has_delta = hdr_end < rec_end
+    if (arr[hdr_end[has_delta]] != _DELTA_TAG).any():
+        raise _Fallback
+    d, dl = _varints_at(arr, hdr_end + 1, _MAX_LENGTH_VARINT, has_delta)
+    if (np.where(has_delta, hdr_end + 1 + dl, hdr_end) != rec_end).any() or (
+        d[has_delta] > _U32_MAX
+    ).any():
+        raise _Fallback
+    return hdr_end, np.where(has_delta, d, 0)
 
-    Raises ``_Fallback`` for records this path does not read (callers then
-    use upb), CorruptRecordError for records that do not match their frame.
+
+def locate_fast(
+    buf: bytes, frames: list[tuple[int, FrameHeader]], *, offset_deltas: bool = False
+) -> Located:
+    """Field positions of the frames' records in canonical layout.
+
+    Format-2 frames only with ``offset_deltas`` (records then carry their
+    offset deltas after their headers; :func:`decode_columns` reads those
+    frames with upb instead). Raises ``_Fallback`` for records this path does
+    not read (callers then use upb), CorruptRecordError for records that do
+    not match their frame.
     """
+    assert offset_deltas or not any(h.has_offset_deltas for _, h in frames)
     arr = np.frombuffer(buf, np.uint8)
     starts_l: list[_I64] = []
     ends: list[int] = []
@@ -616,9 +656,19 @@ def locate_fast(buf: bytes, frames: list[tuple[int, FrameHeader]]) -> Located:
         timestamps = np.where(has_ts & (ts != 0), ts, timestamps)
         pos = np.where(has_ts, pos + 1 + tl, pos)
     hdr_start = pos
-    _check_only_headers(arr, hdr_start, rec_end)
     offsets = np.repeat(np.asarray(base_offsets, np.int64), counts_a)
-    offsets += np.arange(n, dtype=np.int64) - np.repeat(last_idx + 1 - counts_a, counts_a)
+    index = np.arange(n, dtype=np.int64) - np.repeat(last_idx + 1 - counts_a, counts_a)
+    v2 = [h.has_offset_deltas for _, h in frames]
+    if any(v2):
+        hdr_end, delta = _headers_then_delta(arr, hdr_start, rec_end)
+        is_v2 = np.repeat(np.asarray(v2, np.bool_), counts_a)
+        # a format-1 record's offset_delta is to be ignored (records.proto)
+        offsets += np.where(is_v2, delta, index)
+        _check_deltas_at(offsets, frames, counts_a, last_idx, v2)
+    else:
+        hdr_end = rec_end
+        _check_only_headers(arr, hdr_start, rec_end)
+        offsets += index
     bounds = [0, *itertools.accumulate(counts)]
     return Located(
         arr,
@@ -631,9 +681,33 @@ def locate_fast(buf: bytes, frames: list[tuple[int, FrameHeader]]) -> Located:
         vstart,
         vstop,
         hdr_start,
+        hdr_end,
         rec_end,
         bounds,
     )
+
+
+def _check_deltas_at(
+    offsets: _I64,
+    frames: list[tuple[int, FrameHeader]],
+    counts: _I64,
+    last_idx: _I64,
+    v2: list[bool],
+) -> None:
+    """Raise CorruptRecordError unless each format-2 frame's record offsets
+    strictly increase and end at or before its last offset (as _check_deltas)."""
+    step_ok = np.ones(len(offsets), np.bool_)
+    step_ok[1:] = offsets[1:] > offsets[:-1]
+    step_ok[last_idx + 1 - counts] = True  # a frame's first record has no step
+    last_ok = offsets[last_idx] <= np.asarray([h.last_offset for _, h in frames], np.int64)
+    bad = np.flatnonzero(~np.logical_and.reduceat(step_ok, last_idx + 1 - counts))
+    for i in [*bad.tolist(), *np.flatnonzero(~last_ok).tolist()]:
+        if v2[i]:
+            h = frames[i][1]
+            raise CorruptRecordError(
+                f"batch at offset {h.base_offset}: record offset deltas do not increase up to "
+                f"its last offset {h.last_offset}"
+            )
 
 
 def _decode_fast(
@@ -643,7 +717,7 @@ def _decode_fast(
     arr, bounds = loc.arr, loc.bounds
     keys, key_offsets = _gather(arr, loc.kstart, loc.kstop, bounds)
     values, value_offsets = _gather(arr, loc.vstart, loc.vstop, bounds)
-    headers, header_offsets = _gather(arr, loc.hdr_start, loc.rec_end, bounds)
+    headers, header_offsets = _gather(arr, loc.hdr_start, loc.hdr_end, bounds)
     return ColumnBatch(
         topic,
         partition,

@@ -58,11 +58,14 @@ record has a header field replaces the header scan); a header on every
 record adds ~0.35 us a record (about twenty numpy passes over a million
 positions), a key ~0.2 us (the hash's passes over the key bytes).
 
-Slow paths, correct but per record: format-2 frames (written by compaction)
-and records not in canonical layout are decoded with upb as
-:func:`~logstore.wire.decode_columns` does (~0.8 us a record); a header
-whose own fields are out of canonical order (a ``Header`` with unknown
-fields, or value before name) is re-read with upb for that record only.
+Format-2 frames (written by compaction: records carry offset deltas, so a
+compacted log's gaps) take the same vectorized path, the deltas read after
+the headers. Slow paths, correct but per record: records not in canonical
+layout (fields out of number order, unknown fields; no logstore writer makes
+them) are decoded with upb as :func:`~logstore.wire.decode_columns` does
+(~0.8 us a record); a header whose own fields are out of canonical order (a
+``Header`` with unknown fields, or value before name) is re-read with upb for
+that record only.
 
 All functions are pure and thread-safe.
 """
@@ -354,15 +357,13 @@ def share_metadata(
     if not frames:
         return _empty()
     try:
-        if any(h.has_offset_deltas for _, h in frames):
-            raise _Fallback
-        loc = locate_fast(result.buf, frames)
+        loc = locate_fast(result.buf, frames, offset_deltas=True)
         n = len(loc.offsets)
         lo = int(np.searchsorted(loc.offsets, start_offset))
         hi = n if max_records is None else min(n, lo + max_records)
         offsets, timestamps = loc.offsets[lo:hi], loc.timestamps[lo:hi]
         deliver_at = (
-            _deliver_at(loc.arr, loc.hdr_start[lo:hi], loc.rec_end[lo:hi])
+            _deliver_at(loc.arr, loc.hdr_start[lo:hi], loc.hdr_end[lo:hi])
             if want_delays
             else np.zeros(hi - lo, np.int64)
         )
