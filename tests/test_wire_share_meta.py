@@ -54,6 +54,9 @@ def _expected(data: bytes, start: int) -> tuple[list[int], list[int], list[int],
 def _check(data: bytes, start: int = 0) -> None:
     m = share_metadata(data, start, want_keys=True, want_delays=True)
     offs, ts, delays, hashes = _expected(data, start)
+    frames = stored_frames(data).frames
+    assert m.start_offset == start
+    assert m.end_offset == max(start, frames[-1][1].next_offset if frames else start)
     assert m.offsets.dtype == np.int64 and m.deliver_at.dtype == np.int64
     assert m.key_hash.dtype == np.uint64
     assert m.offsets.tolist() == offs
@@ -102,11 +105,14 @@ def test_start_offset_and_max_records() -> None:
     data = _frame(0, [Record(b"a", headers=[deliver_at_header(5 + i)]) for i in range(10)])
     data += _frame(10, [Record(b"b", key=b"k%d" % i) for i in range(10)])
     m = share_metadata(data, 7, want_keys=True, want_delays=True, max_records=5)
+    assert (m.start_offset, m.end_offset) == (7, 12)
     assert m.offsets.tolist() == [7, 8, 9, 10, 11]
     assert m.deliver_at.tolist() == [12, 13, 14, 0, 0]
     assert m.key_hash.tolist() == [0, 0, 0, key_hash(b"k0"), key_hash(b"k1")]
     _check(data, 7)
-    assert len(share_metadata(data, 20, want_keys=True, want_delays=True).offsets) == 0
+    past = share_metadata(data, 20, want_keys=True, want_delays=True)
+    assert (len(past.offsets), past.start_offset, past.end_offset) == (0, 20, 20)
+    assert share_metadata(data, 0, want_keys=False, want_delays=False).end_offset == 20
 
 
 def test_headers_mixed_last_wins_malformed_is_zero() -> None:
@@ -160,6 +166,12 @@ def test_format2_compacted_frames_with_gaps() -> None:
     data += _frame(26, [Record(b"y", key=b"k1")])
     m = share_metadata(data, 0, want_keys=True, want_delays=True)
     assert m.offsets.tolist() == [*range(10), 10, 13, 17, 18, 26]
+    assert m.end_offset == 27
+    # the compacted frame's hole at its end (19..25) is covered by end_offset
+    tail = share_metadata(data, 0, want_keys=False, want_delays=False, max_records=14)
+    assert (tail.offsets.tolist()[-1], tail.end_offset) == (18, 26)
+    hole = share_metadata(f2, 19, want_keys=False, want_delays=False)
+    assert (len(hole.offsets), hole.end_offset) == (0, 26)
     assert m.deliver_at.tolist() == [5] * 10 + [111, 0, 0, 0, 0]
     assert m.key_hash.tolist()[10] == m.key_hash.tolist()[14] == key_hash(b"k1")
     assert m.key_hash.tolist()[13] == key_hash(b"") != 0

@@ -314,22 +314,30 @@ def _deliver_at(arr: _U8, hstart: _I64, hend: _I64) -> _I64:
 class ShareMeta(NamedTuple):
     """Per-record columns for a share partition's acquire: one entry per record.
 
-    ``offsets``, ``timestamps`` (ms; a record's own, else its batch's base
-    timestamp, as :func:`~logstore.wire.decode_columns` gives them) and
-    ``deliver_at`` (ms, 0 = no delay) are int64; ``key_hash`` is uint64 (0 =
-    no key). ``deliver_at`` is all 0 unless asked for (``want_delays``), and
-    ``key_hash`` unless ``want_keys``.
+    ``start_offset`` is the offset asked for; ``end_offset`` the offset after
+    what was read (the last frame's ``next_offset``, so a hole at the end of
+    a format-2 batch is covered; or, when ``max_records`` cut the read short,
+    the first record left out): every offset in [start_offset, end_offset)
+    not in ``offsets`` is a gap. ``offsets`` (strictly increasing),
+    ``timestamps`` (ms; a record's own, else its batch's base timestamp, as
+    :func:`~logstore.wire.decode_columns` gives them) and ``deliver_at`` (ms,
+    0 = no delay) are int64; ``key_hash`` is uint64 (0 = no key).
+    ``deliver_at`` is all 0 unless asked for (``want_delays``), and
+    ``key_hash`` unless ``want_keys``. The fields are those, in that order,
+    of the share layer's ``Candidates``.
     """
 
+    start_offset: int
+    end_offset: int
     offsets: _I64
     timestamps: _I64
     deliver_at: _I64
     key_hash: _U64
 
 
-def _empty() -> ShareMeta:
+def _empty(start_offset: int, end_offset: int) -> ShareMeta:
     z = np.zeros(0, np.int64)
-    return ShareMeta(z, z, z, np.zeros(0, np.uint64))
+    return ShareMeta(start_offset, end_offset, z, z, z, np.zeros(0, np.uint64))
 
 
 def _rebase(bounds: list[int], lo: int, hi: int) -> list[int]:
@@ -355,11 +363,12 @@ def share_metadata(
     result = stored_frames(data) if isinstance(data, bytes) else data
     frames = frames_from(result, start_offset, max_records)
     if not frames:
-        return _empty()
+        return _empty(start_offset, start_offset)
     try:
         loc = locate_fast(result.buf, frames, offset_deltas=True)
-        n = len(loc.offsets)
-        lo = int(np.searchsorted(loc.offsets, start_offset))
+        every = loc.offsets
+        n = len(every)
+        lo = int(np.searchsorted(every, start_offset))
         hi = n if max_records is None else min(n, lo + max_records)
         offsets, timestamps = loc.offsets[lo:hi], loc.timestamps[lo:hi]
         deliver_at = (
@@ -379,6 +388,7 @@ def share_metadata(
             key_hash = np.zeros(hi - lo, np.uint64)
     except _Fallback:
         cols = _decode_upb("", 0, result.buf, frames)
+        every = cols.offsets
         n = len(cols)
         lo = int(np.searchsorted(cols.offsets, start_offset))
         hi = n if max_records is None else min(n, lo + max_records)
@@ -394,4 +404,5 @@ def share_metadata(
             if want_keys
             else np.zeros(hi - lo, np.uint64)
         )
-    return ShareMeta(offsets, timestamps, deliver_at, key_hash)
+    end_offset = frames[-1][1].next_offset if hi == n else int(every[hi])
+    return ShareMeta(start_offset, end_offset, offsets, timestamps, deliver_at, key_hash)
