@@ -42,9 +42,9 @@ test: install lint
 	$(BIN)/pytest -q
 
 lint: install
-	$(BIN)/ruff check logstore cli tests benchmarks
-	$(BIN)/ruff format --check logstore cli tests benchmarks
-	$(BIN)/mypy logstore cli
+	$(BIN)/ruff check logstore cli tests benchmarks examples
+	$(BIN)/ruff format --check logstore cli tests benchmarks examples
+	$(BIN)/mypy logstore cli examples
 
 bench: install
 	$(PYTHON) -m benchmarks.run --quick

@@ -1,0 +1,344 @@
+"""A consumer group of N processes computing a per-key count and sum over a topic.
+
+    python examples/group_aggregate.py --bootstrap 127.0.0.1:7070 --topic sales \\
+        --group sales-agg --state-dir ./agg-state --workers 3 [--drain] [--json]
+
+Each record's key is the group key (UTF-8) and its value a decimal integer
+(UTF-8), e.g. key ``store-7`` value ``1250``. The script starts ``--workers``
+processes (itself with ``--worker-index``); each is a
+:class:`~logstore.client.GroupConsumer` member of ``--group``, so the broker's
+coordinator splits the topic's partitions between them and moves partitions
+when one stops or starts. A member reads its partitions with
+``poll_columns()``, turns each batch into a ``pyarrow.RecordBatch`` with
+``ColumnBatch.to_arrow()`` (zero-copy for keys and values) and lets DuckDB
+aggregate it (``GROUP BY key``: count, sum); no Python loop runs per record.
+
+**Exactly once across restarts.** Each partition's partial aggregate is a
+state file ``STATE_DIR/TOPIC-PARTITION.json``::
+
+    {"v": 1, "topic": ..., "partition": ..., "next_offset": N,
+     "keys": {"store-7": [count, sum], ...}}
+
+holding the aggregate of exactly the records at offsets below ``next_offset``
+(from the log start). After every batch a member first commits ``next_offset``
+to the group (``OffsetCommit``: refused with FAILED_PRECONDITION if this
+member no longer owns the partition, so a fenced member writes nothing), then
+replaces the state file atomically (write a temporary file, fsync, rename,
+fsync the directory). A member that gets a partition loads its file and seeks
+to its ``next_offset``, whatever offset the group committed: a process stopped
+between the two steps (SIGTERM, ``kill -9``, power cut) has a committed offset
+ahead of its file, and the batch in between is read again and counted once.
+The committed offsets are what ``logctl groups describe`` shows as lag.
+
+The state files live on one machine here (so the workers must share it); a
+real deployment keeps them in a shared store. A member that keeps running
+after losing its partition (a missed session timeout while it is still
+processing) could overwrite a file after the new owner loaded it: the commit
+before the write narrows this to the time between the two; a store with a
+conditional write (on the member epoch) closes it.
+
+The parent process prints the merged aggregate (the sum over partitions) when
+it stops: on SIGTERM/SIGINT (it stops the workers first, by PID, and each
+leaves the group after its current batch) or, with ``--drain``, once every
+partition's state has reached the end offset the topic had at start. Run it
+again and it resumes where the group left off. ``--merge`` prints the merged
+aggregate of the state directory without consuming. Output: a table, or with
+``--json`` one JSON object ``{"records": N, "keys": {key: {"count", "sum"}},
+"partitions": {partition: next_offset}}``.
+
+Each worker logs ``worker I: aggregated N records`` on stderr when it stops:
+the records it added to saved state in this run (none are read twice).
+
+Needs the ``examples`` extra (``pip install 'logstore[examples]'``: pyarrow
+and duckdb).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from logstore import errors
+
+try:
+    import duckdb
+except ImportError as exc:
+    raise SystemExit("group_aggregate.py needs duckdb: pip install 'logstore[examples]'") from exc
+
+from logstore.client import Admin, ColumnBatch, GroupConsumer, TopicPartition
+
+STATE_VERSION = 1
+#: One aggregate query per fetched batch; a record with a null key counts under
+#: NULL_KEY, a null value counts and adds nothing to the sum (SQL's sum).
+QUERY = """
+    SELECT coalesce(decode(key), ?) AS k,
+           count(*) AS n,
+           coalesce(sum(CAST(decode(value) AS BIGINT)), 0) AS s
+    FROM batch GROUP BY k
+"""
+NULL_KEY = "<null>"
+#: The parent checks the state files this often in --drain mode.
+DRAIN_CHECK_S = 0.1
+#: A stopped worker has this long to finish its batch and leave the group.
+STOP_GRACE_S = 20.0
+
+log = logging.getLogger("group_aggregate")
+
+
+# -- the state of one partition ----------------------------------------------
+
+
+@dataclass
+class PartitionState:
+    """The aggregate of the records of one partition below ``next_offset``."""
+
+    topic: str
+    partition: int
+    next_offset: int | None = None  # None: nothing read yet (start at the log start)
+    keys: dict[str, list[int]] = field(default_factory=dict)  # key -> [count, sum]
+
+
+def state_path(state_dir: Path, topic: str, partition: int) -> Path:
+    return state_dir / f"{topic}-{partition}.json"
+
+
+def load_state(state_dir: Path, topic: str, partition: int) -> PartitionState:
+    """The partition's saved state, or an empty one when it has none."""
+    path = state_path(state_dir, topic, partition)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        return PartitionState(topic, partition)
+    if doc.get("v") != STATE_VERSION or (doc["topic"], doc["partition"]) != (topic, partition):
+        raise SystemExit(f"{path}: not a version-{STATE_VERSION} state file of {topic}-{partition}")
+    return PartitionState(topic, partition, int(doc["next_offset"]), doc["keys"])
+
+
+def save_state(state_dir: Path, st: PartitionState) -> None:
+    """Replace the partition's state file atomically (a crash leaves old or new)."""
+    path = state_path(state_dir, st.topic, st.partition)
+    doc = {
+        "v": STATE_VERSION,
+        "topic": st.topic,
+        "partition": st.partition,
+        "next_offset": st.next_offset,
+        "keys": st.keys,
+    }
+    fd, tmp = tempfile.mkstemp(dir=state_dir, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f, sort_keys=True, separators=(",", ":"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(state_dir, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def merge(state_dir: Path, topic: str) -> dict[str, Any]:
+    """The sum of every partition's saved aggregate."""
+    keys: dict[str, dict[str, int]] = {}
+    partitions: dict[str, int] = {}
+    for path in sorted(state_dir.glob(f"{topic}-*.json")):
+        suffix = path.stem[len(topic) + 1 :]
+        if not suffix.isdigit():
+            continue  # another topic whose name starts with "TOPIC-"
+        st = load_state(state_dir, topic, int(suffix))
+        partitions[str(st.partition)] = st.next_offset or 0
+        for k, (n, s) in st.keys.items():
+            agg = keys.setdefault(k, {"count": 0, "sum": 0})
+            agg["count"] += n
+            agg["sum"] += s
+    return {
+        "records": sum(a["count"] for a in keys.values()),
+        "keys": dict(sorted(keys.items())),
+        "partitions": partitions,
+    }
+
+
+# -- a worker: one group member ------------------------------------------------
+
+
+def aggregate_batch(con: Any, cols: ColumnBatch, st: PartitionState) -> None:
+    """Add one fetched batch to ``st`` with DuckDB over its Arrow form."""
+    batch = cols.to_arrow()  # noqa: F841 -- DuckDB finds it by name (replacement scan)
+    for k, n, s in con.execute(QUERY, [NULL_KEY]).fetchall():
+        agg = st.keys.setdefault(k, [0, 0])
+        agg[0] += int(n)
+        agg[1] += int(s)
+    st.next_offset = int(cols.offsets[-1]) + 1
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    state_dir = Path(args.state_dir)
+    con = duckdb.connect()
+    owned: dict[TopicPartition, PartitionState] = {}
+    admin = Admin(args.bootstrap)
+
+    def on_assign(tps: list[TopicPartition]) -> None:
+        starts = {o.partition: o.offset for o in admin.list_offsets(args.topic, "earliest")}
+        for tp in tps:
+            st = load_state(state_dir, tp.topic, tp.partition)
+            owned[tp] = st
+            # The file, not the committed offset, says where its aggregate ends.
+            consumer.seek(tp, starts[tp.partition] if st.next_offset is None else st.next_offset)
+        log.info("worker %d: assigned %s", args.worker_index, [tp.partition for tp in tps])
+
+    def on_revoke(tps: list[TopicPartition]) -> None:
+        for tp in tps:
+            owned.pop(tp, None)  # saved after every batch: nothing left to write
+        log.info("worker %d: released %s", args.worker_index, [tp.partition for tp in tps])
+
+    consumer = GroupConsumer(
+        args.bootstrap,
+        args.group,
+        topics=[args.topic],
+        enable_auto_commit=False,  # committed per batch below, before the state file
+        auto_offset_reset="earliest",
+        on_assign=on_assign,
+        on_revoke=on_revoke,
+        on_lost=on_revoke,
+        client_id=f"group-aggregate-{args.worker_index}",
+    )
+    aggregated = 0  # records this run added to saved state (logged at exit)
+    try:
+        while not stop.is_set():
+            got = consumer.poll_columns(200, max_records=args.max_poll_records)
+            done: list[PartitionState] = []
+            batch_records = 0
+            for tp, cols in got.items():
+                st = owned.get(tp)
+                if st is None or len(cols) == 0:
+                    continue
+                aggregate_batch(con, cols, st)
+                done.append(st)
+                batch_records += len(cols)
+            if not done:
+                continue
+            try:
+                consumer.commit({(st.topic, st.partition): st.next_offset or 0 for st in done})
+            except (errors.UnknownMemberIdError, errors.FencedMemberEpochError) as exc:
+                # No longer the owner: the next poll calls on_lost; write nothing.
+                log.warning(
+                    "worker %d: commit refused, state not saved: %s", args.worker_index, exc
+                )
+                for st in done:
+                    owned.pop(TopicPartition(st.topic, st.partition), None)
+                continue
+            for st in done:
+                save_state(state_dir, st)
+            aggregated += batch_records
+    finally:
+        log.info("worker %d: aggregated %d records", args.worker_index, aggregated)
+        consumer.close()  # leaves the group: its partitions move now
+        admin.close()
+        con.close()
+    return 0
+
+
+# -- the parent: N workers, then the merged result ------------------------------
+
+
+def drained(state_dir: Path, topic: str, ends: dict[int, int]) -> bool:
+    """Whether every partition's saved state reached ``ends``."""
+    for p, end in ends.items():
+        if end > 0 and (load_state(state_dir, topic, p).next_offset or 0) < end:
+            return False
+    return True
+
+
+def print_result(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, sort_keys=True))
+        return
+    print(f"{'key':<24} {'count':>10} {'sum':>16}")
+    for k, agg in result["keys"].items():
+        print(f"{k:<24} {agg['count']:>10} {agg['sum']:>16}")
+    print(f"{result['records']} records")
+
+
+def run_parent(args: argparse.Namespace, argv: list[str]) -> int:
+    state_dir = Path(args.state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        print_result(merge(state_dir, args.topic), args.json)
+        return 0
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    ends: dict[int, int] = {}
+    if args.drain:
+        with Admin(args.bootstrap) as admin:
+            ends = {o.partition: o.offset for o in admin.list_offsets(args.topic, "latest")}
+    base = [sys.executable, str(Path(__file__).resolve()), *argv]
+    workers = [subprocess.Popen([*base, "--worker-index", str(i)]) for i in range(args.workers)]
+    code = 0
+    try:
+        while not stop.is_set():
+            if any(w.poll() is not None for w in workers):
+                print("group_aggregate: a worker exited; stopping", file=sys.stderr)
+                code = 1
+                break
+            if args.drain and drained(state_dir, args.topic, ends):
+                break
+            stop.wait(DRAIN_CHECK_S)
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for w in workers:
+            try:
+                w.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                w.kill()
+                w.wait()
+                code = 1
+    print_result(merge(state_dir, args.topic), args.json)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--bootstrap", default="127.0.0.1:7070")
+    parser.add_argument("--topic", required=True)
+    parser.add_argument("--group", required=True)
+    parser.add_argument("--state-dir", required=True, help="per-partition aggregate files")
+    parser.add_argument("--workers", type=int, default=2, help="group members to start")
+    parser.add_argument("--max-poll-records", type=int, default=10_000)
+    parser.add_argument("--drain", action="store_true", help="stop at the end offsets at start")
+    parser.add_argument("--merge", action="store_true", help="only print the saved aggregate")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
+    if args.workers < 1 or args.max_poll_records < 1:
+        parser.error("--workers and --max-poll-records must be >= 1")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    if args.worker_index is not None:
+        return run_worker(args)
+    return run_parent(args, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
