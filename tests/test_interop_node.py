@@ -288,6 +288,7 @@ def test_node_member_shares_a_group_with_a_python_member(
                 and len(sets) == 2
                 and all(len(s) == 2 for s in sets)
                 and len(gc.assignment()) == 2
+                and bool(m.of("revoked"))  # read by the reader thread too
             )
 
         wait_until("the group splits the partitions 2 + 2", split, pump, m)
