@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -333,3 +334,47 @@ def test_auto_commit_and_commit_async_commit_what_poll_returned(broker: BrokerPr
         assert done == [None] and committed_of(broker, "g-manual") == {("autoc", 0): 4}
     finally:
         m.close()
+
+
+def test_commit_waits_for_the_new_epoch_of_a_slow_heartbeat_reply(
+    broker: BrokerProcess,
+) -> None:
+    """A commit racing the heartbeat that advanced the member's epoch (STALE_MEMBER_EPOCH)
+    is retried once that reply arrives, even when it takes longer than 50 ms (it used to
+    retry after a fixed 50 ms with the same stale epoch and raise)."""
+    make_topic(broker, "stale", 2, 5)
+    a = GroupConsumer(
+        broker.grpc_address,
+        "g-stale",
+        topics=["stale"],
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    b: GroupConsumer | None = None
+    try:
+        seen: list[tuple[TopicPartition, int]] = []
+        drain([a], 10, seen, 10)
+        # From now on a's heartbeat replies arrive 400 ms late (a slow network).
+        call = a._conn.call
+        beat = a._stub.ConsumerGroupHeartbeat
+
+        def slow(method: Any, request: Any, timeout_s: float) -> Any:
+            reply = call(method, request, timeout_s)
+            if method is beat:
+                time.sleep(0.4)
+            return reply
+
+        a._conn.call = slow  # type: ignore[method-assign]
+        b = GroupConsumer(broker.grpc_address, "g-stale", topics=["stale"])
+        deadline = time.monotonic() + 10
+        while len(a.assignment()) != 1 and time.monotonic() < deadline:
+            a.poll(20)  # releases one partition; its heartbeat advances a's epoch
+        assert len(a.assignment()) == 1
+        time.sleep(0.1)  # that heartbeat reached the broker; its reply is still on the way
+        kept = a.assignment()[0]
+        a.commit({kept: 5})
+        assert committed_of(broker, "g-stale")[tuple(kept)] == 5
+    finally:
+        a.close()
+        if b is not None:
+            b.close()

@@ -163,6 +163,8 @@ class GroupConsumer:
 
         # -- shared with the heartbeat thread (guarded by _lock) ------------
         self._lock = threading.Lock()
+        #: notified (under _lock) when a heartbeat reply or a loss changes the epoch
+        self._epoch_changed = threading.Condition(self._lock)
         self._member_id = ""
         self._epoch = _JOIN_EPOCH
         self._interval_s = 3.0
@@ -224,7 +226,9 @@ class GroupConsumer:
             if self._lost is not None:
                 return  # lost meanwhile: the polling thread must release first
             self._member_id = reply.member_id
-            self._epoch = reply.member_epoch
+            if reply.member_epoch != self._epoch:
+                self._epoch = reply.member_epoch
+                self._epoch_changed.notify_all()
             if reply.heartbeat_interval_ms > 0:
                 self._interval_s = reply.heartbeat_interval_ms / 1000
             target = _tps(reply.assignment) - _tps(reply.revoking)
@@ -240,6 +244,7 @@ class GroupConsumer:
             if forget_id:
                 self._member_id = ""
             self._target = set()
+            self._epoch_changed.notify_all()
         self._changed.set()
 
     def _run(self) -> None:
@@ -503,14 +508,20 @@ class GroupConsumer:
             except errors.StaleMemberEpochError:
                 if attempt:
                     raise
-                # The heartbeat thread has a newer epoch in flight: beat, retry once.
-                self._wake.set()
-                time.sleep(0.05)
-                with self._lock:
-                    req.member_epoch = self._epoch
+                # The broker advanced our epoch in a heartbeat whose reply is still on
+                # its way (or in the next one): wait for it, however slow the network,
+                # within the request timeout, then retry once with the new epoch.
+                req.member_epoch = self._epoch_after(req.member_epoch)
             except (errors.UnknownMemberIdError, errors.FencedMemberEpochError) as exc:
                 self._mark_lost(str(exc), isinstance(exc, errors.UnknownMemberIdError))
                 raise
+
+    def _epoch_after(self, stale: int) -> int:
+        """Beat now and wait (up to the request timeout) for an epoch other than ``stale``."""
+        self._wake.set()
+        with self._epoch_changed:
+            self._epoch_changed.wait_for(lambda: self._epoch != stale, self._timeout_s)
+            return self._epoch
 
     def commit_async(
         self, callback: Callable[[errors.LogStoreError | None], None] | None = None
