@@ -24,7 +24,10 @@ holding the aggregate of exactly the records at offsets below ``next_offset``
 to the group (``OffsetCommit``: refused with FAILED_PRECONDITION if this
 member no longer owns the partition, so a fenced member writes nothing), then
 replaces the state file atomically (write a temporary file, fsync, rename,
-fsync the directory). A member that gets a partition loads its file and seeks
+fsync the directory); a commit that fails for a passing reason (a stale epoch
+in the middle of a rebalance, the broker unavailable) is tried again after the
+next poll, and a revoked partition is committed and saved before it is
+released. A member that gets a partition loads its file and seeks
 to its ``next_offset``, whatever offset the group committed: a process stopped
 between the two steps (SIGTERM, ``kill -9``, power cut) has a committed offset
 ahead of its file, and the batch in between is read again and counted once.
@@ -186,73 +189,106 @@ def aggregate_batch(con: Any, cols: ColumnBatch, st: PartitionState) -> None:
     st.next_offset = int(cols.offsets[-1]) + 1
 
 
+#: Commit failures after which the batch stays pending and is committed (then
+#: saved) after the next poll: the member still owns the partition.
+TRY_AGAIN = (
+    errors.StaleMemberEpochError,
+    errors.BrokerUnavailableError,
+    errors.DeadlineExceededError,
+)
+
+
+class Worker:
+    """One group member: aggregates its partitions' batches, commits, saves."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.index: int = args.worker_index
+        self.topic: str = args.topic
+        self.max_poll_records: int = args.max_poll_records
+        self.state_dir = Path(args.state_dir)
+        self.owned: dict[TopicPartition, PartitionState] = {}
+        #: aggregated but not yet committed and saved (after a TRY_AGAIN failure)
+        self.pending: dict[TopicPartition, int] = {}  # -> records in it
+        self.aggregated = 0  # records this run added to saved state (logged at exit)
+        self.con = duckdb.connect()
+        self.admin = Admin(args.bootstrap)
+        self.consumer = GroupConsumer(
+            args.bootstrap,
+            args.group,
+            topics=[args.topic],
+            enable_auto_commit=False,  # committed per batch, before the state file
+            auto_offset_reset="earliest",
+            on_assign=self.on_assign,
+            on_revoke=self.on_revoke,
+            on_lost=self.on_lost,
+            client_id=f"group-aggregate-{self.index}",
+        )
+
+    def on_assign(self, tps: list[TopicPartition]) -> None:
+        starts = {o.partition: o.offset for o in self.admin.list_offsets(self.topic, "earliest")}
+        for tp in tps:
+            st = load_state(self.state_dir, tp.topic, tp.partition)
+            self.owned[tp] = st
+            # The file, not the committed offset, says where its aggregate ends.
+            start = starts[tp.partition] if st.next_offset is None else st.next_offset
+            self.consumer.seek(tp, start)
+        log.info("worker %d: assigned %s", self.index, [tp.partition for tp in tps])
+
+    def on_revoke(self, tps: list[TopicPartition]) -> None:
+        self.flush()  # still the owner while revoking: commits are accepted
+        self.on_lost(tps)
+        log.info("worker %d: released %s", self.index, [tp.partition for tp in tps])
+
+    def on_lost(self, tps: list[TopicPartition]) -> None:
+        # Anything unsaved is dropped: the next owner reads it again from the file's offset.
+        for tp in tps:
+            self.owned.pop(tp, None)
+            self.pending.pop(tp, None)
+
+    def flush(self) -> None:
+        """Commit, then save, every pending partition (see the module docstring)."""
+        if not self.pending:
+            return
+        states = [self.owned[tp] for tp in self.pending]
+        try:
+            self.consumer.commit({(st.topic, st.partition): st.next_offset or 0 for st in states})
+        except TRY_AGAIN as exc:
+            log.warning(
+                "worker %d: commit failed, retried after the next poll: %s", self.index, exc
+            )
+            return
+        except (errors.UnknownMemberIdError, errors.FencedMemberEpochError) as exc:
+            # No longer the owner: the next poll calls on_lost; write nothing.
+            log.warning("worker %d: commit refused, state not saved: %s", self.index, exc)
+            self.on_lost(list(self.pending))
+            return
+        for st in states:
+            save_state(self.state_dir, st)
+        self.aggregated += sum(self.pending.values())
+        self.pending.clear()
+
+    def run(self, stop: threading.Event) -> None:
+        try:
+            while not stop.is_set():
+                got = self.consumer.poll_columns(200, max_records=self.max_poll_records)
+                for tp, cols in got.items():
+                    st = self.owned.get(tp)
+                    if st is not None and len(cols):
+                        aggregate_batch(self.con, cols, st)
+                        self.pending[tp] = self.pending.get(tp, 0) + len(cols)
+                self.flush()
+        finally:
+            log.info("worker %d: aggregated %d records", self.index, self.aggregated)
+            self.consumer.close()  # leaves the group: its partitions move now
+            self.admin.close()
+            self.con.close()
+
+
 def run_worker(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    state_dir = Path(args.state_dir)
-    con = duckdb.connect()
-    owned: dict[TopicPartition, PartitionState] = {}
-    admin = Admin(args.bootstrap)
-
-    def on_assign(tps: list[TopicPartition]) -> None:
-        starts = {o.partition: o.offset for o in admin.list_offsets(args.topic, "earliest")}
-        for tp in tps:
-            st = load_state(state_dir, tp.topic, tp.partition)
-            owned[tp] = st
-            # The file, not the committed offset, says where its aggregate ends.
-            consumer.seek(tp, starts[tp.partition] if st.next_offset is None else st.next_offset)
-        log.info("worker %d: assigned %s", args.worker_index, [tp.partition for tp in tps])
-
-    def on_revoke(tps: list[TopicPartition]) -> None:
-        for tp in tps:
-            owned.pop(tp, None)  # saved after every batch: nothing left to write
-        log.info("worker %d: released %s", args.worker_index, [tp.partition for tp in tps])
-
-    consumer = GroupConsumer(
-        args.bootstrap,
-        args.group,
-        topics=[args.topic],
-        enable_auto_commit=False,  # committed per batch below, before the state file
-        auto_offset_reset="earliest",
-        on_assign=on_assign,
-        on_revoke=on_revoke,
-        on_lost=on_revoke,
-        client_id=f"group-aggregate-{args.worker_index}",
-    )
-    aggregated = 0  # records this run added to saved state (logged at exit)
-    try:
-        while not stop.is_set():
-            got = consumer.poll_columns(200, max_records=args.max_poll_records)
-            done: list[PartitionState] = []
-            batch_records = 0
-            for tp, cols in got.items():
-                st = owned.get(tp)
-                if st is None or len(cols) == 0:
-                    continue
-                aggregate_batch(con, cols, st)
-                done.append(st)
-                batch_records += len(cols)
-            if not done:
-                continue
-            try:
-                consumer.commit({(st.topic, st.partition): st.next_offset or 0 for st in done})
-            except (errors.UnknownMemberIdError, errors.FencedMemberEpochError) as exc:
-                # No longer the owner: the next poll calls on_lost; write nothing.
-                log.warning(
-                    "worker %d: commit refused, state not saved: %s", args.worker_index, exc
-                )
-                for st in done:
-                    owned.pop(TopicPartition(st.topic, st.partition), None)
-                continue
-            for st in done:
-                save_state(state_dir, st)
-            aggregated += batch_records
-    finally:
-        log.info("worker %d: aggregated %d records", args.worker_index, aggregated)
-        consumer.close()  # leaves the group: its partitions move now
-        admin.close()
-        con.close()
+    Worker(args).run(stop)
     return 0
 
 

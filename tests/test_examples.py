@@ -28,7 +28,7 @@ from tests.brokerproc import BrokerProcess, start_broker
 ROOT = Path(__file__).resolve().parent.parent
 AGGREGATE = ROOT / "examples" / "group_aggregate.py"
 TOPIC, GROUP, PARTS, WORKERS = "sales", "sales-agg", 6, 3
-PHASE1, PHASE2 = 3_000, 12_000
+PHASE1, PHASE2 = 2_000, 8_000
 WAIT_S = 60.0
 
 # (partition, offset, key, value) of every record produced
