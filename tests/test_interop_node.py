@@ -225,8 +225,8 @@ def test_node_member_shares_a_group_with_a_python_member(
     consume every record exactly once between them, commit it (Admin.describe_group shows
     it), and the Node member gets precise FAILED_PRECONDITION reasons for fenced commits."""
     addr, topic, group = group_broker.grpc_address, "mixed", "g-mixed"
-    with Admin(addr) as admin:
-        admin.create_topic(topic, partitions=PARTS)
+    admin = Admin(addr)
+    admin.create_topic(topic, partitions=PARTS)
     produce(addr, topic, 0, 50)
     m = NodeMember(node, addr, group, topic)
     py_seen: list[tuple[int, int, bytes | None]] = []
@@ -278,7 +278,6 @@ def test_node_member_shares_a_group_with_a_python_member(
             on_assign=on_assign,
             on_revoke=on_revoke,
         )
-        admin = Admin(addr)
 
         def split() -> bool:
             d = admin.describe_group(group)
@@ -336,11 +335,11 @@ def test_node_member_shares_a_group_with_a_python_member(
         assert [x.client_id for x in d.members] == ["python-interop"]
         gc.close()
         gc = None
-        admin.close()
     finally:
         if gc is not None:
             gc.close()
         m.stop()
+        admin.close()
 
     # Every record exactly once between the two, with the value that was produced.
     both = node_seen() + py_seen
