@@ -266,6 +266,8 @@ def test_node_member_shares_a_group_with_a_python_member(
         # 1. The Node member alone: all four partitions, everything from the log start.
         wait_until("node member drains alone", lambda: len(node_seen()) == 200, pump, m)
         assert [e["partitions"] for e in m.of("assigned")] == [[0, 1, 2, 3]]
+        # it beats at the interval the broker chose (GROUP_ENV), said in each reply
+        assert [e["interval_ms"] for e in m.of("joined")] == [100]
 
         # 2. The Python member joins (auto_offset_reset="error": it must start at the
         # offsets the Node member committed when it released them).
