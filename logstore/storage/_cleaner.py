@@ -88,14 +88,24 @@ MERGE_KEYS = 65_536
 
 @dataclass
 class CleanStats:
-    """What one ``clean`` call did (summed over partitions by the store)."""
+    """What the cleaner did since the store opened, summed over partitions
+    (the broker exports these as ``logstore_cleaner_*`` metrics). Written by
+    the one cleaner, read by anyone (ints and a float: no torn values)."""
 
     runs: int = 0
     passes: int = 0
+    #: Bytes read from segments: to build the key map (the dirty section
+    #: only, from the cleaned point) and to rewrite segments.
     bytes_read: int = 0
+    #: Of ``bytes_read``, those read to build the key map.
+    bytes_mapped: int = 0
     bytes_written: int = 0
     records_removed: int = 0
+    #: Of ``records_removed``, those with a null value.
+    tombstones_removed: int = 0
     segments_swapped: int = 0
+    #: Wall time of the last partition clean (all its passes), seconds.
+    last_clean_seconds: float = 0.0
 
 
 class Throttle:
@@ -167,6 +177,14 @@ class Cleaner:
         if not force and self.dirty_ratio(lg, segs) <= lg.config.min_cleanable_dirty_ratio:
             return False
         self.stats.runs += 1
+        started = time.monotonic()
+        try:
+            self._clean_passes(lg, segs, now)
+        finally:
+            self.stats.last_clean_seconds = time.monotonic() - started
+        return True
+
+    def _clean_passes(self, lg: PartitionLog, segs: list[Segment], now: int) -> None:
         # Up to the end found now: segments sealed meanwhile wait for the next
         # run, so steady appends cannot keep one clean going forever.
         target = segs[-1].next_offset
@@ -175,10 +193,11 @@ class Cleaner:
             if not segs or segs[-1].next_offset <= lg.cleaned_offset:
                 break
             self._one_pass(lg, segs, now)
-        return True
 
     # --- one pass ------------------------------------------------------------------------
-    def _frames(self, seg: Segment, from_offset: int) -> Iterator[tuple[int, bytes, list[Record]]]:
+    def _frames(
+        self, seg: Segment, from_offset: int, *, mapping: bool = False
+    ) -> Iterator[tuple[int, bytes, list[Record]]]:
         """``(base offset, frame bytes, records)`` of the segment's frames that
         end at or after ``from_offset``, CRC-checked; one ``READ_CHUNK`` read
         and decoded at a time, so memory is bounded by a chunk's records."""
@@ -187,19 +206,21 @@ class Cleaner:
             if h.next_offset <= from_offset:
                 continue
             if group and p + h.frame_size - group[0][0] > READ_CHUNK:
-                yield from self._decode(seg, group)
+                yield from self._decode(seg, group, mapping)
                 group = []
             group.append((p, h))
         if group:
-            yield from self._decode(seg, group)
+            yield from self._decode(seg, group, mapping)
 
     def _decode(
-        self, seg: Segment, group: list[tuple[int, FrameHeader]]
+        self, seg: Segment, group: list[tuple[int, FrameHeader]], mapping: bool
     ) -> Iterator[tuple[int, bytes, list[Record]]]:
         start = group[0][0]
         end = group[-1][0] + group[-1][1].frame_size
         chunk = seg.pread(end - start, Position(start))
         self.stats.bytes_read += len(chunk)
+        if mapping:
+            self.stats.bytes_mapped += len(chunk)
         self.throttle.add(len(chunk))
         for p, h in group:
             frame = chunk[p - start : p - start + h.frame_size]
@@ -240,7 +261,7 @@ class Cleaner:
         for seg in segs:
             if seg.next_offset <= first_dirty:
                 continue
-            for _base, frame, all_recs in self._frames(seg, first_dirty):
+            for _base, frame, all_recs in self._frames(seg, first_dirty, mapping=True):
                 # A null key (a topic that was not compacted before) is never
                 # deduplicated: it is kept, as nothing can supersede it.
                 recs = [r for r in all_recs if r.offset >= first_dirty and r.key is not None]
@@ -285,6 +306,7 @@ class Cleaner:
         same_upto = 0  # the output so far is the segment's bytes [0, same_upto)
         written = 0
         removed = 0
+        tombstones = 0
 
         def flush() -> None:
             nonlocal pending, pending_bytes, written
@@ -314,6 +336,9 @@ class Cleaner:
                     out = frame
                 else:
                     removed += len(recs) - len(keep)
+                    tombstones += sum(r.value is None for r in recs) - sum(
+                        r.value is None for _o, r in keep
+                    )
                     if fd is None:  # the first change: start the file with the same prefix
                         fd = fs.open(path, create=True)
                         fs.truncate(fd, 0, path)
@@ -346,6 +371,7 @@ class Cleaner:
             if fd is not None:
                 fs.close(fd)
         self.stats.records_removed += removed
+        self.stats.tombstones_removed += tombstones
         self.stats.bytes_written += written
         try:
             if not written:

@@ -856,6 +856,16 @@ class Store:
                     self._errors.log(f"{lg.name}: cleaning failed: {exc}")
         return cleaned
 
+    def dirty_ratio(self, topic: str, partition: int, now_ms: int | None = None) -> float | None:
+        """The share of a compacted partition's cleanable bytes at or past its
+        cleaned point (what ``min_cleanable_dirty_ratio`` is compared with; 0.0
+        with nothing cleanable), or None if its policy does not compact."""
+        lg = self.partition(topic, partition)
+        if not lg.config.compact:
+            return None
+        now = _now() if now_ms is None else now_ms
+        return Cleaner.dirty_ratio(lg, Cleaner.cleanable(lg, now))
+
     def start_cleaner(self, interval_ms: int) -> None:
         """Clean in one background thread every ``interval_ms`` (the broker);
         ``maintain`` then leaves cleaning to it."""
