@@ -5,9 +5,10 @@ Contract (Kafka's LogCleaner, simplified):
 - Only sealed segments are cleaned; the active one never is. The cleanable
   range ends before the first sealed segment holding a record younger than
   ``min_compaction_lag_ms``.
-- Each partition has a *cleaned point* (``PartitionLog.cleaned_offset``,
-  in memory: after a restart everything is dirty again, which costs a
-  re-clean, never data). A partition is cleaned when its dirty bytes (sealed
+- Each partition has a *cleaned point* (``PartitionLog.cleaned_offset``),
+  which the store persists in ``cleaner-offset-checkpoint`` after each clean
+  (without an entry everything is dirty, which costs a re-clean, never
+  data). A partition is cleaned when its dirty bytes (sealed
   segments at or past the cleaned point) exceed ``min_cleanable_dirty_ratio``
   of its cleanable bytes.
 - One pass maps every key of the dirty section, from the cleaned point, to

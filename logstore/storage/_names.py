@@ -7,6 +7,7 @@ Layout::
       .clean_shutdown                        written last by a clean close; removed on open
       recovery-point-offset-checkpoint       "topic partition offset" per line
       log-start-offset-checkpoint            same format
+      cleaner-offset-checkpoint              same format: each compacted partition's cleaned point
       topics.json                            topic names, partition counts, configs
       producer-id-block                      next block of producer ids to hand out
       <topic>-<partition>/
@@ -34,6 +35,8 @@ LOCK_FILE: Final = ".lock"
 CLEAN_SHUTDOWN_FILE: Final = ".clean_shutdown"
 RECOVERY_POINT_FILE: Final = "recovery-point-offset-checkpoint"
 LOG_START_FILE: Final = "log-start-offset-checkpoint"
+#: The cleaner's cleaned point per compacted partition (Kafka's name).
+CLEANER_OFFSET_FILE: Final = "cleaner-offset-checkpoint"
 TOPICS_FILE: Final = "topics.json"
 PRODUCER_ID_FILE: Final = "producer-id-block"
 #: Space kept free for metadata writes on a full disk (``_checkpoint.SpaceReserve``).
@@ -46,8 +49,8 @@ DELETED_SUFFIX: Final = ".deleted"
 LOST_AND_FOUND: Final = "lost+found"
 
 STORE_FILES: Final = frozenset(
-    {LOCK_FILE, CLEAN_SHUTDOWN_FILE, RECOVERY_POINT_FILE, LOG_START_FILE, TOPICS_FILE,
-     PRODUCER_ID_FILE, RESERVE_FILE}
+    {LOCK_FILE, CLEAN_SHUTDOWN_FILE, RECOVERY_POINT_FILE, LOG_START_FILE, CLEANER_OFFSET_FILE,
+     TOPICS_FILE, PRODUCER_ID_FILE, RESERVE_FILE}
 )  # fmt: skip
 
 MAX_TOPIC_NAME: Final = 249

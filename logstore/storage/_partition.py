@@ -177,8 +177,11 @@ class PartitionLog:
         self.persist_log_start: Callable[[PartitionLog, int], None] = lambda _p, _s: None
         self.on_recovery_point_lowered: Callable[[PartitionLog], None] = lambda _p: None
         #: The cleaner's cleaned point (``_cleaner``): offsets below it were
-        #: deduplicated by a pass. In memory; 0 after an open (all dirty).
+        #: deduplicated by a pass. Persisted by the store in the cleaner
+        #: checkpoint; 0 (all dirty) when it has no entry.
         self.cleaned_offset = 0
+        #: Set by the store: persist the cleaned points now (a truncation lowered one).
+        self.on_cleaned_point_lowered: Callable[[PartitionLog], None] = lambda _p: None
 
     # --- offsets ------------------------------------------------------------------
     @property
@@ -932,6 +935,10 @@ class PartitionLog:
             # recovery point past the end, which would read as lost data.
             self.commits.lower_flushed(offset_at)
             self.on_recovery_point_lowered(self)
+            if self.cleaned_offset > offset_at:
+                # Records appended after the truncation were never mapped.
+                self.cleaned_offset = offset_at
+                self.on_cleaned_point_lowered(self)
             for later in segs[i + 1 :]:
                 later.delete()
             self._set_segments(segs[: i + 1])

@@ -87,6 +87,7 @@ from ._group_commit import Flusher
 from ._index import IndexCache
 from ._names import (
     CLEAN_SHUTDOWN_FILE,
+    CLEANER_OFFSET_FILE,
     DELETED_SUFFIX,
     LOCK_FILE,
     LOG_START_FILE,
@@ -160,6 +161,10 @@ class Store:
         self._listeners: list[Callable[[str, int, int], None]] = []
         self._last_checkpoint_ms = 0
         self._checkpointed: dict[tuple[str, int], int] = {}
+        #: The cleaned points last written to the cleaner checkpoint, and its lock
+        #: (taken with no other lock after it, as the recovery-point one).
+        self._cleaned_written: dict[tuple[str, int], int] = {}
+        self._cleaned_lock = threading.Lock()
         self._stale_topics: set[str] = set()
         #: Errors of background work (flusher, maintain), rate-limited: on a
         #: full disk the same one comes every checkpoint interval (1 s).
@@ -233,6 +238,7 @@ class Store:
         self._remove_orphans(found)
         recovery = read_offsets(fs, os.path.join(p, RECOVERY_POINT_FILE))
         starts = read_offsets(fs, os.path.join(p, LOG_START_FILE))
+        cleaned = self._read_cleaned_points()
         block = read_json(fs, os.path.join(p, PRODUCER_ID_FILE), {"next": 1})
         self._next_producer_id = self._producer_id_limit = int(block["next"])
         for info in self._topics.values():
@@ -243,10 +249,20 @@ class Store:
                     log_start=starts.get(tp, 0),
                 )  # fmt: skip
         self._checkpointed = {tp: lg.flushed_offset for tp, lg in self._logs.items()}
+        for tp, point in cleaned.items():
+            lg_ = self._logs.get(tp)
+            if lg_ is not None and lg_.config.compact:
+                # Never past the end: records a crash cut off were never cleaned.
+                lg_.cleaned_offset = min(point, lg_.log_end_offset)
+        self._cleaned_written = {
+            tp: lg.cleaned_offset for tp, lg in self._logs.items() if lg.cleaned_offset
+        }
         # Checkpoint entries of partitions that no longer exist (a crash between
         # a topic deletion and the checkpoint rewrite): a topic created again
         # under that name must not inherit them, so it rewrites them first.
-        self._stale_topics = {t for t, _ in [*recovery, *starts] if (t, _) not in self._logs}
+        self._stale_topics = {
+            t for t, _ in [*recovery, *starts, *cleaned] if (t, _) not in self._logs
+        }
         if any(lg.log_start_offset != starts.get(tp, 0) for tp, lg in self._logs.items()):
             # Clamped at open (e.g. records below the start were lost): write
             # the start as it is now, or a later open would restore the old one.
@@ -310,6 +326,7 @@ class Store:
         lg.on_recovery_point_lowered = lambda _lg: self._write_recovery_points(
             force=True, snapshots=False
         )
+        lg.on_cleaned_point_lowered = lambda _lg: self._write_cleaned_points(force=True)
         return lg
 
     def close(self) -> None:
@@ -404,6 +421,7 @@ class Store:
             if name in self._stale_topics:
                 self._write_recovery_points(force=True, snapshots=False)
                 self._write_log_starts()
+                self._write_cleaned_points(force=True)
                 self._stale_topics.discard(name)
             info = TopicInfo(name, partitions, cfg)
             self._add_partitions(info, 0, partitions)
@@ -509,6 +527,7 @@ class Store:
         # same name starts from nothing.
         self._write_recovery_points(force=True, snapshots=False)
         self._write_log_starts()
+        self._write_cleaned_points(force=True)
 
     def _remove_dir(self, directory: str) -> None:
         tmp = os.path.join(self.path, uuid.uuid4().hex[:_TMP_NAME_HEX] + DELETED_SUFFIX)
@@ -803,6 +822,33 @@ class Store:
             write_offsets(self.fs, os.path.join(self.path, LOG_START_FILE), starts, self._reserve)
             self._starts_dirty = False
 
+    def _read_cleaned_points(self) -> dict[tuple[str, int], int]:
+        """The cleaner checkpoint; a missing file (a directory from before it
+        existed) or a damaged one is empty: every compacted partition is then
+        dirty from its start, which costs one re-clean, never a record."""
+        path = os.path.join(self.path, CLEANER_OFFSET_FILE)
+        try:
+            return read_offsets(self.fs, path)
+        except StorageError as exc:
+            log.warning("ignoring the cleaner checkpoint (cleaning from the start): %s", exc)
+            return {}
+
+    def _write_cleaned_points(self, force: bool = False) -> None:
+        """Write each compacted partition's cleaned point (``_checkpoint``'s
+        atomic write) if one changed. Called after a clean, whose swaps are
+        durable before it (so a point never claims more than is on disk), and
+        when a truncation lowers a point (a point above records written
+        after it would let a tombstone go while older values of its key stay)."""
+        with self._cleaned_lock:
+            logs = list(self._logs.items())  # no store lock: a snapshot of the map
+            points = {tp: lg.cleaned_offset for tp, lg in logs if lg.cleaned_offset}
+            if points == self._cleaned_written and not force:
+                return
+            write_offsets(
+                self.fs, os.path.join(self.path, CLEANER_OFFSET_FILE), points, self._reserve
+            )
+            self._cleaned_written = points
+
     # --- the flusher thread (broker) -----------------------------------------------------------
     def start_flusher(self) -> None:
         """Start the one thread that fsyncs partitions with waiters (group commit)."""
@@ -854,6 +900,11 @@ class Store:
                     cleaned += self.cleaner.clean(lg, now, force=force)
                 except StorageError as exc:
                     self._errors.log(f"{lg.name}: cleaning failed: {exc}")
+            try:
+                # Also after a failed or stopped clean: its finished passes count.
+                self._write_cleaned_points()
+            except StorageError as exc:  # retried after the next clean
+                self._errors.log(f"cleaner checkpoint not written: {exc}")
         return cleaned
 
     def dirty_ratio(self, topic: str, partition: int, now_ms: int | None = None) -> float | None:
