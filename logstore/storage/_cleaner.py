@@ -21,7 +21,12 @@ Contract (Kafka's LogCleaner, simplified):
 - Rewritten batches keep their base offset, last offset, timestamps and
   producer fields; a batch that lost records becomes a format-2 frame
   (``build_offset_frame``, CRC recomputed); an unchanged batch is copied byte
-  for byte; a batch that lost every record goes. A segment that lost every
+  for byte; a batch that lost every record goes, except the last batch of
+  each idempotent producer the partition knows, which stays as an empty
+  format-2 batch (Kafka does the same): the producer state rebuilt from the
+  log after a restart (``_producers``; without a usable snapshot) then still
+  knows its sequence, and a retry of that batch is answered as a duplicate
+  instead of being appended twice. A segment that lost every
   record is deleted (the first one moves the log start offset, as retention
   does).
 
@@ -284,16 +289,25 @@ class Cleaner:
             )
         old_clean = lg.cleaned_offset
         horizon = now - lg.config.delete_retention_ms
+        # Taken once per pass: a producer's later batches are appended past
+        # every segment cleaned here, so a stale set only keeps a batch more.
+        producer_last = lg.producer_last_batches()
         for seg in segs:
             if seg.base_offset >= map_end:
                 break
             if self.stopping.is_set():
                 return  # the cleaned point stays: the next run redoes this pass
-            self._rewrite(lg, seg, map_end, old_clean, horizon)
+            self._rewrite(lg, seg, map_end, old_clean, horizon, producer_last)
         lg.cleaned_offset = map_end
 
     def _rewrite(
-        self, lg: PartitionLog, seg: Segment, map_end: int, old_clean: int, horizon: int
+        self,
+        lg: PartitionLog,
+        seg: Segment,
+        map_end: int,
+        old_clean: int,
+        horizon: int,
+        producer_last: set[int],
     ) -> None:
         """Rewrite one segment. Until the first removed record the output equals
         the segment's own prefix, so nothing is written for a segment that
@@ -349,12 +363,14 @@ class Cleaner:
                             )
                             pending_bytes += len(pending[-1])
                             flush()
-                    if not keep:
+                    if not keep and not (h.producer_id and base in producer_last):
                         continue
                     out = build_offset_frame(
                         base,
                         keep,
                         h.base_timestamp_ms,
+                        # An empty kept batch: its records' times are gone.
+                        max_timestamp_ms=None if keep else h.base_timestamp_ms,
                         last_offset=base + h.last_offset_delta,
                         producer_id=h.producer_id,
                         producer_epoch=h.producer_epoch,

@@ -834,6 +834,11 @@ class PartitionLog:
                 return i if i < len(view) - 1 else -1
         return -1
 
+    def producer_last_batches(self) -> set[int]:
+        """Base offsets of every known idempotent producer's last batch."""
+        with self._lock:
+            return self.producers.last_batch_offsets()
+
     def swap_cleaned(self, seg: Segment, cleaned_path: str) -> bool:
         """Replace sealed ``seg``'s file with the fsynced ``cleaned_path`` (same
         base offset, a subset of its records). False, and nothing changed, if

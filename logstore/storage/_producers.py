@@ -102,6 +102,11 @@ class ProducerState:
             self._producers.popitem(last=False)
         self.changed = True
 
+    def last_batch_offsets(self) -> set[int]:
+        """The base offset of each known producer's last batch (what the
+        cleaner keeps, see ``_cleaner``)."""
+        return {p.batches[-1].base_offset for p in self._producers.values() if p.batches}
+
     def expire(self, now_ms: int) -> int:
         dead = [
             pid

@@ -19,7 +19,8 @@ Frame layout (byte offsets from the start of the frame, little-endian)::
         6   0x09 sfixed64  base_offset        (patched in place at append)
         15  0x15 fixed32   crc32c             of frame[20:] (everything after it)
         20  0x1d fixed32   batch_length       = L
-        25  0x25 fixed32   record_count       >= 1, the records present
+        25  0x25 fixed32   record_count       the records present: >= 1 in format 1,
+                                             >= 0 in format 2 (see below)
         30  0x29 sfixed64  base_timestamp_ms
         39  0x31 sfixed64  max_timestamp_ms
         48  0x39 sfixed64  producer_id        0 = none
@@ -41,6 +42,9 @@ gaps) and by tests (:func:`build_offset_frame`): each record carries its
 ``offset_delta`` (Record field 5, proto3 omits 0), deltas strictly increase,
 and the last offset is base_offset + last_offset_delta (>= the last
 record's: compaction may remove a batch's last records and keep its end).
+A format-2 batch may hold no record at all: compaction keeps an idempotent
+producer's last batch for its producer fields (Kafka's empty batch), so the
+producer state rebuilt from the log still knows the batch.
 Readers find the format from the attributes at their fixed position
 (``ATTRIBUTES_POS``), so the header size costs O(1) per frame.
 ``FrameHeader.last_offset_delta`` / ``next_offset`` are right for both.
@@ -235,15 +239,17 @@ def build_head(
     base_sequence: int = 0,
     records: bytes | bytearray | memoryview | None = None,
     base_offset: int = 0,
+    _allow_empty: bool = False,
 ) -> bytearray:
     """Build the FRAME_OVERHEAD-byte frame head for ``records_len`` bytes of records.
 
     The CRC is computed over the head's covered part and then continued over
     the records (``records`` must be given), so the records are never copied.
     Returns a bytearray so the base offset can be patched with
-    :func:`patch_base_offset` once the log assigns it.
+    :func:`patch_base_offset` once the log assigns it. ``_allow_empty``:
+    :func:`build_offset_frame`'s empty format-2 batch.
     """
-    if record_count < 1:
+    if record_count < (0 if _allow_empty else 1):
         raise InvalidBatchError("a batch needs at least one record")
     batch_length = HEADER_SIZE + records_len
     if batch_length > MAX_BATCH_LENGTH:
@@ -360,13 +366,15 @@ def decode_header(buf: bytes | bytearray | memoryview, pos: int = 0) -> FrameHea
         if tag != LAST_OFFSET_DELTA_TAG:
             raise CorruptRecordError(f"bad batch header tags at byte {pos}")
         min_length = HEADER_SIZE_V2
+        min_records = 0
     else:
         last_delta = record_count - 1
         min_length = HEADER_SIZE
+        min_records = 1
     if (
         batch_length != length
         or length < min_length
-        or record_count < 1
+        or record_count < min_records
         or last_delta < record_count - 1
     ):
         raise CorruptRecordError(
@@ -412,10 +420,11 @@ def build_offset_frame(
     offset is ``last_offset`` (default: the last record's; compaction keeps a
     batch's original end). ``max_timestamp_ms`` defaults to the largest
     effective record timestamp (0 means the base timestamp). Records' own
-    ``offset`` attributes are ignored.
+    ``offset`` attributes are ignored. No records makes an empty batch
+    (compaction's kept producer batch), which needs ``last_offset``.
     """
-    if not records:
-        raise InvalidBatchError("a batch needs at least one record")
+    if not records and last_offset is None:
+        raise InvalidBatchError("a batch needs at least one record (or a last_offset)")
     parts: list[bytes] = []
     prev = base_offset - 1
     max_ts = NO_TIMESTAMP
@@ -429,7 +438,7 @@ def build_offset_frame(
         parts.append(encode_record(r.value, r.key, r.headers, r.timestamp_ms, offset - base_offset))
         max_ts = max(max_ts, r.timestamp_ms or base_timestamp_ms)
     last = prev if last_offset is None else last_offset
-    if not prev <= last <= base_offset + _U32_MAX:
+    if not max(prev, base_offset) <= last <= base_offset + _U32_MAX:
         raise InvalidBatchError(f"last offset {last} is before the last record's {prev}")
     body = b"".join(parts)
     batch_length = HEADER_SIZE_V2 + len(body)
@@ -442,6 +451,7 @@ def build_offset_frame(
         producer_epoch,
         base_sequence,
         base_offset=base_offset,
+        _allow_empty=True,
     )
     _U32.pack_into(head, ATTRIBUTES_POS, ATTR_OFFSET_DELTAS)
     head += _DELTA_FIELD.pack(LAST_OFFSET_DELTA_TAG, last - base_offset)
