@@ -47,7 +47,11 @@ commit together.
 Concurrency: appends and reads take no cleaner lock; the cleaner takes the
 partition lock only for one swap (rename + two directory fsyncs + index
 rebuild of one segment). Readers keep the segment-list snapshot they took;
-the old segment's descriptor stays open (pinned) until the next run.
+the old segment is retired (``Segment.retire``: its indexes detached, kept
+in memory, never again read from or written to their paths) and its
+descriptor stays open (pinned) until the next run, closed then once no
+reader holds it; a reader reaching it later gets ``SegmentReplacedError``
+and the partition reads again from the current list.
 
 Not thread-safe: one cleaner (the store's ``maintain`` caller, or the
 broker's one cleaner thread).
@@ -146,8 +150,7 @@ class Cleaner:
     def release_retired(self) -> None:
         """Close the descriptors of segments replaced by the previous run."""
         for seg in self._retired:
-            seg.handles.release(seg)
-            seg.handles.forget(seg)
+            seg.handles.release_retired(seg)
         self._retired = []
 
     # --- deciding --------------------------------------------------------------------

@@ -28,12 +28,24 @@ against the frame header found at the position; the loader keeps only the
 longest strictly increasing prefix of entries (a torn or zero-filled tail is
 dropped). An empty or missing index file is an empty index.
 
+Identity: a cleaner swap puts a new segment's index at the old one's path
+while readers may still hold the old segment. So :class:`IndexCache` is keyed
+by the index *object* (path + a generation number unique to it), never by the
+path alone, and the swap detaches (``_Index.detach``) the old indexes first:
+from then on they keep what they hold in memory (the cached entries, else
+none: lookups then scan the old file from its start, correct and only slower)
+and never read, write or delete the file at the path again. Without this a
+reader of the old segment loaded the new index against the old file, found
+it wrong, rebuilt it from the old file and wrote that over the new segment's
+index file.
+
 Thread-safety: the owner (Segment) serialises writers; lookups may run
 concurrently with appends (an entry is written before ``n`` grows).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from collections import OrderedDict
@@ -65,23 +77,30 @@ OFFSET_DTYPE: Final = np.dtype([("rel", "<u4"), ("pos", "<u4")])
 TIME_DTYPE: Final = np.dtype([("ts", "<i8"), ("rel", "<u4"), ("pad", "<u4")])
 
 
+#: One number per index object: half of its cache key (see "Identity").
+_GENERATIONS: Final = itertools.count(1)
+
+#: An index's cache key: its file's path and the index object's generation.
+CacheKey = tuple[str, int]
+
+
 class IndexCache:
-    """Byte-bounded LRU of sealed index arrays, keyed by file path."""
+    """Byte-bounded LRU of sealed index arrays, keyed by index (``CacheKey``)."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self._bytes = 0
-        self._items: OrderedDict[str, npt.NDArray[Any]] = OrderedDict()
+        self._items: OrderedDict[CacheKey, npt.NDArray[Any]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, path: str) -> npt.NDArray[Any] | None:
+    def get(self, path: CacheKey) -> npt.NDArray[Any] | None:
         with self._lock:
             arr = self._items.get(path)
             if arr is not None:
                 self._items.move_to_end(path)
             return arr
 
-    def put(self, path: str, arr: npt.NDArray[Any]) -> None:
+    def put(self, path: CacheKey, arr: npt.NDArray[Any]) -> None:
         with self._lock:
             old = self._items.pop(path, None)
             if old is not None:
@@ -94,7 +113,7 @@ class IndexCache:
                 _, dropped = self._items.popitem(last=False)
                 self._bytes -= dropped.nbytes
 
-    def drop(self, path: str) -> None:
+    def drop(self, path: CacheKey) -> None:
         with self._lock:
             old = self._items.pop(path, None)
             if old is not None:
@@ -135,6 +154,9 @@ class _Index:
         self.fs = fs
         self.path = path
         self.cache = cache
+        self._key: CacheKey = (path, next(_GENERATIONS))
+        #: Set by :meth:`detach`: the entries, in memory only, and no more file access.
+        self._detached: npt.NDArray[Any] | None = None
         self.n = 0  # number of valid entries
         self._fd: int | None = None
         self._mm: Any = None
@@ -159,7 +181,21 @@ class _Index:
         arr = self._read_file()
         self.n = _valid_prefix(arr, limit_rel)
 
+    def detach(self) -> None:
+        """The file at ``path`` is about to be another index's (a cleaner swap):
+        keep the entries this index has in memory (its cached ones; none if
+        evicted, which only makes lookups scan from the start) and never touch
+        the file again. Sealed indexes only; no I/O."""
+        assert self._arr is None, "only a sealed index is detached"
+        arr = self.cache.get(self._key)
+        kept = arr if arr is not None and len(arr) >= self.n else np.zeros(0, dtype=self.dtype)
+        self._detached = kept
+        self.n = min(self.n, len(kept))
+        self.cache.drop(self._key)
+
     def _read_file(self) -> npt.NDArray[Any]:
+        if self._detached is not None:
+            return self._detached
         if not self.fs.exists(self.path):
             return np.zeros(0, dtype=self.dtype)
         data = self.fs.read_file(self.path)
@@ -170,10 +206,12 @@ class _Index:
         """The valid entries (read-only; a copy for the active index)."""
         if self._arr is not None:
             return self._arr[: self.n].copy()
-        arr = self.cache.get(self.path)
+        if self._detached is not None:
+            return self._detached[: self.n]
+        arr = self.cache.get(self._key)
         if arr is None or len(arr) < self.n:
             arr = self._read_file()[: self.n]
-            self.cache.put(self.path, arr)
+            self.cache.put(self._key, arr)
         return arr[: self.n]
 
     def _view(self) -> npt.NDArray[Any]:
@@ -185,6 +223,7 @@ class _Index:
     # --- active maps --------------------------------------------------------------
     def map(self, min_entries: int = 0) -> None:
         """Map the file for appending (creating or growing it)."""
+        assert self._detached is None, "a detached index is never appended to"
         want = max(self.n + 1, min_entries, INITIAL_INDEX_BYTES // self.dtype.itemsize)
         cap = INITIAL_INDEX_BYTES // self.dtype.itemsize
         while cap < want:
@@ -206,7 +245,7 @@ class _Index:
             self.fs.close(fd)
         self._arr = np.frombuffer(self._mm, dtype=self.dtype)
         self._capacity = cap
-        self.cache.drop(self.path)
+        self.cache.drop(self._key)
 
     def unmap(self) -> None:
         """Drop the map (entries stay in the file, which keeps its length)."""
@@ -225,6 +264,8 @@ class _Index:
     def seal(self) -> None:
         """Unmap, trim the file to its entries and fsync it."""
         self.unmap()
+        if self._detached is not None:
+            return
         if not self.fs.exists(self.path):
             self.fs.write_file(self.path, b"")
             return
@@ -241,19 +282,23 @@ class _Index:
         if self._arr is not None:
             self._arr[n : self.n] = 0
         self.n = n
-        self.cache.drop(self.path)
+        self.cache.drop(self._key)
 
     def reset(self) -> None:
         """Forget every entry (the caller rebuilds the index)."""
         if self._arr is not None:
             self._arr[: self.n] = 0
         self.n = 0
-        self.cache.drop(self.path)
+        self.cache.drop(self._key)
 
     def replace(self, arr: npt.NDArray[Any]) -> None:
         """Replace every entry with ``arr`` (a rebuilt index)."""
         arr = np.ascontiguousarray(arr, dtype=self.dtype)
-        self.cache.drop(self.path)
+        self.cache.drop(self._key)
+        if self._detached is not None:  # rebuilt from the old file: kept in memory only
+            self._detached = arr
+            self.n = len(arr)
+            return
         if self._arr is not None:
             self.reset()
             self.map(len(arr))
@@ -272,12 +317,12 @@ class _Index:
                 self.n = 0
                 return
             self.n = len(arr)
-            self.cache.put(self.path, arr)
+            self.cache.put(self._key, arr)
 
     def delete(self) -> None:
         self.unmap()
-        self.cache.drop(self.path)
-        if self.fs.exists(self.path):
+        self.cache.drop(self._key)
+        if self._detached is None and self.fs.exists(self.path):
             self.fs.unlink(self.path)
 
     def reserve(self) -> None:

@@ -85,7 +85,7 @@ from ._loader import load_segments
 from ._names import FileKind, segment_file
 from ._producers import ProducerState
 from ._retention import expired_prefix
-from ._segment import HandleCache, Segment
+from ._segment import HandleCache, Segment, SegmentReplacedError
 from ._segments import SegmentList
 
 log = logging.getLogger("logstore.storage")
@@ -628,7 +628,14 @@ class PartitionLog:
         view = self._view
         i = view.floor(Offset(offset))
         try:
-            found = self._locate(view, i, Offset(offset))
+            try:
+                found = self._locate(view, i, Offset(offset))
+            except SegmentReplacedError:
+                # A cleaner swap replaced the segment and its descriptor is
+                # closed (a list taken before the previous clean): the current
+                # list has the cleaned one, and a swap needs a whole clean run.
+                view = self._view
+                found = self._locate(view, view.floor(Offset(offset)), Offset(offset))
             if found is None:
                 if offset < self.log_start_offset:  # deleted by retention meanwhile
                     self._check_read_offset(offset)
@@ -637,7 +644,10 @@ class PartitionLog:
                     f"the recovery point)"
                 )
             seg, pos = found
-            data, nxt = seg.read_frames_at(pos, max_bytes, Offset(end))
+            try:
+                data, nxt = seg.read_frames_at(pos, max_bytes, Offset(end))
+            except SegmentReplacedError:
+                return self.read_frames(offset, max_bytes)  # see above; bounded by clean runs
         except StorageError as exc:
             if self._deleted:
                 raise self._deleted_error() from exc
@@ -708,7 +718,10 @@ class PartitionLog:
         start = self.log_start_offset  # one snapshot: it may move under us
         hw = self._high_watermark
         try:
-            found = self._offset_for_time(timestamp_ms, start)
+            try:
+                found = self._offset_for_time(timestamp_ms, start)
+            except SegmentReplacedError:  # a cleaner swap under the search (see read_frames)
+                found = self._offset_for_time(timestamp_ms, start)
             return None if found is None or found.offset >= hw else found
         except (StorageError, CorruptRecordError) as exc:
             if self._deleted:
@@ -851,8 +864,11 @@ class PartitionLog:
             if i < 0:
                 return False
             # Readers that took the old list keep reading the old inode
-            # through this pinned descriptor (released by the next clean).
+            # through this pinned descriptor (released by the next clean) and
+            # the old indexes' in-memory entries: retired before any file of
+            # it is touched, so it never reads the new index (``_index``).
             self.handles.acquire(seg)
+            seg.retire()
             try:
                 # Old indexes go first (durably): an old index beside the new
                 # log could point into the middle of a frame; a missing one is

@@ -78,6 +78,12 @@ SCAN_CHUNK: Final = 64 * 1024
 U32_LIMIT: Final = 1 << 32
 
 
+class SegmentReplacedError(StorageError):
+    """A read reached a segment that a cleaner swap replaced after the reader
+    took the segment list, and whose descriptor is closed: read again (the
+    partition retries with the current list)."""
+
+
 class HandleCache:
     """LRU of segments with open handles, capped at ``max_open`` descriptors
     (one per open .log file, one per index map).
@@ -112,6 +118,20 @@ class HandleCache:
             pins = self._lru.get(seg)
             if pins is not None:
                 self._lru[seg] = pins - 1
+                if pins == 1 and seg.retired:  # the last reader of a replaced segment
+                    del self._lru[seg]
+                    seg._close_handles()
+
+    def release_retired(self, seg: Segment) -> None:
+        """Drop the cleaner's pin of a replaced segment and close its descriptor
+        once no reader holds it (``forget`` would close it under a reader)."""
+        with self._lock:
+            pins = self._lru.get(seg)
+            if pins is not None and pins > 1:
+                self._lru[seg] = pins - 1
+                return
+            self._lru.pop(seg, None)
+            seg._close_handles()
 
     def forget(self, seg: Segment) -> None:
         """Close a segment's handles now (it is being deleted or closed)."""
@@ -190,6 +210,9 @@ class Segment:
         #: Set by recovery when data before the recovery point is unreachable:
         #: an offset past the frames found is then missing, not in a gap.
         self.damaged = False
+        #: Set by :meth:`retire`: a cleaner swap put another segment's files at
+        #: this one's paths; it reads only through the descriptor it holds.
+        self.retired = False
 
     def __repr__(self) -> str:
         return f"Segment({self.log_path}, size={self.size}, next={self.next_offset})"
@@ -248,7 +271,21 @@ class Segment:
     # --- handles --------------------------------------------------------------------
     def _open_fd(self) -> None:
         if self._fd is None:
+            if self.retired:
+                # The path holds the cleaned file now: opening it would read
+                # the new layout at this segment's positions.
+                raise SegmentReplacedError(f"{self.log_path} was replaced by the cleaner")
             self._fd = self.fs.open(self.log_path, create=not self.sealed)
+
+    def retire(self) -> None:
+        """A cleaner swap is about to put a new segment's files at this one's
+        paths (the caller holds its descriptor open): from now on read only
+        through that descriptor and the indexes' in-memory entries."""
+        assert self._fd is not None, "retire with the descriptor held"
+        self.retired = True
+        self.index.detach()
+        self.time_index.detach()
+        self._indexes_checked = True  # nothing on disk of its own to check against
 
     @property
     def handle_count(self) -> int:
