@@ -27,13 +27,15 @@ from logstore.storage import Store
 CONFIG = GroupConfig(session_timeout_ms=300, min_session_timeout_ms=100, heartbeat_interval_ms=50)
 
 
-def run(path: Path, body: Callable[[GroupsRuntime], Awaitable[None]]) -> None:
+def run(
+    path: Path, body: Callable[[GroupsRuntime], Awaitable[None]], config: GroupConfig = CONFIG
+) -> None:
     async def main() -> None:
         store = Store.open(str(path))
         store.start_flusher()
         rt = Runtime(store, BrokerConfig(data_dir=str(path)), BrokerMetrics())
         rt.start(asyncio.get_running_loop())
-        groups = GroupsRuntime(rt, CONFIG)
+        groups = GroupsRuntime(rt, config)
         rt.groups = groups
         await groups.start()
         try:
@@ -151,3 +153,64 @@ def test_offsets_topic_stays_small_under_many_commits(tmp_path: Path) -> None:
     assert {tp[1]: c.offset for tp, c in committed.items()} == {
         p: (rounds - 1) * 10 + p for p in range(partitions)
     }
+
+
+def test_concurrent_commits_share_one_fsync_and_are_answered_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Group commit: 40 commits issued together are appended with far fewer fsyncs of
+    __consumer_offsets than commits, each is answered only once everything appended
+    before its answer is fsynced, and every commit is then visible."""
+    from logstore.broker import _groups_runtime
+    from logstore.storage._segment import Segment
+
+    async def body(g: GroupsRuntime) -> None:
+        store = g._store
+        store.create_topic("t", 40)
+        await g.on_metadata()
+        members = []
+        for i in range(40):
+            r = await g.call(
+                lambda c, now, i=i: c.heartbeat(f"g{i}", "", 0, now_ms=now, topics=["t"])
+            )
+            members.append((f"g{i}", r.member_id, r.member_epoch))
+        lg = store.partition(OFFSETS_TOPIC, 0)
+        fsyncs = 0
+        real_sync = Segment.sync
+
+        def counting_sync(seg: Segment) -> None:
+            nonlocal fsyncs
+            if seg.directory == lg.directory:
+                fsyncs += 1
+            real_sync(seg)
+
+        unsynced_answers = 0
+        real_answer = getattr(_groups_runtime, "_answer", None)
+
+        def checking_answer(item: Any, value: Any) -> None:
+            nonlocal unsynced_answers
+            unsynced_answers += lg.flushed_offset < lg.log_end_offset
+            assert real_answer is not None
+            real_answer(item, value)
+
+        monkeypatch.setattr(Segment, "sync", counting_sync)
+        monkeypatch.setattr(_groups_runtime, "_answer", checking_answer, raising=False)
+        await asyncio.gather(
+            *(
+                g.call(
+                    lambda c, now, gid=gid, mid=mid, ep=ep, i=i: c.commit_offsets(
+                        gid, mid, ep, {("t", i): (100 + i, "")}, now_ms=now
+                    )
+                )
+                for i, (gid, mid, ep) in enumerate(members)
+            )
+        )
+        assert 1 <= fsyncs <= 10, fsyncs
+        assert unsynced_answers == 0
+        for i, (gid, _mid, _ep) in enumerate(members):
+            got = await g.read(lambda c, gid=gid: c.fetch_offsets(gid))
+            assert got[("t", i)].offset == 100 + i
+
+    # Sessions long enough that no member expires on a loaded machine (CONFIG's 300 ms
+    # could, and a commit of an expired member is refused).
+    run(tmp_path / "data", body, GroupConfig())

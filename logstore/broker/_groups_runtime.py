@@ -4,17 +4,28 @@ Contract (CONVENTIONS.md rule 5; ``docs/architecture.md``, "Consumer group
 coordinator"):
 
 * Every coordinator call goes through :meth:`GroupsRuntime.call` (or
-  :meth:`GroupsRuntime.read` for read-only ones) under one asyncio lock: one
-  writer at a time, in arrival order (asyncio's lock is FIFO; the calls
-  waiting on it are bounded by ``max_concurrent_requests``, the admission
-  bound every Groups RPC holds a slot of). A handler's
-  records are appended to ``__consumer_offsets`` and **fsynced** (acks=ALL)
-  in the I/O pool, then replayed, then the reply is returned. A handler that
-  raises appended nothing.
-* If an append fails (full disk, I/O error), part of it may be in the log
-  while the coordinator did not replay it: the coordinator is marked stale
-  and rebuilt from the log (``load`` + ``on_metadata``) before the next call,
-  so the state is always the replay of the log. The caller gets INTERNAL.
+  :meth:`GroupsRuntime.read` for read-only ones): one writer at a time, in
+  arrival order, under one asyncio lock. **Group commit**: calls queue (the
+  queue is bounded by ``max_concurrent_requests``, the admission bound every
+  Groups RPC holds a slot of) and one drainer, holding the lock, takes every
+  queued call (at most ``_MAX_BATCH_CALLS``), runs their handlers one after
+  the other, each replaying its records before the next handler runs (so each
+  sees the state the ones before it left), then appends all their records
+  (and those of one ``tick``) to ``__consumer_offsets`` with **one fsync**
+  (acks=ALL) in the I/O pool, and only then answers every caller of the
+  batch. No reply, and no ``read``, ever shows a state that is not fsynced:
+  both wait for the lock, which the drainer holds through the fsync. Calls
+  that arrive during an fsync form the next batch. Measured (16 concurrent
+  committers over gRPC, ext4, a loaded 2-core machine): ~770 commits/s with
+  one fsync per commit, ~1,400-1,800 with batches; one committer alone is
+  unchanged (one call per batch).
+  A handler that raises appended nothing and gets its own error.
+* If an append fails (full disk, I/O error), part of the batch may be in the
+  log while the coordinator replayed all of it: the coordinator is marked
+  stale and rebuilt from the log (``load`` + ``on_metadata``) before the next
+  call, so the state is always the replay of the log. Every caller of the
+  batch whose handler succeeded gets INTERNAL (its reply may rest on records
+  of the batch that are not durable).
 * At start (:meth:`start`, before the gRPC port opens) the topic is created if
   missing (through the store's internal-topic path; ``__`` names are reserved),
   read from its start and ``Coordinator.load``-ed: groups and offsets survive a
@@ -51,8 +62,9 @@ import asyncio
 import logging
 import re
 import time
+from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from logstore.coordinator import (
     Coordinator,
@@ -100,6 +112,20 @@ OFFSETS_TOPIC_CONFIG: Final = {
 _MAX_APPEND_BYTES: Final = 512 * 1024
 #: Bytes read per call while loading (each read returns at least one batch).
 _LOAD_READ_BYTES: Final = 1 << 20
+#: Calls answered by one fsync at most: bounds a batch's latency (its
+#: handlers run back to back on the event loop, ~20-50 us each, so 1,024 take
+#: ~50 ms) whatever the admission bound is set to.
+_MAX_BATCH_CALLS: Final = 1024
+
+
+class _Queued:
+    """One call waiting for the drainer: its handler and the caller's future."""
+
+    __slots__ = ("future", "handler")
+
+    def __init__(self, handler: Callable[[Coordinator, int], Result[Any]]) -> None:
+        self.handler = handler
+        self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
 
 def now_ms() -> int:
@@ -119,6 +145,8 @@ class GroupsRuntime:
         self._stale = False
         self._timer: Timer | None = None
         self._timer_at: int | None = None
+        self._queue: deque[_Queued] = deque()
+        self._draining = False
         #: Called with the group ids whose epoch a replayed record bumped.
         self.on_rebalance: Callable[[str], None] = lambda _gid: None
 
@@ -185,17 +213,78 @@ class GroupsRuntime:
             )
 
     async def call(self, handler: Callable[[Coordinator, int], Result[T]]) -> T:
-        """Run ``handler(coordinator, now_ms)``, append + fsync its records,
-        replay them, and return its reply (serialized with every other call)."""
+        """Run ``handler(coordinator, now_ms)`` after every call queued before
+        it, and return its reply once its records (and those of the calls
+        batched with it) are fsynced and replayed (see "Group commit")."""
         self._check_ready()
-        async with self._lock:
-            if self._stale:
+        item = _Queued(handler)
+        self._queue.append(item)
+        if not self._draining:
+            self._draining = True
+            self._rt.spawn(self._drain())
+        result: T = await item.future
+        return result
+
+    async def _drain(self) -> None:
+        """Serve the queue batch by batch until it is empty. No await between
+        the emptiness check and clearing ``_draining``, so a call queued
+        meanwhile always finds a drainer."""
+        try:
+            while self._queue:
+                async with self._lock:
+                    batch: list[_Queued] = []
+                    while self._queue and len(batch) < _MAX_BATCH_CALLS:
+                        item = self._queue.popleft()
+                        if not item.future.done():  # a caller that went away is not run
+                            batch.append(item)
+                    try:
+                        await self._run_batch(batch)
+                    except Exception as exc:  # a bug: no caller may wait forever
+                        self._stale = True
+                        log.error("coordinator batch failed: %s", exc, exc_info=exc)
+                        err = InternalError(f"the coordinator failed ({exc}); retry")
+                        for item in batch:
+                            _answer(item, err)
+        finally:
+            self._draining = False
+
+    async def _run_batch(self, batch: list[_Queued]) -> None:
+        """One batch: handlers (each replayed), one append + fsync, replies (lock held)."""
+        if not batch:
+            return
+        if self._stale:
+            try:
                 await self._reload()
-            result = handler(self.coordinator, now_ms())
-            await self._commit(result.records)
-            if result.records:
-                await self._tick()
-            return result.reply
+            except Exception as exc:
+                for item in batch:
+                    _answer(item, exc)
+                return
+        replies: list[tuple[_Queued, Any, bool]] = []
+        records: list[CoordinatorRecord] = []
+        for item in batch:
+            try:
+                result = item.handler(self.coordinator, now_ms())
+            except Exception as exc:  # typed refusals, changed nothing
+                replies.append((item, exc, False))
+                continue
+            self._replay(result.records)
+            records += result.records
+            replies.append((item, result.reply, True))
+        next_deadline: int | None = None
+        if records:
+            t = self.coordinator.tick(now_ms())
+            self._replay(t.records)
+            records += t.records
+            next_deadline = t.next_deadline_ms
+        try:
+            await self._append(tuple(records))
+        except InternalError as exc:
+            for item, value, ok in replies:
+                _answer(item, exc if ok else value)
+            return
+        for item, value, _ok in replies:
+            _answer(item, value)
+        self._arm(next_deadline)
 
     async def read(self, fn: Callable[[Coordinator], T]) -> T:
         """Run a read-only ``fn(coordinator)`` between writes."""
@@ -219,7 +308,14 @@ class GroupsRuntime:
     # ------------------------------------------------------------- the log
 
     async def _commit(self, records: tuple[CoordinatorRecord, ...]) -> None:
-        """Append ``records`` (fsynced), then replay them; INTERNAL if the append fails."""
+        """Append ``records`` (fsynced), then replay them; INTERNAL if the append
+        fails (the timer and reload paths; calls are batched by ``_run_batch``)."""
+        await self._append(records)
+        self._replay(records)
+
+    async def _append(self, records: tuple[CoordinatorRecord, ...]) -> None:
+        """Append ``records`` with one fsync; on failure mark the coordinator
+        stale (rebuilt from the log before the next call) and raise INTERNAL."""
         if not records:
             return
         try:
@@ -231,6 +327,8 @@ class GroupsRuntime:
                 f"appending the group's records to {OFFSETS_TOPIC} failed ({exc}); "
                 "nothing changed; retry"
             ) from exc
+
+    def _replay(self, records: tuple[CoordinatorRecord, ...] | list[CoordinatorRecord]) -> None:
         for r in records:
             if isinstance(r.key, GroupMetadataKey) and isinstance(r.value, GroupMetadataValue):
                 self._count_rebalance(r.key.group_id, r.value.epoch)
@@ -245,17 +343,21 @@ class GroupsRuntime:
             self.on_rebalance(group_id)
 
     def _append_blocking(self, records: tuple[CoordinatorRecord, ...]) -> None:
+        """Append in batches of at most ``_MAX_APPEND_BYTES``, then one fsync
+        (the store's group commit) covering them all."""
         batch: list[Record] = []
         size = 0
+        end = 0
         for r in records:
             key, value = encode(r)
             n = len(key) + (len(value) if value is not None else 0)
             if batch and size + n > _MAX_APPEND_BYTES:
-                self._store.append(OFFSETS_TOPIC, 0, batch, sync=True)
+                end = self._store.append(OFFSETS_TOPIC, 0, batch) + len(batch)
                 batch, size = [], 0
             batch.append(Record(value=value, key=key))
             size += n
-        self._store.append(OFFSETS_TOPIC, 0, batch, sync=True)
+        end = self._store.append(OFFSETS_TOPIC, 0, batch) + len(batch)
+        self._store.sync_to(OFFSETS_TOPIC, 0, end).result()
 
     # -------------------------------------------------------------- timers
 
@@ -295,6 +397,16 @@ class GroupsRuntime:
             log.error("group timers failed: %s", exc, exc_info=exc)
             # retry in one heartbeat interval rather than never
             self._arm(now_ms() + self.config.heartbeat_interval_ms)
+
+
+def _answer(item: _Queued, value: Any) -> None:
+    """Complete a queued call with its reply, or its error if ``value`` is one."""
+    if item.future.done():  # the caller was cancelled meanwhile
+        return
+    if isinstance(value, BaseException):
+        item.future.set_exception(value)
+    else:
+        item.future.set_result(value)
 
 
 LagRow = tuple[str, int, int, int, int]
