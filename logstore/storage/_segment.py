@@ -78,10 +78,11 @@ SCAN_CHUNK: Final = 64 * 1024
 U32_LIMIT: Final = 1 << 32
 
 
-class SegmentReplacedError(StorageError):
+class SegmentReplacedError(Exception):
     """A read reached a segment that a cleaner swap replaced after the reader
     took the segment list, and whose descriptor is closed: read again (the
-    partition retries with the current list)."""
+    partition retries with the current list). Internal to storage (never a
+    client's error, so no ``LogStoreError`` and no reason on the wire)."""
 
 
 class HandleCache:
