@@ -140,6 +140,62 @@ def test_auto_offset_reset_without_committed_offsets(broker: BrokerProcess, rese
         c.close()
 
 
+@pytest.mark.parametrize("reset", ["earliest", "latest", "error"])
+def test_committed_offset_outside_the_log_gets_auto_offset_reset(
+    broker: BrokerProcess, reset: str
+) -> None:
+    """A committed offset below the log start (DeleteRecords) or past the log end is
+    reset by auto_offset_reset (earliest: log start, latest: log end) instead of the
+    fetch's OUT_OF_RANGE escaping poll; error raises one naming the group and partition."""
+    topic = f"oor-{reset}"
+    make_topic(broker, topic, 2, 10)
+    tp0, tp1 = TopicPartition(topic, 0), TopicPartition(topic, 1)
+    group = f"g-oor-{reset}"
+    first = GroupConsumer(broker.grpc_address, group, topics=[topic], enable_auto_commit=False)
+    try:
+        settle([first], 2, [])
+        first.commit({tp0: 3, tp1: 50})  # tp1: past its end (10)
+    finally:
+        first.close()
+    with Admin(broker.grpc_address) as admin:
+        assert admin.delete_records(topic, 0, 6) == 6  # tp0's committed 3 is gone
+    c = GroupConsumer(broker.grpc_address, group, topics=[topic], auto_offset_reset=reset)
+    try:
+        if reset == "error":
+            for _ in range(2):  # one error per partition, until each is seeked
+                with pytest.raises(errors.OffsetOutOfRangeError) as info:
+                    for _ in range(50):
+                        c.poll(100)
+                msg = str(info.value)
+                assert f"group {group}" in msg and "auto_offset_reset is 'error'" in msg
+                if f"{topic}-0" in msg:
+                    assert "offset 3 " in msg and "valid 6..10" in msg
+                    c.seek(tp0, 6)
+                else:
+                    assert f"offset 50 of {topic}-1" in msg and "valid 0..10" in msg
+                    c.seek(tp1, 9)
+            seen: list[tuple[TopicPartition, int]] = []
+            drain([c], 5, seen, 10)
+            assert sorted(seen) == [(tp0, 6), (tp0, 7), (tp0, 8), (tp0, 9), (tp1, 9)]
+            return
+        seen = []
+        settle([c], 2, seen)
+        if reset == "latest":
+            with Producer(broker.grpc_address) as p:
+                p.send(topic, b"new", partition=0)
+                p.send(topic, b"new", partition=1)
+                p.flush()
+        want = (
+            [(tp0, o) for o in range(6, 10)] + [(tp1, o) for o in range(10)]
+            if reset == "earliest"
+            else [(tp0, 10), (tp1, 10)]
+        )
+        drain([c], len(want), seen, 10)
+        assert sorted(seen) == want
+    finally:
+        c.close()
+
+
 def test_slow_processing_keeps_partitions(broker: BrokerProcess) -> None:
     """Sleeping longer than the session timeout between polls (under max_poll_interval)
     keeps the partitions: the heartbeat thread keeps the member alive."""

@@ -23,7 +23,8 @@ Fetch starts.
 (:mod:`._backoff`: full jitter between 0 and min(``retry_backoff_max_ms``,
 ``retry_backoff_ms`` x 2**failures), at least the broker's hint); other
 errors (OUT_OF_RANGE with the valid range, NOT_FOUND, DATA_LOSS) are raised
-from ``poll``. A ``seek`` cancels the
+from ``poll``, with the partition's ``topic`` and ``partition`` added to the
+error's ``metadata``. A ``seek`` cancels the
 partition's in-flight fetch and drops its buffer.
 
 Not thread-safe: use one Consumer from one thread (as Kafka's).
@@ -289,6 +290,10 @@ class Consumer:
                     part.retry_at = now + self._backoff.delay_s(part.failures, hint)
                     part.failures += 1
                     return
+            # Name the partition, so a caller holding several can react to this
+            # one (GroupConsumer applies auto_offset_reset to an OUT_OF_RANGE).
+            err.metadata.setdefault("topic", tp.topic)
+            err.metadata.setdefault("partition", str(tp.partition))
             raise err from None
         part.fail_since = None
         part.failures = 0

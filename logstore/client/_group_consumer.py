@@ -21,10 +21,15 @@ partitions each member owns, and this client only follows it:
   (``latest`` by default, as Kafka; ``earliest``; or ``error``: ``poll``
   raises :class:`~logstore.errors.FailedPreconditionError` naming the
   partitions until :meth:`seek` places them), and are passed to
-  ``on_assign``. Revocation waits for the polling thread (so
-  records returned by the previous poll were processed before their offsets
-  are committed); the coordinator gives it ``rebalance_timeout_ms`` =
-  ``max_poll_interval_ms``.
+  ``on_assign``. A committed offset (or a position) that is no longer in the
+  log -- below its start after retention or ``DeleteRecords``, or past its
+  end -- gets ``auto_offset_reset`` too, as in Kafka: the fetch's
+  OUT_OF_RANGE moves it to the log start (``earliest``) or end (``latest``),
+  or ``poll`` raises :class:`~logstore.errors.OffsetOutOfRangeError` naming the
+  group, partition and valid range (``error``) until :meth:`seek`.
+  Revocation waits for the polling thread (so records returned by the
+  previous poll were processed before their offsets are committed); the
+  coordinator gives it ``rebalance_timeout_ms`` = ``max_poll_interval_ms``.
 * ``UNKNOWN_MEMBER_ID`` / ``FENCED_MEMBER_EPOCH`` (ErrorInfo reasons) from a
   heartbeat or a commit: every partition is dropped without committing,
   ``on_lost`` fires, and the member rejoins with epoch 0.
@@ -434,10 +439,14 @@ class GroupConsumer:
                 slice_ms = int(max(0.0, min(left, _SLICE_S)) * 1000)
                 out: dict[Any, Any]
                 if self._consumer.assignment():
-                    if objects:
-                        out = self._consumer.poll(slice_ms, max_records)
-                    else:
-                        out = self._consumer.poll_columns(slice_ms, max_records)
+                    try:
+                        if objects:
+                            out = self._consumer.poll(slice_ms, max_records)
+                        else:
+                            out = self._consumer.poll_columns(slice_ms, max_records)
+                    except errors.OffsetOutOfRangeError as exc:
+                        self._out_of_range(exc)
+                        continue
                 else:
                     self._changed.wait(slice_ms / 1000)
                     out = {}
@@ -450,6 +459,36 @@ class GroupConsumer:
         finally:
             with self._lock:
                 self._last_poll = time.monotonic()
+
+    def _out_of_range(self, exc: errors.OffsetOutOfRangeError) -> None:
+        """Apply auto_offset_reset to the partition whose position left the log.
+
+        The committed offset (or a position while lagging) is below the log start
+        (retention, DeleteRecords) or past the end: as Kafka, ``earliest`` /
+        ``latest`` move it to the log start / end, ``error`` raises naming it.
+        """
+        topic, part = exc.metadata.get("topic"), exc.metadata.get("partition")
+        if topic is None or part is None or not part.isdigit():
+            raise exc
+        tp = TopicPartition(topic, int(part))
+        if tp not in self._consumer.assignment():
+            raise exc
+        where = (
+            f"group {self.group_id}: offset {self._consumer.position(tp)} of {topic}-{part} "
+            f"is out of range (valid {exc.log_start_offset}..{exc.log_end_offset})"
+        )
+        if self._reset == "error":
+            raise errors.OffsetOutOfRangeError(
+                f"{where} and auto_offset_reset is 'error': seek() it",
+                exc.log_start_offset,
+                exc.log_end_offset,
+                metadata=exc.metadata,
+            ) from exc
+        _log.warning("%s: auto_offset_reset %s", where, self._reset)
+        if self._reset == "earliest":
+            self._consumer.seek_to_beginning([tp])
+        else:
+            self._consumer.seek_to_end([tp])
 
     def poll(
         self, timeout_ms: int = 1000, max_records: int | None = None
