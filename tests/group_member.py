@@ -41,12 +41,15 @@ from logstore.client import GroupConsumer, TopicPartition
 
 #: Records per poll: small, so that a member's processed-but-uncommitted tail
 #: (at most one poll) is small and polls/commits interleave with the chaos.
-MAX_RECORDS = 200
+MAX_RECORDS = 500
 #: "Processing" time of one poll, between writing its records and committing
-#: them: the 200,000 records take ~10 s of consuming, the test's events land
+#: them: the 200,000 records take ~15 s of consuming, the test's events land
 #: while the members are busy, and a kill -9 can hit a run between processing
-#: and committing (the test aims its kills at that window).
-PAUSE_S = 0.02
+#: and committing (the test aims its kills at that window). Every 8th poll is
+#: slow (0.4 s, more than a heartbeat interval), so revocations and new
+#: assignments also arrive while a member still holds an uncommitted poll.
+PAUSE_S = 0.05
+SLOW_PAUSE_S = 0.4
 #: How long a retriable error is retried (a broker restart takes ~1-3 s here).
 RETRY_S = 60.0
 
@@ -95,6 +98,7 @@ def main() -> None:
     )
     out.write(f"J {gc.member_id}\n")
     out.flush()
+    polls = 0
     while not stop:
         got = retry(lambda: gc.poll(200, max_records=MAX_RECORDS), out)
         lines = events[:]
@@ -108,7 +112,8 @@ def main() -> None:
         out.write("".join(lines))
         out.flush()  # processed (on disk for the test) before committed
         if offsets:
-            time.sleep(PAUSE_S)
+            polls += 1
+            time.sleep(PAUSE_S if polls % 8 else SLOW_PAUSE_S)
             try:
                 retry(functools.partial(gc.commit, offsets), out)
             except (errors.UnknownMemberIdError, errors.FencedMemberEpochError) as exc:

@@ -23,7 +23,7 @@ what the protocol promises for such members:
 * at the end the group's committed offset of every partition is its end.
 
 The default run is the issue's full scenario (about 30-50 s here). Short
-sessions (3 s, heartbeat 250 ms) from the broker's ``LOGSTORE_GROUP_*``
+sessions (3 s, heartbeat 100 ms) from the broker's ``LOGSTORE_GROUP_*``
 environment make a killed member's partitions move quickly.
 """
 
@@ -53,7 +53,7 @@ PER_PARTITION = RECORDS // PARTITIONS
 ENV = {
     "LOGSTORE_GROUP_SESSION_TIMEOUT_MS": "3000",
     "LOGSTORE_GROUP_MIN_SESSION_TIMEOUT_MS": "500",
-    "LOGSTORE_GROUP_HEARTBEAT_INTERVAL_MS": "250",
+    "LOGSTORE_GROUP_HEARTBEAT_INTERVAL_MS": "100",
 }
 REPO = Path(__file__).resolve().parent.parent
 
