@@ -7,8 +7,10 @@ Short timeouts come from the broker's ``LOGSTORE_GROUP_*`` environment (session
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -194,6 +196,87 @@ def test_committed_offset_outside_the_log_gets_auto_offset_reset(
         assert sorted(seen) == want
     finally:
         c.close()
+
+
+class _FlakyOffsetFetch:
+    """The Groups stub, but its first ``failures`` OffsetFetch calls fail as a broker
+    that is restarting does (UNAVAILABLE)."""
+
+    def __init__(self, stub: Any, failures: int) -> None:
+        self._stub = stub
+        self.failures = failures
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stub, name)
+
+    def OffsetFetch(self, req: Any, timeout: float) -> Any:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise errors.BrokerUnavailableError("broker at test is unavailable: restarting")
+        return self._stub.OffsetFetch(req, timeout=timeout)
+
+
+def test_offset_fetch_failing_while_the_broker_restarts_is_retried(
+    broker: BrokerProcess,
+) -> None:
+    """Placing a new partition retries an OffsetFetch that fails with UNAVAILABLE (the
+    broker restarting) instead of raising it from poll."""
+    make_topic(broker, "flaky", 1, 3)
+    c = GroupConsumer(
+        broker.grpc_address, "g-flaky", topics=["flaky"], auto_offset_reset="earliest"
+    )
+    flaky = _FlakyOffsetFetch(c._stub, failures=2)
+    c._stub = flaky  # type: ignore[assignment]
+    try:
+        seen: list[tuple[TopicPartition, int]] = []
+        drain([c], 3, seen, 10)
+        assert [o for _, o in seen] == [0, 1, 2] and flaky.calls == 3
+    finally:
+        c.close()
+
+
+def test_broker_restart_neither_fails_poll_nor_loses_a_commit(tmp_path: Path) -> None:
+    """Across a broker kill -9 and restart: an auto-commit that failed while the broker
+    was down is logged, not raised from the next poll, and a commit() made while it is
+    down is retried until it is back and then stored."""
+    b = start_broker(tmp_path / "data", env=ENV)
+    address = b.grpc_address
+    restarted: list[BrokerProcess] = []
+    tp = TopicPartition("rs", 0)
+    try:
+        make_topic(b, "rs", 1, 10)
+        c = GroupConsumer(
+            address, "g-rs", topics=["rs"], auto_offset_reset="earliest", auto_commit_interval_ms=1
+        )
+        try:
+            deadline = time.monotonic() + 10
+            while not c.poll(100, max_records=2) and time.monotonic() < deadline:
+                pass
+            b.kill()
+            # auto-commit of offset 2 is due: it fails; the records come from the buffer
+            assert [r.offset for r in c.poll(300, max_records=2)[tp]] == [2, 3]
+            time.sleep(0.3)  # the failed commit's callback has run
+            b = start_broker(tmp_path / "data", "--listen", address, env=ENV)
+            for _ in range(5):
+                c.poll(100, max_records=2)  # the old code raised the failed auto-commit here
+            b.kill()
+            threading.Timer(
+                0.5,
+                lambda: restarted.append(
+                    start_broker(tmp_path / "data", "--listen", address, env=ENV)
+                ),
+            ).start()
+            c.commit({tp: 7})  # the broker is down: retried until it is back
+            with Admin(address) as admin:
+                desc = admin.describe_group("g-rs")
+            assert [p.committed_offset for p in desc.partitions] == [7]
+        finally:
+            c.close()
+    finally:
+        b.kill()
+        for r in restarted:
+            r.kill()
 
 
 def test_slow_processing_keeps_partitions(broker: BrokerProcess) -> None:

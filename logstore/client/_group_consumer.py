@@ -36,8 +36,11 @@ partitions each member owns, and this client only follows it:
 
 Commits: with ``enable_auto_commit`` (default), every
 ``auto_commit_interval_ms`` (5 s) a ``poll`` commits asynchronously the
-positions of what earlier polls returned, and the positions are committed
-synchronously on revoke and on ``close``. Without it, ``commit()`` (what poll
+positions of what earlier polls returned (a failure is logged, not raised: the
+next commit covers it), and the positions are committed synchronously on
+revoke and on ``close``. Synchronous commits and ``OffsetFetch`` retry
+UNAVAILABLE / DEADLINE_EXCEEDED for up to ``retry_timeout_ms`` (30 s), as the
+fetches do, so a member rides through a broker restart. Without it, ``commit()`` (what poll
 returned) / ``commit(offsets)`` (sync) and ``commit_async()`` are the only
 commits (commit in ``on_revoke`` to avoid re-reading after a rebalance).
 ``close()`` leaves the group: epoch -1, or -2 for a static member
@@ -59,7 +62,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from logstore import errors
 from logstore.v1 import groups_pb2 as gpb
@@ -80,6 +83,7 @@ _JOIN_EPOCH: Final = 0
 _LEAVE_EPOCH: Final = -1
 _STATIC_LEAVE_EPOCH: Final = -2
 
+_T = TypeVar("_T")
 Callback = Callable[[list[TopicPartition]], None]
 #: {(topic, partition): the next offset to consume}
 Offsets = Mapping[TopicPartition, int] | Mapping[tuple[str, int], int]
@@ -122,6 +126,7 @@ class GroupConsumer:
         fetch_max_wait_ms: int = 500,
         connect_timeout_ms: int = 5_000,
         request_timeout_ms: int = 30_000,
+        retry_timeout_ms: int = 30_000,
         retry_backoff_ms: int = 100,
         retry_backoff_max_ms: int = 1_000,
     ) -> None:
@@ -153,6 +158,7 @@ class GroupConsumer:
         self._assignor = assignor
         self._client_id = client_id
         self._timeout_s = request_timeout_ms / 1000
+        self._retry_timeout_s = retry_timeout_ms / 1000
         self._backoff = Backoff(retry_backoff_ms, retry_backoff_max_ms)
         self._consumer = Consumer(
             bootstrap,
@@ -160,6 +166,7 @@ class GroupConsumer:
             fetch_max_wait_ms=fetch_max_wait_ms,
             connect_timeout_ms=connect_timeout_ms,
             request_timeout_ms=request_timeout_ms,
+            retry_timeout_ms=retry_timeout_ms,
             retry_backoff_ms=retry_backoff_ms,
             retry_backoff_max_ms=retry_backoff_max_ms,
         )
@@ -371,7 +378,7 @@ class GroupConsumer:
     def _place(self, added: set[TopicPartition]) -> None:
         """Position new partitions at the committed offset, else by auto_offset_reset."""
         req = gpb.OffsetFetchRequest(group_id=self.group_id, partitions=_pset(added).topics)
-        reply = self._conn.call(self._stub.OffsetFetch, req, self._timeout_s)
+        reply = self._call_retrying(self._stub.OffsetFetch, req)
         committed = {TopicPartition(o.topic, o.partition): o.offset for o in reply.offsets}
         self._consumer.assign(list(self._consumer.assignment()) + sorted(added))
         fresh = []
@@ -425,7 +432,7 @@ class GroupConsumer:
         deadline = time.monotonic() + timeout_ms / 1000
         if self._auto_commit and time.monotonic() >= self._next_auto_commit:
             self._next_auto_commit = time.monotonic() + self._auto_commit_s
-            self.commit_async()
+            self.commit_async(self._auto_commit_done)
         try:
             while True:
                 self._reconcile()
@@ -511,6 +518,36 @@ class GroupConsumer:
 
     # -- commits ---------------------------------------------------------------
 
+    def _call_retrying(self, method: Callable[..., _T], req: Any) -> _T:
+        """A unary Groups call, retried like the fetches while the broker is away.
+
+        UNAVAILABLE (a broker restarting or shutting down), DEADLINE_EXCEEDED and
+        RESOURCE_EXHAUSTED with a retry hint are retried with the client's backoff for
+        up to ``retry_timeout_ms`` (as Kafka's commitSync and offset fetch), so a
+        broker restart neither fails ``poll`` nor loses a commit on revoke or close.
+        Only idempotent calls come here: OffsetFetch, and OffsetCommit of fixed offsets.
+        """
+        deadline = time.monotonic() + self._retry_timeout_s
+        failures = 0
+        while True:
+            try:
+                return self._conn.call(method, req, self._timeout_s)
+            except errors.LogStoreError as exc:
+                if not (retriable(exc) or isinstance(exc, errors.DeadlineExceededError)):
+                    raise
+                delay = self._backoff.delay_s(failures, exc.retry_after_ms)
+                if time.monotonic() + delay > deadline:
+                    raise
+                failures += 1
+                time.sleep(delay)
+
+    def _auto_commit_done(self, err: errors.LogStoreError | None) -> None:
+        # Auto-commit is best effort, as Kafka's: a failed one (the broker restarting)
+        # is logged and the next one, or the commit on revoke or close, covers it.
+        # Raising it from poll would fail a consumer that did nothing wrong.
+        if err is not None:
+            _log.warning("group %s: auto-commit failed: %s", self.group_id, err)
+
     def _commit_request(self, offsets: Offsets | None) -> gpb.OffsetCommitRequest | None:
         if offsets is None:
             todo = {tp: o for tp, o in self._positions.items() if self._committed.get(tp) != o}
@@ -541,7 +578,7 @@ class GroupConsumer:
             return
         for attempt in range(2):
             try:
-                self._conn.call(self._stub.OffsetCommit, req, self._timeout_s)
+                self._call_retrying(self._stub.OffsetCommit, req)
                 self._committed_ok(req)
                 return
             except errors.StaleMemberEpochError:
