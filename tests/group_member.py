@@ -1,6 +1,8 @@
 """Chaos-test group member: consumes as a GroupConsumer and logs what it did, in order.
 
-Run as ``python -m tests.group_member BOOTSTRAP GROUP TOPIC RUN_ID OUT_PATH``.
+Run as ``python -m tests.group_member BOOTSTRAP GROUP TOPIC RUN_ID OUT_PATH MODE``.
+
+MODE ``manual``:
 The member joins ``GROUP`` (manual commits, ``auto_offset_reset="earliest"``)
 and loops: ``poll`` (at most ``MAX_RECORDS``), then writes one ``P`` line per
 record and **flushes the file before committing**, then commits exactly the
@@ -18,7 +20,12 @@ Lines (space separated, one flush per poll):
 * ``J member_id``: joined (SIGTERM is handled from here on)
 * ``X``: a clean exit after SIGTERM (commit done, group left)
 
-Retriable errors (the broker being restarted: UNAVAILABLE, DEADLINE_EXCEEDED,
+MODE ``auto``: the library commits (``enable_auto_commit``, every 1 s, and
+synchronously on revoke and on close); the member only polls, writes ``P``
+lines and pauses, with no retries of its own after the join: any error from ``poll`` or
+``close`` exits 1, so the library alone must ride through a broker restart.
+
+Manual mode: retriable errors (the broker being restarted: UNAVAILABLE, DEADLINE_EXCEEDED,
 a stale epoch while a heartbeat is in flight) are retried every 100 ms for up
 to ``RETRY_S``; a commit refused because the membership was lost (fenced or
 unknown member) is logged as ``L`` and not retried (those records stay
@@ -67,7 +74,8 @@ def _parts(tps: list[TopicPartition]) -> str:
 
 
 def main() -> None:
-    bootstrap, group, topic, run_id, out_path = sys.argv[1:6]
+    bootstrap, group, topic, run_id, out_path, mode = sys.argv[1:7]
+    auto = mode == "auto"
     stop = False
 
     def on_term(signum: int, frame: object) -> None:
@@ -87,7 +95,8 @@ def main() -> None:
             group,
             topics=[topic],
             auto_offset_reset="earliest",
-            enable_auto_commit=False,
+            enable_auto_commit=auto,
+            auto_commit_interval_ms=1_000,
             client_id=run_id,
             on_assign=note("A"),
             on_revoke=note("R"),
@@ -100,7 +109,10 @@ def main() -> None:
     out.flush()
     polls = 0
     while not stop:
-        got = retry(lambda: gc.poll(200, max_records=MAX_RECORDS), out)
+        if auto:  # the library alone must ride through a broker restart
+            got = gc.poll(200, max_records=MAX_RECORDS)
+        else:
+            got = retry(lambda: gc.poll(200, max_records=MAX_RECORDS), out)
         lines = events[:]
         events.clear()
         offsets: dict[TopicPartition, int] = {}
@@ -114,6 +126,8 @@ def main() -> None:
         if offsets:
             polls += 1
             time.sleep(PAUSE_S if polls % 8 else SLOW_PAUSE_S)
+            if auto:
+                continue  # the next poll commits (every second), on revoke and on close
             try:
                 retry(functools.partial(gc.commit, offsets), out)
             except (errors.UnknownMemberIdError, errors.FencedMemberEpochError) as exc:
@@ -121,7 +135,10 @@ def main() -> None:
             else:
                 out.write("".join(f"C {tp.partition} {o}\n" for tp, o in offsets.items()))
             out.flush()
-    retry(gc.close, out)
+    if auto:
+        gc.close()
+    else:
+        retry(gc.close, out)
     out.write("".join(events) + "X\n")
     out.close()
 
