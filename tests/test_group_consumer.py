@@ -236,6 +236,48 @@ def test_offset_fetch_failing_while_the_broker_restarts_is_retried(
         c.close()
 
 
+class _FailingHeartbeats:
+    """The Groups stub, but its next ``failures`` heartbeats fail with INTERNAL, as the
+    broker answers when appending the group's records failed ("nothing changed; retry")."""
+
+    def __init__(self, stub: Any, failures: int) -> None:
+        self._stub = stub
+        self.failures = failures
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stub, name)
+
+    def ConsumerGroupHeartbeat(self, req: Any, timeout: float) -> Any:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise errors.InternalError("appending the group's records failed; retry")
+        return self._stub.ConsumerGroupHeartbeat(req, timeout=timeout)
+
+
+def test_heartbeat_failing_with_internal_is_retried(broker: BrokerProcess) -> None:
+    """A heartbeat answered INTERNAL (a failed append on the broker) is retried by the
+    heartbeat thread; the member keeps its partitions and poll raises nothing."""
+    make_topic(broker, "hb-internal", 1, 3)
+    c = GroupConsumer(
+        broker.grpc_address, "g-hb-internal", topics=["hb-internal"], auto_offset_reset="earliest"
+    )
+    failing = _FailingHeartbeats(c._stub, failures=2)
+    c._stub = failing  # type: ignore[assignment]
+    try:
+        member = c.member_id
+        seen: list[tuple[TopicPartition, int]] = []
+        drain([c], 3, seen, 10)
+        deadline = time.monotonic() + 10
+        while failing.calls <= failing.failures + 1 and time.monotonic() < deadline:
+            c.poll(100)  # the old code raised the heartbeat thread's InternalError here
+        assert failing.calls > failing.failures + 1
+        assert [o for _, o in seen] == [0, 1, 2] and c.member_id == member
+        assert c.assignment() == [TopicPartition("hb-internal", 0)]
+    finally:
+        c.close()
+
+
 def test_broker_restart_neither_fails_poll_nor_loses_a_commit(tmp_path: Path) -> None:
     """Across a broker kill -9 and restart: an auto-commit that failed while the broker
     was down is logged, not raised from the next poll, and a commit() made while it is

@@ -8,7 +8,9 @@ partitions each member owns, and this client only follows it:
   ``heartbeat_interval_ms`` of the broker's last reply (3 s by default), with
   the partitions this member owns now. Slow processing therefore never causes
   a rebalance by itself; only a missed session timeout (the process or the
-  network is gone) or a ``max_poll_interval_ms`` breach does. On a breach the
+  network is gone) or a ``max_poll_interval_ms`` breach does. UNAVAILABLE,
+  DEADLINE_EXCEEDED and INTERNAL (the broker's answer when appending the
+  group's records failed: nothing changed, retry) are retried with backoff. On a breach the
   heartbeat thread leaves the group (epoch -1) so the partitions move now,
   and the next ``poll`` calls ``on_lost`` and rejoins with epoch 0.
 * The **polling thread** (the one calling ``poll`` / ``poll_columns`` /
@@ -290,7 +292,12 @@ class GroupConsumer:
                 self._mark_lost(str(exc), isinstance(exc, errors.UnknownMemberIdError))
                 continue
             except errors.LogStoreError as exc:
-                if retriable(exc) or isinstance(exc, errors.DeadlineExceededError):
+                # INTERNAL too: the broker answers it when appending the group's
+                # records failed ("nothing changed; retry", its coordinator is
+                # rebuilt from the log first); a heartbeat is safe to send again.
+                if retriable(exc) or isinstance(
+                    exc, (errors.DeadlineExceededError, errors.InternalError)
+                ):
                     delay = min(interval, self._backoff.delay_s(failures))
                     failures += 1
                 else:
