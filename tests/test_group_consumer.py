@@ -7,6 +7,7 @@ Short timeouts come from the broker's ``LOGSTORE_GROUP_*`` environment (session
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 import time
 from collections.abc import Iterator
@@ -274,6 +275,61 @@ def test_heartbeat_failing_with_internal_is_retried(broker: BrokerProcess) -> No
         assert failing.calls > failing.failures + 1
         assert [o for _, o in seen] == [0, 1, 2] and c.member_id == member
         assert c.assignment() == [TopicPartition("hb-internal", 0)]
+    finally:
+        c.close()
+
+
+class _SlowAsyncCommits:
+    """The Groups stub, but an async OffsetCommit reaches the broker only after
+    ``delay_s`` (as when gRPC happens to run a later call first)."""
+
+    def __init__(self, stub: Any, delay_s: float) -> None:
+        self._stub = stub
+        self.delay_s = delay_s
+        self.OffsetCommit = self  # sync calls: __call__; async ones: future
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stub, name)
+
+    def __call__(self, req: Any, timeout: float) -> Any:
+        return self._stub.OffsetCommit(req, timeout=timeout)
+
+    def future(self, req: Any, timeout: float) -> concurrent.futures.Future[Any]:
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def late() -> None:
+            time.sleep(self.delay_s)
+            try:
+                fut.set_result(self._stub.OffsetCommit(req, timeout=timeout))
+            except Exception as exc:
+                fut.set_exception(exc)
+
+        threading.Thread(target=late, daemon=True).start()
+        return fut
+
+
+def test_sync_commit_lands_after_earlier_async_commits(broker: BrokerProcess) -> None:
+    """commit() waits for earlier commit_async calls, so a slow async commit cannot land
+    after it and move the committed offset back (Kafka's ordering promise)."""
+    make_topic(broker, "order", 1, 5)
+    tp = TopicPartition("order", 0)
+    c = GroupConsumer(
+        broker.grpc_address,
+        "g-order",
+        topics=["order"],
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    c._stub = _SlowAsyncCommits(c._stub, delay_s=0.5)  # type: ignore[assignment]
+    try:
+        seen: list[tuple[TopicPartition, int]] = []
+        drain([c], 5, seen, 10)
+        c.commit_async()  # offset 5, reaching the broker 0.5 s from now
+        c.commit({tp: 2})  # later: must be the one that stays
+        time.sleep(0.8)
+        with Admin(broker.grpc_address) as admin:
+            desc = admin.describe_group("g-order")
+        assert [p.committed_offset for p in desc.partitions] == [2]
     finally:
         c.close()
 

@@ -42,7 +42,9 @@ positions of what earlier polls returned (a failure is logged, not raised: the
 next commit covers it), and the positions are committed synchronously on
 revoke and on ``close``. Synchronous commits and ``OffsetFetch`` retry
 UNAVAILABLE / DEADLINE_EXCEEDED for up to ``retry_timeout_ms`` (30 s), as the
-fetches do, so a member rides through a broker restart. Without it, ``commit()`` (what poll
+fetches do, so a member rides through a broker restart. A synchronous
+commit first waits for earlier ``commit_async`` calls, so commits land in call
+order (gRPC alone does not keep two calls in order). Without it, ``commit()`` (what poll
 returned) / ``commit(offsets)`` (sync) and ``commit_async()`` are the only
 commits (commit in ``on_revoke`` to avoid re-reading after a rebalance).
 ``close()`` leaves the group: epoch -1, or -2 for a static member
@@ -197,6 +199,7 @@ class GroupConsumer:
         self._unplaced: set[TopicPartition] = set()  # auto_offset_reset="error" and none committed
         self._next_auto_commit = time.monotonic() + self._auto_commit_s
         self._async_errors: list[errors.LogStoreError] = []
+        self._async_inflight: list[Any] = []  # commit_async futures not known done
         self._closed = False
 
         try:
@@ -579,7 +582,13 @@ class GroupConsumer:
             self._committed[TopicPartition(p.topic, p.partition)] = p.offset
 
     def commit(self, offsets: Offsets | None = None) -> None:
-        """Commit synchronously what poll returned (or ``offsets``: {tp: next offset})."""
+        """Commit synchronously what poll returned (or ``offsets``: {tp: next offset}).
+
+        Earlier ``commit_async`` calls complete first (as Kafka promises): gRPC does not
+        keep two calls in order, so an older async commit could otherwise land after
+        this one and move the committed offset back.
+        """
+        self._wait_async()
         req = self._commit_request(offsets)
         if req is None:
             return
@@ -616,6 +625,9 @@ class GroupConsumer:
             return
         self._conn.ensure_ready()
         fut = self._stub.OffsetCommit.future(req, timeout=self._timeout_s)
+        # bounded: done ones are dropped, and each waits at most request_timeout_ms
+        self._async_inflight = [f for f in self._async_inflight if not f.done()]
+        self._async_inflight.append(fut)
 
         def done(f: Any) -> None:
             err: errors.LogStoreError | None = None
@@ -632,6 +644,16 @@ class GroupConsumer:
                 callback(err)
 
         fut.add_done_callback(done)
+
+    def _wait_async(self) -> None:
+        """Wait until every commit_async sent so far has its answer (errors go to
+        their callback or the next poll, as usual)."""
+        for fut in self._async_inflight:
+            try:
+                fut.result(timeout=self._timeout_s + 1)
+            except Exception:  # the commit's own callback reports it
+                _log.debug("group %s: an async commit failed before a sync one", self.group_id)
+        self._async_inflight = []
 
     # -- closing ---------------------------------------------------------------
 
