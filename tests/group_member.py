@@ -20,6 +20,9 @@ Lines (space separated, one flush per poll):
 * ``J member_id``: joined (SIGTERM is handled from here on)
 * ``X``: a clean exit after SIGTERM (commit done, group left)
 
+MODE ``static``: as manual, as a static member whose instance id is the 7th
+argument (a replacement started with the same id takes over its partitions).
+
 MODE ``auto``: the library commits (``enable_auto_commit``, every 1 s, and
 synchronously on revoke and on close); the member only polls, writes ``P``
 lines and pauses, with no retries of its own after the join: any error from ``poll`` or
@@ -76,6 +79,7 @@ def _parts(tps: list[TopicPartition]) -> str:
 def main() -> None:
     bootstrap, group, topic, run_id, out_path, mode = sys.argv[1:7]
     auto = mode == "auto"
+    instance = sys.argv[7] if mode == "static" else None
     stop = False
 
     def on_term(signum: int, frame: object) -> None:
@@ -98,6 +102,7 @@ def main() -> None:
             enable_auto_commit=auto,
             auto_commit_interval_ms=1_000,
             client_id=run_id,
+            group_instance_id=instance,
             on_assign=note("A"),
             on_revoke=note("R"),
             on_lost=note("L"),

@@ -1,8 +1,9 @@
 """Consumer groups under chaos: real member processes and a real broker, killed and restarted.
 
 A topic of 8 partitions holds keyed records (200,000 in the manual-commit run,
-80,000 in the auto-commit one; 1,000 keys; key ``k`` always on partition
-``k % 8``; the value is ``key seq`` with ``seq`` counting that key's records).
+80,000 in the auto-commit one, 40,000 in the static-member one; 1,000 keys;
+key ``k`` always on partition ``k % 8``; the value is ``key seq`` with ``seq``
+counting that key's records).
 Four member processes (:mod:`tests.group_member`, each processed record
 flushed to its file before any commit covering it) consume it in one group
 while the test, at fixed points of progress, stops members with SIGTERM
@@ -23,10 +24,12 @@ same data directory and port. Afterwards it checks what the protocol promises:
   not committed;
 * auto-commit (the library commits every second, on revoke and on close): no
   record was processed by two runs that were not killed;
+* static members (manual commits, instance ids; a stopped or killed member's
+  replacement reuses its instance id and takes its partitions over): as manual;
 * at the end the group's committed offset of every partition is its end, and
   the group is empty within a session timeout.
 
-Both runs take about 20-30 s each here. Short sessions (3 s, heartbeat 100 ms)
+Each run takes about 20-30 s here. Short sessions (4 s, heartbeat 100 ms)
 from the broker's ``LOGSTORE_GROUP_*`` environment make a killed member's
 partitions move quickly.
 """
@@ -52,7 +55,7 @@ TOPIC = "chaos"
 GROUP = "chaos-g"
 PARTITIONS = 8
 KEYS = 1_000
-SESSION_S = 3
+SESSION_S = 4
 ENV = {
     "LOGSTORE_GROUP_SESSION_TIMEOUT_MS": str(SESSION_S * 1000),
     "LOGSTORE_GROUP_MIN_SESSION_TIMEOUT_MS": "500",
@@ -92,6 +95,7 @@ class Run:
     run_id: str
     path: Path
     proc: subprocess.Popen[bytes]
+    instance: str = ""
     fate: str = "running"  # then "term" (SIGTERM), "kill" (SIGKILL) or "final" (SIGTERM at the end)
     read_at: int = 0  # bytes of its file already counted by progress()
     commits: dict[int, int] = field(default_factory=dict)
@@ -108,14 +112,17 @@ class Chaos:
         self.processed = 0  # P lines seen so far (duplicates included)
         self.committed: dict[int, int] = {}  # partition -> highest acknowledged commit
 
-    def start(self) -> Run:
+    def start(self, instance: str = "") -> Run:
+        """Start a member; a static one (mode "static") with ``instance`` or a new id."""
         run_id = f"m{len(self.runs)}"
+        instance = instance or f"pod-{run_id}"
         path = self.tmp / f"{run_id}.log"
         err = open(self.tmp / f"{run_id}.err", "wb")  # noqa: SIM115 (the child owns it)
         args = [sys.executable, "-m", "tests.group_member", self.address, GROUP, TOPIC]
-        proc = subprocess.Popen([*args, run_id, str(path), self.mode], cwd=REPO, stderr=err)
+        args += [run_id, str(path), self.mode, instance]
+        proc = subprocess.Popen(args, cwd=REPO, stderr=err)
         err.close()
-        run = Run(run_id, path, proc)
+        run = Run(run_id, path, proc, instance=instance)
         self.runs.append(run)
         return run
 
@@ -292,8 +299,8 @@ def check(runs: list[Run], per_partition: int, mode: str) -> dict[str, int]:
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize(
     ("mode", "records"),
-    [("manual", 200_000), ("auto", 80_000)],
-    ids=["manual-commit-200k", "auto-commit-80k"],
+    [("manual", 200_000), ("auto", 80_000), ("static", 40_000)],
+    ids=["manual-commit-200k", "auto-commit-80k", "static-members-40k"],
 )
 def test_group_members_killed_and_broker_restarted_lose_nothing(
     tmp_path: Path, mode: str, records: int
@@ -322,11 +329,12 @@ def test_group_members_killed_and_broker_restarted_lose_nothing(
             chaos.wait_for(int(fraction * records), limit_s=60)
             if action == "broker":
                 # manual-commit members see a kill -9, auto-commit ones a graceful stop
-                chaos.restart_broker(signal.SIGKILL if mode == "manual" else signal.SIGTERM)
+                chaos.restart_broker(signal.SIGTERM if mode == "auto" else signal.SIGKILL)
                 continue
             victim = rng.choice(chaos.joined())
             chaos.stop(victim, signal.SIGKILL if action == "kill" else signal.SIGTERM, action)
-            chaos.start()
+            # a static member comes back under its instance id, within its session
+            chaos.start(victim.instance if mode == "static" else "")
         chaos.wait_all_committed(limit_s=90)
         for r in chaos.live():
             chaos.stop(r, signal.SIGTERM, "final")

@@ -338,9 +338,15 @@ def test_broker_restart_neither_fails_poll_nor_loses_a_commit(tmp_path: Path) ->
     """Across a broker kill -9 and restart: an auto-commit that failed while the broker
     was down is logged, not raised from the next poll, and a commit() made while it is
     down is retried until it is back and then stored."""
-    b = start_broker(tmp_path / "data", env=ENV)
+    # A 5 s session: the restarts (1-3 s each on a loaded machine) must not expire it.
+    env = {**ENV, "LOGSTORE_GROUP_SESSION_TIMEOUT_MS": "5000"}
+    b = start_broker(tmp_path / "data", env=env)
     address = b.grpc_address
     restarted: list[BrokerProcess] = []
+    timer = threading.Timer(
+        0.5,
+        lambda: restarted.append(start_broker(tmp_path / "data", "--listen", address, env=env)),
+    )
     tp = TopicPartition("rs", 0)
     try:
         make_topic(b, "rs", 1, 10)
@@ -355,16 +361,11 @@ def test_broker_restart_neither_fails_poll_nor_loses_a_commit(tmp_path: Path) ->
             # auto-commit of offset 2 is due: it fails; the records come from the buffer
             assert [r.offset for r in c.poll(300, max_records=2)[tp]] == [2, 3]
             time.sleep(0.3)  # the failed commit's callback has run
-            b = start_broker(tmp_path / "data", "--listen", address, env=ENV)
+            b = start_broker(tmp_path / "data", "--listen", address, env=env)
             for _ in range(5):
                 c.poll(100, max_records=2)  # the old code raised the failed auto-commit here
             b.kill()
-            threading.Timer(
-                0.5,
-                lambda: restarted.append(
-                    start_broker(tmp_path / "data", "--listen", address, env=ENV)
-                ),
-            ).start()
+            timer.start()
             c.commit({tp: 7})  # the broker is down: retried until it is back
             with Admin(address) as admin:
                 desc = admin.describe_group("g-rs")
@@ -373,6 +374,8 @@ def test_broker_restart_neither_fails_poll_nor_loses_a_commit(tmp_path: Path) ->
             c.close()
     finally:
         b.kill()
+        if timer.is_alive():
+            timer.join(30)  # a broker it starts is stopped below, not leaked
         for r in restarted:
             r.kill()
 
