@@ -336,6 +336,12 @@ def test_group_members_killed_and_broker_restarted_lose_nothing(
             # a static member comes back under its instance id, within its session
             chaos.start(victim.instance if mode == "static" else "")
         chaos.wait_all_committed(limit_s=90)
+        # A replacement started near the end may not have joined yet (and would die
+        # of SIGTERM before its handler is installed): wait for every one to join.
+        deadline = time.monotonic() + 30
+        while len(chaos.joined()) < len(chaos.live()):
+            assert time.monotonic() < deadline, "a member never joined"
+            time.sleep(0.05)
         for r in chaos.live():
             chaos.stop(r, signal.SIGTERM, "final")
         for r in chaos.runs:
