@@ -1,0 +1,104 @@
+"""Share groups (work queues on the log): a pure, replayable state machine.
+
+No gRPC, no I/O, no threads; time is passed in as ``now_ms``. The broker owns
+one :class:`ShareCoordinator`, calls a handler per request, appends the
+returned records to the compacted internal topic ``__share_group_state``
+(:data:`SHARE_STATE_TOPIC`) with an fsync, replays them, and answers; at start
+it rebuilds with :meth:`ShareCoordinator.load` over that topic and
+re-produces :meth:`ShareCoordinator.pending_dead_letters`.
+
+Modules: ``_coordinator`` (groups, consumers, priorities, the fetch steps and
+the handler contract), ``_partition`` (one share partition's window and its
+states: AVAILABLE / ACQUIRED / ACCEPTED / DEAD_LETTER / ARCHIVED / GAP),
+``_records`` (record keys, values and their byte format), ``_config`` (every
+default and limit).
+"""
+
+from logstore.share._config import ShareCoordinatorConfig, ShareGroupConfig
+from logstore.share._coordinator import (
+    Ack,
+    AckReply,
+    Acquisition,
+    ConsumerDescription,
+    Membership,
+    PartitionRead,
+    Result,
+    ShareCoordinator,
+    ShareGroupDescription,
+    ShareTickResult,
+)
+from logstore.share._partition import (
+    ACCEPTED,
+    ACQUIRED,
+    ARCHIVED,
+    AVAILABLE,
+    DEAD_LETTER,
+    GAP,
+    STATE_NAMES,
+    AckError,
+    AckKind,
+    AckResult,
+    AcquiredRange,
+    Candidates,
+    DeadLetter,
+    DeadLetterReason,
+    PartitionCounts,
+    SharePartition,
+)
+from logstore.share._records import (
+    SHARE_RECORD_VERSION,
+    SHARE_STATE_TOPIC,
+    ShareChunkKey,
+    ShareChunkValue,
+    ShareGroupKey,
+    ShareGroupValue,
+    ShareRecord,
+    ShareRecordType,
+    ShareStateKey,
+    ShareStateValue,
+    decode,
+    encode,
+)
+
+__all__ = [
+    "ACCEPTED",
+    "ACQUIRED",
+    "ARCHIVED",
+    "AVAILABLE",
+    "DEAD_LETTER",
+    "GAP",
+    "SHARE_RECORD_VERSION",
+    "SHARE_STATE_TOPIC",
+    "STATE_NAMES",
+    "Ack",
+    "AckError",
+    "AckKind",
+    "AckReply",
+    "AckResult",
+    "AcquiredRange",
+    "Acquisition",
+    "Candidates",
+    "ConsumerDescription",
+    "DeadLetter",
+    "DeadLetterReason",
+    "Membership",
+    "PartitionCounts",
+    "PartitionRead",
+    "Result",
+    "ShareChunkKey",
+    "ShareChunkValue",
+    "ShareCoordinator",
+    "ShareCoordinatorConfig",
+    "ShareGroupConfig",
+    "ShareGroupDescription",
+    "ShareGroupKey",
+    "ShareGroupValue",
+    "SharePartition",
+    "ShareRecord",
+    "ShareRecordType",
+    "ShareStateKey",
+    "ShareStateValue",
+    "ShareTickResult",
+    "decode",
+    "encode",
+]

@@ -1,0 +1,428 @@
+"""The share coordinator's records: what it appends to ``__share_group_state``.
+
+Every durable change of share-group state is one of these records; replaying
+them in log order rebuilds it (``ShareCoordinator.load``). The topic is
+compacted (latest record per key wins, ``None`` value = tombstone), so each
+key names exactly the piece of state its value replaces:
+
+* group, type 0: key ``[0, group]``; value: the group's config. Its tombstone
+  deletes the group (written last, after the tombstones of its other keys).
+* share-partition state, type 1: key ``[1, group, topic, partition]``; value:
+  a whole snapshot of the mutable state of the window ``[spso, speo)``: per
+  offset its state, delivery count, holder, lock deadline or not-before time,
+  first and last delivery time, last error, dead-letter reason, run-length
+  encoded; plus the cumulative accepted / dead-lettered counts. One record per
+  change of the partition, so compaction keeps exactly one per partition.
+* window chunk, type 2: key ``[2, group, topic, partition, first_offset]``;
+  value: the immutable per-record facts read from the log when offsets
+  ``[first_offset, end_offset)`` entered the window (present or gap,
+  timestamp, deliver-at time, key hash), run-length encoded. Written once,
+  tombstoned once the start offset passes ``end_offset``; so the log holds at
+  most ``max_inflight_records`` offsets of chunks per partition after
+  compaction, and timestamps are not rewritten with every state snapshot.
+
+Encoding, format version 1 (``SHARE_RECORD_VERSION``): UTF-8 JSON, sorted
+keys, no whitespace, so equal records are equal bytes. Every value carries
+``"v": 1``; a decoder refuses a newer version (and anything that is not a
+record) with :class:`~logstore.errors.CorruptRecordError` instead of guessing.
+A run-length column is ``[[length, ...], [value, ...]]``. Example state value
+(10 offsets: 4 accepted, 6 acquired by ``c1`` once)::
+
+    {"accepted":4,"dead_lettered":0,"errors":[],"holders":["c1"],
+     "runs":{"count":[0,1],"dl":[0,0],"error":[-1,-1],"first":[0,5],
+             "holder":[-1,0],"last":[0,5],"len":[4,6],"state":[2,1],
+             "until":[0,30005]},"spso":100,"speo":110,"v":1}
+
+In memory a value holds the dense numpy columns (read-only), so replaying a
+record a handler just made costs no decoding; :func:`encode` run-length
+encodes them (O(window) numpy + O(runs) Python) and :func:`decode` expands
+them with ``np.repeat``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, Final, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+
+from logstore.errors import CorruptRecordError
+from logstore.share._config import ShareGroupConfig
+
+SHARE_RECORD_VERSION: Final = 1
+#: The internal compacted topic the broker writes these records to.
+SHARE_STATE_TOPIC: Final = "__share_group_state"
+
+I8: TypeAlias = npt.NDArray[np.int64]
+I4: TypeAlias = npt.NDArray[np.int32]
+U1: TypeAlias = npt.NDArray[np.uint8]
+U8: TypeAlias = npt.NDArray[np.uint64]
+B1: TypeAlias = npt.NDArray[np.bool_]
+
+
+class ShareRecordType(IntEnum):
+    """Element 0 of every key."""
+
+    GROUP = 0
+    PARTITION_STATE = 1
+    WINDOW_CHUNK = 2
+
+
+@dataclass(frozen=True)
+class ShareGroupKey:
+    """Key of a share group's config; its tombstone deletes the group."""
+
+    group_id: str
+
+
+@dataclass(frozen=True)
+class ShareStateKey:
+    """Key of one share partition's state snapshot."""
+
+    group_id: str
+    topic: str
+    partition: int
+
+
+@dataclass(frozen=True)
+class ShareChunkKey:
+    """Key of one chunk of the window's per-record facts."""
+
+    group_id: str
+    topic: str
+    partition: int
+    first_offset: int
+
+
+@dataclass(frozen=True)
+class ShareGroupValue:
+    """A share group's config."""
+
+    config: ShareGroupConfig
+
+
+@dataclass(frozen=True, eq=False)
+class ShareStateValue:
+    """Mutable state of the window ``[spso, spso + len(state))`` as dense,
+    read-only columns (index i is offset ``spso + i``); see ``_partition`` for
+    the meaning of each column."""
+
+    spso: int
+    state: U1
+    count: U1
+    holder: I4
+    until: I8
+    first_ms: I8
+    last_ms: I8
+    error: I4
+    dl_reason: U1
+    holders: tuple[str, ...]
+    errors: tuple[str, ...]
+    accepted_total: int
+    dead_lettered_total: int
+
+    @property
+    def speo(self) -> int:
+        """Share-partition end offset (exclusive)."""
+        return self.spso + len(self.state)
+
+    def columns(self) -> tuple[npt.NDArray[Any], ...]:
+        """The per-offset columns, in a fixed order."""
+        return (
+            self.state,
+            self.count,
+            self.holder,
+            self.until,
+            self.first_ms,
+            self.last_ms,
+            self.error,
+            self.dl_reason,
+        )
+
+    def __post_init__(self) -> None:
+        n = len(self.state)
+        assert all(len(c) == n for c in self.columns()), "ragged share state columns"
+        for c in self.columns():
+            c.flags.writeable = False
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ShareStateValue):
+            return NotImplemented
+        return (
+            self.spso,
+            self.holders,
+            self.errors,
+            self.accepted_total,
+            self.dead_lettered_total,
+        ) == (
+            other.spso,
+            other.holders,
+            other.errors,
+            other.accepted_total,
+            other.dead_lettered_total,
+        ) and all(
+            np.array_equal(a, b) for a, b in zip(self.columns(), other.columns(), strict=True)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True, eq=False)
+class ShareChunkValue:
+    """Facts of offsets ``[first_offset, first_offset + len(gap))`` read from
+    the log: ``gap`` (no record at that offset: compacted away or a format-2
+    batch's hole), ``ts`` (record timestamp, ms), ``deliver_at`` (ms, 0 =
+    none), ``key_hash`` (0 = no key)."""
+
+    gap: B1
+    ts: I8
+    deliver_at: I8
+    key_hash: U8
+
+    def columns(self) -> tuple[npt.NDArray[Any], ...]:
+        """The per-offset columns, in a fixed order."""
+        return (self.gap, self.ts, self.deliver_at, self.key_hash)
+
+    def __post_init__(self) -> None:
+        n = len(self.gap)
+        assert n > 0 and all(len(c) == n for c in self.columns()), "bad chunk columns"
+        for c in self.columns():
+            c.flags.writeable = False
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ShareChunkValue):
+            return NotImplemented
+        return all(
+            np.array_equal(a, b) for a, b in zip(self.columns(), other.columns(), strict=True)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+ShareRecordKey: TypeAlias = ShareGroupKey | ShareStateKey | ShareChunkKey
+ShareRecordValue: TypeAlias = ShareGroupValue | ShareStateValue | ShareChunkValue
+
+_VALUE_TYPES: Final[dict[type[Any], type[Any]]] = {
+    ShareGroupKey: ShareGroupValue,
+    ShareStateKey: ShareStateValue,
+    ShareChunkKey: ShareChunkValue,
+}
+
+
+@dataclass(frozen=True)
+class ShareRecord:
+    """One record: ``value`` None is a tombstone of ``key``."""
+
+    key: ShareRecordKey
+    value: ShareRecordValue | None
+
+    def __post_init__(self) -> None:
+        assert self.value is None or isinstance(self.value, _VALUE_TYPES[type(self.key)]), self
+
+
+# ------------------------------------------------------------------ encoding
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
+
+
+def _run_starts(cols: tuple[npt.NDArray[Any], ...]) -> npt.NDArray[np.intp]:
+    """Indices where any column changes value (0 included)."""
+    n = len(cols[0])
+    change = np.zeros(n, dtype=np.bool_)
+    if n:
+        change[0] = True
+        for c in cols:
+            change[1:] |= c[1:] != c[:-1]
+    return np.flatnonzero(change)
+
+
+def _rle(col: npt.NDArray[Any]) -> list[list[int]]:
+    starts = _run_starts((col,))
+    lens = np.diff(np.append(starts, len(col)))
+    return [lens.tolist(), col[starts].tolist()]
+
+
+def _unrle(obj: Any, dtype: type[Any], n: int) -> npt.NDArray[Any]:
+    lens, vals = obj
+    out = np.repeat(np.asarray(vals, dtype=dtype), np.asarray(lens, dtype=np.int64))
+    if len(out) != n:
+        raise CorruptRecordError(f"share record column has {len(out)} entries, expected {n}")
+    return out
+
+
+_STATE_COLS: Final = (
+    ("state", np.uint8),
+    ("count", np.uint8),
+    ("holder", np.int32),
+    ("until", np.int64),
+    ("first", np.int64),
+    ("last", np.int64),
+    ("error", np.int32),
+    ("dl", np.uint8),
+)
+
+
+def encode_key(key: ShareRecordKey) -> bytes:
+    """The key bytes: equal keys give equal bytes (compaction compares them)."""
+    if isinstance(key, ShareGroupKey):
+        return _dumps([ShareRecordType.GROUP, key.group_id])
+    if isinstance(key, ShareStateKey):
+        return _dumps([ShareRecordType.PARTITION_STATE, key.group_id, key.topic, key.partition])
+    return _dumps(
+        [ShareRecordType.WINDOW_CHUNK, key.group_id, key.topic, key.partition, key.first_offset]
+    )
+
+
+def _config_json(c: ShareGroupConfig) -> dict[str, Any]:
+    return {
+        "visibility_timeout_ms": c.visibility_timeout_ms,
+        "max_delivery_attempts": c.max_delivery_attempts,
+        "max_inflight_records": c.max_inflight_records,
+        "dead_letter_topic": c.dead_letter_topic,
+        "message_ttl_ms": c.message_ttl_ms,
+        "ordering_keys": c.ordering_keys,
+        "topic_priorities": dict(c.topic_priorities),
+        "auto_offset_reset": c.auto_offset_reset,
+    }
+
+
+def encode_value(value: ShareRecordValue | None) -> bytes | None:
+    """The value bytes, or None for a tombstone."""
+    if value is None:
+        return None
+    v: dict[str, Any] = {"v": SHARE_RECORD_VERSION}
+    if isinstance(value, ShareGroupValue):
+        v["config"] = _config_json(value.config)
+    elif isinstance(value, ShareStateValue):
+        cols = value.columns()
+        starts = _run_starts(cols)
+        runs: dict[str, Any] = {"len": np.diff(np.append(starts, len(value.state))).tolist()}
+        for (name, _), col in zip(_STATE_COLS, cols, strict=True):
+            runs[name] = col[starts].tolist()
+        v |= {
+            "spso": value.spso,
+            "speo": value.speo,
+            "runs": runs,
+            "holders": list(value.holders),
+            "errors": list(value.errors),
+            "accepted": value.accepted_total,
+            "dead_lettered": value.dead_lettered_total,
+        }
+    else:
+        v |= {
+            "n": len(value.gap),
+            "gap": _rle(value.gap.astype(np.uint8)),
+            "ts": _rle(value.ts),
+            "deliver_at": _rle(value.deliver_at),
+            "key": _rle(value.key_hash),
+        }
+    return _dumps(v)
+
+
+def encode(record: ShareRecord) -> tuple[bytes, bytes | None]:
+    """(key bytes, value bytes or None) as appended to ``__share_group_state``."""
+    return encode_key(record.key), encode_value(record.value)
+
+
+def decode(key: bytes, value: bytes | None) -> ShareRecord:
+    """The record stored as ``key``/``value``; CorruptRecordError if they are not one."""
+    try:
+        k = json.loads(key)
+        v = None if value is None else json.loads(value)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptRecordError(f"share-group record is not JSON: {exc}") from exc
+    try:
+        return _decode(k, v)
+    except CorruptRecordError:
+        raise
+    except (KeyError, TypeError, IndexError, ValueError, OverflowError) as exc:
+        raise CorruptRecordError(f"malformed share-group record {key!r}: {exc!r}") from exc
+
+
+def _int(x: Any) -> int:
+    if not isinstance(x, int) or isinstance(x, bool):
+        raise CorruptRecordError(f"share-group record: expected an integer, got {x!r}")
+    return x
+
+
+def _decode(k: Any, v: Any) -> ShareRecord:
+    if not isinstance(k, list) or not k:
+        raise CorruptRecordError(f"share-group record key is not a typed array: {k!r}")
+    kind = ShareRecordType(_int(k[0]))
+    expected = {ShareRecordType.GROUP: 2, ShareRecordType.PARTITION_STATE: 4}.get(kind, 5)
+    if len(k) != expected or not all(isinstance(x, str) for x in k[1:3]):
+        raise CorruptRecordError(f"share-group record key has the wrong shape: {k!r}")
+    rkey: ShareRecordKey
+    if kind is ShareRecordType.GROUP:
+        rkey = ShareGroupKey(k[1])
+    elif kind is ShareRecordType.PARTITION_STATE:
+        rkey = ShareStateKey(k[1], k[2], _int(k[3]))
+    else:
+        rkey = ShareChunkKey(k[1], k[2], _int(k[3]), _int(k[4]))
+    if v is None:
+        return ShareRecord(rkey, None)
+    if not isinstance(v, dict) or not isinstance(v.get("v"), int) or v["v"] < 1:
+        raise CorruptRecordError(f"share-group record value has no version: {v!r}")
+    if v["v"] > SHARE_RECORD_VERSION:
+        raise CorruptRecordError(
+            f"share-group record value version {v['v']} is newer than this broker's "
+            f"{SHARE_RECORD_VERSION}; upgrade the broker"
+        )
+    value: ShareRecordValue
+    if kind is ShareRecordType.GROUP:
+        c = v["config"]
+        value = ShareGroupValue(
+            ShareGroupConfig(
+                visibility_timeout_ms=_int(c["visibility_timeout_ms"]),
+                max_delivery_attempts=_int(c["max_delivery_attempts"]),
+                max_inflight_records=_int(c["max_inflight_records"]),
+                dead_letter_topic=c["dead_letter_topic"],
+                message_ttl_ms=c["message_ttl_ms"],
+                ordering_keys=c["ordering_keys"],
+                topic_priorities={str(t): _int(p) for t, p in c["topic_priorities"].items()},
+                auto_offset_reset=c["auto_offset_reset"],
+            )
+        )
+    elif kind is ShareRecordType.PARTITION_STATE:
+        spso, speo = _int(v["spso"]), _int(v["speo"])
+        n = speo - spso
+        if n < 0:
+            raise CorruptRecordError(f"share-group state has speo {speo} < spso {spso}")
+        runs = v["runs"]
+        lens = runs["len"]
+        cols = {name: _unrle([lens, runs[name]], dt, n) for name, dt in _STATE_COLS}
+        value = ShareStateValue(
+            spso=spso,
+            state=cols["state"],
+            count=cols["count"],
+            holder=cols["holder"],
+            until=cols["until"],
+            first_ms=cols["first"],
+            last_ms=cols["last"],
+            error=cols["error"],
+            dl_reason=cols["dl"],
+            holders=tuple(str(h) for h in v["holders"]),
+            errors=tuple(str(e) for e in v["errors"]),
+            accepted_total=_int(v["accepted"]),
+            dead_lettered_total=_int(v["dead_lettered"]),
+        )
+        if len(value.holders) <= int(value.holder.max(initial=-1)) or len(value.errors) <= int(
+            value.error.max(initial=-1)
+        ):
+            raise CorruptRecordError("share-group state refers past its holder or error table")
+    else:
+        n = _int(v["n"])
+        if n <= 0:
+            raise CorruptRecordError(f"share-group window chunk of {n} offsets")
+        value = ShareChunkValue(
+            gap=_unrle(v["gap"], np.uint8, n).astype(np.bool_),
+            ts=_unrle(v["ts"], np.int64, n),
+            deliver_at=_unrle(v["deliver_at"], np.int64, n),
+            key_hash=_unrle(v["key"], np.uint64, n),
+        )
+    return ShareRecord(rkey, value)
