@@ -24,6 +24,16 @@ FORBIDDEN = {
         "cli",
         "grpc",
     ),
+    # share groups are pure in the same way
+    "logstore/share": (
+        "logstore.storage",
+        "logstore.broker",
+        "logstore.client",
+        "logstore.coordinator",
+        "logstore.v1",
+        "cli",
+        "grpc",
+    ),
     "cli": ("logstore.storage", "logstore.broker"),
 }
 ROOT_MODULES = ("logstore/errors.py", "logstore/config.py", "logstore/_types.py")

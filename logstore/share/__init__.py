@@ -12,6 +12,12 @@ the handler contract), ``_partition`` (one share partition's window and its
 states: AVAILABLE / ACQUIRED / ACCEPTED / DEAD_LETTER / ARCHIVED / GAP),
 ``_records`` (record keys, values and their byte format), ``_config`` (every
 default and limit).
+
+Constants: ``AVAILABLE``, ``ACQUIRED``, ``ACCEPTED``, ``DEAD_LETTER``,
+``ARCHIVED`` and ``GAP`` are the per-offset state codes (u1) and
+``STATE_NAMES`` their names by code; ``SHARE_RECORD_VERSION`` is the format
+version written in every record value; ``SHARE_STATE_TOPIC`` the internal
+topic's name.
 """
 
 from logstore.share._config import ShareCoordinatorConfig, ShareGroupConfig

@@ -1,0 +1,501 @@
+"""Focused tests of logstore.share: errors, bounds, records, and each delivery rule on its own."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from logstore.errors import (
+    CorruptRecordError,
+    GroupIdNotFoundError,
+    GroupMaxSizeReachedError,
+    GroupNotEmptyError,
+    InvalidConfigError,
+    InvalidGroupRequestError,
+    ResourceExhaustedError,
+    TooManyGroupsError,
+    UnknownMemberIdError,
+)
+from logstore.share import (
+    ACCEPTED,
+    AVAILABLE,
+    GAP,
+    Ack,
+    AckError,
+    AckKind,
+    Candidates,
+    DeadLetterReason,
+    ShareCoordinator,
+    ShareCoordinatorConfig,
+    ShareGroupConfig,
+    ShareRecord,
+    decode,
+    encode,
+)
+
+NOW = 1_000_000
+
+
+class Broker:
+    """Plays the broker: appends and replays every result, reads a model log."""
+
+    def __init__(self, group: ShareGroupConfig | None = None, **ccfg: Any) -> None:
+        self.c = ShareCoordinator(ShareCoordinatorConfig(**ccfg), {"t": 1, "hi": 1, "lo": 1})
+        self.log: list[ShareRecord] = []
+        self.topics: dict[str, list[tuple[int, int, int]]] = {"t": [], "hi": [], "lo": []}
+        if group is not None:
+            self.run(self.c.configure_group("g", group))
+
+    def run(self, result: Any) -> Any:
+        self.log.extend(result.records)
+        return self.c.apply(result)
+
+    def produce(
+        self, topic: str, n: int, *, ts: int = NOW, deliver_at: int = 0, key: int = 0
+    ) -> None:
+        self.topics[topic] += [(ts, deliver_at, key)] * n
+
+    def join(self, cid: str, topics: tuple[str, ...] = ("t",), now: int = NOW) -> None:
+        self.run(self.c.join("g", list(topics), now_ms=now, consumer_id=cid))
+
+    def fetch(self, cid: str, n: int, now: int = NOW) -> list[tuple[str, int, int]]:
+        cands = {}
+        for r in self.c.fetch_plan("g", cid, now_ms=now):
+            log = self.topics[r.topic]
+            start = r.start_offset or 0
+            end = min(len(log), start + r.max_offsets)
+            rows = log[start:end]
+            cands[(r.topic, r.partition)] = Candidates(
+                start,
+                end,
+                np.arange(start, end, dtype=np.int64),
+                np.array([x[0] for x in rows], dtype=np.int64),
+                np.array([x[1] for x in rows], dtype=np.int64),
+                np.array([x[2] for x in rows], dtype=np.uint64),
+            )
+        self.last = self.run(self.c.acquire("g", cid, max_records=n, now_ms=now, candidates=cands))
+        return [
+            (a.topic, o, a.delivery_count)
+            for a in self.last.acquired
+            for o in range(a.first_offset, a.last_offset + 1)
+        ]
+
+    def ack(self, cid: str, *acks: Ack, now: int = NOW) -> Any:
+        return self.run(self.c.acknowledge("g", cid, list(acks), now_ms=now))
+
+
+def ack(first: int, last: int, kind: AckKind = AckKind.ACCEPT, **kw: Any) -> Ack:
+    return Ack("t", 0, first, last, kind, **kw)
+
+
+# ------------------------------------------------------------------ config
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "names"),
+    [
+        ({"max_delivery_attempts": 0}, "max_delivery_attempts"),
+        ({"max_inflight_records": 0}, "max_inflight_records"),
+        ({"visibility_timeout_ms": 0}, "visibility_timeout_ms"),
+        ({"message_ttl_ms": 0}, "message_ttl_ms"),
+        ({"dead_letter_topic": "__x"}, "dead_letter_topic"),
+        ({"auto_offset_reset": "middle"}, "auto_offset_reset"),
+        ({"topic_priorities": {"a": "high"}}, "topic_priorities"),
+    ],
+)
+def test_group_config_refuses_bad_values_naming_the_field(kwargs: Any, names: str) -> None:
+    """Each bad group setting is refused with the field's name in the message."""
+    with pytest.raises(InvalidConfigError, match=names):
+        ShareGroupConfig(**kwargs)
+
+
+def test_coordinator_config_cross_checks() -> None:
+    """min above max visibility, and heartbeat >= session, are refused by name."""
+    with pytest.raises(InvalidConfigError, match="min_visibility_timeout_ms"):
+        ShareCoordinatorConfig(min_visibility_timeout_ms=10_000, max_visibility_timeout_ms=5_000)
+    with pytest.raises(InvalidConfigError, match="heartbeat_interval_ms"):
+        ShareCoordinatorConfig(heartbeat_interval_ms=45_000)
+
+
+def test_visibility_timeout_outside_the_broker_bounds_is_refused() -> None:
+    """A group's lock below min_visibility_timeout_ms is refused and writes nothing."""
+    c = ShareCoordinator()
+    with pytest.raises(InvalidGroupRequestError, match="min/max_visibility_timeout_ms"):
+        c.configure_group("g", ShareGroupConfig(visibility_timeout_ms=10))
+    assert c.list_groups() == ()
+
+
+# ------------------------------------------------------------------ bounds
+
+
+def test_group_and_consumer_limits_name_themselves() -> None:
+    """max_groups and max_consumers_per_group refuse the next one, by name."""
+    b = Broker(max_groups=1, max_consumers_per_group=2)
+    b.join("a")
+    b.join("b")
+    with pytest.raises(GroupMaxSizeReachedError, match="max_consumers_per_group"):
+        b.join("c")
+    with pytest.raises(TooManyGroupsError, match="max_groups"):
+        b.c.join("other", ["t"], now_ms=NOW)
+    b.join("a")  # a current member re-joins: not a new one
+
+
+def test_share_partition_limit() -> None:
+    """max_share_partitions refuses an acquisition that would create one more."""
+    b = Broker(max_share_partitions=1)
+    b.join("a", ("hi", "lo"))
+    with pytest.raises(ResourceExhaustedError, match="max_share_partitions"):
+        b.fetch("a", 1)
+
+
+def test_request_bounds() -> None:
+    """Fetch size, ack ranges, delays, locks, error text and offsets are checked first."""
+    b = Broker(max_ack_ranges=2, max_error_text_bytes=4, max_fetch_records=5)
+    b.join("a")
+    with pytest.raises(InvalidGroupRequestError, match="max_fetch_records"):
+        b.fetch("a", 6)
+    with pytest.raises(InvalidGroupRequestError, match="max_ack_ranges"):
+        b.ack("a", ack(0, 0), ack(1, 1), ack(2, 2))
+    with pytest.raises(InvalidGroupRequestError, match="max_error_text_bytes"):
+        b.ack("a", ack(0, 0, AckKind.REJECT, error="too long"))
+    with pytest.raises(InvalidGroupRequestError, match="max_release_delay_ms"):
+        b.ack("a", ack(0, 0, AckKind.RELEASE, delay_ms=-1))
+    with pytest.raises(InvalidGroupRequestError, match="max_visibility_timeout_ms"):
+        b.ack("a", ack(0, 0, AckKind.RENEW, lock_ms=10**12))
+    with pytest.raises(InvalidGroupRequestError, match="first_offset <= last_offset"):
+        b.ack("a", ack(3, 2))
+    with pytest.raises(InvalidGroupRequestError, match="does not subscribe"):
+        b.c.acquire(
+            "g",
+            "a",
+            max_records=1,
+            now_ms=NOW,
+            candidates={("lo", 0): Candidates(0, 0, np.zeros(0, np.int64), np.zeros(0, np.int64))},
+        )
+    with pytest.raises(InvalidGroupRequestError, match="dead-letter topic"):
+        b.c.join("g", ["g.dlq"], now_ms=NOW)
+    with pytest.raises(InvalidGroupRequestError, match="internal"):
+        b.c.join("g", ["__share_group_state"], now_ms=NOW)
+
+
+def test_unknown_consumer_and_group() -> None:
+    """A consumer not in the group (or past its session) must join again."""
+    b = Broker(session_timeout_ms=10_000)
+    with pytest.raises(UnknownMemberIdError, match="join again"):
+        b.c.fetch_plan("g", "nobody", now_ms=NOW)
+    b.join("a")
+    with pytest.raises(UnknownMemberIdError):
+        b.c.heartbeat("g", "a", now_ms=NOW + 10_000)
+    with pytest.raises(GroupIdNotFoundError):
+        b.c.describe("nope", now_ms=NOW)
+
+
+def test_window_bound_is_back_pressure() -> None:
+    """Past max_inflight_records offsets in flight, acquisitions return fewer records."""
+    b = Broker(ShareGroupConfig(max_inflight_records=4))
+    b.join("a")
+    b.produce("t", 10)
+    assert len(b.fetch("a", 10)) == 4
+    assert b.fetch("a", 10) == []
+    b.ack("a", ack(0, 1))
+    assert [o for _, o, _ in b.fetch("a", 10)] == [4, 5]
+
+
+# ------------------------------------------------------------ acknowledging
+
+
+def test_acks_on_expired_or_foreign_locks_are_refused_precisely() -> None:
+    """LOCK_EXPIRED, HELD_BY_OTHER, NOT_ACQUIRED, ALREADY_ACKNOWLEDGED; none applied."""
+    b = Broker(ShareGroupConfig(visibility_timeout_ms=1_000))
+    b.join("a")
+    b.join("b")
+    b.produce("t", 4)
+    assert len(b.fetch("a", 2)) == 2
+    later = NOW + 1_000
+    r = b.ack("a", ack(0, 0), now=later)  # lock ended at `later`: not before tick
+    assert r.results[0].error is AckError.LOCK_EXPIRED
+    assert [o for _, o, _ in b.fetch("b", 1, now=later)] == [0]
+    r = b.ack("a", ack(0, 0), ack(1, 1), ack(3, 3), ack(9, 9), now=later)
+    assert [x.error for x in r.results] == [
+        AckError.HELD_BY_OTHER,
+        AckError.LOCK_EXPIRED,
+        AckError.NOT_ACQUIRED,
+        AckError.NOT_ACQUIRED,
+    ]
+    assert "another consumer" in r.results[0].message
+    assert b.ack("b", ack(0, 0), now=later).results[0].error is AckError.OK
+    again = b.ack("b", ack(0, 0), now=later).results[0]
+    assert again.error is AckError.ALREADY_ACKNOWLEDGED
+    p = b.c.partition("g", "t", 0)
+    assert p is not None and p.value is not None and p.value.accepted_total == 1
+
+
+def test_a_range_is_all_or_nothing() -> None:
+    """A range holding one record the consumer does not hold changes none of it."""
+    b = Broker(ShareGroupConfig())
+    b.join("a")
+    b.produce("t", 3)
+    b.fetch("a", 2)
+    assert b.ack("a", ack(0, 2)).results[0].error is AckError.NOT_ACQUIRED
+    p = b.c.partition("g", "t", 0)
+    assert p is not None
+    assert [s for _, s, _ in p.record_states()] == [1, 1, AVAILABLE]
+
+
+def test_renew_extends_the_lock() -> None:
+    """After RENEW the record stays held past the original lock, until the new one."""
+    b = Broker(ShareGroupConfig(visibility_timeout_ms=1_000))
+    b.join("a")
+    b.join("b")
+    b.produce("t", 1)
+    b.fetch("a", 1)
+    b.ack("a", ack(0, 0, AckKind.RENEW, lock_ms=5_000), now=NOW + 900)
+    assert b.fetch("b", 1, now=NOW + 2_000) == []
+    assert b.fetch("b", 1, now=NOW + 5_900) == [("t", 0, 2)]
+
+
+# --------------------------------------------------------------- delivery
+
+
+def test_poison_record_dead_lettered_after_exactly_max_deliveries() -> None:
+    """Delivered max_delivery_attempts times, then a release dead-letters it with its headers."""
+    b = Broker(ShareGroupConfig(max_delivery_attempts=3))
+    b.join("a")
+    b.produce("t", 1)
+    for n in range(1, 4):
+        now = NOW + n * 10
+        assert b.fetch("a", 1, now=now) == [("t", 0, n)]
+        r = b.ack("a", ack(0, 0, AckKind.RELEASE, error=f"fail {n}"), now=now + 1)
+    assert b.fetch("a", 1, now=NOW + 100) == []
+    (d,) = r.dead_letters
+    assert (d.topic, d.partition, d.first_offset, d.last_offset) == ("t", 0, 0, 0)
+    assert (d.delivery_count, d.reason, d.error) == (3, DeadLetterReason.MAX_DELIVERIES, "fail 3")
+    assert (d.first_delivery_ms, d.last_delivery_ms, d.dead_letter_topic) == (
+        NOW + 10,
+        NOW + 30,
+        "g.dlq",
+    )
+    assert b.c.pending_dead_letters() == [d]
+    assert b.run(b.c.dead_lettered("g", "t", 0, 0, 0)) == 1
+    assert b.run(b.c.dead_lettered("g", "t", 0, 0, 0)) == 0  # a repeat is harmless
+    assert b.c.pending_dead_letters() == []
+    p = b.c.partition("g", "t", 0)
+    assert p is not None and p.value is not None and p.value.spso == 1
+
+
+def test_lock_expiry_at_the_limit_dead_letters() -> None:
+    """A record whose lock expires on its last allowed delivery goes to the dead letters (tick)."""
+    b = Broker(ShareGroupConfig(max_delivery_attempts=1, visibility_timeout_ms=1_000))
+    b.join("a")
+    b.produce("t", 2)
+    b.fetch("a", 2)
+    t = b.c.tick(NOW + 1_000)
+    b.log.extend(t.records)
+    for r in t.records:
+        b.c.replay(r)
+    assert [(d.first_offset, d.last_offset, d.reason) for d in t.dead_letters] == [
+        (0, 1, DeadLetterReason.MAX_DELIVERIES)
+    ]
+
+
+def test_reject_dead_letters_with_the_reason() -> None:
+    """REJECT is never redelivered and carries the consumer's reason."""
+    b = Broker(ShareGroupConfig())
+    b.join("a")
+    b.produce("t", 2)
+    b.fetch("a", 2)
+    r = b.ack("a", ack(0, 1, AckKind.REJECT, error="bad json"))
+    assert [(d.reason, d.error, d.delivery_count) for d in r.dead_letters] == [
+        (DeadLetterReason.REJECTED, "bad json", 1)
+    ]
+    b.join("a", now=NOW + 10**7)
+    assert b.fetch("a", 5, now=NOW + 10**7) == []
+
+
+def test_delayed_records_wait_and_release_delay_uses_the_same_rule() -> None:
+    """A deliver-at time, and a RELEASE delay, keep a record back until then (not a ms early)."""
+    b = Broker(ShareGroupConfig())
+    b.join("a")
+    b.produce("t", 1, deliver_at=NOW + 5_000)
+    b.produce("t", 1)
+    assert b.fetch("a", 5) == [("t", 1, 1)]
+    assert b.c.describe("g", now_ms=NOW).delayed == 1
+    assert b.fetch("a", 5, now=NOW + 4_999) == []
+    assert b.fetch("a", 5, now=NOW + 5_000) == [("t", 0, 1)]
+    b.ack("a", ack(0, 0, AckKind.RELEASE, delay_ms=2_000), now=NOW + 5_000)
+    assert b.fetch("a", 5, now=NOW + 6_999) == []
+    assert b.fetch("a", 5, now=NOW + 7_000) == [("t", 0, 2)]
+    tick = b.c.tick(NOW + 7_000)
+    assert tick.next_deadline_ms is not None
+
+
+def test_ttl_dead_letters_old_records_instead_of_delivering() -> None:
+    """A record older than message_ttl_ms at acquisition goes to the dead letters."""
+    b = Broker(ShareGroupConfig(message_ttl_ms=1_000))
+    b.join("a")
+    b.produce("t", 1, ts=NOW - 2_000)
+    b.produce("t", 1, ts=NOW)
+    assert b.fetch("a", 5) == [("t", 1, 1)]
+    (d,) = b.last.dead_letters
+    assert (d.first_offset, d.reason, d.delivery_count, d.first_delivery_ms) == (
+        0,
+        DeadLetterReason.TTL_EXPIRED,
+        0,
+        0,
+    )
+
+
+def test_ordering_keys_one_in_flight_per_key_in_order() -> None:
+    """With ordering keys, a key's next record waits until the previous one is acknowledged."""
+    b = Broker(ShareGroupConfig(ordering_keys=True))
+    b.join("a")
+    b.join("b")
+    for key in (7, 7, 9, 0, 7):
+        b.produce("t", 1, key=key)
+    assert [o for _, o, _ in b.fetch("a", 10)] == [0, 2, 3]
+    assert b.fetch("b", 10) == []
+    b.ack("a", ack(0, 0, AckKind.RELEASE))
+    assert [o for _, o, _ in b.fetch("b", 10)] == [0]  # released head again, not offset 1
+    b.ack("b", ack(0, 0))
+    assert [o for _, o, _ in b.fetch("b", 10)] == [1]
+
+
+def test_priority_higher_topic_first() -> None:
+    """Available records of the higher-priority topic are all handed out before lower ones."""
+    b = Broker(ShareGroupConfig(topic_priorities={"hi": 10, "lo": 1}))
+    b.join("a", ("hi", "lo"))
+    b.produce("lo", 3)
+    b.produce("hi", 2)
+    assert b.fetch("a", 3) == [("hi", 0, 1), ("hi", 1, 1), ("lo", 0, 1)]
+    plan = b.c.fetch_plan("g", "a", now_ms=NOW)
+    assert [r.topic for r in plan] == ["hi", "lo"]
+
+
+def test_leaving_consumer_releases_its_records() -> None:
+    """A consumer that leaves (or times out) gives its records back, counts kept."""
+    b = Broker(ShareGroupConfig(), session_timeout_ms=10_000)
+    b.join("a")
+    b.join("b")
+    b.produce("t", 2)
+    b.fetch("a", 1)
+    b.fetch("b", 1)
+    assert b.run(b.c.leave("g", "a", now_ms=NOW)) == ()
+    assert b.fetch("b", 5, now=NOW + 1) == [("t", 0, 2)]
+    # b now goes silent: tick after its session releases what it holds
+    t = b.c.tick(NOW + 20_000)
+    for r in t.records:
+        b.c.replay(r)
+    b.join("c", now=NOW + 20_000)
+    assert [(o, n) for _, o, n in b.fetch("c", 5, now=NOW + 20_000)] == [(0, 3), (1, 2)]
+
+
+def test_gaps_are_skipped_and_finished() -> None:
+    """Offsets missing from the log (compaction) are never handed out and do not hold back SPSO."""
+    b = Broker(ShareGroupConfig())
+    b.join("a")
+    offsets = np.array([0, 3, 4], dtype=np.int64)
+    c = Candidates(0, 6, offsets, np.full(3, NOW, dtype=np.int64))
+    res = b.run(b.c.acquire("g", "a", max_records=10, now_ms=NOW, candidates={("t", 0): c}))
+    assert [(a.first_offset, a.last_offset) for a in res.acquired] == [(0, 0), (3, 4)]
+    b.ack("a", ack(0, 4))  # a range spanning the gap
+    p = b.c.partition("g", "t", 0)
+    assert p is not None and p.value is not None and (p.value.spso, p.value.speo) == (6, 6)
+    assert GAP not in p.value.state.tolist()
+
+
+def test_fast_path_candidates_from_batch_ranges() -> None:
+    """Candidates.from_ranges expands batches to the same offsets and timestamps, loop-free."""
+    c = Candidates.from_ranges(10, 20, [10, 15], [12, 19], [5, 6])
+    assert c.offsets.tolist() == [10, 11, 12, 15, 16, 17, 18, 19]
+    assert c.timestamps.tolist() == [5, 5, 5, 6, 6, 6, 6, 6]
+    assert c.deliver_at is None and c.key_hash is None
+
+
+# ------------------------------------------------------------ durability
+
+
+def test_restart_keeps_counts_and_accepts_and_drops_locks() -> None:
+    """After load: accepted never redelivered, acquired available again with its count."""
+    b = Broker(ShareGroupConfig())
+    b.join("a")
+    b.produce("t", 3)
+    b.fetch("a", 3)
+    b.ack("a", ack(1, 1))
+    c2 = ShareCoordinator.load([decode(*encode(r)) for r in b.log], topics={"t": 1})
+    with pytest.raises(UnknownMemberIdError):
+        c2.fetch_plan("g", "a", now_ms=NOW)
+    b.c = c2
+    b.join("x")
+    assert b.fetch("x", 5) == [("t", 0, 2), ("t", 2, 2)]
+    p = c2.partition("g", "t", 0)
+    assert p is not None and [s for _, s, _ in p.record_states()] == [1, ACCEPTED, 1]
+
+
+def test_records_round_trip_and_stay_small() -> None:
+    """Encode/decode is exact; a 2,000-record window in a few runs encodes in < 1 KiB."""
+    b = Broker(ShareGroupConfig())
+    b.join("a")
+    b.produce("t", 2_000)
+    b.fetch("a", 2_000)
+    b.ack("a", ack(0, 999))
+    for r in b.log:
+        k, v = encode(r)
+        assert decode(k, v) == r
+    k, v = encode(b.log[-1])
+    assert v is not None and len(v) < 1024, len(v)
+    chunk = next(r for r in b.log if encode(r)[0].startswith(b"[2,"))
+    assert len(encode(chunk)[1] or b"") < 200  # equal timestamps: one run per column
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        (b"not json", b"{}", "not JSON"),
+        (b'[9,"g"]', b"{}", "malformed"),
+        (b'[0,"g"]', b'{"v":2,"config":{}}', "newer"),
+        (b'[0,"g"]', b'{"config":{}}', "no version"),
+        (b'[1,"g","t",0]', b'{"v":1,"spso":5,"speo":3}', "speo"),
+        (
+            b'[1,"g","t",0]',
+            b'{"v":1,"spso":0,"speo":2,"runs":{"len":[1],"state":[0],"count":[0],'
+            b'"holder":[-1],"until":[0],"first":[0],"last":[0],"error":[-1],"dl":[0]},'
+            b'"holders":[],"errors":[],"accepted":0,"dead_lettered":0}',
+            "entries",
+        ),
+    ],
+)
+def test_decode_refuses_what_is_not_a_record(key: bytes, value: bytes, match: str) -> None:
+    """Garbage, a newer version or inconsistent runs are CorruptRecordError, never a guess."""
+    with pytest.raises(CorruptRecordError, match=match):
+        decode(key, value)
+
+
+def test_delete_group_tombstones_everything() -> None:
+    """Delete refuses a group with consumers; then its records leave nothing after replay."""
+    b = Broker(ShareGroupConfig(), session_timeout_ms=10_000)
+    b.join("a")
+    b.produce("t", 2)
+    b.fetch("a", 2)
+    with pytest.raises(GroupNotEmptyError):
+        b.c.delete_group("g", now_ms=NOW)
+    b.run(b.c.delete_group("g", now_ms=NOW + 10_000))
+    assert b.c.list_groups() == ()
+    assert ShareCoordinator.load(b.log).snapshot() == {}
+
+
+def test_describe_counts() -> None:
+    """describe gives available, acquired, delayed, dead letters, oldest age and in-flight."""
+    b = Broker(ShareGroupConfig())
+    b.join("a")
+    b.produce("t", 2, ts=NOW - 500)
+    b.produce("t", 1, deliver_at=NOW + 10_000)
+    b.produce("t", 3, ts=NOW - 100)
+    b.fetch("a", 1)
+    b.ack("a", ack(0, 0, AckKind.REJECT))
+    b.fetch("a", 1)
+    d = b.c.describe("g", now_ms=NOW)
+    assert (d.available, d.acquired, d.delayed, d.dead_letter_pending) == (3, 1, 1, 1)
+    assert d.oldest_available_ts_ms == NOW - 100
+    assert [(c.consumer_id, c.in_flight) for c in d.consumers] == [("a", 1)]
