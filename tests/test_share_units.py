@@ -499,3 +499,15 @@ def test_describe_counts() -> None:
     assert (d.available, d.acquired, d.delayed, d.dead_letter_pending) == (3, 1, 1, 1)
     assert d.oldest_available_ts_ms == NOW - 100
     assert [(c.consumer_id, c.in_flight) for c in d.consumers] == [("a", 1)]
+
+
+def test_group_config_is_hashable_and_round_trips() -> None:
+    """A config with priorities hashes, compares equal to its decoded copy, and is read-only."""
+    cfg = ShareGroupConfig(topic_priorities={"a": 2, "b": 1}, message_ttl_ms=5)
+    b = Broker(cfg)
+    (rec,) = b.log
+    back = decode(*encode(rec)).value
+    assert back is not None and back == rec.value
+    assert hash(cfg) == hash(ShareGroupConfig(topic_priorities={"b": 1, "a": 2}, message_ttl_ms=5))
+    with pytest.raises(TypeError):
+        cfg.topic_priorities["a"] = 3  # type: ignore[index]

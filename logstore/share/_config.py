@@ -96,6 +96,16 @@ class ShareGroupConfig:
             _check_int(f"topic_priorities[{topic!r}]", prio, -1_000_000, 1_000_000)
         object.__setattr__(self, "topic_priorities", MappingProxyType(prios))
 
+    def __hash__(self) -> int:
+        # the generated hash would hash the mapping proxy, which is unhashable
+        return hash(
+            tuple(
+                tuple(sorted(v.items())) if f.name == "topic_priorities" else v
+                for f in fields(self)
+                for v in (getattr(self, f.name),)
+            )
+        )
+
     def dead_letter_topic_for(self, group_id: str) -> str:
         """The dead-letter topic of ``group_id`` under this config."""
         return self.dead_letter_topic or f"{group_id}.dlq"

@@ -739,8 +739,13 @@ class ShareCoordinator:
             if r.error is AckError.OK and a.kind is AckKind.ACCEPT
         )
         if accepted:
+            # one bucket per second: at most 60 entries per group
             q = self._acks.setdefault(group_id, deque())
-            q.append((now_ms, accepted))
+            second = now_ms // 1000 * 1000
+            if q and q[-1][0] == second:
+                q[-1] = (second, q[-1][1] + accepted)
+            else:
+                q.append((second, accepted))
             while q and q[0][0] <= now_ms - _ACK_RATE_WINDOW_MS:
                 q.popleft()
         return Result(tuple(records), AckReply(tuple(results), tuple(dls)))
