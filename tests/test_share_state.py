@@ -6,7 +6,8 @@ produces dead letters and confirms them). After every step the share state
 equals the model offset by offset; at a restart the state rebuilt from the
 records (all of them, and as compaction leaves them) equals the live state
 with locks dropped; at the end every record has been accepted or
-dead-lettered exactly once.
+dead-lettered exactly once, or was removed by retention before it finished
+(and then neither).
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ CCFG = ShareCoordinatorConfig(
     session_timeout_ms=3_600_000,
     heartbeat_interval_ms=5_000,
 )
-STATE = {"available": 0, "acquired": 1, "accepted": 2, "dead": 3, "archived": 4}
+STATE = {"available": 0, "acquired": 1, "accepted": 2, "dead": 3, "archived": 4, "gap": 5}
+FINISHED = ("accepted", "archived", "gap")
 
 
 @dataclass
@@ -68,11 +70,12 @@ class Part:
     recs: list[Rec] = field(default_factory=list)
     speo: int = 0
     initialized: bool = False
+    log_start: int = 0
 
     @property
     def spso(self) -> int:
         for i, r in enumerate(self.recs):
-            if r.state not in ("accepted", "archived"):
+            if r.state not in FINISHED:
                 return min(i, self.speo)
         return self.speo
 
@@ -222,9 +225,13 @@ class ShareMachine(RuleBasedStateMachine):
         ], "plan not in priority order"
         cands = {}
         for r in plan:
+            p = self.parts[r.topic]
             start = 0 if r.start_offset is None else r.start_offset
-            assert start == self.parts[r.topic].speo
-            cands[(r.topic, r.partition)] = self.candidates(r.topic, start, r.max_offsets, fast)
+            assert start == p.speo
+            # the broker reads from the log start when retention passed its offset
+            read = max(start, p.log_start)
+            n = r.max_offsets - (read - start)
+            cands[(r.topic, r.partition)] = self.candidates(r.topic, read, max(n, 0), fast)
         # the model's prediction
         expect_acq: list[tuple[str, int, int]] = []
         expect_dead: list[tuple[str, int, DeadLetterReason]] = []
@@ -233,6 +240,8 @@ class ShareMachine(RuleBasedStateMachine):
             p = self.parts[t]
             if (t, 0) in cands:
                 p.initialized = True
+                if p.spso == p.speo and p.log_start > p.speo:
+                    p.speo = p.log_start  # an empty window restarts at the log start
                 p.speo = max(p.speo, min(len(p.recs), p.spso + CAP))
             if not p.initialized:
                 continue
@@ -283,7 +292,9 @@ class ShareMachine(RuleBasedStateMachine):
             return AckError.ALREADY_ACKNOWLEDGED
         if last >= p.speo:
             return AckError.NOT_ACQUIRED
-        rs = p.recs[first : last + 1]
+        rs = [r for r in p.recs[first : last + 1] if r.state != "gap"]
+        if not rs:
+            return AckError.NOT_ACQUIRED
         if any(r.state == "acquired" and r.holder != consumer for r in rs):
             return AckError.HELD_BY_OTHER
         if any(r.state == "acquired" and r.lock <= self.now for r in rs) or any(
@@ -329,6 +340,8 @@ class ShareMachine(RuleBasedStateMachine):
         if code is AckError.OK:
             for i in range(first, last + 1):
                 r = p.recs[i]
+                if r.state == "gap":
+                    continue
                 if kind is AckKind.ACCEPT:
                     r.state, r.holder = "accepted", None
                 elif kind is AckKind.RELEASE:
@@ -350,10 +363,30 @@ class ShareMachine(RuleBasedStateMachine):
         assert [r.error for r in reply.results] == [code], reply.results
         if code is AckError.OK and kind is AckKind.ACCEPT:
             for i in range(first, last + 1):
+                if p.recs[i].state == "gap":
+                    continue
                 assert (topic, i) not in self.accepted and (topic, i) not in self.dead
                 self.accepted[(topic, i)] = 1
         self.note_dead(reply.dead_letters, expect_dead)
         assert all(d.error == "boom" for d in reply.dead_letters)
+
+    @rule(topic=st.sampled_from(sorted(TOPICS)), n=st.integers(1, 4))
+    def retention(self, topic: str, n: int) -> None:
+        p = self.parts[topic]
+        ls = min(len(p.recs), p.log_start + n)
+        if ls == p.log_start:
+            return
+        window_lost = 0
+        for i in range(ls):
+            r = p.recs[i]
+            if r.state not in FINISHED:
+                window_lost += p.spso <= i < p.speo
+                r.state, r.holder, r.lock = "gap", None, 0
+        p.log_start = ls
+        if p.initialized and p.spso == p.speo and ls > p.speo:
+            p.speo = ls  # an empty window moves to the new log start at once
+        lost = self.run(self.sut.on_log_start(topic, 0, ls))
+        assert lost == window_lost
 
     @rule()
     def tick(self) -> None:
@@ -465,7 +498,8 @@ class ShareMachine(RuleBasedStateMachine):
             assert p.spso == len(p.recs), "records left unfinished after the drain"
             for i in range(len(p.recs)):
                 done = self.accepted.get((t, i), 0) + self.dead.get((t, i), 0)
-                assert done == 1, (t, i, p.recs[i])
+                lost = p.recs[i].state == "gap"  # removed by retention before it finished
+                assert done + lost == 1, (t, i, p.recs[i])
 
     def acknowledge_one(self, consumer: str, topic: str, i: int) -> None:
         r = self.parts[topic].recs[i]

@@ -511,3 +511,19 @@ def test_group_config_is_hashable_and_round_trips() -> None:
     assert hash(cfg) == hash(ShareGroupConfig(topic_priorities={"b": 1, "a": 2}, message_ttl_ms=5))
     with pytest.raises(TypeError):
         cfg.topic_priorities["a"] = 3  # type: ignore[index]
+
+
+def test_log_start_moving_past_the_window_drops_what_is_gone() -> None:
+    """Retention past unfinished records makes them gaps, reports them lost, moves SPSO."""
+    b = Broker(ShareGroupConfig())
+    b.join("a")
+    b.produce("t", 5)
+    b.fetch("a", 2)
+    b.ack("a", ack(0, 0))
+    assert b.run(b.c.on_log_start("t", 0, 3)) == 2  # offset 1 acquired, 2 available
+    p = b.c.partition("g", "t", 0)
+    assert p is not None and p.value is not None and p.value.spso == 3
+    assert b.ack("a", ack(1, 1)).results[0].error is AckError.ALREADY_ACKNOWLEDGED
+    assert [o for _, o, _ in b.fetch("a", 5)] == [3, 4]
+    assert b.run(b.c.on_log_start("t", 0, 3)) == 0  # a repeat writes nothing
+    assert b.c.on_log_start("t", 0, 3).records == ()

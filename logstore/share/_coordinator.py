@@ -3,7 +3,8 @@
 Contract (the same as the consumer-group coordinator, CONVENTIONS.md rule 5):
 
 * Every handler (``configure_group``, ``join``, ``heartbeat``, ``leave``,
-  ``acquire``, ``acknowledge``, ``dead_lettered``, ``delete_group``, ``tick``)
+  ``acquire``, ``acknowledge``, ``dead_lettered``, ``delete_group``,
+  ``on_log_start``, ``tick``)
   validates, computes and returns a :class:`Result`:
   the records to append to ``__share_group_state`` and the reply. It changes
   no durable state; a handler that raises a typed :mod:`logstore.errors`
@@ -846,6 +847,24 @@ class ShareCoordinator:
         records.append(ShareRecord(ShareGroupKey(group_id), None))
         self._consumers.pop(group_id, None)
         return Result(tuple(records), None)
+
+    def on_log_start(self, topic: str, partition: int, log_start_offset: int) -> Result[int]:
+        """The log start of ``topic``/``partition`` moved to
+        ``log_start_offset`` (retention or DeleteRecords): in every group,
+        unfinished records below it are dropped from the window (they can no
+        longer be read, so neither delivered nor dead-lettered) and the start
+        offset moves up to it. Returns how many unfinished records were lost
+        (for a WARN line and a metric)."""
+        records: list[ShareRecord] = []
+        lost = 0
+        for gid, g in sorted(self._groups.items()):
+            p = g.partitions.get((topic, partition))
+            if p is None or p.value is None or p.value.spso >= log_start_offset:
+                continue
+            w = p.work(g.config)
+            lost += w.truncate_below(log_start_offset)
+            records += self._finish(gid, p, w)
+        return Result(tuple(records), lost)
 
     def on_metadata(self, topics: Mapping[str, int]) -> None:
         """The current topics and partition counts (volatile input). State of

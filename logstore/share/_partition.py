@@ -525,6 +525,24 @@ class Work:
             self.until[idx] = now_ms + lock_ms
         return AckResult(self.topic, self.partition, first, last, AckError.OK)
 
+    def truncate_below(self, log_start_offset: int) -> int:
+        """Offsets below ``log_start_offset`` left the log (retention, delete
+        records): unfinished ones there become GAP (they cannot be delivered
+        or dead-lettered any more); returns how many were unfinished."""
+        k = min(max(log_start_offset - self.spso, 0), len(self.state))
+        if k == 0:
+            if len(self.state) == 0 and log_start_offset > self.spso:
+                self.spso = log_start_offset
+                self.changed = True
+            return 0
+        head = self.state[:k]
+        lost = int(((head != ACCEPTED) & (head != ARCHIVED) & (head != GAP)).sum())
+        self.state[:k] = GAP
+        self.holder[:k] = -1
+        self.until[:k] = 0
+        self.changed = True
+        return lost
+
     def confirm_dead_letters(self, first: int, last: int) -> int:
         """DEAD_LETTER offsets in ``first..last`` become ARCHIVED (the broker
         produced them to the dead-letter topic); returns how many."""
