@@ -642,6 +642,14 @@ class ShareCoordinator:
                     continue
                 w = (p or SharePartition(group_id, *tp)).work(g.config, start_offset=c.start_offset)
             else:
+                if (
+                    c is None
+                    and (left == 0 or p.available_now(now_ms) == 0)
+                    and not p.has_expired_locks(now_ms)
+                ):
+                    # nothing to take, expire or read: skip the copy (read-only
+                    # numpy checks; a fetch over 100 idle partitions stays cheap)
+                    continue
                 w = p.work(g.config)
             if c is not None:
                 w.extend(c)

@@ -334,6 +334,7 @@ class Work:
             # Nothing in flight: start the window where the broker read (the
             # first read of a partition, or the log start moved past us).
             self.spso = c.start_offset
+            self.changed = True
         limit = self.spso + self.config.max_inflight_records
         if c.start_offset > self.speo:
             # The broker read from past our end (retention removed offsets
