@@ -162,15 +162,19 @@ def run_workers(
     args_list: Sequence[Any],
     timeout_s: float,
     on_ready: Callable[[], None] | None = None,
+    prepare: Callable[[], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run ``fn`` in ``len(args_list)`` spawned processes; return their results in order.
 
-    All workers pass one barrier before timing starts. Late workers are killed
-    by PID after ``timeout_s`` and the call raises WorkerError.
+    All workers pass one barrier before timing starts. With ``prepare`` the
+    parent is a party too and calls ``prepare()`` (while the workers, already
+    started and connected, may be waiting at the barrier) before it passes the
+    barrier; with ``on_ready`` it calls that right after. Late workers are
+    killed by PID after ``timeout_s`` and the call raises WorkerError.
     """
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    barrier = ctx.Barrier(len(args_list) + (1 if on_ready else 0))
+    barrier = ctx.Barrier(len(args_list) + (1 if on_ready or prepare else 0))
     procs = [
         ctx.Process(target=_entry, args=(fn, a, barrier, q, i), daemon=True)
         for i, a in enumerate(args_list)
@@ -180,8 +184,15 @@ def run_workers(
     results: dict[int, dict[str, Any]] = {}
     errors: list[str] = []
     try:
-        if on_ready is not None:
+        if prepare is not None:
+            try:
+                prepare()
+            except BaseException:
+                barrier.abort()
+                raise
+        if on_ready is not None or prepare is not None:
             barrier.wait(timeout=120)
+        if on_ready is not None:
             on_ready()
         deadline = time.monotonic() + timeout_s
         while len(results) + len(errors) < len(procs):

@@ -64,6 +64,12 @@ def test_every_workload_runs_against_logstore(tmp_path: Path) -> None:
     assert _workloads(results, "logstore") == want
     if not groups:
         assert results["skipped"]["W7 logstore"] == w7_group_drain.LOGSTORE_SKIP
+    if groups:
+        # the clock starts once the group has settled: each member owns one of the 4 partitions
+        (share,) = [f for f in results["figures"] if f["name"] == "W7 largest member share"]
+        for owned in share["info"]["owned"]:
+            assert sorted(len(o) for o in owned) == [1, 1, 1, 1]
+            assert len({p for o in owned for p in o}) == 4
     w4 = [f for f in results["figures"] if f["name"].endswith("delivered")]
     assert w4 and all(f["median"] == 100.0 for f in w4)
 
@@ -83,7 +89,7 @@ def test_peer_workloads_run_when_installed(tmp_path: Path, system: str) -> None:
     results = _run(tmp_path, "--systems", system, "--sections", "workloads")
     assert _workloads(results, system) == {"W1", "W2", "W3", "W4", "W5", "W7"}
     w7 = [f for f in results["figures"] if f["info"]["workload"] == "W7"]
-    assert {f["unit"] for f in w7} == {"records/s", "MB/s", "MB"}
+    assert {f["unit"] for f in w7} == {"records/s", "MB/s", "MB", "%"}
 
 
 def test_w7_logstore_lights_up_when_group_consumer_exists(monkeypatch: pytest.MonkeyPatch) -> None:

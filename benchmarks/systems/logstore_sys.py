@@ -52,10 +52,18 @@ def _impl(args: dict[str, Any]) -> str:
 class Broker:
     """One broker process on a data directory; restartable (W6)."""
 
-    def __init__(self, data_dir: Path, log_path: Path, extra: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        log_path: Path,
+        extra: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.log_path = log_path
         self.extra = extra
+        #: Extra ``LOGSTORE_*`` settings (e.g. a shorter group heartbeat interval).
+        self.env = dict(env or {})
         self.child: Child | None = None
         self.grpc_address = ""
         self.metrics_address = ""
@@ -77,7 +85,8 @@ class Broker:
         ]
         import subprocess
 
-        self.child = Child(args, self.log_path, stdout=subprocess.PIPE)
+        env = {**os.environ, **self.env} if self.env else None
+        self.child = Child(args, self.log_path, stdout=subprocess.PIPE, env=env)
         out = self.child.proc.stdout
         assert out is not None
         line = b""
@@ -168,6 +177,15 @@ class Driver(System):
         ends = self.end_offsets(topic)
         return sum(end - committed.get(p, 0) for p, end in enumerate(ends))
 
+    def wait_group_settled(
+        self, group: str, members: int, partitions: set[tuple[str, int]], timeout_s: float = 120.0
+    ) -> float:
+        """Wait until ``group`` has settled (:func:`unsettled` is None); seconds waited."""
+        from logstore.client import Admin
+
+        with Admin(self.params()["grpc"]) as admin:
+            return wait_settled(admin, group, members, partitions, timeout_s)
+
     def end_offsets(self, topic: str) -> list[int]:
         from logstore.v1 import logstore_pb2 as pb
 
@@ -175,6 +193,53 @@ class Driver(System):
             pb.ListOffsetsRequest(topic=topic, position=pb.OFFSET_SPEC_LATEST), timeout=30
         )
         return [o.offset for o in sorted(resp.offsets, key=lambda o: o.partition)]
+
+
+# ---- consumer groups: "settled" ----------------------------------------------------------------
+
+#: How often the settle check asks DescribeGroup (ms): fine enough for the
+#: rebalance figures (quoted in units of a 3 s heartbeat interval), cheap for the broker.
+SETTLE_POLL_S = 0.02
+
+
+def unsettled(desc: Any, members: int, partitions: set[tuple[str, int]]) -> str | None:
+    """Why the group in ``desc`` (an ``Admin.describe_group`` answer) has not settled,
+    or None when it has: exactly ``members`` members, none with partitions revoked
+    and not yet released, each owning exactly its target, and every one of
+    ``partitions`` owned by one member."""
+    if len(desc.members) != members:
+        return f"{len(desc.members)} of {members} members"
+    owned: set[tuple[str, int]] = set()
+    for m in desc.members:
+        if m.revoking:
+            return f"member {m.member_id} has {len(m.revoking)} partitions revoking"
+        if set(m.assigned) != set(m.target):
+            return f"member {m.member_id} owns {len(m.assigned)} of its {len(m.target)} targets"
+        owned |= {(t, p) for t, p in m.assigned}
+    if owned != partitions:
+        return f"{len(partitions - owned)} partitions unowned"
+    return None
+
+
+def wait_settled(
+    admin: Any, group: str, members: int, partitions: set[tuple[str, int]], timeout_s: float
+) -> float:
+    """Poll ``admin.describe_group`` every SETTLE_POLL_S until :func:`unsettled` is
+    None; return the monotonic time of the first settled answer's request."""
+    from logstore import errors
+
+    deadline = time.monotonic() + timeout_s
+    why = "no group yet"
+    while time.monotonic() < deadline:
+        t = time.monotonic()
+        try:
+            why = unsettled(admin.describe_group(group), members, partitions) or ""
+        except errors.GroupIdNotFoundError:
+            why = "no group yet"
+        if not why:
+            return t
+        time.sleep(SETTLE_POLL_S)
+    raise TimeoutError(f"group {group} did not settle in {timeout_s} s: {why}")
 
 
 # ---- worker side ------------------------------------------------------------------------------
@@ -485,22 +550,36 @@ def paced(args: dict[str, Any], ready: Callable[[], None]) -> dict[str, Any]:
 def group_drain(args: dict[str, Any], ready: Callable[[], None]) -> dict[str, Any]:
     """One W7 member: a ``logstore.client.GroupConsumer`` of ``args["group"]``
     (``auto_offset_reset="earliest"``, ``poll_columns()``, then a synchronous
-    ``commit()`` of what was returned, one OffsetCommit per poll). Stops when a
-    poll finds nothing and the group's shared counter of committed records
+    ``commit()`` of what was returned, one OffsetCommit per poll).
+
+    Before timing: join and poll (the topic is still empty) until the parent
+    sets ``args["settled"]`` (it saw every member own its target in
+    DescribeGroup), then count itself in ``args["parked"]`` and wait at the
+    start barrier while the parent fills the topic. Stops when a poll finds
+    nothing and the group's shared counter of committed records
     (``args["acked"]``) has reached ``n``.
     """
     from logstore import client
 
     n, topic, group = int(args["n"]), str(args["topic"]), str(args["group"])
-    acked = args["acked"]
+    acked, settled, parked = args["acked"], args["settled"], args["parked"]
     member = client.GroupConsumer(
         args["params"]["grpc"], group, topics=[topic], auto_offset_reset="earliest"
     )
     deadline = time.monotonic() + float(args.get("deadline_s", 120))
-    ready()
-    start = last_ack = time.monotonic()
     count = 0
     try:
+        while not settled.is_set():
+            # reconciles the assignment; the topic is empty, so nothing is consumed
+            count += sum(len(b) for b in member.poll_columns(50).values())
+            if time.monotonic() > deadline:
+                raise TimeoutError("the group did not settle")
+        assert count == 0, f"consumed {count} records before the topic was filled"
+        owned = [f"{t}-{p}" for t, p in member.assignment()]
+        with parked.get_lock():
+            parked.value += 1
+        ready()
+        start = last_ack = time.monotonic()
         while time.monotonic() < deadline:
             got = sum(len(b) for b in member.poll_columns(200).values())
             if not got:
@@ -515,4 +594,4 @@ def group_drain(args: dict[str, Any], ready: Callable[[], None]) -> dict[str, An
     finally:
         member.close()
     end = time.monotonic()
-    return {"start": start, "end": end, "last_ack": last_ack, "count": count}
+    return {"start": start, "end": end, "last_ack": last_ack, "count": count, "owned": owned}
