@@ -9,7 +9,9 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 CLIENT_PACKAGES = (
@@ -83,3 +85,22 @@ def versions(server_exes: dict[str, str | None]) -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             clients[pkg] = None
     return {"servers": servers, "clients": clients}
+
+
+def write_results(path: Path, figures: list[Any], started: float, config: dict[str, Any]) -> None:
+    """A results JSON of one stand-alone benchmark (the shape ``benchmarks.run``
+    writes: created_utc, config, machine, versions, figures, elapsed_s)."""
+    import datetime as dt
+    import json
+
+    doc = {
+        "created_utc": dt.datetime.fromtimestamp(started, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "config": config,
+        "machine": machine_info(),
+        "versions": versions({}),
+        "figures": [f.to_dict() for f in figures],
+        "elapsed_s": time.time() - started,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1, default=str))
+    print(f"wrote {path}")

@@ -47,7 +47,13 @@ SECTIONS = {
     "storage": "benchmarks.storage_bench",
     "broker": "benchmarks.broker_bench",
     "client": "benchmarks.client_bench",
+    # consumer groups (issue 10); not in the default --sections (minutes each at full size)
+    "rebalance": "benchmarks.rebalance_bench",
+    "compaction": "benchmarks.compaction_bench",
+    "coordinator": "benchmarks.coordinator_bench",
 }
+#: Sections run when --sections is not given.
+DEFAULT_SECTIONS = ("storage", "broker", "client")
 SYSTEMS = ("logstore", "redis", "nats")
 
 
@@ -61,7 +67,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workloads", help="comma-separated subset of " + ",".join(WORKLOADS))
     p.add_argument(
         "--sections",
-        help="comma-separated: limits,workloads," + ",".join(SECTIONS) + " (default: all)",
+        help="comma-separated: limits,workloads,"
+        + ",".join(SECTIONS)
+        + " (default: limits,workloads,"
+        + ",".join(DEFAULT_SECTIONS)
+        + ")",
     )
     p.add_argument("--runs", type=int, default=3, help="runs per figure (median, min, max)")
     p.add_argument("--limit-seconds", type=float, default=2.0, help="seconds per limit probe")
@@ -86,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     systems = a.systems.split(",") if a.systems else (list(SYSTEMS) if a.compare else ["logstore"])
     workloads = a.workloads.split(",") if a.workloads else list(WORKLOADS)
-    sections = (a.sections or "limits,workloads," + ",".join(SECTIONS)).split(",")
+    sections = (a.sections or "limits,workloads," + ",".join(DEFAULT_SECTIONS)).split(",")
     unknown = [s for s in systems if s not in SYSTEMS] + [
         w for w in workloads if w not in WORKLOADS
     ]

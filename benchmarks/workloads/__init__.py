@@ -45,6 +45,12 @@ class Scale:
     client_records: int = 1_000_000
     w7_records: int = 1_000_000
     w7_members: int = 4
+    #: Consumer-group sections (issue 10): rebalance, compaction, coordinator.
+    rebalance_members: int = 8
+    rebalance_heartbeat_ms: int = 3_000
+    compaction_keys: int = 10_000_000
+    coord_members: int = 1_000
+    coord_groups: int = 100
 
 
 FULL = Scale()
@@ -60,6 +66,7 @@ QUICK = Scale(
     broker_records=300_000,
     client_records=300_000,
     w7_records=200_000,
+    compaction_keys=1_000_000,
 )
 TINY = Scale(
     w1_records=2_000,
@@ -75,6 +82,11 @@ TINY = Scale(
     broker_records=2_000,
     client_records=2_000,
     w7_records=2_000,
+    rebalance_members=3,
+    rebalance_heartbeat_ms=300,
+    compaction_keys=20_000,
+    coord_members=20,
+    coord_groups=4,
 )
 
 
