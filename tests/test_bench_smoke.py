@@ -101,3 +101,22 @@ def test_w7_logstore_lights_up_when_group_consumer_exists(monkeypatch: pytest.Mo
     assert w7_group_drain.unavailable(system) == w7_group_drain.LOGSTORE_SKIP
     monkeypatch.setattr(client, "GroupConsumer", object, raising=False)
     assert w7_group_drain.unavailable(system) is None
+
+
+def test_consumer_group_sections_run(tmp_path: Path) -> None:
+    """The rebalance, compaction and coordinator sections (issue 10) run at a tiny size
+    and report every case: settle after join / leave / kill -9 in ms and heartbeat
+    intervals, a clean that removed the first round of keys, heartbeats answered."""
+    results = _run(tmp_path, "--sections", "rebalance,compaction,coordinator")
+    figs = {(f["name"], f["info"].get("mode", "")): f for f in results["figures"]}
+    names = {name for name, _ in figs}
+    for case in ("join", "leave", "kill -9"):
+        assert f"rebalance {case} settle" in names
+        assert f"rebalance {case} settle in heartbeat intervals" in names
+    assert "rebalance kill -9 to detection" in names
+    (after,) = [f for (name, _), f in figs.items() if name == "compaction size after / before"]
+    assert after["median"] < 100  # the clean removed superseded records
+    w1 = [f for (name, _), f in figs.items() if name == "coordinator W1 produce records/s"]
+    assert len(w1) == 3  # alone, paced members, max-rate members
+    beats = [f for (name, _), f in figs.items() if name == "coordinator heartbeats/s during W1"]
+    assert beats and max(f["median"] for f in beats) > 0
