@@ -9,6 +9,10 @@ newest file in benchmarks/results/) writes
 
 and replaces the part of ``docs/benchmarks.md`` between ``<!-- BEGIN
 GENERATED -->`` and ``<!-- END GENERATED -->`` with the tables of that run.
+
+``python -m benchmarks.publish --groups W7.json REBALANCE.json ...`` writes only
+the consumer-groups tables (issue 10), between ``<!-- BEGIN GROUPS GENERATED
+-->`` and ``<!-- END GROUPS GENERATED -->``, each file's tables headed by its run.
 """
 
 from __future__ import annotations
@@ -466,13 +470,163 @@ def generated_markdown(results: dict[str, Any], json_name: str) -> str:
     return "\n\n".join(parts)
 
 
+# ---- consumer groups (issue 10) -----------------------------------------------------------------
+
+GROUPS_BEGIN, GROUPS_END = "<!-- BEGIN GROUPS GENERATED -->", "<!-- END GROUPS GENERATED -->"
+#: Settle target of the issue, in heartbeat intervals.
+SETTLE_TARGET_INTERVALS = 2.0
+
+
+def _range(f: dict[str, Any], unit: str = "") -> str:
+    s = fmt(f["median"], unit)
+    if len(f.get("values", [])) > 1:
+        s += f" ({fmt(f['min'])} .. {fmt(f['max'])})"
+    return s
+
+
+def _run_line(results: dict[str, Any], json_name: str) -> str:
+    m = results["machine"]
+    return (
+        f"Run `{json_name}` ({results['created_utc']}, "
+        f"{results.get('elapsed_s', 0) / 60:.0f} min): {m['cpu_model']}, {m['cores']} cores, "
+        f"{m['memory_bytes'] / 2**30:.0f} GiB, Python {m['python']}."
+    )
+
+
+def w7_markdown(results: dict[str, Any]) -> str:
+    """W7 systems side by side, and each run's per-member record counts."""
+    figs = results["figures"]
+    out = [pivot(figs, "W7")]
+    lines = []
+    for f in figs:
+        info = f.get("info", {})
+        if f["name"] == "W7 largest member share" and "per_member" in info:
+            runs = "; ".join(" / ".join(f"{c:,}" for c in counts) for counts in info["per_member"])
+            name = SYSTEM_NAMES.get(info["system"], info["system"])
+            lines.append(f"- {name}: {runs}")
+    if lines:
+        out.append("Records drained by each of the 4 members, per run:\n\n" + "\n".join(lines))
+    return "\n\n".join(out)
+
+
+def rebalance_markdown(results: dict[str, Any]) -> str:
+    figs = {f["name"]: f for f in results["figures"]}
+    rows = []
+    info: dict[str, Any] = {}
+    for case, trigger in (
+        ("join", "the new member starts its join heartbeat"),
+        ("leave", "the member starts close() (commit, leave heartbeat)"),
+        ("kill -9", "detection: first DescribeGroup without the killed member"),
+    ):
+        ms = figs.get(f"rebalance {case} settle")
+        iv = figs.get(f"rebalance {case} settle in heartbeat intervals")
+        if ms is None or iv is None:
+            continue
+        info = ms["info"]
+        met = iv["max"] <= SETTLE_TARGET_INTERVALS
+        rows.append([case, trigger, _range(ms, "ms"), _range(iv), "met" if met else "**NOT MET**"])
+    det = figs.get("rebalance kill -9 to detection")
+    table = report.markdown_table(
+        ["event", "measured from", "settle, ms", "settle, heartbeat intervals", "≤ 2 intervals"],
+        rows,
+    )
+    cfg = (
+        f"{info.get('members')} member processes (`GroupConsumer`, polling), "
+        f"{info.get('partitions')} partitions, heartbeat interval "
+        f"{info.get('heartbeat_interval_ms', 0):,} ms, session timeout "
+        f"{info.get('session_timeout_ms', 0):,} ms"
+    )
+    if det is not None:
+        cfg += f"; kill -9 to detection: {_range(det, 'ms')}"
+    return table + "\n\n" + cfg + "."
+
+
+def compaction_markdown(results: dict[str, Any]) -> str:
+    rows = []
+    mode = ""
+    for f in results["figures"]:
+        info = f.get("info", {})
+        if info.get("workload") != "compaction":
+            continue
+        mode = str(info.get("mode", ""))
+        rows.append([f["name"].removeprefix("compaction").strip(), _range(f, f["unit"])])
+    return f"{mode}.\n\n" + report.markdown_table(["figure", "median (min .. max)"], rows)
+
+
+def coordinator_markdown(results: dict[str, Any]) -> str:
+    by: dict[str, dict[str, str]] = defaultdict(dict)
+    modes: list[str] = []
+    for f in results["figures"]:
+        info = f.get("info", {})
+        if info.get("workload") != "coordinator":
+            continue
+        mode = str(info.get("mode", ""))
+        if mode not in modes:
+            modes.append(mode)
+        by[mode][f["name"].removeprefix("coordinator").strip()] = _range(f, f["unit"])
+    cols = [
+        "W1 produce records/s",
+        "heartbeats/s during W1",
+        "heartbeat latency p50",
+        "heartbeat latency p99",
+        "failed heartbeats",
+    ]
+    return report.markdown_table(
+        ["", *cols], [[m, *(by[m].get(c, "-") for c in cols)] for m in modes]
+    )
+
+
+def groups_markdown(parts: dict[str, tuple[dict[str, Any], str]]) -> str:
+    """The consumer-groups section from up to four results files (W7, rebalance,
+    compaction, coordinator), each table headed by its run and machine."""
+    out = []
+    render = {
+        "W7": ("W7 group drain: logstore vs Redis Streams vs JetStream (one run)", w7_markdown),
+        "rebalance": ("Rebalance settle time", rebalance_markdown),
+        "compaction": ("Compaction (storage only)", compaction_markdown),
+        "coordinator": ("Coordinator cost while W1 runs", coordinator_markdown),
+    }
+    for key, (title, fn) in render.items():
+        if key in parts:
+            results, name = parts[key]
+            out.append(f"### {title}\n\n{_run_line(results, name)}\n\n{fn(results)}")
+    return "\n\n".join(out)
+
+
+def publish_groups(paths: list[Path], page: Path) -> None:
+    parts: dict[str, tuple[dict[str, Any], str]] = {}
+    for path in paths:
+        results = json.loads(path.read_text())
+        present = {f.get("info", {}).get("workload") for f in results["figures"]}
+        for key in ("W7", "rebalance", "compaction", "coordinator"):
+            if key in present:
+                parts[key] = (results, path.name)
+    text = page.read_text()
+    if GROUPS_BEGIN not in text or GROUPS_END not in text:
+        text += f"\n{GROUPS_BEGIN}\n{GROUPS_END}\n"
+    head, rest = text.split(GROUPS_BEGIN, 1)
+    _, tail = rest.split(GROUPS_END, 1)
+    page.write_text(head + GROUPS_BEGIN + "\n" + groups_markdown(parts) + "\n" + GROUPS_END + tail)
+    print(f"updated {page} (consumer groups)")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.publish")
     p.add_argument("results", nargs="?", type=Path)
     p.add_argument("--docs", type=Path, default=ROOT / "docs")
     p.add_argument("--no-page", action="store_true", help="plots only, leave benchmarks.md alone")
     p.add_argument("--headline", action="store_true", help="print the README table and stop")
+    p.add_argument(
+        "--groups",
+        nargs="+",
+        type=Path,
+        help="results files of W7 / rebalance / compaction / coordinator: write only the "
+        "consumer-groups tables",
+    )
     a = p.parse_args(argv)
+    if a.groups:
+        publish_groups(a.groups, a.docs / "benchmarks.md")
+        return 0
     path = a.results or newest()
     results = json.loads(path.read_text())
     if a.headline:
