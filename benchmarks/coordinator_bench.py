@@ -23,8 +23,9 @@ producer process, as in W1) run ``runs`` times:
   sustains, and what it costs the produce path.
 
 Figures: W1 records/s per mode, heartbeats/s answered during W1 (completion
-times inside W1's window), heartbeat latency p50/p99, and errors (any
-heartbeat that failed).
+times inside W1's window) and in the second before W1 started (the
+coordinator without the produce load), heartbeat latency p50/p99 during W1,
+and errors (any heartbeat that failed).
 """
 
 from __future__ import annotations
@@ -205,6 +206,14 @@ def measure(
         )
         for m in modes[1:]
     }
+    alone = {
+        m: Figure(
+            f"{NAME} heartbeats/s without W1",
+            "heartbeats/s",
+            info={**info, "mode": labels[m]},
+        )
+        for m in modes[1:]
+    }
     p50 = {
         m: Figure(
             f"{NAME} heartbeat latency p50",
@@ -248,7 +257,8 @@ def measure(
                         beaters = _start_beaters(
                             addr, "coord-subscribed", members, groups, mode, f"r{run}-{mode}"
                         )
-                        time.sleep(3.0 if mode == "paced" else 1.0)
+                        time.sleep(3.0 if mode == "paced" else 2.0)
+                    quiet_end = time.monotonic()
                     args = {
                         "system": "logstore",
                         "op": "produce",
@@ -272,12 +282,15 @@ def measure(
                         inside = (done >= r["start"]) & (done <= r["end"])
                         hb = float(inside.sum()) / (r["end"] - r["start"])
                         lat_in = lat[inside] * 1000 if inside.any() else np.asarray([np.nan])
+                        before = (done >= quiet_end - 1.0) & (done <= quiet_end)
+                        alone[mode].values.append(float(before.sum()))
                         hbs[mode].values.append(hb)
                         p50[mode].values.append(float(np.percentile(lat_in, 50)))
                         p99[mode].values.append(float(np.percentile(lat_in, 99)))
                         errs[mode].values.append(float(got[2]))
                         line += (
-                            f", {hb:,.0f} heartbeats/s (p50 {p50[mode].values[-1]:.1f} ms, "
+                            f", {hb:,.0f} heartbeats/s ({before.sum():,} in the second "
+                            f"before W1; p50 {p50[mode].values[-1]:.1f} ms, "
                             f"p99 {p99[mode].values[-1]:.1f} ms, {got[2]} failed)"
                         )
                     log(line)
@@ -287,7 +300,7 @@ def measure(
         shutil.rmtree(d, ignore_errors=True)
     out: list[Figure] = [w1[m] for m in modes]
     for m in modes[1:]:
-        out += [hbs[m], p50[m], p99[m], errs[m]]
+        out += [alone[m], hbs[m], p50[m], p99[m], errs[m]]
     return out
 
 

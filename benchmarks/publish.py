@@ -566,6 +566,7 @@ def coordinator_markdown(results: dict[str, Any]) -> str:
         by[mode][f["name"].removeprefix("coordinator").strip()] = _range(f, f["unit"])
     cols = [
         "W1 produce records/s",
+        "heartbeats/s without W1",
         "heartbeats/s during W1",
         "heartbeat latency p50",
         "heartbeat latency p99",
