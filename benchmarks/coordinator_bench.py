@@ -16,7 +16,8 @@ producer process, as in W1) run ``runs`` times:
 * ``none``: W1 alone.
 * ``paced``: every member heartbeats at the interval the broker gives in its
   reply (3 s, so ~333 heartbeats/s for 1,000 members), starting at a random
-  phase; W1 starts one interval after every member has joined.
+  phase; W1 starts 12 s (4 intervals) after every member has joined, so the
+  rebalances of the joins (each writes and fsyncs coordinator records) are over.
 * ``max``: every member heartbeats again as soon as its reply arrives, with at
   most ``MAX_INFLIGHT`` heartbeats in flight per process (4 x 32 = 128, below
   the broker's ``max_concurrent_requests`` 256): the rate the coordinator
@@ -257,7 +258,10 @@ def measure(
                         beaters = _start_beaters(
                             addr, "coord-subscribed", members, groups, mode, f"r{run}-{mode}"
                         )
-                        time.sleep(3.0 if mode == "paced" else 2.0)
+                        # joins and the rebalances they cause write (and fsync) coordinator
+                        # records; wait for the steady state (4 intervals of 3 s paced)
+                        # (a tiny smoke run has too few members to need it)
+                        time.sleep((12.0 if members >= 100 else 1.0) if mode == "paced" else 2.0)
                     quiet_end = time.monotonic()
                     args = {
                         "system": "logstore",
