@@ -16,12 +16,14 @@ producer process, as in W1) run ``runs`` times:
 * ``none``: W1 alone.
 * ``paced``: every member heartbeats at the interval the broker gives in its
   reply (3 s, so ~333 heartbeats/s for 1,000 members), starting at a random
-  phase; W1 starts 12 s (4 intervals) after every member has joined, so the
-  rebalances of the joins (each writes and fsyncs coordinator records) are over.
+  phase.
 * ``max``: every member heartbeats again as soon as its reply arrives, with at
   most ``MAX_INFLIGHT`` heartbeats in flight per process (4 x 32 = 128, below
   the broker's ``max_concurrent_requests`` 256): the rate the coordinator
   sustains, and what it costs the produce path.
+
+In both, W1 starts 12 s (4 intervals) after every member has joined, so the
+rebalances of the joins (each writes and fsyncs coordinator records) are over.
 
 Figures: W1 records/s per mode, heartbeats/s answered during W1 (completion
 times inside W1's window) and in the second before W1 started (the
@@ -259,9 +261,10 @@ def measure(
                             addr, "coord-subscribed", members, groups, mode, f"r{run}-{mode}"
                         )
                         # joins and the rebalances they cause write (and fsync) coordinator
-                        # records; wait for the steady state (4 intervals of 3 s paced)
-                        # (a tiny smoke run has too few members to need it)
-                        time.sleep((12.0 if members >= 100 else 1.0) if mode == "paced" else 2.0)
+                        # records; wait for the steady state (4 intervals of 3 s; with 2 s
+                        # the max-rate window still overlapped the join storm: ~230/s
+                        # instead of ~780/s). A tiny smoke run has too few members to need it.
+                        time.sleep(12.0 if members >= 100 else 1.0)
                     quiet_end = time.monotonic()
                     args = {
                         "system": "logstore",
