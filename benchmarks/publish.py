@@ -489,7 +489,11 @@ def _run_line(results: dict[str, Any], json_name: str) -> str:
     return (
         f"Run `{json_name}` ({results['created_utc']}, "
         f"{results.get('elapsed_s', 0) / 60:.0f} min): {m['cpu_model']}, {m['cores']} cores, "
-        f"{m['memory_bytes'] / 2**30:.0f} GiB, Python {m['python']}."
+        f"{m['memory_bytes'] / 2**30:.0f} GiB, Python {m['python']}"
+        + "".join(
+            f", {k} {v}" for k, v in results.get("versions", {}).get("servers", {}).items() if v
+        )
+        + "."
     )
 
 
