@@ -6,6 +6,7 @@ replay of the log (and of its compacted form) equals the live state."""
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 
@@ -269,6 +270,19 @@ def test_metadata_changes_update_targets() -> None:
     settle([a], 7)
     assert a.owned == {("t2", 0)}
     assert h.coord.describe_group("g").state == STABLE
+
+
+def test_a_backtracking_regex_cannot_stall_the_coordinator() -> None:
+    """Subscription regexes match in linear time (RE2, as Kafka's RE2J): ``(a+)+$``
+    against a topic of 32 "a"s and a "b" resolves at once (Python's backtracking ``re``
+    takes about 2**32 steps), and RE2-only syntax errors are refused naming the regex."""
+    h = Harness({"a" * 32 + "b": 1, "aaa": 1})
+    started = time.monotonic()
+    a = Client(h, regex="(a+)+$")
+    assert time.monotonic() - started < 2.0
+    assert a.owned == {("aaa", 0)}
+    with pytest.raises(InvalidGroupRequestError, match="RE2"):
+        h.coord.heartbeat("g2", "", 0, now_ms=1, regex="(?=a)a")
 
 
 def test_commit_checks_member_epoch_and_ownership() -> None:

@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -77,6 +76,7 @@ from logstore.coordinator import (
     TopicPartition,
     decode,
     encode,
+    regex_matches,
 )
 from logstore.errors import (
     BrokerUnavailableError,
@@ -431,8 +431,7 @@ def group_lag(
         wanted |= m.assigned | m.revoking | m.target
         names = set(m.topics)
         if m.regex is not None:
-            rx = re.compile(m.regex)
-            names |= {t for t in topics if rx.fullmatch(t)}
+            names |= regex_matches(m.regex, topics)
         for t in names:
             wanted |= {(t, p) for p in range(topics.get(t, 0))}
     out: dict[TopicPartition, LagRow] = {}

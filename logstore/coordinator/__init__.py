@@ -12,12 +12,13 @@ Constants: ``JOIN_EPOCH`` (0), ``LEAVE_EPOCH`` (-1) and ``STATIC_LEAVE_EPOCH``
 (-2) are the special member epochs of a heartbeat; ``EMPTY``, ``RECONCILING``
 and ``STABLE`` the group states; ``ASSIGNORS`` maps assignor names to the
 pure functions; ``RECORD_FORMAT_VERSION`` is the version written in every
-record value; ``TopicPartition`` is the ``(topic, partition)`` tuple type.
+record value; ``TopicPartition`` is the ``(topic, partition)`` tuple type;
+:func:`regex_matches` applies a subscription regex (RE2) to topic names.
 """
 
 from logstore.coordinator._assignors import ASSIGNORS, AssignorMember, range_, uniform
 from logstore.coordinator._config import GroupConfig
-from logstore.coordinator._coordinator import Coordinator, Result, TickResult
+from logstore.coordinator._coordinator import Coordinator, Result, TickResult, regex_matches
 from logstore.coordinator._group import (
     EMPTY,
     JOIN_EPOCH,
@@ -83,5 +84,6 @@ __all__ = [
     "decode",
     "encode",
     "range_",
+    "regex_matches",
     "uniform",
 ]

@@ -54,12 +54,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
+
+import re2  # type: ignore[import-untyped]  # google-re2 ships no stubs
 
 from logstore.coordinator._assignors import ASSIGNORS, AssignorMember
 from logstore.coordinator._config import GroupConfig
@@ -123,9 +124,35 @@ class TickResult:
     next_deadline_ms: int | None
 
 
+class _Pattern(Protocol):
+    def fullmatch(self, text: str) -> object | None: ...
+
+
+# RE2 semantics, as Kafka's RE2J for KIP-848 subscriptions: matching is linear in
+# the topic name, so a member's regex cannot stall the coordinator (Python's `re`
+# backtracks: `(a+)+$` against 40 "a"s and a "b" takes minutes). No
+# backreferences or lookaround. Errors are returned, not logged to stderr.
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False
+
+
 @functools.lru_cache(maxsize=1024)
-def _compile(regex: str) -> re.Pattern[str]:
-    return re.compile(regex)
+def _compile(regex: str) -> _Pattern:
+    pattern: _Pattern = re2.compile(regex, _RE2_OPTIONS)
+    return pattern
+
+
+def regex_matches(regex: str, names: Iterable[str]) -> frozenset[str]:
+    """The ``names`` a subscription regex selects: whole-name RE2 matches, never an
+    internal ``__`` topic (the coordinator's rule; the broker's lag report uses it
+    too). ``regex`` must be one the coordinator accepted."""
+    pat = _compile(regex)
+    return frozenset(t for t in names if not t.startswith("__") and pat.fullmatch(t) is not None)
+
+
+def _regex_error(exc: Exception) -> str:
+    arg = exc.args[0] if exc.args else exc
+    return arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(arg)
 
 
 def _fmt(tps: Iterable[TopicPartition]) -> str:
@@ -283,8 +310,10 @@ class Coordinator:
                 )
             try:
                 _compile(regex)
-            except re.error as exc:
-                raise InvalidGroupRequestError(f"subscription regex {regex!r}: {exc}") from exc
+            except re2.error as exc:
+                raise InvalidGroupRequestError(
+                    f"subscription regex {regex!r} (RE2 syntax): {_regex_error(exc)}"
+                ) from exc
 
     # ------------------------------------------------------------- heartbeat
 
@@ -521,10 +550,7 @@ class Coordinator:
         """The existing topics a member subscribes to (regexes never match
         internal ``__`` topics)."""
         if m.regex is not None:
-            pat = _compile(m.regex)
-            return frozenset(
-                t for t in self._topics if not t.startswith("__") and pat.fullmatch(t) is not None
-            )
+            return regex_matches(m.regex, self._topics)
         return frozenset(t for t in m.topics if t in self._topics)
 
     def _group_assignor(self, members: Mapping[str, MemberValue]) -> str:
