@@ -361,6 +361,31 @@ class InvalidGroupRequestError(InvalidArgumentError):
     reason = "INVALID_GROUP_REQUEST"
 
 
+# Share-group (work queue) errors (share.proto's reason table).
+
+
+class GroupAlreadyExistsError(LogStoreError):
+    """CreateShareGroup of a group that exists with another config."""
+
+    status = "ALREADY_EXISTS"
+    reason = "GROUP_ALREADY_EXISTS"
+
+
+class InvalidRecordStateError(FailedPreconditionError):
+    """An acknowledgement of records the caller does not hold (lock expired,
+    held by another consumer, never acquired, already acknowledged); sent per
+    range in ``AcknowledgeResult``, nothing in that range was applied."""
+
+    reason = "INVALID_RECORD_STATE"
+
+
+class QueueLatencyExceededError(ResourceExhaustedError):
+    """Produce to a topic of a share group whose estimated drain time is past
+    its ``max_queue_latency_ms``; retry after ``retry_after_ms``."""
+
+    reason = "QUEUE_LATENCY_EXCEEDED"
+
+
 def _declared_reasons() -> dict[str, type[LogStoreError]]:
     """Every class that declares its own ``reason``, by reason.
 
@@ -395,6 +420,7 @@ __all__ = [
     "DiskFullError",
     "FailedPreconditionError",
     "FencedMemberEpochError",
+    "GroupAlreadyExistsError",
     "GroupIdNotFoundError",
     "GroupMaxSizeReachedError",
     "GroupNotEmptyError",
@@ -404,6 +430,7 @@ __all__ = [
     "InvalidConfigError",
     "InvalidGroupRequestError",
     "InvalidProducerEpochError",
+    "InvalidRecordStateError",
     "InvalidRequestError",
     "InvalidTopicNameError",
     "LogStoreError",
@@ -411,6 +438,7 @@ __all__ = [
     "OffsetOutOfRangeError",
     "OutOfOrderSequenceError",
     "PartitionNotAssignedError",
+    "QueueLatencyExceededError",
     "ResourceExhaustedError",
     "StaleMemberEpochError",
     "StorageError",

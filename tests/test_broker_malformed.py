@@ -1,8 +1,8 @@
-"""Malformed request bytes: every LogStore and Groups method answers INVALID_ARGUMENT.
+"""Malformed request bytes: every LogStore, Groups and ShareGroups method answers INVALID_ARGUMENT.
 
-The methods are the ones server reflection lists for ``logstore.v1.LogStore``
-and ``logstore.v1.Groups`` (so a method added to either .proto is covered
-without editing this file). Each
+The methods are the ones server reflection lists for ``logstore.v1.LogStore``,
+``logstore.v1.Groups`` and ``logstore.v1.ShareGroups`` (so a method added to
+any of the .protos is covered without editing this file). Each
 gets truncated bytes, an overlong varint, an invalid wire type and seeded
 random bytes; the broker log must not report any of them as unexpected.
 """
@@ -20,6 +20,7 @@ from tests.brokerproc import BrokerProcess
 
 SERVICE = "logstore.v1.LogStore"
 GROUPS_SERVICE = "logstore.v1.Groups"
+SHARE_SERVICE = "logstore.v1.ShareGroups"
 #: Field 1 (a length-delimited field in every request that has one) says 5
 #: bytes follow, 2 do.
 TRUNCATED = b"\x0a\x05ab"
@@ -62,8 +63,12 @@ def reflected_methods(
 
 
 def all_methods(address: str) -> list[tuple[str, descriptor_pb2.MethodDescriptorProto]]:
-    """(service, method) of both services, as reflection lists them."""
-    return [(s, m) for s in (SERVICE, GROUPS_SERVICE) for m in reflected_methods(address, s)]
+    """(service, method) of every service, as reflection lists them."""
+    return [
+        (s, m)
+        for s in (SERVICE, GROUPS_SERVICE, SHARE_SERVICE)
+        for m in reflected_methods(address, s)
+    ]
 
 
 def call(

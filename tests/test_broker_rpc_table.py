@@ -12,20 +12,25 @@ from logstore.broker._rpc_table import (
     RPCS,
     SERVICE_NAME,
     SERVICES,
+    SHARE_RPCS,
+    SHARE_SERVICE_NAME,
     Rpc,
 )
 from logstore.broker.handlers.admin import AdminHandlers
 from logstore.broker.handlers.fetch import FetchHandlers
 from logstore.broker.handlers.groups import GroupsHandlers
 from logstore.broker.handlers.produce import ProduceHandlers
+from logstore.broker.handlers.share import ShareHandlers
 from logstore.v1 import groups_pb2 as gpb
 from logstore.v1 import logstore_pb2 as pb
+from logstore.v1 import share_pb2 as spb
 
 AREAS = {
     "produce": ProduceHandlers,
     "fetch": FetchHandlers,
     "admin": AdminHandlers,
     "groups": GroupsHandlers,
+    "share": ShareHandlers,
 }
 
 
@@ -37,7 +42,16 @@ def test_every_proto_method_has_one_row_with_its_types_and_shape() -> None:
 def test_every_groups_method_has_one_row_with_its_types_and_shape() -> None:
     """The Groups rows match groups.proto's service; SERVICES lists both tables."""
     _check_service(gpb.DESCRIPTOR.services_by_name["Groups"], GROUPS_SERVICE_NAME, GROUPS_RPCS)
-    assert SERVICES == {SERVICE_NAME: RPCS, GROUPS_SERVICE_NAME: GROUPS_RPCS}
+    assert SERVICES == {
+        SERVICE_NAME: RPCS,
+        GROUPS_SERVICE_NAME: GROUPS_RPCS,
+        SHARE_SERVICE_NAME: SHARE_RPCS,
+    }
+
+
+def test_every_share_method_has_one_row_with_its_types_and_shape() -> None:
+    """The ShareGroups rows match share.proto's service."""
+    _check_service(spb.DESCRIPTOR.services_by_name["ShareGroups"], SHARE_SERVICE_NAME, SHARE_RPCS)
 
 
 def _check_service(service: ServiceDescriptor, name: str, table: tuple[Rpc, ...]) -> None:
@@ -55,7 +69,7 @@ def _check_service(service: ServiceDescriptor, name: str, table: tuple[Rpc, ...]
 
 def test_every_row_names_an_async_handler_of_its_area() -> None:
     """Each row's handler exists on its area's class and is a coroutine function."""
-    for rpc in (*RPCS, *GROUPS_RPCS):
+    for rpc in (*RPCS, *GROUPS_RPCS, *SHARE_RPCS):
         fn = getattr(AREAS[rpc.area], rpc.handler, None)
         assert fn is not None, f"{rpc.name}: {rpc.area}.{rpc.handler} does not exist"
         assert inspect.iscoroutinefunction(fn), rpc.name

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Final
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from logstore.storage import Store
 
     from ._groups_runtime import GroupsRuntime
+    from ._share_runtime import ShareRuntime
 
 #: A scrape waits at most this long for the coordinator's state (it is read
 #: between coordinator calls, on the event loop).
@@ -164,6 +166,9 @@ class BrokerMetrics:
     def attach_groups(self, groups: GroupsRuntime, loop: asyncio.AbstractEventLoop) -> None:
         self.registry.register(GroupCollector(groups, loop))
 
+    def attach_share(self, share: ShareRuntime, loop: asyncio.AbstractEventLoop) -> None:
+        self.registry.register(ShareCollector(share, loop))
+
 
 class GroupCollector:
     """Members per group and lag per group/topic/partition, computed at scrape time.
@@ -218,6 +223,96 @@ class GroupCollector:
                 lag.add_metric(lv, records)
                 lag_s.add_metric(lv, ms / 1000)
         yield from (members, lag, lag_s)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class ShareCollector:
+    """Share groups (work queues), computed at scrape time from the coordinator
+    (read on the event loop between its calls): per group/topic/partition the
+    available (due, in the window), acquired, delayed and dead-lettered counts
+    and the oldest available record's age; per group the acknowledge rate, the
+    estimated drain time (back pressure) and per member its in-flight records.
+    Series are bounded by max_groups x share partitions and members."""
+
+    def __init__(self, share: ShareRuntime, loop: asyncio.AbstractEventLoop) -> None:
+        self._share = share
+        self._loop = loop
+
+    def describe(self) -> list[Any]:
+        return []
+
+    async def _rows(self) -> list[Any]:
+        now = _now_ms()
+        return await self._share.read(
+            lambda c: [c.describe(g, now_ms=now) for g in c.list_groups()]
+        )
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        labels = ["group", "topic", "partition"]
+        fams = {
+            name: GaugeMetricFamily(f"logstore_share_{name}", doc, labels=labels)
+            for name, doc in (
+                ("available_records", "Records that can be acquired now (in the window)"),
+                ("acquired_records", "Records acquired (locked) now"),
+                ("delayed_records", "Records waiting for their deliver-at time or release delay"),
+                ("dead_lettered_records", "Records moved to the dead-letter topic, in total"),
+                ("oldest_available_age_seconds", "Age of the oldest available record"),
+            )
+        }
+        rate = GaugeMetricFamily(
+            "logstore_share_ack_rate", "Acknowledgements per second over 60 s", labels=["group"]
+        )
+        drain = GaugeMetricFamily(
+            "logstore_share_estimated_drain_seconds",
+            "Backlog / acknowledge rate (-1: no estimate), against max_queue_latency_ms",
+            labels=["group"],
+        )
+        inflight = GaugeMetricFamily(
+            "logstore_share_member_inflight_records",
+            "Records each share-group member holds",
+            labels=["group", "member"],
+        )
+        try:
+            descs = asyncio.run_coroutine_threadsafe(self._rows(), self._loop).result(
+                _GROUP_SCRAPE_TIMEOUT_S
+            )
+        except Exception as exc:  # loading, shutting down, or a slow loop
+            log.debug("share metrics scrape skipped: %s", exc)
+            descs = []
+        now = _now_ms()
+        for d in descs:
+            for pc in d.partitions:
+                lv = [d.group_id, pc.topic, str(pc.partition)]
+                fams["available_records"].add_metric(lv, pc.available)
+                fams["acquired_records"].add_metric(lv, pc.acquired)
+                fams["delayed_records"].add_metric(lv, pc.delayed)
+                fams["dead_lettered_records"].add_metric(lv, pc.dead_lettered_total)
+                age = (
+                    (now - pc.oldest_available_ts_ms) / 1000
+                    if pc.oldest_available_ts_ms >= 0
+                    else 0
+                )
+                fams["oldest_available_age_seconds"].add_metric(lv, max(0.0, age))
+            rate.add_metric([d.group_id], d.ack_rate_per_s)
+            est = self._share.drain_estimates.get(d.group_id, 0)
+            drain.add_metric([d.group_id], est / 1000 if est >= 0 else -1)
+            for m in d.consumers:
+                inflight.add_metric([d.group_id, m.consumer_id], m.in_flight)
+        yield from fams.values()
+        yield from (rate, drain, inflight)
+        yield CounterMetricFamily(
+            "logstore_share_dead_letters_produced",
+            "Records appended to dead-letter topics by this broker since start",
+            value=self._share.dead_letters_produced,
+        )
+        yield CounterMetricFamily(
+            "logstore_share_log_start_lost_records",
+            "Unfinished share-group records removed by retention before delivery",
+            value=self._share.log_start_lost,
+        )
 
 
 class StoreCollector:

@@ -17,7 +17,8 @@ boundary:
   max_subscriptions); a Fetch that parks moves itself to the long-poll bound.
 
 ``GROUPS_RPCS`` are the rows of ``logstore.v1.Groups`` (groups.proto), served
-by the same server beside LogStore; queues add their areas and rows here.
+by the same server beside LogStore; ``SHARE_RPCS`` those of
+``logstore.v1.ShareGroups`` (share.proto, work queues).
 """
 
 from __future__ import annotations
@@ -29,11 +30,13 @@ from google.protobuf.message import Message
 
 from logstore.v1 import groups_pb2 as gpb
 from logstore.v1 import logstore_pb2 as pb
+from logstore.v1 import share_pb2 as spb
 
 SERVICE_NAME: Final = "logstore.v1.LogStore"
 GROUPS_SERVICE_NAME: Final = "logstore.v1.Groups"
+SHARE_SERVICE_NAME: Final = "logstore.v1.ShareGroups"
 
-Area = Literal["produce", "fetch", "admin", "groups"]
+Area = Literal["produce", "fetch", "admin", "groups", "share"]
 Admission = Literal["requests", "subscriptions"]
 
 
@@ -93,8 +96,29 @@ GROUPS_RPCS: Final[tuple[Rpc, ...]] = (
         gpb.ResetOffsetsResponse),
 )  # fmt: skip
 
+SHARE_RPCS: Final[tuple[Rpc, ...]] = (
+    Rpc("ShareGroupHeartbeat", "share", "share_group_heartbeat",
+        spb.ShareGroupHeartbeatRequest, spb.ShareGroupHeartbeatResponse),
+    Rpc("ShareFetch", "share", "share_fetch", spb.ShareFetchRequest, spb.ShareFetchResponse),
+    Rpc("ShareAcknowledge", "share", "share_acknowledge", spb.ShareAcknowledgeRequest,
+        spb.ShareAcknowledgeResponse),
+    Rpc("CreateShareGroup", "share", "create_share_group", spb.CreateShareGroupRequest,
+        spb.CreateShareGroupResponse),
+    Rpc("AlterShareGroup", "share", "alter_share_group", spb.AlterShareGroupRequest,
+        spb.AlterShareGroupResponse),
+    Rpc("ListShareGroups", "share", "list_share_groups", spb.ListShareGroupsRequest,
+        spb.ListShareGroupsResponse),
+    Rpc("DescribeShareGroup", "share", "describe_share_group", spb.DescribeShareGroupRequest,
+        spb.DescribeShareGroupResponse),
+    Rpc("DeleteShareGroup", "share", "delete_share_group", spb.DeleteShareGroupRequest,
+        spb.DeleteShareGroupResponse),
+    Rpc("RedriveDeadLetters", "share", "redrive_dead_letters", spb.RedriveDeadLettersRequest,
+        spb.RedriveDeadLettersResponse),
+)  # fmt: skip
+
 #: Every service the broker serves, with its rows.
 SERVICES: Final[dict[str, tuple[Rpc, ...]]] = {
     SERVICE_NAME: RPCS,
     GROUPS_SERVICE_NAME: GROUPS_RPCS,
+    SHARE_SERVICE_NAME: SHARE_RPCS,
 }

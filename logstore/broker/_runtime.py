@@ -37,9 +37,11 @@ from ._metrics import BrokerMetrics
 from ._waiters import Timers, WaitRegistry
 
 if TYPE_CHECKING:
+    from logstore.errors import LogStoreError
     from logstore.storage import Store
 
     from ._groups_runtime import GroupsRuntime
+    from ._share_runtime import ShareRuntime
 
 T = TypeVar("T")
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -105,11 +107,19 @@ class Runtime:
         self._background: set[asyncio.Task[None]] = set()
         #: The consumer-group coordinator runtime (set by the service).
         self.groups: GroupsRuntime | None = None
+        #: The share-group runtime (set by the service).
+        self.share: ShareRuntime | None = None
+        #: Topic -> the error a produce to it gets now (share-group back
+        #: pressure, QUEUE_LATENCY_EXCEEDED); replaced whole once a second by
+        #: the share runtime, read with one dict lookup per produce.
+        self.produce_refusals: dict[str, LogStoreError] = {}
 
     async def topics_changed(self) -> None:
         """A topic was created or deleted or got partitions: retarget groups."""
         if self.groups is not None:
             await self.groups.on_metadata()
+        if self.share is not None:
+            await self.share.on_metadata()
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.waiters.bind(loop)

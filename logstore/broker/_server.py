@@ -214,6 +214,9 @@ async def create_server(config: BrokerConfig) -> tuple[Broker, Ports]:
         # __consumer_offsets), so no client sees a broker without its groups.
         await service.groups.start()
         metrics.attach_groups(service.groups, loop)
+        # Share groups likewise (a replay of __share_group_state).
+        await service.share.start()
+        metrics.attach_share(service.share, loop)
         backstop = _BACKSTOP_FACTOR * (
             config.max_concurrent_requests + config.max_long_poll_waiters + config.max_subscriptions
         )

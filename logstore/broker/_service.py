@@ -41,12 +41,14 @@ from ._groups_runtime import GroupsRuntime
 from ._metrics import BrokerMetrics
 from ._rpc_table import RPCS, Rpc
 from ._runtime import ClientGoneError, Context, Runtime, set_current_slot, shutting_down
+from ._share_runtime import ShareRuntime
 from ._status import abort, log_unexpected
 from .handlers._common import status_name
 from .handlers.admin import AdminHandlers
 from .handlers.fetch import FetchHandlers
 from .handlers.groups import GroupsHandlers
 from .handlers.produce import ProduceHandlers
+from .handlers.share import ShareHandlers
 
 if TYPE_CHECKING:
     from logstore.storage import Store
@@ -65,11 +67,14 @@ class LogStoreService:
         self.groups = GroupsRuntime(self.runtime, config.group_config())
         self.groups.on_rebalance = lambda _gid: metrics.group_rebalances.inc()
         self.runtime.groups = self.groups
+        self.share = ShareRuntime(self.runtime)
+        self.runtime.share = self.share
         self.areas: dict[str, object] = {
             "produce": ProduceHandlers(self.runtime),
             "fetch": FetchHandlers(self.runtime),
             "admin": AdminHandlers(self.runtime),
             "groups": GroupsHandlers(self.runtime),
+            "share": ShareHandlers(self.runtime),
         }
 
     # -- lifecycle -----------------------------------------------------------
@@ -83,6 +88,7 @@ class LogStoreService:
 
     async def drain_background(self) -> None:
         """Wait for queued acks=NONE appends, then stop the I/O threads."""
+        await self.share.stop()
         await self.runtime.drain()
 
     @property

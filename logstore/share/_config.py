@@ -68,12 +68,18 @@ class ShareGroupConfig:
     #: Where a share partition first used starts: "earliest" (log start) or
     #: "latest" (high watermark).
     auto_offset_reset: str = "earliest"
+    #: Back pressure from a latency target: the broker refuses produces to the
+    #: group's topics while backlog / acknowledge rate is above this (ms);
+    #: None: no bound.
+    max_queue_latency_ms: int | None = None
 
     def __post_init__(self) -> None:
         for name, (lo, hi) in _GROUP_HARD.items():
             _check_int(name, getattr(self, name), lo, hi)
         if self.message_ttl_ms is not None:
             _check_int("message_ttl_ms", self.message_ttl_ms, 1, 3650 * _DAY_MS)
+        if self.max_queue_latency_ms is not None:
+            _check_int("max_queue_latency_ms", self.max_queue_latency_ms, 1, _DAY_MS)
         if self.dead_letter_topic is not None and (
             not isinstance(self.dead_letter_topic, str)
             or not self.dead_letter_topic

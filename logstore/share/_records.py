@@ -288,6 +288,7 @@ def _config_json(c: ShareGroupConfig) -> dict[str, Any]:
         "ordering_keys": c.ordering_keys,
         "topic_priorities": dict(c.topic_priorities),
         "auto_offset_reset": c.auto_offset_reset,
+        "max_queue_latency_ms": c.max_queue_latency_ms,
     }
 
 
@@ -386,6 +387,8 @@ def _decode(k: Any, v: Any) -> ShareRecord:
                 ordering_keys=c["ordering_keys"],
                 topic_priorities={str(t): _int(p) for t, p in c["topic_priorities"].items()},
                 auto_offset_reset=c["auto_offset_reset"],
+                # absent in records written before back pressure existed
+                max_queue_latency_ms=c.get("max_queue_latency_ms"),
             )
         )
     elif kind is ShareRecordType.PARTITION_STATE:

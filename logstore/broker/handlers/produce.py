@@ -70,6 +70,9 @@ class ProduceHandlers:
         if not header.topic:
             raise InvalidArgumentError("topic is required")
         check_client_writable(header.topic)
+        refusal = self._rt.produce_refusals.get(header.topic)
+        if refusal is not None:  # share-group back pressure (QUEUE_LATENCY_EXCEEDED)
+            raise refusal
         has_partition = header.HasField("partition")
         has_key = header.HasField("partition_key")
         if has_partition == has_key:

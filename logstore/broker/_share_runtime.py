@@ -1,0 +1,856 @@
+"""The share-group runtime: one :class:`~logstore.share.ShareCoordinator` on a store.
+
+Contract (the coordinator's handler contract, ``logstore/share/_coordinator.py``;
+``docs/architecture.md``, "Share groups (work queues)"), modelled on
+:mod:`logstore.broker._groups_runtime`:
+
+* Every coordinator call goes through :meth:`ShareRuntime.call` (or
+  :meth:`ShareRuntime.read` for read-only ones): one writer at a time under one
+  asyncio lock, with the same **group commit**: queued calls (bounded by the
+  admission bound every ShareGroups RPC holds a slot of) run back to back, each
+  replaying its records before the next, then all their records (and one
+  ``tick``'s) are appended to ``__share_group_state`` with **one fsync**, and
+  only then is any caller answered. No reply shows state that is not fsynced.
+  A failed append marks the coordinator stale: it is rebuilt from the log
+  before the next call, and the callers of the batch get INTERNAL.
+* Start (:meth:`start`, before the gRPC port opens): the compacted internal
+  topic is created if missing (1 partition, like ``__consumer_offsets``), read
+  from its start and ``ShareCoordinator.load``-ed (locks are gone, delivery
+  counts and acknowledgements kept), then ``on_metadata`` and every
+  ``pending_dead_letters`` entry is produced again (a crash between a dead
+  letter's append and its ``dead_lettered`` record: at-least-once).
+* Timers: after each batch and each timer, one
+  :class:`~logstore.broker._waiters.Timers` timer is armed at ``tick``'s
+  ``next_deadline_ms`` + 1 ms (lock expiries, session timeouts, delayed
+  records coming due). A timer runs ``tick`` and wakes every share fetch that
+  long-polls, since a delayed record coming due writes nothing.
+* Long polls: a ShareFetch that acquired nothing waits (up to ``max_wait_ms``,
+  capped at 30 s) on the WaitRegistry under the group's key
+  ``("share", group_id)`` -- woken by any batch that wrote records of the group
+  (a RELEASE, an expiry, a dead letter confirmed) and by timers -- and on each
+  planned ``(topic, partition)``, which the store's append listener wakes.
+* Dead letters: every reply or tick that lists ``dead_letters`` queues them;
+  one background task reads the source records (``Store.read``, bounded by
+  the range), appends them to the group's dead-letter topic with the
+  documented ``logstore-dlq-*`` headers (one fsync per range) and then calls
+  ``dead_lettered``. The dead-letter topic is created on demand with **one
+  partition**: a dead-letter topic is read by people and redrive, in order,
+  and one partition keeps "the last N dead letters" one read; its records say
+  their source partition in a header.
+* ``on_log_start``: before reading a partition whose log start moved past the
+  share-partition start offset (retention, DeleteRecords), and on the
+  maintenance interval, the coordinator drops the records that can no longer
+  be read; a WARN line says how many unfinished records were lost.
+* Back pressure (:meth:`evaluate_latency`, every second): for each group with
+  ``max_queue_latency_ms``, drain time = backlog (records not finished in the
+  windows plus the log past them, over the group's partitions) / the measured
+  acknowledge rate (last 60 s). Past the bound, every topic of the group is
+  put in ``Runtime.produce_refusals`` (topic -> error), the one dict lookup
+  the produce path makes. Without a measured rate (no acknowledgement in the
+  last minute) there is no estimate and nothing is refused: the bound
+  protects a running queue from a backlog it cannot drain. A WARN line (at
+  most one a minute per group) fires at 70 % of the bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+import numpy as np
+
+from logstore.errors import (
+    BrokerUnavailableError,
+    GroupIdNotFoundError,
+    InternalError,
+    LogStoreError,
+    OffsetOutOfRangeError,
+    QueueLatencyExceededError,
+    TopicExistsError,
+    UnknownTopicError,
+)
+from logstore.share import (
+    SHARE_STATE_TOPIC,
+    AcquiredRange,
+    Acquisition,
+    Candidates,
+    DeadLetter,
+    DeadLetterReason,
+    PartitionRead,
+    Result,
+    ShareCoordinator,
+    ShareCoordinatorConfig,
+    ShareRecord,
+    decode,
+    encode,
+)
+from logstore.wire import Record
+from logstore.wire._share_meta import share_metadata
+
+if TYPE_CHECKING:
+    from logstore.storage import FetchResult
+
+    from ._runtime import Runtime
+    from ._waiters import Timer
+
+log = logging.getLogger("logstore.broker")
+
+T = TypeVar("T")
+
+#: Partitions of the internal topic (see the module docstring).
+SHARE_STATE_PARTITIONS: Final = 1
+#: Compacted, never deleted by time or size; 100 MiB segments (as __consumer_offsets).
+SHARE_STATE_TOPIC_CONFIG: Final = {
+    "cleanup_policy": "compact",
+    "retention_ms": -1,
+    "segment_bytes": 100 * 1024 * 1024,
+}
+#: Partitions of a dead-letter topic created on demand (module docstring).
+DEAD_LETTER_PARTITIONS: Final = 1
+_MAX_APPEND_BYTES: Final = 512 * 1024
+_LOAD_READ_BYTES: Final = 1 << 20
+_MAX_BATCH_CALLS: Final = 1024
+#: Bytes read per partition per ShareFetch when the request leaves max_bytes 0.
+DEFAULT_SHARE_FETCH_BYTES: Final = 4 << 20
+#: Records per ShareFetch when the request leaves max_records 0.
+DEFAULT_SHARE_FETCH_RECORDS: Final = 500
+#: Back-pressure evaluation period; the estimate uses a 60 s rate, so 1 s is fine-grained.
+LATENCY_EVAL_MS: Final = 1000
+#: WARN at this fraction of max_queue_latency_ms, at most once per this long per group.
+LATENCY_WARN_FRACTION: Final = 0.7
+_LATENCY_WARN_EVERY_S: Final = 60.0
+#: The longest retry hint of QUEUE_LATENCY_EXCEEDED (the estimate is a minute's rate).
+_MAX_RETRY_AFTER_MS: Final = 60_000
+
+#: Dead-letter header names (share.proto).
+H_TOPIC: Final = "logstore-dlq-source-topic"
+H_PARTITION: Final = "logstore-dlq-source-partition"
+H_OFFSET: Final = "logstore-dlq-source-offset"
+H_COUNT: Final = "logstore-dlq-delivery-count"
+H_REASON: Final = "logstore-dlq-reason"
+H_ERROR: Final = "logstore-dlq-error"
+H_FIRST: Final = "logstore-dlq-first-delivery-ms"
+H_LAST: Final = "logstore-dlq-last-delivery-ms"
+H_GROUP: Final = "logstore-dlq-group"
+DLQ_HEADERS: Final = frozenset(
+    {H_TOPIC, H_PARTITION, H_OFFSET, H_COUNT, H_REASON, H_ERROR, H_FIRST, H_LAST, H_GROUP}
+)
+#: The reason header's values, by the coordinator's reason.
+REASON_NAMES: Final = {
+    DeadLetterReason.REJECTED: b"REJECTED",
+    DeadLetterReason.MAX_DELIVERIES: b"MAX_DELIVERY_ATTEMPTS",
+    DeadLetterReason.TTL_EXPIRED: b"MESSAGE_TTL",
+}
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class _Queued:
+    __slots__ = ("future", "handler")
+
+    def __init__(self, handler: Callable[[ShareCoordinator, int], Result[Any]]) -> None:
+        self.handler = handler
+        self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+
+@dataclass(frozen=True)
+class PartitionFrames:
+    """What a ShareFetch returns for one partition: frames covering ``acquired``."""
+
+    topic: str
+    partition: int
+    records: bytes
+    acquired: tuple[AcquiredRange, ...]
+
+
+@dataclass
+class _Read:
+    plan: PartitionRead
+    start: int
+    result: FetchResult | None
+    candidates: Candidates | None
+
+
+def group_key(group_id: str) -> tuple[str, str]:
+    """The WaitRegistry key long polls of ``group_id`` wait on."""
+    return ("share", group_id)
+
+
+class ShareRuntime:
+    """The broker's share coordinator, its log, timer and dead-letter producer."""
+
+    def __init__(self, runtime: Runtime, config: ShareCoordinatorConfig | None = None) -> None:
+        self._rt = self.runtime = runtime
+        self._store = runtime.store
+        self.config = config or ShareCoordinatorConfig()
+        self.coordinator = ShareCoordinator(self.config)
+        self._lock = asyncio.Lock()
+        self._ready = False
+        self._stale = False
+        self._timer: Timer | None = None
+        self._timer_at: int | None = None
+        self._queue: deque[_Queued] = deque()
+        self._draining = False
+        self._dlq: deque[DeadLetter] = deque()
+        self._dlq_running = False
+        self._latency_task: asyncio.Task[None] | None = None
+        self._warned_at: dict[str, float] = {}
+        #: group -> last estimated drain time in ms (-1: no estimate), for the gauge.
+        self.drain_estimates: dict[str, int] = {}
+        #: Counters for the metrics (monotonic totals since start).
+        self.dead_letters_produced = 0
+        self.log_start_lost = 0
+
+    # ------------------------------------------------------------- loading
+
+    def topics(self) -> dict[str, int]:
+        return {t.name: t.partitions for t in self._store.topics()}
+
+    def _load_blocking(self) -> ShareCoordinator:
+        try:
+            self._store.create_topic(
+                SHARE_STATE_TOPIC, SHARE_STATE_PARTITIONS, SHARE_STATE_TOPIC_CONFIG, internal=True
+            )
+            log.info("created internal topic", extra={"fields": {"topic": SHARE_STATE_TOPIC}})
+        except TopicExistsError:
+            pass
+        records: list[ShareRecord] = []
+        for p in range(self._store.topic(SHARE_STATE_TOPIC).partitions):
+            offset, _ = self._store.offsets(SHARE_STATE_TOPIC, p)
+            end = self._store.high_watermark(SHARE_STATE_TOPIC, p)
+            while offset < end:
+                batch = self._store.read(SHARE_STATE_TOPIC, p, offset, _LOAD_READ_BYTES)
+                if not batch:
+                    break
+                for r in batch:
+                    if r.key is not None:
+                        records.append(decode(r.key, r.value))
+                offset = batch[-1].offset + 1
+        c = ShareCoordinator.load(records, config=self.config, topics=self.topics())
+        log.info(
+            "share groups loaded",
+            extra={"fields": {"records": len(records), "groups": len(c.list_groups())}},
+        )
+        return c
+
+    async def start(self) -> None:
+        """Create/read ``__share_group_state``, rebuild, re-produce pending dead letters."""
+        async with self._lock:
+            await self._reload()
+            self._ready = True
+        loop = asyncio.get_running_loop()
+        self._latency_task = loop.create_task(self._latency_loop())
+
+    async def _reload(self) -> None:
+        self.coordinator = await self._rt.run_io(self._load_blocking)
+        self.coordinator.on_metadata(self.topics())
+        self._stale = False
+        self._queue_dead_letters(self.coordinator.pending_dead_letters())
+        await self._tick()
+
+    async def stop(self) -> None:
+        if self._latency_task is not None:
+            self._latency_task.cancel()
+            await asyncio.gather(self._latency_task, return_exceptions=True)
+
+    # --------------------------------------------------------------- calls
+
+    def _check_ready(self) -> None:
+        if not self._ready:
+            raise BrokerUnavailableError(
+                f"the broker is loading {SHARE_STATE_TOPIC}; retry shortly",
+                retry_after_ms=self._rt.config.retry_after_ms,
+            )
+
+    async def call(self, handler: Callable[[ShareCoordinator, int], Result[T]]) -> T:
+        """Run ``handler(coordinator, now_ms)`` in arrival order; its reply once
+        its records are fsynced and replayed (see the module docstring)."""
+        self._check_ready()
+        item = _Queued(handler)
+        self._queue.append(item)
+        if not self._draining:
+            self._draining = True
+            self._rt.spawn(self._drain())
+        result: T = await item.future
+        return result
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                async with self._lock:
+                    batch: list[_Queued] = []
+                    while self._queue and len(batch) < _MAX_BATCH_CALLS:
+                        item = self._queue.popleft()
+                        if not item.future.done():
+                            batch.append(item)
+                    try:
+                        await self._run_batch(batch)
+                    except Exception as exc:  # a bug: no caller may wait forever
+                        self._stale = True
+                        log.error("share batch failed: %s", exc, exc_info=exc)
+                        err = InternalError(f"the share coordinator failed ({exc}); retry")
+                        for item in batch:
+                            _answer(item, err)
+        finally:
+            self._draining = False
+
+    async def _run_batch(self, batch: list[_Queued]) -> None:
+        if not batch:
+            return
+        if self._stale:
+            try:
+                await self._reload()
+            except Exception as exc:
+                for item in batch:
+                    _answer(item, exc)
+                return
+        replies: list[tuple[_Queued, Any, bool]] = []
+        records: list[ShareRecord] = []
+        dead: list[DeadLetter] = []
+        for item in batch:
+            try:
+                result = item.handler(self.coordinator, now_ms())
+            except Exception as exc:  # typed refusals, changed nothing
+                replies.append((item, exc, False))
+                continue
+            self._replay(result.records)
+            records += result.records
+            dead += _dead_letters_of(result.reply)
+            replies.append((item, result.reply, True))
+        next_deadline: int | None = None
+        t = self.coordinator.tick(now_ms())
+        self._replay(t.records)
+        records += t.records
+        dead += t.dead_letters
+        next_deadline = t.next_deadline_ms
+        try:
+            await self._append(tuple(records))
+        except InternalError as exc:
+            for item, value, ok in replies:
+                _answer(item, exc if ok else value)
+            return
+        for item, value, _ok in replies:
+            _answer(item, value)
+        self._queue_dead_letters(dead)
+        self._wake(records)
+        self._arm(next_deadline)
+
+    async def read(self, fn: Callable[[ShareCoordinator], T]) -> T:
+        """Run a read-only ``fn(coordinator)`` between writes."""
+        self._check_ready()
+        async with self._lock:
+            if self._stale:
+                await self._reload()
+            return fn(self.coordinator)
+
+    async def on_metadata(self) -> None:
+        """Topics were created, deleted or got partitions."""
+        if not self._ready or self._rt.stopping:
+            return
+        async with self._lock:
+            self.coordinator.on_metadata(self.topics())
+
+    # ------------------------------------------------------------- the log
+
+    async def _commit(self, records: tuple[ShareRecord, ...]) -> None:
+        await self._append(records)
+        self._replay(records)
+
+    async def _append(self, records: tuple[ShareRecord, ...]) -> None:
+        if not records:
+            return
+        try:
+            await self._rt.run_io(self._append_blocking, records)
+        except Exception as exc:
+            self._stale = True
+            log.error("appending to %s failed: %s", SHARE_STATE_TOPIC, exc, exc_info=exc)
+            raise InternalError(
+                f"appending the share records to {SHARE_STATE_TOPIC} failed ({exc}); "
+                "nothing changed; retry"
+            ) from exc
+
+    def _replay(self, records: Iterable[ShareRecord]) -> None:
+        for r in records:
+            self.coordinator.replay(r)
+
+    def _append_blocking(self, records: tuple[ShareRecord, ...]) -> None:
+        batch: list[Record] = []
+        size = 0
+        for r in records:
+            key, value = encode(r)
+            n = len(key) + (len(value) if value is not None else 0)
+            if batch and size + n > _MAX_APPEND_BYTES:
+                self._store.append(SHARE_STATE_TOPIC, 0, batch)
+                batch, size = [], 0
+            batch.append(Record(value=value, key=key))
+            size += n
+        end = self._store.append(SHARE_STATE_TOPIC, 0, batch) + len(batch)
+        self._store.sync_to(SHARE_STATE_TOPIC, 0, end).result()
+
+    # -------------------------------------------------------------- wakeups
+
+    def _wake(self, records: Sequence[ShareRecord]) -> None:
+        for gid in {r.key.group_id for r in records}:
+            self._rt.waiters.wake(group_key(gid))
+
+    def _wake_all(self) -> None:
+        for gid in self.coordinator.list_groups():
+            self._rt.waiters.wake(group_key(gid))
+
+    # -------------------------------------------------------------- timers
+
+    async def _tick(self) -> None:
+        t = self.coordinator.tick(now_ms())
+        await self._commit(t.records)
+        self._queue_dead_letters(t.dead_letters)
+        self._wake_all()
+        self._arm(t.next_deadline_ms)
+
+    def _arm(self, deadline_ms: int | None) -> None:
+        if deadline_ms is None or self._rt.stopping:
+            return
+        if self._timer is not None and not self._timer.cancelled:
+            if self._timer_at is not None and self._timer_at <= deadline_ms:
+                return
+            self._timer.cancel()
+        delay = max(0, deadline_ms - now_ms()) + 1
+        self._timer_at = deadline_ms
+        self._timer = self._rt.timers.call_later(delay, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        if not self._rt.stopping:
+            self._rt.spawn(self._fired())
+
+    async def _fired(self) -> None:
+        try:
+            async with self._lock:
+                if self._rt.stopping:
+                    return
+                if self._stale:
+                    await self._reload()
+                else:
+                    await self._tick()
+        except Exception as exc:
+            log.error("share timers failed: %s", exc, exc_info=exc)
+            self._arm(now_ms() + 1000)
+
+    # --------------------------------------------------------------- fetch
+
+    def _read_blocking(
+        self, plans: tuple[PartitionRead, ...], max_bytes: int, ordering: bool
+    ) -> tuple[list[_Read], list[tuple[str, int, int]]]:
+        """Read each planned partition (bounded by ``max_bytes`` in total and
+        its window room) and build its candidates with numpy; also report
+        partitions whose log start passed the plan's offset."""
+        out: list[_Read] = []
+        moved: list[tuple[str, int, int]] = []
+        budget = max_bytes
+        for plan in plans:
+            if budget <= 0:
+                break
+            try:
+                log_start, _ = self._store.offsets(plan.topic, plan.partition)
+                hw = self._store.high_watermark(plan.topic, plan.partition)
+            except LogStoreError:
+                continue  # deleted meanwhile
+            start = plan.start_offset
+            if start is None:
+                start = log_start if plan.auto_offset_reset == "earliest" else hw
+            elif start < log_start:
+                moved.append((plan.topic, plan.partition, log_start))
+                continue  # on_log_start first; the next round reads it
+            if start >= hw:
+                continue
+            try:
+                result = self._store.read_frames(plan.topic, plan.partition, start, budget)
+            except OffsetOutOfRangeError:
+                moved.append((plan.topic, plan.partition, log_start))
+                continue
+            if not result.data:
+                continue
+            budget -= len(result.data)
+            meta = share_metadata(
+                result.data,
+                start,
+                want_keys=ordering,
+                want_delays=True,
+                max_records=plan.max_offsets,
+            )
+            cands = Candidates(
+                meta.start_offset,
+                meta.end_offset,
+                meta.offsets,
+                meta.timestamps,
+                meta.deliver_at if bool(np.any(meta.deliver_at)) else None,
+                meta.key_hash if ordering else None,
+            )
+            out.append(_Read(plan, start, result, cands))
+        return out, moved
+
+    def _frames_blocking(
+        self, acquired: Sequence[AcquiredRange], reads: dict[tuple[str, int], _Read]
+    ) -> list[PartitionFrames]:
+        """Stored frames covering every acquired range, per partition (reusing
+        what the fetch already read when it covers them)."""
+        by_tp: dict[tuple[str, int], list[AcquiredRange]] = {}
+        for r in acquired:
+            by_tp.setdefault((r.topic, r.partition), []).append(r)
+        out: list[PartitionFrames] = []
+        for (topic, partition), ranges in by_tp.items():
+            ranges.sort(key=lambda r: r.first_offset)
+            lo, hi = ranges[0].first_offset, max(r.last_offset for r in ranges)
+            rd = reads.get((topic, partition))
+            chunks: list[bytes] = []
+            pos = lo
+            if (
+                rd is not None
+                and rd.result is not None
+                and rd.start <= lo
+                and rd.result.next_offset > lo
+            ):
+                chunks.append(rd.result.data)
+                pos = rd.result.next_offset
+            # Redelivered ranges below what was read: read them (bounded by
+            # the ranges, which are bounded by max_inflight_records).
+            while pos <= hi:
+                try:
+                    res = self._store.read_frames(topic, partition, pos, DEFAULT_SHARE_FETCH_BYTES)
+                except LogStoreError:
+                    break
+                if not res.data or res.next_offset <= pos:
+                    break
+                chunks.append(res.data)
+                pos = res.next_offset
+            out.append(PartitionFrames(topic, partition, b"".join(chunks), tuple(ranges)))
+        return out
+
+    async def fetch(
+        self,
+        group_id: str,
+        member_id: str,
+        *,
+        max_records: int,
+        max_bytes: int,
+        wait_ms: int,
+        on_park: Callable[[], None],
+    ) -> list[PartitionFrames]:
+        """Plan, read, acquire; long-poll up to ``wait_ms`` when nothing was acquired."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_ms / 1000
+        waiters = self._rt.waiters
+        parked = False
+        gw = waiters.register(group_key(group_id))
+        extra: dict[tuple[str, int], Any] = {}
+        try:
+            while True:
+                gw.clear()
+                for w in extra.values():
+                    w.clear()
+                plans, ordering = await self.read(
+                    lambda c: (
+                        c.fetch_plan(group_id, member_id, now_ms=now_ms()),
+                        c.group_config(group_id).ordering_keys,
+                    )
+                )
+                for p in plans:
+                    key = (p.topic, p.partition)
+                    if key not in extra:
+                        extra[key] = waiters.register(key)
+                reads, moved = await self._rt.run_io(
+                    self._read_blocking, plans, max_bytes, ordering
+                )
+                for topic, partition, start in moved:
+                    await self.log_start_moved(topic, partition, start)
+                cands = {
+                    (r.plan.topic, r.plan.partition): r.candidates
+                    for r in reads
+                    if r.candidates is not None
+                }
+                acq: Acquisition = await self.call(
+                    partial(_acquire, group_id, member_id, max_records, cands)
+                )
+                if acq.acquired:
+                    by = {(r.plan.topic, r.plan.partition): r for r in reads}
+                    return await self._rt.run_io(self._frames_blocking, acq.acquired, by)
+                remaining = deadline - loop.time()
+                if moved:
+                    continue
+                if remaining <= 0 or self._rt.stopping:
+                    return []
+                if not parked:
+                    on_park()
+                    parked = True
+                await _wait_any([gw, *extra.values()], remaining)
+        finally:
+            waiters.unregister(gw)
+            for w in extra.values():
+                waiters.unregister(w)
+
+    # ------------------------------------------------------------- log start
+
+    async def log_start_moved(self, topic: str, partition: int, log_start: int) -> int:
+        """``on_log_start``: drop what retention removed; WARN with the count lost."""
+        lost: int = await self.call(lambda c, _now: c.on_log_start(topic, partition, log_start))
+        if lost:
+            self.log_start_lost += lost
+            log.warning(
+                "share-group records removed by retention before they were finished",
+                extra={
+                    "fields": {
+                        "topic": topic,
+                        "partition": partition,
+                        "log_start_offset": log_start,
+                        "lost": lost,
+                    }
+                },
+            )
+        return lost
+
+    async def check_log_starts(self) -> None:
+        """Every share partition whose log start passed its start offset."""
+        if not self._ready:
+            return
+
+        def behind(c: ShareCoordinator) -> list[tuple[str, int, int]]:
+            out: list[tuple[str, int, int]] = []
+            for gid in c.list_groups():
+                for pc in c.describe(gid, now_ms=now_ms()).partitions:
+                    try:
+                        start, _ = self._store.offsets(pc.topic, pc.partition)
+                    except LogStoreError:
+                        continue
+                    if start > pc.spso:
+                        out.append((pc.topic, pc.partition, start))
+            return sorted(set(out))
+
+        for topic, partition, start in await self.read(behind):
+            await self.log_start_moved(topic, partition, start)
+
+    # -------------------------------------------------------- dead letters
+
+    def _queue_dead_letters(self, dls: Iterable[DeadLetter]) -> None:
+        self._dlq.extend(dls)
+        if self._dlq and not self._dlq_running and not self._rt.stopping:
+            self._dlq_running = True
+            self._rt.spawn(self._produce_dead_letters())
+
+    async def _produce_dead_letters(self) -> None:
+        try:
+            while self._dlq and not self._rt.stopping:
+                dl = self._dlq.popleft()
+                try:
+                    await self._rt.run_io(self._dead_letter_blocking, dl)
+                    await self.call(partial(_confirm, dl))
+                except GroupIdNotFoundError:
+                    continue  # deleted meanwhile
+                except Exception as exc:
+                    # Retried at the next start (pending_dead_letters) or the next
+                    # batch that lists it; the records stay out of delivery.
+                    log.error(
+                        "producing dead letters of %s to %s failed: %s",
+                        dl.group_id,
+                        dl.dead_letter_topic,
+                        exc,
+                    )
+                    await asyncio.sleep(1.0)
+                    self._dlq.append(dl)
+        finally:
+            self._dlq_running = False
+
+    def _dead_letter_blocking(self, dl: DeadLetter) -> None:
+        """Append the records of ``dl`` to its dead-letter topic (fsynced)."""
+        store = self._store
+        try:
+            store.create_topic(dl.dead_letter_topic, DEAD_LETTER_PARTITIONS)
+            log.info(
+                "created dead-letter topic",
+                extra={"fields": {"topic": dl.dead_letter_topic, "group": dl.group_id}},
+            )
+        except TopicExistsError:
+            pass
+        base = [
+            (H_GROUP, dl.group_id.encode()),
+            (H_TOPIC, dl.topic.encode()),
+            (H_PARTITION, str(dl.partition).encode()),
+            (H_COUNT, str(dl.delivery_count).encode()),
+            (H_REASON, REASON_NAMES.get(dl.reason, b"REJECTED")),
+            (H_ERROR, dl.error.encode()),
+            (H_FIRST, str(dl.first_delivery_ms).encode()),
+            (H_LAST, str(dl.last_delivery_ms).encode()),
+        ]
+        out: list[Record] = []
+        pos = dl.first_offset
+        try:
+            while pos <= dl.last_offset:
+                batch = store.read(dl.topic, dl.partition, pos, _LOAD_READ_BYTES)
+                if not batch:
+                    break
+                for r in batch:
+                    if r.offset < pos or r.offset > dl.last_offset:
+                        continue
+                    headers = [(n, v) for n, v in r.headers if n not in DLQ_HEADERS]
+                    headers += [*base, (H_OFFSET, str(r.offset).encode())]
+                    out.append(Record(r.value, r.key, headers, r.timestamp_ms))
+                pos = batch[-1].offset + 1
+        except (OffsetOutOfRangeError, UnknownTopicError):
+            pass  # the source is gone (retention, deleted topic): nothing to move
+        if not out:
+            return
+        end = 0
+        for i in range(0, len(out), 1000):
+            part = out[i : i + 1000]
+            end = store.append(dl.dead_letter_topic, 0, part) + len(part)
+        store.sync_to(dl.dead_letter_topic, 0, end).result()
+        self.dead_letters_produced += len(out)
+
+    # -------------------------------------------------------------- redrive
+
+    async def redrive(self, group_id: str, to_topic: str, max_records: int) -> tuple[int, int]:
+        """Move dead letters back (see :meth:`_redrive_blocking`)."""
+        raise NotImplementedError
+
+    # --------------------------------------------------------- back pressure
+
+    async def _latency_loop(self) -> None:
+        ticks = 0
+        while not self._rt.stopping:
+            await asyncio.sleep(LATENCY_EVAL_MS / 1000)
+            ticks += 1
+            try:
+                await self.evaluate_latency()
+                if ticks % max(1, self._rt.config.maintain_interval_ms // LATENCY_EVAL_MS) == 0:
+                    await self.check_log_starts()
+            except Exception as exc:
+                log.error("share back-pressure evaluation failed: %s", exc, exc_info=exc)
+
+    async def evaluate_latency(self) -> None:
+        """Recompute each bounded group's drain estimate and the produce refusals."""
+        if not self._ready:
+            return
+        rows = await self.read(self._latency_rows)
+        refusals: dict[str, LogStoreError] = {}
+        estimates: dict[str, int] = {}
+        for gid, bound, topics, backlog, rate in rows:
+            if backlog == 0:
+                drain = 0
+            elif rate <= 0:
+                drain = -1  # no estimate (module docstring)
+            else:
+                drain = int(backlog / rate * 1000)
+            estimates[gid] = drain
+            if bound is None or drain < 0:
+                continue
+            if drain >= LATENCY_WARN_FRACTION * bound:
+                t = time.monotonic()
+                if t - self._warned_at.get(gid, -1e9) >= _LATENCY_WARN_EVERY_S:
+                    self._warned_at[gid] = t
+                    log.warning(
+                        "share group queue latency near its bound",
+                        extra={
+                            "fields": {
+                                "group": gid,
+                                "estimated_drain_ms": drain,
+                                "max_queue_latency_ms": bound,
+                                "backlog": backlog,
+                                "ack_rate_per_s": round(rate, 1),
+                            }
+                        },
+                    )
+            if drain > bound:
+                retry = max(100, min(_MAX_RETRY_AFTER_MS, drain - bound))
+                err = QueueLatencyExceededError(
+                    f"share group {gid} would take ~{drain} ms to drain its backlog of "
+                    f"{backlog} records at {rate:.1f} acks/s; its max_queue_latency_ms is "
+                    f"{bound}; retry in {retry} ms",
+                    retry_after_ms=retry,
+                )
+                for t_ in topics:
+                    refusals.setdefault(t_, err)
+        self.drain_estimates = estimates
+        self._rt.produce_refusals = refusals
+
+    def _latency_rows(
+        self, c: ShareCoordinator
+    ) -> list[tuple[str, int | None, set[str], int, float]]:
+        out: list[tuple[str, int | None, set[str], int, float]] = []
+        topics = self.topics()
+        for gid in c.list_groups():
+            d = c.describe(gid, now_ms=now_ms())
+            names = set(d.config.topic_priorities) | {t for m in d.consumers for t in m.topics}
+            names |= {pc.topic for pc in d.partitions}
+            # in the window: what is not finished; past it: the log not read yet
+            pcs = {(pc.topic, pc.partition): pc for pc in d.partitions}
+            backlog = 0
+            for t in names:
+                for p in range(topics.get(t, 0)):
+                    try:
+                        start, _ = self._store.offsets(t, p)
+                        hw = self._store.high_watermark(t, p)
+                    except LogStoreError:
+                        continue
+                    pc = pcs.get((t, p))
+                    if pc is None:
+                        backlog += max(0, hw - start)
+                    else:
+                        backlog += pc.available + pc.delayed + pc.acquired
+                        backlog += max(0, hw - max(start, pc.speo))
+            out.append(
+                (
+                    gid,
+                    d.config.max_queue_latency_ms,
+                    {t for t in names if t in topics},
+                    backlog,
+                    d.ack_rate_per_s,
+                )
+            )
+        return out
+
+
+async def _wait_any(waiters: Sequence[Any], timeout_s: float) -> None:
+    tasks = [asyncio.ensure_future(w.wait()) for w in waiters]
+    try:
+        await asyncio.wait(tasks, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+def _acquire(
+    group_id: str,
+    member_id: str,
+    max_records: int,
+    cands: dict[tuple[str, int], Candidates],
+    c: ShareCoordinator,
+    now: int,
+) -> Result[Acquisition]:
+    return c.acquire(group_id, member_id, max_records=max_records, now_ms=now, candidates=cands)
+
+
+def _confirm(d: DeadLetter, c: ShareCoordinator, _now: int) -> Result[int]:
+    return c.dead_lettered(d.group_id, d.topic, d.partition, d.first_offset, d.last_offset)
+
+
+def _dead_letters_of(reply: Any) -> tuple[DeadLetter, ...]:
+    if isinstance(reply, tuple) and reply and isinstance(reply[0], DeadLetter):
+        return reply
+    dls = getattr(reply, "dead_letters", ())
+    return tuple(dls) if isinstance(dls, tuple) else ()
+
+
+def _answer(item: _Queued, value: Any) -> None:
+    if item.future.done():
+        return
+    if isinstance(value, BaseException):
+        item.future.set_exception(value)
+    else:
+        item.future.set_result(value)

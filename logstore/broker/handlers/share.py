@@ -1,0 +1,423 @@
+"""ShareGroups RPCs (``proto/logstore/v1/share.proto``): decode, one runtime call, encode.
+
+Each handler turns the request into arguments of one
+:class:`~logstore.share.ShareCoordinator` call made through
+:class:`~logstore.broker._share_runtime.ShareRuntime` (serialized; records
+appended and fsynced before the reply) and encodes the reply; ShareFetch is
+the runtime's fetch (plan, read, acquire, long poll). Per-range
+acknowledgement refusals are results in the reply (code 9, reason
+INVALID_RECORD_STATE), not an RPC status: the other ranges still apply.
+Coordinator errors go up to the one status boundary in the service wrapper.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+from logstore.errors import (
+    GroupAlreadyExistsError,
+    InvalidConfigError,
+    InvalidGroupRequestError,
+    InvalidRecordStateError,
+    UnknownTopicError,
+)
+from logstore.share import (
+    Ack,
+    AckError,
+    AckKind,
+    AckReply,
+    Result,
+    ShareCoordinator,
+    ShareGroupConfig,
+)
+from logstore.v1 import share_pb2 as spb
+
+from .._config import MAX_WAIT_MS_CAP
+from .._runtime import Context, Runtime, current_slot
+from .._share_runtime import (
+    DEFAULT_SHARE_FETCH_BYTES,
+    DEFAULT_SHARE_FETCH_RECORDS,
+    now_ms,
+)
+
+if TYPE_CHECKING:
+    from logstore.share import AckResult, ShareGroupDescription
+
+    from .._share_runtime import ShareRuntime
+
+#: The largest max_bytes a ShareFetch may ask for.
+MAX_SHARE_FETCH_BYTES: Final = 64 << 20
+#: google.rpc.Code numbers of per-range results.
+_OK, _INVALID_ARGUMENT, _FAILED_PRECONDITION = 0, 3, 9
+
+_KINDS: Final = {
+    spb.ACCEPT: AckKind.ACCEPT,
+    spb.RELEASE: AckKind.RELEASE,
+    spb.REJECT: AckKind.REJECT,
+    spb.RENEW: AckKind.RENEW,
+}
+_ACK_MESSAGES: Final = {
+    AckError.NOT_ACQUIRED: "not acquired by this member (never delivered, released, or past "
+    "the window)",
+    AckError.LOCK_EXPIRED: "the lock expired (the records are or will be redelivered)",
+    AckError.HELD_BY_OTHER: "acquired by another member now",
+    AckError.ALREADY_ACKNOWLEDGED: "already accepted, rejected or dead-lettered",
+}
+
+
+def _acks(batches: Sequence[spb.AcknowledgementBatch]) -> list[Ack]:
+    out = []
+    for b in batches:
+        kind = _KINDS.get(b.type)
+        if kind is None:
+            raise InvalidGroupRequestError(
+                f"{b.topic}:{b.partition} offsets {b.first_offset}..{b.last_offset}: "
+                f"acknowledgement type {b.type} is not ACCEPT (1), RELEASE (2), REJECT (3) or "
+                "RENEW (4)"
+            )
+        out.append(
+            Ack(
+                b.topic,
+                b.partition,
+                b.first_offset,
+                b.last_offset,
+                kind,
+                delay_ms=b.delay_ms,
+                lock_ms=b.extend_ms,
+                error=b.error,
+            )
+        )
+    return out
+
+
+def _result(r: AckResult) -> spb.AcknowledgeResult:
+    if r.error is AckError.OK:
+        return spb.AcknowledgeResult(
+            topic=r.topic,
+            partition=r.partition,
+            first_offset=r.first_offset,
+            last_offset=r.last_offset,
+            code=_OK,
+        )
+    return spb.AcknowledgeResult(
+        topic=r.topic,
+        partition=r.partition,
+        first_offset=r.first_offset,
+        last_offset=r.last_offset,
+        code=_FAILED_PRECONDITION,
+        reason=InvalidRecordStateError.reason,
+        message=(
+            f"{r.topic}:{r.partition} offsets {r.first_offset}..{r.last_offset}: "
+            f"{r.message or _ACK_MESSAGES.get(r.error, r.error.value)}; nothing applied"
+        ),
+    )
+
+
+def config_from_pb(
+    group_id: str, msg: spb.ShareGroupConfig, base: ShareGroupConfig | None = None, *,
+    replace_priorities: bool = False,
+) -> ShareGroupConfig:  # fmt: skip
+    """``msg``'s set fields over ``base`` (the defaults when None)."""
+    b = base or ShareGroupConfig()
+    kw: dict[str, Any] = {
+        "visibility_timeout_ms": b.visibility_timeout_ms,
+        "max_delivery_attempts": b.max_delivery_attempts,
+        "max_inflight_records": b.max_inflight_records,
+        "dead_letter_topic": b.dead_letter_topic,
+        "message_ttl_ms": b.message_ttl_ms,
+        "ordering_keys": b.ordering_keys,
+        "topic_priorities": dict(b.topic_priorities),
+        "auto_offset_reset": b.auto_offset_reset,
+        "max_queue_latency_ms": b.max_queue_latency_ms,
+    }
+    for name in (
+        "visibility_timeout_ms",
+        "max_delivery_attempts",
+        "max_inflight_records",
+        "ordering_keys",
+        "auto_offset_reset",
+    ):
+        if msg.HasField(name):
+            kw[name] = getattr(msg, name)
+    if msg.HasField("dead_letter_topic"):
+        kw["dead_letter_topic"] = msg.dead_letter_topic or None
+    for name in ("message_ttl_ms", "max_queue_latency_ms"):
+        if msg.HasField(name):
+            kw[name] = getattr(msg, name) or None
+    if msg.topic_priorities or replace_priorities:
+        kw["topic_priorities"] = dict(msg.topic_priorities)
+    try:
+        return ShareGroupConfig(**kw)
+    except InvalidConfigError as exc:
+        raise InvalidGroupRequestError(f"share group {group_id}: {exc}") from None
+
+
+def config_to_pb(group_id: str, c: ShareGroupConfig) -> spb.ShareGroupConfig:
+    """Every field set (defaults filled)."""
+    return spb.ShareGroupConfig(
+        visibility_timeout_ms=c.visibility_timeout_ms,
+        max_delivery_attempts=c.max_delivery_attempts,
+        max_inflight_records=c.max_inflight_records,
+        dead_letter_topic=c.dead_letter_topic_for(group_id),
+        message_ttl_ms=c.message_ttl_ms or 0,
+        ordering_keys=c.ordering_keys,
+        max_queue_latency_ms=c.max_queue_latency_ms or 0,
+        topic_priorities=dict(c.topic_priorities),
+        auto_offset_reset=c.auto_offset_reset,
+    )
+
+
+def _normalized(group_id: str, c: ShareGroupConfig) -> ShareGroupConfig:
+    """``c`` with the default dead-letter topic spelled out (so equal configs compare equal)."""
+    if c.dead_letter_topic == f"{group_id}.dlq":
+        return ShareGroupConfig(**{**_fields(c), "dead_letter_topic": None})
+    return c
+
+
+def _fields(c: ShareGroupConfig) -> dict[str, Any]:
+    return {
+        "visibility_timeout_ms": c.visibility_timeout_ms,
+        "max_delivery_attempts": c.max_delivery_attempts,
+        "max_inflight_records": c.max_inflight_records,
+        "dead_letter_topic": c.dead_letter_topic,
+        "message_ttl_ms": c.message_ttl_ms,
+        "ordering_keys": c.ordering_keys,
+        "topic_priorities": dict(c.topic_priorities),
+        "auto_offset_reset": c.auto_offset_reset,
+        "max_queue_latency_ms": c.max_queue_latency_ms,
+    }
+
+
+class ShareHandlers:
+    """The ShareGroups service (share groups, KIP-932)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._rt = runtime
+        assert runtime.share is not None, "Runtime.share must be set before the handlers"
+        self._share: ShareRuntime = runtime.share
+
+    # ------------------------------------------------------------ members
+
+    async def share_group_heartbeat(
+        self, request: spb.ShareGroupHeartbeatRequest, context: Context
+    ) -> spb.ShareGroupHeartbeatResponse:
+        gid, mid = request.group_id, request.member_id
+        topics = list(request.topics)
+        if len(request.client_id) > 255:
+            raise InvalidGroupRequestError(
+                f"client_id is {len(request.client_id)} characters; the limit is 255"
+            )
+        if request.leave:
+            if not mid:
+                raise InvalidGroupRequestError("leave needs the member_id to leave")
+            await self._share.call(lambda c, now: c.leave(gid, mid, now_ms=now))
+            return spb.ShareGroupHeartbeatResponse(member_id="")
+        if not mid:
+            reply = await self._share.call(lambda c, now: c.join(gid, topics, now_ms=now))
+        else:
+            reply = await self._share.call(
+                lambda c, now: c.heartbeat(gid, mid, now_ms=now, topics=topics or None)
+            )
+        return spb.ShareGroupHeartbeatResponse(
+            member_id=reply.consumer_id,
+            heartbeat_interval_ms=reply.heartbeat_interval_ms,
+            session_timeout_ms=reply.session_timeout_ms,
+        )
+
+    # ------------------------------------------------------------- fetch
+
+    async def _acknowledge(
+        self, gid: str, mid: str, batches: Sequence[spb.AcknowledgementBatch]
+    ) -> list[spb.AcknowledgeResult]:
+        acks = _acks(batches)
+        reply: AckReply = await self._share.call(
+            lambda c, now: c.acknowledge(gid, mid, acks, now_ms=now)
+        )
+        return [_result(r) for r in reply.results]
+
+    async def share_fetch(
+        self, request: spb.ShareFetchRequest, context: Context
+    ) -> spb.ShareFetchResponse:
+        cfg = self._share.config
+        if not 0 <= request.max_records <= cfg.max_fetch_records:
+            raise InvalidGroupRequestError(
+                f"max_records must be in 0..{cfg.max_fetch_records} (0 = "
+                f"{DEFAULT_SHARE_FETCH_RECORDS}), not {request.max_records}"
+            )
+        if not 0 <= request.max_bytes <= MAX_SHARE_FETCH_BYTES:
+            raise InvalidGroupRequestError(
+                f"max_bytes must be in 0..{MAX_SHARE_FETCH_BYTES}, not {request.max_bytes}"
+            )
+        if not 0 <= request.max_wait_ms <= MAX_WAIT_MS_CAP:
+            raise InvalidGroupRequestError(
+                f"max_wait_ms must be in 0..{MAX_WAIT_MS_CAP}, not {request.max_wait_ms}"
+            )
+        gid, mid = request.group_id, request.member_id
+        results = (
+            await self._acknowledge(gid, mid, request.acknowledgements)
+            if request.acknowledgements
+            else []
+        )
+        frames = await self._share.fetch(
+            gid,
+            mid,
+            max_records=request.max_records or DEFAULT_SHARE_FETCH_RECORDS,
+            max_bytes=request.max_bytes or DEFAULT_SHARE_FETCH_BYTES,
+            wait_ms=request.max_wait_ms,
+            on_park=self._park,
+        )
+        return spb.ShareFetchResponse(
+            partitions=[
+                spb.ShareFetchPartition(
+                    topic=f.topic,
+                    partition=f.partition,
+                    records=f.records,
+                    acquired=[
+                        spb.AcquiredRecords(
+                            first_offset=r.first_offset,
+                            last_offset=r.last_offset,
+                            delivery_count=r.delivery_count,
+                            lock_deadline_ms=r.lock_until_ms,
+                        )
+                        for r in f.acquired
+                    ],
+                )
+                for f in frames
+            ],
+            acknowledgements=results,
+        )
+
+    def _park(self) -> None:
+        # A waiting fetch holds a long-poll slot, not a request slot (as Fetch).
+        current_slot().move_to(self._rt.limits.waiters, self._rt.metrics.long_poll_waiters)
+
+    async def share_acknowledge(
+        self, request: spb.ShareAcknowledgeRequest, context: Context
+    ) -> spb.ShareAcknowledgeResponse:
+        if not request.acknowledgements:
+            raise InvalidGroupRequestError("ShareAcknowledge needs at least one range")
+        results = await self._acknowledge(
+            request.group_id, request.member_id, request.acknowledgements
+        )
+        return spb.ShareAcknowledgeResponse(acknowledgements=results)
+
+    # ------------------------------------------------------------- admin
+
+    async def create_share_group(
+        self, request: spb.CreateShareGroupRequest, context: Context
+    ) -> spb.CreateShareGroupResponse:
+        gid = request.group_id
+        cfg = _normalized(gid, config_from_pb(gid, request.config))
+
+        def create(c: ShareCoordinator, now: int) -> Any:
+            if gid in c.list_groups():
+                if _normalized(gid, c.group_config(gid)) != cfg:
+                    raise GroupAlreadyExistsError(
+                        f"share group {gid} exists with another config; use AlterShareGroup"
+                    )
+                return Result((), None)
+            return c.configure_group(gid, cfg)
+
+        await self._share.call(create)
+        return spb.CreateShareGroupResponse(config=config_to_pb(gid, cfg))
+
+    async def alter_share_group(
+        self, request: spb.AlterShareGroupRequest, context: Context
+    ) -> spb.AlterShareGroupResponse:
+        gid = request.group_id
+        out: list[ShareGroupConfig] = []
+
+        def alter(c: ShareCoordinator, now: int) -> Any:
+            new = _normalized(
+                gid,
+                config_from_pb(
+                    gid,
+                    request.config,
+                    c.group_config(gid),
+                    replace_priorities=request.replace_topic_priorities,
+                ),
+            )
+            out.append(new)
+            return c.configure_group(gid, new)
+
+        await self._share.call(alter)
+        return spb.AlterShareGroupResponse(config=config_to_pb(gid, out[0]))
+
+    async def list_share_groups(
+        self, request: spb.ListShareGroupsRequest, context: Context
+    ) -> spb.ListShareGroupsResponse:
+        now = now_ms()
+        rows = await self._share.read(
+            lambda c: [(g, len(c.describe(g, now_ms=now).consumers)) for g in c.list_groups()]
+        )
+        return spb.ListShareGroupsResponse(
+            groups=[spb.ShareGroupListing(group_id=g, members=n) for g, n in rows]
+        )
+
+    async def describe_share_group(
+        self, request: spb.DescribeShareGroupRequest, context: Context
+    ) -> spb.DescribeShareGroupResponse:
+        gid = request.group_id
+        if not gid:
+            raise InvalidGroupRequestError("group id must be a non-empty string")
+        now = now_ms()
+        d: ShareGroupDescription = await self._share.read(lambda c: c.describe(gid, now_ms=now))
+        store = self._rt.store
+        parts = []
+        for pc in d.partitions:
+            try:
+                hw = store.high_watermark(pc.topic, pc.partition)
+            except UnknownTopicError:
+                hw = pc.speo
+            except Exception:
+                hw = pc.speo
+            parts.append(
+                spb.SharePartitionDescription(
+                    topic=pc.topic,
+                    partition=pc.partition,
+                    start_offset=pc.spso,
+                    end_offset=hw,
+                    available=pc.available + max(0, hw - pc.speo),
+                    acquired=pc.acquired,
+                    delayed=pc.delayed,
+                    dead_lettered=pc.dead_lettered_total,
+                    oldest_available_age_ms=(
+                        max(0, now - pc.oldest_available_ts_ms)
+                        if pc.oldest_available_ts_ms >= 0
+                        else 0
+                    ),
+                )
+            )
+        return spb.DescribeShareGroupResponse(
+            group_id=gid,
+            config=config_to_pb(gid, d.config),
+            members=[
+                spb.ShareMemberDescription(
+                    member_id=m.consumer_id, inflight_records=m.in_flight, topics=list(m.topics)
+                )
+                for m in d.consumers
+            ],
+            partitions=parts,
+            acknowledge_rate_per_s=d.ack_rate_per_s,
+            estimated_drain_ms=self._share.drain_estimates.get(gid, 0),
+        )
+
+    async def delete_share_group(
+        self, request: spb.DeleteShareGroupRequest, context: Context
+    ) -> spb.DeleteShareGroupResponse:
+        gid = request.group_id
+        await self._share.call(lambda c, now: c.delete_group(gid, now_ms=now))
+        return spb.DeleteShareGroupResponse()
+
+    async def redrive_dead_letters(
+        self, request: spb.RedriveDeadLettersRequest, context: Context
+    ) -> spb.RedriveDeadLettersResponse:
+        if request.max_records < 0:
+            raise InvalidGroupRequestError(
+                f"max_records must be >= 0 (0 = all), not {request.max_records}"
+            )
+        redriven, remaining = await self._share.redrive(
+            request.group_id, request.to_topic, request.max_records
+        )
+        return spb.RedriveDeadLettersResponse(redriven=redriven, remaining=remaining)
