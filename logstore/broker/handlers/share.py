@@ -108,9 +108,11 @@ def _result(r: AckResult) -> spb.AcknowledgeResult:
         code=_FAILED_PRECONDITION,
         reason=InvalidRecordStateError.reason,
         message=(
-            f"{r.topic}:{r.partition} offsets {r.first_offset}..{r.last_offset}: "
-            f"{r.message or _ACK_MESSAGES.get(r.error, r.error.value)}; nothing applied"
-        ),
+            r.message
+            or f"{r.topic}:{r.partition} offsets {r.first_offset}..{r.last_offset}: "
+            f"{_ACK_MESSAGES.get(r.error, r.error.value)}"
+        )
+        + "; nothing applied",
     )
 
 
