@@ -87,11 +87,14 @@ from logstore.share import (
     ShareCoordinator,
     ShareCoordinatorConfig,
     ShareRecord,
+    ShareRedriveValue,
     decode,
     encode,
 )
 from logstore.wire import Record
 from logstore.wire._share_meta import share_metadata
+
+from .handlers._common import check_client_writable as check_writable
 
 if TYPE_CHECKING:
     from logstore.storage import FetchResult
@@ -138,6 +141,12 @@ H_ERROR: Final = "logstore-dlq-error"
 H_FIRST: Final = "logstore-dlq-first-delivery-ms"
 H_LAST: Final = "logstore-dlq-last-delivery-ms"
 H_GROUP: Final = "logstore-dlq-group"
+#: On a redriven record: "<dead-letter topic>/<partition>/<offset>" it was made from.
+H_REDRIVE: Final = "logstore-redrive-from"
+#: Records one RedriveDeadLetters call moves at most (call again for more).
+MAX_REDRIVE_RECORDS: Final = 100_000
+#: Records per intent (one fsynced intent and done record each).
+_REDRIVE_SLICE: Final = 1000
 DLQ_HEADERS: Final = frozenset(
     {H_TOPIC, H_PARTITION, H_OFFSET, H_COUNT, H_REASON, H_ERROR, H_FIRST, H_LAST, H_GROUP}
 )
@@ -202,6 +211,7 @@ class ShareRuntime:
         self._dlq: deque[DeadLetter] = deque()
         self._dlq_running = False
         self._latency_task: asyncio.Task[None] | None = None
+        self._redrive_lock = asyncio.Lock()
         self._warned_at: dict[str, float] = {}
         #: group -> last estimated drain time in ms (-1: no estimate), for the gauge.
         self.drain_estimates: dict[str, int] = {}
@@ -716,8 +726,148 @@ class ShareRuntime:
     # -------------------------------------------------------------- redrive
 
     async def redrive(self, group_id: str, to_topic: str, max_records: int) -> tuple[int, int]:
-        """Move dead letters back (see :meth:`_redrive_blocking`)."""
-        raise NotImplementedError
+        """Move up to ``max_records`` (0: all, at most ``MAX_REDRIVE_RECORDS``)
+        dead letters of ``group_id`` past its redrive position back to their
+        source partition (or ``to_topic``); returns (moved, still waiting).
+
+        Exactly once, across a crash too: for each slice of at most
+        ``_REDRIVE_SLICE`` records an intent record (the slice's end and each
+        target partition's log end offset) is fsynced to
+        ``__share_group_state`` before the first append, and a done record
+        (the new position) after the last one. A redrive that finds an
+        intent (the broker died in between) first finishes it: it reads each
+        target from the offset in the intent, collects the
+        ``logstore-redrive-from`` headers already there and appends only the
+        records not among them. One redrive at a time per broker."""
+        limit = min(max_records or MAX_REDRIVE_RECORDS, MAX_REDRIVE_RECORDS)
+        async with self._redrive_lock:
+            state, dlq = await self.read(
+                lambda c: (
+                    c.redrive_state(group_id),
+                    c.group_config(group_id).dead_letter_topic_for(group_id),
+                )
+            )
+            if to_topic:
+                self._store.topic(to_topic)  # UnknownTopicError: NOT_FOUND before anything
+                check_writable(to_topic)
+            moved = 0
+            if state.intent_end >= 0:
+                moved += await self._rt.run_io(self._redrive_slice_blocking, dlq, state, True)
+                await self.call(partial(_redrive_done, group_id, state.intent_end))
+            while moved < limit:
+                state = await self.read(lambda c: c.redrive_state(group_id))
+                plan = await self._rt.run_io(
+                    self._redrive_plan_blocking, dlq, state.position, to_topic, limit - moved
+                )
+                if plan is None:
+                    break
+                end, targets = plan
+                await self.call(partial(_redrive_intent, group_id, end, to_topic, targets))
+                state = await self.read(lambda c: c.redrive_state(group_id))
+                moved += await self._rt.run_io(self._redrive_slice_blocking, dlq, state, False)
+                await self.call(partial(_redrive_done, group_id, end))
+            state = await self.read(lambda c: c.redrive_state(group_id))
+            try:
+                remaining = max(0, self._store.high_watermark(dlq, 0) - state.position)
+            except LogStoreError:
+                remaining = 0
+            if moved:
+                log.info(
+                    "dead letters redriven",
+                    extra={
+                        "fields": {"group": group_id, "moved": moved, "to": to_topic or "source"}
+                    },
+                )
+            return moved, remaining
+
+    def _dead_letters_from(self, dlq: str, start: int, end: int | None, n: int) -> list[Record]:
+        """Records of ``dlq`` partition 0 in ``[start, end)``, at most ``n``."""
+        out: list[Record] = []
+        try:
+            log_start, _ = self._store.offsets(dlq, 0)
+            hw = self._store.high_watermark(dlq, 0)
+        except LogStoreError:
+            return out  # no dead-letter topic yet
+        pos = max(start, log_start)
+        stop = hw if end is None else min(end, hw)
+        while pos < stop and len(out) < n:
+            batch = self._store.read(dlq, 0, pos, _LOAD_READ_BYTES)
+            if not batch:
+                break
+            out += [r for r in batch if pos <= r.offset < stop][: n - len(out)]
+            pos = batch[-1].offset + 1
+        return out
+
+    def _target_of(self, r: Record, to_topic: str) -> tuple[str, int]:
+        h = dict(r.headers)
+        if to_topic:
+            return to_topic, 0
+        topic = h.get(H_TOPIC, b"").decode(errors="replace")
+        part = int(h.get(H_PARTITION, b"0") or 0)
+        count = self._store.topic(topic).partitions
+        return topic, part if part < count else 0
+
+    def _redrive_plan_blocking(
+        self, dlq: str, position: int, to_topic: str, n: int
+    ) -> tuple[int, list[tuple[str, int, int]]] | None:
+        recs = self._dead_letters_from(dlq, position, None, min(n, _REDRIVE_SLICE))
+        if not recs:
+            return None
+        targets = set()
+        for r in recs:
+            try:
+                targets.add(self._target_of(r, to_topic))
+            except LogStoreError:
+                continue  # its source topic is gone: skipped (counted as moved nowhere)
+        return recs[-1].offset + 1, [(t, p, self._store.high_watermark(t, p)) for t, p in targets]
+
+    def _redrive_slice_blocking(self, dlq: str, state: ShareRedriveValue, recovering: bool) -> int:
+        """Append the dead letters of ``state``'s intent to their targets,
+        skipping (when ``recovering``) those a target already has."""
+        recs = self._dead_letters_from(
+            dlq, state.position, state.intent_end, state.intent_end - state.position
+        )
+        done: set[bytes] = set()
+        if recovering:
+            for t, p, since in state.targets:
+                try:
+                    hw = self._store.high_watermark(t, p)
+                    pos = since
+                    while pos < hw:
+                        batch = self._store.read(t, p, pos, _LOAD_READ_BYTES)
+                        if not batch:
+                            break
+                        for r in batch:
+                            for name, value in r.headers:
+                                if name == H_REDRIVE:
+                                    done.add(value)
+                        pos = batch[-1].offset + 1
+                except LogStoreError:
+                    continue
+        by_target: dict[tuple[str, int], list[Record]] = {}
+        allowed = {(t, p) for t, p, _ in state.targets}
+        for r in recs:
+            origin = f"{dlq}/0/{r.offset}".encode()
+            if origin in done:
+                continue
+            try:
+                target = self._target_of(r, state.to_topic)
+            except LogStoreError:
+                continue
+            if target not in allowed:
+                continue  # a partition count changed since the intent: not ours to guess
+            headers = [(n, v) for n, v in r.headers if n not in DLQ_HEADERS and n != H_REDRIVE]
+            headers.append((H_REDRIVE, origin))
+            by_target.setdefault(target, []).append(Record(r.value, r.key, headers, r.timestamp_ms))
+        moved = 0
+        for (t, p), out in sorted(by_target.items()):
+            end = 0
+            for i in range(0, len(out), 1000):
+                part = out[i : i + 1000]
+                end = self._store.append(t, p, part) + len(part)
+            self._store.sync_to(t, p, end).result()
+            moved += len(out)
+        return moved
 
     # --------------------------------------------------------- back pressure
 
@@ -834,6 +984,21 @@ def _acquire(
     now: int,
 ) -> Result[Acquisition]:
     return c.acquire(group_id, member_id, max_records=max_records, now_ms=now, candidates=cands)
+
+
+def _redrive_intent(
+    group_id: str,
+    end: int,
+    to_topic: str,
+    targets: list[tuple[str, int, int]],
+    c: ShareCoordinator,
+    _now: int,
+) -> Result[None]:
+    return c.redrive_intent(group_id, end, to_topic, targets)
+
+
+def _redrive_done(group_id: str, end: int, c: ShareCoordinator, _now: int) -> Result[None]:
+    return c.redrive_done(group_id, end)
 
 
 def _confirm(d: DeadLetter, c: ShareCoordinator, _now: int) -> Result[int]:

@@ -10,7 +10,8 @@ re-produces :meth:`ShareCoordinator.pending_dead_letters`.
 Modules: ``_coordinator`` (groups, consumers, priorities, the fetch steps and
 the handler contract), ``_partition`` (one share partition's window and its
 states: AVAILABLE / ACQUIRED / ACCEPTED / DEAD_LETTER / ARCHIVED / GAP),
-``_records`` (record keys, values and their byte format), ``_config`` (every
+``_records`` (record keys, values and their byte format; the redrive
+position of a group's dead letters is one of them), ``_config`` (every
 default and limit).
 
 Constants: ``AVAILABLE``, ``ACQUIRED``, ``ACCEPTED``, ``DEAD_LETTER``,
@@ -60,6 +61,8 @@ from logstore.share._records import (
     ShareGroupValue,
     ShareRecord,
     ShareRecordType,
+    ShareRedriveKey,
+    ShareRedriveValue,
     ShareStateKey,
     ShareStateValue,
     decode,
@@ -102,6 +105,8 @@ __all__ = [
     "SharePartition",
     "ShareRecord",
     "ShareRecordType",
+    "ShareRedriveKey",
+    "ShareRedriveValue",
     "ShareStateKey",
     "ShareStateValue",
     "ShareTickResult",

@@ -4,7 +4,7 @@ Contract (the same as the consumer-group coordinator, CONVENTIONS.md rule 5):
 
 * Every handler (``configure_group``, ``join``, ``heartbeat``, ``leave``,
   ``acquire``, ``acknowledge``, ``dead_lettered``, ``delete_group``,
-  ``on_log_start``, ``tick``)
+  ``on_log_start``, ``redrive_intent``, ``redrive_done``, ``tick``)
   validates, computes and returns a :class:`Result`:
   the records to append to ``__share_group_state`` and the reply. It changes
   no durable state; a handler that raises a typed :mod:`logstore.errors`
@@ -93,6 +93,8 @@ from logstore.share._records import (
     ShareGroupKey,
     ShareGroupValue,
     ShareRecord,
+    ShareRedriveKey,
+    ShareRedriveValue,
     ShareStateKey,
     ShareStateValue,
 )
@@ -233,6 +235,7 @@ class _Consumer:
 class _Group:
     config: ShareGroupConfig
     partitions: dict[TopicPartition, SharePartition] = field(default_factory=dict)
+    redrive: ShareRedriveValue = field(default_factory=lambda: ShareRedriveValue(0))
 
 
 class ShareCoordinator:
@@ -294,6 +297,10 @@ class ShareCoordinator:
             if value is None:
                 return
             g = self._groups[key.group_id] = _Group(ShareGroupConfig())
+        if isinstance(key, ShareRedriveKey):
+            assert value is None or isinstance(value, ShareRedriveValue)
+            g.redrive = value or ShareRedriveValue(0)
+            return
         tp = (key.topic, key.partition)
         p = g.partitions.get(tp)
         if value is None:
@@ -784,6 +791,46 @@ class ShareCoordinator:
                 out += p.pending_dead_letters(g.config)
         return out
 
+    # -------------------------------------------------------------- redrive
+
+    def redrive_state(self, group_id: str) -> ShareRedriveValue:
+        """The group's redrive position (and intent under way). Raises
+        GroupIdNotFoundError."""
+        return self._group(group_id).redrive
+
+    def redrive_intent(
+        self,
+        group_id: str,
+        end: int,
+        to_topic: str,
+        targets: Iterable[tuple[str, int, int]],
+    ) -> Result[None]:
+        """The broker is about to move the dead letters ``[position, end)``
+        back (to ``to_topic``, "" = their sources); ``targets`` are the
+        partitions it appends to with their log end offsets now. Raises
+        GroupIdNotFoundError, InvalidGroupRequestError (``end`` not past the
+        position, or an intent already under way: finish it first)."""
+        r = self._group(group_id).redrive
+        if r.intent_end >= 0:
+            raise InvalidGroupRequestError(
+                f"share group {group_id} has a redrive under way up to {r.intent_end}"
+            )
+        if end <= r.position:
+            raise InvalidGroupRequestError(
+                f"redrive end {end} is not past the position {r.position}"
+            )
+        value = ShareRedriveValue(r.position, end, to_topic, tuple(sorted(targets)))
+        return Result((ShareRecord(ShareRedriveKey(group_id), value),), None)
+
+    def redrive_done(self, group_id: str, position: int) -> Result[None]:
+        """The redrive under way (if any) is complete; the position moves to
+        ``position`` (never back). Raises GroupIdNotFoundError."""
+        r = self._group(group_id).redrive
+        value = ShareRedriveValue(max(r.position, position))
+        if value == r:
+            return Result((), None)
+        return Result((ShareRecord(ShareRedriveKey(group_id), value),), None)
+
     # ------------------------------------------------------------ lifecycle
 
     def tick(self, now_ms: int) -> ShareTickResult:
@@ -852,6 +899,8 @@ class ShareCoordinator:
             for first in sorted(sp.chunks):
                 records.append(ShareRecord(ShareChunkKey(group_id, t, p, first), None))
             records.append(ShareRecord(ShareStateKey(group_id, t, p), None))
+        if g.redrive != ShareRedriveValue(0):
+            records.append(ShareRecord(ShareRedriveKey(group_id), None))
         records.append(ShareRecord(ShareGroupKey(group_id), None))
         self._consumers.pop(group_id, None)
         return Result(tuple(records), None)

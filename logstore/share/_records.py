@@ -20,6 +20,13 @@ key names exactly the piece of state its value replaces:
   tombstoned once the start offset passes ``end_offset``; so the log holds at
   most ``max_inflight_records`` offsets of chunks per partition after
   compaction, and timestamps are not rewritten with every state snapshot.
+* redrive position, type 3: key ``[3, group]``; value: the next offset of the
+  group's dead-letter topic (partition 0) that RedriveDeadLetters has not
+  moved back, and, while a redrive is under way, its intent: the end of the
+  range being moved, the ``to_topic`` asked for and each target partition's
+  log end offset before the first append (the broker checks those tails for
+  the ``logstore-redrive-from`` header after a crash, so a redrive is exactly
+  once). ``intent_end`` -1: no redrive under way.
 
 Encoding, format version 1 (``SHARE_RECORD_VERSION``): UTF-8 JSON, sorted
 keys, no whitespace, so equal records are equal bytes. Every value carries
@@ -69,6 +76,7 @@ class ShareRecordType(IntEnum):
     GROUP = 0
     PARTITION_STATE = 1
     WINDOW_CHUNK = 2
+    REDRIVE = 3
 
 
 @dataclass(frozen=True)
@@ -202,13 +210,35 @@ class ShareChunkValue:
     __hash__ = None  # type: ignore[assignment]
 
 
-ShareRecordKey: TypeAlias = ShareGroupKey | ShareStateKey | ShareChunkKey
-ShareRecordValue: TypeAlias = ShareGroupValue | ShareStateValue | ShareChunkValue
+@dataclass(frozen=True)
+class ShareRedriveKey:
+    """Key of a share group's dead-letter redrive position."""
+
+    group_id: str
+
+
+@dataclass(frozen=True)
+class ShareRedriveValue:
+    """The redrive position and the intent of a redrive under way (module
+    docstring); ``targets`` are ``(topic, partition, log end offset before
+    the redrive appended)``, sorted."""
+
+    position: int
+    intent_end: int = -1
+    to_topic: str = ""
+    targets: tuple[tuple[str, int, int], ...] = ()
+
+
+ShareRecordKey: TypeAlias = ShareGroupKey | ShareStateKey | ShareChunkKey | ShareRedriveKey
+ShareRecordValue: TypeAlias = (
+    ShareGroupValue | ShareStateValue | ShareChunkValue | ShareRedriveValue
+)
 
 _VALUE_TYPES: Final[dict[type[Any], type[Any]]] = {
     ShareGroupKey: ShareGroupValue,
     ShareStateKey: ShareStateValue,
     ShareChunkKey: ShareChunkValue,
+    ShareRedriveKey: ShareRedriveValue,
 }
 
 
@@ -271,6 +301,8 @@ def encode_key(key: ShareRecordKey) -> bytes:
     """The key bytes: equal keys give equal bytes (compaction compares them)."""
     if isinstance(key, ShareGroupKey):
         return _dumps([ShareRecordType.GROUP, key.group_id])
+    if isinstance(key, ShareRedriveKey):
+        return _dumps([ShareRecordType.REDRIVE, key.group_id])
     if isinstance(key, ShareStateKey):
         return _dumps([ShareRecordType.PARTITION_STATE, key.group_id, key.topic, key.partition])
     return _dumps(
@@ -299,6 +331,13 @@ def encode_value(value: ShareRecordValue | None) -> bytes | None:
     v: dict[str, Any] = {"v": SHARE_RECORD_VERSION}
     if isinstance(value, ShareGroupValue):
         v["config"] = _config_json(value.config)
+    elif isinstance(value, ShareRedriveValue):
+        v |= {
+            "position": value.position,
+            "intent_end": value.intent_end,
+            "to_topic": value.to_topic,
+            "targets": [list(t) for t in value.targets],
+        }
     elif isinstance(value, ShareStateValue):
         cols = value.columns()
         starts = _run_starts(cols)
@@ -355,12 +394,18 @@ def _decode(k: Any, v: Any) -> ShareRecord:
     if not isinstance(k, list) or not k:
         raise CorruptRecordError(f"share-group record key is not a typed array: {k!r}")
     kind = ShareRecordType(_int(k[0]))
-    expected = {ShareRecordType.GROUP: 2, ShareRecordType.PARTITION_STATE: 4}.get(kind, 5)
+    expected = {
+        ShareRecordType.GROUP: 2,
+        ShareRecordType.REDRIVE: 2,
+        ShareRecordType.PARTITION_STATE: 4,
+    }.get(kind, 5)
     if len(k) != expected or not all(isinstance(x, str) for x in k[1:3]):
         raise CorruptRecordError(f"share-group record key has the wrong shape: {k!r}")
     rkey: ShareRecordKey
     if kind is ShareRecordType.GROUP:
         rkey = ShareGroupKey(k[1])
+    elif kind is ShareRecordType.REDRIVE:
+        rkey = ShareRedriveKey(k[1])
     elif kind is ShareRecordType.PARTITION_STATE:
         rkey = ShareStateKey(k[1], k[2], _int(k[3]))
     else:
@@ -390,6 +435,13 @@ def _decode(k: Any, v: Any) -> ShareRecord:
                 # absent in records written before back pressure existed
                 max_queue_latency_ms=c.get("max_queue_latency_ms"),
             )
+        )
+    elif kind is ShareRecordType.REDRIVE:
+        value = ShareRedriveValue(
+            position=_int(v["position"]),
+            intent_end=_int(v["intent_end"]),
+            to_topic=str(v["to_topic"]),
+            targets=tuple((str(t), _int(p), _int(o)) for t, p, o in v["targets"]),
         )
     elif kind is ShareRecordType.PARTITION_STATE:
         spso, speo = _int(v["spso"]), _int(v["speo"])
