@@ -626,3 +626,33 @@ def test_a_redrive_interrupted_by_a_crash_finishes_exactly_once(tmp_path: Path) 
         c.close()
     finally:
         b.stop()
+
+
+def test_describe_and_metrics_show_the_queue(client: ShareClient, sbroker: BrokerProcess) -> None:
+    """Describe and the metrics give available / acquired / delayed counts, members' in-flight."""
+    client.topic("met-t")
+    client.produce("met-t", [b"%d" % i for i in range(10)])
+    at = int(time.time() * 1000) + 60_000
+    client.produce("met-t", [b"later"], headers=[("logstore-deliver-at-ms", str(at).encode())])
+    r = client.share.ShareGroupHeartbeat(
+        spb.ShareGroupHeartbeatRequest(group_id="met-g", topics=["met-t"], client_id="w-1"),
+        timeout=10,
+    )
+    client.group, client.member = "met-g", r.member_id
+    assert len(acquired(client.fetch(4))) == 4
+    d = client.share.DescribeShareGroup(spb.DescribeShareGroupRequest(group_id="met-g"), timeout=10)
+    (m,) = d.members
+    assert (m.member_id, m.client_id, m.inflight_records) == (r.member_id, "w-1", 4)
+    assert m.host and list(m.topics) == ["met-t"]
+    (p,) = d.partitions
+    assert (p.acquired, p.delayed, p.end_offset) == (4, 1, 11)
+    assert p.available == 6
+    text = scrape(sbroker)
+    labels = 'group="met-g",partition="0",topic="met-t"'
+    assert f"logstore_share_acquired_records{{{labels}}} 4.0" in text
+    assert f"logstore_share_delayed_records{{{labels}}} 1.0" in text
+    assert f"logstore_share_available_records{{{labels}}} 6.0" in text
+    assert (
+        f'logstore_share_member_inflight_records{{group="met-g",member="{m.member_id}"}} 4.0'
+        in text
+    )

@@ -215,6 +215,9 @@ class ShareRuntime:
         self._warned_at: dict[str, float] = {}
         #: group -> last estimated drain time in ms (-1: no estimate), for the gauge.
         self.drain_estimates: dict[str, int] = {}
+        #: (group, member) -> (client_id, host) for DescribeShareGroup (volatile,
+        #: pruned to the live members at each describe).
+        self.member_info: dict[tuple[str, str], tuple[str, str]] = {}
         #: Counters for the metrics (monotonic totals since start).
         self.dead_letters_produced = 0
         self.log_start_lost = 0
@@ -336,11 +339,16 @@ class ShareRuntime:
             dead += _dead_letters_of(result.reply)
             replies.append((item, result.reply, True))
         next_deadline: int | None = None
-        t = self.coordinator.tick(now_ms())
-        self._replay(t.records)
-        records += t.records
-        dead += t.dead_letters
-        next_deadline = t.next_deadline_ms
+        if records or self._timer is None:
+            # New locks, delays or a first session deadline need the timer
+            # (re)armed; a batch that wrote nothing (heartbeats, reads of an
+            # idle queue) moved no deadline earlier, so it skips the
+            # O(share partitions) tick.
+            t = self.coordinator.tick(now_ms())
+            self._replay(t.records)
+            records += t.records
+            dead += t.dead_letters
+            next_deadline = t.next_deadline_ms
         try:
             await self._append(tuple(records))
         except InternalError as exc:
@@ -659,7 +667,9 @@ class ShareRuntime:
             while self._dlq and not self._rt.stopping:
                 dl = self._dlq.popleft()
                 try:
-                    await self._rt.run_io(self._dead_letter_blocking, dl)
+                    created = await self._rt.run_io(self._dead_letter_blocking, dl)
+                    if created:  # other coordinators learn of the new topic
+                        await self._rt.topics_changed()
                     await self.call(partial(_confirm, dl))
                 except GroupIdNotFoundError:
                     continue  # deleted meanwhile
@@ -677,11 +687,14 @@ class ShareRuntime:
         finally:
             self._dlq_running = False
 
-    def _dead_letter_blocking(self, dl: DeadLetter) -> None:
-        """Append the records of ``dl`` to its dead-letter topic (fsynced)."""
+    def _dead_letter_blocking(self, dl: DeadLetter) -> bool:
+        """Append the records of ``dl`` to its dead-letter topic (fsynced);
+        True if it created the topic."""
         store = self._store
+        created = False
         try:
             store.create_topic(dl.dead_letter_topic, DEAD_LETTER_PARTITIONS)
+            created = True
             log.info(
                 "created dead-letter topic",
                 extra={"fields": {"topic": dl.dead_letter_topic, "group": dl.group_id}},
@@ -715,13 +728,14 @@ class ShareRuntime:
         except (OffsetOutOfRangeError, UnknownTopicError):
             pass  # the source is gone (retention, deleted topic): nothing to move
         if not out:
-            return
+            return created
         end = 0
         for i in range(0, len(out), 1000):
             part = out[i : i + 1000]
             end = store.append(dl.dead_letter_topic, 0, part) + len(part)
         store.sync_to(dl.dead_letter_topic, 0, end).result()
         self.dead_letters_produced += len(out)
+        return created
 
     # -------------------------------------------------------------- redrive
 
@@ -934,8 +948,10 @@ class ShareRuntime:
     ) -> list[tuple[str, int | None, set[str], int, float]]:
         out: list[tuple[str, int | None, set[str], int, float]] = []
         topics = self.topics()
+        live: set[tuple[str, str]] = set()
         for gid in c.list_groups():
             d = c.describe(gid, now_ms=now_ms())
+            live |= {(gid, m.consumer_id) for m in d.consumers}
             names = set(d.config.topic_priorities) | {t for m in d.consumers for t in m.topics}
             names |= {pc.topic for pc in d.partitions}
             # in the window: what is not finished; past it: the log not read yet
@@ -963,6 +979,9 @@ class ShareRuntime:
                     d.ack_rate_per_s,
                 )
             )
+        # members that left or timed out (bounded by the live members, each second)
+        for key in [k for k in self.member_info if k not in live]:
+            del self.member_info[key]
         return out
 
 

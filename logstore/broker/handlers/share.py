@@ -214,12 +214,18 @@ class ShareHandlers:
             if not mid:
                 raise InvalidGroupRequestError("leave needs the member_id to leave")
             await self._share.call(lambda c, now: c.leave(gid, mid, now_ms=now))
+            self._share.member_info.pop((gid, mid), None)
             return spb.ShareGroupHeartbeatResponse(member_id="")
         if not mid:
             reply = await self._share.call(lambda c, now: c.join(gid, topics, now_ms=now))
         else:
             reply = await self._share.call(
                 lambda c, now: c.heartbeat(gid, mid, now_ms=now, topics=topics or None)
+            )
+        if not mid or request.client_id:
+            self._share.member_info[(gid, reply.consumer_id)] = (
+                request.client_id,
+                context.peer() or "",
             )
         return spb.ShareGroupHeartbeatResponse(
             member_id=reply.consumer_id,
@@ -391,12 +397,20 @@ class ShareHandlers:
                     ),
                 )
             )
+        info = self._share.member_info
+        live = {m.consumer_id for m in d.consumers}
+        for key in [k for k in info if k[0] == gid and k[1] not in live]:
+            del info[key]  # left or timed out: keeps the table as large as the members
         return spb.DescribeShareGroupResponse(
             group_id=gid,
             config=config_to_pb(gid, d.config),
             members=[
                 spb.ShareMemberDescription(
-                    member_id=m.consumer_id, inflight_records=m.in_flight, topics=list(m.topics)
+                    member_id=m.consumer_id,
+                    client_id=info.get((gid, m.consumer_id), ("", ""))[0],
+                    host=info.get((gid, m.consumer_id), ("", ""))[1],
+                    inflight_records=m.in_flight,
+                    topics=list(m.topics),
                 )
                 for m in d.consumers
             ],
