@@ -656,3 +656,26 @@ def test_describe_and_metrics_show_the_queue(client: ShareClient, sbroker: Broke
         f'logstore_share_member_inflight_records{{group="met-g",member="{m.member_id}"}} 4.0'
         in text
     )
+
+
+def test_records_removed_by_delete_records_leave_the_window_with_a_warning(
+    client: ShareClient, sbroker: BrokerProcess
+) -> None:
+    """DeleteRecords past unfinished records: they are dropped (WARN with the count), the rest
+    is delivered, and the late ACCEPT of a dropped one is refused."""
+    client.topic("ret-t")
+    client.produce("ret-t", [b"%d" % i for i in range(10)])
+    client.join("ret-g", ["ret-t"])
+    first = acquired(client.fetch(2))
+    assert sorted(o for _, _, o in first) == [0, 1]
+    client.log.DeleteRecords(
+        pb.DeleteRecordsRequest(topic="ret-t", partition=0, before_offset=5), timeout=10
+    )
+    rest = acquired(client.fetch(100))
+    assert sorted(o for _, _, o in rest) == [5, 6, 7, 8, 9]
+    (late,) = client.ack([ack("ret-t", 0, 1)])
+    assert (late.code, late.reason) == (9, "INVALID_RECORD_STATE")
+    line = [
+        ln for ln in sbroker.log().splitlines() if "removed by retention" in ln and "ret-t" in ln
+    ]
+    assert line and "lost=5" in line[0], line

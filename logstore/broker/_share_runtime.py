@@ -59,7 +59,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -517,14 +517,33 @@ class ShareRuntime:
 
     def _frames_blocking(
         self, acquired: Sequence[AcquiredRange], reads: dict[tuple[str, int], _Read]
-    ) -> list[PartitionFrames]:
+    ) -> tuple[list[PartitionFrames], list[tuple[str, int, int]]]:
         """Stored frames covering every acquired range, per partition (reusing
-        what the fetch already read when it covers them)."""
+        what the fetch already read when it covers them). Ranges below the log
+        start (retention or DeleteRecords removed them after they entered the
+        window) are cut off the reply and their partitions reported, for
+        ``on_log_start``."""
         by_tp: dict[tuple[str, int], list[AcquiredRange]] = {}
         for r in acquired:
             by_tp.setdefault((r.topic, r.partition), []).append(r)
         out: list[PartitionFrames] = []
-        for (topic, partition), ranges in by_tp.items():
+        moved: list[tuple[str, int, int]] = []
+        for (topic, partition), all_ranges in by_tp.items():
+            try:
+                log_start, _ = self._store.offsets(topic, partition)
+            except LogStoreError:
+                continue
+            ranges = [
+                r if r.first_offset >= log_start else replace(r, first_offset=log_start)
+                for r in all_ranges
+                if r.last_offset >= log_start
+            ]
+            if len(ranges) != len(all_ranges) or any(
+                r.first_offset < log_start for r in all_ranges
+            ):
+                moved.append((topic, partition, log_start))
+            if not ranges:
+                continue
             ranges.sort(key=lambda r: r.first_offset)
             lo, hi = ranges[0].first_offset, max(r.last_offset for r in ranges)
             rd = reads.get((topic, partition))
@@ -550,7 +569,7 @@ class ShareRuntime:
                 chunks.append(res.data)
                 pos = res.next_offset
             out.append(PartitionFrames(topic, partition, b"".join(chunks), tuple(ranges)))
-        return out
+        return out, moved
 
     async def fetch(
         self,
@@ -566,7 +585,7 @@ class ShareRuntime:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_ms / 1000
         waiters = self._rt.waiters
-        parked = False
+        parked = retried = False
         gw = waiters.register(group_key(group_id))
         extra: dict[tuple[str, int], Any] = {}
         try:
@@ -599,9 +618,15 @@ class ShareRuntime:
                 )
                 if acq.acquired:
                     by = {(r.plan.topic, r.plan.partition): r for r in reads}
-                    return await self._rt.run_io(self._frames_blocking, acq.acquired, by)
+                    frames, gone = await self._rt.run_io(self._frames_blocking, acq.acquired, by)
+                    for topic, partition, start in gone:
+                        await self.log_start_moved(topic, partition, start)
+                    if frames:
+                        return frames
+                    moved += gone
                 remaining = deadline - loop.time()
-                if moved:
+                if moved and not retried:
+                    retried = True  # read again past the new log start, once
                     continue
                 if remaining <= 0 or self._rt.stopping:
                     return []
