@@ -679,3 +679,34 @@ def test_records_removed_by_delete_records_leave_the_window_with_a_warning(
         ln for ln in sbroker.log().splitlines() if "removed by retention" in ln and "ret-t" in ln
     ]
     assert line and "lost=5" in line[0], line
+
+
+def test_a_reply_stays_within_fetch_max_bytes(tmp_path: Path) -> None:
+    """Redelivered ranges past fetch_max_bytes are released, not sent: every record still
+    arrives, in replies of about fetch_max_bytes."""
+    b = start_broker(tmp_path / "data", env={"LOGSTORE_FETCH_MAX_BYTES": "1024"})
+    try:
+        c = ShareClient(b.grpc_address)
+        c.topic("big-t")
+        for i in range(6):
+            c.produce("big-t", [b"%d" % i + b"x" * 400])  # one ~420 B batch each
+        create(c, "big-g", visibility_timeout_ms=60_000)
+        c.join("big-g", ["big-t"])
+        first: set[int] = set()
+        for _ in range(10):
+            first |= {o for _, _, o in acquired(c.fetch(100))}
+        assert first == set(range(6))
+        c.ack([ack("big-t", 0, 5, spb.RELEASE)])
+        seen: set[int] = set()
+        sizes = []
+        for _ in range(20):
+            reply = c.fetch(100)
+            sizes += [len(p.records) for p in reply.partitions]
+            seen |= {o for _, _, o in acquired(reply)}
+            if seen == first:
+                break
+        assert seen == first
+        assert max(sizes) <= 1024 + 500, sizes
+        c.close()
+    finally:
+        b.stop()

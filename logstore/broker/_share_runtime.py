@@ -77,6 +77,9 @@ from logstore.errors import (
 )
 from logstore.share import (
     SHARE_STATE_TOPIC,
+    Ack,
+    AckKind,
+    AckReply,
     AcquiredRange,
     Acquisition,
     Candidates,
@@ -517,12 +520,17 @@ class ShareRuntime:
 
     def _frames_blocking(
         self, acquired: Sequence[AcquiredRange], reads: dict[tuple[str, int], _Read]
-    ) -> tuple[list[PartitionFrames], list[tuple[str, int, int]]]:
+    ) -> tuple[list[PartitionFrames], list[tuple[str, int, int]], list[AcquiredRange]]:
         """Stored frames covering every acquired range, per partition (reusing
         what the fetch already read when it covers them). Ranges below the log
         start (retention or DeleteRecords removed them after they entered the
         window) are cut off the reply and their partitions reported, for
-        ``on_log_start``."""
+        ``on_log_start``. Ranges past the reply's byte budget
+        (``fetch_max_bytes``, so the reply fits gRPC's send limit) are cut
+        too and returned as undelivered: the caller releases them at once
+        (their delivery count keeps the attempt)."""
+        budget = self._rt.config.fetch_max_bytes
+        undelivered: list[AcquiredRange] = []
         by_tp: dict[tuple[str, int], list[AcquiredRange]] = {}
         for r in acquired:
             by_tp.setdefault((r.topic, r.partition), []).append(r)
@@ -558,18 +566,35 @@ class ShareRuntime:
                 chunks.append(rd.result.data)
                 pos = rd.result.next_offset
             # Redelivered ranges below what was read: read them (bounded by
-            # the ranges, which are bounded by max_inflight_records).
-            while pos <= hi:
+            # the ranges, which are bounded by max_inflight_records, and by
+            # the reply's byte budget).
+            budget -= sum(len(c) for c in chunks)
+            while pos <= hi and budget > 0:
                 try:
-                    res = self._store.read_frames(topic, partition, pos, DEFAULT_SHARE_FETCH_BYTES)
+                    res = self._store.read_frames(
+                        topic, partition, pos, min(budget, DEFAULT_SHARE_FETCH_BYTES)
+                    )
                 except LogStoreError:
                     break
                 if not res.data or res.next_offset <= pos:
                     break
                 chunks.append(res.data)
+                budget -= len(res.data)
                 pos = res.next_offset
-            out.append(PartitionFrames(topic, partition, b"".join(chunks), tuple(ranges)))
-        return out, moved
+            if pos <= hi:  # not covered: cut from the reply, released by the caller
+                kept = []
+                for r in ranges:
+                    if r.first_offset >= pos:
+                        undelivered.append(r)
+                    elif r.last_offset >= pos:
+                        kept.append(replace(r, last_offset=pos - 1))
+                        undelivered.append(replace(r, first_offset=pos))
+                    else:
+                        kept.append(r)
+                ranges = kept
+            if ranges:
+                out.append(PartitionFrames(topic, partition, b"".join(chunks), tuple(ranges)))
+        return out, moved, undelivered
 
     async def fetch(
         self,
@@ -618,7 +643,11 @@ class ShareRuntime:
                 )
                 if acq.acquired:
                     by = {(r.plan.topic, r.plan.partition): r for r in reads}
-                    frames, gone = await self._rt.run_io(self._frames_blocking, acq.acquired, by)
+                    frames, gone, undelivered = await self._rt.run_io(
+                        self._frames_blocking, acq.acquired, by
+                    )
+                    if undelivered:
+                        await self.call(partial(_release, group_id, member_id, undelivered))
                     for topic, partition, start in gone:
                         await self.log_start_moved(topic, partition, start)
                     if frames:
@@ -1028,6 +1057,15 @@ def _acquire(
     now: int,
 ) -> Result[Acquisition]:
     return c.acquire(group_id, member_id, max_records=max_records, now_ms=now, candidates=cands)
+
+
+def _release(
+    group_id: str, member_id: str, ranges: list[AcquiredRange], c: ShareCoordinator, now: int
+) -> Result[AckReply]:
+    acks = [
+        Ack(r.topic, r.partition, r.first_offset, r.last_offset, AckKind.RELEASE) for r in ranges
+    ]
+    return c.acknowledge(group_id, member_id, acks, now_ms=now)
 
 
 def _redrive_intent(

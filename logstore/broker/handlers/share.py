@@ -271,7 +271,9 @@ class ShareHandlers:
             gid,
             mid,
             max_records=request.max_records or DEFAULT_SHARE_FETCH_RECORDS,
-            max_bytes=request.max_bytes or DEFAULT_SHARE_FETCH_BYTES,
+            max_bytes=min(
+                request.max_bytes or DEFAULT_SHARE_FETCH_BYTES, self._rt.config.fetch_max_bytes
+            ),
             wait_ms=request.max_wait_ms,
             on_park=self._park,
         )
