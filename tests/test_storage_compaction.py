@@ -404,7 +404,7 @@ def test_cleaner_settings_reach_the_cleaner(
     ).store_config()
     with Store.open(str(tmp_path), cfg) as store:
         assert store.cleaner.throttle.bytes_per_s == 1000
-        assert store.cleaner.keymap.capacity == 100
+        assert store.cleaner.keymap.capacity == 200  # 24 bytes a key
     with pytest.raises(InvalidConfigError):
         StoreConfig(cleaner_buffer_bytes=10)
     slept: list[float] = []

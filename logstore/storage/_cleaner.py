@@ -59,12 +59,13 @@ broker's one cleaner thread).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -79,8 +80,9 @@ from logstore.wire import (
     decode_objects,
     stored_frames,
 )
+from logstore.wire._columns import _decode_upb, _Fallback, _gather, locate_fast
 
-from ._keymap import KeyMap, digests
+from ._keymap import KeyHasher, KeyMap
 from ._names import CLEANED_SUFFIX
 
 if TYPE_CHECKING:
@@ -89,11 +91,62 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("logstore.storage")
 
+_I64 = npt.NDArray[np.int64]
+_U64 = npt.NDArray[np.uint64]
+_B = npt.NDArray[np.bool_]
+
 #: Bytes of frames read per pread while cleaning (bounds the cleaner's
 #: read buffer; a larger frame is read whole).
 READ_CHUNK = 1 << 20
 #: Digests gathered before one merge into the key map (~1.5 MiB of arrays).
 MERGE_KEYS = 65_536
+
+
+class _Cols(NamedTuple):
+    """What the cleaner needs of a chunk's records: one entry per record."""
+
+    offsets: _I64
+    timestamps: _I64
+    key_valid: _B
+    value_valid: _B
+    #: (n, 2) uint64 key digests (junk where the key is null).
+    digests: _U64
+    #: Index of each frame's first record, then the record count.
+    bounds: list[int]
+
+
+def _columns(chunk: bytes, frames: list[tuple[int, FrameHeader]], hasher: KeyHasher) -> _Cols:
+    """The chunk's records located with numpy (``locate_fast``, as
+    ``decode_columns`` and ``share_metadata`` do; upb for records not in
+    canonical layout) and their keys hashed vectorized: no per-record Python
+    in the common case. Empty batches hold no record and are skipped."""
+    bounds = [0, *itertools.accumulate(h.record_count for _p, h in frames)]
+    full = [(p, h) for p, h in frames if h.record_count]
+    if not full:
+        z = np.zeros(0, np.int64)
+        b = np.zeros(0, np.bool_)
+        return _Cols(z, z, b, b, np.zeros((0, 2), np.uint64), bounds)
+    try:
+        loc = locate_fast(chunk, full, offset_deltas=True)
+        keys, key_offsets = _gather(loc.arr, loc.kstart, loc.kstop, loc.bounds)
+        return _Cols(
+            loc.offsets,
+            loc.timestamps,
+            loc.key_valid,
+            loc.value_valid,
+            hasher.digests(keys, key_offsets),
+            bounds,
+        )
+    except _Fallback:
+        c = _decode_upb("", 0, chunk, full)
+        return _Cols(
+            c.offsets,
+            c.timestamps_ms,
+            c.key_valid,
+            c.value_valid,
+            hasher.digests(c.keys, c.key_offsets),
+            bounds,
+        )
 
 
 @dataclass
@@ -140,6 +193,7 @@ class Cleaner:
 
     def __init__(self, buffer_bytes: int, io_bytes_per_s: int = 0) -> None:
         self.keymap = KeyMap(buffer_bytes)
+        self.hasher = KeyHasher()
         self.throttle = Throttle(io_bytes_per_s)
         self.stats = CleanStats()
         self._retired: list[Segment] = []
@@ -187,9 +241,12 @@ class Cleaner:
             return False
         self.stats.runs += 1
         started = time.monotonic()
+        # New secret bases per run: no one can craft keys that collide (_keymap).
+        self.hasher = KeyHasher()
         try:
             self._clean_passes(lg, segs, now)
         finally:
+            self.keymap.release()  # the map's memory is held only while cleaning
             self.stats.last_clean_seconds = time.monotonic() - started
         return True
 
@@ -204,26 +261,26 @@ class Cleaner:
             self._one_pass(lg, segs, now)
 
     # --- one pass ------------------------------------------------------------------------
-    def _frames(
+    def _chunks(
         self, seg: Segment, from_offset: int, *, mapping: bool = False
-    ) -> Iterator[tuple[int, bytes, list[Record]]]:
-        """``(base offset, frame bytes, records)`` of the segment's frames that
-        end at or after ``from_offset``, CRC-checked; one ``READ_CHUNK`` read
-        and decoded at a time, so memory is bounded by a chunk's records."""
+    ) -> Iterator[tuple[bytes, list[tuple[int, FrameHeader]]]]:
+        """``(chunk, frames)``: the segment's frames that end at or after
+        ``from_offset``, CRC-checked, one ``READ_CHUNK`` pread at a time (a
+        larger frame is read whole); frame positions are within ``chunk``."""
         group: list[tuple[int, FrameHeader]] = []
         for p, h in seg.frames(Position(0), seg.size):
             if h.next_offset <= from_offset:
                 continue
             if group and p + h.frame_size - group[0][0] > READ_CHUNK:
-                yield from self._decode(seg, group, mapping)
+                yield self._read(seg, group, mapping)
                 group = []
             group.append((p, h))
         if group:
-            yield from self._decode(seg, group, mapping)
+            yield self._read(seg, group, mapping)
 
-    def _decode(
+    def _read(
         self, seg: Segment, group: list[tuple[int, FrameHeader]], mapping: bool
-    ) -> Iterator[tuple[int, bytes, list[Record]]]:
+    ) -> tuple[bytes, list[tuple[int, FrameHeader]]]:
         start = group[0][0]
         end = group[-1][0] + group[-1][1].frame_size
         chunk = seg.pread(end - start, Position(start))
@@ -231,22 +288,22 @@ class Cleaner:
         if mapping:
             self.stats.bytes_mapped += len(chunk)
         self.throttle.add(len(chunk))
-        for p, h in group:
-            frame = chunk[p - start : p - start + h.frame_size]
-            check_crc(frame, h)
-            yield h.base_offset, frame, decode_objects(stored_frames(frame), 0)
+        frames = [(p - start, h) for p, h in group]
+        for p, h in frames:
+            check_crc(chunk[p : p + h.frame_size], h)
+        return chunk, frames
 
     def _one_pass(self, lg: PartitionLog, segs: list[Segment], now: int) -> None:
         self.stats.passes += 1
         first_dirty = max(lg.cleaned_offset, segs[0].base_offset)
         keymap = self.keymap
-        keymap.clear()
+        keymap.reset(first_dirty)
         map_end = first_dirty
-        # Frames' digests are merged into the map MERGE_KEYS at a time (one sort
-        # each; a merge per 1,000-record batch re-sorted the whole map every
-        # time). If a merge overflows, its frames are retried one by one, so the
-        # pass still ends exactly at the last frame that fit.
-        pending: list[tuple[npt.NDArray[np.bytes_], npt.NDArray[np.int64], int]] = []
+        # Chunks' digests are merged into the map MERGE_KEYS at a time. If a
+        # merge overflows, its frames are retried one by one, so the pass still
+        # ends exactly at the last frame that fit. Each entry: digests, offsets,
+        # per-frame bounds into them, per-frame next offsets.
+        pending: list[tuple[_U64, _I64, list[int], list[int]]] = []
         pending_n = 0
 
         def merge() -> bool:
@@ -255,29 +312,38 @@ class Cleaner:
                 return True
             batch = pending
             pending, pending_n = [], 0
-            keys = np.concatenate([k for k, _o, _e in batch])
-            offs = np.concatenate([o for _k, o, _e in batch])
+            keys = np.concatenate([k for k, _o, _b, _e in batch])
+            offs = np.concatenate([o for _k, o, _b, _e in batch])
             if keymap.add(keys, offs):
-                map_end = batch[-1][2]
+                map_end = batch[-1][3][-1]
                 return True
-            for k, o, end in batch:
-                if not keymap.add(k, o):
-                    return False
-                map_end = end
+            for k, o, bounds, ends in batch:
+                for (lo, hi), end in zip(itertools.pairwise(bounds), ends, strict=True):
+                    if not keymap.add(k[lo:hi], o[lo:hi]):
+                        return False
+                    map_end = end
             return True  # pragma: no cover - the whole group failed but each part fit
 
         full = False
         for seg in segs:
             if seg.next_offset <= first_dirty:
                 continue
-            for _base, frame, all_recs in self._frames(seg, first_dirty, mapping=True):
+            for chunk, frames in self._chunks(seg, first_dirty, mapping=True):
+                cols = _columns(chunk, frames, self.hasher)
                 # A null key (a topic that was not compacted before) is never
                 # deduplicated: it is kept, as nothing can supersede it.
-                recs = [r for r in all_recs if r.offset >= first_dirty and r.key is not None]
-                keys = digests([r.key for r in recs if r.key is not None])
-                offs = np.fromiter((r.offset for r in recs), dtype=np.int64, count=len(recs))
-                pending.append((keys, offs, stored_frames(frame).frames[0][1].next_offset))
-                pending_n += len(recs)
+                sel = (cols.offsets >= first_dirty) & cols.key_valid
+                cum = np.zeros(len(sel) + 1, np.int64)
+                np.cumsum(sel, out=cum[1:])
+                pending.append(
+                    (
+                        cols.digests[sel],
+                        cols.offsets[sel],
+                        cum[cols.bounds].tolist(),
+                        [h.next_offset for _p, h in frames],
+                    )
+                )
+                pending_n += int(cum[-1])
                 if pending_n >= MERGE_KEYS and not merge():
                     full = True
                     break
@@ -335,54 +401,69 @@ class Cleaner:
             pending, pending_bytes = [], 0
 
         try:
-            for base, frame, recs in self._frames(seg, 0):
-                h = stored_frames(frame).frames[0][1]
-                keyed = [r.key for r in recs if r.key is not None]
-                newest_of = iter(self.keymap.latest(digests(keyed)).tolist())
-                keep: list[tuple[int, Record]] = []
-                for r in recs:
-                    newest = next(newest_of) if r.key is not None else -1
-                    if r.offset < map_end and newest > r.offset:
-                        continue  # a later record of its key stays
-                    if r.value is None and r.offset < old_clean and r.timestamp_ms < horizon:
-                        continue  # a tombstone past delete_retention_ms
-                    keep.append((r.offset, r))
-                if len(keep) == len(recs):
-                    if fd is None:
-                        same_upto += len(frame)
-                        continue
-                    out = frame
-                else:
-                    removed += len(recs) - len(keep)
-                    tombstones += sum(r.value is None for r in recs) - sum(
-                        r.value is None for _o, r in keep
-                    )
-                    if fd is None:  # the first change: start the file with the same prefix
-                        fd = fs.open(path, create=True)
-                        fs.truncate(fd, 0, path)
-                        for start in range(0, same_upto, READ_CHUNK):
-                            pending.append(
-                                seg.pread(min(READ_CHUNK, same_upto - start), Position(start))
-                            )
-                            pending_bytes += len(pending[-1])
-                            flush()
-                    if not keep and not (h.producer_id and base in producer_last):
-                        continue
-                    out = build_offset_frame(
-                        base,
-                        keep,
-                        h.base_timestamp_ms,
-                        # An empty kept batch: its records' times are gone.
-                        max_timestamp_ms=None if keep else h.base_timestamp_ms,
-                        last_offset=base + h.last_offset_delta,
-                        producer_id=h.producer_id,
-                        producer_epoch=h.producer_epoch,
-                        base_sequence=h.base_sequence,
-                    )
-                pending.append(out)
-                pending_bytes += len(out)
-                if pending_bytes >= READ_CHUNK:
-                    flush()
+            for chunk, frames in self._chunks(seg, 0):
+                cols = _columns(chunk, frames, self.hasher)
+                offsets = cols.offsets
+                newest = np.full(len(offsets), -1, np.int64)
+                newest[cols.key_valid] = self.keymap.latest(cols.digests[cols.key_valid])
+                # a later record of its key stays
+                drop = (offsets < map_end) & (newest > offsets)
+                # a tombstone past delete_retention_ms
+                tomb = ~cols.value_valid
+                drop |= tomb & (offsets < old_clean) & (cols.timestamps < horizon)
+                cum = np.zeros(len(drop) + 1, np.int64)
+                np.cumsum(drop, out=cum[1:])
+                cum_t = np.zeros(len(drop) + 1, np.int64)
+                np.cumsum(drop & tomb, out=cum_t[1:])
+                bounds = cols.bounds
+                gone = (cum[bounds[1:]] - cum[bounds[:-1]]).tolist()
+                gone_t = (cum_t[bounds[1:]] - cum_t[bounds[:-1]]).tolist()
+                for k, (p, h) in enumerate(frames):
+                    frame = chunk[p : p + h.frame_size]
+                    if not gone[k]:
+                        if fd is None:
+                            same_upto += len(frame)
+                            continue
+                        out = frame
+                    else:
+                        removed += gone[k]
+                        tombstones += gone_t[k]
+                        if fd is None:  # the first change: start the file with the same prefix
+                            fd = fs.open(path, create=True)
+                            fs.truncate(fd, 0, path)
+                            for start in range(0, same_upto, READ_CHUNK):
+                                pending.append(
+                                    seg.pread(min(READ_CHUNK, same_upto - start), Position(start))
+                                )
+                                pending_bytes += len(pending[-1])
+                                flush()
+                        base = h.base_offset
+                        if gone[k] == h.record_count:
+                            if not (h.producer_id and base in producer_last):
+                                continue
+                            keep: list[tuple[int, Record]] = []
+                        else:
+                            # Only a batch that keeps some records is decoded
+                            # (to re-encode them with their offset deltas).
+                            dropped = drop[bounds[k] : bounds[k + 1]].tolist()
+                            recs = decode_objects(stored_frames(frame), 0)
+                            pairs = zip(recs, dropped, strict=True)
+                            keep = [(r.offset, r) for r, d in pairs if not d]
+                        out = build_offset_frame(
+                            base,
+                            keep,
+                            h.base_timestamp_ms,
+                            # An empty kept batch: its records' times are gone.
+                            max_timestamp_ms=None if keep else h.base_timestamp_ms,
+                            last_offset=base + h.last_offset_delta,
+                            producer_id=h.producer_id,
+                            producer_epoch=h.producer_epoch,
+                            base_sequence=h.base_sequence,
+                        )
+                    pending.append(out)
+                    pending_bytes += len(out)
+                    if pending_bytes >= READ_CHUNK:
+                        flush()
             if fd is None:
                 return  # nothing removed
             flush()

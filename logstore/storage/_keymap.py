@@ -1,18 +1,40 @@
 """The log cleaner's key -> latest offset map, in bounded memory.
 
-Keys are hashed to 16-byte BLAKE2b digests (a collision between two of 10**9
-keys has probability ~10**-21, Kafka's cleaner takes the same risk with MD5)
-held as ``S16`` in a sorted numpy array with an ``int64`` offset beside it:
-24 bytes a key and no Python object per key. A batch of keys is merged in by
-one stable sort (numpy, in C) that keeps the latest offset per digest, so the
-cost is O(n log n) in C and O(1) Python per batch.
+**Digests** (:class:`KeyHasher`). A key is hashed to 124 bits: four
+polynomial hashes modulo the prime ``p = 2**31 - 1``, each with its own base
+``r_i`` drawn at random (``secrets``) for every hasher, i.e. for every clean
+run, so nobody can choose keys that collide. ``h_i(key) = sum_j (key[j] + 1)
+* r_i**j mod p``: the ``+ 1`` makes every byte a nonzero coefficient, so two
+distinct keys (also of different lengths) differ as polynomials of degree
+below ``L`` (the longer key's length) and agree for at most ``L - 1`` of the
+``p`` bases (Schwartz-Zippel). The four bases are independent, so **two
+distinct keys get equal digests with probability at most ((L - 1) / (2**31 -
+1))**4** per pair: for keys up to 256 bytes below 2**-92, so below 2**-48 for
+one pass of 5.6 million keys (1.6 * 10**13 pairs). A collision would drop a
+live record, so keys longer than :data:`LONG_KEY` (4 KiB, where the bound
+would weaken to 2**-76 a pair) are hashed with keyed BLAKE2b instead (one
+call each; the digest then is pseudorandom, 2**-124 a pair). Vectorized with
+prefix sums over the key buffer: with ``C[k]`` the sum of ``(b + 1) * r**j``
+over the buffer's first ``k`` bytes, key ``[s, e)`` hashes to
+``(C[e] - C[s]) mod p``, a few numpy passes per chunk whatever the
+number or lengths of keys (with ``j`` a byte's position in its own key: the
+powers up to 4 KiB are computed once per hasher). Kafka's cleaner takes an unkeyed MD5 risk instead.
 
-Bound: the map holds at most ``capacity`` digests, where ``capacity`` is
-``buffer_bytes / 48``: the merge makes a second copy of the arrays while it
-sorts, so 16 MiB holds ~350,000 keys. ``add`` refuses (returns False and
-changes nothing) a batch that would take it past ``capacity``; the cleaner
-then stops the pass there and starts another from that offset (Kafka's
-LogCleaner does the same when its dedupe buffer is full).
+**Map** (:class:`KeyMap`): an open-addressing table (linear probing) in two
+preallocated numpy arrays, 20 bytes a slot: the digest as two ``uint64``
+(``h0 + 1`` in bits 31..61 of the first word, so 0 marks an empty slot) and
+the offset as a ``uint32`` delta from the pass's base offset. It holds at
+most ``capacity`` = 5/6 of its slots, i.e. **24 bytes a key**: 16 MiB maps
+~699,000 keys, 128 MiB ~5.59 million. ``add`` and ``latest`` are vectorized
+over a batch of digests: each step probes one slot for every key still
+searching (numpy, O(1) Python per step; the number of steps is the batch's
+longest probe, a few dozen at that load). ``add`` refuses (returns False and
+changes nothing) a batch that would take the map past ``capacity`` or an
+offset more than 2**32 - 2 past the base; the cleaner then ends the pass
+there and starts another from that offset (Kafka's LogCleaner does the same
+when its dedupe buffer is full). The arrays exist only between ``reset`` and
+``release`` (the cleaner releases them after each clean), so the memory is
+taken only while cleaning.
 
 Not thread-safe: one cleaner owns it.
 """
@@ -20,62 +42,203 @@ Not thread-safe: one cleaner owns it.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import random
+import secrets
 from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 
-#: Bytes a key costs: 16-byte digest + 8-byte offset, twice (the merge copy).
-BYTES_PER_KEY: Final = 48
+_I64 = npt.NDArray[np.int64]
+_U64 = npt.NDArray[np.uint64]
+_U8 = npt.NDArray[np.uint8]
+_B = npt.NDArray[np.bool_]
+
+#: The Mersenne prime 2**31 - 1: products of two residues fit in 62 bits.
+PRIME: Final = (1 << 31) - 1
+#: Independent polynomial hashes per digest (4 x 31 = 124 bits).
+HASHES: Final = 4
+#: Keys longer than this are hashed with keyed BLAKE2b (module docstring).
+LONG_KEY: Final = 4096
+#: Bytes a table slot takes: 16-byte digest + 4-byte offset delta.
+SLOT_BYTES: Final = 20
+#: Most keys per slot (a higher load lengthens linear probes sharply).
+MAX_LOAD: Final = 5 / 6
+#: Bytes a key costs at the most: SLOT_BYTES / MAX_LOAD.
+BYTES_PER_KEY: Final = 24
+#: The largest offset delta from the pass's base a slot holds.
+MAX_DELTA: Final = (1 << 32) - 2
+
+_P = np.uint64(PRIME)
+_SHIFT = np.uint64(31)
 
 
-def digests(keys: Sequence[bytes]) -> npt.NDArray[np.bytes_]:
-    """The 16-byte digests of ``keys`` as an ``S16`` array."""
-    joined = b"".join(hashlib.blake2b(k, digest_size=16).digest() for k in keys)
-    return np.frombuffer(joined, dtype="S16") if keys else np.empty(0, dtype="S16")
+def _pow_mod(base: int, n: int) -> _U64:
+    """base**k mod PRIME for k in [0, n), by doubling (log n numpy steps)."""
+    out = np.empty(max(n, 1), np.uint64)
+    out[0] = 1
+    k = 1
+    step = base % PRIME
+    while k < n:
+        m = min(k, n - k)
+        out[k : k + m] = out[:m] * np.uint64(step) % _P
+        k += m
+        step = step * step % PRIME
+    return out[:n]
+
+
+class KeyHasher:
+    """Digests keyed by four random bases (and a BLAKE2b key) drawn at creation."""
+
+    def __init__(self, seed: int | None = None) -> None:
+        rng = secrets.SystemRandom() if seed is None else random.Random(seed)
+        self.bases = [rng.randrange(2, PRIME - 1) for _ in range(HASHES)]
+        self._blake_key = bytes(rng.randrange(256) for _ in range(16))
+        self._pow = [_pow_mod(r, LONG_KEY + 1) for r in self.bases]
+
+    def digests(self, data: _U8, key_offsets: _I64) -> _U64:
+        """The ``(n, 2)`` uint64 digests of the keys ``data[key_offsets[i]:
+        key_offsets[i + 1]]``; never 0 in column 0."""
+        n = len(key_offsets) - 1
+        out = np.empty((max(n, 0), 2), np.uint64)
+        if n <= 0:
+            return out
+        lo, hi = int(key_offsets[0]), int(key_offsets[-1])
+        start = key_offsets[:-1] - lo
+        stop = key_offsets[1:] - lo
+        lens = stop - start
+        # Each byte's position in its own key (capped: longer keys get BLAKE2b).
+        local = np.arange(hi - lo, dtype=np.int64) - np.repeat(start, lens)
+        np.minimum(local, LONG_KEY, out=local)
+        coef = data[lo:hi].astype(np.uint64) + np.uint64(1)
+        c = np.zeros(hi - lo + 1, np.uint64)
+        hs: list[_U64] = []
+        for pw in self._pow:
+            # The running sum wraps mod 2**64, but one key's own sum is below
+            # 4,097 * 2**8 * 2**31 < 2**52, so its difference is exact.
+            np.cumsum(coef * pw[local], out=c[1:])
+            hs.append((c[stop] - c[start]) % _P)
+        out[:, 0] = ((hs[0] + np.uint64(1)) << _SHIFT) | hs[1]
+        out[:, 1] = (hs[2] << _SHIFT) | hs[3]
+        long = np.flatnonzero(lens > LONG_KEY)
+        for i in long.tolist():  # rare: one BLAKE2b call per long key
+            d = hashlib.blake2b(
+                data[lo + int(start[i]) : lo + int(stop[i])].tobytes(),
+                key=self._blake_key,
+                digest_size=16,
+            ).digest()
+            a, b = np.frombuffer(d, np.uint64) >> np.uint64(2)
+            out[i, 0] = a | np.uint64(1 << 61)  # 62 bits, never 0
+            out[i, 1] = b
+        return out
+
+    def digests_of(self, keys: list[bytes]) -> _U64:
+        """:meth:`digests` of a list of keys (tests and small callers)."""
+        offs = np.zeros(len(keys) + 1, np.int64)
+        np.cumsum([len(k) for k in keys], out=offs[1:])
+        return self.digests(np.frombuffer(b"".join(keys), np.uint8), offs)
 
 
 class KeyMap:
     """See the module docstring."""
 
     def __init__(self, buffer_bytes: int) -> None:
-        self.capacity = max(1, buffer_bytes // BYTES_PER_KEY)
-        self._keys: npt.NDArray[np.bytes_] = np.empty(0, dtype="S16")
-        self._offsets: npt.NDArray[np.int64] = np.empty(0, dtype=np.int64)
+        self.slots = max(2, buffer_bytes // SLOT_BYTES)
+        self.capacity = max(1, int(self.slots * MAX_LOAD))
+        self.base = 0
+        self._n = 0
+        self._digests: _U64 | None = None
+        self._deltas: npt.NDArray[np.uint32] | None = None
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return self._n
 
-    def clear(self) -> None:
-        self._keys = np.empty(0, dtype="S16")
-        self._offsets = np.empty(0, dtype=np.int64)
+    def reset(self, base: int) -> None:
+        """Empty the map (allocating its arrays if released); offsets added
+        from now on must be at least ``base``."""
+        if self._digests is None or self._deltas is None:
+            self._digests = np.zeros((self.slots, 2), np.uint64)
+            self._deltas = np.zeros(self.slots, np.uint32)
+        else:
+            self._digests[:, 0] = 0
+        self.base = base
+        self._n = 0
 
-    def add(self, keys: npt.NDArray[np.bytes_], offsets: npt.NDArray[np.int64]) -> bool:
+    def release(self) -> None:
+        """Free the arrays (the next ``reset`` allocates them again)."""
+        self._digests = self._deltas = None
+        self._n = 0
+
+    def _probe(self, d: _U64) -> tuple[_I64, _B]:
+        """For each digest: its slot if present (found True), else the first
+        empty slot of its probe sequence (found False)."""
+        assert self._digests is not None
+        table = self._digests
+        n = len(d)
+        slot = (d[:, 1] % np.uint64(self.slots)).astype(np.int64)
+        found = np.zeros(n, np.bool_)
+        todo = np.arange(n, dtype=np.int64)
+        while len(todo):
+            s = slot[todo]
+            t = table[s]
+            here = t[:, 0] == d[todo, 0]
+            hit = here & (t[:, 1] == d[todo, 1])
+            found[todo[hit]] = True
+            more = ~hit & (t[:, 0] != 0)
+            todo = todo[more]
+            s = s[more] + 1
+            s[s == self.slots] = 0
+            slot[todo] = s
+        return slot, found
+
+    def add(self, d: _U64, offsets: _I64) -> bool:
         """Record that each digest's latest offset is at least the given one
-        (``offsets`` increase and are above every offset already held). False,
-        and no change, if the map would then hold more than ``capacity`` keys."""
-        if not len(keys):
+        (``offsets`` increase, at least ``base`` and above every offset already
+        held). False, and no change, if the map would then hold more than
+        ``capacity`` keys or an offset past ``base + MAX_DELTA``."""
+        if not len(d):
             return True
-        all_keys = np.concatenate([self._keys, keys])
-        all_offs = np.concatenate([self._offsets, offsets])
-        order = np.argsort(all_keys, kind="stable")  # equal digests keep offset order
-        sk = all_keys[order]
-        last = np.ones(len(sk), dtype=bool)
-        last[:-1] = sk[1:] != sk[:-1]  # the last of each run of equal digests
-        if int(last.sum()) > self.capacity:
+        assert self._digests is not None and self._deltas is not None
+        if int(offsets[-1]) - self.base > MAX_DELTA:
             return False
-        self._keys = sk[last]
-        self._offsets = all_offs[order][last]
+        # The last of each run of equal digests in the batch wins (offsets increase).
+        order = np.lexsort((d[:, 1], d[:, 0]))
+        sd = d[order]
+        last = np.ones(len(sd), np.bool_)
+        last[:-1] = (sd[1:, 0] != sd[:-1, 0]) | (sd[1:, 1] != sd[:-1, 1])
+        # lexsort is stable: within a run, the highest index (offset) is last
+        sel = order[last]
+        d, deltas = d[sel], (offsets[sel] - self.base).astype(np.uint32)
+        slot, found = self._probe(d)
+        new = np.flatnonzero(~found)
+        if self._n + len(new) > self.capacity:
+            return False
+        self._deltas[slot[found]] = deltas[found]
+        # Insert the new ones: keys aiming at one empty slot take it one at a
+        # time (the first); the others probe on for the next empty slot.
+        table = self._digests
+        todo = new
+        s = slot[new]
+        while len(todo):
+            empty = table[s, 0] == 0
+            u, first = np.unique(s[empty], return_index=True)
+            win = np.flatnonzero(empty)[first]
+            table[u] = d[todo[win]]
+            self._deltas[u] = deltas[todo[win]]
+            lose = np.ones(len(todo), np.bool_)
+            lose[win] = False
+            todo, s = todo[lose], s[lose]
+            s = np.where(table[s, 0] == 0, s, s + 1)
+            s[s == self.slots] = 0
+        self._n += len(new)
         return True
 
-    def latest(self, keys: npt.NDArray[np.bytes_]) -> npt.NDArray[np.int64]:
+    def latest(self, d: _U64) -> _I64:
         """The latest offset of each digest, -1 for a digest not in the map."""
-        out = np.full(len(keys), -1, dtype=np.int64)
-        if not len(self._keys) or not len(keys):
+        out = np.full(len(d), -1, dtype=np.int64)
+        if not len(d) or not self._n:
             return out
-        idx = np.searchsorted(self._keys, keys)
-        idx_c = np.minimum(idx, len(self._keys) - 1)
-        hit = self._keys[idx_c] == keys
-        out[hit] = self._offsets[idx_c[hit]]
+        assert self._deltas is not None
+        slot, found = self._probe(d)
+        out[found] = self._deltas[slot[found]].astype(np.int64) + self.base
         return out
