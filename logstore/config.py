@@ -242,11 +242,15 @@ class StoreConfig:
     #: Idempotent producer state.
     producer_id_expiration_ms: int = DAY_MS
     max_producer_ids: int = 10_000
-    #: Memory of the log cleaner's key map (compacted topics): 24 bytes a key
-    #: (16-byte digest + 8-byte offset) at a 0.75 load factor, so 16 MiB maps
-    #: ~524,000 distinct keys in one pass; a dirty section with more keys is
-    #: cleaned in several passes (Kafka's ``log.cleaner.dedupe.buffer.size``).
-    cleaner_buffer_bytes: int = 16 * MiB
+    #: Memory of the log cleaner's key map (compacted topics; Kafka's
+    #: ``log.cleaner.dedupe.buffer.size``, whose default this is): 24 bytes a
+    #: key (16-byte digest + 4-byte offset delta at a 5/6 load factor), so
+    #: 128 MiB maps ~5.59 million distinct keys in one pass; a dirty section
+    #: with more keys is cleaned in several passes, each rewriting the log up
+    #: to its end (10 million keys written twice: 4 passes, ~31 at 16 MiB). Taken
+    #: only while a clean runs, and then at most 24 bytes per offset of the
+    #: dirty section (a small topic's clean costs little), released after it.
+    cleaner_buffer_bytes: int = 128 * MiB
     #: Bytes a second the cleaner may read plus write; 0 means unlimited
     #: (Kafka's ``log.cleaner.io.max.bytes.per.second``).
     cleaner_io_max_bytes_per_s: int = 0

@@ -121,6 +121,11 @@ def test_key_map_matches_a_dict_model_until_full() -> None:
     m.release()
     m.reset(0)
     assert len(m) == 0 and m.latest(hasher.digests_of([b"k1"])).tolist() == [-1]
+    m.reset(0, max_keys=10)  # a 10-offset dirty section: a table for 10 keys
+    assert m.slots < 20
+    ten = hasher.digests_of([b"t%d" % i for i in range(10)])
+    assert m.add(ten, np.arange(10, dtype=np.int64))
+    assert m.latest(ten).tolist() == list(range(10))
 
 
 def test_key_map_refuses_offsets_past_its_delta_range() -> None:

@@ -297,7 +297,7 @@ class Cleaner:
         self.stats.passes += 1
         first_dirty = max(lg.cleaned_offset, segs[0].base_offset)
         keymap = self.keymap
-        keymap.reset(first_dirty)
+        keymap.reset(first_dirty, segs[-1].next_offset - first_dirty)
         map_end = first_dirty
         # Chunks' digests are merged into the map MERGE_KEYS at a time. If a
         # merge overflows, its frames are retried one by one, so the pass still

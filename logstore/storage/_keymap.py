@@ -143,9 +143,12 @@ class KeyMap:
     """See the module docstring."""
 
     def __init__(self, buffer_bytes: int) -> None:
-        self.slots = max(2, buffer_bytes // SLOT_BYTES)
-        self.capacity = max(1, int(self.slots * MAX_LOAD))
+        #: The most slots and keys ``buffer_bytes`` allows.
+        self.max_slots = max(2, buffer_bytes // SLOT_BYTES)
+        self.capacity = max(1, int(self.max_slots * MAX_LOAD))
         self.base = 0
+        self.slots = 0
+        self._limit = 0
         self._n = 0
         self._digests: _U64 | None = None
         self._deltas: npt.NDArray[np.uint32] | None = None
@@ -153,16 +156,21 @@ class KeyMap:
     def __len__(self) -> int:
         return self._n
 
-    def reset(self, base: int) -> None:
-        """Empty the map (allocating its arrays if released); offsets added
-        from now on must be at least ``base``."""
-        if self._digests is None or self._deltas is None:
-            self._digests = np.zeros((self.slots, 2), np.uint64)
-            self._deltas = np.zeros(self.slots, np.uint32)
-        else:
-            self._digests[:, 0] = 0
+    def reset(self, base: int, max_keys: int | None = None) -> None:
+        """Empty the map; offsets added from now on must be at least ``base``.
+
+        ``max_keys`` (the dirty section's offset span: it cannot hold more
+        keys) sizes the table below ``capacity`` when smaller, so cleaning a
+        small section takes memory for that section, not the whole buffer.
+        The arrays are allocated afresh (zeroed pages come from the OS as
+        they are touched)."""
+        self.release()
+        want = self.max_slots if max_keys is None else int(max_keys / MAX_LOAD) + 1
+        self.slots = max(2, min(self.max_slots, want))
+        self._limit = min(self.capacity, max(1, int(self.slots * MAX_LOAD)))
+        self._digests = np.zeros((self.slots, 2), np.uint64)
+        self._deltas = np.zeros(self.slots, np.uint32)
         self.base = base
-        self._n = 0
 
     def release(self) -> None:
         """Free the arrays (the next ``reset`` allocates them again)."""
@@ -211,7 +219,7 @@ class KeyMap:
         d, deltas = d[sel], (offsets[sel] - self.base).astype(np.uint32)
         slot, found = self._probe(d)
         new = np.flatnonzero(~found)
-        if self._n + len(new) > self.capacity:
+        if self._n + len(new) > self._limit:
             return False
         self._deltas[slot[found]] = deltas[found]
         # Insert the new ones: keys aiming at one empty slot take it one at a
