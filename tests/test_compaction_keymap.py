@@ -158,3 +158,17 @@ def test_buffer_of_n_keys_cleans_n_keys_in_one_pass(buffer_keys: int) -> None:
     assert store.cleaner.keymap._digests is None  # memory held only while cleaning
     _check_compacted(_read_all(store), appended, store.partition("c", 0).segments[-1].base_offset)
     store.close()
+
+
+def test_last_of_each_digest_also_when_second_words_collide() -> None:
+    """Within a batch the latest of equal digests wins, also for distinct digests
+    sharing their second word (the exact fallback path)."""
+    from logstore.storage._keymap import _last_of_each
+
+    assert _last_of_each(np.array([[1, 5], [2, 6]], np.uint64)) is None
+    same = np.array([[1, 5], [3, 7], [1, 5], [3, 7], [1, 5]], np.uint64)
+    sel = _last_of_each(same)
+    assert sel is not None and sorted(sel.tolist()) == [3, 4]
+    mixed = np.array([[1, 5], [2, 5], [1, 5], [4, 9]], np.uint64)
+    sel = _last_of_each(mixed)
+    assert sel is not None and sorted(sel.tolist()) == [1, 2, 3]

@@ -18,6 +18,11 @@ Contract (Kafka's LogCleaner, simplified):
   keeping a record unless a later record of its key is in the map, or it is a
   tombstone (null value) that was already below the cleaned point before this
   pass and whose timestamp is more than ``delete_retention_ms`` old.
+- Both scans read ``READ_CHUNK`` (1 MiB) of frames at a time, locate the
+  chunk's records and key spans with numpy (``wire`` ``locate_fast``, as
+  columnar reads do), hash the keys vectorized (:class:`~._keymap.KeyHasher`,
+  keyed afresh per run) and decide keep/drop with numpy: no per-record Python
+  except re-encoding the kept records of a batch that lost some.
 - Rewritten batches keep their base offset, last offset, timestamps and
   producer fields; a batch that lost records becomes a format-2 frame
   (``build_offset_frame``, CRC recomputed); an unchanged batch is copied byte

@@ -139,6 +139,32 @@ class KeyHasher:
         return self.digests(np.frombuffer(b"".join(keys), np.uint8), offs)
 
 
+def _last_of_each(d: _U64) -> _I64 | None:
+    """Indices of the last occurrence of each distinct digest in ``d``, in no
+    set order, or None when all are distinct (the common case: one sort of
+    the second word, ~1 ms for 65,536 digests, where a two-word lexsort
+    costs 11 ms)."""
+    c1 = d[:, 1]
+    order = np.argsort(c1)
+    sv = c1[order]
+    first = np.ones(len(sv), np.bool_)
+    first[1:] = sv[1:] != sv[:-1]
+    if first.all():
+        return None
+    starts = np.flatnonzero(first)
+    sel: _I64 = np.maximum.reduceat(order, starts)
+    run = np.cumsum(first) - 1
+    if (d[order, 0] == d[sel, 0][run]).all():
+        return sel
+    # Equal second words but different first ones (p ~ 2**-62 a pair): exact path.
+    order = np.lexsort((c1, d[:, 0]))
+    sd = d[order]
+    last = np.ones(len(sd), np.bool_)
+    last[:-1] = (sd[1:, 0] != sd[:-1, 0]) | (sd[1:, 1] != sd[:-1, 1])
+    out: _I64 = order[last]  # lexsort is stable: the last of a run is the latest
+    return out
+
+
 class KeyMap:
     """See the module docstring."""
 
@@ -209,14 +235,11 @@ class KeyMap:
         assert self._digests is not None and self._deltas is not None
         if int(offsets[-1]) - self.base > MAX_DELTA:
             return False
-        # The last of each run of equal digests in the batch wins (offsets increase).
-        order = np.lexsort((d[:, 1], d[:, 0]))
-        sd = d[order]
-        last = np.ones(len(sd), np.bool_)
-        last[:-1] = (sd[1:, 0] != sd[:-1, 0]) | (sd[1:, 1] != sd[:-1, 1])
-        # lexsort is stable: within a run, the highest index (offset) is last
-        sel = order[last]
-        d, deltas = d[sel], (offsets[sel] - self.base).astype(np.uint32)
+        sel = _last_of_each(d)
+        if sel is None:
+            deltas = (offsets - self.base).astype(np.uint32)
+        else:
+            d, deltas = d[sel], (offsets[sel] - self.base).astype(np.uint32)
         slot, found = self._probe(d)
         new = np.flatnonzero(~found)
         if self._n + len(new) > self._limit:
