@@ -41,14 +41,17 @@ def _reference(key: bytes, bases: list[int]) -> tuple[int, int]:
 
 
 def test_digests_match_the_definition() -> None:
-    """The vectorized digests equal the polynomial definition computed per key."""
+    """The vectorized digests (short keys, longer keys, both mixed) equal the
+    polynomial definition computed per key."""
     hasher = KeyHasher(seed=1)
     rng = random.Random(1)
     keys = [b"", b"\x00", b"a", b"a\x00"] + [
         rng.randbytes(rng.randrange(0, 40)) for _ in range(200)
     ]
-    got = hasher.digests_of(keys).tolist()
-    assert got == [list(_reference(k, hasher.bases)) for k in keys]
+    medium = [rng.randbytes(rng.randrange(65, 300)) for _ in range(20)]
+    for batch in (keys, medium, keys + medium + [b"x" * 70, b"", b"y"]):
+        got = hasher.digests_of(batch).tolist()
+        assert got == [list(_reference(k, hasher.bases)) for k in batch]
 
 
 def test_equal_keys_equal_digests_anywhere_in_the_buffer() -> None:

@@ -60,6 +60,10 @@ PRIME: Final = (1 << 31) - 1
 HASHES: Final = 4
 #: Keys longer than this are hashed with keyed BLAKE2b (module docstring).
 LONG_KEY: Final = 4096
+#: Keys up to this long are hashed as padded rows times a matrix of powers.
+SHORT_KEY: Final = 64
+#: Keys per block of that product (bounds its temporaries: 8192 x 64 x 8 B = 4 MiB).
+_BLOCK: Final = 8192
 #: Bytes a table slot takes: 16-byte digest + 4-byte offset delta.
 SLOT_BYTES: Final = 20
 #: Most keys per slot (a higher load lengthens linear probes sharply).
@@ -94,7 +98,8 @@ class KeyHasher:
         rng = secrets.SystemRandom() if seed is None else random.Random(seed)
         self.bases = [rng.randrange(2, PRIME - 1) for _ in range(HASHES)]
         self._blake_key = bytes(rng.randrange(256) for _ in range(16))
-        self._pow = [_pow_mod(r, LONG_KEY + 1) for r in self.bases]
+        #: r_i**j mod p for j <= LONG_KEY, one column per hash.
+        self._pow4 = np.stack([_pow_mod(r, LONG_KEY + 1) for r in self.bases], axis=1)
 
     def digests(self, data: _U8, key_offsets: _I64) -> _U64:
         """The ``(n, 2)`` uint64 digests of the keys ``data[key_offsets[i]:
@@ -107,19 +112,19 @@ class KeyHasher:
         start = key_offsets[:-1] - lo
         stop = key_offsets[1:] - lo
         lens = stop - start
-        # Each byte's position in its own key (capped: longer keys get BLAKE2b).
-        local = np.arange(hi - lo, dtype=np.int64) - np.repeat(start, lens)
-        np.minimum(local, LONG_KEY, out=local)
-        coef = data[lo:hi].astype(np.uint64) + np.uint64(1)
-        c = np.zeros(hi - lo + 1, np.uint64)
-        hs: list[_U64] = []
-        for pw in self._pow:
-            # The running sum wraps mod 2**64, but one key's own sum is below
-            # 4,097 * 2**8 * 2**31 < 2**52, so its difference is exact.
-            np.cumsum(coef * pw[local], out=c[1:])
-            hs.append((c[stop] - c[start]) % _P)
-        out[:, 0] = ((hs[0] + np.uint64(1)) << _SHIFT) | hs[1]
-        out[:, 1] = (hs[2] << _SHIFT) | hs[3]
+        hs = np.empty((n, HASHES), np.uint64)
+        short = lens <= SHORT_KEY
+        if short.all():
+            self._short(data[lo:hi], start, lens, hs)
+        else:
+            self._general(data[lo:hi], start, stop, lens, hs)
+            idx = np.flatnonzero(short)
+            if len(idx):
+                sub = np.empty((len(idx), HASHES), np.uint64)
+                self._short(data[lo:hi], start[idx], lens[idx], sub)
+                hs[idx] = sub
+        out[:, 0] = ((hs[:, 0] + np.uint64(1)) << _SHIFT) | hs[:, 1]
+        out[:, 1] = (hs[:, 2] << _SHIFT) | hs[:, 3]
         long = np.flatnonzero(lens > LONG_KEY)
         for i in long.tolist():  # rare: one BLAKE2b call per long key
             d = hashlib.blake2b(
@@ -131,6 +136,41 @@ class KeyHasher:
             out[i, 0] = a | np.uint64(1 << 61)  # 62 bits, never 0
             out[i, 1] = b
         return out
+
+    def _short(self, data: _U8, start: _I64, lens: _I64, hs: _U64) -> None:
+        """The four hashes of keys of at most SHORT_KEY bytes: each key as a
+        zero-padded row of the widest one's width (coefficient 0 past its
+        end), times the (width, 4) matrix of powers: one small integer
+        matmul per block of keys (~50 ns a 16-byte key, 30x the prefix sums)."""
+        width = int(lens.max()) if len(lens) else 0
+        if width == 0:
+            hs[:] = 0
+            return
+        padded = np.zeros(len(data) + width, np.uint8)
+        padded[: len(data)] = data
+        windows = np.lib.stride_tricks.as_strided(
+            padded, (len(data) + 1, width), (1, 1), writeable=False
+        )
+        pw = self._pow4[:width]
+        cols = np.arange(width, dtype=np.int64)
+        for a in range(0, len(lens), _BLOCK):
+            b = min(len(lens), a + _BLOCK)
+            coef = windows[start[a:b]].astype(np.uint64) + np.uint64(1)
+            coef[cols >= lens[a:b, None]] = 0
+            hs[a:b] = (coef @ pw) % _P  # sums below 64 * 2**8 * 2**31 < 2**45
+
+    def _general(self, data: _U8, start: _I64, stop: _I64, lens: _I64, hs: _U64) -> None:
+        """The four hashes of every key by prefix sums over the key buffer."""
+        # Each byte's position in its own key (capped: longer keys get BLAKE2b).
+        local = np.arange(len(data), dtype=np.int64) - np.repeat(start, lens)
+        np.minimum(local, LONG_KEY, out=local)
+        coef = data.astype(np.uint64) + np.uint64(1)
+        c = np.zeros(len(data) + 1, np.uint64)
+        for i in range(HASHES):
+            # The running sum wraps mod 2**64, but one key's own sum is below
+            # 4,097 * 2**8 * 2**31 < 2**52, so its difference is exact.
+            np.cumsum(coef * self._pow4[local, i], out=c[1:])
+            hs[:, i] = (c[stop] - c[start]) % _P
 
     def digests_of(self, keys: list[bytes]) -> _U64:
         """:meth:`digests` of a list of keys (tests and small callers)."""
