@@ -74,6 +74,7 @@ BYTES_PER_KEY: Final = 24
 MAX_DELTA: Final = (1 << 32) - 2
 
 _P = np.uint64(PRIME)
+_V16 = np.dtype((np.void, 16))
 _SHIFT = np.uint64(31)
 
 
@@ -243,26 +244,36 @@ class KeyMap:
         self._digests = self._deltas = None
         self._n = 0
 
+    def _home(self, d: _U64) -> _I64:
+        """Each digest's first slot: its last 31-bit hash (uniform below
+        2**31 - 1) scaled to the table by a multiply and a shift (a uint64
+        ``%`` costs ~45 ns an element, 30x more); a modulo for tables of more
+        than 2**31 slots (buffers over 40 GiB)."""
+        h3 = d[:, 1] & np.uint64(PRIME)
+        if self.slots <= 1 << 31:
+            return ((h3 * np.uint64(self.slots)) >> _SHIFT).astype(np.int64)
+        return (d[:, 1] % np.uint64(self.slots)).astype(np.int64)
+
     def _probe(self, d: _U64) -> tuple[_I64, _B]:
         """For each digest: its slot if present (found True), else the first
         empty slot of its probe sequence (found False)."""
         assert self._digests is not None
-        table = self._digests
-        n = len(d)
-        slot = (d[:, 1] % np.uint64(self.slots)).astype(np.int64)
-        found = np.zeros(n, np.bool_)
-        todo = np.arange(n, dtype=np.int64)
+        table, slots = self._digests, self.slots
+        slot = self._home(d)
+        # The first probe for every key at once (most stop there), then only
+        # the keys still searching, one slot further per step.
+        t = np.take(table, slot, axis=0)  # (50x faster than table[slot] on 2-D)
+        found = (t[:, 0] == d[:, 0]) & (t[:, 1] == d[:, 1])
+        todo = np.flatnonzero(~found & (t[:, 0] != 0))
         while len(todo):
-            s = slot[todo]
-            t = table[s]
-            here = t[:, 0] == d[todo, 0]
-            hit = here & (t[:, 1] == d[todo, 1])
-            found[todo[hit]] = True
-            more = ~hit & (t[:, 0] != 0)
-            todo = todo[more]
-            s = s[more] + 1
-            s[s == self.slots] = 0
+            s = slot[todo] + 1
+            s[s == slots] = 0
             slot[todo] = s
+            t = np.take(table, s, axis=0)
+            dt = np.take(d, todo, axis=0)
+            hit = (t[:, 0] == dt[:, 0]) & (t[:, 1] == dt[:, 1])
+            found[todo[hit]] = True
+            todo = todo[~hit & (t[:, 0] != 0)]
         return slot, found
 
     def add(self, d: _U64, offsets: _I64) -> bool:
@@ -279,28 +290,33 @@ class KeyMap:
         if sel is None:
             deltas = (offsets - self.base).astype(np.uint32)
         else:
-            d, deltas = d[sel], (offsets[sel] - self.base).astype(np.uint32)
+            d, deltas = np.take(d, sel, axis=0), (offsets[sel] - self.base).astype(np.uint32)
         slot, found = self._probe(d)
         new = np.flatnonzero(~found)
         if self._n + len(new) > self._limit:
             return False
         self._deltas[slot[found]] = deltas[found]
-        # Insert the new ones: keys aiming at one empty slot take it one at a
-        # time (the first); the others probe on for the next empty slot.
-        table = self._digests
+        # Insert the new ones. Keys aiming at one empty slot all write their
+        # digest there (as one 16-byte item each, never torn) and the one whose
+        # digest stayed has it; the others, like keys at a taken slot, probe on.
+        # No sort and no scratch array.
+        table, slots = self._digests, self.slots
+        items = table.view(_V16).reshape(-1)
+        d_items = np.ascontiguousarray(d).view(_V16).reshape(-1)
         todo = new
         s = slot[new]
         while len(todo):
-            empty = table[s, 0] == 0
-            u, first = np.unique(s[empty], return_index=True)
-            win = np.flatnonzero(empty)[first]
-            table[u] = d[todo[win]]
-            self._deltas[u] = deltas[todo[win]]
+            # (np.take of a strided column would copy the whole column first)
+            empty = np.flatnonzero(np.take(table, s, axis=0)[:, 0] == 0)
+            cand, cs = todo[empty], s[empty]
+            items[cs] = d_items[cand]
+            t, dc = np.take(table, cs, axis=0), np.take(d, cand, axis=0)
+            won = (t[:, 0] == dc[:, 0]) & (t[:, 1] == dc[:, 1])
+            self._deltas[cs[won]] = deltas[cand[won]]
             lose = np.ones(len(todo), np.bool_)
-            lose[win] = False
-            todo, s = todo[lose], s[lose]
-            s = np.where(table[s, 0] == 0, s, s + 1)
-            s[s == self.slots] = 0
+            lose[empty[won]] = False
+            todo, s = todo[lose], s[lose] + 1
+            s[s == slots] = 0
         self._n += len(new)
         return True
 
