@@ -175,3 +175,32 @@ def test_last_of_each_digest_also_when_second_words_collide() -> None:
     mixed = np.array([[1, 5], [2, 5], [1, 5], [4, 9]], np.uint64)
     sel = _last_of_each(mixed)
     assert sel is not None and sorted(sel.tolist()) == [1, 2, 3]
+
+
+def test_upb_fallback_cleans_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks the numpy locator refuses (non-canonical records) are read with upb
+    and cleaned to the same log, over several passes and with format-2 frames."""
+    from logstore.storage import _cleaner
+    from logstore.wire._columns import _Fallback
+
+    def clean_once() -> list[tuple[int, bytes | None, bytes | None]]:
+        disk = _fresh_disk()
+        store = Store.open(ROOT, StoreConfig(cleaner_buffer_bytes=1024), fs=disk)
+        store.create_topic("c", 1, {**COMPACT, "delete_retention_ms": 10**12})
+        for i in range(300):
+            k = f"key{(i * 37) % 90}".encode()
+            v = None if i % 11 == 0 else f"v{i}".encode()
+            store.append("c", 0, [Record(v, key=k), Record(b"x", key=b"k%d" % i)], timestamp_ms=T0)
+        store.clean(T0 + 10_000, force=True)
+        assert store.cleaner.stats.passes > 1
+        got = _read_all(store)
+        store.close()
+        return got
+
+    fast = clean_once()
+
+    def refuse(*_a: object, **_k: object) -> None:
+        raise _Fallback
+
+    monkeypatch.setattr(_cleaner, "locate_fast", refuse)
+    assert clean_once() == fast
