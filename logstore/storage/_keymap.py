@@ -13,12 +13,14 @@ distinct keys get equal digests with probability at most ((L - 1) / (2**31 -
 one pass of 5.6 million keys (1.6 * 10**13 pairs). A collision would drop a
 live record, so keys longer than :data:`LONG_KEY` (4 KiB, where the bound
 would weaken to 2**-76 a pair) are hashed with keyed BLAKE2b instead (one
-call each; the digest then is pseudorandom, 2**-124 a pair). Vectorized with
-prefix sums over the key buffer: with ``C[k]`` the sum of ``(b + 1) * r**j``
-over the buffer's first ``k`` bytes, key ``[s, e)`` hashes to
-``(C[e] - C[s]) mod p``, a few numpy passes per chunk whatever the
-number or lengths of keys (with ``j`` a byte's position in its own key: the
-powers up to 4 KiB are computed once per hasher). Kafka's cleaner takes an unkeyed MD5 risk instead.
+call each; the digest then is pseudorandom, 2**-124 a pair). Vectorized, a
+few numpy calls per block of keys whatever their number: keys up to 64 bytes
+as zero-padded rows (coefficient 0 past a key's end) times the (width, 4)
+matrix of powers; longer ones by prefix sums over the key buffer (``C[k]``
+the sum of ``(b + 1) * r**j`` over its first ``k`` bytes, ``j`` a byte's
+position in its own key, key ``[s, e)`` hashing to ``(C[e] - C[s]) mod p``).
+The powers up to 4 KiB are computed once per hasher. Kafka's cleaner takes an
+unkeyed MD5 risk instead.
 
 **Map** (:class:`KeyMap`): an open-addressing table (linear probing) in two
 preallocated numpy arrays, 20 bytes a slot: the digest as two ``uint64``
