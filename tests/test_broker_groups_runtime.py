@@ -105,10 +105,15 @@ def test_a_failed_append_leaves_the_coordinator_equal_to_its_log(
     run(tmp_path / "data", body)
 
 
-def test_offsets_topic_stays_small_under_many_commits(tmp_path: Path) -> None:
-    """__consumer_offsets is compacted: 300 rounds of commits to 100 partitions shrink to
-    about one record per partition (plus the active segment), and a coordinator loaded from
-    the compacted topic has the last commit of every partition."""
+@pytest.mark.parametrize(
+    "rounds",
+    [300, pytest.param(10_000, marks=pytest.mark.slow, id="1M-commits")],
+)
+def test_offsets_topic_stays_small_under_many_commits(tmp_path: Path, rounds: int) -> None:
+    """__consumer_offsets is compacted: ``rounds`` rounds of commits to 100 partitions
+    (1,000,000 commits in the slow case, as the issue asks) shrink to about one record per
+    partition (plus the active segment), and a coordinator loaded from the compacted topic
+    has the last commit of every partition."""
     from logstore.broker._groups_runtime import OFFSETS_TOPIC_CONFIG
     from logstore.coordinator._records import (
         CoordinatorRecord,
@@ -120,7 +125,7 @@ def test_offsets_topic_stays_small_under_many_commits(tmp_path: Path) -> None:
 
     assert OFFSETS_TOPIC_CONFIG["cleanup_policy"] == "compact"
     config = {**OFFSETS_TOPIC_CONFIG, "segment_bytes": 64 * 1024}  # many sealed segments
-    rounds, partitions = 300, 100
+    partitions = 100
     with Store.open(tmp_path) as store:
         store.create_topic(OFFSETS_TOPIC, 1, config, internal=True)
         for r in range(rounds):
