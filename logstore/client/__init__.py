@@ -1,4 +1,5 @@
-"""The Python client of a logstore broker: Producer, Consumer, GroupConsumer, Admin.
+"""The Python client of a logstore broker: Producer, Consumer, GroupConsumer,
+ShareConsumer (work queues), Worker (tasks over a share group), Admin.
 
 Uses only the public gRPC API (``logstore.v1``), the wire format
 (``logstore.wire``) and the one exception hierarchy (``logstore.errors``);
@@ -28,6 +29,8 @@ from ._admin import (
 )
 from ._consumer import Consumer, TopicPartition
 from ._group_consumer import GroupConsumer
+from ._share_consumer import AckFailure, ShareConsumer, ShareMessage
+from ._worker import Reject, Worker
 from .producer import (
     DELIVER_AT_HEADER,
     MAX_DELAY_MS,
@@ -41,6 +44,7 @@ from .producer import (
 __all__ = [
     "DELIVER_AT_HEADER",
     "MAX_DELAY_MS",
+    "AckFailure",
     "Admin",
     "ColumnBatch",
     "Consumer",
@@ -54,11 +58,15 @@ __all__ = [
     "PartitionOffset",
     "Producer",
     "RecordHandle",
+    "Reject",
     "ResetPlan",
     "SendResult",
+    "ShareConsumer",
+    "ShareMessage",
     "TopicDescription",
     "TopicInfo",
     "TopicPartition",
+    "Worker",
     "check_address",
     "parse_acks",
     "resolve_deliver_at",
