@@ -1,4 +1,4 @@
-"""logctl: serve, topics, produce, consume, offsets, groups.
+"""logctl: serve, topics, produce, consume, offsets, groups, queues, dlq.
 
 Exit codes: 0 ok; 2 for argument errors found before any request is sent
 (usage errors included); 1 for everything else, including what the broker
@@ -51,6 +51,7 @@ from ._format import (
 from ._groups import groups_app
 from ._options import DEFAULT_BOOTSTRAP, Bootstrap, ConnectTimeout, Output, OutputOpt
 from ._options import admin as _admin
+from ._queues import dlq_app, queues_app
 
 # The client (grpc, protobuf, numpy) is imported inside the commands that use
 # it: usage errors, --help and --version then answer in a fraction of the time.
@@ -70,6 +71,8 @@ topics_app = typer.Typer(
 )
 app.add_typer(topics_app, name="topics")
 app.add_typer(groups_app, name="groups")
+app.add_typer(queues_app, name="queues")
+app.add_typer(dlq_app, name="dlq")
 
 
 class LogFormat(enum.StrEnum):

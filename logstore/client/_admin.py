@@ -13,6 +13,18 @@ returns the plan and commits nothing). Their errors: ``GroupIdNotFoundError``,
 ``GroupNotEmptyError``, ``UnknownTopicError``, ``UnknownPartitionError``,
 ``InvalidGroupRequestError``; a reset spec this client cannot send is an
 ``InvalidArgumentError`` raised before any request.
+
+Share groups (the ``ShareGroups`` service, share.proto): ``list_share_groups``,
+``describe_share_group`` (config, members with their in-flight counts, per
+partition available / acquired / delayed / dead-lettered counts and the oldest
+available record's age, the acknowledge rate), ``create_share_group`` and
+``alter_share_group`` (keyword settings, unset ones keep the broker's default
+or the current value; the effective :class:`ShareGroupSettings` is returned),
+``delete_share_group`` (only without active members) and
+``redrive_dead_letters`` (dead letters back to their source topic or
+``to_topic``; redriving twice never duplicates). Their errors:
+``GroupIdNotFoundError``, ``GroupNotEmptyError``, ``InvalidGroupRequestError``
+and, for a create with another config, an ``ALREADY_EXISTS`` error.
 """
 
 from __future__ import annotations
@@ -21,7 +33,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from logstore import errors
-from logstore.v1 import groups_pb2, groups_pb2_grpc, logstore_pb2
+from logstore.v1 import groups_pb2, groups_pb2_grpc, logstore_pb2, share_pb2, share_pb2_grpc
 
 from ._consumer import TopicPartition
 from ._rpc import Connection
@@ -144,6 +156,159 @@ class ResetPlan:
     applied: bool
 
 
+@dataclass(frozen=True)
+class ShareGroupSettings:
+    """A share group's settings as the broker reports them (every field set; ``None``
+    for "none": no TTL, no latency bound). Bounds are documented in share.proto."""
+
+    visibility_timeout_ms: int
+    max_delivery_attempts: int
+    max_inflight_records: int
+    dead_letter_topic: str
+    message_ttl_ms: int | None
+    ordering_keys: bool
+    max_queue_latency_ms: int | None
+    topic_priorities: dict[str, int]
+    auto_offset_reset: str
+
+
+@dataclass(frozen=True)
+class ShareGroupListing:
+    """One share group of ``list_share_groups``: its id and active member count."""
+
+    group_id: str
+    members: int
+
+
+@dataclass(frozen=True)
+class ShareMemberDescription:
+    """A member of ``describe_share_group``: ids, host, topics and how many records it
+    holds acquired now (``inflight_records``)."""
+
+    member_id: str
+    client_id: str
+    host: str
+    inflight_records: int
+    topics: list[str]
+
+
+@dataclass(frozen=True)
+class SharePartitionDescription:
+    """The group's state on one partition: the share-partition start offset (everything
+    below is done), the log end, and counts of records available, acquired, delayed and
+    dead-lettered (in total), and the age of the oldest available record."""
+
+    topic: str
+    partition: int
+    start_offset: int
+    end_offset: int
+    available: int
+    acquired: int
+    delayed: int
+    dead_lettered: int
+    oldest_available_age_ms: int
+
+
+@dataclass(frozen=True)
+class ShareGroupDescription:
+    """``describe_share_group``'s answer; members sorted by id, partitions by topic and
+    number; the totals are sums over the partitions (the age: the oldest)."""
+
+    group_id: str
+    settings: ShareGroupSettings
+    members: list[ShareMemberDescription]
+    partitions: list[SharePartitionDescription]
+    acknowledge_rate_per_s: float
+    estimated_drain_ms: int
+
+    @property
+    def available(self) -> int:
+        return sum(p.available for p in self.partitions)
+
+    @property
+    def acquired(self) -> int:
+        return sum(p.acquired for p in self.partitions)
+
+    @property
+    def delayed(self) -> int:
+        return sum(p.delayed for p in self.partitions)
+
+    @property
+    def dead_lettered(self) -> int:
+        return sum(p.dead_lettered for p in self.partitions)
+
+    @property
+    def oldest_available_age_ms(self) -> int:
+        return max((p.oldest_available_age_ms for p in self.partitions), default=0)
+
+
+@dataclass(frozen=True)
+class RedriveResult:
+    """``redrive_dead_letters``' answer: records moved now, and dead letters left after."""
+
+    redriven: int
+    remaining: int
+
+
+#: The settings create/alter take, by name (the ShareGroupConfig fields of share.proto).
+SHARE_SETTINGS: frozenset[str] = frozenset(
+    {
+        "visibility_timeout_ms",
+        "max_delivery_attempts",
+        "max_inflight_records",
+        "dead_letter_topic",
+        "message_ttl_ms",
+        "ordering_keys",
+        "max_queue_latency_ms",
+        "topic_priorities",
+        "auto_offset_reset",
+    }
+)
+
+
+def _share_config(settings: Mapping[str, object]) -> share_pb2.ShareGroupConfig:
+    """The proto config of keyword settings (None values are left unset)."""
+    unknown = sorted(set(settings) - SHARE_SETTINGS)
+    if unknown:
+        raise errors.InvalidArgumentError(
+            f"unknown share group setting(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(SHARE_SETTINGS))}"
+        )
+    cfg = share_pb2.ShareGroupConfig()
+    for name, value in settings.items():
+        if value is None:
+            continue
+        if name == "topic_priorities":
+            assert isinstance(value, Mapping)
+            for topic, prio in value.items():
+                cfg.topic_priorities[str(topic)] = int(prio)
+        elif name == "ordering_keys":
+            if not isinstance(value, bool):
+                raise errors.InvalidArgumentError(f"ordering_keys must be a bool, not {value!r}")
+            cfg.ordering_keys = value
+        elif name in ("dead_letter_topic", "auto_offset_reset"):
+            setattr(cfg, name, str(value))
+        else:
+            if type(value) is not int:
+                raise errors.InvalidArgumentError(f"{name} must be an int, not {value!r}")
+            setattr(cfg, name, value)
+    return cfg
+
+
+def _settings(c: share_pb2.ShareGroupConfig) -> ShareGroupSettings:
+    return ShareGroupSettings(
+        visibility_timeout_ms=c.visibility_timeout_ms,
+        max_delivery_attempts=c.max_delivery_attempts,
+        max_inflight_records=c.max_inflight_records,
+        dead_letter_topic=c.dead_letter_topic,
+        message_ttl_ms=c.message_ttl_ms or None,
+        ordering_keys=c.ordering_keys,
+        max_queue_latency_ms=c.max_queue_latency_ms or None,
+        topic_priorities=dict(sorted(c.topic_priorities.items())),
+        auto_offset_reset=c.auto_offset_reset or "earliest",
+    )
+
+
 #: The reset specs: a position, or a kind with its number (offset, time in ms, shift).
 ResetSpec = str | tuple[str, int]
 
@@ -216,6 +381,7 @@ class Admin:
     ) -> None:
         self._conn = Connection(bootstrap, connect_timeout_ms)
         self._groups = groups_pb2_grpc.GroupsStub(self._conn.channel)
+        self._share = share_pb2_grpc.ShareGroupsStub(self._conn.channel)
         self.address = bootstrap
         self._timeout_s = request_timeout_ms / 1000
 
@@ -379,6 +545,88 @@ class Admin:
             for p in sorted(r.partitions, key=lambda p: (p.topic, p.partition))
         ]
         return ResetPlan(plan, r.applied)
+
+    # -- share groups ------------------------------------------------------------
+
+    def list_share_groups(self) -> list[ShareGroupListing]:
+        """Every share group, sorted by id."""
+        req = share_pb2.ListShareGroupsRequest()
+        resp = self._conn.call(self._share.ListShareGroups, req, self._timeout_s)
+        return sorted(
+            (ShareGroupListing(g.group_id, g.members) for g in resp.groups),
+            key=lambda g: g.group_id,
+        )
+
+    def describe_share_group(self, group_id: str) -> ShareGroupDescription:
+        """Settings, members and per-partition counts; GroupIdNotFoundError if unknown."""
+        req = share_pb2.DescribeShareGroupRequest(group_id=group_id)
+        r = self._conn.call(self._share.DescribeShareGroup, req, self._timeout_s)
+        members = [
+            ShareMemberDescription(
+                m.member_id, m.client_id, m.host, m.inflight_records, sorted(m.topics)
+            )
+            for m in sorted(r.members, key=lambda m: m.member_id)
+        ]
+        parts = [
+            SharePartitionDescription(
+                p.topic,
+                p.partition,
+                p.start_offset,
+                p.end_offset,
+                p.available,
+                p.acquired,
+                p.delayed,
+                p.dead_lettered,
+                p.oldest_available_age_ms,
+            )
+            for p in sorted(r.partitions, key=lambda p: (p.topic, p.partition))
+        ]
+        return ShareGroupDescription(
+            r.group_id,
+            _settings(r.config),
+            members,
+            parts,
+            r.acknowledge_rate_per_s,
+            r.estimated_drain_ms,
+        )
+
+    def create_share_group(self, group_id: str, **settings: object) -> ShareGroupSettings:
+        """Create a share group with ``settings`` (names of :data:`SHARE_SETTINGS`; unset
+        ones take the broker's defaults); the effective settings. Creating it again with
+        the same settings is a no-op; with others the broker refuses (ALREADY_EXISTS)."""
+        req = share_pb2.CreateShareGroupRequest(group_id=group_id, config=_share_config(settings))
+        return _settings(self._conn.call(self._share.CreateShareGroup, req, self._timeout_s).config)
+
+    def alter_share_group(
+        self, group_id: str, *, replace_topic_priorities: bool = False, **settings: object
+    ) -> ShareGroupSettings:
+        """Change the given settings of a share group (the others keep their values);
+        ``replace_topic_priorities`` replaces the whole priority map (even with {})."""
+        req = share_pb2.AlterShareGroupRequest(
+            group_id=group_id,
+            config=_share_config(settings),
+            replace_topic_priorities=replace_topic_priorities,
+        )
+        return _settings(self._conn.call(self._share.AlterShareGroup, req, self._timeout_s).config)
+
+    def delete_share_group(self, group_id: str) -> None:
+        """Delete a share group without active members and its share state (its
+        dead-letter topic is kept); GroupNotEmptyError while members are active."""
+        req = share_pb2.DeleteShareGroupRequest(group_id=group_id)
+        self._conn.call(self._share.DeleteShareGroup, req, self._timeout_s)
+
+    def redrive_dead_letters(
+        self, group_id: str, to_topic: str | None = None, max_records: int = 0
+    ) -> RedriveResult:
+        """Move the group's dead letters, oldest first, back to their source topic (or
+        ``to_topic``), at most ``max_records`` (0: all). Redriving twice never duplicates."""
+        if max_records < 0:
+            raise errors.InvalidArgumentError(f"max_records must be >= 0, not {max_records}")
+        req = share_pb2.RedriveDeadLettersRequest(
+            group_id=group_id, to_topic=to_topic or "", max_records=max_records
+        )
+        r = self._conn.call(self._share.RedriveDeadLetters, req, self._timeout_s)
+        return RedriveResult(r.redriven, r.remaining)
 
     def close(self) -> None:
         self._conn.close()
