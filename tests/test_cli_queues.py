@@ -24,7 +24,7 @@ ARG_ERRORS: list[tuple[tuple[str, ...], str]] = [
     (("queues", "create", "g", "--max-queue-latency", "-1s"), r"--max-queue-latency"),
     (("queues", "create", "g", "--auto-offset-reset", "middle"), r"earliest or latest"),
     (("queues", "create", "g", "--dead-letter-topic", ""), r"must not be empty"),
-    (("queues", "create", "g", "--max-delivery-attempts", "x"), r"--max-delivery-attempts.*valid integer"),
+    (("queues", "create", "g", "--max-delivery-attempts", "x"), r"attempts.*valid integer"),
     (("queues", "alter", "g"), r"nothing to alter"),
     (("queues", "describe"), r"Missing argument"),
     (("dlq", "list", "g", "--max", "-1"), r"--max must be >= 0"),
