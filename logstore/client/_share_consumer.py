@@ -638,8 +638,16 @@ class ShareConsumer:
                 time.sleep(delay)
 
     def _fetch_once(self, wait_ms: int, max_records: int) -> list[ShareMessage]:
-        with self._send_lock:
-            acks = self._take_pending()
+        # A fetch carrying acknowledgements holds the send lock for its whole call, so
+        # no later acknowledgement (a ShareAcknowledge of the flusher) overtakes them;
+        # one without holds nothing, so acks queued during a long poll are flushed by
+        # the timer instead of waiting for it.
+        send_lock = self._send_lock
+        send_lock.acquire()
+        acks = self._take_pending()
+        if not acks:
+            send_lock.release()
+        try:
             batches = _batches(acks)
             req = spb.ShareFetchRequest(
                 group_id=self.group_id,
@@ -657,6 +665,9 @@ class ShareConsumer:
             except errors.LogStoreError:
                 self._requeue(acks)
                 raise
+        finally:
+            if acks:
+                send_lock.release()
         if batches:
             self._results(batches, reply.acknowledgements)
         out: list[ShareMessage] = []
