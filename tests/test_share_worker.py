@@ -15,6 +15,9 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
+from logstore import errors
 from logstore.client import Admin, Consumer, Producer, Reject, ShareConsumer, ShareMessage, Worker
 from tests.brokerproc import BrokerProcess
 
@@ -259,3 +262,37 @@ def test_reject_and_poison_reach_the_dead_letter_topic(broker: BrokerProcess) ->
         assert h["logstore-dlq-source-offset"] == off
     assert [c for v, c in deliveries if v == "task-0001"] == [1, 2, 3]
     assert [c for v, c in deliveries if v == "task-0000"] == [1]
+
+
+def test_acks_are_batched_and_an_expired_lock_is_refused(broker: BrokerProcess) -> None:
+    """200 records acked one by one cost a handful of requests, not 200; an ack after the
+    1 s lock expired is refused: commit() raises FailedPreconditionError naming the offset,
+    on_ack_error gets it, and the record is delivered again (delivery count 2)."""
+    addr = broker.grpc_address
+    with Admin(addr) as a:
+        a.create_topic("acks", 1)
+        a.create_share_group("g", visibility_timeout_ms=1_000)
+    produce(addr, "acks", 201)
+    refused: list[object] = []
+    with ShareConsumer(addr, "g", ["acks"], max_records=200, on_ack_error=refused.extend) as c:
+        got: list[ShareMessage] = []
+        while len(got) < 200:
+            got += c.poll(2000, max_records=200 - len(got))
+        before = c.requests_sent
+        for m in got:
+            m.ack()
+        c.commit()
+        assert c.requests_sent - before <= 1 and refused == []
+        [late] = c.poll(5000)
+        assert late.offset == 200
+        time.sleep(1.5)  # its lock expires
+        late.ack()
+        with pytest.raises(errors.FailedPreconditionError, match=r"acks-0 offset 200"):
+            c.commit()
+        assert len(refused) == 1
+        again = []
+        deadline = time.monotonic() + 10
+        while not again and time.monotonic() < deadline:
+            again = c.poll(1000)
+        assert [(m.offset, m.delivery_count) for m in again] == [(200, 2)]
+        again[0].ack()

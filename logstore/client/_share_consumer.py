@@ -729,13 +729,13 @@ class ShareConsumer:
         leave the group (the broker releases what this consumer still holds), stop."""
         if self._closed:
             return
+        self._closed = True  # from now on ack() raises: nothing queued after the flush is lost
         try:
             self.flush()
         except errors.LogStoreError as exc:
             _log.warning(
                 "share group %s: acknowledgements not sent at close: %s", self.group_id, exc
             )
-        self._closed = True
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=self._timeout_s + 1)
