@@ -128,12 +128,12 @@ def test_describe_counts_members_and_in_flight(broker: BrokerProcess) -> None:
         d = json.loads(proc.stdout)
         assert (d["acquired"], d["available"], d["dead_lettered"]) == (2, 2, 0)
         [m] = d["members"]
-        # client_id: the broker does not keep it yet (reported); the count is what matters
-        assert m["inflight_records"] == 2 and m["member_id"] == c.member_id
+        assert m["client_id"] == "w1" and m["inflight_records"] == 2 and m["host"]
+        assert m["member_id"] == c.member_id
         [p0] = d["partitions"]
         assert (p0["topic"], p0["start_offset"], p0["end_offset"]) == ("work", 1, 5)
         text = logctl(broker, "queues", "describe", "q")
-        assert "acquired 2" in text.stdout and c.member_id in text.stdout
+        assert "acquired 2" in text.stdout and "w1" in text.stdout
         refused = logctl(broker, "queues", "delete", "q")
         assert_one_line_error(refused, 1, r"share group q has 1 consumers")
         for m in got[1:]:
