@@ -47,8 +47,13 @@ abandoned: the leave makes its record available to others (at-least-once). A
 second signal during the drain stops waiting at once.
 
 Fetching keeps at most ``concurrency`` messages running plus ``prefetch``
-(default ``concurrency``) waiting, so at most ``2 x concurrency`` records are
-held by one worker. Thread-safety: ``run`` in one thread; ``stop`` from any.
+(default ``max(2 x concurrency, 100)``, as RabbitMQ's usual prefetch of 100)
+fetched and waiting, and fetches again once half the buffer is free: every
+ShareFetch that acquires is a durable write on the broker (an fsync), so
+fetching one record per freed thread would cap a worker at a few hundred
+tasks/s. Waiting messages are renewed like running ones.
+
+Thread-safety: ``run`` in one thread; ``stop`` from any.
 """
 
 from __future__ import annotations
@@ -119,7 +124,7 @@ class Worker:
         self.group = group
         self.topics = list(topics)
         self.concurrency = concurrency
-        self.prefetch = concurrency if prefetch is None else prefetch
+        self.prefetch = max(2 * concurrency, 100) if prefetch is None else prefetch
         self.backoff = Backoff(retry_backoff_ms, retry_backoff_max_ms, rng)
         self._shutdown_s = shutdown_timeout_ms / 1000
         self._poll_ms = poll_timeout_ms
@@ -134,6 +139,7 @@ class Worker:
         self._running: dict[int, _Running] = {}
         self._lock_s: float | None = None  # measured lock length
         self._monitor_done = threading.Event()
+        self._slot_free = threading.Event()
         self.consumer: ShareConsumer | None = None
         #: counts of outcomes: accepted, retried, rejected (tests, logs)
         self.stats = {"accepted": 0, "retried": 0, "rejected": 0, "released": 0}
@@ -208,14 +214,21 @@ class Worker:
         with self._lock:
             self.stats[what] += 1
 
-    def _start(self, pool: ThreadPoolExecutor, msg: ShareMessage) -> Future[None]:
+    def _hold(self, msgs: list[ShareMessage], received: float) -> None:
+        """Track fetched messages for renewal from their receipt (waiting ones too: a
+        message waiting for a free thread must not lose its lock either)."""
         lock_s = self._lock_s or 30.0
         with self._lock:
-            self._running[id(msg)] = _Running(msg, time.monotonic() + lock_s / 2)
-        return pool.submit(self._execute, msg)
+            for msg in msgs:
+                self._running[id(msg)] = _Running(msg, received + lock_s / 2)
+
+    def _start(self, pool: ThreadPoolExecutor, msg: ShareMessage) -> Future[None]:
+        fut = pool.submit(self._execute, msg)
+        fut.add_done_callback(lambda _: self._slot_free.set())
+        return fut
 
     def _monitor(self) -> None:
-        """Renew the locks of tasks running past half their lock."""
+        """Renew the locks of held messages (running or waiting) past half their lock."""
         while not self._hard_stop.is_set():
             lock_s = self._lock_s or 30.0
             now = time.monotonic()
@@ -266,14 +279,18 @@ class Worker:
                 while waiting and len(futures) < self.concurrency:
                     futures.add(self._start(pool, waiting.popleft()))
                 room = self.concurrency + self.prefetch - len(futures) - len(waiting)
-                if room <= 0:
-                    time.sleep(0.005)  # all slots busy: let a task finish
+                # Each ShareFetch that acquires costs the broker a durable write (one fsync,
+                # ~5-20 ms here): fetch in batches of at least half the buffer, not one
+                # record per freed thread, while there is still work waiting.
+                if room <= 0 or (waiting and room < max(1, self.prefetch // 2)):
+                    self._slot_free.wait(0.05)
+                    self._slot_free.clear()
                     continue
-                got = consumer.poll(self._poll_ms if not futures else 50, max_records=room)
+                idle = not futures and not waiting
+                got = consumer.poll(self._poll_ms if idle else 20, max_records=room)
+                received = time.monotonic()
                 self._measure_lock(got, time.time())
-                if self._stop.is_set():
-                    waiting.extend(got)
-                    break
+                self._hold(got, received)
                 waiting.extend(got)
         finally:
             # Not started: back to the group now (delay 0), not after their locks.
@@ -281,6 +298,8 @@ class Worker:
                 if not msg.done:
                     msg.nack()
                     self._count("released")
+                with self._lock:
+                    self._running.pop(id(msg), None)
             waiting.clear()
             try:
                 consumer.flush()
