@@ -246,3 +246,25 @@ def test_refused_create_and_alter_change_nothing(broker: BrokerProcess) -> None:
         assert [g.group_id for g in a.list_share_groups()] == ["keep"]
         s = a.describe_share_group("keep").settings
     assert s.visibility_timeout_ms == 20_000 and s.topic_priorities == {}
+
+
+def test_describe_counts_delayed_records(broker: BrokerProcess) -> None:
+    """A record produced with `logctl produce --delay 1h` is not handed out and counts as
+    delayed in describe; one produced without a delay is handed out."""
+    with Admin(broker.grpc_address) as a:
+        a.create_topic("later", 1)
+    held = logctl(broker, "produce", "later", "--delay", "1h", stdin=b"tomorrow\n")
+    assert held.returncode == 0, held.stderr
+    now = logctl(broker, "produce", "later", stdin=b"today\n")
+    assert now.returncode == 0, now.stderr
+    with ShareConsumer(broker.grpc_address, "dq", ["later"]) as c:
+        got = []
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            got += c.poll(500)
+        assert [m.value for m in got] == [b"today"]
+        got[0].ack()
+        c.commit()
+        proc = logctl(broker, "queues", "describe", "dq", "-o", "json")
+    d = json.loads(proc.stdout)
+    assert (d["delayed"], d["acquired"], d["available"]) == (1, 0, 0), d
