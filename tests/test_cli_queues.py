@@ -239,6 +239,9 @@ def test_refused_create_and_alter_change_nothing(broker: BrokerProcess) -> None:
         (("queues", "create", "keep", "--visibility-timeout", "40s"), r"keep"),
         (("queues", "alter", "keep", "--topic", "missing:3"), r"missing"),
         (("queues", "alter", "ghost", "--max-delivery-attempts", "3"), r"ghost"),
+        (("queues", "delete", "ghost"), r"ghost"),
+        (("queues", "describe", "ghost"), r"ghost"),
+        (("dlq", "show", "ghost"), r"ghost"),
     ]
     for args, pattern in cases:
         assert_one_line_error(logctl(broker, *args), 1, pattern)

@@ -409,3 +409,36 @@ def test_worker_renews_long_tasks(fake: tuple[FakeShare, str]) -> None:
     t.join(10)
     kinds = [k for _, _, k in svc.sent_batches()]
     assert kinds.count(spb.RENEW) >= 2 and kinds[-1] == spb.ACCEPT, kinds
+
+
+def test_ack_count_threshold_flushes_at_once(fake: tuple[FakeShare, str]) -> None:
+    """With ack_flush_records=5 and a 60 s timer, the fifth queued ack sends all five at
+    once (one ShareAcknowledge), without waiting for the timer or a poll."""
+    svc, addr = fake
+    svc.replies.append(reply(frame(0, [b"x"] * 5), [(0, 4, 1)]))
+    with ShareConsumer(addr, "g", ["t"], ack_flush_interval_ms=60_000, ack_flush_records=5) as c:
+        msgs = c.poll(2000)
+        for m in msgs[:4]:
+            m.ack()
+        time.sleep(0.3)
+        assert svc.acks == []
+        msgs[4].ack()
+        deadline = time.monotonic() + 2
+        while not svc.acks:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        assert [(b.first_offset, b.last_offset) for b in svc.acks[0].acknowledgements] == [(0, 4)]
+
+
+def test_iterating_yields_messages(fake: tuple[FakeShare, str]) -> None:
+    """Iterating a ShareConsumer yields the acquired messages one by one, in offset order."""
+    svc, addr = fake
+    svc.replies.append(reply(frame(0, [b"a", b"b", b"c"]), [(0, 2, 1)]))
+    with ShareConsumer(addr, "g", ["t"]) as c:
+        seen = []
+        for m in c:
+            seen.append(m.value)
+            m.ack()
+            if len(seen) == 3:
+                break
+    assert seen == [b"a", b"b", b"c"]
