@@ -398,6 +398,7 @@ class ShareConsumer:
         #: serializes acknowledgement sends with each other and with fetches that
         #: carry acknowledgements, so acks of one record are applied in call order
         self._send_lock = threading.Lock()
+        self._rejoin_lock = threading.Lock()
         self._closed = False
         self.requests_sent = 0  # ShareFetch + ShareAcknowledge calls (tests, metrics)
 
@@ -435,8 +436,17 @@ class ShareConsumer:
     def _join(self) -> None:
         self._heartbeat("")
 
-    def _rejoin(self, why: str) -> None:
-        """The session is gone: drop (and report) the queued acks, join as a new member."""
+    def _rejoin(self, why: str, stale: str) -> None:
+        """The session of member ``stale`` is gone: drop (and report) the queued acks and
+        join as a new member -- once: the polling and the background thread may both
+        see the error, and whichever comes second finds a new member id and stops."""
+        with self._rejoin_lock:
+            with self._lock:
+                if self._member_id != stale:
+                    return  # the other thread rejoined already
+            self._rejoin_locked(why)
+
+    def _rejoin_locked(self, why: str) -> None:
         with self._lock:
             dropped, self._pending = self._pending, []
             self._pending_since = None
@@ -468,16 +478,17 @@ class ShareConsumer:
                 since = self._pending_since
                 many = len(self._pending) >= self._flush_records
                 interval = self._interval_s
+            member = self.member_id
             try:
                 if since is not None and (many or now - since >= self._flush_s):
                     self.flush()
-                if now >= next_beat:
-                    self._heartbeat(self.member_id)
+                if now >= next_beat and member:  # "" while the polling thread rejoins
+                    self._heartbeat(member)
                     next_beat = time.monotonic() + interval
                 failures = 0
             except errors.UnknownMemberIdError as exc:
                 try:
-                    self._rejoin(str(exc))
+                    self._rejoin(str(exc), member)
                 except errors.LogStoreError as exc2:
                     self._set_fatal(exc2)
                     return
@@ -606,10 +617,11 @@ class ShareConsumer:
         Raises the error of the first refused range (class from its reason, e.g.
         ``FailedPreconditionError`` for INVALID_RECORD_STATE), naming every refused
         range; they are also passed to ``on_ack_error``."""
+        member = self.member_id
         try:
             failures = self.flush()
         except errors.UnknownMemberIdError as exc:
-            self._rejoin(str(exc))
+            self._rejoin(str(exc), member)
             raise
         if failures:
             cls = errors.BY_REASON.get(failures[0].reason, errors.FailedPreconditionError)
@@ -697,12 +709,13 @@ class ShareConsumer:
         fail_since: float | None = None
         while True:
             left_ms = int(max(0.0, deadline - time.monotonic()) * 1000)
+            member = self.member_id
             try:
                 got = self._fetch_once(min(left_ms, self._max_wait_ms), n)
                 failures = 0
                 fail_since = None
             except errors.UnknownMemberIdError as exc:
-                self._rejoin(str(exc))
+                self._rejoin(str(exc), member)
                 continue
             except errors.LogStoreError as exc:
                 if not (retriable(exc) or isinstance(exc, errors.DeadlineExceededError)):
