@@ -5,9 +5,13 @@ broker (reads candidates from a model log, appends and replays records,
 produces dead letters and confirms them). After every step the share state
 equals the model offset by offset; at a restart the state rebuilt from the
 records (all of them, and as compaction leaves them) equals the live state
-with locks dropped; at the end every record has been accepted or
-dead-lettered exactly once, or was removed by retention before it finished
-(and then never accepted).
+with locks dropped. Delayed records at the window start are parked below the
+window (up to ``max_delayed_records``), so bursts of long-delayed records
+(more than the window holds) do not hold back the records behind them; the
+model predicts every acquisition, so one blocked record fails the test. The
+deadline ``tick`` reports is checked exactly against the model. At the end
+every record has been accepted or dead-lettered exactly once, or was removed
+by retention before it finished (and then never accepted).
 """
 
 from __future__ import annotations
@@ -31,12 +35,14 @@ from logstore.share import (
     ShareCoordinator,
     ShareCoordinatorConfig,
     ShareGroupConfig,
+    ShareParkedValue,
     SharePartition,
     ShareRecord,
     ShareStateValue,
     decode,
     encode,
 )
+from logstore.share._partition import reset_parked_locks
 from logstore.share._records import encode_key
 
 G = "g"
@@ -45,11 +51,18 @@ CONSUMERS = ("c1", "c2", "c3")
 CAP = 8
 MAX_ATTEMPTS = 3
 VT = 3_000
-CCFG = ShareCoordinatorConfig(
-    min_visibility_timeout_ms=1,
-    session_timeout_ms=3_600_000,
-    heartbeat_interval_ms=5_000,
-)
+BURST_DELAY = 60_000
+
+
+def ccfg(max_delayed: int) -> ShareCoordinatorConfig:
+    return ShareCoordinatorConfig(
+        min_visibility_timeout_ms=1,
+        session_timeout_ms=3_600_000,
+        heartbeat_interval_ms=5_000,
+        max_delayed_records=max_delayed,
+    )
+
+
 STATE = {"available": 0, "acquired": 1, "accepted": 2, "dead": 3, "archived": 4, "gap": 5}
 FINISHED = ("accepted", "archived", "gap")
 
@@ -69,6 +82,7 @@ class Rec:
 class Part:
     recs: list[Rec] = field(default_factory=list)
     speo: int = 0
+    wstart: int = 0  # window start: unfinished records below it are parked
     initialized: bool = False
     log_start: int = 0
 
@@ -93,12 +107,16 @@ def reset_value(v: ShareStateValue) -> ShareStateValue | None:
     return p.value
 
 
+def reset_chunks(pk: dict[int, ShareParkedValue]) -> dict[int, ShareParkedValue]:
+    return {k: reset_parked_locks(c) for k, c in pk.items()}
+
+
 def normalized(c: ShareCoordinator) -> dict[str, Any]:
     snap = c.snapshot()
     for g in snap.values():
         g["partitions"] = {
-            tp: (reset_value(v) if v is not None else None, ch)
-            for tp, (v, ch) in g["partitions"].items()
+            tp: (reset_value(v) if v is not None else None, ch, reset_chunks(pk))
+            for tp, (v, ch, pk) in g["partitions"].items()
         }
     return snap
 
@@ -113,13 +131,33 @@ class ShareMachine(RuleBasedStateMachine):
         self.dead: dict[tuple[str, int], int] = {}
         self.ttl: int | None = None
         self.ordering = False
-        self.sut = ShareCoordinator(CCFG, {t: 1 for t in TOPICS})
+        self.maxd = 64
+        self.ccfg = ccfg(self.maxd)
+        self.sut = ShareCoordinator(self.ccfg, {t: 1 for t in TOPICS})
 
     # ------------------------------------------------------------ plumbing
 
     def run(self, result: Any) -> Any:
         self.log.extend(result.records)
-        return self.sut.apply(result)
+        out = self.sut.apply(result)
+        self.m_advance()
+        return out
+
+    def m_advance(self) -> None:
+        """The window start moves past finished records and parks delayed
+        (available with a not-before time) ones while fewer than
+        ``max_delayed_records`` are parked."""
+        for p in self.parts.values():
+            parked = sum(1 for r in p.recs[: p.wstart] if r.state not in FINISHED)
+            while p.wstart < p.speo:
+                r = p.recs[p.wstart]
+                if r.state in FINISHED:
+                    p.wstart += 1
+                elif r.state == "available" and r.not_before > 0 and parked < self.maxd:
+                    parked += 1
+                    p.wstart += 1
+                else:
+                    break
 
     def note_dead(self, dls: Any, expect: list[tuple[str, int, DeadLetterReason]]) -> None:
         got = sorted(
@@ -171,9 +209,15 @@ class ShareMachine(RuleBasedStateMachine):
 
     # --------------------------------------------------------------- rules
 
-    @initialize(ttl=st.sampled_from([None, 4_000]), ordering=st.booleans())
-    def setup(self, ttl: int | None, ordering: bool) -> None:
-        self.ttl, self.ordering = ttl, ordering
+    @initialize(
+        ttl=st.sampled_from([None, 4_000]),
+        ordering=st.booleans(),
+        maxd=st.sampled_from([5, 64]),
+    )
+    def setup(self, ttl: int | None, ordering: bool, maxd: int) -> None:
+        self.ttl, self.ordering, self.maxd = ttl, ordering, maxd
+        self.ccfg = ccfg(maxd)
+        self.sut = ShareCoordinator(self.ccfg, {t: 1 for t in TOPICS})
         self.run(self.sut.configure_group(G, self.cfg()))
         self.join_all()
 
@@ -187,6 +231,16 @@ class ShareMachine(RuleBasedStateMachine):
         for _ in range(n):
             nb = self.now + delay if delay else 0
             self.parts[topic].recs.append(Rec(ts=self.now, not_before=nb, key=key))
+
+    @rule(topic=st.sampled_from(sorted(TOPICS)), n=st.integers(9, 50), then=st.integers(0, 4))
+    def produce_burst(self, topic: str, n: int, then: int) -> None:
+        """More long-delayed records than the window holds, then a few due ones."""
+        for _ in range(n):
+            self.parts[topic].recs.append(
+                Rec(ts=self.now, not_before=self.now + BURST_DELAY, key=0)
+            )
+        for _ in range(then):
+            self.parts[topic].recs.append(Rec(ts=self.now, not_before=0, key=0))
 
     @rule(ms=st.sampled_from([1, 200, 999, 2_999, 3_000, 4_200, 6_000]))
     def advance(self, ms: int) -> None:
@@ -227,11 +281,11 @@ class ShareMachine(RuleBasedStateMachine):
         for r in plan:
             p = self.parts[r.topic]
             start = 0 if r.start_offset is None else r.start_offset
-            assert start == p.speo
+            assert start == p.speo, (r, p.speo, p.wstart, p.spso, p.log_start)
             # the broker reads from the log start when retention passed its offset
             read = max(start, p.log_start)
             # an empty window restarts where the broker reads; else the room is fixed
-            n = r.max_offsets if p.spso == p.speo else r.max_offsets - (read - start)
+            n = r.max_offsets if p.wstart == p.speo else r.max_offsets - (read - start)
             cands[(r.topic, r.partition)] = self.candidates(r.topic, read, max(n, 0), fast)
         # the model's prediction
         expect_acq: list[tuple[str, int, int]] = []
@@ -241,9 +295,10 @@ class ShareMachine(RuleBasedStateMachine):
             p = self.parts[t]
             if (t, 0) in cands:
                 p.initialized = True
-                if p.spso == p.speo and p.log_start > p.speo:
-                    p.speo = p.log_start  # an empty window restarts at the log start
-                p.speo = max(p.speo, min(len(p.recs), p.spso + CAP))
+                if p.wstart == p.speo and p.log_start > p.speo:
+                    # an empty window restarts at the log start
+                    p.wstart = p.speo = p.log_start
+                p.speo = max(p.speo, min(len(p.recs), p.wstart + CAP))
             if not p.initialized:
                 continue
             self.m_expire(p, expect_dead, t)
@@ -268,12 +323,15 @@ class ShareMachine(RuleBasedStateMachine):
                     if r.key and r.state in ("available", "acquired") and r.key not in heads:
                         heads[r.key] = i
                 elig = [i for i in elig if not p.recs[i].key or heads[p.recs[i].key] == i]
-            for i in elig[:left]:
+            # at most max_inflight_records acquired, parked ones included
+            room = CAP - sum(1 for r in p.recs if r.state == "acquired")
+            take = elig[: max(min(left, room), 0)]
+            for i in take:
                 r = p.recs[i]
                 r.state, r.holder, r.lock = "acquired", consumer, self.now + VT
                 r.count += 1
                 expect_acq.append((t, i, r.count))
-            left -= len(elig[:left])
+            left -= len(take)
         reply = self.run(
             self.sut.acquire(
                 G, consumer, max_records=max_records, now_ms=self.now, candidates=cands
@@ -284,7 +342,7 @@ class ShareMachine(RuleBasedStateMachine):
             for a in reply.acquired
             for o in range(a.first_offset, a.last_offset + 1)
         ]
-        assert got == expect_acq
+        assert got == expect_acq, (got, expect_acq)
         self.note_dead(reply.dead_letters, expect_dead)
 
     def m_check(self, consumer: str, t: str, first: int, last: int) -> AckError:
@@ -293,8 +351,15 @@ class ShareMachine(RuleBasedStateMachine):
             return AckError.ALREADY_ACKNOWLEDGED
         if last >= p.speo:
             return AckError.NOT_ACQUIRED
-        rs = [r for r in p.recs[first : last + 1] if r.state != "gap"]
-        if not rs:
+        # below the window start only parked (unfinished) records are kept;
+        # the finished ones there count as done, whatever they were
+        out = [i for i in range(first, last + 1) if i < p.wstart and p.recs[i].state in FINISHED]
+        rs = [
+            r
+            for i, r in enumerate(p.recs[first : last + 1], first)
+            if r.state != "gap" and i not in out
+        ]
+        if not rs and not out:
             return AckError.NOT_ACQUIRED
         if any(r.state == "acquired" and r.holder != consumer for r in rs):
             return AckError.HELD_BY_OTHER
@@ -302,7 +367,7 @@ class ShareMachine(RuleBasedStateMachine):
             r.state == "available" and r.holder == consumer for r in rs
         ):
             return AckError.LOCK_EXPIRED
-        if any(r.state in ("accepted", "archived", "dead") for r in rs):
+        if out or any(r.state in ("accepted", "archived", "dead") for r in rs):
             return AckError.ALREADY_ACKNOWLEDGED
         if not all(r.state == "acquired" for r in rs):
             return AckError.NOT_ACQUIRED
@@ -378,7 +443,7 @@ class ShareMachine(RuleBasedStateMachine):
         if ls == p.log_start:
             return
         window_lost = 0
-        was_empty = p.spso == p.speo
+        was_empty = p.wstart == p.speo
         for i in range(ls):
             r = p.recs[i]
             if r.state not in FINISHED:
@@ -386,7 +451,7 @@ class ShareMachine(RuleBasedStateMachine):
                 r.state, r.holder, r.lock = "gap", None, 0
         p.log_start = ls
         if p.initialized and was_empty and ls > p.speo:
-            p.speo = ls  # an empty window moves to the new log start at once
+            p.wstart = p.speo = ls  # an empty window moves to the new log start at once
         lost = self.run(self.sut.on_log_start(topic, 0, ls))
         assert lost == window_lost
 
@@ -399,11 +464,22 @@ class ShareMachine(RuleBasedStateMachine):
         self.log.extend(res.records)
         for r in res.records:
             self.sut.replay(r)
+        self.m_advance()
         self.note_dead(res.dead_letters, expect_dead)
-        if res.next_deadline_ms is not None:
-            assert res.next_deadline_ms > self.now or any(
-                r.state == "acquired" for p in self.parts.values() for r in p.recs
-            )
+        # the next deadline: the earliest lock end or not-before time still
+        # ahead (parked or in the window); else a session deadline (1 h)
+        times = [
+            r.lock if r.state == "acquired" else r.not_before
+            for p in self.parts.values()
+            if p.initialized
+            for r in p.recs[p.spso : p.speo]
+            if r.state == "acquired" or (r.state == "available" and r.not_before > self.now)
+        ]
+        if times:
+            assert res.next_deadline_ms == min(times)
+        else:
+            assert res.next_deadline_ms is not None
+            assert res.next_deadline_ms > self.now + BURST_DELAY
 
     @rule(consumer=st.sampled_from(CONSUMERS))
     def leave_and_rejoin(self, consumer: str) -> None:
@@ -431,11 +507,14 @@ class ShareMachine(RuleBasedStateMachine):
         assert n == d.last_offset - d.first_offset + 1
         for o in range(d.first_offset, d.last_offset + 1):
             self.parts[d.topic].recs[o].state = "archived"
+        self.m_advance()
 
     @rule(compact=st.booleans())
     def restart(self, compact: bool) -> None:
-        full = ShareCoordinator.load([decode(*encode(r)) for r in self.log], config=CCFG)
-        comp = ShareCoordinator.load([decode(*encode(r)) for r in compacted(self.log)], config=CCFG)
+        full = ShareCoordinator.load([decode(*encode(r)) for r in self.log], config=self.ccfg)
+        comp = ShareCoordinator.load(
+            [decode(*encode(r)) for r in compacted(self.log)], config=self.ccfg
+        )
         want = normalized(self.sut)
         assert full.snapshot() == want
         assert comp.snapshot() == want
@@ -459,15 +538,25 @@ class ShareMachine(RuleBasedStateMachine):
                 assert not p.initialized or not p.recs
                 continue
             v = sp.value
-            assert (v.spso, v.speo) == (p.spso, p.speo), t
+            got = (v.spso, v.speo, sp.spso)
+            assert got == (p.wstart, p.speo, p.spso), (t, got, p.wstart, p.speo, p.spso)
+            e = sp.entries()
+            expect_offsets = [
+                i for i in range(p.spso, p.wstart) if p.recs[i].state not in FINISHED
+            ] + list(range(p.wstart, p.speo))
+            assert e.off.tolist() == expect_offsets, t
+            assert sp.parked_count == p.wstart - p.spso - sum(
+                1 for r in p.recs[p.spso : p.wstart] if r.state in FINISHED
+            )
+            assert sp.parked_count <= self.maxd
             for i, (o, s, n) in enumerate(sp.record_states()):
                 r = p.recs[o]
                 assert (s, n) == (STATE[r.state], r.count), (t, o, r)
                 if s == ACQUIRED:
-                    assert v.holders[int(v.holder[i])] == r.holder
-                    assert int(v.until[i]) == r.lock
+                    assert e.holders[int(e.holder[i])] == r.holder
+                    assert int(e.until[i]) == r.lock
             if self.ordering:
-                keys = sp.key[v.state == ACQUIRED]
+                keys = e.key[e.state == ACQUIRED]
                 keys = keys[keys != 0]
                 assert len(keys) == len(set(keys.tolist())), "two records of a key in flight"
 
@@ -484,8 +573,10 @@ class ShareMachine(RuleBasedStateMachine):
             self.now += 10_000
             self.join_all()
             self.tick()
+            self.state_matches_model()
             for c in CONSUMERS:
                 self.fetch(c, 12, False)
+                self.state_matches_model()
                 for t, p in self.parts.items():
                     for i, r in enumerate(p.recs):
                         if r.state == "acquired" and r.holder == c:
@@ -496,6 +587,7 @@ class ShareMachine(RuleBasedStateMachine):
                 )
                 for o in range(d.first_offset, d.last_offset + 1):
                     self.parts[d.topic].recs[o].state = "archived"
+                self.m_advance()
         for t, p in self.parts.items():
             assert p.spso == len(p.recs), "records left unfinished after the drain"
             for i in range(len(p.recs)):
@@ -517,6 +609,7 @@ class ShareMachine(RuleBasedStateMachine):
         assert reply.results[0].error is AckError.OK
         r.state, r.holder = "accepted", None
         self.accepted[(topic, i)] = 1
+        self.m_advance()
 
 
 ShareMachine.TestCase.settings = settings(

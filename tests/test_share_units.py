@@ -527,3 +527,160 @@ def test_log_start_moving_past_the_window_drops_what_is_gone() -> None:
     assert [o for _, o, _ in b.fetch("a", 5)] == [3, 4]
     assert b.run(b.c.on_log_start("t", 0, 3)) == 0  # a repeat writes nothing
     assert b.c.on_log_start("t", 0, 3).records == ()
+
+
+# ------------------------------------------------------- parked (delayed) records
+
+HOUR = 3_600_000
+
+
+def compacted(log: list[ShareRecord]) -> list[ShareRecord]:
+    last = {encode(r)[0]: i for i, r in enumerate(log)}
+    return [r for i, r in enumerate(log) if last[encode(r)[0]] == i]
+
+
+def test_long_delays_do_not_hold_back_the_records_behind_them() -> None:
+    """50 records delayed 1 h in a window of 8 are parked: the 10 due ones behind go out now."""
+    b = Broker(ShareGroupConfig(max_inflight_records=8))
+    b.join("a")
+    b.produce("t", 50, deliver_at=NOW + HOUR)
+    b.produce("t", 10)
+    got: list[int] = []
+    for _ in range(10):
+        got += [o for _, o, _ in b.fetch("a", 100)]
+    assert got == list(range(50, 58))  # 8 in flight at most (max_inflight_records)
+    b.ack("a", ack(50, 57))
+    assert [o for _, o, _ in b.fetch("a", 100)] == [58, 59]
+    d = b.c.describe("g", now_ms=NOW)
+    pc = d.partitions[0]
+    assert (pc.spso, pc.parked, d.delayed) == (0, 50, 50)  # SPSO stays at the oldest parked
+    b.ack("a", ack(58, 59))
+    b.join("a", now=NOW + HOUR - 1)
+    assert b.fetch("a", 100, now=NOW + HOUR - 1) == []
+    assert [o for _, o, _ in b.fetch("a", 100, now=NOW + HOUR)] == list(range(8))
+
+
+def test_parked_bound_is_back_pressure_not_memory() -> None:
+    """Past max_delayed_records parked, delayed records stay in the window and fill it."""
+    b = Broker(ShareGroupConfig(max_inflight_records=8), max_delayed_records=20)
+    b.join("a")
+    b.produce("t", 50, deliver_at=NOW + HOUR)
+    b.produce("t", 10)
+    for _ in range(5):
+        assert b.fetch("a", 100) == []
+    p = b.c.partition("g", "t", 0)
+    assert p is not None and p.value is not None
+    assert (p.parked_count, p.value.spso, p.value.speo) == (20, 20, 28)
+    assert b.c.fetch_plan("g", "a", now_ms=NOW) == ()  # no room: nothing read
+    # when they come due they go out in offset order, parked first
+    b.join("a", now=NOW + HOUR)
+    got = b.fetch("a", 100, now=NOW + HOUR)
+    assert [o for _, o, _ in got] == list(range(8))
+
+
+def test_release_with_a_long_delay_parks_and_keeps_count_and_error() -> None:
+    """A RELEASE of 1 h parks the record; the window moves on; it returns with its count."""
+    b = Broker(ShareGroupConfig(max_inflight_records=4))
+    b.join("a")
+    b.produce("t", 12)
+    assert len(b.fetch("a", 4)) == 4
+    r = b.ack("a", ack(0, 3, AckKind.RELEASE, delay_ms=HOUR, error="later"))
+    assert r.results[0].error is AckError.OK
+    assert [o for _, o, _ in b.fetch("a", 10)] == [4, 5, 6, 7]
+    # an offset below the window start that finished is already acknowledged
+    b.ack("a", ack(4, 7))
+    assert b.ack("a", ack(4, 4)).results[0].error is AckError.ALREADY_ACKNOWLEDGED
+    assert b.ack("a", ack(0, 0)).results[0].error is AckError.NOT_ACQUIRED
+    assert [o for _, o, _ in b.fetch("a", 10)] == [8, 9, 10, 11]
+    b.ack("a", ack(8, 11))
+    b.join("a", now=NOW + HOUR - 1)
+    assert b.fetch("a", 10, now=NOW + HOUR - 1) == []
+    b.join("a", now=NOW + HOUR)
+    assert b.fetch("a", 10, now=NOW + HOUR) == [("t", o, 2) for o in range(4)]
+    b.join("a", now=NOW + HOUR)
+    dead = b.ack("a", ack(0, 0, AckKind.REJECT), now=NOW + HOUR).dead_letters
+    assert [(d.first_offset, d.error) for d in dead] == [(0, "later")]
+
+
+def test_parked_records_survive_restart_and_compaction() -> None:
+    """A restart (whole or compacted log) keeps parked records, their due times and counts."""
+    b = Broker(ShareGroupConfig(max_inflight_records=4, max_delivery_attempts=5))
+    b.join("a")
+    b.produce("t", 4)
+    b.produce("t", 30, deliver_at=NOW + HOUR)
+    b.produce("t", 4)
+    b.fetch("a", 4)
+    b.ack("a", ack(0, 3, AckKind.RELEASE, delay_ms=2 * HOUR))
+    # each fetch reads one window (4 offsets) and parks what is delayed
+    got = [o for _ in range(10) for _, o, _ in b.fetch("a", 10)]
+    assert got == [34, 35, 36, 37]
+    live = b.c.snapshot()
+    for log in (b.log, compacted(b.log)):
+        c2 = ShareCoordinator.load([decode(*encode(r)) for r in log], topics={"t": 1})
+        p = c2.partition("g", "t", 0)
+        assert p is not None and p.parked_count == 34
+        snap = c2.snapshot()
+        assert snap["g"]["partitions"][("t", 0)][2] == live["g"]["partitions"][("t", 0)][2]
+        b2 = Broker(ShareGroupConfig())
+        b2.c, b2.topics = c2, b.topics
+        b2.join("x")
+        assert [o for _, o, _ in b2.fetch("x", 100)] == [34, 35, 36, 37]  # locks dropped
+        assert b2.c.tick(NOW + 10).next_deadline_ms == NOW + 30_000  # their new locks
+        b2.ack("x", ack(34, 37))
+        assert b2.c.tick(NOW + 10).next_deadline_ms == NOW + 45_000  # x's session
+        b2.join("x", now=NOW + HOUR - 1)
+        assert b2.fetch("x", 100, now=NOW + HOUR - 1) == []
+        b2.join("x", now=NOW + HOUR)
+        got = b2.fetch("x", 100, now=NOW + HOUR)
+        assert [(o, n) for _, o, n in got] == [(o, 1) for o in range(4, 8)]
+        b2.join("x", now=NOW + HOUR)
+        b2.ack("x", ack(4, 7), now=NOW + HOUR)
+        b2.join("x", now=NOW + 2 * HOUR)
+        got = b2.fetch("x", 100, now=NOW + 2 * HOUR)
+        assert [(o, n) for _, o, n in got] == [(o, 2) for o in range(4)]
+
+
+def test_parked_chunks_are_bounded_and_rewritten_alone() -> None:
+    """2,000 parked records make 4 chunk records of <= 512 each; acking one rewrites one chunk."""
+    b = Broker(ShareGroupConfig(max_inflight_records=2_000))
+    b.join("a")
+    b.produce("t", 2_000, deliver_at=NOW + HOUR)
+    b.fetch("a", 1)
+    parked = [r for r in b.log if encode(r)[0].startswith(b"[4,")]
+    assert len(parked) == 4
+    for r in parked:
+        k, v = encode(r)
+        assert v is not None and len(v) < 2_000, len(v)  # equal columns: a few runs
+        assert decode(k, v) == r
+    n = len(b.log)
+    b.join("a", now=NOW + HOUR)
+    b.fetch("a", 1, now=NOW + HOUR)
+    b.join("a", now=NOW + HOUR)
+    b.ack("a", ack(1_000, 1_000), now=NOW + HOUR)
+    assert [r for r in b.log[n:] if encode(r)[0].startswith(b"[4,")] != []
+    b.join("a", now=NOW + HOUR)
+    b.ack("a", ack(0, 0), now=NOW + HOUR)
+    fresh = b.log[len(b.log) - 3 :]
+    assert sum(1 for r in fresh if encode(r)[0].startswith(b"[4,")) <= 1
+
+
+def test_tick_uses_the_deadline_index() -> None:
+    """tick reports the earliest pending due time or lock end across 200 partitions."""
+    c = ShareCoordinator(ShareCoordinatorConfig(), {"t": 200})
+    c.apply(c.configure_group("g", ShareGroupConfig()))
+    c.apply(c.join("g", ["t"], now_ms=NOW, consumer_id="a"))
+    due = {p: NOW + 10_000 + p for p in range(200)}
+    cands = {
+        ("t", p): Candidates(
+            0,
+            1,
+            np.zeros(1, np.int64),
+            np.full(1, NOW, np.int64),
+            np.full(1, due[p], np.int64),
+        )
+        for p in range(200)
+    }
+    c.apply(c.acquire("g", "a", max_records=10, now_ms=NOW, candidates=cands))
+    assert c.tick(NOW).next_deadline_ms == NOW + 10_000
+    assert c.tick(NOW + 10_050).next_deadline_ms == NOW + 10_051
+    assert c.tick(NOW + 10_199).next_deadline_ms == NOW + 45_000  # the session

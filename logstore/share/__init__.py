@@ -12,13 +12,16 @@ the handler contract), ``_partition`` (one share partition's window and its
 states: AVAILABLE / ACQUIRED / ACCEPTED / DEAD_LETTER / ARCHIVED / GAP),
 ``_records`` (record keys, values and their byte format; the redrive
 position of a group's dead letters is one of them), ``_config`` (every
-default and limit).
+default and limit). Delayed records at the window start are *parked* below
+the window (bounded by ``max_delayed_records``), so a long delay holds back
+nothing behind it (``_partition``).
 
 Constants: ``AVAILABLE``, ``ACQUIRED``, ``ACCEPTED``, ``DEAD_LETTER``,
 ``ARCHIVED`` and ``GAP`` are the per-offset state codes (u1) and
 ``STATE_NAMES`` their names by code; ``SHARE_RECORD_VERSION`` is the format
 version written in every record value; ``SHARE_STATE_TOPIC`` the internal
-topic's name.
+topic's name; ``PARKED_CHUNK_RECORDS`` the most parked records in one
+parked-chunk record.
 """
 
 from logstore.share._config import ShareCoordinatorConfig, ShareGroupConfig
@@ -53,12 +56,15 @@ from logstore.share._partition import (
     SharePartition,
 )
 from logstore.share._records import (
+    PARKED_CHUNK_RECORDS,
     SHARE_RECORD_VERSION,
     SHARE_STATE_TOPIC,
     ShareChunkKey,
     ShareChunkValue,
     ShareGroupKey,
     ShareGroupValue,
+    ShareParkedKey,
+    ShareParkedValue,
     ShareRecord,
     ShareRecordType,
     ShareRedriveKey,
@@ -76,6 +82,7 @@ __all__ = [
     "AVAILABLE",
     "DEAD_LETTER",
     "GAP",
+    "PARKED_CHUNK_RECORDS",
     "SHARE_RECORD_VERSION",
     "SHARE_STATE_TOPIC",
     "STATE_NAMES",
@@ -102,6 +109,8 @@ __all__ = [
     "ShareGroupDescription",
     "ShareGroupKey",
     "ShareGroupValue",
+    "ShareParkedKey",
+    "ShareParkedValue",
     "SharePartition",
     "ShareRecord",
     "ShareRecordType",

@@ -60,6 +60,7 @@ lock) calls it.
 
 from __future__ import annotations
 
+import heapq
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -85,13 +86,14 @@ from logstore.share._partition import (
     PartitionCounts,
     SharePartition,
     Work,
-    next_deadline_of,
 )
 from logstore.share._records import (
     ShareChunkKey,
     ShareChunkValue,
     ShareGroupKey,
     ShareGroupValue,
+    ShareParkedKey,
+    ShareParkedValue,
     ShareRecord,
     ShareRedriveKey,
     ShareRedriveValue,
@@ -238,6 +240,14 @@ class _Group:
     redrive: ShareRedriveValue = field(default_factory=lambda: ShareRedriveValue(0))
 
 
+def _work_next_event(w: Work, after_ms: int) -> int | None:
+    """The next lock end or not-before time after ``after_ms`` of a Work
+    whose ``value()`` was taken (parked entries and window alike)."""
+    st, un = w.state, w.until
+    times = un[(st == 1) | ((st == 0) & (un > after_ms))]  # ACQUIRED, AVAILABLE
+    return int(times.min()) if len(times) else None
+
+
 class ShareCoordinator:
     """All share groups of one broker (see the module docstring)."""
 
@@ -255,6 +265,15 @@ class ShareCoordinator:
         self._consumers: dict[str, dict[str, _Consumer]] = {}
         self._cursor: dict[str, int] = {}
         self._acks: dict[str, deque[tuple[int, int]]] = {}
+        # Deadline index (volatile, rebuilt by replay): a heap of (time,
+        # version, group, topic, partition), one valid entry per share
+        # partition with something pending -- its earliest lock end or
+        # not-before time after the clock when it last changed. Stale entries
+        # (older version, deleted partition) are skipped and compacted away,
+        # so tick and next_deadline_ms cost O(log n) per event, not
+        # O(share partitions x window).
+        self._deadlines: list[tuple[int, int, str, str, int]] = []
+        self._clock = 0
 
     # ---------------------------------------------------------------- replay
 
@@ -272,10 +291,26 @@ class ShareCoordinator:
         c = cls(config, topics, id_factory)
         for r in records:
             c.replay(r)
-        for g in c._groups.values():
-            for p in g.partitions.values():
+        for gid, g in c._groups.items():
+            for tp, p in g.partitions.items():
                 p.reset_locks()
+                c._index(gid, tp, p)
         return c
+
+    def _index(self, gid: str, tp: TopicPartition, p: SharePartition) -> None:
+        """Put ``p``'s next deadline after the clock into the heap."""
+        t = p.next_event_after(self._clock)
+        if t is not None:
+            heapq.heappush(self._deadlines, (t, p.version, gid, tp[0], tp[1]))
+        live = sum(len(g.partitions) for g in self._groups.values())
+        if len(self._deadlines) > 2 * live + 64:
+            self._deadlines = [e for e in self._deadlines if self._valid(e)]
+            heapq.heapify(self._deadlines)
+
+    def _valid(self, e: tuple[int, int, str, str, int]) -> bool:
+        g = self._groups.get(e[2])
+        p = None if g is None else g.partitions.get((e[3], e[4]))
+        return p is not None and p.version == e[1]
 
     def replay(self, record: ShareRecord) -> None:
         """Apply one record: the only place durable state changes. Tolerates
@@ -308,6 +343,9 @@ class ShareCoordinator:
                 return
             if isinstance(key, ShareStateKey):
                 del g.partitions[tp]
+            elif isinstance(key, ShareParkedKey):
+                p.install_parked(key.first_offset, None)
+                self._index(key.group_id, tp, p)
             else:
                 assert isinstance(key, ShareChunkKey)
                 p.drop_chunk(key.first_offset)
@@ -317,9 +355,13 @@ class ShareCoordinator:
         if isinstance(key, ShareStateKey):
             assert isinstance(value, ShareStateValue)
             p.install(value)
+        elif isinstance(key, ShareParkedKey):
+            assert isinstance(value, ShareParkedValue)
+            p.install_parked(key.first_offset, value)
         else:
             assert isinstance(key, ShareChunkKey) and isinstance(value, ShareChunkValue)
             p.install_chunk(key.first_offset, value)
+        self._index(key.group_id, tp, p)
 
     def apply(self, result: Result[Any]) -> Any:
         """Replay ``result``'s records and return its reply (for callers that
@@ -335,7 +377,7 @@ class ShareCoordinator:
             gid: {
                 "config": g.config,
                 "partitions": {
-                    tp: (p.value, dict(sorted(p.chunks.items())))
+                    tp: (p.value, dict(sorted(p.chunks.items())), dict(sorted(p.parked.items())))
                     for tp, p in sorted(g.partitions.items())
                 },
             }
@@ -383,6 +425,7 @@ class ShareCoordinator:
         return g
 
     def _member(self, group_id: str, consumer_id: str, now_ms: int) -> _Consumer:
+        self._clock = max(self._clock, now_ms)
         self._check_id("group id", group_id, "max_group_id_length")
         m = self._consumers.get(group_id, {}).get(consumer_id)
         if m is None or m.session_deadline_ms <= now_ms:
@@ -511,7 +554,7 @@ class ShareCoordinator:
         for p in g.partitions.values():
             if p.value is None or consumer_id not in p.value.holders:
                 continue
-            w = p.work(g.config)
+            w = p.work(g.config, max_parked=self.config.max_delayed_records)
             w.release_holder(consumer_id)
             records += self._finish(group_id, p, w)
             dls += w.dead_letters
@@ -527,6 +570,9 @@ class ShareCoordinator:
             first, chunk = w.new_chunk
             if first + len(chunk.gap) > value.spso:
                 out.append(ShareRecord(ShareChunkKey(group_id, w.topic, w.partition, first), chunk))
+        for first, parked in w.parked_changes:
+            key = ShareParkedKey(group_id, w.topic, w.partition, first)
+            out.append(ShareRecord(key, parked))
         out.append(ShareRecord(ShareStateKey(group_id, w.topic, w.partition), value))
         if p is not None:
             for first in p.stale_chunks(value.spso):
@@ -647,7 +693,11 @@ class ShareCoordinator:
             if p is None or p.value is None:
                 if c is None:
                     continue
-                w = (p or SharePartition(group_id, *tp)).work(g.config, start_offset=c.start_offset)
+                w = (p or SharePartition(group_id, *tp)).work(
+                    g.config,
+                    start_offset=c.start_offset,
+                    max_parked=self.config.max_delayed_records,
+                )
             else:
                 if (
                     c is None
@@ -657,7 +707,7 @@ class ShareCoordinator:
                     # nothing to take, expire or read: skip the copy (read-only
                     # numpy checks; a fetch over 100 idle partitions stays cheap)
                     continue
-                w = p.work(g.config)
+                w = p.work(g.config, max_parked=self.config.max_delayed_records)
             if c is not None:
                 w.extend(c)
             if left > 0:
@@ -730,7 +780,7 @@ class ShareCoordinator:
                 continue
             w = works.get(tp)
             if w is None:
-                w = works[tp] = p.work(g.config)
+                w = works[tp] = p.work(g.config, max_parked=self.config.max_delayed_records)
             results.append(
                 w.acknowledge(
                     consumer_id,
@@ -776,7 +826,7 @@ class ShareCoordinator:
         p = g.partitions.get((topic, partition))
         if p is None or p.value is None:
             return Result((), 0)
-        w = p.work(g.config)
+        w = p.work(g.config, max_parked=self.config.max_delayed_records)
         n = w.confirm_dead_letters(first_offset, last_offset)
         if n == 0:
             return Result((), 0)
@@ -837,7 +887,11 @@ class ShareCoordinator:
         """Consumers past their session leave; expired locks release their
         records (dead-lettered at the delivery limit). Returns the records
         and the next deadline (lock ends, sessions, delayed records' due
-        times). Changes only membership itself (volatile)."""
+        times). Changes only membership itself (volatile). Cost: O(consumers)
+        for sessions plus O(log n) per share partition with a deadline at or
+        before ``now_ms`` (the deadline index), not O(share partitions x
+        window)."""
+        self._clock = max(self._clock, now_ms)
         records: list[ShareRecord] = []
         dls: list[DeadLetter] = []
         gone: list[tuple[str, str]] = []
@@ -845,40 +899,53 @@ class ShareCoordinator:
             for cid, m in members.items():
                 if m.session_deadline_ms <= now_ms:
                     gone.append((gid, cid))
-        released: dict[tuple[str, TopicPartition], ShareStateValue] = {}
         for gid, cid in gone:
             del self._consumers[gid][cid]
-        # One Work per partition, so expiry and departures make one record.
-        for gid, g in self._groups.items():
-            leaving = {cid for ggid, cid in gone if ggid == gid}
-            for tp, p in g.partitions.items():
-                if p.value is None:
-                    continue
-                holds = leaving & set(p.value.holders)
-                if not holds and not p.has_expired_locks(now_ms):
-                    continue
-                w = p.work(g.config)
-                for cid in sorted(holds):
-                    w.release_holder(cid)
-                w.expire(now_ms)
-                recs = self._finish(gid, p, w)
-                records += recs
-                dls += w.dead_letters
-                last = recs[-1].value if recs else None
-                for r in recs:
-                    if isinstance(r.key, ShareStateKey):
-                        last = r.value
-                if isinstance(last, ShareStateValue):
-                    released[(gid, tp)] = last
+        # partitions whose deadline passed (from the index), and those held by
+        # a consumer that left (a departure is rare: a scan of its group)
+        due: dict[tuple[str, TopicPartition], SharePartition] = {}
+        heap = self._deadlines
+        while heap and heap[0][0] <= now_ms:
+            e = heapq.heappop(heap)
+            if self._valid(e):
+                due[(e[2], (e[3], e[4]))] = self._groups[e[2]].partitions[(e[3], e[4])]
+        leaving: dict[str, set[str]] = {}
+        for gid, cid in gone:
+            leaving.setdefault(gid, set()).add(cid)
+        for gid, cids in leaving.items():
+            g = self._groups.get(gid)
+            for tp, p in (g.partitions if g is not None else {}).items():
+                if p.value is not None and cids & set(p.entries().holders):
+                    due[(gid, tp)] = p
         deadlines = [
             m.session_deadline_ms for members in self._consumers.values() for m in members.values()
         ]
-        for gid, g in self._groups.items():
-            for tp, p in g.partitions.items():
-                new = released.get((gid, tp))
-                d = p.next_deadline(now_ms) if new is None else next_deadline_of(new, now_ms)
-                if d is not None:
-                    deadlines.append(d)
+        # One Work per partition, so expiry and departures make one record.
+        for (gid, tp), p in sorted(due.items()):
+            g = self._groups[gid]
+            holds = leaving.get(gid, set()) & set(p.entries().holders)
+            if not holds and not p.has_expired_locks(now_ms):
+                # a delayed record came due: nothing to write; re-arm
+                self._index(gid, tp, p)
+                continue
+            w = p.work(g.config, max_parked=self.config.max_delayed_records)
+            for cid in sorted(holds):
+                w.release_holder(cid)
+            w.expire(now_ms)
+            recs = self._finish(gid, p, w)
+            records += recs
+            dls += w.dead_letters
+            if recs:
+                t = _work_next_event(w, now_ms)
+            else:
+                t = p.next_event_after(now_ms)
+                self._index(gid, tp, p)
+            if t is not None:
+                deadlines.append(max(t, now_ms))
+        while heap and not self._valid(heap[0]):
+            heapq.heappop(heap)
+        if heap:
+            deadlines.append(max(heap[0][0], now_ms))
         return ShareTickResult(tuple(records), tuple(dls), min(deadlines) if deadlines else None)
 
     def delete_group(self, group_id: str, *, now_ms: int) -> Result[None]:
@@ -898,6 +965,8 @@ class ShareCoordinator:
         for (t, p), sp in sorted(g.partitions.items()):
             for first in sorted(sp.chunks):
                 records.append(ShareRecord(ShareChunkKey(group_id, t, p, first), None))
+            for first in sorted(sp.parked):
+                records.append(ShareRecord(ShareParkedKey(group_id, t, p, first), None))
             records.append(ShareRecord(ShareStateKey(group_id, t, p), None))
         if g.redrive != ShareRedriveValue(0):
             records.append(ShareRecord(ShareRedriveKey(group_id), None))
@@ -916,9 +985,9 @@ class ShareCoordinator:
         lost = 0
         for gid, g in sorted(self._groups.items()):
             p = g.partitions.get((topic, partition))
-            if p is None or p.value is None or p.value.spso >= log_start_offset:
+            if p is None or p.value is None or p.spso >= log_start_offset:
                 continue
-            w = p.work(g.config)
+            w = p.work(g.config, max_parked=self.config.max_delayed_records)
             lost += w.truncate_below(log_start_offset)
             records += self._finish(gid, p, w)
         return Result(tuple(records), lost)

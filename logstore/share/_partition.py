@@ -55,9 +55,11 @@ from logstore.share._records import (
     B1,
     I4,
     I8,
+    PARKED_CHUNK_RECORDS,
     U1,
     U8,
     ShareChunkValue,
+    ShareParkedValue,
     ShareStateValue,
 )
 
@@ -216,12 +218,13 @@ class Candidates:
         return cls(start_offset, end_offset, offsets, ts)
 
 
-def _runs(idx: npt.NDArray[np.intp], *attrs: npt.NDArray[Any]) -> list[tuple[int, int]]:
-    """Split sorted window indices into (first, last) index runs that are
-    contiguous and equal in every ``attrs`` column (O(n) numpy, O(runs) Python)."""
+def _runs(idx: npt.NDArray[np.intp], off: I8, *attrs: npt.NDArray[Any]) -> list[tuple[int, int]]:
+    """Split sorted entry indices into (first, last) index runs whose offsets
+    are contiguous and that are equal in every ``attrs`` column (O(n) numpy,
+    O(runs) Python)."""
     if len(idx) == 0:
         return []
-    brk = np.diff(idx) != 1
+    brk = np.diff(off[idx]) != 1
     for a in attrs:
         v = a[idx]
         brk |= v[1:] != v[:-1]
@@ -231,33 +234,69 @@ def _runs(idx: npt.NDArray[np.intp], *attrs: npt.NDArray[Any]) -> list[tuple[int
     return list(zip(idx[firsts].tolist(), idx[lasts].tolist(), strict=True))
 
 
+#: The per-entry columns of a Work (and of a parked chunk, with ``off``).
+_WORK_COLS: Final = (
+    "state",
+    "count",
+    "holder",
+    "until",
+    "first_ms",
+    "last_ms",
+    "error",
+    "dl_reason",
+    "ts",
+    "key",
+)
+
+
+def _terminal(state: U1) -> B1:
+    t: B1 = (state == ACCEPTED) | (state == ARCHIVED) | (state == GAP)
+    return t
+
+
 class Work:
     """A writable copy of a share partition's state that operations change;
-    ``value()`` turns it into the state record's value. Created by
-    :meth:`SharePartition.work`."""
+    ``value()`` turns it into the state record's value (and
+    ``parked_changes`` into the parked chunks to write). Created by
+    :meth:`SharePartition.work`.
 
-    def __init__(self, p: SharePartition, config: ShareGroupConfig) -> None:
+    Entries: the ``np0`` parked records (offsets below the window start, in
+    offset order) followed by the dense window ``[wstart, speo)``; ``off`` is
+    every entry's offset, and every column is indexed by entry, so one numpy
+    pass covers parked and window records alike."""
+
+    def __init__(self, p: SharePartition, config: ShareGroupConfig, max_parked: int) -> None:
         self.group_id, self.topic, self.partition = p.group_id, p.topic, p.partition
         self.config = config
+        self.max_parked = max_parked
         v = p.value
         assert v is not None
-        self.spso = v.spso
-        self.state: U1 = v.state.copy()
-        self.count: U1 = v.count.copy()
-        self.holder: I4 = v.holder.copy()
-        self.until: I8 = v.until.copy()
-        self.first_ms: I8 = v.first_ms.copy()
-        self.last_ms: I8 = v.last_ms.copy()
-        self.error: I4 = v.error.copy()
-        self.dl_reason: U1 = v.dl_reason.copy()
+        self.wstart = v.spso
         self.holders = list(v.holders)
         self.errors = list(v.errors)
+        pk = p.parked_arrays()
+        self.np0 = len(pk.off)
+        self.pchunk: I8 = pk.chunk
+        self.porig = pk
+        hmap = np.array([self._holder_index(h) for h in pk.holders] + [-1], dtype=np.int32)
+        emap = np.array([self._error_index(e) for e in pk.errors] + [-1], dtype=np.int32)
+        self.hmap, self.emap = hmap, emap
+        self.off: I8 = np.concatenate((pk.off, np.arange(v.spso, v.speo, dtype=np.int64)))
+        self.state: U1 = np.concatenate((pk.state, v.state))
+        self.count: U1 = np.concatenate((pk.count, v.count))
+        self.holder: I4 = np.concatenate((hmap[pk.holder], v.holder)).astype(np.int32)
+        self.until: I8 = np.concatenate((pk.until, v.until))
+        self.first_ms: I8 = np.concatenate((pk.first_ms, v.first_ms))
+        self.last_ms: I8 = np.concatenate((pk.last_ms, v.last_ms))
+        self.error: I4 = np.concatenate((emap[pk.error], v.error)).astype(np.int32)
+        self.dl_reason: U1 = np.concatenate((pk.dl_reason, v.dl_reason))
+        self.ts: I8 = np.concatenate((pk.ts, p.ts))
+        self.key: U8 = np.concatenate((pk.key, p.key))
         self.accepted_total = v.accepted_total
         self.dead_lettered_total = v.dead_lettered_total
-        self.ts: I8 = p.ts.copy()
-        self.key: U8 = p.key.copy()
         self.changed = False
         self.new_chunk: tuple[int, ShareChunkValue] | None = None
+        self.parked_changes: list[tuple[int, ShareParkedValue | None]] = []
         self.dead_letters: list[DeadLetter] = []
         self.acquired: list[AcquiredRange] = []
 
@@ -265,7 +304,16 @@ class Work:
 
     @property
     def speo(self) -> int:
-        return self.spso + len(self.state)
+        return self.wstart + len(self.state) - self.np0
+
+    @property
+    def spso(self) -> int:
+        """The share-partition start offset as of the last ``value()``: the
+        lowest parked offset, else the window start."""
+        return int(self.off[0]) if self.np0 else self.wstart
+
+    def _window_empty(self) -> bool:
+        return len(self.state) == self.np0
 
     def _holder_index(self, consumer: str) -> int:
         try:
@@ -292,7 +340,7 @@ class Work:
         self.until[idx] = 0
         self.dead_lettered_total += len(idx)
         self.changed = True
-        for a, b in _runs(idx, self.count, self.error, self.first_ms, self.last_ms):
+        for a, b in _runs(idx, self.off, self.count, self.error, self.first_ms, self.last_ms):
             e = int(self.error[a])
             self.dead_letters.append(
                 DeadLetter(
@@ -300,8 +348,8 @@ class Work:
                     self.config.dead_letter_topic_for(self.group_id),
                     self.topic,
                     self.partition,
-                    self.spso + a,
-                    self.spso + b,
+                    int(self.off[a]),
+                    int(self.off[b]),
                     int(self.count[a]),
                     reason,
                     self.errors[e] if e >= 0 else "",
@@ -324,18 +372,24 @@ class Work:
             self.holder[back] = -1
         self.changed = True
 
+    def _span(self, first: int, last: int) -> tuple[int, int]:
+        """Entry indices ``[a, b)`` of the offsets ``first..last``."""
+        a = int(np.searchsorted(self.off, first, side="left"))
+        b = int(np.searchsorted(self.off, last, side="right"))
+        return a, b
+
     # -------------------------------------------------------- operations
 
     def extend(self, c: Candidates) -> None:
         """Take the candidates that fit in the window (up to
-        ``max_inflight_records`` offsets past ``spso``) as new AVAILABLE
-        offsets; the offsets between them are gaps."""
-        if len(self.state) == 0 and c.start_offset > self.speo:
-            # Nothing in flight: start the window where the broker read (the
+        ``max_inflight_records`` offsets past the window start) as new
+        AVAILABLE offsets; the offsets between them are gaps."""
+        if self._window_empty() and c.start_offset > self.speo:
+            # Nothing in the window: start it where the broker read (the
             # first read of a partition, or the log start moved past us).
-            self.spso = c.start_offset
+            self.wstart = c.start_offset
             self.changed = True
-        limit = self.spso + self.config.max_inflight_records
+        limit = self.wstart + self.config.max_inflight_records
         if c.start_offset > self.speo:
             # The broker read from past our end (retention removed offsets
             # we had not read): the offsets between are gaps.
@@ -378,6 +432,8 @@ class Work:
 
     def _append(self, state: U1, until: I8, ts: I8, key: U8) -> None:
         n = len(state)
+        speo = self.speo
+        self.off = np.concatenate((self.off, np.arange(speo, speo + n, dtype=np.int64)))
         self.state = np.concatenate((self.state, state))
         self.count = np.concatenate((self.count, np.zeros(n, dtype=np.uint8)))
         self.holder = np.concatenate((self.holder, np.full(n, -1, dtype=np.int32)))
@@ -405,9 +461,10 @@ class Work:
         self._make_available(idx, 0, keep_holder=False)
 
     def acquire(self, consumer: str, max_records: int, now_ms: int) -> int:
-        """Acquire up to ``max_records`` available, due records in offset
-        order for ``consumer`` (after expiring locks and dead-lettering
-        TTL-expired ones); returns how many."""
+        """Acquire up to ``max_records`` available, due records (parked or in
+        the window) in offset order for ``consumer`` (after expiring locks and
+        dead-lettering TTL-expired ones), keeping at most
+        ``max_inflight_records`` acquired; returns how many."""
         self.expire(now_ms)
         eligible = (self.state == AVAILABLE) & (self.until <= now_ms)
         ttl = self.config.message_ttl_ms
@@ -417,7 +474,9 @@ class Work:
             eligible &= ~old
         if self.config.ordering_keys:
             eligible &= self._key_heads()
-        idx = np.flatnonzero(eligible)[:max_records]
+        # parked records count against the in-flight bound once acquired
+        room = self.config.max_inflight_records - int((self.state == ACQUIRED).sum())
+        idx = np.flatnonzero(eligible)[: max(min(max_records, room), 0)]
         if len(idx) == 0:
             return 0
         h = self._holder_index(consumer)
@@ -429,13 +488,13 @@ class Work:
         self.first_ms[idx] = np.where(self.first_ms[idx] == 0, now_ms, self.first_ms[idx])
         self.last_ms[idx] = now_ms
         self.changed = True
-        for a, b in _runs(idx, self.count):
+        for a, b in _runs(idx, self.off, self.count):
             self.acquired.append(
                 AcquiredRange(
                     self.topic,
                     self.partition,
-                    self.spso + a,
-                    self.spso + b,
+                    int(self.off[a]),
+                    int(self.off[b]),
                     int(self.count[a]),
                     lock,
                 )
@@ -444,8 +503,9 @@ class Work:
 
     def _key_heads(self) -> B1:
         """True where a record may go out under ordering keys: it has no key,
-        or it is its key's first record still pending (available or acquired),
-        so at most one per key is in flight and keys go in offset order."""
+        or it is its key's first record still pending (available -- delayed or
+        not, parked or not -- or acquired), so at most one per key is in
+        flight and keys go in offset order."""
         pending = (self.state == AVAILABLE) | (self.state == ACQUIRED)
         keyed = pending & (self.key != 0)
         out = ~keyed
@@ -460,7 +520,10 @@ class Work:
         return result
 
     def check(self, consumer: str, first: int, last: int, now_ms: int) -> tuple[AckError, str]:
-        """Whether ``consumer`` may acknowledge ``first..last`` now."""
+        """Whether ``consumer`` may acknowledge ``first..last`` now. Offsets
+        between the share-partition start and the window start that are not
+        parked are finished (accepted, archived or gaps: which one is
+        forgotten once they leave the window)."""
         where = f"{self.topic}:{self.partition} offsets {first}..{last}"
         if first < self.spso:
             return AckError.ALREADY_ACKNOWLEDGED, (
@@ -471,10 +534,11 @@ class Work:
                 AckError.NOT_ACQUIRED,
                 f"{where}: offset {self.speo} and after were not delivered",
             )
-        a, b = first - self.spso, last - self.spso + 1
+        a, b = self._span(first, last)
+        finished_out = (last - first + 1) - (b - a)
         st, ho, un = self.state[a:b], self.holder[a:b], self.until[a:b]
         real = st != GAP
-        if not bool(real.any()):
+        if not bool(real.any()) and finished_out == 0:
             return AckError.NOT_ACQUIRED, f"{where}: no records there (compacted away)"
         h = self.holders.index(consumer) if consumer in self.holders else -2
         acq = st == ACQUIRED
@@ -485,7 +549,7 @@ class Work:
                 f"{where}: the acquisition lock expired; the records may be redelivered"
             )
         done = (st == ACCEPTED) | (st == ARCHIVED) | (st == DEAD_LETTER)
-        if bool(done.any()):
+        if bool(done.any()) or finished_out:
             return AckError.ALREADY_ACKNOWLEDGED, f"{where}: already accepted or rejected"
         if not bool((acq | ~real).all()):
             return AckError.NOT_ACQUIRED, f"{where}: not acquired by this consumer"
@@ -508,7 +572,7 @@ class Work:
         code, msg = self.check(consumer, first, last, now_ms)
         if code is not AckError.OK:
             return AckResult(self.topic, self.partition, first, last, code, msg)
-        a, b = first - self.spso, last - self.spso + 1
+        a, b = self._span(first, last)
         idx = a + np.flatnonzero(self.state[a:b] == ACQUIRED)
         self.changed = True
         if error:
@@ -528,13 +592,14 @@ class Work:
 
     def truncate_below(self, log_start_offset: int) -> int:
         """Offsets below ``log_start_offset`` left the log (retention, delete
-        records): unfinished ones there become GAP (they cannot be delivered
-        or dead-lettered any more); returns how many were unfinished."""
-        k = min(max(log_start_offset - self.spso, 0), len(self.state))
+        records): unfinished ones there (parked or in the window) become GAP
+        (they cannot be delivered or dead-lettered any more); returns how
+        many were unfinished. An empty window moves to the new log start."""
+        if self._window_empty() and log_start_offset > self.wstart:
+            self.wstart = log_start_offset
+            self.changed = True
+        k = int(np.searchsorted(self.off, log_start_offset))
         if k == 0:
-            if len(self.state) == 0 and log_start_offset > self.spso:
-                self.spso = log_start_offset
-                self.changed = True
             return 0
         head = self.state[:k]
         lost = int(((head != ACCEPTED) & (head != ARCHIVED) & (head != GAP)).sum())
@@ -547,7 +612,7 @@ class Work:
     def confirm_dead_letters(self, first: int, last: int) -> int:
         """DEAD_LETTER offsets in ``first..last`` become ARCHIVED (the broker
         produced them to the dead-letter topic); returns how many."""
-        a, b = max(first - self.spso, 0), min(last - self.spso + 1, len(self.state))
+        a, b = self._span(first, last)
         if a >= b:
             return 0
         idx = a + np.flatnonzero(self.state[a:b] == DEAD_LETTER)
@@ -556,43 +621,104 @@ class Work:
         return len(idx)
 
     def advance(self) -> int:
-        """Move ``spso`` past the terminal prefix; returns how far (offsets)."""
-        terminal = (self.state == ACCEPTED) | (self.state == ARCHIVED) | (self.state == GAP)
-        k = int(np.argmin(terminal)) if not bool(terminal.all()) else len(terminal)
-        if k == 0:
+        """Move the window start past its prefix of finished records and of
+        delayed ones (AVAILABLE with a not-before time, due or not), which are
+        parked while fewer than ``max_parked`` records are parked; drop
+        finished records below it. Returns how far the window start moved."""
+        np0 = self.np0
+        term = _terminal(self.state)
+        wst = self.state[np0:]
+        park = (wst == AVAILABLE) & (self.until[np0:] > 0)
+        skip = term[np0:] | park
+        k = int(np.argmin(skip)) if not bool(skip.all()) else len(skip)
+        room = max(self.max_parked - (np0 - int(term[:np0].sum())), 0)
+        if k:
+            cum = np.cumsum(park[:k])
+            if int(cum[-1]) > room:
+                # the parked set is full: the window start stops at the first
+                # delayed record that does not fit (back pressure, bounded memory)
+                k = int(np.searchsorted(cum, room, side="right"))
+        keep = ~term
+        keep[np0 + k :] = True
+        self._diff_parked(keep, k)
+        if k == 0 and bool(keep[:np0].all()):
             return 0
-        self.spso += k
-        for name in (
-            "state",
-            "count",
-            "holder",
-            "until",
-            "first_ms",
-            "last_ms",
-            "error",
-            "dl_reason",
-            "ts",
-            "key",
-        ):
-            setattr(self, name, getattr(self, name)[k:])
+        self.wstart += k
+        old_chunk = self.pchunk
+        newly = np0 + np.flatnonzero(keep[np0 : np0 + k])
+        for name in ("off", *_WORK_COLS):
+            setattr(self, name, getattr(self, name)[keep])
+        self.np0 = int(keep[: np0 + k].sum())
+        # chunk of every parked entry: the old ones keep theirs, the newly
+        # parked get new chunks of PARKED_CHUNK_RECORDS (key: first offset)
+        fresh = self.off[len(old_chunk[keep[:np0]]) : self.np0]
+        assert len(fresh) == len(newly)
+        keys = fresh[(np.arange(len(fresh)) // PARKED_CHUNK_RECORDS) * PARKED_CHUNK_RECORDS]
+        self.pchunk = np.concatenate((old_chunk[keep[:np0]], keys)).astype(np.int64)
         self.changed = True
         return k
 
-    def value(self) -> ShareStateValue:
-        """The state record's value: tables compacted to the entries in use."""
-        self.advance()
-        holder, holders = _compact_table(self.holder, self.holders)
-        error, errors = _compact_table(self.error, self.errors)
-        return ShareStateValue(
-            spso=self.spso,
-            state=self.state,
-            count=self.count,
+    def _diff_parked(self, keep: B1, k: int) -> None:
+        """Fill ``parked_changes``: every old chunk with a changed or dropped
+        record (rewritten, or tombstoned when empty), then the new chunks of
+        the records parked now (``keep``/``k`` as in :meth:`advance`, before
+        the columns are cut)."""
+        np0 = self.np0
+        pk = self.porig
+        changed = ~keep[:np0]
+        if np0:
+            changed |= self.holder[:np0] != self.hmap[pk.holder]
+            changed |= self.error[:np0] != self.emap[pk.error]
+            for name in ("state", "count", "until", "first_ms", "last_ms", "dl_reason"):
+                changed |= getattr(self, name)[:np0] != getattr(pk, name)
+        keys = np.unique(self.pchunk[changed]).tolist()
+        for key in keys:
+            a = int(np.searchsorted(self.pchunk, key, side="left"))
+            b = int(np.searchsorted(self.pchunk, key, side="right"))
+            sel = a + np.flatnonzero(keep[a:b])
+            self.parked_changes.append((key, self._chunk(sel) if len(sel) else None))
+        new = np0 + np.flatnonzero(keep[np0 : np0 + k])
+        for i in range(0, len(new), PARKED_CHUNK_RECORDS):
+            sel = new[i : i + PARKED_CHUNK_RECORDS]
+            self.parked_changes.append((int(self.off[sel[0]]), self._chunk(sel)))
+
+    def _chunk(self, sel: npt.NDArray[np.intp]) -> ShareParkedValue:
+        holder, holders = _compact_table(self.holder[sel], self.holders)
+        error, errors = _compact_table(self.error[sel], self.errors)
+        return ShareParkedValue(
+            off=self.off[sel],
+            state=self.state[sel],
+            count=self.count[sel],
             holder=holder,
-            until=self.until,
-            first_ms=self.first_ms,
-            last_ms=self.last_ms,
+            until=self.until[sel],
+            first_ms=self.first_ms[sel],
+            last_ms=self.last_ms[sel],
             error=error,
-            dl_reason=self.dl_reason,
+            dl_reason=self.dl_reason[sel],
+            ts=self.ts[sel],
+            key_hash=self.key[sel],
+            holders=holders,
+            errors=errors,
+        )
+
+    def value(self) -> ShareStateValue:
+        """The state record's value (the window; tables compacted to the
+        entries in use), after :meth:`advance` (which fills
+        ``parked_changes``)."""
+        self.advance()
+        w = slice(self.np0, None)
+        holder, holders = _compact_table(self.holder[w], self.holders)
+        error, errors = _compact_table(self.error[w], self.errors)
+        return ShareStateValue(
+            spso=self.wstart,
+            state=self.state[w],
+            count=self.count[w],
+            holder=holder,
+            until=self.until[w],
+            first_ms=self.first_ms[w],
+            last_ms=self.last_ms[w],
+            error=error,
+            dl_reason=self.dl_reason[w],
             holders=holders,
             errors=errors,
             accepted_total=self.accepted_total,
@@ -607,14 +733,108 @@ def _compact_table(col: I4, table: list[str]) -> tuple[I4, tuple[str, ...]]:
     return remap[col], tuple(table[i] for i in used.tolist())
 
 
+@dataclass(frozen=True, eq=False)
+class Entries:
+    """Every unfinished-or-windowed record of a share partition as columns
+    (parked records, then the window), indexed by entry; ``off`` is each
+    entry's offset, ``chunk`` the parked chunk of a parked entry (-1 in the
+    window), ``holder``/``error`` index ``holders``/``errors``. Read-only."""
+
+    off: I8
+    chunk: I8
+    state: U1
+    count: U1
+    holder: I4
+    until: I8
+    first_ms: I8
+    last_ms: I8
+    error: I4
+    dl_reason: U1
+    ts: I8
+    key: U8
+    holders: tuple[str, ...]
+    errors: tuple[str, ...]
+
+
+def _empty_entries() -> Entries:
+    z8 = np.zeros(0, dtype=np.int64)
+    z4 = np.zeros(0, dtype=np.int32)
+    z1 = np.zeros(0, dtype=np.uint8)
+    return Entries(z8, z8, z1, z1, z4, z8, z8, z8, z4, z1, z8, np.zeros(0, np.uint64), (), ())
+
+
+def _concat_parked(chunks: Iterable[tuple[int, ShareParkedValue]]) -> Entries:
+    """The parked chunks as one set of columns (chunks in key order, which is
+    offset order), holder and error tables merged (O(records) numpy,
+    O(chunks + table entries) Python)."""
+    items = list(chunks)
+    if not items:
+        return _empty_entries()
+    holders: dict[str, int] = {}
+    errors: dict[str, int] = {}
+    hcols, ecols = [], []
+    for _, c in items:
+        hm = np.array([holders.setdefault(h, len(holders)) for h in c.holders] + [-1], np.int32)
+        em = np.array([errors.setdefault(e, len(errors)) for e in c.errors] + [-1], np.int32)
+        hcols.append(hm[c.holder])
+        ecols.append(em[c.error])
+
+    def cat(name: str) -> npt.NDArray[Any]:
+        return np.concatenate([getattr(c, name) for _, c in items])
+
+    return Entries(
+        off=cat("off"),
+        chunk=np.repeat(
+            np.array([k for k, _ in items], dtype=np.int64), [len(c.off) for _, c in items]
+        ),
+        state=cat("state"),
+        count=cat("count"),
+        holder=np.concatenate(hcols).astype(np.int32),
+        until=cat("until"),
+        first_ms=cat("first_ms"),
+        last_ms=cat("last_ms"),
+        error=np.concatenate(ecols).astype(np.int32),
+        dl_reason=cat("dl_reason"),
+        ts=cat("ts"),
+        key=cat("key_hash"),
+        holders=tuple(holders),
+        errors=tuple(errors),
+    )
+
+
+def reset_parked_locks(c: ShareParkedValue) -> ShareParkedValue:
+    """A parked chunk with every acquired record available again (restart)."""
+    acq = c.state == ACQUIRED
+    if not bool(acq.any()):
+        return c
+    return ShareParkedValue(
+        off=c.off,
+        state=np.where(acq, np.uint8(AVAILABLE), c.state).astype(np.uint8),
+        count=c.count.copy(),
+        holder=np.where(acq, np.int32(-1), c.holder).astype(np.int32),
+        until=np.where(acq, np.int64(0), c.until).astype(np.int64),
+        first_ms=c.first_ms.copy(),
+        last_ms=c.last_ms.copy(),
+        error=c.error.copy(),
+        dl_reason=c.dl_reason.copy(),
+        ts=c.ts.copy(),
+        key_hash=c.key_hash.copy(),
+        holders=c.holders,
+        errors=c.errors,
+    )
+
+
+def _next_event(state: U1, until: I8, after_ms: int) -> int | None:
+    """The earliest lock end (even one at or before ``after_ms``: tick has
+    work) or not-before time after ``after_ms``; None: nothing pending."""
+    times = until[(state == ACQUIRED) | ((state == AVAILABLE) & (until > after_ms))]
+    return int(times.min()) if len(times) else None
+
+
 def next_deadline_of(v: ShareStateValue, now_ms: int) -> int | None:
-    """See :meth:`SharePartition.next_deadline`."""
-    acq = v.state == ACQUIRED
-    delayed = (v.state == AVAILABLE) & (v.until > now_ms)
-    times = v.until[acq | delayed]
-    if len(times) == 0:
-        return None
-    return max(int(times.min()), now_ms)
+    """See :meth:`SharePartition.next_deadline` (the window only)."""
+    t = _next_event(v.state, v.until, now_ms)
+    return None if t is None else max(t, now_ms)
 
 
 def empty_state(spso: int) -> ShareStateValue:
@@ -640,7 +860,10 @@ def empty_state(spso: int) -> ShareStateValue:
 class PartitionCounts:
     """What ``describe`` and the metrics show for one share partition.
     ``oldest_available_ts_ms`` is the timestamp of the oldest available (due)
-    record, -1 when none; the broker adds the log backlog past ``speo``."""
+    record, -1 when none; the broker adds the log backlog past ``speo``.
+    ``spso`` is the share-partition start offset (lowest unfinished record),
+    ``parked`` how many records are parked below the window (counted in
+    ``available``/``delayed``/``acquired``/``dead_letter_pending`` too)."""
 
     topic: str
     partition: int
@@ -654,6 +877,7 @@ class PartitionCounts:
     dead_lettered_total: int
     oldest_available_ts_ms: int
     in_flight: dict[str, int]
+    parked: int = 0
 
 
 class SharePartition:
@@ -663,8 +887,15 @@ class SharePartition:
         self.group_id, self.topic, self.partition = group_id, topic, partition
         self.value: ShareStateValue | None = None
         self.chunks: dict[int, ShareChunkValue] = {}
+        self.parked: dict[int, ShareParkedValue] = {}
         self.ts: I8 = np.zeros(0, dtype=np.int64)
         self.key: U8 = np.zeros(0, dtype=np.uint64)
+        #: bumped on every replayed change (the coordinator's deadline index)
+        self.version = 0
+        self._parked_cache: Entries | None = None
+        self._entries_cache: Entries | None = None
+        self._lock_min: int | None = None
+        self._lock_min_ok = False
 
     @property
     def initialized(self) -> bool:
@@ -676,34 +907,73 @@ class SharePartition:
         """End of the window (-1 before initialization)."""
         return -1 if self.value is None else self.value.speo
 
-    def work(self, config: ShareGroupConfig, *, start_offset: int | None = None) -> Work:
+    @property
+    def spso(self) -> int:
+        """The share-partition start offset: the lowest parked record, else
+        the window start (-1 before initialization). Everything below it is
+        finished."""
+        if self.value is None:
+            return -1
+        if self.parked:
+            return int(self.parked[min(self.parked)].off[0])
+        return self.value.spso
+
+    @property
+    def parked_count(self) -> int:
+        """Records parked below the window."""
+        return sum(len(c.off) for c in self.parked.values())
+
+    def work(
+        self,
+        config: ShareGroupConfig,
+        *,
+        start_offset: int | None = None,
+        max_parked: int = 100_000,
+    ) -> Work:
         """A writable copy to run operations on (an uninitialized partition
-        starts empty at ``start_offset``)."""
+        starts empty at ``start_offset``); at most ``max_parked`` records
+        parked below the window."""
         if self.value is None:
             assert start_offset is not None
             p = SharePartition(self.group_id, self.topic, self.partition)
             p.value = empty_state(start_offset)
-            w = Work(p, config)
+            w = Work(p, config, max_parked)
             w.changed = True
             return w
-        return Work(self, config)
+        return Work(self, config, max_parked)
 
     # ------------------------------------------------------------- replay
+
+    def _changed(self) -> None:
+        self.version += 1
+        self._entries_cache = None
+        self._lock_min_ok = False
 
     def install_chunk(self, first_offset: int, chunk: ShareChunkValue) -> None:
         """Replay a window chunk (facts of offsets entering the window)."""
         self.chunks[first_offset] = chunk
         if self.value is not None:
             self._rebuild_meta()
+        self._changed()
 
     def drop_chunk(self, first_offset: int) -> None:
         """Replay a chunk tombstone."""
         self.chunks.pop(first_offset, None)
 
+    def install_parked(self, first_offset: int, chunk: ShareParkedValue | None) -> None:
+        """Replay a parked chunk (None: its tombstone)."""
+        if chunk is None:
+            self.parked.pop(first_offset, None)
+        else:
+            self.parked[first_offset] = chunk
+        self._parked_cache = None
+        self._changed()
+
     def install(self, value: ShareStateValue) -> None:
         """Replay a state snapshot; the facts come from the chunks."""
         self.value = value
         self._rebuild_meta()
+        self._changed()
 
     def _rebuild_meta(self) -> None:
         v = self.value
@@ -719,15 +989,23 @@ class SharePartition:
         self.ts, self.key = ts, key
 
     def stale_chunks(self, spso: int) -> list[int]:
-        """Chunks wholly below ``spso`` (to tombstone)."""
+        """Window chunks wholly below the window start ``spso`` (to
+        tombstone; parked records carry their own facts)."""
         return sorted(f for f, c in self.chunks.items() if f + len(c.gap) <= spso)
 
     def reset_locks(self) -> None:
-        """After a restart: every acquired record is available again, its
-        delivery count kept (KIP-932); locks are not durable."""
+        """After a restart: every acquired record (in the window or parked)
+        is available again, its delivery count kept (KIP-932); locks are not
+        durable."""
         v = self.value
         if v is None:
             return
+        for k, c in list(self.parked.items()):
+            r = reset_parked_locks(c)
+            if r is not c:
+                self.parked[k] = r
+                self._parked_cache = None
+        self._changed()
         acq = v.state == ACQUIRED
         if not bool(acq.any()):
             return
@@ -750,77 +1028,161 @@ class SharePartition:
 
     # -------------------------------------------------------------- reads
 
+    def parked_arrays(self) -> Entries:
+        """The parked records as one set of columns (cached until a parked
+        chunk is replayed)."""
+        if self._parked_cache is None:
+            self._parked_cache = _concat_parked(sorted(self.parked.items()))
+        return self._parked_cache
+
+    def entries(self) -> Entries:
+        """Parked records then the window, as columns (cached until the next
+        replayed change); holder and error index the merged tables."""
+        v = self.value
+        if v is None:
+            return _empty_entries()
+        if self._entries_cache is not None:
+            return self._entries_cache
+        pk = self.parked_arrays()
+        if len(pk.off) == 0:
+            e = Entries(
+                np.arange(v.spso, v.speo, dtype=np.int64),
+                np.full(len(v.state), -1, dtype=np.int64),
+                v.state,
+                v.count,
+                v.holder,
+                v.until,
+                v.first_ms,
+                v.last_ms,
+                v.error,
+                v.dl_reason,
+                self.ts,
+                self.key,
+                v.holders,
+                v.errors,
+            )
+        else:
+            holders = {h: i for i, h in enumerate(v.holders)}
+            errors = {x: i for i, x in enumerate(v.errors)}
+            hm = np.array(
+                [holders.setdefault(h, len(holders)) for h in pk.holders] + [-1], np.int32
+            )
+            em = np.array([errors.setdefault(x, len(errors)) for x in pk.errors] + [-1], np.int32)
+
+            def cat(name: str, win: npt.NDArray[Any]) -> npt.NDArray[Any]:
+                return np.concatenate((getattr(pk, name), win))
+
+            e = Entries(
+                cat("off", np.arange(v.spso, v.speo, dtype=np.int64)),
+                cat("chunk", np.full(len(v.state), -1, dtype=np.int64)),
+                cat("state", v.state),
+                cat("count", v.count),
+                np.concatenate((hm[pk.holder], v.holder)).astype(np.int32),
+                cat("until", v.until),
+                cat("first_ms", v.first_ms),
+                cat("last_ms", v.last_ms),
+                np.concatenate((em[pk.error], v.error)).astype(np.int32),
+                cat("dl_reason", v.dl_reason),
+                cat("ts", self.ts),
+                cat("key", self.key),
+                tuple(holders),
+                tuple(errors),
+            )
+        self._entries_cache = e
+        return e
+
+    def _locks_end(self) -> int | None:
+        """The earliest lock end (cached until the next replayed change)."""
+        if not self._lock_min_ok:
+            e = self.entries()
+            u = e.until[e.state == ACQUIRED]
+            self._lock_min = int(u.min()) if len(u) else None
+            self._lock_min_ok = True
+        return self._lock_min
+
+    def next_event_after(self, after_ms: int) -> int | None:
+        """The earliest lock end (even one already past) or not-before time
+        after ``after_ms``; None: nothing pending."""
+        if self.value is None:
+            return None
+        e = self.entries()
+        return _next_event(e.state, e.until, after_ms)
+
     def next_deadline(self, now_ms: int) -> int | None:
         """The earliest lock end or not-before time after ``now_ms`` (a lock
         already past is ``now_ms``: tick has work); None: nothing pending."""
-        return None if self.value is None else next_deadline_of(self.value, now_ms)
+        t = self.next_event_after(now_ms)
+        return None if t is None else max(t, now_ms)
 
     def has_expired_locks(self, now_ms: int) -> bool:
-        """Whether some lock ended at or before ``now_ms``."""
-        v = self.value
-        return v is not None and bool(((v.state == ACQUIRED) & (v.until <= now_ms)).any())
+        """Whether some lock ended at or before ``now_ms`` (O(1) once cached)."""
+        t = self._locks_end()
+        return t is not None and t <= now_ms
 
     def available_now(self, now_ms: int) -> int:
-        """Records that an acquisition could hand out now, in the window."""
-        v = self.value
-        if v is None:
+        """Records that an acquisition could hand out now (parked or in the window)."""
+        if self.value is None:
             return 0
-        return int(((v.state == AVAILABLE) & (v.until <= now_ms)).sum())
+        e = self.entries()
+        return int(((e.state == AVAILABLE) & (e.until <= now_ms)).sum())
 
     def counts(self, now_ms: int) -> PartitionCounts:
-        """Counts for describe / metrics."""
+        """Counts for describe / metrics (parked records included)."""
         v = self.value
         assert v is not None
-        st = v.state
-        due = (st == AVAILABLE) & (v.until <= now_ms)
+        e = self.entries()
+        st = e.state
+        due = (st == AVAILABLE) & (e.until <= now_ms)
         acq = st == ACQUIRED
-        per: list[int] = np.bincount(v.holder[acq], minlength=len(v.holders)).tolist()
+        per: list[int] = np.bincount(e.holder[acq], minlength=len(e.holders)).tolist()
         return PartitionCounts(
             self.topic,
             self.partition,
-            v.spso,
+            self.spso,
             v.speo,
             available=int(due.sum()),
-            delayed=int(((st == AVAILABLE) & (v.until > now_ms)).sum()),
+            delayed=int(((st == AVAILABLE) & (e.until > now_ms)).sum()),
             acquired=int(acq.sum()),
             dead_letter_pending=int((st == DEAD_LETTER).sum()),
             accepted_total=v.accepted_total,
             dead_lettered_total=v.dead_lettered_total,
-            oldest_available_ts_ms=int(self.ts[due].min()) if bool(due.any()) else -1,
-            in_flight={h: int(n) for h, n in zip(v.holders, per, strict=True) if n},
+            oldest_available_ts_ms=int(e.ts[due].min()) if bool(due.any()) else -1,
+            in_flight={h: int(n) for h, n in zip(e.holders, per, strict=True) if n},
+            parked=self.parked_count,
         )
 
     def pending_dead_letters(self, config: ShareGroupConfig) -> list[DeadLetter]:
         """Every DEAD_LETTER run not yet confirmed (after a restart the broker
         produces them again: at-least-once into the dead-letter topic)."""
-        v = self.value
-        if v is None:
+        if self.value is None:
             return []
-        idx = np.flatnonzero(v.state == DEAD_LETTER)
+        e = self.entries()
+        idx = np.flatnonzero(e.state == DEAD_LETTER)
         out = []
-        for a, b in _runs(idx, v.count, v.error, v.first_ms, v.last_ms, v.dl_reason):
-            e = int(v.error[a])
+        for a, b in _runs(idx, e.off, e.count, e.error, e.first_ms, e.last_ms, e.dl_reason):
+            x = int(e.error[a])
             out.append(
                 DeadLetter(
                     self.group_id,
                     config.dead_letter_topic_for(self.group_id),
                     self.topic,
                     self.partition,
-                    v.spso + a,
-                    v.spso + b,
-                    int(v.count[a]),
-                    DeadLetterReason(int(v.dl_reason[a])),
-                    v.errors[e] if e >= 0 else "",
-                    int(v.first_ms[a]),
-                    int(v.last_ms[a]),
+                    int(e.off[a]),
+                    int(e.off[b]),
+                    int(e.count[a]),
+                    DeadLetterReason(int(e.dl_reason[a])),
+                    e.errors[x] if x >= 0 else "",
+                    int(e.first_ms[a]),
+                    int(e.last_ms[a]),
                 )
             )
         return out
 
     def record_states(self) -> Iterable[tuple[int, int, int]]:
-        """(offset, state, delivery count) of every offset in the window --
-        per record, for tests and debugging only (not the broker's path)."""
-        v = self.value
-        if v is None:
+        """(offset, state, delivery count) of every parked record and every
+        offset in the window, in offset order -- per record, for tests and
+        debugging only (not the broker's path)."""
+        if self.value is None:
             return []
-        return zip(range(v.spso, v.speo), v.state.tolist(), v.count.tolist(), strict=True)
+        e = self.entries()
+        return zip(e.off.tolist(), e.state.tolist(), e.count.tolist(), strict=True)

@@ -27,6 +27,17 @@ key names exactly the piece of state its value replaces:
   log end offset before the first append (the broker checks those tails for
   the ``logstore-redrive-from`` header after a crash, so a redrive is exactly
   once). ``intent_end`` -1: no redrive under way.
+* parked chunk, type 4: key ``[4, group, topic, partition, first_offset]``;
+  value: up to ``PARKED_CHUNK_RECORDS`` (512) *parked* records -- unfinished
+  records below the window (delayed ones the window start moved past, see
+  ``_partition``) -- each with its offset and all of its state and facts
+  (state, delivery count, holder, lock deadline or due time, first/last
+  delivery, error, dead-letter reason, timestamp, key hash), with its own
+  holder and error tables. A chunk is written when records are parked (key:
+  the offset of its first record), rewritten when one of its records
+  changes, tombstoned when all have finished; it never gains records. So a
+  change rewrites only the chunks it touched (at most ~60 KB each), and
+  compaction keeps one record per live chunk.
 
 Encoding, format version 1 (``SHARE_RECORD_VERSION``): UTF-8 JSON, sorted
 keys, no whitespace, so equal records are equal bytes. Every value carries
@@ -77,6 +88,12 @@ class ShareRecordType(IntEnum):
     PARTITION_STATE = 1
     WINDOW_CHUNK = 2
     REDRIVE = 3
+    PARKED_CHUNK = 4
+
+
+#: Most records in one parked chunk (bounds a chunk record: ~60 KB of JSON at
+#: worst, ~120 B a record with every column distinct).
+PARKED_CHUNK_RECORDS: Final = 512
 
 
 @dataclass(frozen=True)
@@ -106,6 +123,16 @@ class ShareChunkKey:
 
 
 @dataclass(frozen=True)
+class ShareParkedKey:
+    """Key of one chunk of a share partition's parked records."""
+
+    group_id: str
+    topic: str
+    partition: int
+    first_offset: int
+
+
+@dataclass(frozen=True)
 class ShareGroupValue:
     """A share group's config."""
 
@@ -116,7 +143,9 @@ class ShareGroupValue:
 class ShareStateValue:
     """Mutable state of the window ``[spso, spso + len(state))`` as dense,
     read-only columns (index i is offset ``spso + i``); see ``_partition`` for
-    the meaning of each column."""
+    the meaning of each column. ``spso`` is the *window start* (the field
+    keeps its record-format name): the share partition's start offset is the
+    lower of it and its lowest parked record (``SharePartition.spso``)."""
 
     spso: int
     state: U1
@@ -136,6 +165,11 @@ class ShareStateValue:
     def speo(self) -> int:
         """Share-partition end offset (exclusive)."""
         return self.spso + len(self.state)
+
+    @property
+    def window_start(self) -> int:
+        """Start of the dense window (the ``spso`` field)."""
+        return self.spso
 
     def columns(self) -> tuple[npt.NDArray[Any], ...]:
         """The per-offset columns, in a fixed order."""
@@ -229,9 +263,66 @@ class ShareRedriveValue:
     targets: tuple[tuple[str, int, int], ...] = ()
 
 
-ShareRecordKey: TypeAlias = ShareGroupKey | ShareStateKey | ShareChunkKey | ShareRedriveKey
+@dataclass(frozen=True, eq=False)
+class ShareParkedValue:
+    """Parked records of one chunk as read-only columns (index i is the
+    record at offset ``off[i]``, strictly increasing; at most
+    ``PARKED_CHUNK_RECORDS``): the state columns of ``ShareStateValue`` plus
+    ``ts`` and ``key_hash``; ``holder`` and ``error`` index this chunk's own
+    ``holders`` and ``errors``."""
+
+    off: I8
+    state: U1
+    count: U1
+    holder: I4
+    until: I8
+    first_ms: I8
+    last_ms: I8
+    error: I4
+    dl_reason: U1
+    ts: I8
+    key_hash: U8
+    holders: tuple[str, ...]
+    errors: tuple[str, ...]
+
+    def columns(self) -> tuple[npt.NDArray[Any], ...]:
+        """The per-record columns, in a fixed order (``_PARKED_COLS``)."""
+        return (
+            self.off,
+            self.state,
+            self.count,
+            self.holder,
+            self.until,
+            self.first_ms,
+            self.last_ms,
+            self.error,
+            self.dl_reason,
+            self.ts,
+            self.key_hash,
+        )
+
+    def __post_init__(self) -> None:
+        n = len(self.off)
+        assert 0 < n <= PARKED_CHUNK_RECORDS, "bad parked chunk size"
+        assert all(len(c) == n for c in self.columns()), "ragged parked columns"
+        for c in self.columns():
+            c.flags.writeable = False
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ShareParkedValue):
+            return NotImplemented
+        return (self.holders, self.errors) == (other.holders, other.errors) and all(
+            np.array_equal(a, b) for a, b in zip(self.columns(), other.columns(), strict=True)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+ShareRecordKey: TypeAlias = (
+    ShareGroupKey | ShareStateKey | ShareChunkKey | ShareRedriveKey | ShareParkedKey
+)
 ShareRecordValue: TypeAlias = (
-    ShareGroupValue | ShareStateValue | ShareChunkValue | ShareRedriveValue
+    ShareGroupValue | ShareStateValue | ShareChunkValue | ShareRedriveValue | ShareParkedValue
 )
 
 _VALUE_TYPES: Final[dict[type[Any], type[Any]]] = {
@@ -239,6 +330,7 @@ _VALUE_TYPES: Final[dict[type[Any], type[Any]]] = {
     ShareStateKey: ShareStateValue,
     ShareChunkKey: ShareChunkValue,
     ShareRedriveKey: ShareRedriveValue,
+    ShareParkedKey: ShareParkedValue,
 }
 
 
@@ -297,6 +389,21 @@ _STATE_COLS: Final = (
 )
 
 
+_PARKED_COLS: Final = (
+    ("off", np.int64),
+    ("state", np.uint8),
+    ("count", np.uint8),
+    ("holder", np.int32),
+    ("until", np.int64),
+    ("first", np.int64),
+    ("last", np.int64),
+    ("error", np.int32),
+    ("dl", np.uint8),
+    ("ts", np.int64),
+    ("key", np.uint64),
+)
+
+
 def encode_key(key: ShareRecordKey) -> bytes:
     """The key bytes: equal keys give equal bytes (compaction compares them)."""
     if isinstance(key, ShareGroupKey):
@@ -305,6 +412,10 @@ def encode_key(key: ShareRecordKey) -> bytes:
         return _dumps([ShareRecordType.REDRIVE, key.group_id])
     if isinstance(key, ShareStateKey):
         return _dumps([ShareRecordType.PARTITION_STATE, key.group_id, key.topic, key.partition])
+    if isinstance(key, ShareParkedKey):
+        return _dumps(
+            [ShareRecordType.PARKED_CHUNK, key.group_id, key.topic, key.partition, key.first_offset]
+        )
     return _dumps(
         [ShareRecordType.WINDOW_CHUNK, key.group_id, key.topic, key.partition, key.first_offset]
     )
@@ -353,6 +464,20 @@ def encode_value(value: ShareRecordValue | None) -> bytes | None:
             "accepted": value.accepted_total,
             "dead_lettered": value.dead_lettered_total,
         }
+    elif isinstance(value, ShareParkedValue):
+        cols = value.columns()
+        # offsets as first + run-length deltas (consecutive offsets: one run)
+        v |= {
+            "n": len(value.off),
+            "holders": list(value.holders),
+            "errors": list(value.errors),
+        }
+        for (name, _), col in zip(_PARKED_COLS, cols, strict=True):
+            if name == "off":
+                v["off0"] = int(col[0])
+                v["off"] = _rle(np.diff(col))
+            else:
+                v[name] = _rle(col)
     else:
         v |= {
             "n": len(value.gap),
@@ -408,6 +533,8 @@ def _decode(k: Any, v: Any) -> ShareRecord:
         rkey = ShareRedriveKey(k[1])
     elif kind is ShareRecordType.PARTITION_STATE:
         rkey = ShareStateKey(k[1], k[2], _int(k[3]))
+    elif kind is ShareRecordType.PARKED_CHUNK:
+        rkey = ShareParkedKey(k[1], k[2], _int(k[3]), _int(k[4]))
     else:
         rkey = ShareChunkKey(k[1], k[2], _int(k[3]), _int(k[4]))
     if v is None:
@@ -470,6 +597,34 @@ def _decode(k: Any, v: Any) -> ShareRecord:
             value.error.max(initial=-1)
         ):
             raise CorruptRecordError("share-group state refers past its holder or error table")
+    elif kind is ShareRecordType.PARKED_CHUNK:
+        n = _int(v["n"])
+        if not 0 < n <= PARKED_CHUNK_RECORDS:
+            raise CorruptRecordError(f"share-group parked chunk of {n} records")
+        cols = {name: _unrle(v[name], dt, n) for name, dt in _PARKED_COLS[1:]}
+        deltas = _unrle(v["off"], np.int64, n - 1)
+        if bool((deltas <= 0).any()):
+            raise CorruptRecordError("share-group parked chunk offsets do not increase")
+        off = _int(v["off0"]) + np.concatenate(([0], np.cumsum(deltas))).astype(np.int64)
+        value = ShareParkedValue(
+            off=off,
+            state=cols["state"],
+            count=cols["count"],
+            holder=cols["holder"],
+            until=cols["until"],
+            first_ms=cols["first"],
+            last_ms=cols["last"],
+            error=cols["error"],
+            dl_reason=cols["dl"],
+            ts=cols["ts"],
+            key_hash=cols["key"],
+            holders=tuple(str(h) for h in v["holders"]),
+            errors=tuple(str(e) for e in v["errors"]),
+        )
+        if len(value.holders) <= int(value.holder.max(initial=-1)) or len(value.errors) <= int(
+            value.error.max(initial=-1)
+        ):
+            raise CorruptRecordError("share-group parked chunk refers past its tables")
     else:
         n = _int(v["n"])
         if n <= 0:
