@@ -684,3 +684,16 @@ def test_tick_uses_the_deadline_index() -> None:
     assert c.tick(NOW).next_deadline_ms == NOW + 10_000
     assert c.tick(NOW + 10_050).next_deadline_ms == NOW + 10_051
     assert c.tick(NOW + 10_199).next_deadline_ms == NOW + 45_000  # the session
+
+
+def test_a_leaving_consumer_gives_back_parked_records_it_holds() -> None:
+    """Records acquired from below the window go back when their holder leaves."""
+    b = Broker(ShareGroupConfig(max_inflight_records=4))
+    b.join("a")
+    b.join("b")
+    b.produce("t", 4, deliver_at=NOW + 1_000)
+    b.produce("t", 4)
+    assert [o for _, o, _ in b.fetch("a", 10)] == []  # the window parks 0..3
+    assert [o for _, o, _ in b.fetch("a", 10, now=NOW + 1_000)] == [0, 1, 2, 3]
+    b.run(b.c.leave("g", "a", now_ms=NOW + 1_000))
+    assert [(o, n) for _, o, n in b.fetch("b", 10, now=NOW + 1_000)] == [(o, 2) for o in range(4)]

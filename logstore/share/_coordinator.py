@@ -552,7 +552,7 @@ class ShareCoordinator:
         if g is None:
             return records, dls
         for p in g.partitions.values():
-            if p.value is None or consumer_id not in p.value.holders:
+            if p.value is None or consumer_id not in p.entries().holders:
                 continue
             w = p.work(g.config, max_parked=self.config.max_delayed_records)
             w.release_holder(consumer_id)
