@@ -53,9 +53,14 @@ The broker's fetch, in three steps (nothing is read twice):
    lists them again at start, so dead letters are at-least-once).
 
 Memory is bounded by ``ShareCoordinatorConfig`` (groups, consumers, share
-partitions) times ``max_inflight_records``; ``tick`` is O(share partitions x
-window) numpy work. Not thread-safe: one thread (the broker's coordinator
-lock) calls it.
+partitions) times ``max_inflight_records`` plus ``max_delayed_records``
+parked records. A volatile deadline index (a heap of each share partition's
+next lock end or due time, kept by replay) makes ``tick`` and its
+``next_deadline_ms`` O(consumers + log n per partition whose deadline
+passed), not O(share partitions x window). Getting past N delayed records
+takes N / ``max_inflight_records`` fetch rounds (each reads one window and
+parks what is delayed). Not thread-safe: one thread (the broker's
+coordinator lock) calls it.
 """
 
 from __future__ import annotations

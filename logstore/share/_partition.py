@@ -14,24 +14,35 @@ finished; each has one state:
 * ``GAP`` -- no record at this offset (compacted away, a format-2 batch's
   hole): terminal, never handed out, counted nowhere.
 
-The share-partition start offset ``spso`` advances past the contiguous
-terminal prefix (ACCEPTED, ARCHIVED, GAP), so everything below it is
-finished and never redelivered. ``speo - spso`` is at most the group's
-``max_inflight_records``: offsets past it are not read into the window, so an
-acquisition returns fewer records (back pressure) and memory is bounded.
+The window start advances past the contiguous prefix of terminal records
+(ACCEPTED, ARCHIVED, GAP) and of *delayed* ones (AVAILABLE with a not-before
+time, due or not), which are **parked**: kept below the window, with every
+column and their offset, in sorted numpy columns (``parked_arrays``; durable
+as parked-chunk records of at most 512, see ``_records``), at most
+``max_delayed_records`` (a coordinator setting) of them -- past that the
+window start stops at the next delayed record (back pressure, not memory).
+So a long delay never holds back the records behind it. ``speo`` minus the
+window start is at most the group's ``max_inflight_records``: offsets past it
+are not read into the window, so an acquisition returns fewer records (back
+pressure) and memory is bounded; acquired records, parked or not, are at most
+``max_inflight_records`` too. The share-partition start offset
+(:attr:`SharePartition.spso`) is the lowest parked offset, else the window
+start: everything below it is finished and never redelivered, and offsets
+between it and the window start that are not parked are finished.
 
 Representation: dense numpy columns over the window (index i = offset
-``spso + i``): state u1, delivery count u1, holder i4 (index into a table of
-consumer ids; kept after a lock expires, so a late acknowledgement from that
-consumer is told LOCK_EXPIRED rather than NOT_ACQUIRED), until i8, first and
-last delivery time i8 (0 = never delivered), error i4 (index into a table of
-error texts), dead-letter reason u1; and, from the log, timestamp i8, key hash
-u8. About 50 bytes an offset, never one Python object per record. Every
-operation is a handful of numpy passes over the window (O(window), 2,000 by
-default: ~10 us each); Python work is O(ranges) for acknowledgements and
-O(runs) for results and records. The one place with work per distinct key is
-ordering keys: ``np.unique`` over the keys in the window (O(W log W) in C, no
-Python loop).
+``window start + i``; a :class:`Work` puts the parked records first and
+indexes both by entry, with an offset column): state u1, delivery count u1,
+holder i4 (index into a table of consumer ids; kept after a lock expires, so
+a late acknowledgement from that consumer is told LOCK_EXPIRED rather than
+NOT_ACQUIRED), until i8, first and last delivery time i8 (0 = never
+delivered), error i4 (index into a table of error texts), dead-letter reason
+u1; and, from the log, timestamp i8, key hash u8. About 50 bytes an offset,
+never one Python object per record. Every operation is a handful of numpy
+passes over the window (O(window), 2,000 by default: ~10 us each); Python
+work is O(ranges) for acknowledgements and O(runs) for results and records.
+The one place with work per distinct key is ordering keys: ``np.unique``
+over the keys in the window (O(W log W) in C, no Python loop).
 
 Purity: a :class:`SharePartition` is changed only by :meth:`install` /
 :meth:`install_chunk` / :meth:`drop_chunk` (called by the coordinator's
