@@ -682,7 +682,7 @@ class Work:
             changed |= self.error[:np0] != self.emap[pk.error]
             for name in ("state", "count", "until", "first_ms", "last_ms", "dl_reason"):
                 changed |= getattr(self, name)[:np0] != getattr(pk, name)
-        keys = np.unique(self.pchunk[changed]).tolist()
+        keys = np.unique(self.pchunk[changed]).tolist() if bool(changed.any()) else []
         for key in keys:
             a = int(np.searchsorted(self.pchunk, key, side="left"))
             b = int(np.searchsorted(self.pchunk, key, side="right"))
