@@ -1,11 +1,12 @@
 """Install what ``make bench-compare`` needs: the peer servers and the bench extra.
 
-* ``apt-get update`` then ``apt-get install -y redis-server nats-server`` (Debian
-  packages; needs root). The Debian packages also start system services on their
+* ``apt-get update`` then ``apt-get install -y --no-install-recommends
+  redis-server nats-server rabbitmq-server`` (Debian packages, one at a time;
+  needs root). The Debian packages also start system services on their
   default ports on some systems; the benchmarks never use those: every server is
   started by the harness as its own child on a free loopback port.
 * ``pip install -e '.[bench]'`` into the running interpreter (redis[hiredis],
-  nats-py, matplotlib).
+  nats-py, pika, aio-pika, matplotlib).
 
 A peer that cannot be installed is reported with one line and skipped; this
 script never ends with a traceback and always exits 0, so ``make bench-compare``
@@ -23,7 +24,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 #: Debian package -> the executable the harness runs.
-PEERS: dict[str, str] = {"redis-server": "redis-server", "nats-server": "nats-server"}
+PEERS: dict[str, str] = {
+    "redis-server": "redis-server",
+    "nats-server": "nats-server",
+    # the harness runs the node script itself (benchmarks/systems/rabbitmq_sys.py)
+    "rabbitmq-server": "/usr/lib/rabbitmq/bin/rabbitmq-server",
+}
 #: Bounds on each step, so a broken mirror cannot hang the run.
 APT_UPDATE_TIMEOUT_S = 300
 APT_INSTALL_TIMEOUT_S = 600
@@ -45,6 +51,8 @@ def _run(cmd: list[str], timeout_s: int) -> tuple[bool, str]:
 
 
 def _find(exe: str) -> str | None:
+    if exe.startswith("/"):
+        return exe if Path(exe).exists() else None
     # The Debian packages install into /usr/bin; /usr/sbin for safety.
     return shutil.which(exe) or next(
         (str(p) for p in (Path("/usr/bin") / exe, Path("/usr/sbin") / exe) if p.exists()), None
@@ -82,12 +90,24 @@ def install_python_extra() -> bool:
     )
     if not ok:
         print(f"pip install of the bench extra failed ({msg}); trying each client alone")
-        for req in ("redis[hiredis]>=5,<9", "nats-py>=2.7,<3", "matplotlib>=3.8,<4"):
+        for req in (
+            "redis[hiredis]>=5,<9",
+            "nats-py>=2.7,<3",
+            "pika>=1.3,<2",
+            "aio-pika>=9.4,<11",
+            "matplotlib>=3.8,<4",
+        ):
             pip = [sys.executable, "-m", "pip", "install", "--quiet", req]
             ok1, msg1 = _run(pip, PIP_TIMEOUT_S)
             if not ok1:
                 print(f"skipping {req}: {msg1}")
-    for mod, what in (("redis", "redis-py"), ("nats", "nats-py"), ("matplotlib", "matplotlib")):
+    for mod, what in (
+        ("redis", "redis-py"),
+        ("nats", "nats-py"),
+        ("pika", "pika"),
+        ("aio_pika", "aio-pika"),
+        ("matplotlib", "matplotlib"),
+    ):
         try:
             __import__(mod)
         except Exception as exc:  # any import failure means "skip it", never a traceback

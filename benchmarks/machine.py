@@ -23,6 +23,8 @@ CLIENT_PACKAGES = (
     "redis",
     "hiredis",
     "nats-py",
+    "pika",
+    "aio-pika",
     "matplotlib",
 )
 
@@ -70,6 +72,8 @@ def machine_info() -> dict[str, Any]:
         "os": platform.platform(),
         "python": sys.version.split()[0],
         "python_implementation": platform.python_implementation(),
+        # the 2 cores are shared with other work: the load when the run started
+        "loadavg": list(os.getloadavg()),
     }
 
 

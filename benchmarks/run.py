@@ -1,8 +1,9 @@
 """The benchmark runner: ``python -m benchmarks.run [--quick | --compare] [...]``.
 
 * ``--quick`` (``make bench``): logstore only, reduced sizes, a few minutes.
-* ``--compare`` (``make bench-compare``): logstore, Redis Streams and NATS
-  JetStream side by side at issue 6's sizes, in one run.
+* ``--compare`` (``make bench-compare``): logstore, Redis Streams, NATS
+  JetStream and (for the work-queue workloads W8 / W8R only) RabbitMQ side by
+  side at full sizes, in one run.
 
 Prints the machine limits, then one table of every figure (median of
 ``--runs`` runs, min .. max, and each logstore figure as % of the limit that
@@ -40,9 +41,17 @@ WORKLOADS = {
     "W5": "benchmarks.workloads.w5_partitions",
     "W6": "benchmarks.workloads.w6_recovery",
     "W7": "benchmarks.workloads.w7_group_drain",
+    "W8": "benchmarks.workloads.w8_work_queue",
+    "W8R": "benchmarks.workloads.w8_redelivery",
 }
-#: Workloads that only make sense for logstore.
-LOGSTORE_ONLY = {"W6"}
+#: Workloads that run on some systems only (the others run on every system but RabbitMQ).
+ONLY_ON = {
+    "W6": {"logstore"},
+    "W8": {"logstore", "redis", "rabbitmq"},
+    "W8R": {"logstore", "redis", "rabbitmq"},
+}
+#: RabbitMQ is a work-queue peer only (issue 11): it has no log to replay or tail.
+QUEUE_ONLY_SYSTEMS = {"rabbitmq"}
 SECTIONS = {
     "storage": "benchmarks.storage_bench",
     "broker": "benchmarks.broker_bench",
@@ -54,7 +63,14 @@ SECTIONS = {
 }
 #: Sections run when --sections is not given.
 DEFAULT_SECTIONS = ("storage", "broker", "client")
-SYSTEMS = ("logstore", "redis", "nats")
+SYSTEMS = ("logstore", "redis", "nats", "rabbitmq")
+
+
+def runs_on(workload: str, system: str) -> bool:
+    """Whether ``workload`` is run against ``system``."""
+    if workload in ONLY_ON:
+        return system in ONLY_ON[workload]
+    return system not in QUEUE_ONLY_SYSTEMS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -160,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"skipping {name}: {why}", flush=True)
                     results["skipped"][name] = why
                     continue
-                todo = [w for w in workloads if name == "logstore" or w not in LOGSTORE_ONLY]
+                todo = [w for w in workloads if runs_on(w, name)]
                 if not todo:
                     continue
                 print(f"== {name}: {', '.join(todo)}", flush=True)

@@ -1,9 +1,10 @@
 """The benchmark harness runs end to end at a tiny size, so it cannot rot.
 
-Every workload (W1-W7; W7's logstore side is skipped with one line until the
-client has consumer groups), the machine-limit probes and the storage, broker and
-client sections run against logstore; Redis Streams and NATS JetStream only
-when they are already installed (tests never install packages). Sizes are
+Every workload (W1-W8R; W7's logstore side is skipped with one line until the
+client has consumer groups, W8/W8R's until it has share groups), the
+machine-limit probes and the storage, broker and client sections run against
+logstore; Redis Streams, NATS JetStream and RabbitMQ (W8/W8R only) only when
+they are already installed (tests never install packages). Sizes are
 tiny: these are not measurements, and nothing here asserts a speed.
 """
 
@@ -16,7 +17,7 @@ import pytest
 
 from benchmarks import limits, run
 from benchmarks.systems import load
-from benchmarks.workloads import w7_group_drain
+from benchmarks.workloads import w7_group_drain, w8_work_queue
 
 
 def _run(tmp_path: Path, *args: str) -> dict:
@@ -56,11 +57,14 @@ def test_limit_probes_measure_every_limit(tmp_path: Path) -> None:
 
 
 def test_every_workload_runs_against_logstore(tmp_path: Path) -> None:
-    """W1-W6 (and W7 once logstore has consumer groups) produce figures against a real
-    logstore broker and write the JSON; until then W7 is recorded as skipped, with its reason."""
+    """W1-W6 (and W7 / W8, W8R once logstore has consumer / share groups) produce figures
+    against a real logstore broker and write the JSON; until then those are recorded as
+    skipped, with their reason."""
     results = _run(tmp_path, "--systems", "logstore", "--sections", "workloads")
     groups = w7_group_drain.logstore_groups_available()
+    queues = w8_work_queue.logstore_share_available()
     want = {"W1", "W2", "W3", "W4", "W5", "W6"} | ({"W7"} if groups else set())
+    want |= {"W8", "W8R"} if queues else set()
     assert _workloads(results, "logstore") == want
     if not groups:
         assert results["skipped"]["W7 logstore"] == w7_group_drain.LOGSTORE_SKIP
@@ -70,6 +74,9 @@ def test_every_workload_runs_against_logstore(tmp_path: Path) -> None:
         for owned in share["info"]["owned"]:
             assert sorted(len(o) for o in owned) == [1, 1, 1, 1]
             assert len({p for o in owned for p in o}) == 4
+    if not queues:
+        assert results["skipped"]["W8 logstore"] == w8_work_queue.LOGSTORE_SKIP
+        assert results["skipped"]["W8R logstore"] == w8_work_queue.LOGSTORE_SKIP
     w4 = [f for f in results["figures"] if f["name"].endswith("delivered")]
     assert w4 and all(f["median"] == 100.0 for f in w4)
 
@@ -80,16 +87,30 @@ def test_storage_broker_and_client_sections_run(tmp_path: Path) -> None:
     assert {"storage", "broker", "client"} <= _workloads(results, "logstore")
 
 
-@pytest.mark.parametrize("system", ["redis", "nats"])
+#: The workloads each peer runs (RabbitMQ is a work-queue peer only; JetStream has no W8).
+PEER_WORKLOADS = {
+    "redis": {"W1", "W2", "W3", "W4", "W5", "W7", "W8", "W8R"},
+    "nats": {"W1", "W2", "W3", "W4", "W5", "W7"},
+    "rabbitmq": {"W8", "W8R"},
+}
+
+
+@pytest.mark.parametrize("system", sorted(PEER_WORKLOADS))
 def test_peer_workloads_run_when_installed(tmp_path: Path, system: str) -> None:
-    """W1-W5 and W7 run against a peer that is already installed (skipped otherwise)."""
+    """Each peer that is already installed runs its workloads (skipped otherwise)."""
     why = load(system).unavailable()
     if why:
         pytest.skip(why)
     results = _run(tmp_path, "--systems", system, "--sections", "workloads")
-    assert _workloads(results, system) == {"W1", "W2", "W3", "W4", "W5", "W7"}
-    w7 = [f for f in results["figures"] if f["info"]["workload"] == "W7"]
-    assert {f["unit"] for f in w7} == {"records/s", "MB/s", "MB", "%"}
+    assert _workloads(results, system) == PEER_WORKLOADS[system]
+    if "W7" in PEER_WORKLOADS[system]:
+        w7 = [f for f in results["figures"] if f["info"]["workload"] == "W7"]
+        assert {f["unit"] for f in w7} == {"records/s", "MB/s", "MB", "%"}
+    if "W8" in PEER_WORKLOADS[system]:
+        w8 = {f["name"] for f in results["figures"] if f["info"]["workload"] == "W8"}
+        assert {"W8 drain records/s", "W8 produce-to-ack p99"} <= w8
+        w8r = [f for f in results["figures"] if f["info"]["workload"] == "W8R"]
+        assert w8r and all(f["median"] > 0 for f in w8r)
 
 
 def test_w7_logstore_lights_up_when_group_consumer_exists(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -120,3 +141,14 @@ def test_consumer_group_sections_run(tmp_path: Path) -> None:
     assert len(w1) == 3  # alone, paced members, max-rate members
     beats = [f for (name, _), f in figs.items() if name == "coordinator heartbeats/s during W1"]
     assert beats and max(f["median"] for f in beats) > 0
+
+
+def test_w8_logstore_lights_up_when_share_consumer_exists(monkeypatch: pytest.MonkeyPatch) -> None:
+    """W8 / W8R skip logstore exactly while logstore.client has no ShareConsumer."""
+    from logstore import client
+
+    system = load("logstore")()
+    monkeypatch.delattr(client, "ShareConsumer", raising=False)
+    assert w8_work_queue.unavailable(system) == w8_work_queue.LOGSTORE_SKIP
+    monkeypatch.setattr(client, "ShareConsumer", object, raising=False)
+    assert w8_work_queue.unavailable(system) is None

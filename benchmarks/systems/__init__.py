@@ -30,6 +30,7 @@ MODULES = {
     "logstore": "benchmarks.systems.logstore_sys",
     "redis": "benchmarks.systems.redis_sys",
     "nats": "benchmarks.systems.nats_sys",
+    "rabbitmq": "benchmarks.systems.rabbitmq_sys",
 }
 
 

@@ -60,6 +60,12 @@ class System:
         """Records of ``topic`` that ``group`` has not acknowledged/committed (W7)."""
         raise NotImplementedError
 
+    def create_share_group(self, topic: str, group: str, visibility_ms: int) -> None:
+        """Make ``group`` a work queue over ``topic`` (W8, W8R): every consumer competes
+        for records, each acknowledged one by one; an unacknowledged one goes to
+        another consumer after ``visibility_ms`` (where the system has such a lock)."""
+        raise NotImplementedError
+
     def set_durable(self, durable: bool) -> None:
         """Server-side durability switch (Redis appendfsync); no-op elsewhere."""
 

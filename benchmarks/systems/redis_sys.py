@@ -88,6 +88,11 @@ class Driver(System):
     def create_group(self, topic: str, group: str, partitions: int = 1) -> None:
         self.r.xgroup_create(f"{topic}-0", group, id="0")
 
+    def create_share_group(self, topic: str, group: str, visibility_ms: int) -> None:
+        # the stream may be empty still (W8's latency run): MKSTREAM creates it; Redis
+        # has no lock timeout, a survivor claims idle entries with XAUTOCLAIM (W8R)
+        self.r.xgroup_create(f"{topic}-0", group, id="0", mkstream=True)
+
     def group_outstanding(self, topic: str, group: str, partitions: int = 1) -> int:
         key = f"{topic}-0"
         pending = int(self.r.xpending(key, group)["pending"])
@@ -98,6 +103,10 @@ class Driver(System):
 
     def set_durable(self, durable: bool) -> None:
         self.r.config_set("appendfsync", "always" if durable else "no")
+
+    def set_appendfsync(self, mode: str) -> None:
+        """``no`` / ``everysec`` / ``always`` (W8 runs everysec and always)."""
+        self.r.config_set("appendfsync", mode)
 
     def label(self, durable: bool) -> str:
         return "appendfsync always" if durable else "appendfsync no"
@@ -244,3 +253,106 @@ def group_drain(args: dict[str, Any], ready: Callable[[], None]) -> dict[str, An
     end = time.monotonic()
     r.close()
     return {"start": start, "end": end, "last_ack": last_ack, "count": count}
+
+
+#: Entries per XREADGROUP of a W8 worker: RabbitMQ's prefetch, so each worker
+#: holds at most as many unacknowledged tasks as a RabbitMQ consumer does.
+WORK_COUNT = 100
+#: How often a W8R survivor runs XAUTOCLAIM: the granularity of its redelivery
+#: time on top of the min-idle time.
+CLAIM_INTERVAL_S = 0.1
+
+
+def work(args: dict[str, Any], ready: Callable[[], None]) -> dict[str, Any]:
+    """One W8 worker: ``XREADGROUP > COUNT WORK_COUNT BLOCK 50``, then one ``XACK``
+    per entry, the batch's XACKs sent in one pipeline (one round trip per batch,
+    not per entry). With ``stamped`` the latency of each entry is taken once the
+    pipeline's replies are in. Stops once ``args["acked"]`` reaches ``n``."""
+    import numpy as np
+
+    n, topic, group = int(args["n"]), str(args["topic"]), str(args["group"])
+    stamped = bool(args.get("stamped"))
+    acked = args["acked"]
+    key = f"{topic}-0"
+    name = f"w{args['member']}"
+    r = _conn(args)
+    r.ping()
+    lat = np.zeros(n if stamped else 0, dtype=np.int64)
+    from_bytes = int.from_bytes
+    deadline = time.monotonic() + float(args.get("deadline_s", 120))
+    ready()
+    start = last_ack = time.monotonic()
+    count = 0
+    while time.monotonic() < deadline:
+        resp = r.xreadgroup(group, name, {key: ">"}, count=WORK_COUNT, block=50)
+        entries = resp[0][1] if resp else []
+        if not entries:
+            if acked.value >= n:
+                break
+            continue
+        pipe = r.pipeline(transaction=False)
+        for eid, _fields in entries:
+            pipe.xack(key, group, eid)
+        pipe.execute()
+        now = time.monotonic_ns()
+        last_ack = time.monotonic()
+        if stamped:
+            for _eid, fields in entries:
+                if count < n:
+                    lat[count] = now - from_bytes(fields[b"v"][:8], "little")
+                count += 1
+        else:
+            count += len(entries)
+        with acked.get_lock():
+            acked.value += len(entries)
+    end = time.monotonic()
+    r.close()
+    return {
+        "start": start,
+        "end": end,
+        "last_ack": last_ack,
+        "count": count,
+        "lat_ns": lat[: min(count, n)],
+    }
+
+
+def hold(args: dict[str, Any], ready: Callable[[], None]) -> dict[str, Any]:
+    """W8R victim: ``XREADGROUP`` up to ``k`` entries, never acked; report their
+    ids on ``args["held"]`` and wait to be killed."""
+    topic, group, k = str(args["topic"]), str(args["group"]), int(args["k"])
+    key = f"{topic}-0"
+    r = _conn(args)
+    got: list[bytes] = []
+    deadline = time.monotonic() + float(args.get("deadline_s", 60))
+    while len(got) < k and time.monotonic() < deadline:
+        resp = r.xreadgroup(group, "victim", {key: ">"}, count=k - len(got), block=100)
+        got += [f[b"v"][:8] for _eid, f in (resp[0][1] if resp else [])]
+    args["held"].put((time.monotonic(), got))
+    time.sleep(float(args.get("deadline_s", 60)))  # killed with SIGKILL long before
+    return {}
+
+
+def claim(args: dict[str, Any], ready: Callable[[], None]) -> dict[str, Any]:
+    """W8R survivor: every CLAIM_INTERVAL_S, ``XAUTOCLAIM`` entries idle for at
+    least ``visibility_ms`` (and ``XREADGROUP >`` for new ones), ack them, until
+    ``k`` arrived; each one's receipt time keyed by its first 8 bytes."""
+    topic, group, k = str(args["topic"]), str(args["group"]), int(args["k"])
+    idle_ms = int(args["visibility_ms"])
+    key = f"{topic}-0"
+    r = _conn(args)
+    r.ping()
+    seen: dict[bytes, float] = {}
+    deadline = time.monotonic() + float(args.get("deadline_s", 60))
+    ready()
+    while len(seen) < k and time.monotonic() < deadline:
+        _next, entries, *_ = r.xautoclaim(key, group, "survivor", idle_ms, "0-0", count=k)
+        resp = r.xreadgroup(group, "survivor", {key: ">"}, count=k)
+        entries = list(entries) + list(resp[0][1] if resp else [])
+        now = time.monotonic()
+        for eid, fields in entries:
+            seen.setdefault(fields[b"v"][:8], now)
+            r.xack(key, group, eid)
+        if len(seen) < k:
+            time.sleep(CLAIM_INTERVAL_S)
+    r.close()
+    return {"seen": seen}

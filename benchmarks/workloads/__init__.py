@@ -8,7 +8,9 @@ the machine limit that bounds them (``bound``), for the report's "% of limit".
 
 W7 (group drain, issue 10) runs against Redis, JetStream and logstore (its
 logstore side is skipped with one line if ``logstore.client.GroupConsumer`` is
-missing).
+missing). W8 (work queue) and W8R (redelivery after a kill -9), issue 11, run
+against RabbitMQ, Redis and logstore (logstore skipped with one line while
+``logstore.client.ShareConsumer`` is missing).
 """
 
 from __future__ import annotations
@@ -51,6 +53,16 @@ class Scale:
     compaction_keys: int = 10_000_000
     coord_members: int = 1_000
     coord_groups: int = 100
+    #: W8 work queue (issue 11): tasks drained, worker processes, the paced rate and
+    #: how long it runs (10 s at 5,000/s = 50,000 tasks a latency run).
+    w8_tasks: int = 200_000
+    w8_workers: int = 8
+    w8_rate: int = 5_000
+    w8_latency_seconds: float = 10.0
+    #: W8R redelivery: tasks the killed worker holds, and the visibility timeout
+    #: (logstore lock, Redis XAUTOCLAIM min-idle; RabbitMQ has none).
+    w8r_tasks: int = 100
+    w8r_visibility_ms: int = 5_000
 
 
 FULL = Scale()
@@ -67,6 +79,8 @@ QUICK = Scale(
     client_records=300_000,
     w7_records=200_000,
     compaction_keys=1_000_000,
+    w8_tasks=50_000,
+    w8_latency_seconds=5.0,
 )
 TINY = Scale(
     w1_records=2_000,
@@ -87,6 +101,12 @@ TINY = Scale(
     compaction_keys=20_000,
     coord_members=20,
     coord_groups=4,
+    w8_tasks=2_000,
+    w8_workers=2,
+    w8_rate=500,
+    w8_latency_seconds=0.5,
+    w8r_tasks=10,
+    w8r_visibility_ms=1_000,
 )
 
 
