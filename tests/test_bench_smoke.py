@@ -152,3 +152,50 @@ def test_w8_logstore_lights_up_when_share_consumer_exists(monkeypatch: pytest.Mo
     assert w8_work_queue.unavailable(system) == w8_work_queue.LOGSTORE_SKIP
     monkeypatch.setattr(client, "ShareConsumer", object, raising=False)
     assert w8_work_queue.unavailable(system) is None
+
+
+def test_queue_tables_have_a_row_per_setting() -> None:
+    """publish_queues renders one W8 row per (system, setting) with median (min .. max)
+    cells, and one W8R row per system, from a results JSON."""
+    from benchmarks import publish_queues
+
+    def fig(name: str, system: str, mode: str, values: list[float], **info: object) -> dict:
+        return {
+            "name": name,
+            "unit": "x",
+            "median": sorted(values)[len(values) // 2],
+            "min": min(values),
+            "max": max(values),
+            "values": values,
+            "info": {"workload": name.split()[0], "system": system, "mode": mode, **info},
+        }
+
+    w8 = {"tasks": 200_000, "size": 100, "workers": 8, "latency_tasks": 50_000, "rate": 5000}
+    results = {
+        "created_utc": "2026-12-02T00:00:00Z",
+        "machine": {
+            "cpu_model": "cpu",
+            "cores": 2,
+            "memory_bytes": 2**34,
+            "kernel": "k",
+            "python": "3.11",
+            "loadavg": [1.5, 1.0, 1.0],
+        },
+        "versions": {"servers": {"rabbitmq": "3.10.8"}, "clients": {"pika": "1.4.4"}},
+        "config": {"runs": 3, "systems": ["rabbitmq", "redis"]},
+        "figures": [
+            fig("W8 drain records/s", "rabbitmq", "classic", [1.0, 2.0, 3.0], loads=[2.0], **w8),
+            fig("W8 produce-to-ack p99", "rabbitmq", "classic", [5.0, 6.0, 7.0], **w8),
+            fig("W8 drain records/s", "redis", "always", [10.0, 20.0, 30.0], loads=[4.0], **w8),
+            fig("W8 drain records/s", "redis", "everysec", [9.0, 9.0, 9.0], loads=[3.0], **w8),
+            fig("W8R kill to all redelivered", "redis", "XAUTOCLAIM", [5000.0, 5100.0, 5200.0]),
+        ],
+    }
+    text = publish_queues.generated(results, "r.json")
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "setting" not in line]
+    assert len(rows) == 4
+    assert rows[0] == "| RabbitMQ | classic | 2 (1 .. 3) |  | 6 (5 .. 7) |  |"
+    assert "| Redis Streams | XAUTOCLAIM | | 5,100 (5,000 .. 5,200) |" in text.replace(
+        "|  |", "| |"
+    )
+    assert "started: 1.5; when each W8 run started: 2.0 .. 4.0" in text

@@ -66,6 +66,10 @@ class System:
         another consumer after ``visibility_ms`` (where the system has such a lock)."""
         raise NotImplementedError
 
+    def share_outstanding(self, topic: str, group: str) -> int:
+        """Records of ``topic`` not acknowledged by share group ``group`` (W8)."""
+        return self.group_outstanding(topic, group)
+
     def set_durable(self, durable: bool) -> None:
         """Server-side durability switch (Redis appendfsync); no-op elsewhere."""
 

@@ -186,6 +186,26 @@ class Driver(System):
         with Admin(self.params()["grpc"]) as admin:
             return wait_settled(admin, group, members, partitions, timeout_s)
 
+    def create_share_group(self, topic: str, group: str, visibility_ms: int) -> None:
+        """A share group reading ``topic`` from its first record, records locked for
+        ``visibility_ms`` (W8, W8R)."""
+        from logstore.client import Admin
+
+        assert self.broker is not None
+        with Admin(self.broker.grpc_address) as admin:
+            admin.create_share_group(
+                group, visibility_timeout_ms=visibility_ms, auto_offset_reset="earliest"
+            )
+
+    def share_outstanding(self, topic: str, group: str) -> int:
+        """Records of a share group not acknowledged yet (available + acquired + delayed)."""
+        from logstore.client import Admin
+
+        assert self.broker is not None
+        with Admin(self.broker.grpc_address) as admin:
+            d = admin.describe_share_group(group)
+        return sum(p.available + p.acquired + p.delayed for p in d.partitions)
+
     def end_offsets(self, topic: str) -> list[int]:
         from logstore.v1 import logstore_pb2 as pb
 
@@ -595,3 +615,119 @@ def group_drain(args: dict[str, Any], ready: Callable[[], None]) -> dict[str, An
         member.close()
     end = time.monotonic()
     return {"start": start, "end": end, "last_ack": last_ack, "count": count, "owned": owned}
+
+
+# ---- share groups (W8, W8R) --------------------------------------------------------------------
+
+#: Records one share fetch may acquire for a W8 worker: the client's default.
+#: Not RabbitMQ's prefetch of 100: each ShareFetch that acquires appends an
+#: fsynced share-state record before it replies, so the drain rate is about
+#: fetches/s x records per fetch (8 workers here: ~4,000/s at 100, ~30,000/s
+#: at 500 on the loaded 2-core machine).
+SHARE_MAX_RECORDS = 500
+
+
+def _share_consumer(args: dict[str, Any]) -> Any:
+    from logstore.client import ShareConsumer
+
+    return ShareConsumer(
+        args["params"]["grpc"],
+        str(args["group"]),
+        [str(args["topic"])],
+        max_records=int(args.get("max_records", SHARE_MAX_RECORDS)),
+        fetch_max_wait_ms=50,
+    )
+
+
+def work(args: dict[str, Any], ready: Callable[[], None]) -> dict[str, Any]:
+    """One W8 worker: ``ShareConsumer.poll`` (at most SHARE_MAX_RECORDS), then
+    ``msg.ack()`` for each message. Without ``stamped`` (drain) the acks ride on
+    the next fetch (or the client's 50 ms flush timer); the worker that acks the
+    last task calls ``commit()`` (sends what is queued and waits for the broker's
+    answer) before stamping ``last_ack``. With ``stamped`` (latency) every poll's
+    acks are ``commit()``ed and the latency taken once it returned, so the figure
+    is "ack applied (fsynced) at the broker". Stops once ``args["acked"]`` reaches ``n``."""
+    import numpy as np
+
+    n = int(args["n"])
+    stamped = bool(args.get("stamped"))
+    acked = args["acked"]
+    consumer = _share_consumer(args)
+    lat = np.zeros(n if stamped else 0, dtype=np.int64)
+    from_bytes = int.from_bytes
+    deadline = time.monotonic() + float(args.get("deadline_s", 120))
+    count = 0
+    try:
+        ready()
+        start = last_ack = time.monotonic()
+        while time.monotonic() < deadline:
+            msgs = consumer.poll(timeout_ms=50)
+            if not msgs:
+                if acked.value >= n:
+                    break
+                continue
+            for m in msgs:
+                m.ack()
+            with acked.get_lock():
+                acked.value += len(msgs)
+                total = acked.value
+            if stamped:
+                consumer.commit()
+                now = time.monotonic_ns()
+                for m in msgs:
+                    if count < n:
+                        lat[count] = now - from_bytes(m.value[:8], "little")
+                    count += 1
+                last_ack = time.monotonic()
+            else:
+                count += len(msgs)
+                if total >= n:
+                    consumer.commit()
+                last_ack = time.monotonic()
+        consumer.commit()
+    finally:
+        consumer.close()
+    end = time.monotonic()
+    return {
+        "start": start,
+        "end": end,
+        "last_ack": last_ack,
+        "count": count,
+        "lat_ns": lat[: min(count, n)],
+    }
+
+
+def hold(args: dict[str, Any], ready: Callable[[], None]) -> dict[str, Any]:
+    """W8R victim: acquire ``k`` records and never acknowledge them; report their
+    ids (first 8 bytes) on ``args["held"]`` and wait to be killed."""
+    k = int(args["k"])
+    consumer = _share_consumer({**args, "max_records": k})
+    got: list[bytes] = []
+    deadline = time.monotonic() + float(args.get("deadline_s", 60))
+    while len(got) < k and time.monotonic() < deadline:
+        got += [bytes(m.value[:8]) for m in consumer.poll(timeout_ms=100)]
+    args["held"].put((time.monotonic(), got))
+    time.sleep(float(args.get("deadline_s", 60)))  # killed with SIGKILL long before
+    return {}
+
+
+def claim(args: dict[str, Any], ready: Callable[[], None]) -> dict[str, Any]:
+    """W8R survivor: a share consumer of the same group that polls (and acks)
+    until ``k`` records arrived; each one's receipt time keyed by its first 8
+    bytes. The victim's records come back when their lock (the group's
+    ``visibility_timeout_ms``) expires."""
+    k = int(args["k"])
+    consumer = _share_consumer({**args, "max_records": k})
+    seen: dict[bytes, float] = {}
+    deadline = time.monotonic() + float(args.get("deadline_s", 60))
+    try:
+        ready()
+        while len(seen) < k and time.monotonic() < deadline:
+            msgs = consumer.poll(timeout_ms=50)
+            now = time.monotonic()
+            for m in msgs:
+                seen.setdefault(bytes(m.value[:8]), now)
+                m.ack()
+    finally:
+        consumer.close()
+    return {"seen": seen}

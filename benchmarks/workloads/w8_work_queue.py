@@ -29,10 +29,17 @@ Rows (what "ack" means for each):
   entry, the batch's XACKs in one pipeline (a reply for each). AOF on, with
   ``appendfsync everysec`` and ``always`` (two rows).
 * logstore: a topic of ``PARTITIONS`` partition(s) and a share group
-  (``ShareConsumer`` per worker, ``msg.ack()`` per message; the client batches
-  acknowledgements into its next fetch or a short flush timer); producer
-  acks=all (fsync). Skipped with one line while ``logstore.client`` has no
-  ``ShareConsumer``.
+  (``visibility_timeout_ms`` 5,000, ``auto_offset_reset`` earliest); each worker
+  is a ``ShareConsumer`` (500 records a poll, the client's default, see
+  ``logstore_sys.SHARE_MAX_RECORDS``) calling ``msg.ack()`` per message. In the
+  drain the acks ride on the next fetch (the client batches them into ranges);
+  in the latency run each poll's acks are ``commit()``ed and the latency taken
+  when the broker answered, i.e. once the acknowledgement is fsynced in
+  ``__share_group_state``. Producer acks=all (fsync); the paced producer is
+  ProduceStream with the records due within ``linger_ms`` in one batch: two
+  rows, 1 ms and 10 ms (ShareFetch's cost grows with the number of stored
+  batches, so tiny batches cost it throughput). Skipped with one line while
+  ``logstore.client`` has no ``ShareConsumer``.
 
 Workers stop when the shared counter of acknowledged tasks (a
 ``multiprocessing`` value) reaches the task count, so none ends on a guessed idle
@@ -42,6 +49,7 @@ timeout.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 from typing import Any
 
 import numpy as np
@@ -60,15 +68,26 @@ PARTITIONS = 1
 PIKA_TASKS = 10_000
 LOGSTORE_SKIP = "logstore share groups (logstore.client.ShareConsumer) not available yet"
 
-#: Per system: (mode label, Redis appendfsync setting or None). The label says the
-#: durability of acknowledged work.
-ROWS: dict[str, list[tuple[str, str | None]]] = {
-    "rabbitmq": [("durable classic queue, persistent, confirms; prefetch 100, ack each", None)],
+#: Per system: (mode label, knobs). The label says the durability of acknowledged
+#: work; knobs: ``appendfsync`` (Redis, set with CONFIG SET before the row) and
+#: ``linger_ms`` (logstore's paced producer: the records due within it go as one
+#: batch; the peers send what is due at each wake-up, ~1 ms apart).
+ROWS: dict[str, list[tuple[str, dict[str, Any]]]] = {
+    "rabbitmq": [("durable classic queue, persistent, confirms; prefetch 100, ack each", {})],
     "redis": [
-        ("AOF appendfsync everysec; XREADGROUP 100, XACK each", "everysec"),
-        ("AOF appendfsync always; XREADGROUP 100, XACK each", "always"),
+        ("AOF appendfsync everysec; XREADGROUP 100, XACK each", {"appendfsync": "everysec"}),
+        ("AOF appendfsync always; XREADGROUP 100, XACK each", {"appendfsync": "always"}),
     ],
-    "logstore": [("acks=all (fsync); ShareConsumer, msg.ack() each", None)],
+    "logstore": [
+        (
+            "acks=all (fsync), acks fsynced; ShareConsumer 500/poll, msg.ack() each; linger 1 ms",
+            {"linger_ms": 1},
+        ),
+        (
+            "acks=all (fsync), acks fsynced; ShareConsumer 500/poll, msg.ack() each; linger 10 ms",
+            {"linger_ms": 10},
+        ),
+    ],
 }
 
 
@@ -133,7 +152,7 @@ def _workers(
 def _check_empty(system: System, topic: str, group: str, got: int, n: int) -> None:
     if got < n:
         raise RuntimeError(f"{system.name} workers acknowledged {got:,} of {n:,} tasks")
-    left = system.group_outstanding(topic, group, PARTITIONS)
+    left = system.share_outstanding(topic, group)
     if left:
         raise RuntimeError(f"{system.name} queue left {left:,} tasks unacknowledged")
 
@@ -149,7 +168,7 @@ def run(ctx: Ctx, system: System) -> list[Figure]:
     total = int(sc.w8_rate * sc.w8_latency_seconds)
     spawn = mp.get_context("spawn")
     figures: list[Figure] = []
-    for mode, fsync in ROWS[system.name]:
+    for mode, knobs in ROWS[system.name]:
         info = {
             "workload": NAME,
             "system": system.name,
@@ -169,9 +188,12 @@ def run(ctx: Ctx, system: System) -> list[Figure]:
             "records/s",
             info={**info, "mode": "pika BlockingConnection, confirm each", "tasks": PIKA_TASKS},
         )
-        if fsync is not None:
-            system.set_appendfsync(fsync)  # type: ignore[attr-defined]
+        if "appendfsync" in knobs:
+            system.set_appendfsync(knobs["appendfsync"])  # type: ignore[attr-defined]
+        loads: list[float] = []
+        drain.info["loads"] = loads  # 1-min load average as each run starts (shared cores)
         for _ in range(ctx.runs):
+            loads.append(round(os.getloadavg()[0], 2))
             # -- drain of pre-produced tasks
             topic = new_topic("w8")
             group = f"{topic}-g"
@@ -222,6 +244,7 @@ def run(ctx: Ctx, system: System) -> list[Figure]:
                     seconds=sc.w8_latency_seconds,
                     size=SIZE,
                     durable=True,
+                    linger_ms=float(knobs.get("linger_ms", 1)),
                 )
                 args = _workers(ctx, system, topic, group, total, acked, True)
                 for a in args:
