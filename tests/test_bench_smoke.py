@@ -167,7 +167,7 @@ def test_queue_tables_have_a_row_per_setting() -> None:
             "min": min(values),
             "max": max(values),
             "values": values,
-            "info": {"workload": name.split()[0], "system": system, "mode": mode, **info},
+            "info": {"workload": name.split(maxsplit=1)[0], "system": system, "mode": mode, **info},
         }
 
     w8 = {"tasks": 200_000, "size": 100, "workers": 8, "latency_tasks": 50_000, "rate": 5000}
