@@ -183,6 +183,7 @@ def run(ctx: Ctx, system: System) -> list[Figure]:
         fill = Figure(f"{NAME} fill records/s", "records/s", info=dict(info))
         p50 = Figure(f"{NAME} produce-to-ack p50", "ms", higher_is_better=False, info=dict(info))
         p99 = Figure(f"{NAME} produce-to-ack p99", "ms", higher_is_better=False, info=dict(info))
+        sent = Figure(f"{NAME} paced producer sent tasks/s", "tasks/s", info=dict(info))
         pika = Figure(
             f"{NAME} fill records/s",
             "records/s",
@@ -257,6 +258,8 @@ def run(ctx: Ctx, system: System) -> list[Figure]:
                 p50.values.append(pct["p50"])
                 p99.values.append(pct["p99"])
                 sent_s = float(res[0]["end"]) - float(res[0]["start"])
+                # below the rate when the producer cannot keep up (then its backlog is latency)
+                sent.values.append(int(res[0]["count"]) / sent_s)
                 ctx.log(
                     f"{NAME} {system.name} [{mode}]: {total:,} tasks at {sc.w8_rate:,}/s "
                     f"(sent in {sent_s:.1f} s): produce-to-ack p50 {pct['p50']:.1f} ms, "
@@ -264,7 +267,7 @@ def run(ctx: Ctx, system: System) -> list[Figure]:
                 )
             finally:
                 system.delete(topic, PARTITIONS)
-        figures += [drain, p50, p99, fill]
+        figures += [drain, p50, p99, sent, fill]
         if pika.values:
             figures.append(pika)
     return figures
