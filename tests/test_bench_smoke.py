@@ -77,7 +77,7 @@ def test_every_workload_runs_against_logstore(tmp_path: Path) -> None:
     if not queues:
         assert results["skipped"]["W8 logstore"] == w8_work_queue.LOGSTORE_SKIP
         assert results["skipped"]["W8R logstore"] == w8_work_queue.LOGSTORE_SKIP
-    w4 = [f for f in results["figures"] if f["name"].endswith("delivered")]
+    w4 = [f for f in results["figures"] if f["info"]["workload"] == "W4" and f["unit"] == "%"]
     assert w4 and all(f["median"] == 100.0 for f in w4)
 
 
