@@ -96,6 +96,8 @@ def run(
     connect_timeout_ms: int,
     delay_ms: int | None = None,
     deliver_at_ms: int | None = None,
+    compression: str = "none",
+    compression_level: int | None = None,
 ) -> None:
     sep = key_separator.encode() if key_separator is not None else None
     delayed = delay_ms is not None or deliver_at_ms is not None
@@ -107,7 +109,13 @@ def run(
     records = 0
     nbytes = 0
     bad_line: int | None = None
-    producer = Producer(bootstrap, acks=acks, connect_timeout_ms=connect_timeout_ms)
+    producer = Producer(
+        bootstrap,
+        acks=acks,
+        connect_timeout_ms=connect_timeout_ms,
+        compression=compression,
+        compression_level=compression_level,
+    )
     src: IO[bytes] = open(path, "rb") if path is not None else sys.stdin.buffer  # noqa: SIM115
     failure: BaseException | None = None
     try:

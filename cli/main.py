@@ -327,6 +327,17 @@ def produce(
         typer.Option("--file", "-f", help="Read lines from PATH."),
     ] = None,
     acks: Annotated[str, typer.Option("--acks", help="0, 1 or all.")] = "all",
+    compression: Annotated[
+        str,
+        typer.Option("--compression", help="Compress each batch: none, gzip, lz4 or zstd."),
+    ] = "none",
+    compression_level: Annotated[
+        int | None,
+        typer.Option(
+            "--compression-level",
+            help="The codec's level (zstd -7..22, default 3; gzip 1..9, 6; lz4 0..16, 0).",
+        ),
+    ] = None,
     delay: Annotated[
         str | None,
         typer.Option(
@@ -349,6 +360,7 @@ def produce(
 ) -> None:
     """Append one record per input line (stdin or --file); summary on stderr."""
     from logstore.client import parse_acks, resolve_deliver_at  # noqa: PLC0415 (startup time)
+    from logstore.wire import check_level, codec_of, require_codec  # noqa: PLC0415
 
     from . import _produce  # noqa: PLC0415 (startup time)
 
@@ -356,6 +368,11 @@ def produce(
         parse_acks(acks)
     except errors.InvalidArgumentError as exc:
         raise ArgumentError(str(exc)) from None
+    try:
+        check_level(codec_of(compression), compression_level)
+        require_codec(codec_of(compression))
+    except (errors.InvalidArgumentError, ImportError) as exc:
+        raise ArgumentError(f"--compression {compression}: {exc}") from None
     if key_separator == "":
         raise ArgumentError("--key-separator must not be empty")
     if delay is not None and deliver_at is not None:
@@ -379,6 +396,8 @@ def produce(
         bootstrap=bootstrap,
         json_output=output is Output.json,
         connect_timeout_ms=connect_timeout_ms,
+        compression=compression,
+        compression_level=compression_level,
         delay_ms=delay_ms,
         deliver_at_ms=deliver_at_ms,
     )

@@ -54,7 +54,8 @@ def test_layout_matches_protobuf() -> None:
 
 
 @pytest.mark.parametrize(
-    ("attributes", "why"), [(1, "codec 1 is unknown"), (4, "codec 4"), (0x100, "unknown bits")]
+    ("attributes", "why"),
+    [(2, "codec 2 is not supported"), (5, "codec 5"), (7, "codec 7"), (0x100, "unknown bits")],
 )
 def test_unknown_attributes_are_rejected(attributes: int, why: str) -> None:
     """A frame whose attributes name an unknown codec or set undefined bits is

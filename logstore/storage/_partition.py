@@ -349,15 +349,25 @@ class PartitionLog:
         producer_id: int = 0,
         producer_epoch: int = 0,
         base_sequence: int = 0,
+        codec: int = 0,
+        plain: bytes | memoryview | None = None,
     ) -> AppendResult:
-        """Append one batch (the serialized records field) and return where it went."""
+        """Append one batch (the serialized records field) and return where it went.
+
+        With a ``codec``, ``records`` is the batch's compressed_records field
+        (stored as it is; ``max_batch_bytes`` counts it) and ``plain`` its
+        decompressed records field, which the timestamp check reads.
+        """
+        assert (codec == 0) == (plain is None)
         self.config.check_batch_bytes(HEADER_SIZE + len(records), self.name)
         now = now_ms()
         base_ts = now if base_timestamp_ms is None else base_timestamp_ms
-        max_ts = self._effective_max_ts(records, record_count, base_ts, max_timestamp_ms)
+        max_ts = self._effective_max_ts(
+            records if plain is None else plain, record_count, base_ts, max_timestamp_ms
+        )
         head = build_head(
             len(records), record_count, base_ts, max_ts, producer_id, producer_epoch,
-            base_sequence, records=records,
+            base_sequence, records=records, attributes=codec,
         )  # fmt: skip
         with self._lock:
             self._check_writable()

@@ -62,8 +62,10 @@ from logstore._types import OffsetAndTimestamp
 from logstore.config import StoreConfig, TopicConfig
 from logstore.errors import (
     CatalogError,
+    CorruptRecordError,
     DiskFullError,
     InvalidArgumentError,
+    InvalidBatchError,
     StorageError,
     StoreClosedError,
     TopicExistsError,
@@ -74,6 +76,12 @@ from logstore.errors import (
 from logstore.wire import (
     ColumnBatch,
     Record,
+    check_level,
+    codec_of,
+    compress,
+    compressed_field,
+    compressed_payload,
+    decompress,
     encode_records,
     keyed_record_count,
     max_record_timestamp,
@@ -599,18 +607,28 @@ class Store:
         *,
         sync: bool = False,
         timestamp_ms: int | None = None,
+        compression: str | int = "none",
+        compression_level: int | None = None,
     ) -> int:
         """Append records as one batch; return the offset of the first one.
 
         Returns once the batch is written (page cache); with ``sync=True``,
-        once it is fsynced.
+        once it is fsynced. ``compression`` (``"none"``, ``"gzip"``,
+        ``"lz4"``, ``"zstd"``) stores the batch compressed
+        (``compression_level``: the codec's, None for its default).
         """
         self._check_open()
         lg = self.partition(topic, partition)
+        codec = codec_of(compression)
+        check_level(codec, compression_level)
         body, count, max_ts = encode_records(records)
         if count == 0:
             raise InvalidArgumentError("empty batch: append needs at least one record")
-        res = self._append(lg, body, count, timestamp_ms, max_ts or None, 0, 0, 0)
+        plain = None
+        if codec:
+            plain = body
+            body = compressed_field(compress(plain, codec, compression_level))
+        res = self._append(lg, body, count, timestamp_ms, max_ts or None, 0, 0, 0, codec, plain)
         if sync:
             lg.sync_to(res.last_offset + 1).result()
         return res.base_offset
@@ -627,6 +645,8 @@ class Store:
         producer_id: int = 0,
         producer_epoch: int = 0,
         base_sequence: int = 0,
+        codec: int = 0,
+        plain: bytes | memoryview | None = None,
     ) -> AppendResult:
         """Append the serialized records field of a batch (the broker's path).
 
@@ -634,20 +654,29 @@ class Store:
         (:data:`logstore.wire.NO_TIMESTAMP_MS` when none does), as
         ``split_produce_request`` computes it; when None it is computed here
         from the records (one upb parse). Time search and retention trust it.
+        With a ``codec``, ``records`` is the compressed_records field, stored
+        as it is, and ``plain`` the decompressed records (decompressed here,
+        bounded, when None).
         """
         self._check_open()
         lg = self.partition(topic, partition)
         if record_count < 1:
             raise InvalidArgumentError("empty batch: a batch needs at least one record")
+        if codec and plain is None:
+            try:
+                payload = compressed_payload(records, "append_raw")
+                plain = decompress(payload, codec, "append_raw")
+            except CorruptRecordError as exc:
+                raise InvalidBatchError(str(exc)) from exc
         if max_timestamp_ms is None:
-            max_timestamp_ms = max_record_timestamp(records)
+            max_timestamp_ms = max_record_timestamp(records if plain is None else plain)
         if producer_id and not 0 < producer_id < self._producer_id_limit:
             raise UnknownProducerIdError(
                 f"producer id {producer_id} was never issued by this broker; call InitProducer"
             )
         return self._append(
             lg, records, record_count, base_timestamp_ms, max_timestamp_ms,
-            producer_id, producer_epoch, base_sequence,
+            producer_id, producer_epoch, base_sequence, codec, plain,
         )  # fmt: skip
 
     def append_frames(
@@ -675,15 +704,17 @@ class Store:
         pid: int,
         epoch: int,
         seq: int,
+        codec: int = 0,
+        plain: bytes | memoryview | None = None,
     ) -> AppendResult:
-        if lg.config.compact and keyed_record_count(body) != count:
+        if lg.config.compact and keyed_record_count(body if plain is None else plain) != count:
             # Kafka refuses these too: compaction keeps the latest record per
             # key, and a record without one has no place in that.
             raise InvalidArgumentError(
                 f"{lg.name}: a record with a null key cannot go to a compacted topic "
                 f"(cleanup_policy {lg.config.cleanup_policy!r}); give every record a key"
             )
-        res = lg.append(body, count, base_ts, max_ts, pid, epoch, seq)
+        res = lg.append(body, count, base_ts, max_ts, pid, epoch, seq, codec, plain)
         if not res.duplicate:
             end = res.last_offset + 1
             for fn in self._listeners:

@@ -47,7 +47,9 @@ import numpy.typing as npt
 from logstore.errors import CorruptRecordError
 from logstore.v1 import records_pb2
 
+from ._compression import decompress_frame
 from ._frame import (
+    ATTR_CODEC_MASK,
     FRAME_TAG,
     I32_BYTES,
     I64_BYTES,
@@ -138,8 +140,14 @@ def stored_frames(data: bytes) -> FetchedFrames:
     return FetchedFrames(data, frames, 0, 0)
 
 
-def parse_fetch(buf: bytes, check_crcs: bool = True) -> FetchedFrames:
-    """Walk a serialized FetchResponse (or SubscribeResponse)."""
+def parse_fetch(buf: bytes, check_crcs: bool = True, decompress: bool = True) -> FetchedFrames:
+    """Walk a serialized FetchResponse (or SubscribeResponse).
+
+    With ``decompress`` (the default) compressed frames are decompressed
+    once here (:func:`readable_frames`), after their CRC is checked, so a
+    consumer decoding the reply in several polls pays for it once; a reply
+    without compressed frames is returned as it is.
+    """
     frames: list[tuple[int, FrameHeader]] = []
     hwm = lso = 0
     pos = 0
@@ -183,7 +191,34 @@ def parse_fetch(buf: bytes, check_crcs: bool = True) -> FetchedFrames:
             pos += I32_BYTES
         else:
             raise CorruptRecordError(f"bad wire type {wire_type} in a fetch reply")
-    return FetchedFrames(buf, frames, hwm, lso)
+    result = FetchedFrames(buf, frames, hwm, lso)
+    return readable_frames(result) if decompress else result
+
+
+def readable_frames(result: FetchedFrames) -> FetchedFrames:
+    """``result`` with each compressed frame replaced by its uncompressed
+    equivalent (:func:`logstore.wire.decompress_frame`: same header fields,
+    codec 0, the decompressed records, at most MAX_DECOMPRESSED_BYTES each);
+    ``result`` itself when no frame is compressed (one pass over the
+    headers, no copy). CRCs must have been checked on the stored bytes;
+    CorruptRecordError for a payload that does not decompress or inflates
+    past the bound.
+    """
+    if not any(h.attributes & ATTR_CODEC_MASK for _, h in result.frames):
+        return result
+    buf = memoryview(result.buf)
+    parts: list[bytes | memoryview] = []
+    frames: list[tuple[int, FrameHeader]] = []
+    at = 0
+    for pos, h in result.frames:
+        frame: bytes | memoryview = buf[pos : pos + h.frame_size]
+        if h.attributes & ATTR_CODEC_MASK:
+            frame = decompress_frame(frame, h)
+            h = decode_header(frame)  # noqa: PLW2901 - the header of the new frame
+        frames.append((at, h))
+        parts.append(frame)
+        at += len(frame)
+    return FetchedFrames(b"".join(parts), frames, result.high_watermark, result.log_start_offset)
 
 
 class ColumnBatch:
@@ -449,7 +484,9 @@ def decode_columns(
     start_offset: int,
     max_records: int | None = None,
 ) -> ColumnBatch:
-    """Records of ``result``'s frames at or after ``start_offset``, as columns."""
+    """Records of ``result``'s frames at or after ``start_offset``, as columns
+    (compressed frames decompressed, see :func:`readable_frames`)."""
+    result = readable_frames(result)
     frames = frames_from(result, start_offset, max_records)
     if not frames:
         return empty_columns(topic, partition)
@@ -867,8 +904,10 @@ def decode_objects(
 
     Built from the columns (slicing one bytes object per column is cheaper
     than reading each field of an upb message from Python), except for a few
-    records (a random read, a small fetch), where upb is cheaper.
+    records (a random read, a small fetch), where upb is cheaper. Compressed
+    frames are decompressed first (:func:`readable_frames`).
     """
+    result = readable_frames(result)
     if any(h.has_offset_deltas for _, h in result.frames):
         return _decode_objects_upb(result, start_offset, max_records)
     wanted = 0

@@ -26,13 +26,21 @@ Frame layout (byte offsets from the start of the frame, little-endian)::
         48  0x39 sfixed64  producer_id        0 = none
         57  0x45 sfixed32  producer_epoch
         62  0x4d sfixed32  base_sequence
-        67  0x55 fixed32   attributes         bits 0-2 codec, only 0 (none);
-                                             bit 3 ATTR_OFFSET_DELTAS; readers
-                                             reject any other bit
+        67  0x55 fixed32   attributes         bits 0-2 codec (0 none, 1 gzip,
+                                             3 lz4, 4 zstd; 2 snappy and 5-7
+                                             rejected); bit 3 ATTR_OFFSET_DELTAS;
+                                             readers reject any other bit
       format 2 only (bit 3 set):
         72  0x5d fixed32   last_offset_delta  last offset - base_offset
     72  records (format 1)        repeated Record, field 15 (tag 0x7a each),
     77  records (format 2)        to the end of the batch (6 + L)
+
+A compressed batch (codec != 0) has, where the records would be, one field
+``compressed_records`` (tag 0x72, varint length, payload) to the end of the
+batch; the payload is the codec's compression of the records field above
+(:mod:`logstore.wire._compression` has the exact framing and the bound). The
+CRC covers the stored, compressed bytes. ``FrameHeader.records_start`` is
+then where that field starts.
 
 Format 1 (bit 3 clear) is what every producer and the append path write:
 the record at index i has offset base_offset + i, so the batch's last offset
@@ -109,13 +117,15 @@ PREFIX_SIZE: Final = 1 + LENGTH_VARINT_BYTES  # tag + 5-byte varint
 #: The largest batch a frame can describe; segments are < 4 GiB (u32 positions)
 #: and max_batch_bytes is far below this.
 MAX_BATCH_LENGTH: Final = (1 << 31) - 1
-#: Attribute bits 0-2: the compression codec; 0 (none) is the only one so far.
+#: Attribute bits 0-2: the compression codec (logstore.wire._compression).
 ATTR_CODEC_MASK: Final = 0x07
+#: The codecs this version reads: 0 none, 1 gzip, 3 lz4, 4 zstd (not 2, snappy).
+_KNOWN_CODECS: Final = frozenset({0, 1, 3, 4})
 #: Attribute bit 3: format 2, records carry offset deltas (module docstring).
 ATTR_OFFSET_DELTAS: Final = 0x08
 assert ATTR_OFFSET_DELTAS == _ATTR_OFFSET_DELTAS
 #: The attribute bits this version reads.
-_KNOWN_ATTRIBUTES: Final = ATTR_OFFSET_DELTAS
+_KNOWN_ATTRIBUTES: Final = ATTR_OFFSET_DELTAS | ATTR_CODEC_MASK
 
 #: The RecordBatch header fields in stored order: (field number, struct code).
 #: "q" is sfixed64 (wire type 1), "I"/"i" fixed32/sfixed32 (wire type 5).
@@ -152,6 +162,7 @@ def _value_pos(field_index: int) -> int:
 
 BASE_OFFSET_POS: Final = _value_pos(0)  # the 8-byte base offset
 CRC_POS: Final = _value_pos(1)
+BATCH_LENGTH_POS: Final = _value_pos(2)
 CRC_START: Final = CRC_POS + 4  # the CRC covers frame[CRC_START:]
 ATTRIBUTES_POS: Final = _value_pos(9)
 #: The smallest record: its tag and a zero length (every field absent).
@@ -209,6 +220,11 @@ class FrameHeader(NamedTuple):
         return bool(self.attributes & ATTR_OFFSET_DELTAS)
 
     @property
+    def codec(self) -> int:
+        """The compression codec (attributes bits 0-2; 0 = none)."""
+        return self.attributes & ATTR_CODEC_MASK
+
+    @property
     def records_start(self) -> int:
         """Where the records begin, from the start of the frame (72 or 77)."""
         return FRAME_OVERHEAD_V2 if self.attributes & ATTR_OFFSET_DELTAS else FRAME_OVERHEAD
@@ -240,6 +256,7 @@ def build_head(
     records: bytes | bytearray | memoryview | None = None,
     base_offset: int = 0,
     _allow_empty: bool = False,
+    attributes: int = 0,
 ) -> bytearray:
     """Build the FRAME_OVERHEAD-byte frame head for ``records_len`` bytes of records.
 
@@ -247,8 +264,11 @@ def build_head(
     the records (``records`` must be given), so the records are never copied.
     Returns a bytearray so the base offset can be patched with
     :func:`patch_base_offset` once the log assigns it. ``_allow_empty``:
-    :func:`build_offset_frame`'s empty format-2 batch.
+    :func:`build_offset_frame`'s empty format-2 batch. ``attributes``: the
+    codec of a compressed batch (``records`` is then its compressed_records
+    field); format 2 is :func:`build_offset_frame`'s.
     """
+    assert attributes & ~ATTR_CODEC_MASK == 0 and attributes & ATTR_CODEC_MASK in _KNOWN_CODECS
     if record_count < (0 if _allow_empty else 1):
         raise InvalidBatchError("a batch needs at least one record")
     batch_length = HEADER_SIZE + records_len
@@ -284,7 +304,7 @@ def build_head(
             t[8],
             base_sequence,
             t[9],
-            0,  # attributes: codec none
+            attributes,
         )
     )
     crc = crc32c(memoryview(head)[CRC_START:])
@@ -350,12 +370,16 @@ def decode_header(buf: bytes | bytearray | memoryview, pos: int = 0) -> FrameHea
     fields = _FIELDS.unpack_from(buf, pos + PREFIX_SIZE)
     base_offset, _crc, batch_length, record_count = fields[:4]
     attributes = fields[9]
-    if attributes & ~_KNOWN_ATTRIBUTES:
-        # Only codec 0 (none) and the offset-deltas bit exist: anything else
-        # is not a batch this version can read (the CRC covers it, so it was
+    if attributes & ~_KNOWN_ATTRIBUTES or attributes & ATTR_CODEC_MASK not in _KNOWN_CODECS:
+        # Codecs 0, 1, 3, 4 and the offset-deltas bit exist: anything else is
+        # not a batch this version can read (the CRC covers it, so it was
         # written so, not flipped on disk).
         codec = attributes & ATTR_CODEC_MASK
-        what = f"codec {codec} is unknown (only 0, none)" if codec else "unknown bits are set"
+        what = (
+            "unknown bits are set"
+            if attributes & ~_KNOWN_ATTRIBUTES
+            else f"codec {codec} is not supported (0 none, 1 gzip, 3 lz4, 4 zstd)"
+        )
         raise CorruptRecordError(
             f"batch at offset {base_offset} (byte {pos}) has attributes 0x{attributes:08x}: {what}"
         )
@@ -461,6 +485,26 @@ def build_offset_frame(
     frame = bytes(head) + body
     assert len(frame) == PREFIX_SIZE + batch_length
     return frame
+
+
+def with_records(
+    frame: bytes | bytearray | memoryview, h: FrameHeader, records: bytes, attributes: int
+) -> bytes:
+    """``frame``'s header with other ``records`` (the bytes after the header)
+    and ``attributes``: lengths and CRC32C recomputed, every other field kept.
+    How a compressed frame becomes its uncompressed equivalent for readers."""
+    head = bytearray(memoryview(frame)[: h.records_start])
+    length = h.records_start - PREFIX_SIZE + len(records)
+    if length > MAX_BATCH_LENGTH:
+        raise CorruptRecordError(f"batch at offset {h.base_offset} is too long ({length} bytes)")
+    for i in range(LENGTH_VARINT_BYTES):
+        more = VARINT_MORE if i < LENGTH_VARINT_BYTES - 1 else 0
+        head[1 + i] = ((length >> (VARINT_SHIFT * i)) & VARINT_BITS) | more
+    _U32.pack_into(head, BATCH_LENGTH_POS, length)
+    _U32.pack_into(head, ATTRIBUTES_POS, attributes)
+    crc = crc32c(records, crc32c(memoryview(head)[CRC_START:]))
+    _U32.pack_into(head, CRC_POS, crc)
+    return bytes(head) + records
 
 
 def batch_view(frame: bytes | bytearray | memoryview) -> memoryview:

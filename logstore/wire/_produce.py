@@ -15,6 +15,15 @@ check when the records all have one size, else from a second view. If the
 suffix holds anything but records (a serializer that does not emit in order,
 unknown fields), it falls back to parsing the whole request and
 re-serializing the records: correct, slower.
+
+Compressed batches (``compression`` set, the records in field 14
+``compressed_records``, :mod:`logstore.wire._compression`): that field is
+then the suffix, stored unchanged (tag, length and payload); the payload is
+decompressed once, bounded by ``MAX_DECOMPRESSED_BYTES``, and the
+decompressed records are validated, counted and their max timestamp taken
+exactly as uncompressed ones are. A payload that does not decompress, inflates
+past the bound (a decompression bomb) or holds anything but records is
+InvalidBatchError, so nothing stored is unreadable.
 """
 
 from __future__ import annotations
@@ -23,9 +32,18 @@ from typing import Final, NamedTuple
 
 from google.protobuf.message import DecodeError
 
-from logstore.errors import InvalidBatchError, InvalidRequestError
+from logstore.errors import CorruptRecordError, InvalidBatchError, InvalidRequestError
 from logstore.v1 import logstore_pb2, records_pb2
 
+from ._compression import (
+    CODEC_NAMES,
+    CODEC_NONE,
+    COMPRESSED_TAG,
+    SUPPORTED_CODECS,
+    compressed_field,
+    compressed_payload,
+    decompress,
+)
 from ._frame import (
     I32_BYTES,
     I64_BYTES,
@@ -38,7 +56,7 @@ from ._frame import (
     WIRE_VARINT,
     crc32c,
 )
-from ._record_views import inspect_records, max_record_timestamp
+from ._record_views import NO_TIMESTAMP_MS, inspect_records, max_record_timestamp
 from ._records import VARINT_BITS, VARINT_MORE, VARINT_SHIFT
 
 #: More header fields than this before the records means the request is not
@@ -58,6 +76,12 @@ class SplitRequest(NamedTuple):
     max_timestamp_ms: int
     #: False when the records had to be re-serialized (slow path).
     zero_copy: bool
+    #: The batch's codec (0: ``records`` is the records field; else it is the
+    #: compressed_records field, tag and length included, to store as it is).
+    codec: int = CODEC_NONE
+    #: The decompressed records field of a compressed batch (None otherwise):
+    #: what storage's checks read (keys of compacted topics, timestamps).
+    plain: bytes | None = None
 
 
 def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
@@ -81,7 +105,7 @@ def _records_start(buf: memoryview) -> int | None:
         if pos >= len(buf):
             return len(buf)  # no records at all
         tag, after = _read_varint(buf, pos)
-        if tag == RECORD_TAG:
+        if tag in (RECORD_TAG, COMPRESSED_TAG):
             return pos
         wire_type = tag & TAG_TYPE_MASK
         if wire_type == WIRE_VARINT:
@@ -103,11 +127,46 @@ def _slow_path(raw: bytes) -> SplitRequest:
         full = logstore_pb2.ProduceRequest.FromString(raw)
     except DecodeError as exc:
         raise InvalidRequestError(f"malformed produce request: {exc}") from exc
+    if full.compressed_records:
+        if full.records:
+            raise InvalidBatchError("a produce request has both records and compressed_records")
+        tail = compressed_field(full.compressed_records)
+        full.ClearField("compressed_records")
+        return _split_compressed(full, tail, False)
     batch = records_pb2.RecordBatch()
     batch.records.extend(full.records)
     full.ClearField("records")
     records = batch.SerializeToString()
     return SplitRequest(full, records, len(batch.records), max_record_timestamp(records), False)
+
+
+def _split_compressed(
+    header: logstore_pb2.ProduceRequest, tail: bytes | memoryview, zero_copy: bool
+) -> SplitRequest:
+    """A compressed batch: its codec checked, the payload decompressed once
+    (bounded) and the records in it validated and counted."""
+    codec = int(header.compression)
+    if codec == CODEC_NONE or codec not in SUPPORTED_CODECS:
+        name = CODEC_NAMES.get(codec, str(codec))
+        raise InvalidBatchError(
+            f"compressed_records needs compression gzip, lz4 or zstd, not {name} ({codec})"
+        )
+    try:
+        payload = compressed_payload(tail, "produce request")
+        plain = decompress(payload, codec, "produce request")
+    except CorruptRecordError as exc:
+        raise InvalidBatchError(f"{exc}; the batch is refused") from exc
+    try:
+        inspected = inspect_records(plain) if plain else (0, NO_TIMESTAMP_MS)
+    except InvalidBatchError as exc:
+        raise InvalidBatchError(f"decompressed records do not parse: {exc}") from exc
+    if inspected is None:
+        raise InvalidBatchError(
+            f"the decompressed {CODEC_NAMES[codec]} payload holds something other than records "
+            "(field 15)"
+        )
+    count, max_ts = inspected
+    return SplitRequest(header, tail, count, max_ts, zero_copy, codec, plain)
 
 
 def split_produce_request(raw: bytes) -> SplitRequest:
@@ -131,16 +190,29 @@ def split_produce_request(raw: bytes) -> SplitRequest:
         except DecodeError as exc:
             raise InvalidRequestError(f"malformed produce request: {exc}") from exc
         tail = mv[start:]
-        try:
-            # None when a field other than records follows them.
-            inspected = inspect_records(tail)
-        except InvalidBatchError as exc:
-            raise InvalidRequestError(f"malformed produce request: {exc}") from exc
-        if inspected is None:
-            result = _slow_path(raw)
+        if tail and tail[0] == COMPRESSED_TAG:
+            try:
+                compressed_payload(tail, "produce request")
+                ends = True
+            except CorruptRecordError:
+                ends = False  # something follows the field: the general path decides
+            result = _split_compressed(header, tail, True) if ends else _slow_path(raw)
         else:
-            count, max_ts = inspected
-            result = SplitRequest(header, tail, count, max_ts, True)
+            try:
+                # None when a field other than records follows them.
+                inspected = inspect_records(tail)
+            except InvalidBatchError as exc:
+                raise InvalidRequestError(f"malformed produce request: {exc}") from exc
+            if inspected is None:
+                result = _slow_path(raw)
+            else:
+                count, max_ts = inspected
+                result = SplitRequest(header, tail, count, max_ts, True)
+    if result.codec == CODEC_NONE and result.header.compression != CODEC_NONE:
+        raise InvalidBatchError(
+            f"compression {result.header.compression} is set but the records are not in "
+            "compressed_records"
+        )
     if result.record_count == 0:
         raise InvalidBatchError("empty batch: a produce request needs at least one record")
     if result.header.HasField("records_crc32c"):

@@ -29,6 +29,8 @@ from logstore.v1 import records_pb2
 #: RecordBatch attributes bit 3, format 2 (``_frame.ATTR_OFFSET_DELTAS``; it
 #: imports this module, so the value is repeated here and asserted there).
 _ATTR_OFFSET_DELTAS: Final = 0x08
+#: Attribute bits 0-2, the codec (logstore.wire._frame.ATTR_CODEC_MASK).
+_ATTR_CODEC_MASK: Final = 0x07
 
 #: Largest payload (key or value) whose prefix is cached; larger ones are
 #: encoded directly (the per-record cost is then negligible next to the copy).
@@ -253,7 +255,9 @@ def decode_records(
 ) -> list[Record]:
     """Decode a serialized RecordBatch into Records, skipping offsets < start_offset.
 
-    Records stored with timestamp 0 get the batch's base timestamp. In a
+    A compressed batch (attributes bits 0-2) is decompressed first (bounded,
+    see :mod:`logstore.wire._compression`). Records stored with timestamp 0
+    get the batch's base timestamp. In a
     format-2 batch (attributes bit 3) each record's offset is base_offset +
     its offset_delta; raises CorruptRecordError if the deltas do not
     strictly increase up to last_offset_delta, or, with ``record_count``
@@ -261,6 +265,17 @@ def decode_records(
     """
     msg = records_pb2.RecordBatch.FromString(bytes(batch))
     recs = msg.records
+    codec = msg.attributes & _ATTR_CODEC_MASK
+    if codec:
+        # A compressed batch: its records are the decompressed
+        # compressed_records field (logstore.wire._compression), which imports
+        # this module, hence the late import; O(1) per batch.
+        from ._compression import decompress  # noqa: PLC0415
+
+        if len(recs):
+            raise CorruptRecordError(f"compressed batch at offset {base_offset} also has records")
+        plain = decompress(msg.compressed_records, codec, f"batch at offset {base_offset}")
+        recs = records_pb2.RecordBatch.FromString(plain).records
     if record_count is not None and len(recs) != record_count:
         raise CorruptRecordError(
             f"batch at offset {base_offset} holds {len(recs)} records, header says {record_count}"

@@ -95,6 +95,7 @@ from ._columns import (
     _varints_at,
     frames_from,
     locate_fast,
+    readable_frames,
     stored_frames,
 )
 
@@ -363,9 +364,10 @@ def share_metadata(
     CRC-checked) or its :func:`~logstore.wire.stored_frames` index; at most
     ``max_records`` records are returned. Records in a gap before the first
     one at ``start_offset`` are skipped, as by ``decode_columns``. Raises
-    CorruptRecordError for records that do not match their frames.
+    CorruptRecordError for records that do not match their frames. Compressed
+    frames are decompressed first (:func:`~logstore.wire.readable_frames`).
     """
-    result = stored_frames(data) if isinstance(data, bytes) else data
+    result = readable_frames(stored_frames(data) if isinstance(data, bytes) else data)
     frames = frames_from(result, start_offset, max_records)
     if not frames:
         return _empty(start_offset, start_offset)

@@ -15,6 +15,7 @@ from typing import Final
 
 from logstore import errors
 from logstore.v1 import logstore_pb2
+from logstore.wire import check_level, codec_of, require_codec
 
 from .._backoff import Backoff
 from ._accumulator import BATCH_HEADER_BYTES, RecordAccumulator
@@ -49,6 +50,11 @@ class Producer(RecordAccumulator):
     UNAVAILABLE (or a hinted RESOURCE_EXHAUSTED) with full-jitter backoff until
     ``delivery_timeout_ms``. ``idempotent`` (default: unless acks=0) makes a
     retried batch stored once. ``flush`` waits for everything sent so far.
+    ``compression`` (``"none"``, ``"gzip"``, ``"lz4"``, ``"zstd"``) compresses
+    each batch (``compression_level``: the codec's level, None for its
+    default: zstd 3, gzip 6, lz4 0); the broker stores it as sent. An unknown
+    codec or level raises InvalidArgumentError, a codec whose package is
+    missing ImportError naming it, both here.
     """
 
     def __init__(
@@ -68,9 +74,14 @@ class Producer(RecordAccumulator):
         max_block_ms: int = 60_000,
         max_in_flight: int = 8,
         metadata_max_age_ms: int = 300_000,
+        compression: str = "none",
+        compression_level: int | None = None,
         transport: Transport | None = None,
     ) -> None:
         acks_value = parse_acks(acks)
+        codec = codec_of(compression)
+        check_level(codec, compression_level)
+        require_codec(codec)
         if idempotent is None:
             idempotent = acks_value != logstore_pb2.ACKS_NONE
         elif idempotent and acks_value == logstore_pb2.ACKS_NONE:
@@ -105,6 +116,8 @@ class Producer(RecordAccumulator):
             backoff=backoff,
             max_in_flight=max_in_flight,
             metadata_max_age_ms=metadata_max_age_ms,
+            codec=codec,
+            compression_level=compression_level,
         )
         self._sender.start()
 

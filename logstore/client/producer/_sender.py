@@ -7,6 +7,12 @@ concatenation is a merge, so the broker sees one request whose records are
 the suffix it stores unchanged. The bytes are kept, so a retry sends exactly
 the same request (same sequence numbers).
 
+Compression. With a codec, the joined records are compressed once when the
+request is built (the payload is the codec's compression of exactly those
+bytes, sent as ``compressed_records``, field 14, after the header), unless
+that does not make them smaller; the batch was closed at its uncompressed
+size, so it fits ``max_batch_bytes`` either way.
+
 Timestamps. Records without their own take the batch's creation time
 (CreateTime within ``linger_ms``); when every record has its own, the batch's
 base timestamp is the smallest of them. ``max_timestamp_ms`` is the largest.
@@ -34,7 +40,7 @@ from typing import Any, Final, Protocol
 
 from logstore import errors
 from logstore.v1 import logstore_pb2
-from logstore.wire import crc32c
+from logstore.wire import CODEC_NONE, compress, compressed_field, crc32c
 
 from .._backoff import Backoff, retriable
 from .._rpc import Connection, translate
@@ -124,7 +130,11 @@ class Sender:
         backoff: Backoff,
         max_in_flight: int,
         metadata_max_age_ms: int,
+        codec: int = CODEC_NONE,
+        compression_level: int | None = None,
     ) -> None:
+        self._codec = codec
+        self._compression_level = compression_level
         self._acc = accumulator
         self._transport = transport
         self._idem = idempotence
@@ -197,6 +207,15 @@ class Sender:
     def _build_request(self, batch: ProducerBatch) -> bytes:
         records = b"".join(batch.parts)
         batch.parts = []
+        codec = CODEC_NONE
+        if self._codec != CODEC_NONE:
+            tail = compressed_field(compress(records, self._codec, self._compression_level))
+            # Per batch: records that do not shrink (already compressed or
+            # random bytes) go as they are, so a batch never grows and always
+            # fits the max_batch_bytes its uncompressed size was closed at.
+            if len(tail) < len(records):
+                records = tail
+                codec = self._codec
         all_explicit = batch.explicit_count == batch.count
         base_ts = batch.explicit_min_ts if all_explicit else batch.created_ms
         max_ts = max(base_ts, batch.explicit_max_ts) if batch.explicit_count else base_ts
@@ -208,6 +227,7 @@ class Sender:
             records_crc32c=crc32c(records),
             base_timestamp_ms=base_ts,
             max_timestamp_ms=max_ts,
+            compression=codec,  # type: ignore[arg-type]
         )
         idem = self._idem
         if idem.enabled:

@@ -1,0 +1,277 @@
+"""Batch compression: the codecs of a frame's attributes bits 0-2, bounded.
+
+A compressed batch (``records.proto``, "Compressed batches") has the same
+header as an uncompressed one, with the codec in ``attributes`` bits 0-2
+(Kafka's numbering), and ends with one field instead of the records::
+
+    0x72                    tag: RecordBatch.compressed_records (field 14, length-delimited)
+    varint                  payload length P (minimal or overlong; it must reach
+                            exactly the end of the batch)
+    P bytes                 payload = codec(the serialized records field)
+
+The *serialized records field* is exactly what an uncompressed batch holds
+after its header: each Record as tag 0x7a, a varint length, the Record. So a
+decompressed payload is read by the same code as uncompressed records, and
+in any language by parsing it as a ``RecordBatch`` (only field 15 present).
+
+Codecs (:data:`CODEC_NAMES`): 1 gzip (one or more RFC 1952 members, what
+``gzip``/zlib with wbits 31 and Node's ``zlib.gunzipSync`` read), 3 lz4 (one
+or more LZ4 *frames*, the lz4.org frame format, not raw blocks), 4 zstd
+(exactly one RFC 8878 frame; its content size, when declared, is checked
+against the bound before decompressing). 2 (snappy) is reserved and refused, as are 5-7.
+gzip comes from the standard library; lz4 and zstd from the ``lz4`` and
+``zstandard`` packages (dependencies of logstore), imported on first use: if
+one is missing, :func:`require_codec` raises one ImportError naming it.
+
+Bound: a payload never inflates past :data:`MAX_DECOMPRESSED_BYTES` (64 MiB).
+Decompression asks each codec for at most that many bytes plus one, so a
+small payload that would inflate without end (a decompression bomb) costs at
+most 64 MiB of memory and the time to produce it before it is refused; the
+broker refuses such a batch at produce (INVALID_ARGUMENT) and readers treat
+one as corrupt (DATA_LOSS), so what the broker stored is always readable.
+64 MiB: a 4 MiB request (the broker's default ``max_request_bytes``) of
+log lines compressing 10x inflates to 40 MiB, within it.
+
+The CRC32C of a frame covers the stored (compressed) bytes, as for any
+frame; :func:`decompress` errors are :class:`~logstore.errors.CorruptRecordError`
+(the broker's produce path turns them into InvalidBatchError).
+
+Pure functions, thread-safe (a decompressor object per call).
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any, Final
+
+from logstore.errors import CorruptRecordError, InvalidArgumentError
+
+from ._frame import ATTR_CODEC_MASK, FrameHeader, with_records
+from ._records import VARINT_BITS, VARINT_MORE, VARINT_SHIFT, varint
+
+CODEC_NONE: Final = 0
+CODEC_GZIP: Final = 1
+CODEC_SNAPPY: Final = 2  # reserved (Kafka's); refused
+CODEC_LZ4: Final = 3
+CODEC_ZSTD: Final = 4
+CODEC_NAMES: Final = {
+    CODEC_NONE: "none",
+    CODEC_GZIP: "gzip",
+    CODEC_SNAPPY: "snappy",
+    CODEC_LZ4: "lz4",
+    CODEC_ZSTD: "zstd",
+}
+#: The codecs this version writes and reads.
+SUPPORTED_CODECS: Final = frozenset({CODEC_NONE, CODEC_GZIP, CODEC_LZ4, CODEC_ZSTD})
+#: Where each optional codec comes from (named in the error when missing).
+_PACKAGES: Final = {CODEC_LZ4: ("lz4.frame", "lz4"), CODEC_ZSTD: ("zstandard", "zstandard")}
+#: (lowest, highest, default) compression level of each codec. Defaults: zstd
+#: 3 (zstd's and Kafka's), gzip 6 (zlib's and Kafka's), lz4 0 (the fast mode;
+#: Kafka's 9 is LZ4-HC, ~10x slower to compress for ~10% smaller output).
+LEVELS: Final = {
+    CODEC_GZIP: (1, 9, 6),
+    CODEC_LZ4: (0, 16, 0),
+    CODEC_ZSTD: (-7, 22, 3),
+}
+MAX_DECOMPRESSED_BYTES: Final = 64 << 20
+#: RecordBatch.compressed_records = 14, wire type 2 (records.proto).
+COMPRESSED_TAG: Final = 14 << 3 | 2
+
+
+def codec_of(name: str | int) -> int:
+    """The codec number of a name (``"zstd"``, ``"lz4"``, ``"gzip"``, ``"none"``)
+    or number. InvalidArgumentError for snappy and anything unknown."""
+    if isinstance(name, int) and not isinstance(name, bool):
+        codec = name
+    else:
+        text = str(name).strip().lower()
+        codec = next((c for c, n in CODEC_NAMES.items() if n == text), -1)
+    if codec not in SUPPORTED_CODECS:
+        raise InvalidArgumentError(
+            f"compression must be one of none, gzip, lz4, zstd, not {name!r}"
+            + (" (snappy is not supported)" if codec == CODEC_SNAPPY else "")
+        )
+    return codec
+
+
+def _module(codec: int) -> Any:
+    module, package = _PACKAGES[codec]
+    try:
+        return __import__(module, fromlist=["_"])
+    except ImportError as exc:
+        raise ImportError(
+            f"{CODEC_NAMES[codec]} compression needs the {package!r} package, which is not "
+            f"installed: pip install {package}"
+        ) from exc
+
+
+def require_codec(codec: int) -> None:
+    """Raise ImportError naming the package when ``codec`` cannot be used here."""
+    if codec in _PACKAGES:
+        _module(codec)
+
+
+def check_level(codec: int, level: int | None) -> int:
+    """The level to use (the codec's default for None); InvalidArgumentError
+    naming the range when out of it."""
+    if codec == CODEC_NONE:
+        if level is not None:
+            raise InvalidArgumentError("compression_level needs a compression codec")
+        return 0
+    lo, hi, default = LEVELS[codec]
+    if level is None:
+        return default
+    if isinstance(level, bool) or not isinstance(level, int) or not lo <= level <= hi:
+        raise InvalidArgumentError(
+            f"{CODEC_NAMES[codec]} compression_level must be an integer in {lo}..{hi}, "
+            f"not {level!r}"
+        )
+    return level
+
+
+def compress(records: bytes | memoryview, codec: int, level: int | None = None) -> bytes:
+    """The payload of ``records`` (a serialized records field) under ``codec``."""
+    lvl = check_level(codec, level)
+    if codec == CODEC_GZIP:
+        # mtime=0: the same records give the same bytes (no time in the header).
+        c = zlib.compressobj(lvl, zlib.DEFLATED, 31)
+        return c.compress(records) + c.flush()
+    if codec == CODEC_LZ4:
+        out: bytes = _module(codec).compress(
+            bytes(records), compression_level=lvl, content_checksum=False, store_size=True
+        )
+        return out
+    if codec == CODEC_ZSTD:
+        out = _module(codec).ZstdCompressor(level=lvl).compress(records)
+        return out
+    raise InvalidArgumentError(f"cannot compress with codec {codec}")  # pragma: no cover
+
+
+def compressed_field(payload: bytes) -> bytes:
+    """The batch's tail for ``payload``: tag 0x72, minimal varint length, payload."""
+    return bytes((COMPRESSED_TAG,)) + varint(len(payload)) + payload
+
+
+def compressed_payload(tail: bytes | bytearray | memoryview, where: str) -> memoryview:
+    """The payload of a batch tail that must be exactly one ``compressed_records``
+    field; CorruptRecordError (naming ``where``) otherwise."""
+    mv = memoryview(tail)
+    n = len(mv)
+    if n < 2 or mv[0] != COMPRESSED_TAG:
+        raise CorruptRecordError(f"{where}: compressed batch does not hold compressed_records")
+    length = 0
+    shift = 0
+    pos = 1
+    while True:
+        if pos >= n or shift > 4 * VARINT_SHIFT:
+            raise CorruptRecordError(f"{where}: bad compressed_records length")
+        b = mv[pos]
+        pos += 1
+        length |= (b & VARINT_BITS) << shift
+        if not b & VARINT_MORE:
+            break
+        shift += VARINT_SHIFT
+    if pos + length != n:
+        raise CorruptRecordError(
+            f"{where}: compressed_records of {length} bytes does not end the batch "
+            f"({n - pos} bytes follow its length)"
+        )
+    return mv[pos:]
+
+
+def _bomb(codec: int, where: str, bound: int) -> CorruptRecordError:
+    return CorruptRecordError(
+        f"{where}: {CODEC_NAMES[codec]} payload inflates past {bound} bytes (the bound on a "
+        "decompressed batch); refused as a decompression bomb"
+    )
+
+
+def _members(codec: int, payload: memoryview, where: str, bound: int) -> list[bytes]:
+    """gzip members or lz4 frames, back to back: each decompressor stops at the
+    end of its member and leaves the rest in ``unused_data``."""
+    out: list[bytes] = []
+    total = 0
+    data: bytes | memoryview = payload
+    while True:
+        if codec == CODEC_GZIP:
+            d: Any = zlib.decompressobj(31)
+            piece = d.decompress(data, bound + 1 - total)
+            if d.unconsumed_tail:  # the output limit stopped it
+                raise _bomb(codec, where, bound)
+        else:
+            d = _module(codec).LZ4FrameDecompressor()
+            piece = d.decompress(bytes(data), max_length=bound + 1 - total)
+        total += len(piece)
+        if total > bound:
+            raise _bomb(codec, where, bound)
+        out.append(piece)
+        if not d.eof:
+            if codec == CODEC_LZ4 and not d.needs_input:  # stopped by max_length
+                raise _bomb(codec, where, bound)
+            raise CorruptRecordError(f"{where}: {CODEC_NAMES[codec]} payload is cut short")
+        rest = d.unused_data
+        if not rest:
+            return out
+        if len(rest) >= len(data):  # pragma: no cover - every member consumes bytes
+            raise CorruptRecordError(f"{where}: {CODEC_NAMES[codec]} payload does not advance")
+        data = rest
+
+
+def _zstd(payload: memoryview, where: str, bound: int) -> bytes:
+    """Exactly one zstd frame. A frame that declares its size (every writer of
+    logstore's does) is refused before any work when the size is past
+    ``bound``; one that does not is decompressed into at most ``bound`` bytes."""
+    zstd = _module(CODEC_ZSTD)
+    try:
+        size = zstd.frame_content_size(payload)
+        if size > bound:
+            raise _bomb(CODEC_ZSTD, where, bound)
+        out: bytes = zstd.ZstdDecompressor().decompress(
+            payload, max_output_size=bound, allow_extra_data=False
+        )
+    except zstd.ZstdError as exc:
+        raise CorruptRecordError(
+            f"{where}: zstd payload does not decompress to at most {bound} bytes (cut short, "
+            f"not one zstd frame, or a decompression bomb): {exc}"
+        ) from exc
+    return out
+
+
+def decompress(
+    payload: bytes | bytearray | memoryview,
+    codec: int,
+    where: str,
+    bound: int = MAX_DECOMPRESSED_BYTES,
+) -> bytes:
+    """The serialized records field of a compressed payload, at most ``bound``
+    bytes. CorruptRecordError naming ``where`` for a payload that does not
+    decompress, is cut short, or inflates past ``bound``."""
+    mv = memoryview(payload)
+    if codec not in SUPPORTED_CODECS or codec == CODEC_NONE:
+        raise CorruptRecordError(f"{where}: codec {codec} is not supported")
+    if not mv:
+        raise CorruptRecordError(f"{where}: empty {CODEC_NAMES[codec]} payload")
+    try:
+        if codec == CODEC_ZSTD:
+            data = _zstd(mv, where, bound)
+        else:
+            data = b"".join(_members(codec, mv, where, bound))
+    except (zlib.error, RuntimeError) as exc:  # lz4.frame raises RuntimeError
+        raise CorruptRecordError(
+            f"{where}: {CODEC_NAMES[codec]} payload does not decompress: {exc}"
+        ) from exc
+    return data
+
+
+def decompress_frame(
+    frame: bytes | bytearray | memoryview, h: FrameHeader, bound: int = MAX_DECOMPRESSED_BYTES
+) -> bytes:
+    """The uncompressed equivalent of compressed frame ``frame`` (header ``h``,
+    CRC already checked): the same header fields with codec 0 and the
+    decompressed records, lengths and CRC recomputed, so every reader of
+    uncompressed frames reads it. CorruptRecordError as :func:`decompress`."""
+    where = f"batch at offset {h.base_offset}"
+    mv = memoryview(frame)
+    payload = compressed_payload(mv[h.records_start : h.frame_size], where)
+    records = decompress(payload, h.codec, where, bound)
+    return with_records(mv, h, records, h.attributes & ~ATTR_CODEC_MASK)

@@ -1,0 +1,417 @@
+"""Batch compression (gzip, lz4, zstd): the stored framing, transparent reads, the
+bound on decompression, corrupt payloads, mixed codecs, compaction of compressed
+batches, the embedded store and a real broker (Producer, raw Produce, logctl)."""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import lz4.frame
+import numpy as np
+import pytest
+import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from logstore import Store
+from logstore.client import Consumer, Producer
+from logstore.errors import CorruptRecordError, InvalidArgumentError, InvalidBatchError
+from logstore.v1 import logstore_pb2 as pb
+from logstore.v1 import records_pb2
+from logstore.wire import (
+    CODEC_GZIP,
+    CODEC_LZ4,
+    CODEC_ZSTD,
+    COMPRESSED_TAG,
+    MAX_DECOMPRESSED_BYTES,
+    Record,
+    build_head,
+    check_crc,
+    compress,
+    compressed_field,
+    decode_header,
+    encode_records,
+    parse_fetch,
+    patch_base_offset,
+    share_metadata,
+    split_produce_request,
+    stored_frames,
+)
+from tests.brokerproc import BrokerProcess, start_broker
+from tests.test_broker_helpers import connect, create_topic
+
+ROOT = Path(__file__).resolve().parents[1]
+CODECS = {"gzip": CODEC_GZIP, "lz4": CODEC_LZ4, "zstd": CODEC_ZSTD}
+_names = itertools.count()
+
+
+def _name(prefix: str) -> str:
+    return f"{prefix}-{next(_names)}"
+
+
+def _view(records: list[Record]) -> list[tuple[object, ...]]:
+    return [(r.offset, r.timestamp_ms, r.key, r.value, list(r.headers or [])) for r in records]
+
+
+def _log_bytes(path: Path, topic: str) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted((path / f"{topic}-0").glob("*.log")))
+
+
+def _standard_decompress(codec: str, payload: bytes) -> bytes:
+    """The payload decompressed by each codec's reference library, not logstore's code."""
+    if codec == "gzip":
+        return gzip.decompress(payload)
+    if codec == "lz4":
+        return bytes(lz4.frame.decompress(payload))
+    return bytes(zstandard.ZstdDecompressor().decompressobj().decompress(payload))
+
+
+# -- the stored framing ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("codec", sorted(CODECS))
+def test_stored_frame_layout_is_the_documented_one(tmp_path: Path, codec: str) -> None:
+    """A compressed batch on disk: attributes = the codec, then tag 0x72, a varint length
+    and a payload that the codec's own library decompresses to exactly the uncompressed
+    records field; the CRC32C covers the stored bytes; protobuf reads compressed_records."""
+    recs = [Record(b"value %d " % i * 4, b"k%d" % i, [("h", b"x")], 1000 + i) for i in range(50)]
+    plain, _, _ = encode_records(recs)
+    with Store.open(tmp_path) as store:
+        store.create_topic("t", 1)
+        store.append("t", 0, recs, compression=codec, timestamp_ms=5)
+    data = _log_bytes(tmp_path, "t")
+    h = decode_header(data)
+    assert h.codec == CODECS[codec] and h.frame_size == len(data) and h.record_count == 50
+    check_crc(data, h)
+    assert data[h.records_start] == COMPRESSED_TAG == 0x72
+    batch = records_pb2.RecordBatch.FromString(data[6:])
+    assert batch.attributes == CODECS[codec] and not batch.records
+    assert batch.max_timestamp_ms == 1049
+    inner = _standard_decompress(codec, batch.compressed_records)
+    assert inner == plain
+    assert len(records_pb2.RecordBatch.FromString(inner).records) == 50
+    assert len(batch.compressed_records) < len(plain) // 2
+
+
+_records = st.lists(
+    st.builds(
+        Record,
+        st.one_of(st.none(), st.binary(max_size=300)),
+        st.one_of(st.none(), st.binary(max_size=20)),
+        st.lists(st.tuples(st.text(max_size=8), st.binary(max_size=10)), max_size=3),
+        st.sampled_from([0, 1, 1_700_000_000_000, 2**40]),
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(batches=st.lists(st.tuples(st.sampled_from(["none", *CODECS]), _records), max_size=5))
+def test_every_codec_reads_as_the_uncompressed_path(
+    tmp_path_factory: pytest.TempPathFactory, batches: list[tuple[str, list[Record]]]
+) -> None:
+    """Any records (null keys and values, headers, timestamp 0) appended with any mix of
+    codecs read back (objects, columns, from every offset, after a reopen) exactly as the
+    same records appended uncompressed."""
+    path = tmp_path_factory.mktemp("rt")
+    with Store.open(path) as store:
+        store.create_topic("c", 1)
+        store.create_topic("u", 1)
+        for codec, recs in batches:
+            store.append("c", 0, recs, compression=codec, timestamp_ms=77)
+            store.append("u", 0, recs, timestamp_ms=77)
+    with Store.open(path) as store:
+        end = store.partition("u", 0).log_end_offset
+        for offset in sorted({0, end // 2, max(0, end - 1)}):
+            if offset >= end:
+                continue
+            want = _view(store.read("u", 0, offset, max_bytes=1 << 30))
+            assert _view(store.read("c", 0, offset, max_bytes=1 << 30)) == want
+            cols = store.read_columns("c", 0, offset, max_bytes=1 << 30)
+            assert _view(cols.to_records()) == want
+
+
+def test_mixed_codecs_in_one_partition(tmp_path: Path) -> None:
+    """A partition holding none, gzip, lz4 and zstd batches reads in order from any
+    offset, as objects, columns and share metadata, and time lookups find records in
+    compressed batches."""
+    order = ["none", "gzip", "lz4", "zstd", "none", "zstd"]
+    with Store.open(tmp_path) as store:
+        store.create_topic("m", 1)
+        for i, codec in enumerate(order):
+            recs = [
+                Record(b"%d-%d" % (i, j), b"k%d" % j, None, 10_000 * (i + 1) + j)
+                for j in range(200)
+            ]
+            store.append("m", 0, recs, compression=codec)
+        frames = stored_frames(_log_bytes(tmp_path, "m")).frames
+        assert {h.codec for _, h in frames} == {0, 1, 3, 4}
+        for start in (0, 150, 250, 799, 1000, 1199):
+            got = store.read("m", 0, start, max_bytes=1 << 30)
+            assert [r.offset for r in got] == list(range(start, 1200))
+            assert got[0].value == b"%d-%d" % divmod(start, 200)
+            cols = store.read_columns("m", 0, start, max_bytes=1 << 30)
+            assert np.array_equal(cols.offsets, np.arange(start, 1200))
+        meta = share_metadata(_log_bytes(tmp_path, "m"), 300, want_keys=True, want_delays=True)
+        assert np.array_equal(meta.offsets, np.arange(300, 1200))
+        assert meta.timestamps[0] == 20_100
+        found = store.offset_for_time("m", 0, 40_050)
+        assert found is not None and (found.offset, found.timestamp_ms) == (650, 40_050)
+
+
+# -- corrupt payloads and the bound --------------------------------------------------------
+
+
+def _frame_with_payload(codec: int, payload: bytes, record_count: int = 1) -> bytes:
+    tail = compressed_field(payload)
+    head = build_head(len(tail), record_count, 1, 1, records=tail, attributes=codec)
+    patch_base_offset(head, 0)
+    return bytes(head) + tail
+
+
+@pytest.mark.parametrize("codec", sorted(CODECS))
+def test_corrupt_payload_is_corrupt_record_on_read(tmp_path: Path, codec: str) -> None:
+    """A stored compressed batch whose CRC matches but whose payload is not the codec's
+    (written so, or cut short) is CorruptRecordError on every read path; the batch before
+    it still reads."""
+    good = compress(encode_records([b"x" * 100])[0], CODECS[codec])
+    for payload in (b"\x00garbage-not-a-stream" * 3, good[: len(good) // 2]):
+        path = tmp_path / f"{codec}-{len(payload)}"
+        with Store.open(path) as store:
+            store.create_topic("t", 1)
+            store.append("t", 0, [b"fine"])
+            frame = bytearray(_frame_with_payload(CODECS[codec], payload))
+            patch_base_offset(frame, 1)
+            store.append_frames("t", 0, bytes(frame))
+            assert [r.value for r in store.read("t", 0, 0, max_bytes=1)] == [b"fine"]
+            with pytest.raises(CorruptRecordError, match="batch at offset 1"):
+                store.read("t", 0, 1)
+            with pytest.raises(CorruptRecordError, match="batch at offset 1"):
+                store.read_columns("t", 0, 1)
+            with pytest.raises(CorruptRecordError):
+                parse_fetch(bytes(frame))
+
+
+@pytest.mark.parametrize("codec", sorted(CODECS))
+def test_decompression_bomb_is_refused_on_read_and_on_produce(tmp_path: Path, codec: str) -> None:
+    """A small payload that inflates past MAX_DECOMPRESSED_BYTES is never expanded past
+    it: CorruptRecordError naming the bound on read, InvalidBatchError on produce."""
+    # zeros, as a single record tag + length would not matter: the bound is on bytes
+    bomb = compress(b"\x00" * (MAX_DECOMPRESSED_BYTES + 1024), CODECS[codec])
+    assert len(bomb) < 400_000  # small on the wire
+    frame = _frame_with_payload(CODECS[codec], bomb)
+    with pytest.raises(CorruptRecordError, match="decompression bomb"):
+        parse_fetch(frame)
+    req = pb.ProduceRequest(topic="t", partition=0, compression=CODECS[codec]).SerializeToString()
+    with pytest.raises(InvalidBatchError, match="decompression bomb"):
+        split_produce_request(req + compressed_field(bomb))
+
+
+def test_produce_split_refuses_inconsistent_requests() -> None:
+    """The broker's split refuses snappy, an unknown codec, compression without
+    compressed_records, compressed_records without compression, a payload that does not
+    decompress and one holding something other than records, each as InvalidBatchError;
+    a good one is counted with its true max timestamp."""
+    plain, _, _ = encode_records([Record(b"v", None, None, 99), Record(b"w", None, None, 7)])
+    payload = compress(plain, CODEC_ZSTD)
+
+    def req(codec: int, tail: bytes) -> bytes:
+        return (
+            pb.ProduceRequest(topic="t", partition=0, compression=codec).SerializeToString() + tail
+        )  # type: ignore[arg-type]
+
+    ok = split_produce_request(req(CODEC_ZSTD, compressed_field(payload)))
+    assert (ok.record_count, ok.max_timestamp_ms, ok.codec, ok.plain) == (2, 99, 4, plain)
+    assert bytes(ok.records) == compressed_field(payload)
+    for bad, why in [
+        (req(2, compressed_field(payload)), "not snappy"),
+        (req(6, compressed_field(payload)), "not 6"),
+        (req(CODEC_ZSTD, plain), "not in compressed_records"),
+        (req(0, compressed_field(payload)), "not none"),
+        (req(CODEC_ZSTD, compressed_field(b"\x28\xb5\x2f\xfd junk")), "does not decompress"),
+        (req(CODEC_GZIP, compressed_field(gzip.compress(b"\x08\x01"))), "other than records"),
+    ]:
+        with pytest.raises(InvalidBatchError, match=why):
+            split_produce_request(bad)
+
+
+def test_codec_names_levels_and_missing_packages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unknown codecs and levels are refused naming the choices; a codec whose package
+    is missing is one ImportError naming the package, raised when the producer is made."""
+    with pytest.raises(InvalidArgumentError, match="none, gzip, lz4, zstd"):
+        Producer("127.0.0.1:1", compression="brotli")
+    with pytest.raises(InvalidArgumentError, match="snappy is not supported"):
+        Producer("127.0.0.1:1", compression="snappy")
+    with pytest.raises(InvalidArgumentError, match=r"-7\.\.22"):
+        Producer("127.0.0.1:1", compression="zstd", compression_level=23)
+    monkeypatch.setitem(sys.modules, "zstandard", None)  # import zstandard -> ImportError
+    with pytest.raises(ImportError, match="pip install zstandard"):
+        Producer("127.0.0.1:1", compression="zstd")
+
+
+# -- compaction -----------------------------------------------------------------------------
+
+
+def test_compaction_keeps_the_latest_record_of_each_key_in_compressed_batches(
+    tmp_path: Path,
+) -> None:
+    """The cleaner reads compressed batches: superseded records in them are removed, the
+    latest of each key kept (a batch it keeps whole is copied unchanged, compressed; one
+    that lost records is rewritten uncompressed, format 2)."""
+    config = {"cleanup_policy": "compact", "segment_bytes": 3000, "delete_retention_ms": 0}
+    latest: dict[bytes, tuple[int, bytes]] = {}
+    with Store.open(tmp_path) as store:
+        store.create_topic("c", 1, config)
+        for i in range(60):
+            recs = [Record(b"v%d-%d" % (i, j) * 5, b"k%d" % ((i * 7 + j) % 13)) for j in range(5)]
+            off = store.append("c", 0, recs, compression=["zstd", "lz4", "gzip"][i % 3])
+            for j, r in enumerate(recs):
+                assert r.key is not None and r.value is not None
+                latest[r.key] = (off + j, r.value)
+        store.partition("c", 0).roll()
+        assert store.clean(force=True) >= 1
+        lg = store.partition("c", 0)
+        got: list[Record] = []
+        at = lg.log_start_offset
+        while at < lg.log_end_offset:
+            part = store.read("c", 0, at, max_bytes=1 << 30)
+            got += part
+            at = part[-1].offset + 1
+        by_key = {r.key: (r.offset, r.value) for r in got}
+        assert by_key == latest
+        assert len(got) < 300
+
+
+# -- a real broker --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
+    b = start_broker(tmp_path_factory.mktemp("compress") / "data")
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@pytest.mark.parametrize("codec", sorted(CODECS))
+def test_producer_compression_round_trip_through_the_broker(
+    broker: BrokerProcess, codec: str
+) -> None:
+    """Records a Producer sends compressed are stored compressed as sent (the Fetch reply
+    carries the codec in each batch), and a Consumer reads them as objects and columns
+    exactly as they were sent, null keys, headers and timestamp 0 included."""
+    topic = _name(f"p-{codec}")
+    with connect(broker) as stub:
+        create_topic(stub, topic)
+        with Producer(broker.grpc_address, compression=codec, linger_ms=50) as p:
+            for i in range(3000):
+                p.send(topic, b"line %d of a log " % i * 3 if i % 10 else None,
+                       key=None if i % 3 else b"k%d" % i,
+                       headers=[("n", b"%d" % i)] if i % 7 == 0 else None,
+                       timestamp_ms=0 if i % 2 else 1_700_000_000_000 + i)  # fmt: skip
+            p.flush()
+        resp = stub.Fetch(
+            pb.FetchRequest(topic=topic, partition=0, offset=0, max_bytes=64 << 20), timeout=10
+        )
+        assert resp.batches
+        assert all(b.attributes == CODECS[codec] and b.compressed_records for b in resp.batches)
+    with Consumer(broker.grpc_address) as c:
+        c.assign([(topic, 0)])
+        got: list[Record] = []
+        while len(got) < 3000:
+            for recs in c.poll(2000).values():
+                got.extend(recs)
+    assert [r.offset for r in got] == list(range(3000))
+    for i, r in enumerate(got):
+        assert r.value == (b"line %d of a log " % i * 3 if i % 10 else None)
+        assert r.key == (None if i % 3 else b"k%d" % i)
+        assert list(r.headers or []) == ([("n", b"%d" % i)] if i % 7 == 0 else [])
+        if i % 2 == 0:
+            assert r.timestamp_ms == 1_700_000_000_000 + i
+    with Consumer(broker.grpc_address) as c:
+        c.assign([(topic, 0)])
+        c.seek((topic, 0), 1234)
+        cols = next(iter(c.poll_columns(5000).values()))
+        assert int(cols.offsets[0]) == 1234 and cols.value(0) == got[1234].value
+
+
+def test_broker_refuses_bad_compressed_batches_and_keeps_what_it_has(broker: BrokerProcess) -> None:
+    """Raw Produce of a corrupt payload, a bomb, snappy, or compressed_records without a
+    codec is INVALID_ARGUMENT with a message naming the problem, and the partition is
+    unchanged; max_batch_bytes counts the compressed size."""
+    topic = _name("bad")
+    with connect(broker) as stub:
+        create_topic(stub, topic, max_batch_bytes="4096")
+        plain, _, _ = encode_records([b"y" * 1000] * 100)  # 100 KB, compresses to ~100 B
+        good = pb.ProduceRequest(topic=topic, partition=0, compression=CODEC_ZSTD,
+                                 compressed_records=compress(plain, CODEC_ZSTD))  # fmt: skip
+        assert stub.Produce(good, timeout=10).base_offset == 0
+        bomb = compress(b"\x00" * (MAX_DECOMPRESSED_BYTES + 1), CODEC_ZSTD)
+        for bad, why in [
+            (pb.ProduceRequest(topic=topic, partition=0, compression=CODEC_ZSTD,
+                               compressed_records=b"\x28\xb5\x2f\xfd\x00garbage"), "decompress"),
+            (pb.ProduceRequest(topic=topic, partition=0, compression=CODEC_ZSTD,
+                               compressed_records=bomb), "decompression bomb"),
+            (pb.ProduceRequest(topic=topic, partition=0, compression=2,  # type: ignore[arg-type]
+                               compressed_records=compress(plain, CODEC_ZSTD)), "snappy"),
+            (pb.ProduceRequest(topic=topic, partition=0,
+                               compressed_records=compress(plain, CODEC_ZSTD)), "not none"),
+            (pb.ProduceRequest(topic=topic, partition=0, compression=CODEC_GZIP,
+                               compressed_records=os.urandom(3000)), "max_batch_bytes|decompress"),
+        ]:  # fmt: skip
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Produce(bad, timeout=10)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+            assert re.search(why, info.value.details() or ""), info.value.details()
+        big = pb.ProduceRequest(topic=topic, partition=0, compression=CODEC_GZIP,
+                                compressed_records=gzip.compress(os.urandom(5000)))  # fmt: skip
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Produce(big, timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        resp = stub.Fetch(pb.FetchRequest(topic=topic, partition=0, offset=0), timeout=10)
+        assert resp.log_end_offset == 100 and len(resp.batches) == 1
+    with Consumer(broker.grpc_address) as c:
+        c.assign([(topic, 0)])
+        got = next(iter(c.poll(5000).values()))
+        assert len(got) == 100 and got[99].value == b"y" * 1000
+
+
+def test_logctl_produce_compression(broker: BrokerProcess, tmp_path: Path) -> None:
+    """`logctl produce --compression zstd` stores compressed batches that `logctl consume`
+    prints back line for line; an unknown codec is one line on stderr and exit 2."""
+    topic = _name("cli")
+    logctl = str(Path(sys.executable).parent / "logctl")
+    env = {**os.environ, "LOGSTORE_BOOTSTRAP": broker.grpc_address}
+    lines = [f'{{"n": {i}, "msg": "request served"}}' for i in range(500)]
+    with connect(broker) as stub:
+        create_topic(stub, topic)
+    run = subprocess.run(
+        [logctl, "produce", topic, "--compression", "zstd"],
+        input="\n".join(lines) + "\n", capture_output=True, text=True, env=env, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    out = subprocess.run(
+        [logctl, "consume", topic, "--from-beginning", "--max", "500"],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == lines
+    bad = subprocess.run(
+        [logctl, "produce", topic, "--compression", "snappy"],
+        input="x\n", capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    assert "snappy is not supported" in bad.stderr
