@@ -37,6 +37,11 @@ MAX_PARTITIONS: Final = 10_000
 #: and is stored as that.
 CLEANUP_POLICIES: Final = ("delete", "compact", "compact,delete")
 _POLICY_ALIASES: Final = {"delete,compact": "compact,delete"}
+#: ``compression_type`` (Kafka's ``compression.type``): ``producer`` stores each
+#: batch with the codec it was sent with; a codec makes the broker store every
+#: batch with that one, recompressing (or decompressing) those sent otherwise.
+COMPRESSION_TYPES: Final = ("producer", "none", "gzip", "lz4", "zstd")
+_COMPRESSION_ALIASES: Final = {"uncompressed": "none"}
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,10 @@ class TopicConfig:
     min_cleanable_dirty_ratio: float = 0.5
     #: Records younger than this (by timestamp) are never cleaned.
     min_compaction_lag_ms: int = 0
+    #: The codec batches are stored with (COMPRESSION_TYPES): ``producer``
+    #: keeps what the producer sent (no broker work); a codec costs the
+    #: broker a compression of every batch sent with another (docs/architecture.md).
+    compression_type: str = "producer"
 
     def __post_init__(self) -> None:
         # A batch larger than segment_bytes is allowed: it gets a segment of its own.
@@ -148,6 +157,7 @@ _ALIASES: Final = {
     "max.message.bytes": "max_batch_bytes",
     "max.batch.bytes": "max_batch_bytes",
     "cleanup.policy": "cleanup_policy",
+    "compression.type": "compression_type",
     "delete.retention.ms": "delete_retention_ms",
     "min.cleanable.dirty.ratio": "min_cleanable_dirty_ratio",
     "min.compaction.lag.ms": "min_compaction_lag_ms",
@@ -164,6 +174,9 @@ def canonical_key(key: str) -> str:
 
 
 def _coerce(name: str, raw: Any) -> Any:
+    if name == "compression_type":
+        text = str(raw).strip().lower()
+        return _COMPRESSION_ALIASES.get(text, text)
     if name == "cleanup_policy":
         text = str(raw).replace(" ", "")
         return _POLICY_ALIASES.get(text, text)
@@ -200,6 +213,13 @@ def parse_int(text: str) -> int | None:
 
 
 def _check(name: str, value: Any) -> None:
+    if name == "compression_type":
+        if value not in COMPRESSION_TYPES:
+            raise InvalidConfigError(
+                "compression_type must be one of: producer, none (or uncompressed), gzip, lz4, "
+                f"zstd (snappy is not supported); got {value!r}"
+            )
+        return
     if name == "cleanup_policy":
         if value not in CLEANUP_POLICIES:
             raise InvalidConfigError(

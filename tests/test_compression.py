@@ -23,7 +23,13 @@ from hypothesis import strategies as st
 
 from logstore import Store
 from logstore.client import Consumer, Producer
-from logstore.errors import CorruptRecordError, InvalidArgumentError, InvalidBatchError
+from logstore.config import TopicConfig
+from logstore.errors import (
+    CorruptRecordError,
+    InvalidArgumentError,
+    InvalidBatchError,
+    InvalidConfigError,
+)
 from logstore.v1 import logstore_pb2 as pb
 from logstore.v1 import records_pb2
 from logstore.wire import (
@@ -415,3 +421,61 @@ def test_logctl_produce_compression(broker: BrokerProcess, tmp_path: Path) -> No
     )  # fmt: skip
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
     assert "snappy is not supported" in bad.stderr
+
+
+# -- topic compression_type -----------------------------------------------------------------
+
+
+def test_topic_compression_type_config() -> None:
+    """compression_type accepts producer, none (and Kafka's uncompressed), gzip, lz4,
+    zstd, also as compression.type; snappy and anything else are refused naming the
+    choices."""
+    assert TopicConfig().compression_type == "producer"
+    assert TopicConfig.from_mapping({"compression.type": "ZSTD"}).compression_type == "zstd"
+    assert TopicConfig.from_mapping({"compression_type": "uncompressed"}).compression_type == "none"
+    for bad in ("snappy", "brotli", ""):
+        with pytest.raises(InvalidConfigError, match="producer, none"):
+            TopicConfig.from_mapping({"compression_type": bad})
+
+
+@pytest.mark.parametrize(("topic_type", "sent", "stored"), [
+    ("producer", "lz4", CODEC_LZ4), ("producer", "none", 0), ("zstd", "none", CODEC_ZSTD),
+    ("zstd", "gzip", CODEC_ZSTD), ("none", "zstd", 0), ("gzip", "gzip", CODEC_GZIP),
+])  # fmt: skip
+def test_topic_compression_type_decides_the_stored_codec(
+    broker: BrokerProcess, topic_type: str, sent: str, stored: int
+) -> None:
+    """With compression_type producer the broker stores each batch with the codec it was
+    sent with; with a codec it stores every batch with that one (recompressing), and the
+    records read back the same either way."""
+    topic = _name(f"ct-{topic_type}-{sent}")
+    with connect(broker) as stub:
+        create_topic(stub, topic, compression_type=topic_type)
+        with Producer(broker.grpc_address, compression=sent, linger_ms=20) as p:
+            p.send_many(topic, [b'{"n": %d, "msg": "hello hello hello"}' % i for i in range(2000)])
+            p.flush()
+        resp = stub.Fetch(
+            pb.FetchRequest(topic=topic, partition=0, offset=0, max_bytes=64 << 20), timeout=10
+        )
+        assert resp.batches and {b.attributes for b in resp.batches} == {stored}
+    with Consumer(broker.grpc_address) as c:
+        c.assign([(topic, 0)])
+        got: list[Record] = []
+        while len(got) < 2000:
+            for recs in c.poll(2000).values():
+                got.extend(recs)
+    assert [r.value for r in got] == [
+        b'{"n": %d, "msg": "hello hello hello"}' % i for i in range(2000)
+    ]
+
+
+def test_embedded_append_follows_the_topic_compression_type(tmp_path: Path) -> None:
+    """Store.append without a compression argument stores batches with the topic's
+    compression_type codec (none for producer)."""
+    with Store.open(tmp_path) as store:
+        store.create_topic("z", 1, {"compression_type": "zstd"})
+        store.create_topic("p", 1)
+        store.append("z", 0, [b"abc" * 100])
+        store.append("p", 0, [b"abc" * 100])
+    assert decode_header(_log_bytes(tmp_path, "z")).codec == CODEC_ZSTD
+    assert decode_header(_log_bytes(tmp_path, "p")).codec == 0

@@ -80,6 +80,12 @@ class BrokerMetrics:
         self.produce_batches = Counter(
             "logstore_produce_batches", "Batches appended, by topic", ["topic"], registry=r
         )
+        self.recompress_seconds = Counter(
+            "logstore_produce_recompress_seconds",
+            "Time spent recompressing batches to a topic's compression_type, by topic",
+            ["topic"],
+            registry=r,
+        )
         self.produce_duplicates = Counter(
             "logstore_produce_duplicate_batches",
             "Idempotent retries answered with their original offset",

@@ -607,7 +607,7 @@ class Store:
         *,
         sync: bool = False,
         timestamp_ms: int | None = None,
-        compression: str | int = "none",
+        compression: str | int | None = None,
         compression_level: int | None = None,
     ) -> int:
         """Append records as one batch; return the offset of the first one.
@@ -615,10 +615,14 @@ class Store:
         Returns once the batch is written (page cache); with ``sync=True``,
         once it is fsynced. ``compression`` (``"none"``, ``"gzip"``,
         ``"lz4"``, ``"zstd"``) stores the batch compressed
-        (``compression_level``: the codec's, None for its default).
+        (``compression_level``: the codec's, None for its default); None
+        means the topic's ``compression_type`` (``producer``: none).
         """
         self._check_open()
         lg = self.partition(topic, partition)
+        if compression is None:
+            wanted = lg.config.compression_type
+            compression = "none" if wanted == "producer" else wanted
         codec = codec_of(compression)
         check_level(codec, compression_level)
         body, count, max_ts = encode_records(records)

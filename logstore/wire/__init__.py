@@ -62,7 +62,7 @@ from ._frame import (
     patch_base_offset,
 )
 from ._murmur2 import murmur2, partition_for_key
-from ._produce import SplitRequest, split_produce_request
+from ._produce import SplitRequest, recompress, split_produce_request
 from ._record_views import (
     NO_TIMESTAMP_MS,
     count_records,
@@ -110,6 +110,7 @@ __all__ = [
     "decompress",
     "decompress_frame",
     "readable_frames",
+    "recompress",
     "require_codec",
     "VALUE_PREFIX",
     "BASE_OFFSET_POS",

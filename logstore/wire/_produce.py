@@ -40,6 +40,7 @@ from ._compression import (
     CODEC_NONE,
     COMPRESSED_TAG,
     SUPPORTED_CODECS,
+    compress,
     compressed_field,
     compressed_payload,
     decompress,
@@ -223,3 +224,17 @@ def split_produce_request(raw: bytes) -> SplitRequest:
                 f"records hash to 0x{actual:08x}; the batch was damaged in transit"
             )
     return result
+
+
+def recompress(split: SplitRequest, codec: int, level: int | None = None) -> SplitRequest:
+    """``split`` stored with ``codec`` instead (a topic's ``compression_type``):
+    itself when it already has it; else its records (decompressed already by
+    :func:`split_produce_request`) compressed with ``codec``, or left
+    uncompressed for CODEC_NONE. The count and max timestamp stay."""
+    if split.codec == codec:
+        return split
+    plain = split.records if split.plain is None else split.plain
+    if codec == CODEC_NONE:
+        return split._replace(records=plain, codec=CODEC_NONE, plain=None)
+    tail = compressed_field(compress(plain, codec, level))
+    return split._replace(records=tail, codec=codec, plain=bytes(plain))
