@@ -93,6 +93,16 @@ def test_node_client_round_trip(node: Path, broker: BrokerProcess, tmp_path: Pat
     statuses = tmp_path / "statuses.json"
     write_statuses(statuses)
     env = node_env(node)
+    # Compressed batches written by Python's Producer, which the Node client reads.
+    py_topic = "interop-py-compressed"
+    with Admin(broker.grpc_address) as admin:
+        admin.create_topic(py_topic, 1)
+    for i, codec in enumerate(("gzip", "zstd")):
+        with Producer(broker.grpc_address, compression=codec) as p:
+            p.send_many(
+                py_topic, [b"py-%d" % n for n in range(i * 500, i * 500 + 500)], partition=0
+            )
+    env["LOGSTORE_INTEROP_PY_COMPRESSED_TOPIC"] = py_topic
     # The venv's node is a Python wrapper that runs the real binary as its
     # child: a new session lets a timeout kill both through the group id.
     proc = subprocess.Popen(
