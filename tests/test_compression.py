@@ -551,3 +551,34 @@ def test_compressed_records_not_last_take_the_general_path() -> None:
         9,
     )
     assert bytes(split.records) == tail and split.plain == plain
+
+
+def test_group_consumer_reads_compressed_batches(broker: BrokerProcess) -> None:
+    """A GroupConsumer member reads every record of zstd and gzip batches in order, in
+    each partition, and commits what it read."""
+    from logstore.client import GroupConsumer
+
+    topic = _name("grp")
+    with connect(broker) as stub:
+        create_topic(stub, topic, 2)
+    for codec in ("zstd", "gzip"):
+        with Producer(broker.grpc_address, compression=codec) as p:
+            for part in range(2):
+                p.send_many(
+                    topic, [b"%s-%d" % (codec.encode(), i) for i in range(300)], partition=part
+                )
+    member = GroupConsumer(
+        broker.grpc_address, _name("g"), topics=[topic], auto_offset_reset="earliest"
+    )
+    try:
+        got: dict[int, list[bytes | None]] = {0: [], 1: []}
+        for _ in range(200):
+            for tp, recs in member.poll(500).items():
+                got[tp.partition] += [r.value for r in recs]
+            if sum(map(len, got.values())) >= 1200:
+                break
+        want = [b"zstd-%d" % i for i in range(300)] + [b"gzip-%d" % i for i in range(300)]
+        assert got == {0: want, 1: want}
+        member.commit()
+    finally:
+        member.close()
