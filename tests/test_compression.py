@@ -582,3 +582,14 @@ def test_group_consumer_reads_compressed_batches(broker: BrokerProcess) -> None:
         member.commit()
     finally:
         member.close()
+
+
+def test_compacted_topic_refuses_a_null_key_inside_a_compressed_batch(tmp_path: Path) -> None:
+    """The null-key check of compacted topics reads the decompressed records: a zstd batch
+    holding a record without a key is refused and nothing is appended."""
+    with Store.open(tmp_path) as store:
+        store.create_topic("c", 1, {"cleanup_policy": "compact"})
+        store.append("c", 0, [Record(b"v", b"k")], compression="zstd")
+        with pytest.raises(InvalidArgumentError, match="null key"):
+            store.append("c", 0, [Record(b"v", b"k"), Record(b"w", None)], compression="zstd")
+        assert store.partition("c", 0).log_end_offset == 1
