@@ -22,6 +22,7 @@ class ProducerBatch:
     __slots__ = (
         "attempts",
         "base_offset",
+        "compressed",
         "count",
         "created",
         "created_ms",
@@ -52,6 +53,9 @@ class ProducerBatch:
         self.explicit_min_ts = 0
         self.explicit_max_ts = 0
         self.request: bytes | None = None
+        #: (records as they will be sent, codec): compressed ahead by the
+        #: sender while the partition's previous batch is in flight
+        self.compressed: tuple[bytes, int] | None = None
         self.attempts = 0
         self.retry_at = 0.0
         self.done = threading.Event()

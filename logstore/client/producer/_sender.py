@@ -11,7 +11,8 @@ Compression. With a codec, the joined records are compressed once when the
 request is built (the payload is the codec's compression of exactly those
 bytes, sent as ``compressed_records``, field 14, after the header), unless
 that does not make them smaller; the batch was closed at its uncompressed
-size, so it fits ``max_batch_bytes`` either way.
+size, so it fits ``max_batch_bytes`` either way. A batch waiting behind its
+partition's in-flight request is compressed while it waits.
 
 Timestamps. Records without their own take the batch's creation time
 (CreateTime within ``linger_ms``); when every record has its own, the batch's
@@ -160,6 +161,7 @@ class Sender:
         acc = self._acc
         while True:
             to_send: list[ProducerBatch] = []
+            ahead: ProducerBatch | None = None
             with acc._lock:
                 while True:
                     self._drain_completions()
@@ -168,7 +170,12 @@ class Sender:
                         break
                     if acc._closed and not acc._pending:
                         return
+                    ahead = self._next_to_compress()
+                    if ahead is not None:
+                        break
                     acc._cond.wait(wait_s)
+            if ahead is not None:
+                ahead.compressed = self._compress(ahead)
             for batch in to_send:
                 self._send(batch)
             if time.monotonic() >= self._refresh_at:
@@ -204,18 +211,39 @@ class Sender:
             acc._ready = keep
         return wait
 
-    def _build_request(self, batch: ProducerBatch) -> bytes:
+    def _next_to_compress(self) -> ProducerBatch | None:
+        """A closed batch waiting behind its partition's in-flight request whose
+        records are not compressed yet (lock held): compressing it now overlaps
+        that round trip instead of adding to the next one (a 1 MiB batch
+        costs ~1.5 ms in zstd, ~0.8 ms in lz4)."""
+        if self._codec == CODEC_NONE:
+            return None
+        for batch in self._acc._ready:
+            if batch.compressed is None and batch.request is None:
+                return batch
+        return None
+
+    def _compress(self, batch: ProducerBatch) -> tuple[bytes, int]:
+        """(the bytes to send after the header, their codec). A closed batch's
+        parts no longer change, so this runs without the lock."""
         records = b"".join(batch.parts)
+        tail = compressed_field(compress(records, self._codec, self._compression_level))
+        # Per batch: records that do not shrink (already compressed or random
+        # bytes) go as they are, so a batch never grows and always fits the
+        # max_batch_bytes its uncompressed size was closed at.
+        if len(tail) < len(records):
+            return tail, self._codec
+        return records, CODEC_NONE
+
+    def _build_request(self, batch: ProducerBatch) -> bytes:
+        if batch.compressed is None and self._codec != CODEC_NONE:
+            batch.compressed = self._compress(batch)
+        if batch.compressed is not None:
+            records, codec = batch.compressed
+            batch.compressed = None
+        else:
+            records, codec = b"".join(batch.parts), CODEC_NONE
         batch.parts = []
-        codec = CODEC_NONE
-        if self._codec != CODEC_NONE:
-            tail = compressed_field(compress(records, self._codec, self._compression_level))
-            # Per batch: records that do not shrink (already compressed or
-            # random bytes) go as they are, so a batch never grows and always
-            # fits the max_batch_bytes its uncompressed size was closed at.
-            if len(tail) < len(records):
-                records = tail
-                codec = self._codec
         all_explicit = batch.explicit_count == batch.count
         base_ts = batch.explicit_min_ts if all_explicit else batch.created_ms
         max_ts = max(base_ts, batch.explicit_max_ts) if batch.explicit_count else base_ts
