@@ -47,7 +47,7 @@ import numpy.typing as npt
 from logstore.errors import CorruptRecordError
 from logstore.v1 import records_pb2
 
-from ._compression import decompress_frame
+from ._compression import decompress_frame_parts
 from ._frame import (
     ATTR_CODEC_MASK,
     FRAME_TAG,
@@ -213,11 +213,16 @@ def readable_frames(result: FetchedFrames) -> FetchedFrames:
     for pos, h in result.frames:
         frame: bytes | memoryview = buf[pos : pos + h.frame_size]
         if h.attributes & ATTR_CODEC_MASK:
-            frame = decompress_frame(frame, h)
-            h = decode_header(frame)  # noqa: PLW2901 - the header of the new frame
+            # head and records joined once below: one copy of the records
+            head, records = decompress_frame_parts(frame, h)
+            h = decode_header(head)  # noqa: PLW2901 - the new frame's header
+            parts += (head, records)
+            at_next = at + len(head) + len(records)
+        else:
+            parts.append(frame)
+            at_next = at + len(frame)
         frames.append((at, h))
-        parts.append(frame)
-        at += len(frame)
+        at = at_next
     return FetchedFrames(b"".join(parts), frames, result.high_watermark, result.log_start_offset)
 
 

@@ -46,7 +46,7 @@ from typing import Any, Final
 
 from logstore.errors import CorruptRecordError, InvalidArgumentError
 
-from ._frame import ATTR_CODEC_MASK, FrameHeader, with_records
+from ._frame import ATTR_CODEC_MASK, FrameHeader, head_for_records
 from ._records import VARINT_BITS, VARINT_MORE, VARINT_SHIFT, varint
 
 CODEC_NONE: Final = 0
@@ -270,8 +270,16 @@ def decompress_frame(
     CRC already checked): the same header fields with codec 0 and the
     decompressed records, lengths and CRC recomputed, so every reader of
     uncompressed frames reads it. CorruptRecordError as :func:`decompress`."""
+    head, records = decompress_frame_parts(frame, h, bound)
+    return head + records
+
+
+def decompress_frame_parts(
+    frame: bytes | bytearray | memoryview, h: FrameHeader, bound: int = MAX_DECOMPRESSED_BYTES
+) -> tuple[bytes, bytes]:
+    """:func:`decompress_frame` as (its head, its records), not yet joined."""
     where = f"batch at offset {h.base_offset}"
     mv = memoryview(frame)
     payload = compressed_payload(mv[h.records_start : h.frame_size], where)
     records = decompress(payload, h.codec, where, bound)
-    return with_records(mv, h, records, h.attributes & ~ATTR_CODEC_MASK)
+    return head_for_records(mv, h, records, h.attributes & ~ATTR_CODEC_MASK), records

@@ -493,6 +493,14 @@ def with_records(
     """``frame``'s header with other ``records`` (the bytes after the header)
     and ``attributes``: lengths and CRC32C recomputed, every other field kept.
     How a compressed frame becomes its uncompressed equivalent for readers."""
+    return head_for_records(frame, h, records, attributes) + records
+
+
+def head_for_records(
+    frame: bytes | bytearray | memoryview, h: FrameHeader, records: bytes, attributes: int
+) -> bytes:
+    """The head of :func:`with_records`'s frame alone (the records follow it),
+    so a caller joining many frames copies the records once."""
     head = bytearray(memoryview(frame)[: h.records_start])
     length = h.records_start - PREFIX_SIZE + len(records)
     if length > MAX_BATCH_LENGTH:
@@ -504,7 +512,7 @@ def with_records(
     _U32.pack_into(head, ATTRIBUTES_POS, attributes)
     crc = crc32c(records, crc32c(memoryview(head)[CRC_START:]))
     _U32.pack_into(head, CRC_POS, crc)
-    return bytes(head) + records
+    return bytes(head)
 
 
 def batch_view(frame: bytes | bytearray | memoryview) -> memoryview:
