@@ -45,6 +45,7 @@ from logstore.wire import (
     compressed_field,
     decode_header,
     encode_records,
+    is_compressed_request,
     parse_fetch,
     patch_base_offset,
     share_metadata,
@@ -593,3 +594,14 @@ def test_compacted_topic_refuses_a_null_key_inside_a_compressed_batch(tmp_path: 
         with pytest.raises(InvalidArgumentError, match="null key"):
             store.append("c", 0, [Record(b"v", b"k"), Record(b"w", None)], compression="zstd")
         assert store.partition("c", 0).log_end_offset == 1
+
+
+def test_is_compressed_request() -> None:
+    """The broker's check that sends a request's split to an I/O thread: true exactly for
+    requests carrying compressed_records where the records go."""
+    head = pb.ProduceRequest(topic="t", partition=0, compression=CODEC_ZSTD).SerializeToString()
+    plain, _, _ = encode_records([b"a"])
+    assert is_compressed_request(head + compressed_field(compress(plain, CODEC_ZSTD)))
+    assert not is_compressed_request(head + plain)
+    assert not is_compressed_request(head)
+    assert not is_compressed_request(b"\xff")

@@ -62,7 +62,7 @@ from ._frame import (
     patch_base_offset,
 )
 from ._murmur2 import murmur2, partition_for_key
-from ._produce import SplitRequest, recompress, split_produce_request
+from ._produce import SplitRequest, is_compressed_request, recompress, split_produce_request
 from ._record_views import (
     NO_TIMESTAMP_MS,
     count_records,
@@ -109,6 +109,7 @@ __all__ = [
     "compressed_payload",
     "decompress",
     "decompress_frame",
+    "is_compressed_request",
     "readable_frames",
     "recompress",
     "require_codec",

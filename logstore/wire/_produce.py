@@ -170,6 +170,20 @@ def _split_compressed(
     return SplitRequest(header, tail, count, max_ts, zero_copy, codec, plain)
 
 
+def is_compressed_request(raw: bytes) -> bool:
+    """Whether a ProduceRequest carries compressed_records where its records
+    would be (a walk over its few header fields, as the split does), so the
+    broker can split it off its event loop: decompression takes up to ~130 ms
+    (64 MiB of gzip output at ~500 MB/s) where an uncompressed split takes
+    ~0.2 ms a MiB."""
+    mv = memoryview(raw)
+    try:
+        start = _records_start(mv)
+    except InvalidRequestError:
+        return False
+    return start is not None and start < len(mv) and mv[start] == COMPRESSED_TAG
+
+
 def split_produce_request(raw: bytes) -> SplitRequest:
     """Split a serialized ProduceRequest.
 
