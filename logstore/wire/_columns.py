@@ -47,7 +47,7 @@ import numpy.typing as npt
 from logstore.errors import CorruptRecordError
 from logstore.v1 import records_pb2
 
-from ._compression import decompress_frame_parts
+from ._compression import decompress, decompress_frame_parts
 from ._frame import (
     ATTR_CODEC_MASK,
     FRAME_TAG,
@@ -650,6 +650,8 @@ def locate_fast(
     not match their frame.
     """
     assert offset_deltas or not any(h.has_offset_deltas for _, h in frames)
+    if any(h.attributes & ATTR_CODEC_MASK for _, h in frames):
+        raise _Fallback  # compressed: _decode_upb decompresses (readers inflate first)
     arr = np.frombuffer(buf, np.uint8)
     starts_l: list[_I64] = []
     ends: list[int] = []
@@ -779,7 +781,12 @@ def _decode_fast(
 def _decode_upb(
     topic: str, partition: int, buf: bytes, frames: list[tuple[int, FrameHeader]]
 ) -> ColumnBatch:
-    """The slow, general path: upb parses, Python builds the columns."""
+    """The slow, general path: upb parses, Python builds the columns.
+
+    Also reads compressed frames (each decompressed, bounded, see
+    :func:`logstore.wire.decompress`), for callers that hand raw stored frames
+    to :func:`locate_fast` (the log cleaner): it raises _Fallback for them.
+    """
     offs: list[int] = []
     tss: list[int] = []
     keys: list[bytes] = []
@@ -789,18 +796,25 @@ def _decode_upb(
     hdrs: list[bytes] = []
     for pos, h in frames:
         msg = records_pb2.RecordBatch.FromString(buf[pos + PREFIX_SIZE : pos + h.frame_size])
-        if len(msg.records) != h.record_count:
+        recs = msg.records
+        if h.attributes & ATTR_CODEC_MASK:
+            where = f"batch at offset {h.base_offset}"
+            if len(recs):
+                raise CorruptRecordError(f"compressed {where} also has records")
+            plain = decompress(msg.compressed_records, h.attributes & ATTR_CODEC_MASK, where)
+            recs = records_pb2.RecordBatch.FromString(plain).records
+        if len(recs) != h.record_count:
             raise CorruptRecordError(
-                f"batch at offset {h.base_offset} holds {len(msg.records)} records, "
+                f"batch at offset {h.base_offset} holds {len(recs)} records, "
                 f"header says {h.record_count}"
             )
         first = len(offs)
         if h.has_offset_deltas:
-            offs += [h.base_offset + r.offset_delta for r in msg.records]
+            offs += [h.base_offset + r.offset_delta for r in recs]
             _check_deltas(offs[first:], h)
         else:
             offs += range(h.base_offset, h.next_offset)
-        for r in msg.records:
+        for r in recs:
             tss.append(r.timestamp_ms or h.base_timestamp_ms)
             hk = r.HasField("key")
             kvalid.append(hk)
