@@ -605,3 +605,23 @@ def test_is_compressed_request() -> None:
     assert not is_compressed_request(head + plain)
     assert not is_compressed_request(head)
     assert not is_compressed_request(b"\xff")
+
+
+def test_share_fetch_sees_deliver_at_headers_inside_compressed_batches(tmp_path: Path) -> None:
+    """The share broker's candidate read finds a deliver-at header inside a gzip batch
+    (its fast path searches the stored bytes, where a compressed header is not), so a
+    delayed record in a compressed batch stays delayed; an undelayed one is not."""
+    from logstore.broker._share_runtime import _candidates
+    from logstore.share import PartitionRead
+    from logstore.wire import deliver_at_header
+
+    with Store.open(tmp_path) as store:
+        store.create_topic("q", 1)
+        later = 4_000_000_000_000
+        recs = [Record(b"now"), Record(b"later", None, [deliver_at_header(later)])]
+        store.append("q", 0, recs, compression="gzip")
+        data = store.partition("q", 0).read_frames(0, 1 << 20).data
+    assert b"logstore-deliver-at-ms" not in data  # the name is inside the payload only
+    plan = PartitionRead("q", 0, 0, 0, "earliest", 100)
+    got = _candidates(data, 0, plan, False)
+    assert got.deliver_at is not None and list(got.deliver_at) == [0, later]

@@ -1028,7 +1028,8 @@ def _candidates(data: bytes, start: int, plan: PartitionRead, ordering: bool) ->
     """The candidates of stored frames read from ``start``.
 
     Fast path (no per-record work at all): with ordering keys off, no
-    format-2 frame (no gaps inside a batch) and no ``logstore-deliver-at-ms``
+    format-2 frame (no gaps inside a batch), no compressed frame (its headers
+    are not in the stored bytes) and no ``logstore-deliver-at-ms``
     anywhere in the bytes (one C-speed substring search), every offset of
     each batch is a candidate with the batch's max timestamp
     (``Candidates.from_ranges``; a TTL then counts from the batch's newest
@@ -1042,6 +1043,8 @@ def _candidates(data: bytes, start: int, plan: PartitionRead, ordering: bool) ->
         and not ordering
         and _DELIVER_AT_NAME not in data
         and not any(h.has_offset_deltas for h in heads)
+        # a compressed batch hides its headers from the substring search
+        and not any(h.codec for h in heads)
     ):
         return Candidates.from_ranges(
             start,
