@@ -212,7 +212,7 @@ class Chaos:
         assert self.broker.grpc_address == host_port
 
     def err(self, r: Run) -> str:
-        return (self.tmp / f"{r.run_id}.err").read_text(errors="replace")[-3000:]
+        return err_tail(r)
 
     def cleanup(self) -> None:
         for r in self.runs:
@@ -220,6 +220,12 @@ class Chaos:
                 r.proc.kill()
                 r.proc.wait()
         self.broker.kill()
+
+
+def err_tail(r: Run) -> str:
+    """The last 3,000 characters of ``r``'s stderr (its file next to its log)."""
+    err = r.path.with_suffix(".err")
+    return err.read_text(errors="replace")[-3000:] if err.exists() else "(no stderr file)"
 
 
 def check(runs: list[Run], per_partition: int, mode: str) -> dict[str, int]:
@@ -230,8 +236,12 @@ def check(runs: list[Run], per_partition: int, mode: str) -> dict[str, int]:
     for r in runs:
         lines = r.path.read_text().splitlines() if r.path.exists() else []
         if r.fate in ("term", "final"):
-            assert r.proc.returncode == 0, f"{r.run_id} exited {r.proc.returncode}"
-            assert lines and lines[-1] == "X", f"{r.run_id} did not exit cleanly: {lines[-3:]}"
+            assert r.proc.returncode == 0, (
+                f"{r.run_id} exited {r.proc.returncode}; its stderr ends:\n{err_tail(r)}"
+            )
+            assert lines and lines[-1] == "X", (
+                f"{r.run_id} did not exit cleanly: {lines[-3:]}; stderr:\n{err_tail(r)}"
+            )
         last_offset: dict[int, int] = {}
         last_seq: dict[int, int] = {}
         processed: list[tuple[int, int]] = []

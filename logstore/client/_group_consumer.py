@@ -9,7 +9,8 @@ partitions each member owns, and this client only follows it:
   the partitions this member owns now. Slow processing therefore never causes
   a rebalance by itself; only a missed session timeout (the process or the
   network is gone) or a ``max_poll_interval_ms`` breach does. UNAVAILABLE,
-  DEADLINE_EXCEEDED and INTERNAL (the broker's answer when appending the
+  DEADLINE_EXCEEDED, CANCELLED (a broker stopping ends in-flight calls so;
+  this client never cancels its own) and INTERNAL (the broker's answer when appending the
   group's records failed: nothing changed, retry) are retried with backoff. On a breach the
   heartbeat thread leaves the group (epoch -1) so the partitions move now,
   and the next ``poll`` calls ``on_lost`` and rejoins with epoch 0.
@@ -41,7 +42,7 @@ Commits: with ``enable_auto_commit`` (default), every
 positions of what earlier polls returned (a failure is logged, not raised: the
 next commit covers it), and the positions are committed synchronously on
 revoke and on ``close``. Synchronous commits and ``OffsetFetch`` retry
-UNAVAILABLE / DEADLINE_EXCEEDED for up to ``retry_timeout_ms`` (30 s), as the
+UNAVAILABLE / DEADLINE_EXCEEDED / CANCELLED for up to ``retry_timeout_ms`` (30 s), as the
 fetches do, so a member rides through a broker restart. A synchronous
 commit first waits for earlier ``commit_async`` calls, so commits land in call
 order (gRPC alone does not keep two calls in order). Without it, ``commit()`` (what poll
@@ -67,6 +68,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final, TypeVar
+
+import grpc
 
 from logstore import errors
 from logstore.v1 import groups_pb2 as gpb
@@ -104,6 +107,22 @@ def _pset(tps: Iterable[TopicPartition]) -> gpb.PartitionSet:
 
 def _tps(s: gpb.PartitionSet) -> set[TopicPartition]:
     return {TopicPartition(t.topic, p) for t in s.topics for p in t.partitions}
+
+
+def _cancelled_by_broker(exc: errors.LogStoreError) -> bool:
+    """A plain gRPC CANCELLED: this client never cancels its group calls, so the broker
+    did -- its graceful stop (SIGTERM) ends in-flight calls after ``shutdown_grace_ms``
+    or as it closes -- and the call is retried like UNAVAILABLE, on the restarted broker."""
+    cause = exc.__cause__
+    return isinstance(cause, grpc.RpcError) and cause.code() == grpc.StatusCode.CANCELLED
+
+
+def _retry_group_call(exc: errors.LogStoreError) -> bool:
+    """Whether an idempotent group call (heartbeat, OffsetFetch, OffsetCommit of fixed
+    offsets) that failed with ``exc`` may be sent again."""
+    return (
+        retriable(exc) or isinstance(exc, errors.DeadlineExceededError) or _cancelled_by_broker(exc)
+    )
 
 
 class GroupConsumer:
@@ -298,9 +317,7 @@ class GroupConsumer:
                 # INTERNAL too: the broker answers it when appending the group's
                 # records failed ("nothing changed; retry", its coordinator is
                 # rebuilt from the log first); a heartbeat is safe to send again.
-                if retriable(exc) or isinstance(
-                    exc, (errors.DeadlineExceededError, errors.InternalError)
-                ):
+                if _retry_group_call(exc) or isinstance(exc, errors.InternalError):
                     delay = min(interval, self._backoff.delay_s(failures))
                     failures += 1
                 else:
@@ -531,10 +548,11 @@ class GroupConsumer:
     def _call_retrying(self, method: Callable[..., _T], req: Any) -> _T:
         """A unary Groups call, retried like the fetches while the broker is away.
 
-        UNAVAILABLE (a broker restarting or shutting down), DEADLINE_EXCEEDED and
-        RESOURCE_EXHAUSTED with a retry hint are retried with the client's backoff for
-        up to ``retry_timeout_ms`` (as Kafka's commitSync and offset fetch), so a
-        broker restart neither fails ``poll`` nor loses a commit on revoke or close.
+        UNAVAILABLE (a broker restarting or shutting down), DEADLINE_EXCEEDED, CANCELLED
+        (see :func:`_cancelled_by_broker`) and RESOURCE_EXHAUSTED with a retry hint are
+        retried with the client's backoff for up to ``retry_timeout_ms`` (as Kafka's
+        commitSync and offset fetch), so a broker restart neither fails ``poll`` nor
+        loses a commit on revoke or close.
         Only idempotent calls come here: OffsetFetch, and OffsetCommit of fixed offsets.
         """
         deadline = time.monotonic() + self._retry_timeout_s
@@ -543,7 +561,7 @@ class GroupConsumer:
             try:
                 return self._conn.call(method, req, self._timeout_s)
             except errors.LogStoreError as exc:
-                if not (retriable(exc) or isinstance(exc, errors.DeadlineExceededError)):
+                if not _retry_group_call(exc):
                     raise
                 delay = self._backoff.delay_s(failures, exc.retry_after_ms)
                 if time.monotonic() + delay > deadline:
