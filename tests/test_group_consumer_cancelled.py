@@ -1,13 +1,15 @@
-"""GroupConsumer against a scripted in-process Groups service (no broker): a plain gRPC
+"""GroupConsumer against a scripted in-process Groups service (no broker), the two ways
+the chaos test's auto-commit member exited 1 while the broker restarted: a plain gRPC
 CANCELLED -- what a broker's graceful stop answers to calls in flight -- is retried by
-the heartbeat thread and by synchronous commits instead of failing ``poll`` / ``commit``
-(the chaos test's auto-commit member exited 1 on it while the broker restarted)."""
+the heartbeat thread and by synchronous commits instead of failing ``poll`` / ``commit``;
+and the fetching channel is connected at the join, so a broker gone right after it does
+not fail the first fetch's connect check."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from typing import Any
 
@@ -53,6 +55,10 @@ class FakeGroups(groups_pb2_grpc.GroupsServicer):
         return gpb.OffsetCommitResponse()
 
 
+#: address -> stop the fake's server now (the broker going away)
+fake_server: dict[str, Callable[[], object]] = {}
+
+
 @pytest.fixture
 def fake() -> Iterator[tuple[FakeGroups, str]]:
     svc = FakeGroups()
@@ -60,14 +66,19 @@ def fake() -> Iterator[tuple[FakeGroups, str]]:
     groups_pb2_grpc.add_GroupsServicer_to_server(svc, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
+    address = f"127.0.0.1:{port}"
+    fake_server[address] = lambda: server.stop(0).wait()
     try:
-        yield svc, f"127.0.0.1:{port}"
+        yield svc, address
     finally:
+        fake_server.pop(address)
         server.stop(0)
 
 
-def member(address: str) -> GroupConsumer:
-    return GroupConsumer(address, "g", topics=["t"], retry_backoff_ms=10, retry_backoff_max_ms=20)
+def member(address: str, **kwargs: Any) -> GroupConsumer:
+    return GroupConsumer(
+        address, "g", topics=["t"], retry_backoff_ms=10, retry_backoff_max_ms=20, **kwargs
+    )
 
 
 def test_cancelled_heartbeat_is_retried_not_fatal(fake: tuple[FakeGroups, str]) -> None:
@@ -96,5 +107,18 @@ def test_cancelled_commit_is_retried(fake: tuple[FakeGroups, str]) -> None:
         assert svc.commit_calls == 2
         [req] = svc.commits
         assert [(p.topic, p.partition, p.offset) for p in req.partitions] == [("t", 0, 7)]
+    finally:
+        gc.close()
+
+
+def test_fetch_channel_is_connected_at_the_join(fake: tuple[FakeGroups, str]) -> None:
+    """Once the constructor has joined, the fetch channel's connect check passes even
+    with the broker gone (its fetches then retry UNAVAILABLE instead of failing poll)."""
+    _, address = fake
+    server_stop = fake_server[address]
+    gc = member(address, connect_timeout_ms=300)
+    try:
+        server_stop()
+        gc._consumer._conn.ensure_ready()  # old code: BrokerUnavailableError after 0.3 s
     finally:
         gc.close()

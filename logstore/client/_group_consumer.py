@@ -223,6 +223,12 @@ class GroupConsumer:
 
         try:
             self._heartbeat_once()  # the join: bad arguments fail here, not in a thread
+            # The fetching Consumer has its own channel, connected on its first call
+            # and then never checked again (a fetch failing later is retried). Connect
+            # it now, while the broker has just answered: else a broker restart between
+            # the join and the first fetch (5 s of SIGTERM grace plus a restart under
+            # load) made that fetch's connect check fail poll with UNAVAILABLE.
+            self._consumer._conn.ensure_ready()  # (same package: no public hook)
         except BaseException:
             self._consumer.close()
             self._conn.close()
@@ -422,10 +428,10 @@ class GroupConsumer:
             keep = [tp for tp in self._consumer.assignment() if tp not in fresh]
             self._consumer.assign(keep)
             self._unplaced.update(fresh)
-        elif self._reset == "earliest":
-            self._consumer.seek_to_beginning(fresh)
+        elif self._reset == "earliest":  # ListOffsets: idempotent, retried as OffsetFetch
+            self._retrying(lambda: self._consumer.seek_to_beginning(fresh))
         else:
-            self._consumer.seek_to_end(fresh)
+            self._retrying(lambda: self._consumer.seek_to_end(fresh))
 
     def seek(self, tp: tuple[str, int], offset: int) -> None:
         """Consume an owned partition from ``offset`` (also places an ``error``-reset one)."""
@@ -555,11 +561,15 @@ class GroupConsumer:
         loses a commit on revoke or close.
         Only idempotent calls come here: OffsetFetch, and OffsetCommit of fixed offsets.
         """
+        return self._retrying(lambda: self._conn.call(method, req, self._timeout_s))
+
+    def _retrying(self, fn: Callable[[], _T]) -> _T:
+        """``fn()`` (an idempotent call), retried as :meth:`_call_retrying` says."""
         deadline = time.monotonic() + self._retry_timeout_s
         failures = 0
         while True:
             try:
-                return self._conn.call(method, req, self._timeout_s)
+                return fn()
             except errors.LogStoreError as exc:
                 if not _retry_group_call(exc):
                     raise
