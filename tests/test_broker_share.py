@@ -25,8 +25,9 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from logstore.v1 import logstore_pb2 as pb
+from logstore.v1 import records_pb2
 from logstore.v1 import share_pb2 as spb
-from logstore.wire import Record, decode_objects, parse_fetch
+from logstore.wire import Record, decode_objects, parse_fetch, stored_frames
 from tests.brokerproc import BrokerProcess, start_broker
 from tests.sharehelp import ShareClient, ack, acquired, status_of
 from tests.test_broker_helpers import scrape
@@ -639,7 +640,9 @@ def test_describe_and_metrics_show_the_queue(client: ShareClient, sbroker: Broke
         timeout=10,
     )
     client.group, client.member = "met-g", r.member_id
-    assert len(acquired(client.fetch(4))) == 4
+    # a fetch reads max_records new offsets: 11 takes the delayed one into the window
+    assert len(acquired(client.fetch(11))) == 10
+    client.ack([ack("met-t", 4, 9, spb.RELEASE)])
     d = client.share.DescribeShareGroup(spb.DescribeShareGroupRequest(group_id="met-g"), timeout=10)
     (m,) = d.members
     assert (m.member_id, m.client_id, m.inflight_records) == (r.member_id, "w-1", 4)
@@ -710,3 +713,64 @@ def test_a_reply_stays_within_fetch_max_bytes(tmp_path: Path) -> None:
         c.close()
     finally:
         b.stop()
+
+
+# -- cost of a fetch ---------------------------------------------------------------------
+
+
+def _produce_singles(c: ShareClient, topic: str, n: int, headers: list[tuple[str, bytes]]) -> None:
+    """``n`` batches of one record each (acks=leader, 64 in flight: ~1 s for 2,500)."""
+    hs = [records_pb2.Header(key=k, value=v) for k, v in headers]
+    rec = [records_pb2.Record(value=b"x" * 100, headers=hs)]
+    futs = []
+    for i in range(n):
+        req = pb.ProduceRequest(topic=topic, partition=0, records=rec, acks=pb.ACKS_LEADER)
+        futs.append(c.log.Produce.future(req, timeout=30))
+        if len(futs) == 64 or i == n - 1:
+            for f in futs:
+                f.result()
+            futs = []
+
+
+def test_a_fetch_reads_and_sends_only_the_batches_it_acquires(client: ShareClient) -> None:
+    """A backlog of 2,500 one-record batches: a fetch of 500 acquires 500 and its reply holds
+    those 500 frames only (it read to 4 MiB before: ~23,000 frames, 250-550 ms a fetch)."""
+    client.topic("cost-t")
+    _produce_singles(client, "cost-t", 2500, [])
+    create(client, "cost-g", auto_offset_reset="earliest")
+    client.join("cost-g", ["cost-t"])
+    acks: list[spb.AcknowledgementBatch] = []
+    for k in range(3):
+        reply = client.fetch(500, acks=acks)
+        (p,) = reply.partitions
+        assert [(a.first_offset, a.last_offset) for a in p.acquired] == [(500 * k, 500 * k + 499)]
+        frames = stored_frames(p.records).frames
+        assert (len(frames), frames[0][1].base_offset) == (500, 500 * k)
+        acks = [ack("cost-t", 500 * k, 500 * k + 499)]
+
+
+def _state_end(c: ShareClient) -> int:
+    """The log end offset of __share_group_state (records the share runtime appended)."""
+    req = pb.ListOffsetsRequest(topic="__share_group_state", position=pb.OFFSET_SPEC_LATEST)
+    return int(c.log.ListOffsets(req, timeout=10).offsets[0].offset)
+
+
+def test_due_records_behind_more_than_max_records_delayed_ones_are_found_in_two_reads(
+    client: ShareClient,
+) -> None:
+    """300 records delayed by an hour, then 5 due ones: a fetch of 1 (which reads 1 new
+    offset first) reads on through the window's room once instead of one offset per round
+    (each round an fsynced append), and returns a due record at once."""
+    client.topic("cut-t")
+    at = str(int(time.time() * 1000) + 3_600_000).encode()
+    _produce_singles(client, "cut-t", 300, [("logstore-deliver-at-ms", at)])
+    client.produce("cut-t", [b"due%d" % i for i in range(5)])
+    create(client, "cut-g", auto_offset_reset="earliest")
+    client.join("cut-g", ["cut-t"])
+    before = _state_end(client)
+    t0 = time.monotonic()
+    got = acquired(client.fetch(1, wait_ms=10_000))
+    assert sorted(o for _, _, o in got) == [300]
+    assert time.monotonic() - t0 < 5, "the fetch waited although due records were there"
+    # two rounds (a chunk and a state record each, plus a tick's), not ~300
+    assert _state_end(client) - before <= 10

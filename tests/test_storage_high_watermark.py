@@ -57,3 +57,16 @@ def test_reads_are_served_up_to_the_high_watermark_only() -> None:
     assert store.append("t", 0, [b"next"]) == 10
     assert lg.high_watermark == 11  # committed on append (one broker)
     store.close()
+
+
+def test_read_frames_stops_before_the_stop_offset_but_returns_the_first_frame() -> None:
+    """With stop_offset, no frame after the first starts at or past it (batches of 2 here),
+    the high watermark still bounds it, and the first frame comes even when it holds it."""
+    store = _store()
+    assert store.read_frames("t", 0, 0, 1 << 20, 5).next_offset == 6  # frames 0-1, 2-3, 4-5
+    assert store.read_frames("t", 0, 2, 1 << 20, 4).next_offset == 4
+    assert store.read_frames("t", 0, 3, 1 << 20, 3).next_offset == 4  # the first, whole
+    assert store.read_frames("t", 0, 0, 1 << 20, 99).next_offset == 10
+    whole = store.read_frames("t", 0, 0, 1 << 20)
+    assert store.read_frames("t", 0, 0, 1 << 20, 6).data == whole.data[: len(whole.data) * 3 // 5]
+    store.close()

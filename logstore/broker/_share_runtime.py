@@ -55,6 +55,7 @@ Contract (the coordinator's handler contract, ``logstore/share/_coordinator.py``
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import time
 from collections import deque
@@ -94,7 +95,13 @@ from logstore.share import (
     decode,
     encode,
 )
-from logstore.wire import DELIVER_AT_HEADER, Record, share_metadata, stored_frames
+from logstore.wire import (
+    DELIVER_AT_HEADER,
+    FetchedFrames,
+    Record,
+    share_metadata,
+    stored_frames,
+)
 
 from .handlers._common import check_client_writable as check_writable
 
@@ -189,6 +196,11 @@ class _Read:
     start: int
     result: FetchResult | None
     candidates: Candidates | None
+    #: The frames of ``result.data`` (positions and headers), for trimming the reply.
+    index: FetchedFrames | None = None
+    #: The read stopped at its record bound (``max_records`` offsets), before
+    #: the high watermark and the window's room: there is more to read.
+    cut: bool = False
 
 
 def group_key(group_id: str) -> tuple[str, str]:
@@ -468,11 +480,22 @@ class ShareRuntime:
     # --------------------------------------------------------------- fetch
 
     def _read_blocking(
-        self, plans: tuple[PartitionRead, ...], max_bytes: int, ordering: bool
+        self,
+        plans: tuple[PartitionRead, ...],
+        max_bytes: int,
+        ordering: bool,
+        max_records: int | None,
     ) -> tuple[list[_Read], list[tuple[str, int, int]]]:
-        """Read each planned partition (bounded by ``max_bytes`` in total and
-        its window room) and build its candidates with numpy; also report
-        partitions whose log start passed the plan's offset."""
+        """Read each planned partition (bounded by ``max_bytes`` in total, its
+        window room and, unless ``max_records`` is None, ``max_records``
+        offsets) and build its candidates with numpy; also report partitions
+        whose log start passed the plan's offset.
+
+        The offset bound is what keeps a fetch's cost at its size: without
+        it a backlog of 1-record batches was read up to ``max_bytes`` (4 MiB,
+        ~23,000 frames checked, indexed and sent back, 250-550 ms a fetch)
+        to acquire 500. A fetch can acquire at most ``max_records``, so more
+        new offsets would only be read again for a later reply."""
         out: list[_Read] = []
         moved: list[tuple[str, int, int]] = []
         budget = max_bytes
@@ -492,15 +515,21 @@ class ShareRuntime:
                 continue  # on_log_start first; the next round reads it
             if start >= hw:
                 continue
+            room_end = start + plan.max_offsets
+            stop = room_end if max_records is None else start + min(plan.max_offsets, max_records)
             try:
-                result = self._store.read_frames(plan.topic, plan.partition, start, budget)
+                result = self._store.read_frames(plan.topic, plan.partition, start, budget, stop)
             except OffsetOutOfRangeError:
                 moved.append((plan.topic, plan.partition, log_start))
                 continue
             if not result.data:
                 continue
             budget -= len(result.data)
-            out.append(_Read(plan, start, result, _candidates(result.data, start, plan, ordering)))
+            index = stored_frames(result.data)
+            cut = stop < room_end and result.next_offset < min(hw, room_end)
+            out.append(
+                _Read(plan, start, result, _candidates(index, start, plan, ordering), index, cut)
+            )
         return out, moved
 
     def _frames_blocking(
@@ -545,11 +574,14 @@ class ShareRuntime:
             if (
                 rd is not None
                 and rd.result is not None
+                and rd.index is not None
                 and rd.start <= lo
                 and rd.result.next_offset > lo
             ):
-                chunks.append(rd.result.data)
-                pos = rd.result.next_offset
+                # Only the frames that hold acquired offsets: the read may go
+                # past the last one (delayed records, keys in flight).
+                chunk, pos = _frames_between(rd.index, lo, hi)
+                chunks.append(chunk)
             # Redelivered ranges below what was read: read them (bounded by
             # the ranges, which are bounded by max_inflight_records, and by
             # the reply's byte budget).
@@ -557,7 +589,7 @@ class ShareRuntime:
             while pos <= hi and budget > 0:
                 try:
                     res = self._store.read_frames(
-                        topic, partition, pos, min(budget, DEFAULT_SHARE_FETCH_BYTES)
+                        topic, partition, pos, min(budget, DEFAULT_SHARE_FETCH_BYTES), hi + 1
                     )
                 except LogStoreError:
                     break
@@ -591,11 +623,17 @@ class ShareRuntime:
         wait_ms: int,
         on_park: Callable[[], None],
     ) -> list[PartitionFrames]:
-        """Plan, read, acquire; long-poll up to ``wait_ms`` when nothing was acquired."""
+        """Plan, read, acquire; long-poll up to ``wait_ms`` when nothing was acquired.
+
+        Each partition is read for at most ``max_records`` new offsets; when
+        that acquired nothing although a read stopped at the bound (its
+        records delayed or their keys in flight), the windows' whole room is
+        read once more before waiting, so due records further on are not
+        left for the wait."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_ms / 1000
         waiters = self._rt.waiters
-        parked = retried = False
+        parked = retried = whole_room = False
         gw = waiters.register(group_key(group_id))
         extra: dict[tuple[str, int], Any] = {}
         try:
@@ -614,7 +652,11 @@ class ShareRuntime:
                     if key not in extra:
                         extra[key] = waiters.register(key)
                 reads, moved = await self._rt.run_io(
-                    self._read_blocking, plans, max_bytes, ordering
+                    self._read_blocking,
+                    plans,
+                    max_bytes,
+                    ordering,
+                    None if whole_room else max_records,
                 )
                 for topic, partition, start in moved:
                     await self.log_start_moved(topic, partition, start)
@@ -642,6 +684,10 @@ class ShareRuntime:
                 if moved and not retried:
                     retried = True  # read again past the new log start, once
                     continue
+                if not whole_room and any(r.cut for r in reads):
+                    whole_room = True  # see the docstring; once per wakeup
+                    continue
+                whole_room = False
                 if remaining <= 0 or self._rt.stopping:
                     return []
                 if not parked:
@@ -1024,7 +1070,21 @@ class ShareRuntime:
         return out
 
 
-def _candidates(data: bytes, start: int, plan: PartitionRead, ordering: bool) -> Candidates:
+def _frames_between(index: FetchedFrames, lo: int, hi: int) -> tuple[bytes, int]:
+    """The bytes of the indexed frames that hold offsets in ``[lo, hi]`` and
+    the offset after the last of them (two bisections, no loop)."""
+    frames, data = index.frames, index.buf
+    i = bisect.bisect_left(frames, lo, key=lambda f: f[1].last_offset)
+    j = bisect.bisect_right(frames, hi, key=lambda f: f[1].base_offset)
+    if j <= i:
+        return b"", lo
+    end = frames[j][0] if j < len(frames) else len(data)
+    return data[frames[i][0] : end], frames[j - 1][1].next_offset
+
+
+def _candidates(
+    index: FetchedFrames, start: int, plan: PartitionRead, ordering: bool
+) -> Candidates:
     """The candidates of stored frames read from ``start``.
 
     Fast path (no per-record work at all): with ordering keys off, no
@@ -1036,12 +1096,11 @@ def _candidates(data: bytes, start: int, plan: PartitionRead, ordering: bool) ->
     record, so it never dead-letters a record early). Otherwise
     ``share_metadata``'s numpy columns (per-record timestamps, deliver-at,
     key hashes)."""
-    index = stored_frames(data)
     heads = [h for _, h in index.frames if h.next_offset > start]
     if (
         heads
         and not ordering
-        and _DELIVER_AT_NAME not in data
+        and _DELIVER_AT_NAME not in index.buf
         and not any(h.has_offset_deltas for h in heads)
         # a compressed batch hides its headers from the substring search
         and not any(h.codec for h in heads)

@@ -750,9 +750,17 @@ class Store:
         ``Consumer.poll_columns``): no Python object per record."""
         return self.partition(topic, partition).read_columns(offset, max_bytes)
 
-    def read_frames(self, topic: str, partition: int, offset: int, max_bytes: int) -> FetchResult:
-        """Stored frames, CRC-checked and unchanged (the Fetch path)."""
-        return self.partition(topic, partition).read_frames(offset, max_bytes)
+    def read_frames(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        max_bytes: int,
+        stop_offset: int | None = None,
+    ) -> FetchResult:
+        """Stored frames, CRC-checked and unchanged (the Fetch path); after the
+        first, none starting at or after ``stop_offset`` (None: the high watermark)."""
+        return self.partition(topic, partition).read_frames(offset, max_bytes, stop_offset)
 
     def offsets(self, topic: str, partition: int) -> tuple[int, int]:
         """``(log start offset, log end offset)``."""
