@@ -613,7 +613,7 @@ def test_share_fetch_sees_deliver_at_headers_inside_compressed_batches(tmp_path:
     delayed record in a compressed batch stays delayed; an undelayed one is not."""
     from logstore.broker._share_runtime import _candidates
     from logstore.share import PartitionRead
-    from logstore.wire import deliver_at_header
+    from logstore.wire import deliver_at_header, stored_frames
 
     with Store.open(tmp_path) as store:
         store.create_topic("q", 1)
@@ -623,5 +623,5 @@ def test_share_fetch_sees_deliver_at_headers_inside_compressed_batches(tmp_path:
         data = store.partition("q", 0).read_frames(0, 1 << 20).data
     assert b"logstore-deliver-at-ms" not in data  # the name is inside the payload only
     plan = PartitionRead("q", 0, 0, 0, "earliest", 100)
-    got = _candidates(data, 0, plan, False)
+    got = _candidates(stored_frames(data), 0, plan, False)
     assert got.deliver_at is not None and list(got.deliver_at) == [0, later]
