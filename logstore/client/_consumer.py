@@ -38,6 +38,8 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any, Final, NamedTuple
 
+import grpc
+
 from logstore import errors
 from logstore.v1 import logstore_pb2
 from logstore.wire import (
@@ -282,7 +284,11 @@ class Consumer:
         except BaseException as exc:
             err = translate(exc, self.address)
             now = time.monotonic()
-            if retriable(err):
+            # A plain CANCELLED of a call still current (not seeked away) was ended by
+            # the broker, not by us (we cancel only what is stale, ignored above): its
+            # graceful stop ends in-flight long polls so. Retried like UNAVAILABLE.
+            cancelled = isinstance(exc, grpc.RpcError) and exc.code() == grpc.StatusCode.CANCELLED
+            if retriable(err) or cancelled:
                 if part.fail_since is None:
                     part.fail_since = now
                 if now - part.fail_since < self._retry_timeout_s:
