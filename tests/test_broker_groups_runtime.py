@@ -210,6 +210,8 @@ def test_concurrent_commits_share_one_fsync_and_are_answered_after_it(
                 for i, (gid, mid, ep) in enumerate(members)
             )
         )
+        # A range, not an exact count: how many of the 40 calls queue behind one append
+        # depends on scheduling. One fsync per call (the old runtime) gives 40 and fails.
         assert 1 <= fsyncs <= 10, fsyncs
         assert unsynced_answers == 0
         for i, (gid, _mid, _ep) in enumerate(members):
