@@ -24,11 +24,14 @@ from logstore.client._backoff import Backoff
 from logstore.client._rpc import translate
 from logstore.v1 import logstore_pb2, records_pb2
 from logstore.wire import (
+    HEADER_SIZE,
     VALUE_PREFIX,
     Record,
+    compressed_field,
     crc32c,
     decode_columns,
     decode_objects,
+    decompress,
     encode_frame,
     encode_record,
     parse_fetch,
@@ -682,3 +685,113 @@ def test_the_client_retypes_no_frame_size() -> None:
             if isinstance(node, ast.Constant) and type(node.value) is int and node.value in sizes:
                 found.append(f"{path.relative_to(root)}:{node.lineno}: {node.value}")
     assert found == []
+
+
+# -- batches closed at their compressed size ---------------------------------------
+
+
+class CompressingFakeBroker(FakeBroker):
+    """A FakeBroker that reads compressed batches too (as the real one does) and
+    keeps each request's stored size: header + what follows it."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.stored: list[tuple[int, int]] = []  # (stored batch bytes, records bytes)
+
+    def produce(self, request: bytes, timeout_s: float, callback: Callback) -> None:
+        req = logstore_pb2.ProduceRequest.FromString(request)
+        if req.compression:
+            plain = decompress(req.compressed_records, req.compression, "fake")
+            sent = len(compressed_field(req.compressed_records))
+            del req.records[:]
+            req.records.extend(records_pb2.RecordBatch.FromString(plain).records)
+            req.ClearField("compressed_records")
+            req.compression = 0  # type: ignore[assignment]
+            self.stored.append((HEADER_SIZE + sent, len(plain)))
+            request = req.SerializeToString()
+        else:
+            plain_len = sum(_record_size(r.value) for r in req.records)
+            self.stored.append((HEADER_SIZE + plain_len, plain_len))
+        super().produce(request, timeout_s, callback)
+
+
+def _log_lines(n: int, seed: int = 7) -> list[bytes]:
+    """JSON-like log lines, ~100 bytes, compressing ~5-10x like the bench corpus."""
+    rnd = random.Random(seed)
+    paths = ["/api/v1/orders", "/api/v1/users", "/healthz", "/api/v2/search"]
+    return [
+        b'{"ts":"2026-12-02T04:%02d:%02d","level":"%s","path":"%s","status":%d,"ms":%d}'
+        % (
+            i // 60 % 60,
+            i % 60,
+            rnd.choice([b"info", b"warn"]),
+            rnd.choice(paths).encode(),
+            rnd.choice([200, 200, 200, 404, 500]),
+            rnd.randrange(1, 900),
+        )
+        for i in range(n)
+    ]
+
+
+def _check_offsets(fake: FakeBroker, res: Any, values: list[bytes]) -> None:
+    assert len(res) == len(values)
+    for h, v in zip(res, values, strict=True):
+        part, off = h.result(10)
+        assert fake.logs[part][off] == v
+    assert sum(n for _, _, n in res.offsets(10)) == len(values)
+
+
+def test_compressed_batches_close_at_their_compressed_size() -> None:
+    """With zstd, batches are closed at their estimated compressed size (Kafka's ratio
+    estimate): once the estimate has learned from a few batches, a batch holds far more
+    than max_batch_bytes of records, and what is sent still fits max_batch_bytes.
+
+    Fails on the old producer, which closed batches at their uncompressed size: every
+    batch then held at most max_batch_bytes of records and was sent ~1/6 full."""
+    room = 16_384
+    fake = CompressingFakeBroker(max_batch_bytes=room)
+    values = _log_lines(30_000)
+    with _producer(fake, linger_ms=10_000, compression="zstd") as p:
+        # The estimate learns from batches as they are compressed (by the sender), so
+        # let six go out first; the estimate starts at 1.0 and halves its gap each time.
+        results = []
+        for i in range(6):
+            results.append(p.send_many("t", values[i * 150 : (i + 1) * 150]))
+            p.flush(30)
+        learned = len(fake.stored)
+        results.append(p.send_many("t", values[900:]))
+        p.flush(30)
+        for i, res in enumerate(results):
+            _check_offsets(fake, res, values[i * 150 : (i + 1) * 150] if i < 6 else values[900:])
+    assert all(stored <= room for stored, _ in fake.stored)
+    settled = fake.stored[learned:-1]  # (the last batch is partial)
+    assert len(settled) >= 5
+    assert all(records > 2 * room for _, records in settled)
+    # The estimate is compressed x 1.05, so a settled batch is sent ~95% full; a
+    # range because the ratio varies a little from batch to batch.
+    assert sum(stored for stored, _ in settled) / len(settled) > 0.75 * room
+
+
+def test_a_batch_compressing_worse_than_estimated_is_split() -> None:
+    """After compressible batches drive the estimate down, incompressible records fill a
+    batch far past max_batch_bytes; it is split (repeatedly) into halves that fit, sent in
+    order, and every handle reports its record's true offset."""
+    room = 8_192
+    fake = CompressingFakeBroker(max_batch_bytes=room)
+    rnd = random.Random(3)
+    noise = [rnd.randbytes(200) for _ in range(400)]  # 80 KB, ~10x the room
+    with _producer(fake, linger_ms=10_000, compression="zstd") as p:
+        first = p.send_many("t", _log_lines(5_000))
+        p.flush(30)
+        learned = len(fake.stored)
+        res = p.send_many("t", noise)
+        single = [p.send("t", v) for v in noise[:3]]
+        p.flush(30)
+        _check_offsets(fake, res, noise)
+        _check_offsets(fake, first, _log_lines(5_000))
+        assert [fake.logs[0][h.result(10)[1]] for h in single] == noise[:3]
+    assert all(stored <= room for stored, _ in fake.stored)
+    assert [v for v in fake.logs[0][-403:]] == noise + noise[:3]
+    # 80 KB of noise needs >= 10 batches of 8 KiB; with the estimate at ~0.1 the open
+    # batch was closed at ~80 KB, so they came from splits.
+    assert len(fake.stored) - learned >= 10

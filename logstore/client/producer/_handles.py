@@ -7,7 +7,8 @@ completion event, so a handle costs no lock or event of its own. A
 segments, one per batch they went into.
 
 Offsets: a record's offset is its batch's base offset (from the reply) plus
-its index; -1 with acks=0 (the broker does not say) or when the batch failed.
+its index (in the half that carried it, if the batch was split); -1 with
+acks=0 (the broker does not say) or when the batch failed.
 Thread-safe: a handle is only read after the batch's event is set.
 """
 
@@ -39,18 +40,17 @@ class RecordHandle:
 
         Raises the batch's LogStoreError, or DeadlineExceededError on timeout.
         """
-        b = self._batch
-        if not b.done.wait(timeout):
+        if not self._batch.done.wait(timeout):
             raise errors.DeadlineExceededError(f"record not delivered within {timeout} s")
+        b, index = self._batch.leaf(self._index)  # (the batch itself unless split)
         if b.error is not None:
             raise b.error
-        return b.partition, (b.base_offset + self._index if b.base_offset >= 0 else -1)
+        return b.partition, (b.base_offset + index if b.base_offset >= 0 else -1)
 
     def exception(self, timeout: float | None = None) -> errors.LogStoreError | None:
-        b = self._batch
-        if not b.done.wait(timeout):
+        if not self._batch.done.wait(timeout):
             raise errors.DeadlineExceededError(f"record not delivered within {timeout} s")
-        return b.error
+        return self._batch.leaf(self._index)[0].error
 
 
 class SendResult:
@@ -85,12 +85,13 @@ class SendResult:
         each; first offset is -1 with acks=0 or on error. Never raises the errors."""
         deadline = None if timeout is None else time.monotonic() + timeout
         out: list[tuple[int, int, int, Exception | None]] = []
-        for b, first, count in self._segments:
+        for batch, first, count in self._segments:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not b.done.wait(left):
+            if not batch.done.wait(left):
                 raise errors.DeadlineExceededError(f"records not delivered within {timeout} s")
-            offset = b.base_offset + first if b.base_offset >= 0 and b.error is None else -1
-            out.append((b.partition, offset, count, b.error))
+            for b, i, n in batch.pieces(first, count):
+                offset = b.base_offset + i if b.base_offset >= 0 and b.error is None else -1
+                out.append((b.partition, offset, n, b.error))
         return out
 
     def __getitem__(self, i: int) -> RecordHandle:
@@ -121,6 +122,7 @@ class SendResult:
         """``(partition, first offset, count)`` per batch segment, after ``wait``."""
         self.wait(timeout)
         return [
-            (b.partition, b.base_offset + first if b.base_offset >= 0 else -1, count)
-            for b, first, count in self._segments
+            (b.partition, b.base_offset + i if b.base_offset >= 0 else -1, n)
+            for batch, first, count in self._segments
+            for b, i, n in batch.pieces(first, count)
         ]

@@ -10,9 +10,14 @@ the same request (same sequence numbers).
 Compression. With a codec, the joined records are compressed once when the
 request is built (the payload is the codec's compression of exactly those
 bytes, sent as ``compressed_records``, field 14, after the header), unless
-that does not make them smaller; the batch was closed at its uncompressed
-size, so it fits ``max_batch_bytes`` either way. A batch waiting behind its
-partition's in-flight request is compressed while it waits.
+that does not make them smaller. The accumulator closed the batch at its
+*estimated* compressed size (records x the topic's ratio estimate,
+:class:`~._accumulator.TopicState`); every compression updates that
+estimate, and in the rare case the records went past the room anyway
+(``min(batch_bytes, max_batch_bytes)`` less the header) the batch is split
+in two halves, sent in its place and in order, before any sequence number is
+taken. A batch waiting behind its partition's in-flight request is
+compressed while it waits.
 
 Timestamps. Records without their own take the batch's creation time
 (CreateTime within ``linger_ms``); when every record has its own, the batch's
@@ -224,16 +229,35 @@ class Sender:
         return None
 
     def _compress(self, batch: ProducerBatch) -> tuple[bytes, int]:
-        """(the bytes to send after the header, their codec). A closed batch's
-        parts no longer change, so this runs without the lock."""
+        """(the bytes to send after the header, their codec); updates the topic's
+        ratio estimate. A closed batch's parts no longer change, so this runs
+        without the lock."""
         records = b"".join(batch.parts)
         tail = compressed_field(compress(records, self._codec, self._compression_level))
         # Per batch: records that do not shrink (already compressed or random
-        # bytes) go as they are, so a batch never grows and always fits the
-        # max_batch_bytes its uncompressed size was closed at.
-        if len(tail) < len(records):
-            return tail, self._codec
-        return records, CODEC_NONE
+        # bytes) go as they are, so a batch never grows.
+        out = (tail, self._codec) if len(tail) < len(records) else (records, CODEC_NONE)
+        with self._acc._lock:
+            self._acc._topics[batch.topic].observe(len(records), len(out[0]))
+        return out
+
+    def _oversized(self, batch: ProducerBatch) -> bool:
+        """Whether the batch, compressed, is past its topic's room (possible only
+        when it was closed past the room on a ratio estimate: a batch within
+        the room fits even sent plain). Lock not held."""
+        if self._codec == CODEC_NONE:
+            return False
+        if batch.compressed is None:
+            batch.compressed = self._compress(batch)
+        if len(batch.compressed[0]) <= self._acc._topics[batch.topic].room:
+            return False
+        batch.compressed = None
+        return True
+
+    def _split(self, batch: ProducerBatch) -> None:
+        with self._acc._lock:
+            del self._in_flight[(batch.topic, batch.partition)]
+            self._acc._split(batch)
 
     def _build_request(self, batch: ProducerBatch) -> bytes:
         if batch.compressed is None and self._codec != CODEC_NONE:
@@ -271,6 +295,9 @@ class Sender:
         """Issue (or re-issue) a batch's request. Lock not held."""
         try:
             if batch.request is None:
+                if self._oversized(batch):
+                    self._split(batch)
+                    return
                 batch.request = self._build_request(batch)
         except errors.LogStoreError as exc:
             self._on_done(batch, None, exc)
