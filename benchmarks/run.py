@@ -60,6 +60,8 @@ SECTIONS = {
     "rebalance": "benchmarks.rebalance_bench",
     "compaction": "benchmarks.compaction_bench",
     "coordinator": "benchmarks.coordinator_bench",
+    # batch compression (issue 14): none / lz4 / zstd side by side
+    "compression": "benchmarks.compression_bench",
 }
 #: Sections run when --sections is not given.
 DEFAULT_SECTIONS = ("storage", "broker", "client")

@@ -743,32 +743,26 @@ def _check_offsets(fake: FakeBroker, res: Any, values: list[bytes]) -> None:
 
 def test_compressed_batches_close_at_their_compressed_size() -> None:
     """With zstd, batches are closed at their estimated compressed size (Kafka's ratio
-    estimate): once the estimate has learned from a few batches, a batch holds far more
-    than max_batch_bytes of records, and what is sent still fits max_batch_bytes.
+    estimate): from the second batch of a burst on, a batch holds far more than
+    max_batch_bytes of records, and what is sent still fits max_batch_bytes.
 
-    Fails on the old producer, which closed batches at their uncompressed size: every
-    batch then held at most max_batch_bytes of records and was sent ~1/6 full."""
+    Fails on the old producer, which closed batches at their uncompressed size (every
+    batch held at most max_batch_bytes of records and was sent ~1/7 full), and without
+    the first batch compressed at close: one send_many closes all its batches before the
+    sender has compressed any, so they would all use the first estimate, 1.0."""
     room = 16_384
     fake = CompressingFakeBroker(max_batch_bytes=room)
     values = _log_lines(30_000)
     with _producer(fake, linger_ms=10_000, compression="zstd") as p:
-        # The estimate learns from batches as they are compressed (by the sender), so
-        # let six go out first; the estimate starts at 1.0 and halves its gap each time.
-        results = []
-        for i in range(6):
-            results.append(p.send_many("t", values[i * 150 : (i + 1) * 150]))
-            p.flush(30)
-        learned = len(fake.stored)
-        results.append(p.send_many("t", values[900:]))
+        res = p.send_many("t", values)
         p.flush(30)
-        for i, res in enumerate(results):
-            _check_offsets(fake, res, values[i * 150 : (i + 1) * 150] if i < 6 else values[900:])
+        _check_offsets(fake, res, values)
     assert all(stored <= room for stored, _ in fake.stored)
-    settled = fake.stored[learned:-1]  # (the last batch is partial)
+    settled = fake.stored[1:-1]  # after the first batch; the last one is partial
     assert len(settled) >= 5
     assert all(records > 2 * room for _, records in settled)
-    # The estimate is compressed x 1.05, so a settled batch is sent ~95% full; a
-    # range because the ratio varies a little from batch to batch.
+    # The estimate is compressed x 1.05, so a batch is sent ~95% full; a range
+    # because the ratio varies a little from batch to batch.
     assert sum(stored for stored, _ in settled) / len(settled) > 0.75 * room
 
 

@@ -51,6 +51,8 @@ class Scale:
     rebalance_members: int = 8
     rebalance_heartbeat_ms: int = 3_000
     compaction_keys: int = 10_000_000
+    #: Batch compression (issue 14): W1-corpus records (W2-corpus gets a quarter).
+    compression_records: int = 800_000
     coord_members: int = 1_000
     coord_groups: int = 100
     #: W8 work queue (issue 11): tasks drained, worker processes, the paced rate and
@@ -79,6 +81,7 @@ QUICK = Scale(
     client_records=300_000,
     w7_records=200_000,
     compaction_keys=1_000_000,
+    compression_records=400_000,
     w8_tasks=50_000,
     w8_latency_seconds=5.0,
 )
@@ -99,6 +102,7 @@ TINY = Scale(
     rebalance_members=3,
     rebalance_heartbeat_ms=300,
     compaction_keys=20_000,
+    compression_records=4_000,
     coord_members=20,
     coord_groups=4,
     w8_tasks=2_000,

@@ -88,13 +88,14 @@ class TopicState:
     """What the producer knows of one topic: partitions, batch room, open batches,
     and the estimated compression ratio that turns the room into ``limit``."""
 
-    __slots__ = ("limit", "open", "partitions", "ratio", "room", "sticky")
+    __slots__ = ("learned", "limit", "open", "partitions", "ratio", "room", "sticky")
 
     def __init__(self, partitions: int, max_batch_bytes: int, batch_bytes: int) -> None:
         self.partitions = partitions
         #: estimated bytes sent / bytes of records of this topic's batches
         #: (1.0 until a compressed batch is seen)
         self.ratio = 1.0
+        self.learned = False  # whether a compressed batch has been seen
         self.room = self.limit = 0
         self.set_room(max_batch_bytes, batch_bytes)
         self.open: list[ProducerBatch | None] = [None] * partitions
@@ -118,7 +119,10 @@ class TopicState:
         if records_bytes <= 0:
             return
         seen = sent_bytes / records_bytes
-        if seen >= self.ratio:
+        if not self.learned:
+            self.learned = True
+            self.ratio = min(seen, 1.0)
+        elif seen >= self.ratio:
             self.ratio = min(seen, 1.0)
         else:
             self.ratio = seen + (self.ratio - seen) * (1 - RATIO_IMPROVING_SHARE)
@@ -157,6 +161,13 @@ class RecordAccumulator:
         self._pending = 0  # batches created and not yet completed
         self._flushing = 0
         self._closed = False
+        #: Set by a compressing producer: compresses a batch now and updates its
+        #: topic's estimate (lock held). Called on the first batch closed for a
+        #: topic, so the estimate is known from the second batch on: the
+        #: sender compresses batches only as it sends them, and a burst (a
+        #: bulk load of send_many calls) otherwise closes up to buffer_bytes
+        #: of batches at the first estimate, 1.0, before it learns anything.
+        self._compress_now: Callable[[ProducerBatch, TopicState], None] | None = None
 
     address: str  # set by the producer; named in errors
 
@@ -383,6 +394,8 @@ class RecordAccumulator:
         assert batch is not None
         meta.open[partition] = None
         del self._open_batches[(topic, partition)]
+        if not meta.learned and self._compress_now is not None:
+            self._compress_now(batch, meta)
         self._queued_bytes += batch.size
         self._ready.append(batch)
         if partition == meta.sticky and meta.partitions > 1:

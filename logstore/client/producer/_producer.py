@@ -15,7 +15,7 @@ from typing import Final
 
 from logstore import errors
 from logstore.v1 import logstore_pb2
-from logstore.wire import check_level, codec_of, require_codec
+from logstore.wire import CODEC_NONE, check_level, codec_of, require_codec
 
 from .._backoff import Backoff
 from ._accumulator import BATCH_HEADER_BYTES, RecordAccumulator
@@ -119,6 +119,8 @@ class Producer(RecordAccumulator):
             codec=codec,
             compression_level=compression_level,
         )
+        if codec != CODEC_NONE:
+            self._compress_now = self._sender.compress_now
         self._sender.start()
 
     def _first_send_to_a_topic(self) -> None:

@@ -50,7 +50,7 @@ from logstore.wire import CODEC_NONE, compress, compressed_field, crc32c
 
 from .._backoff import Backoff, retriable
 from .._rpc import Connection, translate
-from ._accumulator import RecordAccumulator
+from ._accumulator import RecordAccumulator, TopicState
 from ._batch import ProducerBatch
 from ._idempotence import Idempotence
 
@@ -228,18 +228,27 @@ class Sender:
                 return batch
         return None
 
-    def _compress(self, batch: ProducerBatch) -> tuple[bytes, int]:
-        """(the bytes to send after the header, their codec); updates the topic's
-        ratio estimate. A closed batch's parts no longer change, so this runs
-        without the lock."""
+    def _encode(self, batch: ProducerBatch) -> tuple[bytes, int]:
+        """(the bytes to send after the header, their codec)."""
         records = b"".join(batch.parts)
         tail = compressed_field(compress(records, self._codec, self._compression_level))
         # Per batch: records that do not shrink (already compressed or random
         # bytes) go as they are, so a batch never grows.
-        out = (tail, self._codec) if len(tail) < len(records) else (records, CODEC_NONE)
+        return (tail, self._codec) if len(tail) < len(records) else (records, CODEC_NONE)
+
+    def _compress(self, batch: ProducerBatch) -> tuple[bytes, int]:
+        """:meth:`_encode`, and update the topic's ratio estimate. A closed
+        batch's parts no longer change, so this runs without the lock."""
+        out = self._encode(batch)
         with self._acc._lock:
-            self._acc._topics[batch.topic].observe(len(records), len(out[0]))
+            self._acc._topics[batch.topic].observe(batch.size, len(out[0]))
         return out
+
+    def compress_now(self, batch: ProducerBatch, meta: TopicState) -> None:
+        """The accumulator's ``_compress_now``: compress a just-closed batch in
+        the caller's thread (lock held; once per topic, ~1-3 ms a MiB)."""
+        batch.compressed = self._encode(batch)
+        meta.observe(batch.size, len(batch.compressed[0]))
 
     def _oversized(self, batch: ProducerBatch) -> bool:
         """Whether the batch, compressed, is past its topic's room (possible only
