@@ -8,6 +8,7 @@ terminal and plain aligned columns otherwise, so scripts can ``awk`` them.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import re
 import sys
@@ -87,6 +88,14 @@ def record_json(topic: str, partition: int, r: Record) -> str:
         f'"timestamp_ms":{r.timestamp_ms},{_bytes_field("key", r.key)},'
         f'{_bytes_field("value", r.value)},"headers":{headers}}}'
     )
+
+
+def fields_json(obj: Any, *properties: str) -> dict[str, Any]:
+    """A dataclass's fields (in order, not recursed into), then ``properties``:
+    the JSON object of a client description, one definition for every command
+    that prints one."""
+    out = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    return out | {name: getattr(obj, name) for name in properties}
 
 
 def write_json(obj: Any) -> None:

@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import typer
 
-from ._format import ArgumentError, parse_time, table, write_json
-from ._options import DEFAULT_BOOTSTRAP, Bootstrap, ConnectTimeout, Output, OutputOpt, admin
+from ._commands import Conn, admin_command
+from ._format import ArgumentError, fields_json, parse_time, table, write_json
+from ._options import Output
 
 if TYPE_CHECKING:
     from logstore.client import GroupDescription, ResetPlan, TopicPartition
@@ -72,112 +73,83 @@ def _or_dash(value: object) -> object:
 
 
 @groups_app.command("list")
+@admin_command
 def groups_list(
-    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
-    output: OutputOpt = Output.text,
-    connect_timeout_ms: ConnectTimeout = 5000,
+    *,
+    conn: Conn,
 ) -> None:
     """List consumer groups with their state and member count."""
-    with admin(bootstrap, connect_timeout_ms) as a:
+    with conn.admin() as a:
         groups = a.list_groups()
-    if output is Output.json:
-        write_json(
-            [
-                {"group_id": g.group_id, "state": g.state, "member_count": g.member_count}
-                for g in groups
-            ]
-        )
-    else:
-        table(
+    conn.emit(
+        [
+            {"group_id": g.group_id, "state": g.state, "member_count": g.member_count}
+            for g in groups
+        ],
+        lambda: table(
             ["GROUP", "STATE", "MEMBERS"], [(g.group_id, g.state, g.member_count) for g in groups]
-        )
+        ),
+    )
 
 
 def describe_json(d: GroupDescription) -> dict[str, Any]:
     """The documented JSON of ``groups describe`` (committed_offset null when none)."""
     return {
-        "group_id": d.group_id,
-        "state": d.state,
-        "group_epoch": d.group_epoch,
-        "assignor": d.assignor,
+        **fields_json(d),
         "members": [
             {
-                "member_id": m.member_id,
-                "instance_id": m.instance_id,
-                "client_id": m.client_id,
-                "host": m.host,
-                "member_epoch": m.member_epoch,
-                "subscribed_topics": m.subscribed_topics,
-                "subscribed_regex": m.subscribed_regex,
+                **fields_json(m),
                 "assigned": _tp_list(m.assigned),
                 "revoking": _tp_list(m.revoking),
                 "target": _tp_list(m.target),
             }
             for m in d.members
         ],
-        "partitions": [
-            {
-                "topic": p.topic,
-                "partition": p.partition,
-                "member_id": p.member_id,
-                "committed_offset": p.committed_offset,
-                "log_end_offset": p.log_end_offset,
-                "lag_records": p.lag_records,
-                "lag_ms": p.lag_ms,
-                "lag_seconds": p.lag_seconds,
-            }
-            for p in d.partitions
-        ],
+        "partitions": [fields_json(p, "lag_seconds") for p in d.partitions],
     }
 
 
 @groups_app.command("describe")
+@admin_command
 def groups_describe(
     group: GroupArg,
-    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
-    output: OutputOpt = Output.text,
-    connect_timeout_ms: ConnectTimeout = 5000,
+    *,
+    conn: Conn,
 ) -> None:
     """Show a group's members and, per partition, committed offset, end and lag."""
-    with admin(bootstrap, connect_timeout_ms) as a:
+    with conn.admin() as a:
         d = a.describe_group(group)
-    if output is Output.json:
-        write_json(describe_json(d))
-        return
     total = sum(p.lag_records for p in d.partitions)
-    sys.stdout.write(
-        f"group {d.group_id}: {d.state}, epoch {d.group_epoch}, assignor {d.assignor}, "
-        f"{len(d.members)} member(s), lag {total} record(s)\n"
-    )
-    if d.members:
-        table(
-            ["MEMBER", "CLIENT", "HOST", "EPOCH", "ASSIGNED", "REVOKING"],
-            [
-                (
-                    m.member_id,
-                    _or_dash(m.client_id),
-                    _or_dash(m.host),
-                    m.member_epoch,
-                    _tp_text(m.assigned),
-                    _tp_text(m.revoking),
-                )
-                for m in d.members
-            ],
+    members = [
+        (
+            m.member_id,
+            _or_dash(m.client_id),
+            _or_dash(m.host),
+            m.member_epoch,
+            _tp_text(m.assigned),
+            _tp_text(m.revoking),
         )
-        sys.stdout.write("\n")
-    table(
-        ["TOPIC", "PARTITION", "MEMBER", "COMMITTED", "END", "LAG", "LAG_S"],
+        for m in d.members
+    ]
+    partitions = [
+        (
+            p.topic,
+            p.partition,
+            _or_dash(p.member_id),
+            _or_dash(p.committed_offset),
+            p.log_end_offset,
+            p.lag_records,
+            f"{p.lag_seconds:.1f}",
+        )
+        for p in d.partitions
+    ]
+    conn.emit_tables(
+        describe_json(d),
+        f"group {d.group_id}: {d.state}, epoch {d.group_epoch}, assignor {d.assignor}, "
+        f"{len(d.members)} member(s), lag {total} record(s)\n",
         [
-            (
-                p.topic,
-                p.partition,
-                _or_dash(p.member_id),
-                _or_dash(p.committed_offset),
-                p.log_end_offset,
-                p.lag_records,
-                f"{p.lag_seconds:.1f}",
-            )
-            for p in d.partitions
+            (["MEMBER", "CLIENT", "HOST", "EPOCH", "ASSIGNED", "REVOKING"], members),
+            (["TOPIC", "PARTITION", "MEMBER", "COMMITTED", "END", "LAG", "LAG_S"], partitions),
         ],
     )
 
@@ -224,19 +196,12 @@ def plan_json(group: str, plan: ResetPlan) -> dict[str, Any]:
     return {
         "group_id": group,
         "applied": plan.applied,
-        "partitions": [
-            {
-                "topic": p.topic,
-                "partition": p.partition,
-                "previous_offset": p.previous_offset,
-                "new_offset": p.new_offset,
-            }
-            for p in plan.partitions
-        ],
+        "partitions": [fields_json(p) for p in plan.partitions],
     }
 
 
 @groups_app.command("reset-offsets")
+@admin_command
 def groups_reset_offsets(
     group: GroupArg,
     to_earliest: Annotated[
@@ -269,16 +234,15 @@ def groups_reset_offsets(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the plan, commit nothing.")
     ] = False,
-    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
-    output: OutputOpt = Output.text,
-    connect_timeout_ms: ConnectTimeout = 5000,
+    *,
+    conn: Conn,
 ) -> None:
     """Move an empty group's committed offsets (refused while it has members)."""
     spec = _reset_spec(to_earliest, to_latest, to_offset, to_time, shift_by)
     name, parts = parse_topic_spec(topic) if topic is not None else (None, None)
-    with admin(bootstrap, connect_timeout_ms) as a:
+    with conn.admin() as a:
         plan = a.reset_offsets(group, spec, topic=name, partitions=parts, dry_run=dry_run)
-    if output is Output.json:
+    if conn.output is Output.json:
         write_json(plan_json(group, plan))
         return
     table(
@@ -298,16 +262,13 @@ def groups_reset_offsets(
 
 
 @groups_app.command("delete")
+@admin_command
 def groups_delete(
     group: GroupArg,
-    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
-    output: OutputOpt = Output.text,
-    connect_timeout_ms: ConnectTimeout = 5000,
+    *,
+    conn: Conn,
 ) -> None:
     """Delete an empty group and its committed offsets (refused while it has members)."""
-    with admin(bootstrap, connect_timeout_ms) as a:
+    with conn.admin() as a:
         a.delete_group(group)
-    if output is Output.json:
-        write_json({"deleted": group})
-    else:
-        sys.stdout.write(f"deleted group {group}\n")
+    conn.emit({"deleted": group}, f"deleted group {group}\n")

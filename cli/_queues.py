@@ -33,6 +33,7 @@ whole before storing it.
 
 from __future__ import annotations
 
+import inspect
 import re
 import sys
 import time
@@ -42,8 +43,17 @@ import typer
 
 from logstore import errors
 
-from ._format import ArgumentError, format_ms, parse_duration, record_json, table, write_json
-from ._options import DEFAULT_BOOTSTRAP, Bootstrap, ConnectTimeout, Output, OutputOpt, admin
+from ._commands import Conn, admin_command, with_options
+from ._format import (
+    ArgumentError,
+    fields_json,
+    format_ms,
+    parse_duration,
+    record_json,
+    table,
+    write_json,
+)
+from ._options import Output
 
 if TYPE_CHECKING:
     from logstore.client import Admin, ShareGroupDescription, ShareGroupSettings
@@ -67,6 +77,18 @@ GroupArg = Annotated[str, typer.Argument(help="Share group id.")]
 DLQ_PREFIX: Final = "logstore-dlq-"
 # T or T:PRIORITY; topic names are [a-zA-Z0-9._-], a priority an optionally signed integer.
 _TOPIC_PRIO: Final = re.compile(r"([a-zA-Z0-9._-]+)(?::([+-]?[0-9]{1,7}))?", re.ASCII)
+#: The columns of a describe's partition table.
+_PARTITION_HEADERS: Final = (
+    "TOPIC",
+    "PARTITION",
+    "START",
+    "END",
+    "AVAILABLE",
+    "ACQUIRED",
+    "DELAYED",
+    "DLQ",
+    "OLDEST_S",
+)
 #: How many dead letters list / show print by default.
 _LIST_DEFAULT: Final = 100
 _SHOW_DEFAULT: Final = 20
@@ -117,47 +139,66 @@ TopicsOpt = Annotated[
 ]
 
 
+#: The settings options of ``create`` and ``alter`` (``with_options``), by keyword.
+_SETTINGS_OPTIONS: Final = [
+    inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=t)
+    for name, t in (
+        ("topic", TopicsOpt),
+        ("visibility_timeout", VisibilityOpt),
+        ("max_delivery_attempts", AttemptsOpt),
+        ("max_inflight", InflightOpt),
+        ("dead_letter_topic", DlqTopicOpt),
+        ("ttl", TtlOpt),
+        ("ordering_keys", OrderingOpt),
+        ("max_queue_latency", LatencyOpt),
+        ("auto_offset_reset", ResetOpt),
+    )
+]
+
+
 def _settings_args(
-    topics: list[str] | None,
-    visibility: str | None,
-    attempts: int | None,
-    inflight: int | None,
-    dlq_topic: str | None,
-    ttl: str | None,
-    ordering: bool | None,
-    latency: str | None,
-    reset: str | None,
+    topic: list[str] | None = None,
+    visibility_timeout: str | None = None,
+    max_delivery_attempts: int | None = None,
+    max_inflight: int | None = None,
+    dead_letter_topic: str | None = None,
+    ttl: str | None = None,
+    ordering_keys: bool | None = None,
+    max_queue_latency: str | None = None,
+    auto_offset_reset: str | None = None,
 ) -> dict[str, Any]:
     """The Admin keyword settings of the options given (ArgumentError on a bad one)."""
     out: dict[str, Any] = {}
-    if topics:
+    if topic:
         prios: dict[str, int] = {}
-        for text in topics:
+        for text in topic:
             name, prio = parse_topic_priority(text)
             if name in prios and prios[name] != prio:
                 raise ArgumentError(f"--topic {name} given twice with different priorities")
             prios[name] = prio
         out["topic_priorities"] = prios
-    if visibility is not None:
-        out["visibility_timeout_ms"] = parse_duration(visibility, "--visibility-timeout")
-    if attempts is not None:
-        out["max_delivery_attempts"] = attempts
-    if inflight is not None:
-        out["max_inflight_records"] = inflight
-    if dlq_topic is not None:
-        if not dlq_topic:
+    if visibility_timeout is not None:
+        out["visibility_timeout_ms"] = parse_duration(visibility_timeout, "--visibility-timeout")
+    if max_delivery_attempts is not None:
+        out["max_delivery_attempts"] = max_delivery_attempts
+    if max_inflight is not None:
+        out["max_inflight_records"] = max_inflight
+    if dead_letter_topic is not None:
+        if not dead_letter_topic:
             raise ArgumentError("--dead-letter-topic must not be empty")
-        out["dead_letter_topic"] = dlq_topic
+        out["dead_letter_topic"] = dead_letter_topic
     if ttl is not None:
         out["message_ttl_ms"] = parse_duration(ttl, "--ttl")
-    if ordering is not None:
-        out["ordering_keys"] = ordering
-    if latency is not None:
-        out["max_queue_latency_ms"] = parse_duration(latency, "--max-queue-latency")
-    if reset is not None:
-        if reset not in ("earliest", "latest"):
-            raise ArgumentError(f"--auto-offset-reset must be earliest or latest, not {reset!r}")
-        out["auto_offset_reset"] = reset
+    if ordering_keys is not None:
+        out["ordering_keys"] = ordering_keys
+    if max_queue_latency is not None:
+        out["max_queue_latency_ms"] = parse_duration(max_queue_latency, "--max-queue-latency")
+    if auto_offset_reset is not None:
+        if auto_offset_reset not in ("earliest", "latest"):
+            raise ArgumentError(
+                f"--auto-offset-reset must be earliest or latest, not {auto_offset_reset!r}"
+            )
+        out["auto_offset_reset"] = auto_offset_reset
     if out.get("visibility_timeout_ms") == 0:
         raise ArgumentError("--visibility-timeout must be more than 0")
     return out
@@ -172,17 +213,7 @@ def _check_topics(a: Admin, settings: dict[str, Any]) -> None:
 
 
 def settings_json(s: ShareGroupSettings) -> dict[str, Any]:
-    return {
-        "visibility_timeout_ms": s.visibility_timeout_ms,
-        "max_delivery_attempts": s.max_delivery_attempts,
-        "max_inflight_records": s.max_inflight_records,
-        "dead_letter_topic": s.dead_letter_topic,
-        "message_ttl_ms": s.message_ttl_ms,
-        "ordering_keys": s.ordering_keys,
-        "max_queue_latency_ms": s.max_queue_latency_ms,
-        "topic_priorities": s.topic_priorities,
-        "auto_offset_reset": s.auto_offset_reset,
-    }
+    return fields_json(s)
 
 
 def _settings_rows(s: ShareGroupSettings) -> list[tuple[str, Any]]:
@@ -209,200 +240,119 @@ def describe_json(d: ShareGroupDescription) -> dict[str, Any]:
         "oldest_available_age_ms": d.oldest_available_age_ms,
         "acknowledge_rate_per_s": d.acknowledge_rate_per_s,
         "estimated_drain_ms": d.estimated_drain_ms,
-        "members": [
-            {
-                "member_id": m.member_id,
-                "client_id": m.client_id,
-                "host": m.host,
-                "inflight_records": m.inflight_records,
-                "topics": m.topics,
-            }
-            for m in d.members
-        ],
-        "partitions": [
-            {
-                "topic": p.topic,
-                "partition": p.partition,
-                "start_offset": p.start_offset,
-                "end_offset": p.end_offset,
-                "available": p.available,
-                "acquired": p.acquired,
-                "delayed": p.delayed,
-                "dead_lettered": p.dead_lettered,
-                "oldest_available_age_ms": p.oldest_available_age_ms,
-            }
-            for p in d.partitions
-        ],
+        "members": [fields_json(m) for m in d.members],
+        "partitions": [fields_json(p) for p in d.partitions],
     }
 
 
 @queues_app.command("list")
+@admin_command
 def queues_list(
-    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
-    output: OutputOpt = Output.text,
-    connect_timeout_ms: ConnectTimeout = 5000,
+    *,
+    conn: Conn,
 ) -> None:
     """List share groups with their member counts."""
-    with admin(bootstrap, connect_timeout_ms) as a:
+    with conn.admin() as a:
         groups = a.list_share_groups()
-    if output is Output.json:
-        write_json([{"group_id": g.group_id, "members": g.members} for g in groups])
-    else:
-        table(["GROUP", "MEMBERS"], [(g.group_id, g.members) for g in groups])
+    conn.emit(
+        [{"group_id": g.group_id, "members": g.members} for g in groups],
+        lambda: table(["GROUP", "MEMBERS"], [(g.group_id, g.members) for g in groups]),
+    )
 
 
 @queues_app.command("describe")
+@admin_command
 def queues_describe(
     group: GroupArg,
-    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
-    output: OutputOpt = Output.text,
-    connect_timeout_ms: ConnectTimeout = 5000,
+    *,
+    conn: Conn,
 ) -> None:
     """Show a share group's settings, counts, members and partitions."""
-    with admin(bootstrap, connect_timeout_ms) as a:
+    with conn.admin() as a:
         d = a.describe_share_group(group)
-    if output is Output.json:
-        write_json(describe_json(d))
-        return
     s = d.settings
-    sys.stdout.write(
+    members = [
+        (m.member_id, m.client_id or "-", m.host or "-", m.inflight_records, ",".join(m.topics))
+        for m in d.members
+    ]
+    partitions = [
+        (
+            p.topic,
+            p.partition,
+            p.start_offset,
+            p.end_offset,
+            p.available,
+            p.acquired,
+            p.delayed,
+            p.dead_lettered,
+            f"{p.oldest_available_age_ms / 1000:.1f}",
+        )
+        for p in d.partitions
+    ]
+    conn.emit_tables(
+        describe_json(d),
         f"share group {d.group_id}: {len(d.members)} member(s), available {d.available}, "
         f"acquired {d.acquired}, delayed {d.delayed}, dead-lettered {d.dead_lettered}, "
         f"oldest available {d.oldest_available_age_ms / 1000:.1f} s, "
         f"acks {d.acknowledge_rate_per_s:.1f}/s, drain {d.estimated_drain_ms / 1000:.1f} s\n"
         f"visibility timeout {s.visibility_timeout_ms} ms, max delivery attempts "
-        f"{s.max_delivery_attempts}, dead-letter topic {s.dead_letter_topic}\n"
-    )
-    if d.members:
-        table(
-            ["MEMBER", "CLIENT", "HOST", "IN_FLIGHT", "TOPICS"],
-            [
-                (
-                    m.member_id,
-                    m.client_id or "-",
-                    m.host or "-",
-                    m.inflight_records,
-                    ",".join(m.topics),
-                )
-                for m in d.members
-            ],
-        )
-        sys.stdout.write("\n")
-    table(
+        f"{s.max_delivery_attempts}, dead-letter topic {s.dead_letter_topic}\n",
         [
-            "TOPIC",
-            "PARTITION",
-            "START",
-            "END",
-            "AVAILABLE",
-            "ACQUIRED",
-            "DELAYED",
-            "DLQ",
-            "OLDEST_S",
-        ],
-        [
-            (
-                p.topic,
-                p.partition,
-                p.start_offset,
-                p.end_offset,
-                p.available,
-                p.acquired,
-                p.delayed,
-                p.dead_lettered,
-                f"{p.oldest_available_age_ms / 1000:.1f}",
-            )
-            for p in d.partitions
+            (["MEMBER", "CLIENT", "HOST", "IN_FLIGHT", "TOPICS"], members),
+            (_PARTITION_HEADERS, partitions),
         ],
     )
 
 
 @queues_app.command("create")
+@admin_command
+@with_options(_SETTINGS_OPTIONS)
 def queues_create(
     group: GroupArg,
-    topic: TopicsOpt = None,
-    visibility_timeout: VisibilityOpt = None,
-    max_delivery_attempts: AttemptsOpt = None,
-    max_inflight: InflightOpt = None,
-    dead_letter_topic: DlqTopicOpt = None,
-    ttl: TtlOpt = None,
-    ordering_keys: OrderingOpt = None,
-    max_queue_latency: LatencyOpt = None,
-    auto_offset_reset: ResetOpt = None,
-    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
-    output: OutputOpt = Output.text,
-    connect_timeout_ms: ConnectTimeout = 5000,
+    *,
+    conn: Conn,
+    **options: Any,
 ) -> None:
     """Create a share group (unset settings take the broker's defaults)."""
-    settings = _settings_args(
-        topic,
-        visibility_timeout,
-        max_delivery_attempts,
-        max_inflight,
-        dead_letter_topic,
-        ttl,
-        ordering_keys,
-        max_queue_latency,
-        auto_offset_reset,
-    )
-    with admin(bootstrap, connect_timeout_ms) as a:
+    settings = _settings_args(**options)
+    with conn.admin() as a:
         _check_topics(a, settings)
         s = a.create_share_group(group, **settings)
-    _print_settings("created", group, s, output)
+    _print_settings("created", group, s, conn.output)
 
 
 @queues_app.command("alter")
+@admin_command
+@with_options(_SETTINGS_OPTIONS)
 def queues_alter(
     group: GroupArg,
-    topic: TopicsOpt = None,
-    visibility_timeout: VisibilityOpt = None,
-    max_delivery_attempts: AttemptsOpt = None,
-    max_inflight: InflightOpt = None,
-    dead_letter_topic: DlqTopicOpt = None,
-    ttl: TtlOpt = None,
-    ordering_keys: OrderingOpt = None,
-    max_queue_latency: LatencyOpt = None,
-    auto_offset_reset: ResetOpt = None,
-    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
-    output: OutputOpt = Output.text,
-    connect_timeout_ms: ConnectTimeout = 5000,
+    *,
+    conn: Conn,
+    **options: Any,
 ) -> None:
     """Change the given settings of a share group (--topic replaces the priorities)."""
-    settings = _settings_args(
-        topic,
-        visibility_timeout,
-        max_delivery_attempts,
-        max_inflight,
-        dead_letter_topic,
-        ttl,
-        ordering_keys,
-        max_queue_latency,
-        auto_offset_reset,
-    )
+    settings = _settings_args(**options)
     if not settings:
         raise ArgumentError("nothing to alter: give at least one setting (see --help)")
-    with admin(bootstrap, connect_timeout_ms) as a:
+    with conn.admin() as a:
         _check_topics(a, settings)
         s = a.alter_share_group(
             group, replace_topic_priorities="topic_priorities" in settings, **settings
         )
-    _print_settings("altered", group, s, output)
+    _print_settings("altered", group, s, conn.output)
 
 
 @queues_app.command("delete")
+@admin_command
 def queues_delete(
     group: GroupArg,
-    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
-    output: OutputOpt = Output.text,
-    connect_timeout_ms: ConnectTimeout = 5000,
+    *,
+    conn: Conn,
 ) -> None:
     """Delete a share group without active members (its dead-letter topic is kept)."""
-    with admin(bootstrap, connect_timeout_ms) as a:
+    with conn.admin() as a:
         a.delete_share_group(group)
-    if output is Output.json:
-        write_json({"deleted": group})
-    else:
-        sys.stdout.write(f"deleted share group {group}\n")
+    conn.emit({"deleted": group}, f"deleted share group {group}\n")
 
 
 # -- dead letters --------------------------------------------------------------
@@ -441,14 +391,12 @@ def dead_letter_json(topic: str, partition: int, r: Record) -> dict[str, Any]:
     }
 
 
-def read_dead_letters(
-    bootstrap: str, connect_timeout_ms: int, group: str, limit: int
-) -> tuple[str, list[tuple[int, Record]]]:
+def read_dead_letters(conn: Conn, group: str, limit: int) -> tuple[str, list[tuple[int, Record]]]:
     """The group's dead-letter topic and up to ``limit`` of its records (oldest first per
     partition), read from the start to the end it had now. An absent topic: none."""
     from logstore.client import Consumer  # noqa: PLC0415 (startup time)
 
-    with admin(bootstrap, connect_timeout_ms) as a:
+    with conn.admin() as a:
         topic = a.describe_share_group(group).settings.dead_letter_topic
         try:
             d = a.describe_topic(topic)
@@ -460,7 +408,7 @@ def read_dead_letters(
     out: list[tuple[int, Record]] = []
     if not todo or limit == 0:
         return topic, out
-    with Consumer(bootstrap, connect_timeout_ms=connect_timeout_ms) as c:
+    with Consumer(conn.bootstrap, connect_timeout_ms=conn.connect_timeout_ms) as c:
         c.assign([(topic, p) for p in sorted(todo)])
         c.seek_to_beginning()
         deadline = time.monotonic() + 30
@@ -493,18 +441,18 @@ MaxOpt = Annotated[int | None, typer.Option("--max", help="At most N dead letter
 
 
 @dlq_app.command("list")
+@admin_command
 def dlq_list(
     group: GroupArg,
     max_records: MaxOpt = None,
-    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
-    output: OutputOpt = Output.text,
-    connect_timeout_ms: ConnectTimeout = 5000,
+    *,
+    conn: Conn,
 ) -> None:
     """One row per dead letter: source, deliveries, reason, error, times (default 100)."""
     limit = _check_max(max_records, _LIST_DEFAULT)
-    topic, letters = read_dead_letters(bootstrap, connect_timeout_ms, group, limit)
+    topic, letters = read_dead_letters(conn, group, limit)
     rows = [dead_letter_json(topic, p, r) for p, r in letters]
-    if output is Output.json:
+    if conn.output is Output.json:
         write_json({"group_id": group, "dead_letter_topic": topic, "dead_letters": rows})
         return
     sys.stdout.write(f"share group {group}: {len(rows)} dead letter(s) in {topic}\n")
@@ -531,23 +479,23 @@ def dlq_list(
 
 
 @dlq_app.command("show")
+@admin_command
 def dlq_show(
     group: GroupArg,
     max_records: MaxOpt = None,
-    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
-    output: OutputOpt = Output.text,
-    connect_timeout_ms: ConnectTimeout = 5000,
+    *,
+    conn: Conn,
 ) -> None:
     """Whole dead letters: key, value and every header (default 20)."""
     import json  # noqa: PLC0415
 
     limit = _check_max(max_records, _SHOW_DEFAULT)
-    topic, letters = read_dead_letters(bootstrap, connect_timeout_ms, group, limit)
+    topic, letters = read_dead_letters(conn, group, limit)
     docs = [
         {**dead_letter_json(topic, p, r), "record": json.loads(record_json(topic, p, r))}
         for p, r in letters
     ]
-    if output is Output.json:
+    if conn.output is Output.json:
         write_json({"group_id": group, "dead_letter_topic": topic, "dead_letters": docs})
         return
     sys.stdout.write(f"share group {group}: {len(docs)} dead letter(s) in {topic}\n")
@@ -566,6 +514,7 @@ def dlq_show(
 
 
 @dlq_app.command("redrive")
+@admin_command
 def dlq_redrive(
     group: GroupArg,
     to: Annotated[
@@ -574,21 +523,20 @@ def dlq_redrive(
     max_records: Annotated[
         int | None, typer.Option("--max", help="At most N (default: all).")
     ] = None,
-    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
-    output: OutputOpt = Output.text,
-    connect_timeout_ms: ConnectTimeout = 5000,
+    *,
+    conn: Conn,
 ) -> None:
     """Move dead letters back to their source topic (or --to); never duplicates."""
     if max_records is not None and max_records < 1:
         raise ArgumentError(f"--max must be >= 1, not {max_records}")
     if to is not None and not to:
         raise ArgumentError("--to must not be empty")
-    with admin(bootstrap, connect_timeout_ms) as a:
+    with conn.admin() as a:
         a.describe_share_group(group)  # an unknown group fails before any topic check
         if to is not None:
             a.describe_topic(to)
         r = a.redrive_dead_letters(group, to_topic=to, max_records=max_records or 0)
-    if output is Output.json:
+    if conn.output is Output.json:
         write_json({"group_id": group, "redriven": r.redriven, "remaining": r.remaining})
     else:
         where = to or "their source topics"

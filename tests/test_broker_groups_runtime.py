@@ -166,7 +166,7 @@ def test_concurrent_commits_share_one_fsync_and_are_answered_after_it(
     """Group commit: 40 commits issued together are appended with far fewer fsyncs of
     __consumer_offsets than commits, each is answered only once everything appended
     before its answer is fsynced, and every commit is then visible."""
-    from logstore.broker import _groups_runtime
+    from logstore.broker import _state_runtime
     from logstore.storage._segment import Segment
 
     async def body(g: GroupsRuntime) -> None:
@@ -190,7 +190,7 @@ def test_concurrent_commits_share_one_fsync_and_are_answered_after_it(
             real_sync(seg)
 
         unsynced_answers = 0
-        real_answer = getattr(_groups_runtime, "_answer", None)
+        real_answer = getattr(_state_runtime, "_answer", None)
 
         def checking_answer(item: Any, value: Any) -> None:
             nonlocal unsynced_answers
@@ -199,7 +199,7 @@ def test_concurrent_commits_share_one_fsync_and_are_answered_after_it(
             real_answer(item, value)
 
         monkeypatch.setattr(Segment, "sync", counting_sync)
-        monkeypatch.setattr(_groups_runtime, "_answer", checking_answer, raising=False)
+        monkeypatch.setattr(_state_runtime, "_answer", checking_answer, raising=False)
         await asyncio.gather(
             *(
                 g.call(

@@ -1,18 +1,14 @@
 """The share-group runtime: one :class:`~logstore.share.ShareCoordinator` on a store.
 
 Contract (the coordinator's handler contract, ``logstore/share/_coordinator.py``;
-``docs/architecture.md``, "Share groups (work queues)"), modelled on
-:mod:`logstore.broker._groups_runtime`:
+``docs/architecture.md``, "Share groups (work queues)"):
 
-* Every coordinator call goes through :meth:`ShareRuntime.call` (or
-  :meth:`ShareRuntime.read` for read-only ones): one writer at a time under one
-  asyncio lock, with the same **group commit**: queued calls (bounded by the
-  admission bound every ShareGroups RPC holds a slot of) run back to back, each
-  replaying its records before the next, then all their records (and one
-  ``tick``'s) are appended to ``__share_group_state`` with **one fsync**, and
-  only then is any caller answered. No reply shows state that is not fsynced.
-  A failed append marks the coordinator stale: it is rebuilt from the log
-  before the next call, and the callers of the batch get INTERNAL.
+* The one-writer group commit (queued calls run back to back, each replaying
+  its records, then one append of all their records and one ``tick``'s to
+  ``__share_group_state``, and only then answers), the stale rebuild after a
+  failed append, the load by replay and the timer are
+  :class:`~logstore.broker._state_runtime.StateRuntime`'s, shared with the
+  consumer groups.
 * Start (:meth:`start`, before the gRPC port opens): the compacted internal
   topic is created if missing (1 partition, like ``__consumer_offsets``), read
   from its start and ``ShareCoordinator.load``-ed (locks are gone, delivery
@@ -67,9 +63,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import numpy as np
 
 from logstore.errors import (
-    BrokerUnavailableError,
     GroupIdNotFoundError,
-    InternalError,
     LogStoreError,
     OffsetOutOfRangeError,
     QueueLatencyExceededError,
@@ -92,6 +86,7 @@ from logstore.share import (
     ShareCoordinatorConfig,
     ShareRecord,
     ShareRedriveValue,
+    ShareTickResult,
     decode,
     encode,
 )
@@ -103,13 +98,13 @@ from logstore.wire import (
     stored_frames,
 )
 
+from ._state_runtime import LOAD_READ_BYTES, StateRuntime, now_ms
 from .handlers._common import check_client_writable as check_writable
 
 if TYPE_CHECKING:
     from logstore.storage import FetchResult
 
     from ._runtime import Runtime
-    from ._waiters import Timer
 
 log = logging.getLogger("logstore.broker")
 
@@ -125,9 +120,6 @@ SHARE_STATE_TOPIC_CONFIG: Final = {
 }
 #: Partitions of a dead-letter topic created on demand (module docstring).
 DEAD_LETTER_PARTITIONS: Final = 1
-_MAX_APPEND_BYTES: Final = 512 * 1024
-_LOAD_READ_BYTES: Final = 1 << 20
-_MAX_BATCH_CALLS: Final = 1024
 #: Bytes read per partition per ShareFetch when the request leaves max_bytes 0.
 DEFAULT_SHARE_FETCH_BYTES: Final = 4 << 20
 #: Records per ShareFetch when the request leaves max_records 0.
@@ -168,18 +160,6 @@ REASON_NAMES: Final = {
 }
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-class _Queued:
-    __slots__ = ("future", "handler")
-
-    def __init__(self, handler: Callable[[ShareCoordinator, int], Result[Any]]) -> None:
-        self.handler = handler
-        self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-
-
 @dataclass(frozen=True)
 class PartitionFrames:
     """What a ShareFetch returns for one partition: frames covering ``acquired``."""
@@ -208,21 +188,19 @@ def group_key(group_id: str) -> tuple[str, str]:
     return ("share", group_id)
 
 
-class ShareRuntime:
+class ShareRuntime(StateRuntime[ShareCoordinator, ShareRecord]):
     """The broker's share coordinator, its log, timer and dead-letter producer."""
 
+    topic = SHARE_STATE_TOPIC
+    partitions = SHARE_STATE_PARTITIONS
+    topic_config = SHARE_STATE_TOPIC_CONFIG
+    what = "share coordinator"
+    records_name = "the share records"
+
     def __init__(self, runtime: Runtime, config: ShareCoordinatorConfig | None = None) -> None:
-        self._rt = self.runtime = runtime
-        self._store = runtime.store
-        self.config = config or ShareCoordinatorConfig()
-        self.coordinator = ShareCoordinator(self.config)
-        self._lock = asyncio.Lock()
-        self._ready = False
-        self._stale = False
-        self._timer: Timer | None = None
-        self._timer_at: int | None = None
-        self._queue: deque[_Queued] = deque()
-        self._draining = False
+        config = config or ShareCoordinatorConfig()
+        super().__init__(runtime, ShareCoordinator(config))
+        self.config = config
         self._dlq: deque[DeadLetter] = deque()
         self._dlq_running = False
         self._latency_task: asyncio.Task[None] | None = None
@@ -237,31 +215,15 @@ class ShareRuntime:
         self.dead_letters_produced = 0
         self.log_start_lost = 0
 
-    # ------------------------------------------------------------- loading
+    # ------------------------------------------------------------- the records
 
-    def topics(self) -> dict[str, int]:
-        return {t.name: t.partitions for t in self._store.topics()}
+    def _encode(self, record: ShareRecord) -> tuple[bytes, bytes | None]:
+        return encode(record)
 
-    def _load_blocking(self) -> ShareCoordinator:
-        try:
-            self._store.create_topic(
-                SHARE_STATE_TOPIC, SHARE_STATE_PARTITIONS, SHARE_STATE_TOPIC_CONFIG, internal=True
-            )
-            log.info("created internal topic", extra={"fields": {"topic": SHARE_STATE_TOPIC}})
-        except TopicExistsError:
-            pass
-        records: list[ShareRecord] = []
-        for p in range(self._store.topic(SHARE_STATE_TOPIC).partitions):
-            offset, _ = self._store.offsets(SHARE_STATE_TOPIC, p)
-            end = self._store.high_watermark(SHARE_STATE_TOPIC, p)
-            while offset < end:
-                batch = self._store.read(SHARE_STATE_TOPIC, p, offset, _LOAD_READ_BYTES)
-                if not batch:
-                    break
-                for r in batch:
-                    if r.key is not None:
-                        records.append(decode(r.key, r.value))
-                offset = batch[-1].offset + 1
+    def _decode(self, key: bytes, value: bytes | None) -> ShareRecord:
+        return decode(key, value)
+
+    def _build(self, records: list[ShareRecord]) -> ShareCoordinator:
         c = ShareCoordinator.load(records, config=self.config, topics=self.topics())
         log.info(
             "share groups loaded",
@@ -271,118 +233,42 @@ class ShareRuntime:
 
     async def start(self) -> None:
         """Create/read ``__share_group_state``, rebuild, re-produce pending dead letters."""
-        async with self._lock:
-            await self._reload()
-            self._ready = True
+        await super().start()
         loop = asyncio.get_running_loop()
         self._latency_task = loop.create_task(self._latency_loop())
 
-    async def _reload(self) -> None:
-        self.coordinator = await self._rt.run_io(self._load_blocking)
+    async def _after_load(self) -> None:
         self.coordinator.on_metadata(self.topics())
-        self._stale = False
         self._queue_dead_letters(self.coordinator.pending_dead_letters())
-        await self._tick()
 
     async def stop(self) -> None:
         if self._latency_task is not None:
             self._latency_task.cancel()
             await asyncio.gather(self._latency_task, return_exceptions=True)
 
-    # --------------------------------------------------------------- calls
+    # --------------------------------------------------------- batch hooks
 
-    def _check_ready(self) -> None:
-        if not self._ready:
-            raise BrokerUnavailableError(
-                f"the broker is loading {SHARE_STATE_TOPIC}; retry shortly",
-                retry_after_ms=self._rt.config.retry_after_ms,
-            )
+    def _effects(self, reply: Any) -> Sequence[DeadLetter]:
+        return _dead_letters_of(reply)
 
-    async def call(self, handler: Callable[[ShareCoordinator, int], Result[T]]) -> T:
-        """Run ``handler(coordinator, now_ms)`` in arrival order; its reply once
-        its records are fsynced and replayed (see the module docstring)."""
-        self._check_ready()
-        item = _Queued(handler)
-        self._queue.append(item)
-        if not self._draining:
-            self._draining = True
-            self._rt.spawn(self._drain())
-        result: T = await item.future
-        return result
+    def _tick_effects(self, tick: ShareTickResult) -> Sequence[DeadLetter]:
+        return tick.dead_letters
 
-    async def _drain(self) -> None:
-        try:
-            while self._queue:
-                async with self._lock:
-                    batch: list[_Queued] = []
-                    while self._queue and len(batch) < _MAX_BATCH_CALLS:
-                        item = self._queue.popleft()
-                        if not item.future.done():
-                            batch.append(item)
-                    try:
-                        await self._run_batch(batch)
-                    except Exception as exc:  # a bug: no caller may wait forever
-                        self._stale = True
-                        log.error("share batch failed: %s", exc, exc_info=exc)
-                        err = InternalError(f"the share coordinator failed ({exc}); retry")
-                        for item in batch:
-                            _answer(item, err)
-        finally:
-            self._draining = False
+    def _tick_in_batch(self, records: Sequence[ShareRecord]) -> bool:
+        # New locks, delays or a first session deadline need the timer
+        # (re)armed; a batch that wrote nothing (heartbeats, reads of an idle
+        # queue) moved no deadline earlier, so it skips the O(share
+        # partitions) tick.
+        return bool(records) or self._timer is None
 
-    async def _run_batch(self, batch: list[_Queued]) -> None:
-        if not batch:
-            return
-        if self._stale:
-            try:
-                await self._reload()
-            except Exception as exc:
-                for item in batch:
-                    _answer(item, exc)
-                return
-        replies: list[tuple[_Queued, Any, bool]] = []
-        records: list[ShareRecord] = []
-        dead: list[DeadLetter] = []
-        for item in batch:
-            try:
-                result = item.handler(self.coordinator, now_ms())
-            except Exception as exc:  # typed refusals, changed nothing
-                replies.append((item, exc, False))
-                continue
-            self._replay(result.records)
-            records += result.records
-            dead += _dead_letters_of(result.reply)
-            replies.append((item, result.reply, True))
-        next_deadline: int | None = None
-        if records or self._timer is None:
-            # New locks, delays or a first session deadline need the timer
-            # (re)armed; a batch that wrote nothing (heartbeats, reads of an
-            # idle queue) moved no deadline earlier, so it skips the
-            # O(share partitions) tick.
-            t = self.coordinator.tick(now_ms())
-            self._replay(t.records)
-            records += t.records
-            dead += t.dead_letters
-            next_deadline = t.next_deadline_ms
-        try:
-            await self._append(tuple(records))
-        except InternalError as exc:
-            for item, value, ok in replies:
-                _answer(item, exc if ok else value)
-            return
-        for item, value, _ok in replies:
-            _answer(item, value)
-        self._queue_dead_letters(dead)
+    def _after_batch(self, records: Sequence[ShareRecord], effects: Sequence[Any]) -> None:
+        self._queue_dead_letters(effects)
         self._wake(records)
-        self._arm(next_deadline)
 
-    async def read(self, fn: Callable[[ShareCoordinator], T]) -> T:
-        """Run a read-only ``fn(coordinator)`` between writes."""
-        self._check_ready()
-        async with self._lock:
-            if self._stale:
-                await self._reload()
-            return fn(self.coordinator)
+    def _after_tick(self, tick: ShareTickResult) -> None:
+        # a delayed record coming due writes nothing: wake every long poll
+        self._queue_dead_letters(tick.dead_letters)
+        self._wake_all()
 
     async def on_metadata(self) -> None:
         """Topics were created, deleted or got partitions."""
@@ -390,43 +276,6 @@ class ShareRuntime:
             return
         async with self._lock:
             self.coordinator.on_metadata(self.topics())
-
-    # ------------------------------------------------------------- the log
-
-    async def _commit(self, records: tuple[ShareRecord, ...]) -> None:
-        await self._append(records)
-        self._replay(records)
-
-    async def _append(self, records: tuple[ShareRecord, ...]) -> None:
-        if not records:
-            return
-        try:
-            await self._rt.run_io(self._append_blocking, records)
-        except Exception as exc:
-            self._stale = True
-            log.error("appending to %s failed: %s", SHARE_STATE_TOPIC, exc, exc_info=exc)
-            raise InternalError(
-                f"appending the share records to {SHARE_STATE_TOPIC} failed ({exc}); "
-                "nothing changed; retry"
-            ) from exc
-
-    def _replay(self, records: Iterable[ShareRecord]) -> None:
-        for r in records:
-            self.coordinator.replay(r)
-
-    def _append_blocking(self, records: tuple[ShareRecord, ...]) -> None:
-        batch: list[Record] = []
-        size = 0
-        for r in records:
-            key, value = encode(r)
-            n = len(key) + (len(value) if value is not None else 0)
-            if batch and size + n > _MAX_APPEND_BYTES:
-                self._store.append(SHARE_STATE_TOPIC, 0, batch)
-                batch, size = [], 0
-            batch.append(Record(value=value, key=key))
-            size += n
-        end = self._store.append(SHARE_STATE_TOPIC, 0, batch) + len(batch)
-        self._store.sync_to(SHARE_STATE_TOPIC, 0, end).result()
 
     # -------------------------------------------------------------- wakeups
 
@@ -437,45 +286,6 @@ class ShareRuntime:
     def _wake_all(self) -> None:
         for gid in self.coordinator.list_groups():
             self._rt.waiters.wake(group_key(gid))
-
-    # -------------------------------------------------------------- timers
-
-    async def _tick(self) -> None:
-        t = self.coordinator.tick(now_ms())
-        await self._commit(t.records)
-        self._queue_dead_letters(t.dead_letters)
-        self._wake_all()
-        self._arm(t.next_deadline_ms)
-
-    def _arm(self, deadline_ms: int | None) -> None:
-        if deadline_ms is None or self._rt.stopping:
-            return
-        if self._timer is not None and not self._timer.cancelled:
-            if self._timer_at is not None and self._timer_at <= deadline_ms:
-                return
-            self._timer.cancel()
-        delay = max(0, deadline_ms - now_ms()) + 1
-        self._timer_at = deadline_ms
-        self._timer = self._rt.timers.call_later(delay, self._fire)
-
-    def _fire(self) -> None:
-        self._timer = None
-        self._timer_at = None
-        if not self._rt.stopping:
-            self._rt.spawn(self._fired())
-
-    async def _fired(self) -> None:
-        try:
-            async with self._lock:
-                if self._rt.stopping:
-                    return
-                if self._stale:
-                    await self._reload()
-                else:
-                    await self._tick()
-        except Exception as exc:
-            log.error("share timers failed: %s", exc, exc_info=exc)
-            self._arm(now_ms() + 1000)
 
     # --------------------------------------------------------------- fetch
 
@@ -800,7 +610,7 @@ class ShareRuntime:
         pos = dl.first_offset
         try:
             while pos <= dl.last_offset:
-                batch = store.read(dl.topic, dl.partition, pos, _LOAD_READ_BYTES)
+                batch = store.read(dl.topic, dl.partition, pos, LOAD_READ_BYTES)
                 if not batch:
                     break
                 for r in batch:
@@ -890,7 +700,7 @@ class ShareRuntime:
         pos = max(start, log_start)
         stop = hw if end is None else min(end, hw)
         while pos < stop and len(out) < n:
-            batch = self._store.read(dlq, 0, pos, _LOAD_READ_BYTES)
+            batch = self._store.read(dlq, 0, pos, LOAD_READ_BYTES)
             if not batch:
                 break
             out += [r for r in batch if pos <= r.offset < stop][: n - len(out)]
@@ -933,7 +743,7 @@ class ShareRuntime:
                     hw = self._store.high_watermark(t, p)
                     pos = since
                     while pos < hw:
-                        batch = self._store.read(t, p, pos, _LOAD_READ_BYTES)
+                        batch = self._store.read(t, p, pos, LOAD_READ_BYTES)
                         if not batch:
                             break
                         for r in batch:
@@ -1178,12 +988,3 @@ def _dead_letters_of(reply: Any) -> tuple[DeadLetter, ...]:
         return reply
     dls = getattr(reply, "dead_letters", ())
     return tuple(dls) if isinstance(dls, tuple) else ()
-
-
-def _answer(item: _Queued, value: Any) -> None:
-    if item.future.done():
-        return
-    if isinstance(value, BaseException):
-        item.future.set_exception(value)
-    else:
-        item.future.set_result(value)

@@ -36,15 +36,17 @@ are not a record, rather than guessing.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Final, TypeAlias
 
-from logstore.errors import CorruptRecordError
+from logstore._json_records import check_version, decode_json, json_int, key_type
+from logstore._json_records import dumps as _dumps
 
 RECORD_FORMAT_VERSION: Final = 1
+#: The format's name in CorruptRecordError messages.
+_WHAT: Final = "coordinator"
 
 #: (topic, partition)
 TopicPartition: TypeAlias = tuple[str, int]
@@ -151,6 +153,9 @@ RecordValue: TypeAlias = (
     GroupMetadataValue | MemberValue | TargetAssignmentValue | OffsetCommitValue
 )
 
+#: Key array lengths by type (3 for the others).
+_KEY_LENGTHS: Final = {RecordType.GROUP_METADATA: 2, RecordType.OFFSET_COMMIT: 4}
+
 _VALUE_TYPES: Final[dict[type[Any], type[Any]]] = {
     GroupMetadataKey: GroupMetadataValue,
     MemberKey: MemberValue,
@@ -170,10 +175,6 @@ class CoordinatorRecord:
         assert self.value is None or isinstance(self.value, _VALUE_TYPES[type(self.key)]), self
 
 
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
-
-
 def _parts(tps: Iterable[TopicPartition]) -> dict[str, list[int]]:
     out: dict[str, list[int]] = {}
     for topic, partition in sorted(tps):
@@ -186,9 +187,7 @@ def _unparts(obj: Mapping[str, list[int]]) -> frozenset[TopicPartition]:
 
 
 def _int(x: Any) -> int:
-    if not isinstance(x, int) or isinstance(x, bool):
-        raise CorruptRecordError(f"coordinator record: expected an integer, got {x!r}")
-    return x
+    return json_int(x, _WHAT)
 
 
 def encode_key(key: RecordKey) -> bytes:
@@ -246,25 +245,12 @@ def encode(record: CoordinatorRecord) -> tuple[bytes, bytes | None]:
 
 def decode(key: bytes, value: bytes | None) -> CoordinatorRecord:
     """The record stored as ``key``/``value``; CorruptRecordError if they are not one."""
-    try:
-        k = json.loads(key)
-        v = None if value is None else json.loads(value)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CorruptRecordError(f"coordinator record is not JSON: {exc}") from exc
-    try:
-        return _decode(k, v)
-    except (KeyError, TypeError, IndexError, ValueError) as exc:
-        raise CorruptRecordError(f"malformed coordinator record {key!r}: {exc!r}") from exc
+    return decode_json(key, value, _WHAT, _decode)
 
 
 def _decode(k: Any, v: Any) -> CoordinatorRecord:
-    if not isinstance(k, list) or not k:
-        raise CorruptRecordError(f"coordinator record key is not a typed array: {k!r}")
-    kind = RecordType(_int(k[0]))
+    kind = key_type(k, RecordType, _KEY_LENGTHS, 3, _WHAT)
     rkey: RecordKey
-    expected = {RecordType.GROUP_METADATA: 2, RecordType.OFFSET_COMMIT: 4}.get(kind, 3)
-    if len(k) != expected or not all(isinstance(x, str) for x in k[1:3]):
-        raise CorruptRecordError(f"coordinator record key has the wrong shape: {k!r}")
     if kind is RecordType.GROUP_METADATA:
         rkey = GroupMetadataKey(k[1])
     elif kind is RecordType.MEMBER:
@@ -275,13 +261,7 @@ def _decode(k: Any, v: Any) -> CoordinatorRecord:
         rkey = OffsetCommitKey(k[1], k[2], _int(k[3]))
     if v is None:
         return CoordinatorRecord(rkey, None)
-    if not isinstance(v, dict) or not isinstance(v.get("v"), int) or v["v"] < 1:
-        raise CorruptRecordError(f"coordinator record value has no version: {v!r}")
-    if v["v"] > RECORD_FORMAT_VERSION:
-        raise CorruptRecordError(
-            f"coordinator record value version {v['v']} is newer than this broker's "
-            f"{RECORD_FORMAT_VERSION}; upgrade the broker"
-        )
+    v = check_version(v, RECORD_FORMAT_VERSION, _WHAT)
     value: RecordValue
     if kind is RecordType.GROUP_METADATA:
         value = GroupMetadataValue(_int(v["epoch"]), str(v["assignor"]), _int(v["empty_since_ms"]))

@@ -59,7 +59,6 @@ them with ``np.repeat``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Final, TypeAlias
@@ -67,10 +66,14 @@ from typing import Any, Final, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
+from logstore._json_records import check_version, decode_json, json_int, key_type
+from logstore._json_records import dumps as _dumps
 from logstore.errors import CorruptRecordError
 from logstore.share._config import ShareGroupConfig
 
 SHARE_RECORD_VERSION: Final = 1
+#: The format's name in CorruptRecordError messages.
+_WHAT: Final = "share-group"
 #: The internal compacted topic the broker writes these records to.
 SHARE_STATE_TOPIC: Final = "__share_group_state"
 
@@ -325,6 +328,13 @@ ShareRecordValue: TypeAlias = (
     ShareGroupValue | ShareStateValue | ShareChunkValue | ShareRedriveValue | ShareParkedValue
 )
 
+#: Key array lengths by type (5 for the chunks).
+_KEY_LENGTHS: Final = {
+    ShareRecordType.GROUP: 2,
+    ShareRecordType.REDRIVE: 2,
+    ShareRecordType.PARTITION_STATE: 4,
+}
+
 _VALUE_TYPES: Final[dict[type[Any], type[Any]]] = {
     ShareGroupKey: ShareGroupValue,
     ShareStateKey: ShareStateValue,
@@ -346,10 +356,6 @@ class ShareRecord:
 
 
 # ------------------------------------------------------------------ encoding
-
-
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
 
 
 def _run_starts(cols: tuple[npt.NDArray[Any], ...]) -> npt.NDArray[np.intp]:
@@ -496,36 +502,15 @@ def encode(record: ShareRecord) -> tuple[bytes, bytes | None]:
 
 def decode(key: bytes, value: bytes | None) -> ShareRecord:
     """The record stored as ``key``/``value``; CorruptRecordError if they are not one."""
-    try:
-        k = json.loads(key)
-        v = None if value is None else json.loads(value)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CorruptRecordError(f"share-group record is not JSON: {exc}") from exc
-    try:
-        return _decode(k, v)
-    except CorruptRecordError:
-        raise
-    except (KeyError, TypeError, IndexError, ValueError, OverflowError) as exc:
-        raise CorruptRecordError(f"malformed share-group record {key!r}: {exc!r}") from exc
+    return decode_json(key, value, _WHAT, _decode)
 
 
 def _int(x: Any) -> int:
-    if not isinstance(x, int) or isinstance(x, bool):
-        raise CorruptRecordError(f"share-group record: expected an integer, got {x!r}")
-    return x
+    return json_int(x, _WHAT)
 
 
 def _decode(k: Any, v: Any) -> ShareRecord:
-    if not isinstance(k, list) or not k:
-        raise CorruptRecordError(f"share-group record key is not a typed array: {k!r}")
-    kind = ShareRecordType(_int(k[0]))
-    expected = {
-        ShareRecordType.GROUP: 2,
-        ShareRecordType.REDRIVE: 2,
-        ShareRecordType.PARTITION_STATE: 4,
-    }.get(kind, 5)
-    if len(k) != expected or not all(isinstance(x, str) for x in k[1:3]):
-        raise CorruptRecordError(f"share-group record key has the wrong shape: {k!r}")
+    kind = key_type(k, ShareRecordType, _KEY_LENGTHS, 5, _WHAT)
     rkey: ShareRecordKey
     if kind is ShareRecordType.GROUP:
         rkey = ShareGroupKey(k[1])
@@ -539,13 +524,7 @@ def _decode(k: Any, v: Any) -> ShareRecord:
         rkey = ShareChunkKey(k[1], k[2], _int(k[3]), _int(k[4]))
     if v is None:
         return ShareRecord(rkey, None)
-    if not isinstance(v, dict) or not isinstance(v.get("v"), int) or v["v"] < 1:
-        raise CorruptRecordError(f"share-group record value has no version: {v!r}")
-    if v["v"] > SHARE_RECORD_VERSION:
-        raise CorruptRecordError(
-            f"share-group record value version {v['v']} is newer than this broker's "
-            f"{SHARE_RECORD_VERSION}; upgrade the broker"
-        )
+    v = check_version(v, SHARE_RECORD_VERSION, _WHAT)
     value: ShareRecordValue
     if kind is ShareRecordType.GROUP:
         c = v["config"]

@@ -35,11 +35,8 @@ from logstore.v1 import share_pb2 as spb
 
 from .._config import MAX_WAIT_MS_CAP
 from .._runtime import Context, Runtime, current_slot
-from .._share_runtime import (
-    DEFAULT_SHARE_FETCH_BYTES,
-    DEFAULT_SHARE_FETCH_RECORDS,
-    now_ms,
-)
+from .._share_runtime import DEFAULT_SHARE_FETCH_BYTES, DEFAULT_SHARE_FETCH_RECORDS
+from .._state_runtime import now_ms
 
 if TYPE_CHECKING:
     from logstore.share import AckResult, ShareGroupDescription
