@@ -10,6 +10,11 @@ membership test is racy on purpose: an append it misses happened before the
 registration, so the waiter's own read after registering sees it. No
 wake-up is lost and an append with no waiters costs one dict lookup.
 
+:meth:`WaitRegistry.waiting_any` registers one :class:`WaiterGroup` under
+many keys (a MultiFetch long poll over many partitions): a notification of
+any key wakes it and adds that key to the group's woken set, so the waiter
+re-reads only what changed; the same register-then-read contract holds.
+
 After :meth:`WaitRegistry.close` (shutdown) every waiter is woken, and
 waiters registered later start woken, so nothing parks on a stopping broker.
 
