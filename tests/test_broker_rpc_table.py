@@ -19,6 +19,7 @@ from logstore.broker._rpc_table import (
 from logstore.broker.handlers.admin import AdminHandlers
 from logstore.broker.handlers.fetch import FetchHandlers
 from logstore.broker.handlers.groups import GroupsHandlers
+from logstore.broker.handlers.multi import MultiHandlers
 from logstore.broker.handlers.produce import ProduceHandlers
 from logstore.broker.handlers.share import ShareHandlers
 from logstore.v1 import groups_pb2 as gpb
@@ -28,6 +29,7 @@ from logstore.v1 import share_pb2 as spb
 AREAS = {
     "produce": ProduceHandlers,
     "fetch": FetchHandlers,
+    "multi": MultiHandlers,
     "admin": AdminHandlers,
     "groups": GroupsHandlers,
     "share": ShareHandlers,
@@ -76,7 +78,11 @@ def test_every_row_names_an_async_handler_of_its_area() -> None:
 
 
 def test_raw_bytes_only_where_the_data_path_needs_them() -> None:
-    """Only Produce/ProduceStream take raw bytes; only Fetch/Subscribe send stored bytes."""
-    assert {r.name for r in RPCS if not r.parse_request} == {"Produce", "ProduceStream"}
-    assert {r.name for r in RPCS if r.raw_response} == {"Fetch", "Subscribe"}
+    """Only the produce RPCs take raw bytes; only the fetch RPCs send stored bytes."""
+    assert {r.name for r in RPCS if not r.parse_request} == {
+        "Produce",
+        "ProduceStream",
+        "MultiProduce",
+    }
+    assert {r.name for r in RPCS if r.raw_response} == {"Fetch", "Subscribe", "MultiFetch"}
     assert {r.name for r in RPCS if r.admission == "subscriptions"} == {"Subscribe"}

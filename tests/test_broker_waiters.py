@@ -28,6 +28,39 @@ def test_notify_from_another_thread_wakes_only_that_key() -> None:
     assert asyncio.run(main()) == (True, False)
 
 
+def test_waiting_any_is_woken_by_any_key_and_says_which() -> None:
+    """A WaiterGroup over three keys wakes on a notification of one, reports only
+    that key, shares keys with plain waiters, and leaves nothing registered."""
+
+    async def main() -> tuple[bool, set[object], bool, set[object], int]:
+        reg = WaitRegistry()
+        reg.bind(asyncio.get_running_loop())
+        with reg.waiting(("t", 1)) as plain, reg.waiting_any([("t", 0), ("t", 1), ("u", 0)]) as g:
+            assert len(reg) == 4
+            threading.Thread(target=reg.notify_threadsafe, args=(("t", 1),)).start()
+            woke = await g.wait(5)
+            keys = g.take_woken()
+            idle = await g.wait(0.05)  # take_woken cleared the wake-up
+            again = g.take_woken()
+            assert plain.woken
+        return woke, keys, idle, again, len(reg)
+
+    assert asyncio.run(main()) == (True, {("t", 1)}, False, set(), 0)
+
+
+def test_waiting_any_after_close_starts_woken() -> None:
+    """A group registered on a stopping broker is woken at once (no long poll parks)."""
+
+    async def main() -> bool:
+        reg = WaitRegistry()
+        reg.bind(asyncio.get_running_loop())
+        reg.close()
+        with reg.waiting_any(["a", "b"]) as g:
+            return await g.wait(1)
+
+    assert asyncio.run(main()) is True
+
+
 def test_close_wakes_current_and_later_waiters() -> None:
     """After close (shutdown) every waiter is woken, including ones registered later."""
 

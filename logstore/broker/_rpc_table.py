@@ -8,7 +8,8 @@ boundary:
 - ``parse_request`` True: the service parses the request bytes as
   ``request`` (a DecodeError is INVALID_ARGUMENT, reason INVALID_REQUEST);
   False: the handler gets the raw bytes (Produce: ``split_produce_request``
-  parses only the header and stores the records' bytes as they arrived).
+  parses only the header and stores the records' bytes as they arrived;
+  MultiProduce: ``split_multi_produce`` hands each batch's bytes on as sent).
 - ``raw_response`` True: the handler returns serialized bytes (stored frames
   plus the small fields) and they are sent unchanged; False: a message,
   serialized with ``SerializeToString``.
@@ -36,7 +37,7 @@ SERVICE_NAME: Final = "logstore.v1.LogStore"
 GROUPS_SERVICE_NAME: Final = "logstore.v1.Groups"
 SHARE_SERVICE_NAME: Final = "logstore.v1.ShareGroups"
 
-Area = Literal["produce", "fetch", "admin", "groups", "share"]
+Area = Literal["produce", "fetch", "multi", "admin", "groups", "share"]
 Admission = Literal["requests", "subscriptions"]
 
 
@@ -66,6 +67,10 @@ RPCS: Final[tuple[Rpc, ...]] = (
     Rpc("Fetch", "fetch", "fetch", pb.FetchRequest, pb.FetchResponse, raw_response=True),
     Rpc("Subscribe", "fetch", "subscribe", pb.SubscribeRequest, pb.SubscribeResponse,
         server_streaming=True, raw_response=True, admission="subscriptions"),
+    Rpc("MultiProduce", "multi", "multi_produce", pb.MultiProduceRequest,
+        pb.MultiProduceResponse, parse_request=False),
+    Rpc("MultiFetch", "multi", "multi_fetch", pb.MultiFetchRequest, pb.MultiFetchResponse,
+        raw_response=True),
     Rpc("CreateTopic", "admin", "create_topic", pb.CreateTopicRequest, pb.CreateTopicResponse),
     Rpc("DeleteTopic", "admin", "delete_topic", pb.DeleteTopicRequest, pb.DeleteTopicResponse),
     Rpc("ListTopics", "admin", "list_topics", pb.ListTopicsRequest, pb.ListTopicsResponse),

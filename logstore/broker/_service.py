@@ -17,7 +17,7 @@
 4. counts requests by status and their latency.
 
 Requests arrive as bytes (identity request deserializer) for every method;
-raw-response methods (Fetch, Subscribe) send the bytes their handler returns
+raw-response methods (Fetch, Subscribe, MultiFetch) send the bytes their handler returns
 (identity response serializer), the others ``SerializeToString``.
 """
 
@@ -47,6 +47,7 @@ from .handlers._common import status_name
 from .handlers.admin import AdminHandlers
 from .handlers.fetch import FetchHandlers
 from .handlers.groups import GroupsHandlers
+from .handlers.multi import MultiHandlers
 from .handlers.produce import ProduceHandlers
 from .handlers.share import ShareHandlers
 
@@ -69,9 +70,14 @@ class LogStoreService:
         self.runtime.groups = self.groups
         self.share = ShareRuntime(self.runtime)
         self.runtime.share = self.share
+        produce = ProduceHandlers(self.runtime)
+        fetch = FetchHandlers(self.runtime)
         self.areas: dict[str, object] = {
-            "produce": ProduceHandlers(self.runtime),
-            "fetch": FetchHandlers(self.runtime),
+            "produce": produce,
+            "fetch": fetch,
+            # MultiProduce / MultiFetch: many partitions per request, through
+            # the produce and fetch areas' own single-partition machinery.
+            "multi": MultiHandlers(self.runtime, produce, fetch),
             "admin": AdminHandlers(self.runtime),
             "groups": GroupsHandlers(self.runtime),
             "share": ShareHandlers(self.runtime),

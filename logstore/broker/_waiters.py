@@ -10,6 +10,11 @@ membership test is racy on purpose: an append it misses happened before the
 registration, so the waiter's own read after registering sees it. No
 wake-up is lost and an append with no waiters costs one dict lookup.
 
+:meth:`WaitRegistry.waiting_any` registers one :class:`WaiterGroup` under
+many keys (a MultiFetch long poll over many partitions): a notification of
+any key wakes it and adds that key to the group's woken set, so the waiter
+re-reads only what changed; the same register-then-read contract holds.
+
 After :meth:`WaitRegistry.close` (shutdown) every waiter is woken, and
 waiters registered later start woken, so nothing parks on a stopping broker.
 
@@ -27,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import Final
 
 from logstore.errors import ResourceExhaustedError
@@ -70,6 +75,51 @@ class Waiter:
         return True
 
 
+class WaiterGroup:
+    """One wait over many keys (a MultiFetch long poll): woken by a
+    notification of any of them, and says which (:meth:`take_woken`)."""
+
+    __slots__ = ("_event", "_woken", "members")
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self._woken: set[Hashable] = set()
+        self.members: list[_GroupMember] = []
+
+    def _set(self, key: Hashable) -> None:
+        self._woken.add(key)
+        self._event.set()
+
+    def take_woken(self) -> set[Hashable]:
+        """The keys notified since the last call (and forget them); call
+        before the reads that precede a wait, as :meth:`Waiter.clear`."""
+        self._event.clear()
+        woken, self._woken = self._woken, set()
+        return woken
+
+    async def wait(self, timeout_s: float) -> bool:
+        """Wait until a key is notified (True) or ``timeout_s`` passes (False)."""
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+
+class _GroupMember(Waiter):
+    """A :class:`WaiterGroup`'s registration under one key."""
+
+    __slots__ = ("group",)
+
+    def __init__(self, key: Hashable, group: WaiterGroup) -> None:
+        super().__init__(key)
+        self.group = group
+
+    def set(self) -> None:
+        super().set()
+        self.group._set(self.key)
+
+
 class WaitRegistry:
     """Waiters by key; see the module docstring for the ordering contract."""
 
@@ -105,6 +155,23 @@ class WaitRegistry:
             yield waiter
         finally:
             self.unregister(waiter)
+
+    @contextlib.contextmanager
+    def waiting_any(self, keys: Iterable[Hashable]) -> Iterator[WaiterGroup]:
+        """One :class:`WaiterGroup` registered under every key for the block
+        (the same ordering contract as :meth:`waiting`), unregistered after it."""
+        group = WaiterGroup()
+        try:
+            for key in set(keys):
+                member = _GroupMember(key, group)
+                group.members.append(member)
+                self._waiters.setdefault(key, set()).add(member)
+                if self._closed:
+                    member.set()
+            yield group
+        finally:
+            for member in group.members:
+                self.unregister(member)
 
     def notify_threadsafe(self, key: Hashable) -> None:
         """Wake ``key``'s waiters; safe from any thread, cheap when nobody waits."""

@@ -61,8 +61,22 @@ from ._frame import (
     encode_frame,
     patch_base_offset,
 )
+from ._multi import (
+    PARTITION_DATA_TAG,
+    MultiProduceSplit,
+    partition_data,
+    partition_meta,
+    split_multi_fetch,
+    split_multi_produce,
+)
 from ._murmur2 import murmur2, partition_for_key
-from ._produce import SplitRequest, is_compressed_request, recompress, split_produce_request
+from ._produce import (
+    SplitRequest,
+    is_compressed_request,
+    produce_header,
+    recompress,
+    split_produce_request,
+)
 from ._record_views import (
     NO_TIMESTAMP_MS,
     count_records,
@@ -110,6 +124,13 @@ __all__ = [
     "decompress",
     "decompress_frame",
     "is_compressed_request",
+    "MultiProduceSplit",
+    "PARTITION_DATA_TAG",
+    "partition_data",
+    "partition_meta",
+    "produce_header",
+    "split_multi_fetch",
+    "split_multi_produce",
     "readable_frames",
     "recompress",
     "require_codec",

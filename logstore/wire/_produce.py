@@ -252,3 +252,22 @@ def recompress(split: SplitRequest, codec: int, level: int | None = None) -> Spl
         return split._replace(records=plain, codec=CODEC_NONE, plain=None)
     tail = compressed_field(compress(plain, codec, level))
     return split._replace(records=tail, codec=codec, plain=bytes(plain))
+
+
+def produce_header(raw: bytes) -> logstore_pb2.ProduceRequest:
+    """Every field of a serialized ProduceRequest but its records, parsed
+    without the records (the walk :func:`split_produce_request` does; a
+    request not in field order is parsed whole and its records dropped).
+    InvalidRequestError if it does not parse; the records are not checked
+    here: the split that stores them does that."""
+    mv = memoryview(raw)
+    start = _records_start(mv)
+    try:
+        if start is not None:
+            return logstore_pb2.ProduceRequest.FromString(mv[:start])  # type: ignore[arg-type]
+        full = logstore_pb2.ProduceRequest.FromString(raw)
+    except DecodeError as exc:
+        raise InvalidRequestError(f"malformed produce request: {exc}") from exc
+    full.ClearField("records")
+    full.ClearField("compressed_records")
+    return full

@@ -1,0 +1,351 @@
+"""MultiProduce and MultiFetch: many partitions in one round trip (Kafka's
+Produce and Fetch shapes), on top of the single-partition machinery.
+
+MultiProduce receives the raw request bytes; :func:`logstore.wire.split_multi_produce`
+parses them as a view whose ``batches`` are ``repeated bytes``, so each
+batch is the serialized ProduceRequest as sent, and each goes through
+:meth:`ProduceHandlers._produce_one` (``handlers/produce.py``) exactly as a
+unary Produce does: the same split (records stored as they arrived, never
+re-serialized), routing, codec, size checks, idempotent sequences,
+acks=NONE queueing and acks=ALL group commit. The request's ``acks`` applies
+to every batch: a batch that leaves its own unset gets the request's value
+prepended as a field (one copy of that batch, only for NONE and LEADER: an
+unset acks already means ALL); one that sets a different value is refused
+alone. Batches for one partition are appended in request order (one chain
+per partition, appending one batch after the other); chains run
+concurrently. Every failure is that batch's own status in its result, so
+one bad partition does not fail the others; only a request that does not
+parse, carries no batches or more than :data:`MAX_MULTI_BATCHES`, or has an
+unknown acks fails as a whole.
+
+MultiFetch reads every listed partition with
+:meth:`FetchHandlers._read_blocking` (``handlers/fetch.py``: the store's
+stored frames, CRC-checked, and the log end offset), all in one I/O-pool call
+per pass (one thread hop, not one per partition), in request order, within a
+total byte budget (``max_bytes``, default 50 MiB, capped at the broker's
+``fetch_max_bytes``) and each partition's own ``max_bytes``: the first
+partition with data returns at least one whole batch; after it a partition is
+read only with what is left of the budget, and one whose first batch would
+not fit returns no batches (so the reply's batches never exceed the total,
+except by that first batch). Each partition's error (unknown topic or
+partition, offset out of range, corrupt batch) is its own status. Long poll:
+when the partitions hold fewer than ``min_bytes`` and none has an error, the
+request moves to a long-poll waiter slot and waits on every partition at once
+(:meth:`WaitRegistry.waiting_any`); an append to any of them wakes it, and
+only the partitions appended to are read again. It replies when
+``min_bytes`` is reached, a partition has an error, ``max_wait_ms`` (capped
+at 30 s) passes, or the broker shuts down.
+
+The reply is built by hand (the RPC table marks it raw-response): per
+partition, the stored frames unchanged followed by the serialized small
+fields, behind one tag and length (:func:`logstore.wire.partition_data`);
+no batch is parsed or re-serialized.
+
+Memory bounds: a MultiProduce holds its request bytes (at most
+``max_request_bytes``) and counts each batch against
+``max_inflight_produce_bytes`` as a Produce does; a MultiFetch holds at most
+its budget plus one batch, and per partition one small result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Final
+
+from logstore.errors import InvalidArgumentError, LogStoreError
+from logstore.v1 import logstore_pb2 as pb
+from logstore.wire import (
+    partition_data,
+    partition_for_key,
+    produce_header,
+    split_multi_produce,
+    varint,
+)
+
+from .._config import MAX_WAIT_MS_CAP
+from .._runtime import Context, Runtime, current_slot
+from .._status import OK_STATUS, log_unexpected, rich_status
+from ._common import DEFAULT_MAX_BYTES, check_enum, status_name
+
+if TYPE_CHECKING:
+    from google.rpc import status_pb2
+
+    from .fetch import FetchHandlers
+    from .produce import ProduceHandlers
+
+log = logging.getLogger("logstore.broker")
+
+#: Batches one MultiProduce may carry, and partitions one MultiFetch may
+#: list: 10,000 is the most partitions a topic may have (CreateTopic's
+#: bound), so one request can cover a whole topic; the request's bytes are
+#: bounded separately by max_request_bytes.
+MAX_MULTI_BATCHES: Final = 10_000
+MAX_MULTI_PARTITIONS: Final = 10_000
+#: A MultiFetch's total budget when it leaves max_bytes 0: Kafka's
+#: fetch.max.bytes default (the broker's fetch_max_bytes caps it).
+DEFAULT_MULTI_FETCH_MAX_BYTES: Final = 50 << 20
+#: Tag of ProduceRequest.acks (field 4, varint), prepended to a batch that
+#: leaves its acks unset when the request's is NONE or LEADER: protobuf
+#: readers take the last value of a scalar field, and the batch has none.
+_ACKS_TAG: Final = bytes(((4 << 3) | 0,))
+
+
+def _error_result(request_id: int, exc: BaseException, what: str) -> pb.ProduceResponse:
+    log_unexpected(exc, what)
+    return pb.ProduceResponse(request_id=request_id, base_offset=-1, status=rich_status(exc))
+
+
+class _Read:
+    """One MultiFetch entry's current answer."""
+
+    __slots__ = ("data", "error", "hwm", "leo", "lso", "next_offset")
+
+    def __init__(self) -> None:
+        self.data: bytes = b""
+        self.error: status_pb2.Status | None = None
+        self.hwm = self.lso = self.leo = self.next_offset = 0
+
+
+class MultiHandlers:
+    """MultiProduce and MultiFetch, over the produce and fetch areas."""
+
+    def __init__(self, runtime: Runtime, produce: ProduceHandlers, fetch: FetchHandlers) -> None:
+        self._rt = runtime
+        self._produce = produce
+        self._fetch = fetch
+
+    # -- MultiProduce ----------------------------------------------------------
+
+    def _prepare(self, raw: bytes, acks: int) -> tuple[bytes, Hashable]:
+        """The batch as ``_produce_one`` should see it (the request's acks in
+        it) and the key of its partition's chain; InvalidArgumentError when
+        its acks is unknown or differs from the request's."""
+        header = produce_header(raw)
+        own = int(header.acks)
+        if own != pb.ACKS_UNSPECIFIED:
+            check_enum(pb.Acks, "acks", own)
+            if own != acks:
+                raise InvalidArgumentError(
+                    f"this batch's acks {pb.Acks.Name(own)} differs from the request's "
+                    f"{pb.Acks.Name(acks)}; leave it unset or make it equal"
+                )
+        elif acks != pb.ACKS_ALL:
+            raw = _ACKS_TAG + varint(acks) + raw
+        key: Hashable = (header.topic, header.partition if header.HasField("partition") else None)
+        if header.HasField("partition_key") and not header.HasField("partition"):
+            try:
+                count = self._rt.store.topic(header.topic).partitions
+            except LogStoreError:
+                pass  # _produce_one reports the unknown topic for this batch
+            else:
+                key = (header.topic, partition_for_key(header.partition_key, count))
+        return raw, key
+
+    async def multi_produce(self, raw: bytes, context: Context) -> pb.MultiProduceResponse:
+        split = split_multi_produce(raw)
+        check_enum(pb.Acks, "acks", split.acks)
+        n = len(split.batches)
+        if n == 0:
+            raise InvalidArgumentError("a MultiProduceRequest needs at least one batch")
+        if n > MAX_MULTI_BATCHES:
+            raise InvalidArgumentError(
+                f"{n} batches in one MultiProduceRequest; at most {MAX_MULTI_BATCHES}"
+            )
+        acks = split.acks or pb.ACKS_ALL
+        counter = self._rt.metrics.requests
+        results: list[pb.ProduceResponse | None] = [None] * n
+        chains: dict[Hashable, list[tuple[int, bytes]]] = {}
+        for i, batch in enumerate(split.batches):
+            try:
+                prepared, key = self._prepare(batch, acks)
+            except Exception as exc:
+                counter.labels("MultiProduce.batch", status_name(exc)).inc()
+                results[i] = _error_result(_peek_request_id(batch), exc, "MultiProduce batch")
+                continue
+            chains.setdefault(key, []).append((i, prepared))
+        request_id = split.request_id
+
+        async def run_chain(batches: list[tuple[int, bytes]]) -> None:
+            # Append one after the other (the partition's order), then wait
+            # for the completions (acks=ALL: fsyncs overlap with the appends).
+            pending = []
+            while batches:
+                i, batch = batches.pop(0)
+                try:
+                    request_id, complete = await self._produce._produce_one(batch)
+                except Exception as exc:
+                    counter.labels("MultiProduce.batch", status_name(exc)).inc()
+                    results[i] = _error_result(_peek_request_id(batch), exc, "MultiProduce batch")
+                    continue
+                pending.append((i, request_id, complete))
+            for i, request_id, complete in pending:
+                try:
+                    reply = await complete()
+                except Exception as exc:
+                    counter.labels("MultiProduce.batch", status_name(exc)).inc()
+                    results[i] = _error_result(request_id, exc, "MultiProduce batch")
+                    continue
+                reply.status.CopyFrom(OK_STATUS)
+                counter.labels("MultiProduce.batch", "OK").inc()
+                results[i] = reply
+
+        await asyncio.gather(*(run_chain(batches) for batches in chains.values()))
+        response = pb.MultiProduceResponse(request_id=request_id)
+        response.results.extend(r for r in results if r is not None)
+        assert len(response.results) == n
+        return response
+
+    # -- MultiFetch -------------------------------------------------------------
+
+    async def multi_fetch(self, request: pb.MultiFetchRequest, context: Context) -> bytes:
+        if request.max_bytes < 0 or request.min_bytes < 0 or request.max_wait_ms < 0:
+            raise InvalidArgumentError("max_bytes, min_bytes and max_wait_ms must be >= 0")
+        entries = list(request.partitions)
+        n = len(entries)
+        if n == 0:
+            raise InvalidArgumentError("a MultiFetchRequest needs at least one partition")
+        if n > MAX_MULTI_PARTITIONS:
+            raise InvalidArgumentError(
+                f"{n} partitions in one MultiFetchRequest; at most {MAX_MULTI_PARTITIONS}"
+            )
+        cap = self._rt.config.fetch_max_bytes
+        total = min(request.max_bytes or DEFAULT_MULTI_FETCH_MAX_BYTES, cap)
+        need = min(request.min_bytes, total)
+        wait_ms = min(request.max_wait_ms, MAX_WAIT_MS_CAP)
+        reads = [_Read() for _ in entries]
+        await self._rt.run_io(self._read_pass, entries, range(n), reads, total, cap)
+        if not self._done(reads, need) and wait_ms > 0 and not self._rt.stopping:
+            await self._long_poll(entries, reads, total, cap, need, wait_ms)
+        for entry, read in zip(entries, reads, strict=True):
+            if read.data:
+                self._rt.metrics.fetch_bytes.labels("MultiFetch").inc(len(read.data))
+                self._rt.metrics.fetch_records.labels("MultiFetch").inc(
+                    max(0, read.next_offset - entry.offset)
+                )
+        return _reply(entries, reads)
+
+    @staticmethod
+    def _done(reads: list[_Read], need: int) -> bool:
+        got = 0
+        for read in reads:
+            if read.error is not None:
+                return True
+            got += len(read.data)
+        return got >= need
+
+    async def _long_poll(
+        self,
+        entries: list[pb.FetchPartition],
+        reads: list[_Read],
+        total: int,
+        cap: int,
+        need: int,
+        wait_ms: int,
+    ) -> None:
+        # As a unary Fetch: from here on this request holds a long-poll
+        # waiter slot instead of a concurrent-request slot.
+        current_slot().move_to(self._rt.limits.waiters, self._rt.metrics.long_poll_waiters)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_ms / 1000
+        where: dict[Hashable, list[int]] = {}
+        for i, entry in enumerate(entries):
+            where.setdefault((entry.topic, entry.partition), []).append(i)
+        with self._rt.waiters.waiting_any(where) as group:
+            # Read everything once more after registering: an append between
+            # the first pass and the registration is seen here, so no wake-up
+            # is lost. Later passes read only the partitions appended to
+            # since the previous pass began (an append during a pass wakes
+            # the next wait at once).
+            group.take_woken()
+            again: list[int] = list(range(len(entries)))
+            while True:
+                if again:
+                    await self._rt.run_io(self._read_pass, entries, again, reads, total, cap)
+                remaining = deadline - loop.time()
+                if self._done(reads, need) or remaining <= 0 or self._rt.stopping:
+                    return
+                await group.wait(remaining)
+                woken = group.take_woken()
+                again = sorted({i for key in woken for i in where.get(key, ())})
+
+    def _read_pass(
+        self,
+        entries: list[pb.FetchPartition],
+        indices: range | list[int],
+        reads: list[_Read],
+        total: int,
+        cap: int,
+    ) -> None:
+        """Read ``indices`` (ascending) into ``reads`` within the budget (I/O thread).
+
+        The budget left for a partition is ``total`` minus the bytes of the
+        partitions already holding data (re-read ones not counted); the first
+        partition with data in the reply takes at least one whole batch.
+        """
+        redo = set(indices)
+        held = sum(len(r.data) for i, r in enumerate(reads) if i not in redo)
+        for i in indices:
+            entry, read = entries[i], reads[i]
+            read.data = b""
+            read.error = None
+            if entry.max_bytes < 0:
+                read.error = rich_status(
+                    InvalidArgumentError(f"max_bytes {entry.max_bytes} must be >= 0")
+                )
+                continue
+            left = total - held
+            try:
+                if left <= 0 and held:
+                    # No room: only this partition's offsets (no data read).
+                    self._offsets_only(entry, read)
+                    continue
+                own = min(entry.max_bytes or DEFAULT_MAX_BYTES, cap)
+                limit = min(own, left) if held else min(own, total)
+                result, log_end = self._fetch._read_blocking(
+                    entry.topic, entry.partition, entry.offset, max(limit, 1)
+                )
+            except LogStoreError as exc:
+                read.error = rich_status(exc)
+                continue
+            read.hwm, read.lso, read.leo = result.high_watermark, result.log_start_offset, log_end
+            data = result.data
+            if data and (not held or len(data) <= left):
+                read.data = bytes(data)
+                read.next_offset = result.next_offset
+                held += len(data)
+
+    def _offsets_only(self, entry: pb.FetchPartition, read: _Read) -> None:
+        store = self._rt.store
+        lso, leo = store.offsets(entry.topic, entry.partition)
+        read.hwm, read.lso, read.leo = store.high_watermark(entry.topic, entry.partition), lso, leo
+
+
+def _peek_request_id(raw: bytes) -> int:
+    """request_id of a batch that may be malformed (0 when unreadable)."""
+    try:
+        return int(produce_header(raw).request_id)
+    except LogStoreError:
+        return 0
+
+
+def _reply(entries: list[pb.FetchPartition], reads: list[_Read]) -> bytes:
+    """The serialized MultiFetchResponse: per entry, its stored frames
+    unchanged and then its small fields (see the module docstring)."""
+    parts = []
+    for entry, read in zip(entries, reads, strict=True):
+        if read.error is not None:
+            small = pb.PartitionData(
+                topic=entry.topic, partition=entry.partition, status=read.error
+            ).SerializeToString()
+        else:
+            small = pb.PartitionData(
+                topic=entry.topic,
+                partition=entry.partition,
+                high_watermark=read.hwm,
+                log_start_offset=read.lso,
+                log_end_offset=read.leo,
+            ).SerializeToString()
+        parts.append(partition_data(read.data, small))
+    return b"".join(parts)
