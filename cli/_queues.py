@@ -43,7 +43,15 @@ import typer
 from logstore import errors
 
 from ._format import ArgumentError, format_ms, parse_duration, record_json, table, write_json
-from ._options import DEFAULT_BOOTSTRAP, Bootstrap, ConnectTimeout, Output, OutputOpt, admin
+from ._options import (
+    DEFAULT_BOOTSTRAP,
+    Bootstrap,
+    ConnectTimeout,
+    Output,
+    OutputOpt,
+    admin,
+    credentials,
+)
 
 if TYPE_CHECKING:
     from logstore.client import Admin, ShareGroupDescription, ShareGroupSettings
@@ -460,7 +468,7 @@ def read_dead_letters(
     out: list[tuple[int, Record]] = []
     if not todo or limit == 0:
         return topic, out
-    with Consumer(bootstrap, connect_timeout_ms=connect_timeout_ms) as c:
+    with Consumer(bootstrap, connect_timeout_ms=connect_timeout_ms, credentials=credentials()) as c:
         c.assign([(topic, p) for p in sorted(todo)])
         c.seek_to_beginning()
         deadline = time.monotonic() + 30
