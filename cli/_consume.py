@@ -48,6 +48,7 @@ from logstore.client import Admin, Consumer, GroupConsumer, TopicPartition
 from logstore.wire import Record
 
 from ._format import ReaderGone, Terminated, record_json
+from ._options import credentials
 
 StartKind = Literal["earliest", "latest", "time", "offset"]
 
@@ -225,13 +226,15 @@ def run(
     json_output: bool,
     connect_timeout_ms: int,
 ) -> None:
-    with Admin(bootstrap, connect_timeout_ms=connect_timeout_ms) as admin:
+    with Admin(
+        bootstrap, connect_timeout_ms=connect_timeout_ms, credentials=credentials()
+    ) as admin:
         plan = resolve_start(admin, topic, partition, start)
     active = plan.active(follow)
     if max_records == 0 or not active:
         return
     output: Output = JsonOutput(topic) if json_output else TextOutput()
-    consumer = Consumer(bootstrap, connect_timeout_ms=connect_timeout_ms)
+    consumer = Consumer(bootstrap, connect_timeout_ms=connect_timeout_ms, credentials=credentials())
     progress = None
     if not follow and sys.stderr.isatty() and not sys.stdout.isatty():
         total = sum(max(0, plan.ends[p] - plan.positions[p]) for p in active)
@@ -357,6 +360,7 @@ def run_group(
         enable_auto_commit=False,  # we commit exactly what was printed
         on_revoke=on_revoke,
         connect_timeout_ms=connect_timeout_ms,
+        credentials=credentials(),
         client_id="logctl",
     )
     holder.append(member)

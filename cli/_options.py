@@ -1,6 +1,11 @@
 """The options every client command of logctl shares (bootstrap, output, connect
 timeout) and the Admin it builds: one definition, used by ``main`` and by the
-command groups in their own modules (``_groups``)."""
+command groups in their own modules (``_groups``).
+
+Credentials (token, TLS) are options of ``logctl`` itself, before the
+command (``logctl --token-file F topics list``) or their ``LOGSTORE_*``
+variables: the root callback stores them once (:func:`set_credentials`) and
+every client a command builds takes :func:`credentials`."""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ from logstore import errors
 from ._format import ArgumentError
 
 if TYPE_CHECKING:
-    from logstore.client import Admin
+    from logstore.client import Admin, Credentials
 
 DEFAULT_BOOTSTRAP: Final = "127.0.0.1:7070"
 
@@ -58,9 +63,31 @@ ConnectTimeout = Annotated[
 ]
 
 
+#: The root options' credential settings (None values: not given).
+_CREDENTIALS: dict[str, str | bool | None] = {}
+
+
+def set_credentials(**settings: str | bool | None) -> None:
+    """Remember ``logctl``'s --token/--token-file/--tls* options for this run."""
+    _CREDENTIALS.clear()
+    _CREDENTIALS.update(settings)
+
+
+def credentials() -> Credentials | None:
+    """The client Credentials of this run; None when no credential option was given."""
+    if not any(_CREDENTIALS.values()):
+        return None
+    from logstore.client import Credentials  # noqa: PLC0415 (startup time)
+
+    try:
+        return Credentials(**_CREDENTIALS)  # type: ignore[arg-type]
+    except errors.InvalidArgumentError as exc:
+        raise ArgumentError(str(exc)) from None
+
+
 def admin(bootstrap: str, connect_timeout_ms: int) -> Admin:
     """An Admin; the client (grpc, protobuf, numpy) is imported only here, so usage
     errors, --help and --version answer in a fraction of the time."""
     from logstore.client import Admin  # noqa: PLC0415 (startup time)
 
-    return Admin(bootstrap, connect_timeout_ms=connect_timeout_ms)
+    return Admin(bootstrap, connect_timeout_ms=connect_timeout_ms, credentials=credentials())

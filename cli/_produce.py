@@ -37,6 +37,7 @@ from logstore import errors
 from logstore.client import Producer, SendResult
 
 from ._format import human_bytes, write_json
+from ._options import credentials
 
 CHUNK_BYTES: Final = 1 << 20
 
@@ -113,6 +114,7 @@ def run(
         bootstrap,
         acks=acks,
         connect_timeout_ms=connect_timeout_ms,
+        credentials=credentials(),
         compression=compression,
         compression_level=compression_level,
     )

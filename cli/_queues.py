@@ -53,7 +53,7 @@ from ._format import (
     table,
     write_json,
 )
-from ._options import Output
+from ._options import Output, credentials
 
 if TYPE_CHECKING:
     from logstore.client import Admin, ShareGroupDescription, ShareGroupSettings
@@ -408,7 +408,9 @@ def read_dead_letters(conn: Conn, group: str, limit: int) -> tuple[str, list[tup
     out: list[tuple[int, Record]] = []
     if not todo or limit == 0:
         return topic, out
-    with Consumer(conn.bootstrap, connect_timeout_ms=conn.connect_timeout_ms) as c:
+    with Consumer(
+        conn.bootstrap, connect_timeout_ms=conn.connect_timeout_ms, credentials=credentials()
+    ) as c:
         c.assign([(topic, p) for p in sorted(todo)])
         c.seek_to_beginning()
         deadline = time.monotonic() + 30

@@ -14,9 +14,12 @@ must not silently change a replay). The flag wins over the variable.
 - ``LOGSTORE_OUTPUT``: ``text`` or ``json`` (every client command);
 - ``LOGSTORE_CONNECT_TIMEOUT_MS``: how long to wait for the broker (a
   property of the network, like the address);
-- ``LOGSTORE_TOKEN``: reserved for authentication. The broker has none yet, so
-  logctl neither reads nor sends it; it is named here so no other meaning
-  takes the name.
+- ``LOGSTORE_TOKEN`` / ``LOGSTORE_TOKEN_FILE``: the bearer token (or a file
+  holding it) sent to a broker with ``--auth token``; ``LOGSTORE_TLS_CA``,
+  ``LOGSTORE_TLS_CERT``, ``LOGSTORE_TLS_KEY``, ``LOGSTORE_TLS_SERVER_NAME``:
+  TLS to the broker (mutual with cert + key). They are options of
+  ``logctl`` itself, before the command (``logctl --token-file F topics
+  list``); the token is never printed.
 
 ``serve`` passes what was given to the broker, which resolves its own
 environment and ``--config-file`` (flag > environment > file > default).
@@ -49,9 +52,17 @@ from ._format import (
     write_json,
 )
 from ._groups import groups_app
-from ._options import DEFAULT_BOOTSTRAP, Bootstrap, ConnectTimeout, Output, OutputOpt
+from ._options import (
+    DEFAULT_BOOTSTRAP,
+    Bootstrap,
+    ConnectTimeout,
+    Output,
+    OutputOpt,
+    set_credentials,
+)
 from ._options import admin as _admin
 from ._queues import dlq_app, queues_app
+from ._security import acls_app, users_app
 
 # The client (grpc, protobuf, numpy) is imported inside the commands that use
 # it: usage errors, --help and --version then answer in a fraction of the time.
@@ -73,6 +84,8 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(groups_app, name="groups")
 app.add_typer(queues_app, name="queues")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(users_app, name="users")
+app.add_typer(acls_app, name="acls")
 
 
 class LogFormat(enum.StrEnum):
@@ -101,8 +114,53 @@ def _root(
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="LOGSTORE_TOKEN",
+            show_envvar=True,
+            help="Bearer token (prefer --token-file or the variable: a flag shows in ps).",
+        ),
+    ] = None,
+    token_file: Annotated[
+        str | None,
+        typer.Option("--token-file", envvar="LOGSTORE_TOKEN_FILE", help="File holding the token."),
+    ] = None,
+    tls: Annotated[
+        bool, typer.Option("--tls", help="TLS to the broker, checked against system CAs.")
+    ] = False,
+    tls_ca: Annotated[
+        str | None,
+        typer.Option("--tls-ca", envvar="LOGSTORE_TLS_CA", help="PEM CA of the broker's cert."),
+    ] = None,
+    tls_cert: Annotated[
+        str | None,
+        typer.Option("--tls-cert", envvar="LOGSTORE_TLS_CERT", help="Client cert (mutual TLS)."),
+    ] = None,
+    tls_key: Annotated[
+        str | None,
+        typer.Option("--tls-key", envvar="LOGSTORE_TLS_KEY", help="Key of --tls-cert."),
+    ] = None,
+    tls_server_name: Annotated[
+        str | None,
+        typer.Option(
+            "--tls-server-name",
+            envvar="LOGSTORE_TLS_SERVER_NAME",
+            help="Name the broker's certificate must carry (default: the --bootstrap host).",
+        ),
+    ] = None,
 ) -> None:
     """logctl: operate and use a logstore broker."""
+    set_credentials(
+        token=token,
+        token_file=token_file,
+        tls=tls,
+        tls_ca=tls_ca,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_server_name=tls_server_name,
+    )
 
 
 def _parse_config(items: list[str] | None) -> dict[str, str]:
@@ -132,7 +190,27 @@ def serve(
         LogFormat | None, typer.Option("--log-format", help="text or json.")
     ] = None,
     allow_remote: Annotated[
-        bool | None, typer.Option("--allow-remote", help="Listen on a non-loopback address.")
+        bool | None,
+        typer.Option(
+            "--allow-remote", help="Listen on a non-loopback address (needs TLS and --auth)."
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool | None,
+        typer.Option("--insecure", help="With --allow-remote: without TLS/auth anyway (WARN)."),
+    ] = None,
+    tls_cert: Annotated[
+        str | None, typer.Option("--tls-cert", help="PEM certificate chain (gRPC and metrics).")
+    ] = None,
+    tls_key: Annotated[str | None, typer.Option("--tls-key", help="PEM key of --tls-cert.")] = None,
+    tls_client_ca: Annotated[
+        str | None, typer.Option("--tls-client-ca", help="PEM CA of client certs (mutual TLS).")
+    ] = None,
+    auth: Annotated[
+        str | None, typer.Option("--auth", help="none (loopback only) | token | mtls.")
+    ] = None,
+    super_users: Annotated[
+        str | None, typer.Option("--super-users", help="NAME,... that pass every ACL.")
     ] = None,
 ) -> None:
     """Run the broker (flags > LOGSTORE_* environment > --config-file > defaults)."""
@@ -146,6 +224,12 @@ def serve(
         config_file=config_file,
         log_format=log_format.value if log_format is not None else None,
         allow_remote=allow_remote,
+        insecure=insecure,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_client_ca=tls_client_ca,
+        auth=auth,
+        super_users=super_users,
     )
     raise typer.Exit(code)
 

@@ -386,6 +386,45 @@ class QueueLatencyExceededError(ResourceExhaustedError):
     reason = "QUEUE_LATENCY_EXCEEDED"
 
 
+# Security errors (logstore.security, the broker's one authorization check).
+
+
+class AuthenticationError(LogStoreError):
+    """The call carries no valid credentials (no token, an unknown or deleted
+    token, no client certificate under mutual TLS); the message says how to
+    authenticate and never repeats the token."""
+
+    status = "UNAUTHENTICATED"
+    reason = "UNAUTHENTICATED"
+
+
+class AuthorizationError(LogStoreError):
+    """The principal may not do this operation on this resource (an ACL)."""
+
+    status = "PERMISSION_DENIED"
+    reason = "PERMISSION_DENIED"
+
+
+class UserExistsError(LogStoreError):
+    """``logctl users create`` of a name that exists."""
+
+    status = "ALREADY_EXISTS"
+    reason = "USER_ALREADY_EXISTS"
+
+
+class UnknownUserError(NotFoundError):
+    """``logctl users delete`` of a name that does not exist."""
+
+    reason = "UNKNOWN_USER"
+
+
+class QuotaExceededError(ResourceExhaustedError):
+    """The principal is over its produce or fetch byte rate; retry after
+    ``retry_after_ms``, which brings it back under the rate."""
+
+    reason = "QUOTA_EXCEEDED"
+
+
 def _declared_reasons() -> dict[str, type[LogStoreError]]:
     """Every class that declares its own ``reason``, by reason.
 

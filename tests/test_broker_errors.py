@@ -30,6 +30,7 @@ PROTO = ROOT / "proto" / "logstore" / "v1" / "logstore.proto"
 # the consumer-group reasons are documented with their service
 GROUPS_PROTO = ROOT / "proto" / "logstore" / "v1" / "groups.proto"
 SHARE_PROTO = ROOT / "proto" / "logstore" / "v1" / "share.proto"
+SECURITY_PROTO = ROOT / "proto" / "logstore" / "v1" / "security.proto"
 
 
 class StatusRpcError(grpc.RpcError):
@@ -134,7 +135,7 @@ def test_every_error_class_declares_its_own_reason() -> None:
 
 def test_reasons_are_unique_and_documented_in_the_proto() -> None:
     """Every reason of logstore.errors has a row in a .proto's reason table, with its code."""
-    text = PROTO.read_text() + GROUPS_PROTO.read_text() + SHARE_PROTO.read_text()
+    text = "".join(p.read_text() for p in (PROTO, GROUPS_PROTO, SHARE_PROTO, SECURITY_PROTO))
     rows = dict(re.findall(r"^//   ([A-Z_]+) +([A-Z_]+) +", text, re.MULTILINE))
     for reason, cls in errors.BY_REASON.items():
         assert rows.get(reason) == cls.status, f"{reason} ({cls.status}) not documented"

@@ -21,6 +21,7 @@ from tests.brokerproc import BrokerProcess
 SERVICE = "logstore.v1.LogStore"
 GROUPS_SERVICE = "logstore.v1.Groups"
 SHARE_SERVICE = "logstore.v1.ShareGroups"
+SECURITY_SERVICE = "logstore.v1.Security"
 #: Field 1 (a length-delimited field in every request that has one) says 5
 #: bytes follow, 2 do.
 TRUNCATED = b"\x0a\x05ab"
@@ -66,7 +67,7 @@ def all_methods(address: str) -> list[tuple[str, descriptor_pb2.MethodDescriptor
     """(service, method) of every service, as reflection lists them."""
     return [
         (s, m)
-        for s in (SERVICE, GROUPS_SERVICE, SHARE_SERVICE)
+        for s in (SERVICE, GROUPS_SERVICE, SHARE_SERVICE, SECURITY_SERVICE)
         for m in reflected_methods(address, s)
     ]
 
@@ -111,6 +112,8 @@ def test_every_method_refuses_malformed_bytes_with_invalid_argument(
         "ListOffsets",
         "ConsumerGroupHeartbeat",
         "ResetOffsets",
+        "CreateUser",
+        "CreateAcls",
     }
     with grpc.insecure_channel(broker.grpc_address) as ch:
         for service, method in methods:

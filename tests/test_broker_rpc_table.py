@@ -7,9 +7,12 @@ import inspect
 from google.protobuf.descriptor import ServiceDescriptor
 
 from logstore.broker._rpc_table import (
+    ACCESS,
     GROUPS_RPCS,
     GROUPS_SERVICE_NAME,
     RPCS,
+    SECURITY_RPCS,
+    SECURITY_SERVICE_NAME,
     SERVICE_NAME,
     SERVICES,
     SHARE_RPCS,
@@ -21,9 +24,11 @@ from logstore.broker.handlers.fetch import FetchHandlers
 from logstore.broker.handlers.groups import GroupsHandlers
 from logstore.broker.handlers.multi import MultiHandlers
 from logstore.broker.handlers.produce import ProduceHandlers
+from logstore.broker.handlers.security import SecurityHandlers
 from logstore.broker.handlers.share import ShareHandlers
 from logstore.v1 import groups_pb2 as gpb
 from logstore.v1 import logstore_pb2 as pb
+from logstore.v1 import security_pb2 as secpb
 from logstore.v1 import share_pb2 as spb
 
 AREAS = {
@@ -33,6 +38,7 @@ AREAS = {
     "admin": AdminHandlers,
     "groups": GroupsHandlers,
     "share": ShareHandlers,
+    "security": SecurityHandlers,
 }
 
 
@@ -48,12 +54,42 @@ def test_every_groups_method_has_one_row_with_its_types_and_shape() -> None:
         SERVICE_NAME: RPCS,
         GROUPS_SERVICE_NAME: GROUPS_RPCS,
         SHARE_SERVICE_NAME: SHARE_RPCS,
+        SECURITY_SERVICE_NAME: SECURITY_RPCS,
     }
 
 
 def test_every_share_method_has_one_row_with_its_types_and_shape() -> None:
     """The ShareGroups rows match share.proto's service."""
     _check_service(spb.DESCRIPTOR.services_by_name["ShareGroups"], SHARE_SERVICE_NAME, SHARE_RPCS)
+
+
+def test_every_security_method_has_one_row_with_its_types_and_shape() -> None:
+    """The Security rows match security.proto's service."""
+    _check_service(
+        secpb.DESCRIPTOR.services_by_name["Security"], SECURITY_SERVICE_NAME, SECURITY_RPCS
+    )
+
+
+def test_every_rpc_of_every_service_has_its_authorization() -> None:
+    """ACCESS covers exactly the RPCs served, and each check names a real request field
+    (a new RPC cannot land without saying what it needs)."""
+    rows = [rpc for table in SERVICES.values() for rpc in table]
+    assert set(ACCESS) == {rpc.name for rpc in rows}
+    for rpc in rows:
+        access = ACCESS[rpc.name]
+        for chk in access.checks:
+            if chk.resource_type == "cluster":
+                assert chk.field == "", rpc.name
+                continue
+            descriptor = rpc.request.DESCRIPTOR
+            for part in chk.field.split("."):
+                field = descriptor.fields_by_name.get(part)
+                assert field is not None, f"{rpc.name}: no field {chk.field}"
+                descriptor = field.message_type
+        if access.list_filter is not None:
+            reply_field, name_field, _ = access.list_filter
+            item = rpc.response.DESCRIPTOR.fields_by_name[reply_field].message_type
+            assert name_field in item.fields_by_name, rpc.name
 
 
 def _check_service(service: ServiceDescriptor, name: str, table: tuple[Rpc, ...]) -> None:
@@ -71,7 +107,7 @@ def _check_service(service: ServiceDescriptor, name: str, table: tuple[Rpc, ...]
 
 def test_every_row_names_an_async_handler_of_its_area() -> None:
     """Each row's handler exists on its area's class and is a coroutine function."""
-    for rpc in (*RPCS, *GROUPS_RPCS, *SHARE_RPCS):
+    for rpc in (*RPCS, *GROUPS_RPCS, *SHARE_RPCS, *SECURITY_RPCS):
         fn = getattr(AREAS[rpc.area], rpc.handler, None)
         assert fn is not None, f"{rpc.name}: {rpc.area}.{rpc.handler} does not exist"
         assert inspect.iscoroutinefunction(fn), rpc.name

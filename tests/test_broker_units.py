@@ -101,7 +101,10 @@ def test_remote_listen_needs_allow_remote(caplog: pytest.LogCaptureFixture) -> N
     logger = logging.getLogger("logstore")
     logger.addHandler(caplog.handler)
     try:
-        check_addresses(BrokerConfig(metrics_listen="10.0.0.1:9464", allow_remote=True))
+        # Without TLS and auth a remote listener now also needs --insecure (issue 13).
+        check_addresses(
+            BrokerConfig(metrics_listen="10.0.0.1:9464", allow_remote=True, insecure=True)
+        )
     finally:
         logger.removeHandler(caplog.handler)
     assert any("non-loopback" in r.getMessage() for r in caplog.records)

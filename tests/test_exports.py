@@ -19,6 +19,7 @@ MODULES = [
     "logstore.client",
     "logstore.client.producer",
     "logstore.coordinator",
+    "logstore.security",
     "logstore.share",
     "logstore.storage",
 ]

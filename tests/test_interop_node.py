@@ -90,15 +90,39 @@ def write_statuses(path: Path) -> None:
 def test_node_client_round_trip(node: Path, broker: BrokerProcess, tmp_path: Path) -> None:
     """A Node.js client using only the .proto files produces, fetches and decodes every record,
     and decodes every error class's status details (ErrorInfo reason and metadata)."""
+    _round_trip(node, broker, tmp_path, None, {})
+
+
+def test_node_client_over_tls_with_a_token(node: Path, tmp_path: Path) -> None:
+    """The same Node client against a broker with TLS and --auth token: it verifies the
+    broker's certificate against the test CA and sends 'authorization: Bearer <token>'
+    (@grpc/grpc-js call credentials); the run fails on any UNAUTHENTICATED."""
+    from tests.secbroker import start_secure
+    from tests.tlshelp import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    s = start_secure(tmp_path / "data", pki)
+    try:
+        env = {"LOGSTORE_INTEROP_TLS_CA": str(pki.ca), "LOGSTORE_INTEROP_TOKEN": s.admin_token}
+        _round_trip(node, s.broker, tmp_path, s.admin_creds(), env)
+        assert "authentication failed" not in s.broker.log()
+    finally:
+        s.broker.stop()
+
+
+def _round_trip(
+    node: Path, broker: BrokerProcess, tmp_path: Path, creds: Any, extra_env: dict[str, str]
+) -> None:
     statuses = tmp_path / "statuses.json"
     write_statuses(statuses)
     env = node_env(node)
+    env.update(extra_env)
     # Compressed batches written by Python's Producer, which the Node client reads.
     py_topic = "interop-py-compressed"
-    with Admin(broker.grpc_address) as admin:
+    with Admin(broker.grpc_address, credentials=creds) as admin:
         admin.create_topic(py_topic, 1)
     for i, codec in enumerate(("gzip", "zstd")):
-        with Producer(broker.grpc_address, compression=codec) as p:
+        with Producer(broker.grpc_address, compression=codec, credentials=creds) as p:
             p.send_many(
                 py_topic, [b"py-%d" % n for n in range(i * 500, i * 500 + 500)], partition=0
             )

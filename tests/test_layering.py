@@ -34,6 +34,17 @@ FORBIDDEN = {
         "cli",
         "grpc",
     ),
+    # security is pure too: files and hashes, no gRPC, no store, no generated code
+    "logstore/security": (
+        "logstore.storage",
+        "logstore.broker",
+        "logstore.client",
+        "logstore.coordinator",
+        "logstore.share",
+        "logstore.v1",
+        "cli",
+        "grpc",
+    ),
     "cli": ("logstore.storage", "logstore.broker"),
 }
 ROOT_MODULES = ("logstore/errors.py", "logstore/config.py", "logstore/_types.py")

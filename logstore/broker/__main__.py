@@ -26,8 +26,19 @@ def main(argv: list[str] | None = None) -> int:
         "--allow-remote",
         action="store_true",
         default=None,
-        help="allow a non-loopback listen address (there is no authentication)",
+        help="allow a non-loopback listen address (needs TLS and --auth, or --insecure)",
     )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="with --allow-remote: listen without TLS or authentication anyway",
+    )
+    parser.add_argument("--tls-cert", help="PEM certificate chain (TLS on gRPC and metrics)")
+    parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    parser.add_argument("--tls-client-ca", help="PEM CA of client certificates (mutual TLS)")
+    parser.add_argument("--auth", choices=("none", "token", "mtls"), help="authentication")
+    parser.add_argument("--super-users", help="comma-separated principals that pass every ACL")
     args = parser.parse_args(argv)
     return serve_main(
         data_dir=args.data_dir,
@@ -36,6 +47,12 @@ def main(argv: list[str] | None = None) -> int:
         config_file=args.config_file,
         log_format=args.log_format,
         allow_remote=args.allow_remote,
+        insecure=args.insecure,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        auth=args.auth,
+        super_users=args.super_users,
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -32,6 +33,7 @@ REQUEST_HEADROOM_BYTES: Final = 64 * 1024
 MAX_WAIT_MS_CAP: Final = 30_000
 LOG_FORMATS: Final = ("text", "json")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+AUTH_MODES: Final = ("none", "token", "mtls")
 
 
 @dataclass(frozen=True)
@@ -45,8 +47,30 @@ class BrokerConfig:
     data_dir: str = "./data"
     log_format: str = "text"
     log_level: str = "info"
-    #: Listening on a non-loopback address needs this (there is no auth yet).
+    #: Listening on a non-loopback address needs this, and then TLS and
+    #: authentication too (or ``insecure``).
     allow_remote: bool = False
+    #: With allow_remote: listen remotely without TLS or authentication
+    #: anyway (a WARN line at every start).
+    insecure: bool = False
+
+    # Security (logstore.security; README "Security"). All empty / "none" by
+    # default: a loopback broker without auth, exactly as before.
+    #: PEM certificate chain of the gRPC and metrics listeners ("" = plaintext).
+    tls_cert: str = ""
+    #: PEM private key of tls_cert.
+    tls_key: str = ""
+    #: PEM CA bundle client certificates must chain to ("" = none asked for):
+    #: mutual TLS.
+    tls_client_ca: str = ""
+    #: none | token (bearer tokens of ``logctl users create``) | mtls (the
+    #: client certificate's common name is the principal).
+    auth: str = "none"
+    #: Comma-separated principals that pass every ACL check.
+    super_users: str = ""
+    #: Produce / fetch bytes per second per principal; 0 = unlimited.
+    quota_produce_bytes_per_s: int = 0
+    quota_fetch_bytes_per_s: int = 0
 
     #: gRPC max_receive_message_length. Above it gRPC itself answers
     #: RESOURCE_EXHAUSTED without a retry hint.
@@ -118,9 +142,18 @@ class BrokerConfig:
                 f"max_inflight_produce_bytes ({self.max_inflight_produce_bytes}) must be at "
                 f"least max_request_bytes ({self.max_request_bytes})"
             )
+        _check_security(self)
         # Every produce / fetch / admin call is validated against these.
         self.store_config()
         self.group_config()
+
+    @property
+    def super_user_names(self) -> tuple[str, ...]:
+        return tuple(n.strip() for n in self.super_users.split(",") if n.strip())
+
+    @property
+    def tls_enabled(self) -> bool:
+        return bool(self.tls_cert)
 
     @property
     def max_batch_bytes_limit(self) -> int:
@@ -204,6 +237,8 @@ _INT_RANGES: Final[dict[str, tuple[int, int]]] = {
     "max_producer_ids": (1, 100_000_000),
     "cleaner_buffer_bytes": (1024, 1 << 40),
     "cleaner_io_max_bytes_per_s": (0, 1 << 40),
+    "quota_produce_bytes_per_s": (0, 1 << 40),
+    "quota_fetch_bytes_per_s": (0, 1 << 40),
     # wide bounds here; GroupConfig checks the real ones (and their relations)
     **{"group_" + name: (1, 365 * DAY_MS) for name in _GROUP_KEYS},
 }
@@ -277,6 +312,23 @@ def _check(name: str, value: Any) -> None:
         raise InvalidConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}: {value!r}")
     elif name == "data_dir" and (not isinstance(value, str) or not value):
         raise InvalidConfigError("data_dir must be a non-empty path")
+
+
+def _check_security(config: BrokerConfig) -> None:
+    """The TLS and auth keys agree with each other (each message names the flags)."""
+    if config.auth not in AUTH_MODES:
+        raise InvalidConfigError(f"auth must be one of {', '.join(AUTH_MODES)}: {config.auth!r}")
+    if bool(config.tls_cert) != bool(config.tls_key):
+        raise InvalidConfigError("--tls-cert and --tls-key go together: give both or neither")
+    if config.tls_client_ca and not config.tls_cert:
+        raise InvalidConfigError("--tls-client-ca needs --tls-cert and --tls-key")
+    if config.auth == "mtls" and not config.tls_client_ca:
+        raise InvalidConfigError(
+            "--auth mtls needs --tls-client-ca (the CA client certificates are checked against)"
+        )
+    for name in config.super_user_names:
+        if not re.fullmatch(r"[A-Za-z0-9._@=+-]{1,128}", name):
+            raise InvalidConfigError(f"super_users: bad principal name {name[:129]!r}")
 
 
 def split_address(address: str, key: str = "listen") -> tuple[str, int]:

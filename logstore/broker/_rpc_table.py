@@ -17,6 +17,16 @@ boundary:
   (``requests`` = max_concurrent_requests, ``subscriptions`` =
   max_subscriptions); a Fetch that parks moves itself to the long-poll bound.
 
+``ACCESS`` says, for every RPC of every service, what the broker's one
+authorization check (``_security.py``, called by the service wrapper)
+requires: a tuple of :class:`Check` -- resource type, operation, and the
+request field(s) naming the resource (dotted: ``partitions.topic`` is the
+``topic`` of every element of the repeated ``partitions``; empty for the
+cluster) -- all of which must pass; ``()`` means any authenticated
+principal. ``list_filter`` names the repeated reply field a List RPC trims
+to the resources the principal may ``describe``. A test requires an entry
+for every row, so a new RPC cannot land unguarded.
+
 ``GROUPS_RPCS`` are the rows of ``logstore.v1.Groups`` (groups.proto), served
 by the same server beside LogStore; ``SHARE_RPCS`` those of
 ``logstore.v1.ShareGroups`` (share.proto, work queues).
@@ -31,13 +41,15 @@ from google.protobuf.message import Message
 
 from logstore.v1 import groups_pb2 as gpb
 from logstore.v1 import logstore_pb2 as pb
+from logstore.v1 import security_pb2 as secpb
 from logstore.v1 import share_pb2 as spb
 
 SERVICE_NAME: Final = "logstore.v1.LogStore"
 GROUPS_SERVICE_NAME: Final = "logstore.v1.Groups"
 SHARE_SERVICE_NAME: Final = "logstore.v1.ShareGroups"
+SECURITY_SERVICE_NAME: Final = "logstore.v1.Security"
 
-Area = Literal["produce", "fetch", "multi", "admin", "groups", "share"]
+Area = Literal["produce", "fetch", "multi", "admin", "groups", "share", "security"]
 Admission = Literal["requests", "subscriptions"]
 
 
@@ -121,9 +133,104 @@ SHARE_RPCS: Final[tuple[Rpc, ...]] = (
         spb.RedriveDeadLettersResponse),
 )  # fmt: skip
 
+SECURITY_RPCS: Final[tuple[Rpc, ...]] = (
+    Rpc("CreateUser", "security", "create_user", secpb.CreateUserRequest,
+        secpb.CreateUserResponse),
+    Rpc("DeleteUser", "security", "delete_user", secpb.DeleteUserRequest,
+        secpb.DeleteUserResponse),
+    Rpc("ListUsers", "security", "list_users", secpb.ListUsersRequest, secpb.ListUsersResponse),
+    Rpc("CreateAcls", "security", "create_acls", secpb.CreateAclsRequest,
+        secpb.CreateAclsResponse),
+    Rpc("DeleteAcls", "security", "delete_acls", secpb.DeleteAclsRequest,
+        secpb.DeleteAclsResponse),
+    Rpc("ListAcls", "security", "list_acls", secpb.ListAclsRequest, secpb.ListAclsResponse),
+)  # fmt: skip
+
 #: Every service the broker serves, with its rows.
 SERVICES: Final[dict[str, tuple[Rpc, ...]]] = {
     SERVICE_NAME: RPCS,
     GROUPS_SERVICE_NAME: GROUPS_RPCS,
     SHARE_SERVICE_NAME: SHARE_RPCS,
+    SECURITY_SERVICE_NAME: SECURITY_RPCS,
+}
+
+ResourceType = Literal["topic", "group", "cluster"]
+Operation = Literal["read", "write", "create", "delete", "alter", "describe"]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One ACL requirement of an RPC (see the module docstring)."""
+
+    resource_type: ResourceType
+    operation: Operation
+    field: str = ""
+
+
+@dataclass(frozen=True)
+class Access:
+    """What an RPC needs: every check passes; ``list_filter`` = (reply field, name field,
+    resource type) trimmed to what the principal may describe."""
+
+    checks: tuple[Check, ...]
+    list_filter: tuple[str, str, ResourceType] | None = None
+
+
+def _topic(op: Operation, field: str = "topic") -> Check:
+    return Check("topic", op, field)
+
+
+def _group(op: Operation) -> Check:
+    return Check("group", op, "group_id")
+
+
+_CLUSTER_ALTER: Final = Access((Check("cluster", "alter"),))
+_CLUSTER_DESCRIBE: Final = Access((Check("cluster", "describe"),))
+
+#: The authorization of every RPC, by method name (Kafka's operations: a
+#: producer needs topic write, a consumer topic read and group read).
+ACCESS: Final[dict[str, Access]] = {
+    # LogStore
+    "Produce": Access((_topic("write"),)),
+    "ProduceStream": Access((_topic("write"),)),
+    # producer ids are handed to anyone authenticated; writing needs topic write
+    "InitProducer": Access(()),
+    "Fetch": Access((_topic("read"),)),
+    "Subscribe": Access((_topic("read"),)),
+    "MultiProduce": Access((_topic("write", "batches.topic"),)),
+    "MultiFetch": Access((_topic("read", "partitions.topic"),)),
+    "CreateTopic": Access((_topic("create", "name"),)),
+    "DeleteTopic": Access((_topic("delete", "name"),)),
+    "ListTopics": Access((), ("topics", "name", "topic")),
+    "DescribeTopic": Access((_topic("describe", "name"),)),
+    "AlterTopicConfig": Access((_topic("alter", "name"),)),
+    "CreatePartitions": Access((_topic("alter", "name"),)),
+    "DeleteRecords": Access((_topic("delete"),)),
+    "ListOffsets": Access((_topic("describe"),)),
+    # Groups
+    "ConsumerGroupHeartbeat": Access((_group("read"),)),
+    "LeaveGroup": Access((_group("read"),)),
+    "OffsetCommit": Access((_group("read"), _topic("read", "partitions.topic"))),
+    "OffsetFetch": Access((_group("describe"),)),
+    "ListGroups": Access((), ("groups", "group_id", "group")),
+    "DescribeGroup": Access((_group("describe"),)),
+    "DeleteGroup": Access((_group("delete"),)),
+    "ResetOffsets": Access((_group("read"), _topic("read", "partitions.topic"))),
+    # ShareGroups
+    "ShareGroupHeartbeat": Access((_group("read"), _topic("read", "topics"))),
+    "ShareFetch": Access((_group("read"),)),
+    "ShareAcknowledge": Access((_group("read"),)),
+    "CreateShareGroup": Access((_group("create"),)),
+    "AlterShareGroup": Access((_group("alter"),)),
+    "ListShareGroups": Access((), ("groups", "group_id", "group")),
+    "DescribeShareGroup": Access((_group("describe"),)),
+    "DeleteShareGroup": Access((_group("delete"),)),
+    "RedriveDeadLetters": Access((_group("alter"), _topic("write", "to_topic"))),
+    # Security
+    "CreateUser": _CLUSTER_ALTER,
+    "DeleteUser": _CLUSTER_ALTER,
+    "ListUsers": _CLUSTER_DESCRIBE,
+    "CreateAcls": _CLUSTER_ALTER,
+    "DeleteAcls": _CLUSTER_ALTER,
+    "ListAcls": _CLUSTER_DESCRIBE,
 }

@@ -16,6 +16,15 @@ same is done for every service of ``_rpc_table.SERVICES`` (LogStore and
 Groups); health reports each of them, and the coordinator's log is replayed
 before the port opens.
 
+TLS (``tls_cert``/``tls_key``, optional ``tls_client_ca`` = mutual TLS) is
+on both listeners. gRPC gets *dynamic* server credentials whose fetcher
+:class:`TlsReloader` answers: SIGHUP re-reads the files, checks the pair
+(``ssl.SSLContext.load_cert_chain``), and new handshakes get the new
+material while open connections keep theirs; the metrics listener's
+``SSLContext`` reloads its chain the same way. A bad file on SIGHUP keeps the
+old material (logged). Remote listeners need TLS and authentication (or
+``insecure``): :func:`check_addresses`.
+
 Shutdown (SIGTERM/SIGINT): health goes NOT_SERVING, new requests are refused
 (UNAVAILABLE), long polls are answered and Subscribe streams ended at once,
 other in-flight requests get ``shutdown_grace_ms``; then queued acks=NONE
@@ -31,7 +40,9 @@ import logging
 import os
 import resource
 import signal
+import ssl
 import sys
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -41,6 +52,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
 from logstore.errors import InvalidConfigError, LogStoreError
+from logstore.security import TlsFiles, TlsMaterial
 from logstore.storage import RateLimitedLog, Store
 
 from ._config import REQUEST_HEADROOM_BYTES, BrokerConfig, is_loopback, split_address
@@ -67,7 +79,9 @@ class Ports:
 
 
 def check_addresses(config: BrokerConfig) -> None:
-    """Refuse non-loopback addresses unless allow_remote (then warn)."""
+    """Refuse non-loopback addresses unless allow_remote, and then unless TLS and
+    authentication are on or ``insecure`` is given (then warn, every start)."""
+    secure = config.tls_enabled and config.auth != "none"
     for key in ("listen", "metrics_listen"):
         address = getattr(config, key)
         host, _ = split_address(address, key)
@@ -75,13 +89,78 @@ def check_addresses(config: BrokerConfig) -> None:
             continue
         if not config.allow_remote:
             raise InvalidConfigError(
-                f"{key} {address} is not a loopback address; the broker has no authentication "
-                "yet, so pass --allow-remote to listen on it anyway"
+                f"{key} {address} is not a loopback address; pass --allow-remote (with "
+                "--tls-cert/--tls-key and --auth token|mtls) to listen on it"
+            )
+        if secure:
+            continue
+        if not config.insecure:
+            raise InvalidConfigError(
+                f"{key} {address} is remote but TLS and authentication are not both on; give "
+                "--tls-cert/--tls-key and --auth token|mtls, or --insecure to listen anyway"
             )
         log.warning(
-            "listening on a non-loopback address without authentication",
+            "listening on a non-loopback address without TLS and authentication (--insecure)",
             extra={"fields": {"key": key, "address": address}},
         )
+
+
+class TlsReloader:
+    """The TLS material of both listeners and its SIGHUP rotation (module docstring)."""
+
+    def __init__(self, files: TlsFiles) -> None:
+        self.files = files
+        self._pending: grpc.ServerCertificateConfiguration | None = None
+        self._lock = threading.Lock()
+        self.contexts: list[ssl.SSLContext] = []  # the metrics listener's
+        self.material = self._load()
+
+    def _load(self) -> TlsMaterial:
+        material = self.files.load()
+        try:  # the key must match the certificate: checked here, not at a handshake
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(self.files.cert, self.files.key)
+        except (ssl.SSLError, OSError) as exc:
+            raise InvalidConfigError(
+                f"TLS certificate {self.files.cert} and key {self.files.key} do not load "
+                f"together: {exc}"
+            ) from None
+        return material
+
+    @staticmethod
+    def _config(material: TlsMaterial) -> grpc.ServerCertificateConfiguration:
+        return grpc.ssl_server_certificate_configuration(
+            [(material.private_key, material.cert_chain)],
+            root_certificates=material.client_ca,
+        )
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.dynamic_ssl_server_credentials(
+            self._config(self.material),
+            self._fetch,  # type: ignore[arg-type]  # None = unchanged (gRPC's contract)
+            require_client_authentication=bool(self.files.client_ca),
+        )
+
+    def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        # Called by gRPC core before each handshake; None = keep the current one.
+        with self._lock:
+            pending, self._pending = self._pending, None
+        return pending
+
+    def reload(self) -> bool:
+        """Re-read the files (SIGHUP); False (old material kept, logged) if unusable."""
+        try:
+            material = self._load()
+        except InvalidConfigError as exc:
+            log.error("TLS reload failed, keeping the current certificate: %s", exc)
+            return False
+        config = self._config(material)
+        with self._lock:
+            self._pending = config
+            self.material = material
+        for ctx in self.contexts:
+            ctx.load_cert_chain(self.files.cert, self.files.key)
+        log.info("TLS certificate reloaded", extra={"fields": {"cert": self.files.cert}})
+        return True
 
 
 def raise_nofile_limit() -> None:
@@ -112,6 +191,7 @@ class Broker:
         health_servicer: Any,  # grpc_health's aio HealthServicer (untyped)
         metrics: BrokerMetrics,
         metrics_server: WSGIServer,
+        tls: TlsReloader | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -120,6 +200,7 @@ class Broker:
         self.health = health_servicer
         self.metrics = metrics
         self._metrics_server = metrics_server
+        self.tls = tls
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = False
 
@@ -197,6 +278,11 @@ def _check_existing_topics(store: Store, config: BrokerConfig) -> None:
 async def create_server(config: BrokerConfig) -> tuple[Broker, Ports]:
     """Open the store, bind both ports and start serving; return the broker and its ports."""
     check_addresses(config)
+    tls = (
+        TlsReloader(TlsFiles(config.tls_cert, config.tls_key, config.tls_client_ca))
+        if config.tls_enabled
+        else None
+    )
     loop = asyncio.get_running_loop()
     data_dir = os.path.abspath(config.data_dir)
     store = await loop.run_in_executor(None, Store.open, data_dir, config.store_config())
@@ -243,12 +329,25 @@ async def create_server(config: BrokerConfig) -> tuple[Broker, Ports]:
             server, (*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
         )
         try:
-            grpc_port = server.add_insecure_port(config.listen)
+            if tls is None:
+                grpc_port = server.add_insecure_port(config.listen)
+            else:
+                grpc_port = server.add_secure_port(config.listen, tls.credentials())
         except RuntimeError as exc:
             raise InvalidConfigError(f"cannot listen on {config.listen}: {exc}") from exc
         mhost, mport = split_address(config.metrics_listen, "metrics_listen")
         try:
-            metrics_server, _ = start_http_server(mport, mhost, registry=metrics.registry)
+            if tls is None:
+                metrics_server, _ = start_http_server(mport, mhost, registry=metrics.registry)
+            else:
+                metrics_server, _ = start_http_server(
+                    mport,
+                    mhost,
+                    registry=metrics.registry,
+                    certfile=config.tls_cert,
+                    keyfile=config.tls_key,
+                )
+                tls.contexts.append(metrics_server.socket.context)  # type: ignore[attr-defined]
         except OSError as exc:
             raise InvalidConfigError(
                 f"cannot listen on metrics_listen {config.metrics_listen}: {exc.strerror}"
@@ -260,7 +359,7 @@ async def create_server(config: BrokerConfig) -> tuple[Broker, Ports]:
     except BaseException:
         await loop.run_in_executor(None, store.close)
         raise
-    broker = Broker(config, store, server, service, health_servicer, metrics, metrics_server)
+    broker = Broker(config, store, server, service, health_servicer, metrics, metrics_server, tls)
     return broker, Ports(grpc=grpc_port, metrics=int(metrics_server.server_port))
 
 
@@ -271,6 +370,9 @@ async def serve(config: BrokerConfig) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    tls = broker.tls
+    if tls is not None:
+        loop.add_signal_handler(signal.SIGHUP, tls.reload)
     try:
         broker.start_periodic()
         ghost, _ = split_address(config.listen)
@@ -290,12 +392,14 @@ async def serve(config: BrokerConfig) -> int:
                     "metrics": _format_address(mhost, ports.metrics),
                     "data_dir": os.path.abspath(config.data_dir),
                     "pid": os.getpid(),
+                    "tls": config.tls_enabled,
+                    "auth": config.auth,
                 }
             },
         )
         await stop.wait()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await broker.stop()
     return 0
@@ -308,10 +412,13 @@ def serve_main(
     config_file: str | None = None,
     log_format: str | None = None,
     allow_remote: bool | None = None,
+    **security: Any,
 ) -> int:
     """Resolve the configuration (flag > env > file > default), serve; the exit code.
 
-    ``None`` means "flag not given". Returns 0 after a clean shutdown, 2 for a
+    ``None`` means "flag not given"; ``security`` holds the TLS, auth and
+    quota flags (tls_cert, tls_key, tls_client_ca, auth, super_users,
+    insecure, quota_*), by config key. Returns 0 after a clean shutdown, 2 for a
     bad configuration, 1 for any other failure (each reported as one line on
     stderr).
     """
@@ -321,6 +428,7 @@ def serve_main(
         "metrics_listen": metrics_listen,
         "log_format": log_format,
         "allow_remote": allow_remote,
+        **security,
     }
     try:
         config = BrokerConfig.resolve(flags, config_file=config_file)

@@ -7,14 +7,19 @@
 
 1. refuses it while shutting down (UNAVAILABLE, reason BROKER_SHUTTING_DOWN)
    and admits it against its bound (RESOURCE_EXHAUSTED with RetryInfo);
-2. parses the request bytes when the table says so, so bytes that do not
+2. authenticates the call (``_security.Guard``; UNAUTHENTICATED before
+   anything about the request is looked at);
+3. parses the request bytes when the table says so, so bytes that do not
    parse are INVALID_ARGUMENT (reason INVALID_REQUEST) like any bad input,
    instead of gRPC's own UNKNOWN "Unexpected DecodeError";
-3. calls the handler, and is the one place where a domain error becomes a
+4. authorizes it against the RPC's ``ACCESS`` entry and its principal's
+   quota (PERMISSION_DENIED / RESOURCE_EXHAUSTED), and trims List replies to
+   what the principal may describe -- the only place ACLs are checked;
+5. calls the handler, and is the one place where a domain error becomes a
    gRPC status (``_status.py``); an unexpected exception is INTERNAL with
    its traceback logged; a client that went away mid-write is CANCELLED
    and logged at debug only;
-4. counts requests by status and their latency.
+6. counts requests by status and their latency.
 
 Requests arrive as bytes (identity request deserializer) for every method;
 raw-response methods (Fetch, Subscribe, MultiFetch) send the bytes their handler returns
@@ -34,13 +39,16 @@ import grpc.aio
 from google.protobuf.message import DecodeError, Message
 
 from logstore.errors import InvalidRequestError, LogStoreError
+from logstore.security import ANONYMOUS
+from logstore.wire import split_multi_produce
 
 from ._admission import Slot
 from ._config import BrokerConfig
 from ._groups_runtime import GroupsRuntime
 from ._metrics import BrokerMetrics
-from ._rpc_table import RPCS, Rpc
+from ._rpc_table import ACCESS, RPCS, Rpc
 from ._runtime import ClientGoneError, Context, Runtime, set_current_slot, shutting_down
+from ._security import Guard, peek_topic
 from ._share_runtime import ShareRuntime
 from ._status import abort, log_unexpected
 from .handlers._common import status_name
@@ -49,6 +57,7 @@ from .handlers.fetch import FetchHandlers
 from .handlers.groups import GroupsHandlers
 from .handlers.multi import MultiHandlers
 from .handlers.produce import ProduceHandlers
+from .handlers.security import SecurityHandlers
 from .handlers.share import ShareHandlers
 
 if TYPE_CHECKING:
@@ -70,6 +79,7 @@ class LogStoreService:
         self.runtime.groups = self.groups
         self.share = ShareRuntime(self.runtime)
         self.runtime.share = self.share
+        self.guard = Guard(config, store.path, metrics.registry, self.runtime.run_io)
         produce = ProduceHandlers(self.runtime)
         fetch = FetchHandlers(self.runtime)
         self.areas: dict[str, object] = {
@@ -81,6 +91,7 @@ class LogStoreService:
             "admin": AdminHandlers(self.runtime),
             "groups": GroupsHandlers(self.runtime),
             "share": ShareHandlers(self.runtime),
+            "security": SecurityHandlers(self.runtime, self.guard),
         }
 
     # -- lifecycle -----------------------------------------------------------
@@ -133,6 +144,11 @@ class LogStoreService:
         else:
             gauge, gauge_metric = rt.limits.requests, rt.metrics.inflight_requests
         request_type = rpc.request if rpc.parse_request else None
+        guard = self.guard
+        access = ACCESS[method]
+        produce_quota = guard.produce_quota if method in ("Produce", "MultiProduce") else None
+        fetch_quota = guard.fetch_quota if method in ("Fetch", "MultiFetch") else None
+        multi_produce = method == "MultiProduce"
         requests = rt.metrics.requests
         latency = rt.metrics.latency.labels(method)
 
@@ -148,9 +164,32 @@ class LogStoreService:
             set_current_slot(slot)
             code = "OK"
             try:
+                principal = ANONYMOUS
+                if guard.enabled:
+                    principal = await guard.authenticate(context, method)
                 if request_type is not None:
                     request = parse_request(request_type, request)
-                return await fn(request, context)
+                    guard.authorize(access, request, context, method, principal)
+                elif rpc.client_streaming:
+                    request = guard.checked_produce_stream(request, context, method, principal)
+                elif guard.enabled:  # a raw Produce: its topics without parsing records
+                    raws = split_multi_produce(request).batches if multi_produce else (request,)
+                    for topic in {peek_topic(raw) for raw in raws}:
+                        for chk in access.checks:
+                            guard.check(context, method, principal, "topic", topic, chk.operation)
+                if produce_quota is not None:
+                    delay_ms = produce_quota.delay_ms(principal)
+                    guard.over_quota(method, principal, "produce", delay_ms)
+                    produce_quota.charge(principal, len(request))
+                if fetch_quota is not None:
+                    delay_ms = fetch_quota.delay_ms(principal)
+                    guard.over_quota(method, principal, "fetch", delay_ms)
+                reply = await fn(request, context)
+                if access.list_filter is not None:
+                    guard.filter_list(access, reply, context, principal)
+                if fetch_quota is not None and reply is not None:
+                    fetch_quota.charge(principal, len(reply))
+                return reply
             except asyncio.CancelledError:
                 code = "CANCELLED"
                 raise

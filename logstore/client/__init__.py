@@ -15,6 +15,7 @@ from logstore.wire import ColumnBatch
 
 from ._address import check_address
 from ._admin import (
+    AclBinding,
     Admin,
     GroupDescription,
     GroupListing,
@@ -32,8 +33,10 @@ from ._admin import (
     SharePartitionDescription,
     TopicDescription,
     TopicInfo,
+    UserListing,
 )
 from ._consumer import Consumer, TopicPartition
+from ._credentials import Credentials
 from ._group_consumer import GroupConsumer
 from ._share_consumer import AckFailure, ShareConsumer, ShareMessage
 from ._worker import Reject, Worker
@@ -48,12 +51,15 @@ from .producer import (
 )
 
 __all__ = [
+    "AclBinding",
+    "UserListing",
     "DELIVER_AT_HEADER",
     "MAX_DELAY_MS",
     "AckFailure",
     "Admin",
     "ColumnBatch",
     "Consumer",
+    "Credentials",
     "GroupConsumer",
     "GroupDescription",
     "GroupListing",

@@ -31,11 +31,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from logstore import errors
-from logstore.v1 import groups_pb2, groups_pb2_grpc, logstore_pb2, share_pb2, share_pb2_grpc
+from logstore.v1 import (
+    groups_pb2,
+    groups_pb2_grpc,
+    logstore_pb2,
+    security_pb2,
+    security_pb2_grpc,
+    share_pb2,
+    share_pb2_grpc,
+)
 
 from ._consumer import TopicPartition
+from ._credentials import Credentials
 from ._rpc import Connection
 
 
@@ -369,6 +379,37 @@ def _info(t: logstore_pb2.TopicInfo) -> TopicInfo:
     return TopicInfo(t.name, t.partitions, dict(sorted(t.config.items())))
 
 
+class UserListing(NamedTuple):
+    """One user of ``Admin.list_users`` (its name; tokens are never stored)."""
+
+    name: str
+    created_ms: int
+
+
+class AclBinding(NamedTuple):
+    """One ACL (security.proto AclBinding): strings, lower case."""
+
+    principal: str
+    resource_type: str
+    pattern_type: str
+    name: str
+    operation: str
+    permission: str
+
+
+def _acl(b: security_pb2.AclBinding) -> AclBinding:
+    return AclBinding(
+        b.principal, b.resource_type, b.pattern_type, b.name, b.operation, b.permission
+    )
+
+
+def _acl_filter(fields: Mapping[str, str | None]) -> security_pb2.AclBindingFilter:
+    unknown = set(fields) - set(AclBinding._fields)
+    if unknown:
+        raise errors.InvalidArgumentError(f"unknown ACL filter field(s): {sorted(unknown)}")
+    return security_pb2.AclBindingFilter(**{k: v for k, v in fields.items() if v})
+
+
 class Admin:
     """Topic administration and offsets over one connection."""
 
@@ -377,11 +418,13 @@ class Admin:
         bootstrap: str = "127.0.0.1:7070",
         *,
         connect_timeout_ms: int = 5_000,
+        credentials: Credentials | None = None,
         request_timeout_ms: int = 30_000,
     ) -> None:
-        self._conn = Connection(bootstrap, connect_timeout_ms)
+        self._conn = Connection(bootstrap, connect_timeout_ms, credentials)
         self._groups = groups_pb2_grpc.GroupsStub(self._conn.channel)
         self._share = share_pb2_grpc.ShareGroupsStub(self._conn.channel)
+        self._security = security_pb2_grpc.SecurityStub(self._conn.channel)
         self.address = bootstrap
         self._timeout_s = request_timeout_ms / 1000
 
@@ -627,6 +670,43 @@ class Admin:
         )
         r = self._conn.call(self._share.RedriveDeadLetters, req, self._timeout_s)
         return RedriveResult(r.redriven, r.remaining)
+
+    # -- users and ACLs (security.proto) ---------------------------------------
+
+    def create_user(self, name: str) -> str:
+        """Create user ``name``; its bearer token (shown only now: keep it)."""
+        req = security_pb2.CreateUserRequest(name=name)
+        return str(self._conn.call(self._security.CreateUser, req, self._timeout_s).token)
+
+    def delete_user(self, name: str) -> None:
+        req = security_pb2.DeleteUserRequest(name=name)
+        self._conn.call(self._security.DeleteUser, req, self._timeout_s)
+
+    def list_users(self) -> list[UserListing]:
+        resp = self._conn.call(
+            self._security.ListUsers, security_pb2.ListUsersRequest(), self._timeout_s
+        )
+        return [UserListing(u.name, u.created_ms) for u in resp.users]
+
+    def create_acls(self, acls: list[AclBinding]) -> int:
+        """Add ``acls``; how many were new."""
+        req = security_pb2.CreateAclsRequest(
+            acls=[security_pb2.AclBinding(**a._asdict()) for a in acls]
+        )
+        return int(self._conn.call(self._security.CreateAcls, req, self._timeout_s).added)
+
+    def delete_acls(self, **filter_fields: str | None) -> list[AclBinding]:
+        """Remove every ACL matching the given fields (principal, resource_type,
+        pattern_type, name, operation, permission); the removed ones."""
+        req = security_pb2.DeleteAclsRequest(filter=_acl_filter(filter_fields))
+        resp = self._conn.call(self._security.DeleteAcls, req, self._timeout_s)
+        return [_acl(b) for b in resp.removed]
+
+    def list_acls(self, **filter_fields: str | None) -> list[AclBinding]:
+        """The ACLs matching the given fields (none given: all)."""
+        req = security_pb2.ListAclsRequest(filter=_acl_filter(filter_fields))
+        resp = self._conn.call(self._security.ListAcls, req, self._timeout_s)
+        return [_acl(b) for b in resp.acls]
 
     def close(self) -> None:
         self._conn.close()

@@ -52,6 +52,7 @@ from logstore.wire import (
 )
 
 from ._backoff import Backoff, retriable
+from ._credentials import Credentials
 from ._rpc import Connection, translate
 
 _RESETS: Final = ("earliest", "latest")
@@ -110,6 +111,7 @@ class Consumer:
         auto_offset_reset: str = "earliest",
         check_crcs: bool = True,
         connect_timeout_ms: int = 5_000,
+        credentials: Credentials | None = None,
         request_timeout_ms: int = 30_000,
         retry_timeout_ms: int = 30_000,
         retry_backoff_ms: int = 100,
@@ -123,7 +125,7 @@ class Consumer:
             raise errors.InvalidArgumentError(
                 "fetch_max_wait_ms must be in 0..30000 and fetch_max_bytes >= 1"
             )
-        self._conn = Connection(bootstrap, connect_timeout_ms)
+        self._conn = Connection(bootstrap, connect_timeout_ms, credentials)
         self.address = bootstrap
         self._max_bytes = fetch_max_bytes
         self._max_wait_ms = fetch_max_wait_ms

@@ -78,6 +78,7 @@ from logstore.wire import ColumnBatch, Record
 
 from ._backoff import Backoff, retriable
 from ._consumer import Consumer, TopicPartition
+from ._credentials import Credentials
 from ._rpc import Connection, translate
 
 _log = logging.getLogger("logstore.client.group")
@@ -148,6 +149,7 @@ class GroupConsumer:
         fetch_max_bytes: int = 1 << 20,
         fetch_max_wait_ms: int = 500,
         connect_timeout_ms: int = 5_000,
+        credentials: Credentials | None = None,
         request_timeout_ms: int = 30_000,
         retry_timeout_ms: int = 30_000,
         retry_backoff_ms: int = 100,
@@ -188,12 +190,13 @@ class GroupConsumer:
             fetch_max_bytes=fetch_max_bytes,
             fetch_max_wait_ms=fetch_max_wait_ms,
             connect_timeout_ms=connect_timeout_ms,
+            credentials=credentials,
             request_timeout_ms=request_timeout_ms,
             retry_timeout_ms=retry_timeout_ms,
             retry_backoff_ms=retry_backoff_ms,
             retry_backoff_max_ms=retry_backoff_max_ms,
         )
-        self._conn = Connection(bootstrap, connect_timeout_ms)
+        self._conn = Connection(bootstrap, connect_timeout_ms, credentials)
         self._stub = groups_pb2_grpc.GroupsStub(self._conn.channel)
 
         # -- shared with the heartbeat thread (guarded by _lock) ------------

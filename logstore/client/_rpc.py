@@ -36,6 +36,7 @@ from logstore import errors
 from logstore.v1 import logstore_pb2, logstore_pb2_grpc
 
 from ._address import check_address
+from ._credentials import Credentials
 
 _T = TypeVar("_T")
 
@@ -58,6 +59,8 @@ _BY_STATUS: Final[dict[grpc.StatusCode, type[errors.LogStoreError]]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: errors.DeadlineExceededError,
     grpc.StatusCode.INTERNAL: errors.InternalError,
     grpc.StatusCode.UNKNOWN: errors.InternalError,
+    grpc.StatusCode.UNAUTHENTICATED: errors.AuthenticationError,
+    grpc.StatusCode.PERMISSION_DENIED: errors.AuthorizationError,
 }
 
 
@@ -118,17 +121,23 @@ def translate(exc: BaseException, address: str = "") -> errors.LogStoreError:
 class Connection:
     """One channel to the broker, raw Produce/Fetch methods, typed unary calls."""
 
-    def __init__(self, address: str, connect_timeout_ms: int = 5000) -> None:
+    def __init__(
+        self,
+        address: str,
+        connect_timeout_ms: int = 5000,
+        credentials: Credentials | None = None,
+    ) -> None:
         self.address = check_address(address)
         self.connect_timeout_ms = connect_timeout_ms
-        self.channel = grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.enable_retries", 0),
-            ],
-        )
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.enable_retries", 0),
+        ]
+        # credentials None: plaintext, no token (a loopback broker's default).
+        # The token rides in an interceptor, so self.channel may be an
+        # intercepted channel; readiness and close use it all the same.
+        self.channel = (credentials or Credentials()).channel(address, options)
         self.stub = logstore_pb2_grpc.LogStoreStub(self.channel)
         # request_serializer None: the request is sent as the bytes given.
         self.produce_raw = self.channel.unary_unary(

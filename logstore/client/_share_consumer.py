@@ -81,6 +81,7 @@ from logstore.v1 import share_pb2_grpc
 from logstore.wire import Record, decode_objects, parse_fetch
 
 from ._backoff import Backoff, retriable
+from ._credentials import Credentials
 from ._rpc import Connection, translate
 
 _log = logging.getLogger("logstore.client.share")
@@ -346,6 +347,7 @@ class ShareConsumer:
         on_ack_error: AckErrorCallback | None = None,
         check_crcs: bool = True,
         connect_timeout_ms: int = 5_000,
+        credentials: Credentials | None = None,
         request_timeout_ms: int = 30_000,
         retry_timeout_ms: int = 30_000,
         retry_backoff_ms: int = 100,
@@ -383,7 +385,7 @@ class ShareConsumer:
         self._timeout_s = request_timeout_ms / 1000
         self._retry_timeout_s = retry_timeout_ms / 1000
         self._backoff = Backoff(retry_backoff_ms, retry_backoff_max_ms)
-        self._conn = Connection(bootstrap, connect_timeout_ms)
+        self._conn = Connection(bootstrap, connect_timeout_ms, credentials)
         self._stub = share_pb2_grpc.ShareGroupsStub(self._conn.channel)
 
         self._lock = threading.Lock()

@@ -10,6 +10,8 @@ Layout::
       cleaner-offset-checkpoint              same format: each compacted partition's cleaned point
       topics.json                            topic names, partition counts, configs
       producer-id-block                      next block of producer ids to hand out
+      users.json                             users and token hashes (logstore.security)
+      acls.json                              ACLs (logstore.security)
       <topic>-<partition>/
         00000000000000000000.log             frames, appended
         00000000000000000000.index           sparse offset index
@@ -41,6 +43,9 @@ TOPICS_FILE: Final = "topics.json"
 PRODUCER_ID_FILE: Final = "producer-id-block"
 #: Space kept free for metadata writes on a full disk (``_checkpoint.SpaceReserve``).
 RESERVE_FILE: Final = ".space-reserve"
+#: Written by logstore.security (the broker's users and ACLs), left alone here.
+USERS_FILE: Final = "users.json"
+ACLS_FILE: Final = "acls.json"
 TMP_SUFFIX: Final = ".tmp"
 #: A segment being rewritten by the cleaner (``<base>.log.cleaned``): complete
 #: only once renamed over its ``.log``, so one found on open is deleted.
@@ -50,7 +55,7 @@ LOST_AND_FOUND: Final = "lost+found"
 
 STORE_FILES: Final = frozenset(
     {LOCK_FILE, CLEAN_SHUTDOWN_FILE, RECOVERY_POINT_FILE, LOG_START_FILE, CLEANER_OFFSET_FILE,
-     TOPICS_FILE, PRODUCER_ID_FILE, RESERVE_FILE}
+     TOPICS_FILE, PRODUCER_ID_FILE, RESERVE_FILE, USERS_FILE, ACLS_FILE}
 )  # fmt: skip
 
 MAX_TOPIC_NAME: Final = 249

@@ -120,7 +120,24 @@ const LOADER_OPTIONS = {
 const packageDefinition = protoLoader.loadSync(["logstore/v1/logstore.proto"], LOADER_OPTIONS);
 const proto = grpc.loadPackageDefinition(packageDefinition);
 const LogStore = proto.logstore.v1.LogStore;
-const client = new LogStore(address, grpc.credentials.createInsecure());
+// TLS + a bearer token when the test asks for them (a broker with --tls-cert
+// and --auth token): the CA file and the token come from the environment so
+// the token never shows in a process listing.
+function channelCredentials() {
+  const caPath = process.env.LOGSTORE_INTEROP_TLS_CA;
+  const token = process.env.LOGSTORE_INTEROP_TOKEN;
+  if (!caPath) return grpc.credentials.createInsecure();
+  const tls = grpc.credentials.createSsl(readFileSync(caPath));
+  if (!token) return tls;
+  const bearer = grpc.credentials.createFromMetadataGenerator((_params, callback) => {
+    const md = new grpc.Metadata();
+    md.add("authorization", `Bearer ${token}`);
+    callback(null, md);
+  });
+  return grpc.credentials.combineChannelCredentials(tls, bearer);
+}
+
+const client = new LogStore(address, channelCredentials());
 
 function deadline() {
   return new Date(Date.now() + CALL_TIMEOUT_MS);

@@ -18,6 +18,7 @@ from logstore.v1 import logstore_pb2
 from logstore.wire import CODEC_NONE, check_level, codec_of, require_codec
 
 from .._backoff import Backoff
+from .._credentials import Credentials
 from ._accumulator import BATCH_HEADER_BYTES, RecordAccumulator
 from ._idempotence import Idempotence
 from ._sender import GrpcTransport, Sender, Transport
@@ -68,6 +69,7 @@ class Producer(RecordAccumulator):
         delivery_timeout_ms: int = 120_000,
         request_timeout_ms: int = 30_000,
         connect_timeout_ms: int = 5_000,
+        credentials: Credentials | None = None,
         retry_backoff_ms: int = 100,
         retry_backoff_max_ms: int = 1_000,
         buffer_bytes: int = 64 << 20,
@@ -94,7 +96,7 @@ class Producer(RecordAccumulator):
             )
         backoff = Backoff(retry_backoff_ms, retry_backoff_max_ms)
         self._transport: Transport = transport or GrpcTransport(
-            bootstrap, connect_timeout_ms, request_timeout_ms
+            bootstrap, connect_timeout_ms, request_timeout_ms, credentials
         )
         self.address = self._transport.address
         super().__init__(

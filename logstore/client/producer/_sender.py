@@ -49,6 +49,7 @@ from logstore.v1 import logstore_pb2
 from logstore.wire import CODEC_NONE, compress, compressed_field, crc32c
 
 from .._backoff import Backoff, retriable
+from .._credentials import Credentials
 from .._rpc import Connection, translate
 from ._accumulator import RecordAccumulator, TopicState
 from ._batch import ProducerBatch
@@ -82,8 +83,14 @@ class Transport(Protocol):
 class GrpcTransport:
     """The real transport over a :class:`Connection`."""
 
-    def __init__(self, address: str, connect_timeout_ms: int, request_timeout_ms: int) -> None:
-        self.conn = Connection(address, connect_timeout_ms)
+    def __init__(
+        self,
+        address: str,
+        connect_timeout_ms: int,
+        request_timeout_ms: int,
+        credentials: Credentials | None = None,
+    ) -> None:
+        self.conn = Connection(address, connect_timeout_ms, credentials)
         self.address = address
         self._timeout_s = request_timeout_ms / 1000
 

@@ -1,0 +1,334 @@
+"""The broker's one authentication, authorization and quota check.
+
+:class:`Guard` is called by the service wrapper (``_service.py``) for every
+RPC of every service -- never by a handler -- in this order:
+
+1. :meth:`Guard.authenticate`: the principal. ``auth none``: ``ANONYMOUS``
+   and nothing else is checked (today's loopback default). ``token``: the
+   ``authorization`` metadata ``Bearer <token>``, verified against
+   ``users.json`` (scrypt, in an I/O thread) once per connection and token,
+   then cached by (peer, SHA-256 of the token): one dict lookup per request.
+   ``mtls``: the client certificate's common name (gRPC verified the chain
+   against ``tls_client_ca`` during the handshake). Failure:
+   UNAUTHENTICATED, with a message saying how to authenticate.
+2. :meth:`Guard.authorize`: every :class:`~._rpc_table.Check` of the RPC's
+   ``ACCESS`` entry against the current :class:`~logstore.security.Authorizer`
+   (cached per connection and resource). A denied topic operation of a
+   principal that may not even ``describe`` the topic is answered exactly as
+   a missing topic is (NOT_FOUND ``unknown topic 'x'``), so ACLs never tell
+   whether a topic exists; otherwise PERMISSION_DENIED naming the operation
+   and the resource.
+3. quotas (:meth:`Guard.produce_delay_ms` / ``fetch_delay_ms``, charged after).
+
+Every failure is one structured WARN line (principal, peer, operation,
+resource; never a token) and a metric (``logstore_auth_failures_total``,
+``logstore_authorization_denials_total``).
+
+Produce requests arrive as raw bytes: :func:`peek_topic` reads the topic
+(field 1; the last occurrence wins, as protobuf parsing does) without
+parsing the records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, Final
+
+from prometheus_client import CollectorRegistry, Counter
+
+from logstore.errors import (
+    AuthenticationError,
+    AuthorizationError,
+    InvalidRequestError,
+    QuotaExceededError,
+    UnknownTopicError,
+)
+from logstore.security import ANONYMOUS, AclStore, Authorizer, QuotaManager, UserStore
+
+from ._config import BrokerConfig
+from ._rpc_table import Access
+from ._runtime import Context
+
+log = logging.getLogger("logstore.broker.audit")
+
+#: Verified (peer, token digest) -> principal entries kept; past it the
+#: cache is cleared (each entry costs one scrypt to rebuild).
+PRINCIPAL_CACHE_ENTRIES: Final = 65_536
+_HOW: Final = (
+    "send the metadata 'authorization: Bearer <token>' (logctl --token or LOGSTORE_TOKEN; "
+    "a super user creates tokens with 'logctl users create NAME')"
+)
+
+
+def peek_topic(raw: bytes) -> str:
+    """Field 1 (``topic``) of a serialized ProduceRequest; InvalidRequestError if malformed.
+
+    Walks the top-level fields only (a handful; the records are one
+    length-delimited field, skipped in O(1)).
+    """
+    mv = memoryview(raw)
+    n = len(mv)
+    pos = 0
+    topic = b""
+
+    def varint() -> int:
+        nonlocal pos
+        shift = result = 0
+        while True:
+            if pos >= n or shift > 63:
+                raise InvalidRequestError("malformed produce request: truncated varint")
+            b = mv[pos]
+            pos += 1
+            result |= (b & 0x7F) << shift
+            if b < 0x80:
+                return result
+            shift += 7
+
+    while pos < n:
+        key = varint()
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            varint()
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        elif wire == 2:
+            size = varint()
+            if field == 1:
+                topic = bytes(mv[pos : pos + size])
+            pos += size
+        else:
+            raise InvalidRequestError(f"malformed produce request: wire type {wire}")
+        if pos > n:
+            raise InvalidRequestError("malformed produce request: truncated field")
+    try:
+        return topic.decode()
+    except UnicodeDecodeError:
+        raise InvalidRequestError("malformed produce request: topic is not UTF-8") from None
+
+
+def field_values(message: Any, path: str) -> Iterable[str]:
+    """The strings at ``path`` (dotted; repeated fields are iterated) of ``message``."""
+    head, _, rest = path.partition(".")
+    value = getattr(message, head)
+    items = value if hasattr(value, "__len__") and not isinstance(value, str) else (value,)
+    if not rest:
+        return [v for v in items if v]
+    out: list[str] = []
+    for item in items:
+        out.extend(field_values(item, rest))
+    return out
+
+
+class Guard:
+    """Authentication, authorization and quotas of one broker (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: BrokerConfig,
+        data_dir: str,
+        registry: CollectorRegistry,
+        run_io: Callable[..., Awaitable[Any]],
+    ) -> None:
+        self.mode = config.auth
+        self.enabled = config.auth != "none"
+        self.super_users = config.super_user_names
+        self.users = UserStore.open(data_dir)
+        self.acls = AclStore.open(data_dir)
+        self.authorizer: Authorizer = self.acls.authorizer(self.super_users)
+        quotas = QuotaManager(config.quota_produce_bytes_per_s, config.quota_fetch_bytes_per_s)
+        self.produce_quota = quotas.produce if self.enabled else None
+        self.fetch_quota = quotas.fetch if self.enabled else None
+        self._run_io = run_io
+        self._principals: dict[tuple[str, bytes], str] = {}
+        self.auth_failures = Counter(
+            "logstore_auth_failures",
+            "Calls refused UNAUTHENTICATED, by method",
+            ["method"],
+            registry=registry,
+        )
+        self.denials = Counter(
+            "logstore_authorization_denials",
+            "Calls refused by an ACL, by method and resource type",
+            ["method", "resource_type"],
+            registry=registry,
+        )
+        self.throttled = Counter(
+            "logstore_quota_throttled",
+            "Calls refused or delayed by a byte-rate quota, by method",
+            ["method"],
+            registry=registry,
+        )
+
+    # -- changes (the Security handlers) -------------------------------------
+
+    def acls_changed(self) -> None:
+        """Use the new ACLs from the next request on (a fresh, empty decision cache)."""
+        self.authorizer = self.acls.authorizer(self.super_users)
+
+    def users_changed(self) -> None:
+        """Forget verified tokens (a deleted user's token stops working at once)."""
+        self._principals.clear()
+
+    # -- 1. authentication ---------------------------------------------------
+
+    def _fail(self, context: Context, method: str, why: str, message: str) -> AuthenticationError:
+        self.auth_failures.labels(method).inc()
+        log.warning(
+            "authentication failed",
+            extra={"fields": {"peer": context.peer(), "operation": method, "reason": why}},
+        )
+        return AuthenticationError(message)
+
+    async def authenticate(self, context: Context, method: str) -> str:
+        """The call's principal; AuthenticationError (UNAUTHENTICATED) if it has none."""
+        if not self.enabled:
+            return ANONYMOUS
+        if self.mode == "mtls":
+            auth = context.auth_context()
+            names = list(auth.get("x509_common_name") or ())
+            name = names[0].decode(errors="replace") if names else ""
+            if not name:
+                raise self._fail(
+                    context,
+                    method,
+                    "no client certificate",
+                    "this broker authenticates by client certificate (mutual TLS): connect "
+                    "with --tls-cert and --tls-key signed by its client CA",
+                )
+            return name
+        header = ""
+        for md_key, value in context.invocation_metadata() or ():
+            if md_key == "authorization":
+                header = value if isinstance(value, str) else value.decode(errors="replace")
+                break
+        if not header:
+            raise self._fail(context, method, "no token", f"no credentials: {_HOW}")
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise self._fail(
+                context, method, "not a bearer token", f"the authorization metadata is not "
+                f"'Bearer <token>': {_HOW}"
+            )  # fmt: skip
+        key = (context.peer(), hashlib.sha256(token.encode(errors="replace")).digest())
+        principal = self._principals.get(key)
+        if principal is None:
+            verified = await self._run_io(self.users.verify, token)
+            if verified is None:
+                raise self._fail(
+                    context,
+                    method,
+                    "bad token",
+                    "the bearer token is not valid (unknown, deleted or mistyped); "
+                    "ask a super user for a new one ('logctl users create NAME')",
+                )
+            principal = str(verified)
+            if len(self._principals) >= PRINCIPAL_CACHE_ENTRIES:
+                self._principals.clear()
+            self._principals[key] = principal
+        return principal
+
+    # -- 2. authorization ----------------------------------------------------
+
+    def _deny(
+        self, context: Context, method: str, principal: str, rtype: str, name: str, op: str
+    ) -> None:
+        self.denials.labels(method, rtype).inc()
+        log.warning(
+            "authorization denied",
+            extra={
+                "fields": {
+                    "principal": principal,
+                    "peer": context.peer(),
+                    "operation": op,
+                    "resource": f"{rtype}:{name}",
+                    "method": method,
+                }
+            },
+        )
+
+    def check(
+        self, context: Context, method: str, principal: str, rtype: str, name: str, op: str
+    ) -> None:
+        """One decision; raises the error the principal may see when denied."""
+        authz = self.authorizer
+        peer = context.peer()
+        if authz.allowed(peer, principal, rtype, name, op):
+            return
+        self._deny(context, method, principal, rtype, name, op)
+        if (
+            rtype == "topic"
+            and op != "create"
+            and not authz.allowed(peer, principal, rtype, name, "describe")
+        ):
+            # Exactly what the store says of a missing topic (_store.py).
+            raise UnknownTopicError(f"unknown topic {name!r}")
+        what = "the cluster" if rtype == "cluster" else f"{rtype} {name!r}"
+        raise AuthorizationError(f"principal {principal!r} may not {op} {what}")
+
+    def authorize(self, access: Access, request: Any, context: Context, method: str,
+                  principal: str) -> None:  # fmt: skip
+        """Every check of ``access`` on a parsed request."""
+        if not self.enabled:
+            return
+        for chk in access.checks:
+            if chk.resource_type == "cluster":
+                self.check(context, method, principal, "cluster", "cluster", chk.operation)
+                continue
+            for name in field_values(request, chk.field):
+                self.check(context, method, principal, chk.resource_type, name, chk.operation)
+
+    def filter_list(self, access: Access, reply: Any, context: Context, principal: str) -> None:
+        """Trim a List reply to what ``principal`` may describe (in place)."""
+        if not self.enabled or access.list_filter is None:
+            return
+        field, name_field, rtype = access.list_filter
+        items = getattr(reply, field)
+        authz, peer = self.authorizer, context.peer()
+        keep = [
+            item
+            for item in items
+            if authz.allowed(peer, principal, rtype, getattr(item, name_field), "describe")
+        ]
+        if len(keep) != len(items):
+            kept = [type(item)() for item in keep]
+            for new, old in zip(kept, keep, strict=True):
+                new.CopyFrom(old)
+            del items[:]
+            items.extend(kept)
+
+    def checked_produce_stream(
+        self, requests: AsyncIterator[bytes], context: Context, method: str, principal: str
+    ) -> AsyncIterator[bytes]:
+        """``requests`` with each one's topic authorized and its bytes charged to the quota
+        (a stream over its quota is slowed down, not failed)."""
+        import asyncio  # noqa: PLC0415 (only streams need it)
+
+        async def gen() -> AsyncIterator[bytes]:
+            async for raw in requests:
+                if self.enabled:
+                    self.check(context, method, principal, "topic", peek_topic(raw), "write")
+                quota = self.produce_quota
+                if quota is not None:
+                    delay = quota.delay_ms(principal)
+                    if delay:
+                        self.throttled.labels(method).inc()
+                        await asyncio.sleep(delay / 1000)
+                    quota.charge(principal, len(raw))
+                yield raw
+
+        return gen()
+
+    # -- 3. quotas -----------------------------------------------------------
+
+    def over_quota(self, method: str, principal: str, kind: str, delay_ms: int) -> None:
+        if delay_ms:
+            self.throttled.labels(method).inc()
+            raise QuotaExceededError(
+                f"principal {principal!r} is over its {kind} quota; retry in {delay_ms} ms",
+                delay_ms,
+            )

@@ -1,0 +1,297 @@
+"""logstore.security's pure parts: users and tokens, the ACL matcher and store,
+quota buckets, the broker's produce-topic peek and the security config keys."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from logstore.errors import (
+    InvalidArgumentError,
+    InvalidConfigError,
+    InvalidRequestError,
+    StorageError,
+    UnknownUserError,
+    UserExistsError,
+)
+from logstore.security import Acl, AclFilter, AclStore, Authorizer, ByteQuota, UserStore
+from logstore.v1 import logstore_pb2 as pb
+
+
+def acl(principal: str, rtype: str, name: str, op: str, perm: str = "allow",
+        pattern: str = "literal") -> Acl:  # fmt: skip
+    return Acl(principal, rtype, pattern, name, op, perm)
+
+
+# -- users ---------------------------------------------------------------------
+
+
+def test_token_verifies_only_itself_and_is_never_stored(tmp_path: Path) -> None:
+    """create -> a token that verifies as its user; the file holds neither it nor its
+    secret; a changed character, another user's id or garbage verify as nobody."""
+    users = UserStore.open(str(tmp_path))
+    token = users.create("alice")
+    other = users.create("bob")
+    assert token.startswith("lst_") and token != other
+    assert users.verify(token) == "alice"
+    assert users.verify(other) == "bob"
+    text = (tmp_path / "users.json").read_text()
+    secret = token.rsplit("_", 1)[1]
+    assert token not in text and secret not in text
+    flipped = token[:-1] + ("A" if token[-1] != "A" else "B")
+    assert users.verify(flipped) is None
+    # bob's id with alice's secret
+    assert users.verify(other.rsplit("_", 1)[0] + "_" + secret) is None
+    assert users.verify("") is None
+    assert users.verify("Bearer x") is None
+    assert oct((tmp_path / "users.json").stat().st_mode & 0o777) == "0o600"
+
+
+def test_users_survive_reopen_and_delete_revokes(tmp_path: Path) -> None:
+    """A reopened store verifies the same tokens; a deleted user's token stops verifying."""
+    token = UserStore.open(str(tmp_path)).create("alice")
+    again = UserStore.open(str(tmp_path))
+    assert [u.name for u in again.list()] == ["alice"]
+    assert again.verify(token) == "alice"
+    again.delete("alice")
+    assert again.verify(token) is None
+    assert UserStore.open(str(tmp_path)).list() == []
+    with pytest.raises(UnknownUserError):
+        again.delete("alice")
+
+
+def test_bad_user_names_and_duplicates_are_refused(tmp_path: Path) -> None:
+    """Names are 1..128 of [A-Za-z0-9._@=+-]; '*', '', '../x', a space: refused; twice: exists."""
+    users = UserStore.open(str(tmp_path))
+    for bad in ("", "*", "../x", "a b", "a\n", "x" * 129, "a,b"):
+        with pytest.raises(InvalidArgumentError):
+            users.create(bad)
+    users.create("svc-1@example.com")
+    with pytest.raises(UserExistsError):
+        users.create("svc-1@example.com")
+
+
+def test_a_damaged_users_file_is_an_error_naming_it(tmp_path: Path) -> None:
+    """Garbage in users.json is a StorageError naming the file, not an empty user list."""
+    (tmp_path / "users.json").write_text('{"version": 1, "users": {"a": {"id": 3}}}')
+    with pytest.raises(StorageError, match=r"users\.json"):
+        UserStore.open(str(tmp_path))
+    (tmp_path / "users.json").write_text("{not json")
+    with pytest.raises(StorageError, match=r"users\.json"):
+        UserStore.open(str(tmp_path))
+
+
+# -- the ACL matcher -------------------------------------------------------------
+
+
+def test_literal_prefix_and_wildcard_acls_match_what_they_name() -> None:
+    """literal = that name only; prefix = names starting with it; '*' name = all of the type;
+    '*' principal = everyone; no matching ACL = denied."""
+    authz = Authorizer(
+        [
+            acl("alice", "topic", "orders", "read"),
+            acl("alice", "topic", "logs.", "write", pattern="prefix"),
+            acl("*", "topic", "public", "read"),
+            acl("bob", "group", "*", "read"),
+        ]
+    )
+    a = authz.authorize
+    assert a("alice", "topic", "orders", "read")
+    assert not a("alice", "topic", "orders2", "read")
+    assert not a("alice", "topic", "orders", "write")
+    assert a("alice", "topic", "logs.app", "write")
+    assert not a("alice", "topic", "logs", "write")
+    assert a("carol", "topic", "public", "read")
+    assert a("bob", "group", "anything", "read")
+    assert not a("bob", "topic", "anything", "read")
+    assert not a("carol", "topic", "orders", "read")
+
+
+def test_deny_beats_allow_and_super_users_pass() -> None:
+    """A matching deny (even a wildcard one) wins over an allow; super users skip ACLs."""
+    authz = Authorizer(
+        [
+            acl("alice", "topic", "t", "read", pattern="prefix"),
+            acl("*", "topic", "t.secret", "read", "deny"),
+        ],
+        super_users=["root"],
+    )
+    assert authz.authorize("alice", "topic", "t.public", "read")
+    assert not authz.authorize("alice", "topic", "t.secret", "read")
+    assert authz.authorize("root", "topic", "t.secret", "read")
+    assert authz.authorize("root", "cluster", "cluster", "alter")
+
+
+def test_describe_is_implied_by_the_other_operations_unless_denied() -> None:
+    """read/write/delete/alter imply describe (Kafka); create does not; deny describe wins."""
+    authz = Authorizer(
+        [
+            acl("r", "topic", "t", "read"),
+            acl("c", "topic", "t", "create"),
+            acl("d", "topic", "t", "write"),
+            acl("d", "topic", "t", "describe", "deny"),
+        ]
+    )
+    assert authz.authorize("r", "topic", "t", "describe")
+    assert not authz.authorize("c", "topic", "t", "describe")
+    assert not authz.authorize("d", "topic", "t", "describe")
+    assert authz.authorize("d", "topic", "t", "write")
+
+
+def test_cached_decisions_are_those_of_the_matcher() -> None:
+    """allowed() (cached per connection + resource) answers what authorize() does, also on
+    the second, cached, lookup."""
+    authz = Authorizer([acl("a", "topic", "x", "read"), acl("a", "topic", "x", "read", "deny")])
+    authz2 = Authorizer([acl("a", "topic", "x", "read")])
+    for _ in range(2):
+        assert authz.allowed("peer1", "a", "topic", "x", "read") is False
+        assert authz2.allowed("peer1", "a", "topic", "x", "read") is True
+        assert authz2.allowed("peer2", "a", "topic", "y", "read") is False
+
+
+def test_bad_acls_are_refused_with_the_field_named() -> None:
+    """Unknown resource type, operation, pattern or permission; empty name; cluster name."""
+    with pytest.raises(InvalidArgumentError, match="resource type"):
+        acl("a", "queue", "x", "read")
+    with pytest.raises(InvalidArgumentError, match="operation"):
+        acl("a", "topic", "x", "all")
+    with pytest.raises(InvalidArgumentError, match="permission"):
+        acl("a", "topic", "x", "read", "maybe")
+    with pytest.raises(InvalidArgumentError, match="pattern"):
+        acl("a", "topic", "x", "read", pattern="regex")
+    with pytest.raises(InvalidArgumentError, match="name"):
+        acl("a", "topic", "", "read")
+    with pytest.raises(InvalidArgumentError, match="cluster"):
+        acl("a", "cluster", "other", "alter")
+    with pytest.raises(InvalidArgumentError, match="principal"):
+        acl("a b", "topic", "x", "read")
+
+
+def test_acl_store_persists_filters_and_changes_the_authorizer(tmp_path: Path) -> None:
+    """add/remove are on disk when they return; a new authorizer sees them (an old one,
+    and its cache, keep the old answer)."""
+    store = AclStore.open(str(tmp_path))
+    before = store.authorizer()
+    assert store.add([acl("a", "topic", "x", "read"), acl("a", "topic", "y", "read")]) == 2
+    assert store.add([acl("a", "topic", "x", "read")]) == 0
+    after = store.authorizer()
+    assert not before.allowed("p", "a", "topic", "x", "read")
+    assert after.allowed("p", "a", "topic", "x", "read")
+    reopened = AclStore.open(str(tmp_path))
+    assert reopened.list() == store.list()
+    gone = reopened.remove(AclFilter(name="x"))
+    assert [g.name for g in gone] == ["x"]
+    assert [a.name for a in AclStore.open(str(tmp_path)).list()] == ["y"]
+    data = json.loads((tmp_path / "acls.json").read_text())
+    assert data["version"] == 1 and len(data["acls"]) == 1
+
+
+def test_a_leftover_tmp_file_is_not_read(tmp_path: Path) -> None:
+    """A crash between writing acls.json.tmp and the rename leaves the old file in force."""
+    store = AclStore.open(str(tmp_path))
+    store.add([acl("a", "topic", "x", "read")])
+    (tmp_path / "acls.json.tmp").write_text("{half a fi")
+    assert [a.name for a in AclStore.open(str(tmp_path)).list()] == ["x"]
+
+
+# -- quotas ----------------------------------------------------------------------
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_quota_delay_pays_back_the_debt_exactly() -> None:
+    """Past its rate, a principal waits debt/rate; after that wait it may send again;
+    another principal is unaffected."""
+    clock = _Clock()
+    q = ByteQuota(1000, clock=clock)  # 1000 B/s, 1 s burst
+    assert q.delay_ms("a") == 0
+    q.charge("a", 3000)  # 1000 in the bucket - 3000 = 2000 B of debt
+    assert q.delay_ms("a") == 2000
+    assert q.delay_ms("b") == 0
+    clock.now += 1.0
+    assert q.delay_ms("a") == 1000
+    clock.now += 1.0
+    assert q.delay_ms("a") == 0
+    clock.now += 60.0  # idle a minute: at most one second of burst saved
+    q.charge("a", 1500)
+    assert q.delay_ms("a") == 500
+
+
+# -- the broker's raw-produce peek -------------------------------------------------
+
+
+def test_peek_topic_reads_what_protobuf_parses() -> None:
+    """The topic of a raw ProduceRequest is the one protobuf would parse (the last field 1
+    wins), with the records skipped; malformed bytes are INVALID_ARGUMENT."""
+    from logstore.broker._security import peek_topic
+
+    req = pb.ProduceRequest(topic="orders", partition=3, acks=1)
+    raw = req.SerializeToString() + b"\x0a\x06secret"  # a second topic field
+    assert pb.ProduceRequest.FromString(raw).topic == "secret"
+    assert peek_topic(raw) == "secret"
+    assert peek_topic(pb.ProduceRequest(partition=1).SerializeToString()) == ""
+    for bad in (b"\x0a\x10short", b"\xff", b"\x0f"):
+        with pytest.raises(InvalidRequestError):
+            peek_topic(bad)
+
+
+# -- config ----------------------------------------------------------------------
+
+
+def test_security_config_keys_are_checked_together(tmp_path: Path) -> None:
+    """tls cert without key, client CA without cert, mtls without a client CA, an unknown
+    auth mode and a bad super user are each one clear InvalidConfigError."""
+    from logstore.broker import BrokerConfig
+
+    cases = [
+        ({"tls_cert": "c.pem"}, "--tls-key"),
+        ({"tls_client_ca": "ca.pem"}, "--tls-client-ca"),
+        ({"auth": "mtls", "tls_cert": "c", "tls_key": "k"}, "--tls-client-ca"),
+        ({"auth": "ldap"}, "auth"),
+        ({"super_users": "ok,not ok"}, "super_users"),
+    ]
+    for kwargs, needle in cases:
+        with pytest.raises(InvalidConfigError, match=needle):
+            BrokerConfig(**kwargs)  # type: ignore[arg-type]
+    env = {"LOGSTORE_AUTH": "token", "LOGSTORE_SUPER_USERS": "admin,ops"}
+    config = BrokerConfig.resolve(env=env)
+    assert config.auth == "token" and config.super_user_names == ("admin", "ops")
+    toml = tmp_path / "b.toml"
+    toml.write_text('auth = "token"\nquota_produce_bytes_per_s = 1000\n')
+    assert BrokerConfig.resolve(config_file=toml, env={}).quota_produce_bytes_per_s == 1000
+    assert BrokerConfig().auth == "none" and not BrokerConfig().tls_enabled
+
+
+def test_remote_needs_tls_and_auth_or_insecure(caplog: pytest.LogCaptureFixture) -> None:
+    """allow_remote alone is refused now; with TLS + token it is silent; with insecure it
+    warns."""
+    from logstore.broker import BrokerConfig
+    from logstore.broker._server import check_addresses
+
+    remote = {"listen": "0.0.0.0:7070", "allow_remote": True}
+    with pytest.raises(InvalidConfigError, match="--insecure"):
+        check_addresses(BrokerConfig(**remote))  # type: ignore[arg-type]
+    with pytest.raises(InvalidConfigError, match="--insecure"):  # TLS but auth none
+        check_addresses(BrokerConfig(**remote, tls_cert="c", tls_key="k"))  # type: ignore[arg-type]
+    logger = logging.getLogger("logstore")
+    logger.addHandler(caplog.handler)
+    try:
+        check_addresses(
+            BrokerConfig(**remote, tls_cert="c", tls_key="k", auth="token")  # type: ignore[arg-type]
+        )
+        assert not caplog.records
+        check_addresses(BrokerConfig(**remote, insecure=True))  # type: ignore[arg-type]
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert any("--insecure" in r.getMessage() for r in caplog.records)
+    assert os.environ.get("LOGSTORE_AUTH") is None  # the test did not leak into the env
