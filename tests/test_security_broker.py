@@ -266,8 +266,13 @@ def test_every_rpc_needs_a_valid_token_and_its_acl(secure: Secure) -> None:
             ch.close()
     log = secure.broker.log()
     assert "authentication failed" in log and "authorization denied" in log
+    ctx = ssl.create_default_context(cafile=str(secure.pki.ca))
+    url = f"https://{secure.broker.metrics_address}/metrics"
+    metrics = urllib.request.urlopen(url, context=ctx, timeout=10).read().decode()
+    assert 'logstore_auth_failures_total{method="Produce"} 2.0' in metrics  # none + bad
+    assert 'logstore_authorization_denials_total{method="Fetch",resource_type="topic"}' in metrics
     for token in (secure.admin_token, nobody, granted):
-        assert token not in log
+        assert token not in log and token not in metrics
 
 
 def test_health_checking_stays_open(secure: Secure) -> None:
@@ -510,3 +515,50 @@ def test_logctl_users_and_acls_end_to_end(tmp_path: Path, pki: Pki) -> None:
             assert secret not in b.log()
     finally:
         b.stop()
+
+
+def test_fetch_quota_answers_resource_exhausted_with_a_retry_sized_to_the_debt(
+    tmp_path: Path, pki: Pki
+) -> None:
+    """Past quota_fetch_bytes_per_s a principal's next Fetch is RESOURCE_EXHAUSTED
+    (QUOTA_EXCEEDED) with RetryInfo = its debt / rate (~9 s here: a ~100 kB reply against
+    a 10 kB/s bucket holding 10 kB; a fixed or missing hint fails the range); another
+    principal is not throttled; the audit metrics count the throttle and name no token."""
+    from logstore.client._rpc import Connection
+
+    s = start_secure(tmp_path / "data", pki, env={"LOGSTORE_QUOTA_FETCH_BYTES_PER_S": "10000"})
+    try:
+        with _admin(s, s.admin_token) as a:
+            a.create_topic("big", 1)
+            tokens = {n: a.create_user(n) for n in ("r1", "r2")}
+            a.create_acls(
+                [AclBinding(n, "topic", "literal", "big", "read", "allow") for n in tokens]
+            )
+        with Producer(s.address, credentials=s.admin_creds()) as p:
+            p.send_many("big", [b"z" * 1000] * 100, partition=0)
+            p.flush()
+        req = pb.FetchRequest(topic="big", partition=0, offset=0, max_bytes=1 << 20)
+        conn = Connection(s.address, 10_000, s.creds(tokens["r1"]))
+        try:
+            first = conn.call(conn.fetch_raw, req, 10)
+            assert len(first) > 90_000
+            with pytest.raises(errors.QuotaExceededError) as err:
+                conn.call(conn.fetch_raw, req, 10)
+            assert err.value.retry_after_ms is not None
+            assert 5_000 <= err.value.retry_after_ms <= 10_000, err.value.retry_after_ms
+            assert "quota" in str(err.value)
+        finally:
+            conn.close()
+        other = Connection(s.address, 10_000, s.creds(tokens["r2"]))
+        try:
+            assert len(other.call(other.fetch_raw, req, 10)) > 90_000
+        finally:
+            other.close()
+        ctx = ssl.create_default_context(cafile=str(pki.ca))
+        url = f"https://{s.broker.metrics_address}/metrics"
+        metrics = urllib.request.urlopen(url, context=ctx, timeout=10).read().decode()
+        assert 'logstore_quota_throttled_total{method="Fetch"} 1.0' in metrics, metrics
+        for token in (*tokens.values(), s.admin_token):
+            assert token not in metrics
+    finally:
+        s.broker.stop()
