@@ -245,6 +245,20 @@ def test_peek_topic_reads_what_protobuf_parses() -> None:
             peek_topic(bad)
 
 
+def test_multi_produce_view_reads_every_batch_topic() -> None:
+    """MultiProduce's authorization view yields each batch's topic as protobuf parses it
+    (a batch's repeated topic field: the last wins)."""
+    from logstore.broker._security import field_values, raw_view
+
+    first = pb.ProduceRequest(topic="a", partition=0).SerializeToString() + b"\x0a\x01z"
+    req = pb.MultiProduceRequest(batches=[pb.ProduceRequest.FromString(first),
+                                          pb.ProduceRequest(topic="b")])  # fmt: skip
+    raw = req.SerializeToString()
+    assert list(field_values(raw_view("MultiProduce", raw), "batches.topic")) == ["z", "b"]
+    with pytest.raises(InvalidRequestError):
+        raw_view("MultiProduce", b"\x7a\x05ab")
+
+
 # -- config ----------------------------------------------------------------------
 
 

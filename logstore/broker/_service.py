@@ -40,7 +40,6 @@ from google.protobuf.message import DecodeError, Message
 
 from logstore.errors import InvalidRequestError, LogStoreError
 from logstore.security import ANONYMOUS
-from logstore.wire import split_multi_produce
 
 from ._admission import Slot
 from ._config import BrokerConfig
@@ -48,7 +47,7 @@ from ._groups_runtime import GroupsRuntime
 from ._metrics import BrokerMetrics
 from ._rpc_table import ACCESS, RPCS, Rpc
 from ._runtime import ClientGoneError, Context, Runtime, set_current_slot, shutting_down
-from ._security import Guard, peek_topic
+from ._security import Guard, raw_view
 from ._share_runtime import ShareRuntime
 from ._status import abort, log_unexpected
 from .handlers._common import status_name
@@ -79,9 +78,9 @@ class LogStoreService:
         self.runtime.groups = self.groups
         self.share = ShareRuntime(self.runtime)
         self.runtime.share = self.share
-        self.guard = Guard(config, store.path, metrics.registry, self.runtime.run_io)
         produce = ProduceHandlers(self.runtime)
         fetch = FetchHandlers(self.runtime)
+        self.guard = Guard(config, store.path, metrics.registry, self.runtime.run_io)
         self.areas: dict[str, object] = {
             "produce": produce,
             "fetch": fetch,
@@ -148,7 +147,6 @@ class LogStoreService:
         access = ACCESS[method]
         produce_quota = guard.produce_quota if method in ("Produce", "MultiProduce") else None
         fetch_quota = guard.fetch_quota if method in ("Fetch", "MultiFetch") else None
-        multi_produce = method == "MultiProduce"
         requests = rt.metrics.requests
         latency = rt.metrics.latency.labels(method)
 
@@ -172,11 +170,8 @@ class LogStoreService:
                     guard.authorize(access, request, context, method, principal)
                 elif rpc.client_streaming:
                     request = guard.checked_produce_stream(request, context, method, principal)
-                elif guard.enabled:  # a raw Produce: its topics without parsing records
-                    raws = split_multi_produce(request).batches if multi_produce else (request,)
-                    for topic in {peek_topic(raw) for raw in raws}:
-                        for chk in access.checks:
-                            guard.check(context, method, principal, "topic", topic, chk.operation)
+                elif guard.enabled:  # raw Produce / MultiProduce: topics without the records
+                    guard.authorize(access, raw_view(method, request), context, method, principal)
                 if produce_quota is not None:
                     delay_ms = produce_quota.delay_ms(principal)
                     guard.over_quota(method, principal, "produce", delay_ms)
