@@ -168,7 +168,7 @@ class LogStoreService:
                 if request_type is not None:
                     request = parse_request(request_type, request)
                     guard.authorize(access, request, context, method, principal)
-                elif rpc.client_streaming:
+                elif rpc.client_streaming and guard.enabled:
                     request = guard.checked_produce_stream(request, context, method, principal)
                 elif guard.enabled:  # raw Produce / MultiProduce: topics without the records
                     guard.authorize(access, raw_view(method, request), context, method, principal)
