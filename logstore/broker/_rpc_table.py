@@ -196,8 +196,8 @@ ACCESS: Final[dict[str, Access]] = {
     # producer ids are handed to anyone authenticated; writing needs topic write
     "InitProducer": Access(()),
     "Fetch": Access((_topic("read"),)),
-    # every batch's / partition's topic (a denial refuses the whole request)
     "Subscribe": Access((_topic("read"),)),
+    # every batch's / partition's topic (a denial refuses the whole request)
     "MultiProduce": Access((_topic("write", "batches.topic"),)),
     "MultiFetch": Access((_topic("read", "partitions.topic"),)),
     "CreateTopic": Access((_topic("create", "name"),)),
