@@ -34,6 +34,7 @@ MAX_WAIT_MS_CAP: Final = 30_000
 LOG_FORMATS: Final = ("text", "json")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 AUTH_MODES: Final = ("none", "token", "mtls")
+ACQUISITION_DURABILITIES: Final = ("page-cache", "fsync")
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,15 @@ class BrokerConfig:
     group_offsets_retention_ms: int = GroupConfig.offsets_retention_ms
     group_max_groups: int = GroupConfig.max_groups
     group_max_members_per_group: int = GroupConfig.max_members_per_group
+
+    #: Share groups: how a ShareFetch's acquisition (the lock and the delivery
+    #: count it adds) is written to ``__share_group_state`` before the records
+    #: are handed out. ``page-cache`` (default): written, not fsynced (a kill
+    #: -9 keeps it; a power cut may lose it, i.e. lower a delivery count or
+    #: forget a lock; fsynced by the next acknowledgement or the background
+    #: flush). ``fsync``: fsynced first, like acknowledgements, which are
+    #: always fsynced before they are answered.
+    share_acquisition_durability: str = "page-cache"
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -310,6 +320,11 @@ def _check(name: str, value: Any) -> None:
         raise InvalidConfigError(f"log_format must be one of {', '.join(LOG_FORMATS)}: {value!r}")
     elif name == "log_level" and value not in LOG_LEVELS:
         raise InvalidConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}: {value!r}")
+    elif name == "share_acquisition_durability" and value not in ACQUISITION_DURABILITIES:
+        raise InvalidConfigError(
+            "share_acquisition_durability must be one of "
+            f"{', '.join(ACQUISITION_DURABILITIES)}: {value!r}"
+        )
     elif name == "data_dir" and (not isinstance(value, str) or not value):
         raise InvalidConfigError("data_dir must be a non-empty path")
 

@@ -9,6 +9,19 @@ Contract (the coordinator's handler contract, ``logstore/share/_coordinator.py``
   failed append, the load by replay and the timer are
   :class:`~logstore.broker._state_runtime.StateRuntime`'s, shared with the
   consumer groups.
+* **Durability.** Acknowledgements (ACCEPT, REJECT, RELEASE, RENEW), dead
+  letters and their confirmations, config changes, redrive intents and
+  everything else are fsynced before they are answered. An acquisition (the
+  ``acquire`` of a ShareFetch: locks taken, delivery counts raised) is, by
+  default (broker ``share_acquisition_durability = "page-cache"``), only
+  written: a kill -9 of the broker keeps it, a power cut may lose it -- the
+  records it locked are available again after the restart (as after any
+  restart) with the delivery count they had before it, so a record may be
+  delivered once more than ``max_delivery_attempts`` counts. It can never
+  lose an acknowledgement or a dead-letter decision: every fsync covers the
+  acquisitions written before it (``StateRuntime``, "Unfsynced calls"), and
+  a batch that decided a dead letter is fsynced whatever its calls asked.
+  ``"fsync"`` fsyncs acquisitions too (one fsync per acquiring fetch batch).
 * Start (:meth:`start`, before the gRPC port opens): the compacted internal
   topic is created if missing (1 partition, like ``__consumer_offsets``), read
   from its start and ``ShareCoordinator.load``-ed (locks are gone, delivery
@@ -201,6 +214,8 @@ class ShareRuntime(StateRuntime[ShareCoordinator, ShareRecord]):
         config = config or ShareCoordinatorConfig()
         super().__init__(runtime, ShareCoordinator(config))
         self.config = config
+        #: Acquisitions fsynced before they are answered (module docstring, "Durability").
+        self.fsync_acquisitions = runtime.config.share_acquisition_durability == "fsync"
         self._dlq: deque[DeadLetter] = deque()
         self._dlq_running = False
         self._latency_task: asyncio.Task[None] | None = None
@@ -253,6 +268,12 @@ class ShareRuntime(StateRuntime[ShareCoordinator, ShareRecord]):
 
     def _tick_effects(self, tick: ShareTickResult) -> Sequence[DeadLetter]:
         return tick.dead_letters
+
+    def _must_fsync(self, effects: Sequence[Any]) -> bool:
+        # A dead-letter decision (an acquisition past the TTL or at the
+        # delivery limit, a lock that expired at the limit) is never left
+        # to the page cache.
+        return bool(effects)
 
     def _tick_in_batch(self, records: Sequence[ShareRecord]) -> bool:
         # New locks, delays or a first session deadline need the timer
@@ -476,7 +497,8 @@ class ShareRuntime(StateRuntime[ShareCoordinator, ShareRecord]):
                     if r.candidates is not None
                 }
                 acq: Acquisition = await self.call(
-                    partial(_acquire, group_id, member_id, max_records, cands)
+                    partial(_acquire, group_id, member_id, max_records, cands),
+                    fsync=self.fsync_acquisitions,
                 )
                 if acq.acquired:
                     by = {(r.plan.topic, r.plan.partition): r for r in reads}

@@ -15,9 +15,24 @@ groups"):
   the ones before it left), then appends all their records (and those of one
   ``tick``) to the internal topic with **one fsync** in the I/O pool, and only
   then answers every caller of the batch. No reply, and no ``read``, shows a
-  state that is not fsynced: both wait for the lock, which the drainer holds
-  through the fsync. Calls that arrive during an fsync form the next batch. A
-  handler that raises appended nothing and gets its own error.
+  state that is not fsynced, apart from the records of unfsynced calls
+  (below): both wait for the lock, which the drainer holds through the
+  fsync. Calls that arrive during an fsync form the next batch. A handler
+  that raises appended nothing and gets its own error.
+* **Unfsynced calls.** A call made with ``fsync=False`` (the share groups'
+  acquisitions) is answered once its records are *written* (the page cache:
+  a kill -9 of the broker keeps them; a power cut may lose them): its batch
+  is appended without an fsync unless another call in it asked for one (or
+  ``_must_fsync`` says its decisions need one). Such records are still
+  durable before anything answered after them with an fsync: they are
+  earlier in the same one-partition log, an fsync of the active segment
+  covers every write to it before, and a rolled segment was fsynced when it
+  was sealed; after a power cut recovery keeps a prefix of the log (it stops
+  at the first bad batch). So the state after a power cut is that of the
+  last fsync plus perhaps some of the unfsynced batches after it, never one
+  missing a record that was fsynced. The broker's background flush
+  (``flush_interval_ms``, 1 s) bounds how long they stay unfsynced. Reads
+  may show such records' state before it is fsynced.
 * **Stale rebuild.** If an append fails (full disk, I/O error), part of the
   batch may be in the log while the state machine replayed all of it: it is
   marked stale and rebuilt from the log (:meth:`StateRuntime._reload`) before
@@ -113,12 +128,14 @@ C = TypeVar("C", bound=StateMachine[Any])
 
 
 class _Queued:
-    """One call waiting for the drainer: its handler and the caller's future."""
+    """One call waiting for the drainer: its handler, whether its records must
+    be fsynced before it is answered, and the caller's future."""
 
-    __slots__ = ("future", "handler")
+    __slots__ = ("fsync", "future", "handler")
 
-    def __init__(self, handler: Callable[[Any, int], HandlerResult[Any, Any]]) -> None:
+    def __init__(self, handler: Callable[[Any, int], HandlerResult[Any, Any]], fsync: bool) -> None:
         self.handler = handler
+        self.fsync = fsync
         self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
 
@@ -174,6 +191,11 @@ class StateRuntime(Generic[C, R]):
     def _tick_effects(self, tick: Any) -> Sequence[Any]:
         """The same for a tick's result."""
         return ()
+
+    def _must_fsync(self, effects: Sequence[Any]) -> bool:
+        """Whether a batch whose calls all asked for no fsync still needs one
+        because of what it decided (``effects``)."""
+        return False
 
     def _tick_in_batch(self, records: Sequence[R]) -> bool:
         """Whether a batch that wrote ``records`` runs ``tick`` (to re-arm the timer)."""
@@ -242,12 +264,18 @@ class StateRuntime(Generic[C, R]):
                 retry_after_ms=self._rt.config.retry_after_ms,
             )
 
-    async def call(self, handler: Callable[[C, int], HandlerResult[R, T]]) -> T:
+    async def call(
+        self, handler: Callable[[C, int], HandlerResult[R, T]], *, fsync: bool = True
+    ) -> T:
         """Run ``handler(coordinator, now_ms)`` after every call queued before
         it, and return its reply once its records (and those of the calls
-        batched with it) are fsynced and replayed (see "One writer")."""
+        batched with it) are fsynced and replayed (see "One writer").
+
+        ``fsync=False`` (see "Unfsynced calls"): answered once its records are
+        written to the page cache; the batch is still fsynced if any other
+        call in it asked for that or ``_must_fsync`` says so."""
         self._check_ready()
-        item = _Queued(handler)
+        item = _Queued(handler, fsync)
         self._queue.append(item)
         if not self._draining:
             self._draining = True
@@ -292,6 +320,7 @@ class StateRuntime(Generic[C, R]):
         replies: list[tuple[_Queued, Any, bool]] = []
         records: list[R] = []
         effects: list[Any] = []
+        fsync = False
         for item in batch:
             try:
                 result = item.handler(self.coordinator, now_ms())
@@ -302,6 +331,7 @@ class StateRuntime(Generic[C, R]):
             records += result.records
             effects += self._effects(result.reply)
             replies.append((item, result.reply, True))
+            fsync |= item.fsync
         next_deadline: int | None = None
         if self._tick_in_batch(records):
             t = self.coordinator.tick(now_ms())
@@ -310,7 +340,7 @@ class StateRuntime(Generic[C, R]):
             effects += self._tick_effects(t)
             next_deadline = t.next_deadline_ms
         try:
-            await self._append(tuple(records))
+            await self._append(tuple(records), fsync=fsync or self._must_fsync(effects))
         except InternalError as exc:
             for item, value, ok in replies:
                 _answer(item, exc if ok else value)
@@ -336,13 +366,14 @@ class StateRuntime(Generic[C, R]):
         await self._append(records)
         self._replay(records)
 
-    async def _append(self, records: tuple[R, ...]) -> None:
-        """Append ``records`` with one fsync; on failure mark the state stale
-        (rebuilt from the log before the next call) and raise INTERNAL."""
+    async def _append(self, records: tuple[R, ...], *, fsync: bool = True) -> None:
+        """Append ``records`` with one fsync (or, ``fsync=False``, to the page
+        cache only); on failure mark the state stale (rebuilt from the log
+        before the next call) and raise INTERNAL."""
         if not records:
             return
         try:
-            await self._rt.run_io(self._append_blocking, records)
+            await self._rt.run_io(self._append_blocking, records, fsync)
         except Exception as exc:
             self._stale = True
             log.error("appending to %s failed: %s", self.topic, exc, exc_info=exc)
@@ -355,9 +386,10 @@ class StateRuntime(Generic[C, R]):
         for r in records:
             self.coordinator.replay(r)
 
-    def _append_blocking(self, records: tuple[R, ...]) -> None:
-        """Append in batches of at most ``MAX_APPEND_BYTES``, then one fsync
-        (the store's group commit) covering them all."""
+    def _append_blocking(self, records: tuple[R, ...], fsync: bool = True) -> None:
+        """Append in batches of at most ``MAX_APPEND_BYTES``, then (``fsync``)
+        one fsync (the store's group commit) covering them all and every
+        earlier append of the topic."""
         batch: list[Record] = []
         size = 0
         for r in records:
@@ -369,7 +401,8 @@ class StateRuntime(Generic[C, R]):
             batch.append(Record(value=value, key=key))
             size += n
         end = self._store.append(self.topic, 0, batch) + len(batch)
-        self._store.sync_to(self.topic, 0, end).result()
+        if fsync:
+            self._store.sync_to(self.topic, 0, end).result()
 
     # -------------------------------------------------------------- timers
 
