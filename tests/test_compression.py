@@ -275,7 +275,8 @@ def test_compaction_keeps_the_latest_record_of_each_key_in_compressed_batches(
 ) -> None:
     """The cleaner reads compressed batches: superseded records in them are removed, the
     latest of each key kept (a batch it keeps whole is copied unchanged, compressed; one
-    that lost records is rewritten uncompressed, format 2)."""
+    that lost records is rewritten, format 2, compressed again with its codec: see
+    test_compaction_recompresses_rewritten_batches_with_their_codec)."""
     config = {"cleanup_policy": "compact", "segment_bytes": 3000, "delete_retention_ms": 0}
     latest: dict[bytes, tuple[int, bytes]] = {}
     with Store.open(tmp_path) as store:
@@ -298,6 +299,57 @@ def test_compaction_keeps_the_latest_record_of_each_key_in_compressed_batches(
         by_key = {r.key: (r.offset, r.value) for r in got}
         assert by_key == latest
         assert len(got) < 300
+
+
+def test_compaction_recompresses_rewritten_batches_with_their_codec(tmp_path: Path) -> None:
+    """A compressed batch that loses records to compaction is stored with the codec it
+    came with, its kept records (keys, values, headers, timestamps, offsets) exactly the
+    latest of each key, readable as records and as columns.
+
+    Fails on the old cleaner, which stored every rewritten batch uncompressed."""
+    codecs = ["zstd", "lz4", "gzip"]
+    config = {"cleanup_policy": "compact", "segment_bytes": 4000, "delete_retention_ms": 0}
+    latest: dict[bytes, Record] = {}
+    with Store.open(tmp_path) as store:
+        store.create_topic("c", 1, config)
+        for i in range(45):
+            recs = [
+                Record(
+                    b"value %d of batch %d " % (j, i) * 4,
+                    b"key-%d" % ((i * 5 + j) % 11),
+                    headers=[("h", b"%d" % j)] if j % 2 else None,
+                    timestamp_ms=1_700_000_000_000 + i if j == 3 else 0,
+                )
+                for j in range(6)
+            ]
+            off = store.append("c", 0, recs, compression=codecs[i % 3])
+            for j, r in enumerate(recs):
+                assert r.key is not None
+                latest[r.key] = Record(r.value, r.key, r.headers, r.timestamp_ms)
+                latest[r.key].offset = off + j
+        store.partition("c", 0).roll()
+        assert store.clean(force=True) >= 1
+        frames = stored_frames(_log_bytes(tmp_path, "c")).frames
+        rewritten = [h for _, h in frames if h.has_offset_deltas and h.record_count]
+        assert rewritten  # the clean rewrote batches that kept some records
+        for h in rewritten:
+            assert h.codec == CODECS[codecs[h.base_offset // 6 % 3]]
+        lg = store.partition("c", 0)
+        got: list[Record] = []
+        at = lg.log_start_offset
+        while at < lg.log_end_offset:
+            part = store.read("c", 0, at, max_bytes=1 << 30)
+            got += part
+            at = part[-1].offset + 1
+    want = sorted(latest.values(), key=lambda r: r.offset)
+    got_view = [(r.offset, r.key, r.value, list(r.headers or []), r.timestamp_ms) for r in got]
+    assert [g[:4] for g in got_view] == [
+        (r.offset, r.key, r.value, list(r.headers or [])) for r in want
+    ]
+    # timestamps: the record's own, or (0 stored) the batch's, never another's
+    assert all(
+        t == r.timestamp_ms for (*_, t), r in zip(got_view, want, strict=True) if r.timestamp_ms
+    )
 
 
 # -- a real broker --------------------------------------------------------------------------
