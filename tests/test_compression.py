@@ -43,6 +43,7 @@ from logstore.wire import (
     check_crc,
     compress,
     compressed_field,
+    compressed_payload,
     decode_header,
     encode_records,
     is_compressed_request,
@@ -532,6 +533,117 @@ def test_embedded_append_follows_the_topic_compression_type(tmp_path: Path) -> N
         store.append("p", 0, [b"abc" * 100])
     assert decode_header(_log_bytes(tmp_path, "z")).codec == CODEC_ZSTD
     assert decode_header(_log_bytes(tmp_path, "p")).codec == 0
+
+
+def test_topic_compression_levels_config() -> None:
+    """compression_<codec>_level (Kafka's compression.<codec>.level, KIP-390) default to the
+    codecs' defaults, take Kafka's dotted names, and are refused outside the codec's range
+    (naming it) or when not an integer."""
+    c = TopicConfig()
+    assert (c.compression_zstd_level, c.compression_gzip_level, c.compression_lz4_level) == (
+        3,
+        6,
+        0,
+    )
+    c = TopicConfig.from_mapping(
+        {"compression.zstd.level": "19", "compression.gzip.level": 1, "compression.lz4.level": 9}
+    )
+    assert (c.level_for(CODEC_ZSTD), c.level_for(CODEC_GZIP), c.level_for(CODEC_LZ4)) == (19, 1, 9)
+    assert c.level_for(0) is None
+    assert TopicConfig.from_mapping({"compression_zstd_level": "-7"}).compression_zstd_level == -7
+    for key, bad, why in [
+        ("compression.zstd.level", "23", r"-7\.\.22"),
+        ("compression.zstd.level", "-8", r"-7\.\.22"),
+        ("compression.gzip.level", "0", r"1\.\.9"),
+        ("compression.gzip.level", "10", r"1\.\.9"),
+        ("compression.lz4.level", "17", r"0\.\.16"),
+        ("compression.lz4.level", "fast", "integer"),
+        ("compression.zstd.level", True, "integer"),
+    ]:
+        with pytest.raises(InvalidConfigError, match=why):
+            TopicConfig.from_mapping({key: bad})
+
+
+def test_broker_recompresses_at_the_topic_level(broker: BrokerProcess) -> None:
+    """A topic whose compression_type names a codec has batches sent otherwise recompressed
+    at its compression.<codec>.level: the stored payload is exactly that codec's output at
+    that level (deterministic for gzip and zstd). Fails on the old broker, which always
+    used the codec's default level."""
+    values = [b'{"n": %d, "msg": "request served in %d ms"}' % (i, i % 97) for i in range(3000)]
+    cases = [("zstd", "compression.zstd.level", "19"), ("gzip", "compression.gzip.level", "1")]
+    for codec, key, level in cases:
+        topic = _name(f"lvl-{codec}")
+        with connect(broker) as stub:
+            create_topic(stub, topic, compression_type=codec, **{key: level})
+            with Producer(broker.grpc_address, compression="none", linger_ms=50) as p:
+                p.send_many(topic, values, partition=0)
+            resp = stub.Fetch(
+                pb.FetchRequest(topic=topic, partition=0, offset=0, max_bytes=64 << 20), timeout=10
+            )
+        assert resp.batches
+        for b in resp.batches:
+            assert b.attributes == CODECS[codec]
+            plain = _standard_decompress(codec, b.compressed_records)
+            assert b.compressed_records == compress(plain, CODECS[codec], int(level))
+            assert b.compressed_records != compress(plain, CODECS[codec])  # not the default
+
+
+def test_bad_compression_levels_are_invalid_argument(broker: BrokerProcess) -> None:
+    """CreateTopic and AlterTopicConfig with a level outside the codec's range are
+    INVALID_ARGUMENT naming the range; the topic keeps its level."""
+    topic = _name("badlvl")
+    with connect(broker) as stub:
+        with pytest.raises(grpc.RpcError) as info:
+            create_topic(stub, topic, **{"compression.zstd.level": "40"})
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "-7..22" in (info.value.details() or "")
+        create_topic(stub, topic, **{"compression.gzip.level": "2"})
+        with pytest.raises(grpc.RpcError) as info:
+            stub.AlterTopicConfig(
+                pb.AlterTopicConfigRequest(name=topic, set={"compression.gzip.level": "0"}),
+                timeout=10,
+            )
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "1..9" in (info.value.details() or "")
+        got = stub.DescribeTopic(pb.DescribeTopicRequest(name=topic), timeout=10)
+        assert got.topic.config["compression_gzip_level"] == "2"
+
+
+def test_logctl_topic_compression_level(broker: BrokerProcess) -> None:
+    """`logctl topics alter --config compression.zstd.level=N` sets it (describe shows it);
+    an out-of-range level is one line on stderr and a non-zero exit."""
+    topic = _name("clilvl")
+    logctl = str(Path(sys.executable).parent / "logctl")
+    env = {**os.environ, "LOGSTORE_BOOTSTRAP": broker.grpc_address}
+    with connect(broker) as stub:
+        create_topic(stub, topic)
+    ok = subprocess.run(
+        [logctl, "topics", "alter", topic, "--config", "compression.zstd.level=12"],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    with connect(broker) as stub:
+        got = stub.DescribeTopic(pb.DescribeTopicRequest(name=topic), timeout=10)
+    assert got.topic.config["compression_zstd_level"] == "12"
+    bad = subprocess.run(
+        [logctl, "topics", "alter", topic, "--config", "compression.lz4.level=99"],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert "0..16" in bad.stderr
+
+
+def test_embedded_append_uses_the_topic_level(tmp_path: Path) -> None:
+    """Store.append without a compression argument compresses at the topic's level."""
+    with Store.open(tmp_path) as store:
+        store.create_topic("z", 1, {"compression_type": "zstd", "compression.zstd.level": 15})
+        store.append("z", 0, [b"level %d " % i * 20 for i in range(200)])
+    frame = _log_bytes(tmp_path, "z")
+    h = decode_header(frame)
+    payload = bytes(compressed_payload(frame[h.records_start : h.frame_size], "test"))
+    plain = zstandard.ZstdDecompressor().decompress(payload)
+    assert payload == compress(plain, CODEC_ZSTD, 15)
+    assert payload != compress(plain, CODEC_ZSTD)
 
 
 @pytest.fixture(scope="module")

@@ -28,8 +28,8 @@ Contract (Kafka's LogCleaner, simplified):
 - Rewritten batches keep their base offset, last offset, timestamps and
   producer fields; a batch that lost records becomes a format-2 frame
   (``build_offset_frame``, CRC recomputed), compressed again with the
-  batch's codec at that codec's default level (unless that does not make it
-  smaller); an unchanged batch is copied byte
+  batch's codec at the topic's level for it (``compression_<codec>_level``;
+  unless that does not make it smaller); an unchanged batch is copied byte
   for byte; a batch that lost every record goes, except the last batch of
   each idempotent producer the partition knows, which stays as an empty
   format-2 batch (Kafka does the same): the producer state rebuilt from the
@@ -171,14 +171,15 @@ def _columns(chunk: bytes, frames: list[tuple[int, FrameHeader]], hasher: KeyHas
         )
 
 
-def _recompressed(frame: bytes, codec: int) -> bytes:
+def _recompressed(frame: bytes, codec: int, level: int | None) -> bytes:
     """A rewritten (format-2) frame with its records compressed again under the
-    batch's original ``codec`` (its default level: the producer's is not
-    stored), so compaction keeps what the topic stored compressed, compressed;
-    the frame as it is when that does not make it smaller."""
+    batch's original ``codec`` at ``level`` (the topic's level for it: the
+    producer's is not stored), so compaction keeps what the topic stored
+    compressed, compressed; the frame as it is when that does not make it
+    smaller."""
     h = decode_header(frame)
     body = memoryview(frame)[h.records_start :]
-    tail = compressed_field(compress(body, codec))
+    tail = compressed_field(compress(body, codec, level))
     if len(tail) >= len(body):
         return frame
     return with_records(frame, h, tail, h.attributes | codec)
@@ -496,7 +497,7 @@ class Cleaner:
                             base_sequence=h.base_sequence,
                         )
                         if keep and h.codec != CODEC_NONE:
-                            out = _recompressed(out, h.codec)
+                            out = _recompressed(out, h.codec, lg.config.level_for(h.codec))
                     pending.append(out)
                     pending_bytes += len(out)
                     if pending_bytes >= READ_CHUNK:

@@ -154,8 +154,9 @@ class ProduceHandlers:
         self, topic: str, plog: PartitionLog, split: SplitRequest
     ) -> SplitRequest:
         """The batch as the topic's ``compression_type`` stores it: as sent
-        (``producer``, the default: no work), or recompressed to its codec on
-        an I/O thread (the event loop keeps serving; the time is counted in
+        (``producer``, the default: no work), or recompressed to its codec at
+        the topic's ``compression_<codec>_level`` on an I/O thread (the event
+        loop keeps serving; the time is counted in
         logstore_produce_recompress_seconds)."""
         wanted = plog.config.compression_type
         if wanted == "producer":
@@ -164,7 +165,7 @@ class ProduceHandlers:
         if codec == split.codec:
             return split
         t0 = time.perf_counter()
-        out = await self._rt.run_io(recompress, split, codec)
+        out = await self._rt.run_io(recompress, split, codec, plog.config.level_for(codec))
         self._rt.metrics.recompress_seconds.labels(topic).inc(time.perf_counter() - t0)
         return out
 
