@@ -45,6 +45,7 @@ from logstore.wire import (
     compressed_field,
     compressed_payload,
     decode_header,
+    decompress_reservation,
     encode_records,
     is_compressed_request,
     parse_fetch,
@@ -54,7 +55,7 @@ from logstore.wire import (
     stored_frames,
 )
 from tests.brokerproc import BrokerProcess, start_broker
-from tests.test_broker_helpers import connect, create_topic
+from tests.test_broker_helpers import connect, create_topic, retry_info
 
 ROOT = Path(__file__).resolve().parents[1]
 CODECS = {"gzip": CODEC_GZIP, "lz4": CODEC_LZ4, "zstd": CODEC_ZSTD}
@@ -789,3 +790,76 @@ def test_share_fetch_sees_deliver_at_headers_inside_compressed_batches(tmp_path:
     plan = PartitionRead("q", 0, 0, 0, "earliest", 100)
     got = _candidates(stored_frames(data), 0, plan, False)
     assert got.deliver_at is not None and list(got.deliver_at) == [0, later]
+
+
+# -- the decompression budget -----------------------------------------------------------------
+
+
+def _compressed_request(topic: str, codec: int, payload: bytes) -> bytes:
+    tail = compressed_field(payload)
+    head = pb.ProduceRequest(topic=topic, partition=0, compression=codec)  # type: ignore[arg-type]
+    return head.SerializeToString() + tail
+
+
+def test_decompress_reservation_is_the_declared_size_or_the_bound() -> None:
+    """What a request reserves of the broker's decompression budget: 0 uncompressed, a zstd
+    frame's declared content size, else the 64 MiB bound (gzip, lz4, zstd without a size,
+    or a payload that is not what it says)."""
+    records = encode_records([b"x" * 100] * 50)[0]
+    plain = pb.ProduceRequest(topic="t", partition=0).SerializeToString() + records
+    assert decompress_reservation(plain) == 0
+    z = _compressed_request("t", CODEC_ZSTD, compress(records, CODEC_ZSTD))
+    assert decompress_reservation(z) == len(records)
+    no_size = zstandard.ZstdCompressor(write_content_size=False).compress(records)
+    assert decompress_reservation(_compressed_request("t", CODEC_ZSTD, no_size)) == (
+        MAX_DECOMPRESSED_BYTES
+    )
+    for codec in (CODEC_GZIP, CODEC_LZ4):
+        req = _compressed_request("t", codec, compress(records, codec))
+        assert decompress_reservation(req) == MAX_DECOMPRESSED_BYTES
+    junk = _compressed_request("t", CODEC_ZSTD, b"not zstd")
+    assert decompress_reservation(junk) == MAX_DECOMPRESSED_BYTES
+
+
+def test_decompressions_past_the_budget_are_resource_exhausted_with_retry_info(
+    tmp_path: Path,
+) -> None:
+    """With max_inflight_decompress_bytes at its 1 MiB minimum, one 64 MiB-bound (gzip)
+    decompression runs at a time: concurrent compressed produces past it are refused at
+    once with RESOURCE_EXHAUSTED and a RetryInfo hint, the admitted ones are stored, and a
+    refused one succeeds when retried. Fails on the old broker, which admitted them all."""
+    b = start_broker(
+        tmp_path / "data",
+        env={
+            "LOGSTORE_MAX_INFLIGHT_DECOMPRESS_BYTES": str(1 << 20),
+            "LOGSTORE_RETRY_AFTER_MS": "50",
+        },
+    )
+    try:
+        with connect(b) as stub:
+            topic = _name("budget")
+            create_topic(stub, topic)
+            # ~40 MiB of records each: gzip takes tens of ms to inflate them on this
+            # machine, while the other requests arrive within a few ms.
+            records = encode_records([b"a" * 4000] * 10_000)[0]
+            req = pb.ProduceRequest.FromString(
+                _compressed_request(topic, CODEC_GZIP, compress(records, CODEC_GZIP, 1))
+            )
+            futures = [stub.Produce.future(req, timeout=120) for _ in range(6)]
+            ok, refused = 0, []
+            for f in futures:
+                try:
+                    f.result()
+                    ok += 1
+                except grpc.RpcError as err:
+                    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()
+                    assert "max_inflight_decompress_bytes" in (err.details() or "")
+                    info = retry_info(err)
+                    assert info is not None and info.retry_delay.ToMilliseconds() == 50
+                    refused.append(err)
+            assert ok >= 1 and refused, (ok, len(refused))
+            stub.Produce(req, timeout=120)  # nothing else in flight now: admitted
+            end = stub.Fetch(pb.FetchRequest(topic=topic, partition=0, offset=0), timeout=10)
+            assert end.log_end_offset == (ok + 1) * 10_000
+    finally:
+        assert b.stop() == 0
