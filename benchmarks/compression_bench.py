@@ -21,7 +21,8 @@ with ``send_many`` (acks=all, linger 5 ms, 1 MiB batches, one partition) and
 flushes; then the topic's ``.log`` bytes are summed; then a ``Consumer`` polls
 them all back as objects. Figures per codec: produce records/s, payload MB/s
 (record bytes, uncompressed), bytes on disk per record (frames included),
-consumer records/s. Medians over ``--runs``.
+consumer records/s, and the CPU time per MB of payload of the producer (this
+process) and of the broker while producing. Medians over ``--runs``.
 
 Not a test: it prints a table (and optionally JSON). The issue's target is
 zstd W2 payload MB/s >= 1.5x uncompressed acks=all, with on-disk bytes <= 1/3.
@@ -140,11 +141,13 @@ def one_run(
         compression_level=int(level) if level else None,
         linger_ms=5,
     ) as p:
+        cpu0 = _cpu_s(broker)
         t0 = time.perf_counter()
         for i in range(0, n, 10_000):
             p.send_many(topic, values[i : i + 10_000], partition=0)
         p.flush()
         produce_s = time.perf_counter() - t0
+        cpu1 = _cpu_s(broker)
     disk = sum(f.stat().st_size for f in (data_dir / f"{topic}-0").glob("*.log"))
     with Consumer(broker.grpc_address) as c:
         c.assign([(topic, 0)])
@@ -162,7 +165,19 @@ def one_run(
         "disk_bytes_per_record": disk / n,
         "payload_bytes_per_record": payload / n,
         "consume_records_per_s": n / consume_s,
+        # CPU time per MB of payload while producing (this process, the broker):
+        # on a shared, loaded machine throughput follows their sum.
+        "producer_cpu_ms_per_mb": (cpu1[0] - cpu0[0]) * 1e3 / (payload / MB),
+        "broker_cpu_ms_per_mb": (cpu1[1] - cpu0[1]) * 1e3 / (payload / MB),
     }
+
+
+def _cpu_s(broker: Broker) -> tuple[float, float]:
+    """(this process's, the broker's) user + system CPU seconds so far."""
+    t = os.times()
+    assert broker.child is not None
+    stat = Path(f"/proc/{broker.child.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return t.user + t.system, (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
 
 
 Results = dict[str, dict[str, list[dict[str, float]]]]  # workload -> codec -> runs
@@ -204,6 +219,8 @@ def figures(results: Results, records: int) -> list[Figure]:
         "payload_mb_per_s": ("produce payload MB/s", "MB/s", True),
         "disk_bytes_per_record": ("disk bytes/record", "B", False),
         "consume_records_per_s": ("consume records/s", "records/s", True),
+        "producer_cpu_ms_per_mb": ("producer CPU per MB", "ms", False),
+        "broker_cpu_ms_per_mb": ("broker CPU per MB", "ms", False),
     }
     for workload, by in results.items():
         for codec, runs in by.items():
@@ -251,8 +268,8 @@ def table(results: Results) -> str:
     """The markdown table of docs/benchmarks.md (medians)."""
     lines = [
         "| workload | codec | records/s | payload MB/s | vs none | disk bytes/record "
-        "| consumer records/s |",
-        "|---|---|---|---|---|---|---|",
+        "| consumer records/s | producer CPU ms/MB | broker CPU ms/MB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for workload, by in results.items():
         for codec, runs in by.items():
@@ -269,7 +286,9 @@ def table(results: Results) -> str:
                 f"| {_median(runs, 'produce_records_per_s'):,.0f} "
                 f"| {_median(runs, 'payload_mb_per_s'):.1f} | {vs:.2f}x "
                 f"| {_median(runs, 'disk_bytes_per_record'):,.1f} "
-                f"| {_median(runs, 'consume_records_per_s'):,.0f} |"
+                f"| {_median(runs, 'consume_records_per_s'):,.0f} "
+                f"| {_median(runs, 'producer_cpu_ms_per_mb'):.2f} "
+                f"| {_median(runs, 'broker_cpu_ms_per_mb'):.2f} |"
             )
     return "\n".join(lines)
 

@@ -16,7 +16,15 @@ from dataclasses import dataclass, fields
 from typing import Any, Final
 
 from logstore.errors import InvalidBatchError, InvalidConfigError
-from logstore.wire import FRAME_OVERHEAD, HEADER_SIZE, MIN_RECORD_BYTES
+from logstore.wire import (
+    CODEC_GZIP,
+    CODEC_LZ4,
+    CODEC_ZSTD,
+    FRAME_OVERHEAD,
+    HEADER_SIZE,
+    LEVELS,
+    MIN_RECORD_BYTES,
+)
 
 KiB: Final = 1024
 MiB: Final = 1024 * KiB
@@ -79,6 +87,15 @@ class TopicConfig:
     #: keeps what the producer sent (no broker work); a codec costs the
     #: broker a compression of every batch sent with another (docs/architecture.md).
     compression_type: str = "producer"
+    #: The levels the broker compresses with when ``compression_type`` names
+    #: that codec (recompressing a batch sent otherwise), and the log cleaner
+    #: when it rewrites a batch of that codec (Kafka's
+    #: ``compression.<codec>.level``, KIP-390). Ranges and defaults are the
+    #: codecs' (``logstore.wire.LEVELS``): zstd -7..22 (3), gzip 1..9 (6),
+    #: lz4 0..16 (0: the fast mode; 3 and up are LZ4-HC, ~10x slower).
+    compression_zstd_level: int = LEVELS[CODEC_ZSTD][2]
+    compression_gzip_level: int = LEVELS[CODEC_GZIP][2]
+    compression_lz4_level: int = LEVELS[CODEC_LZ4][2]
 
     def __post_init__(self) -> None:
         # A batch larger than segment_bytes is allowed: it gets a segment of its own.
@@ -122,6 +139,14 @@ class TopicConfig:
         """Every key with its value as a string (the gRPC API's form)."""
         return {f.name: str(getattr(self, f.name)) for f in fields(self)}
 
+    def level_for(self, codec: int) -> int | None:
+        """The topic's level for ``codec`` (None for no compression)."""
+        return {
+            CODEC_ZSTD: self.compression_zstd_level,
+            CODEC_GZIP: self.compression_gzip_level,
+            CODEC_LZ4: self.compression_lz4_level,
+        }.get(codec)
+
     @property
     def compact(self) -> bool:
         """Whether the policy includes compaction."""
@@ -145,6 +170,9 @@ _RANGES: Final[dict[str, _Range]] = {
     "max_batch_bytes": _Range(MIN_BATCH_BYTES, 1 << 30),
     "delete_retention_ms": _Range(0, 2**62),
     "min_compaction_lag_ms": _Range(0, 2**62),
+    "compression_zstd_level": _Range(*LEVELS[CODEC_ZSTD][:2]),
+    "compression_gzip_level": _Range(*LEVELS[CODEC_GZIP][:2]),
+    "compression_lz4_level": _Range(*LEVELS[CODEC_LZ4][:2]),
 }
 
 #: Kafka's names for the same keys.
@@ -158,6 +186,9 @@ _ALIASES: Final = {
     "max.batch.bytes": "max_batch_bytes",
     "cleanup.policy": "cleanup_policy",
     "compression.type": "compression_type",
+    "compression.zstd.level": "compression_zstd_level",
+    "compression.gzip.level": "compression_gzip_level",
+    "compression.lz4.level": "compression_lz4_level",
     "delete.retention.ms": "delete_retention_ms",
     "min.cleanable.dirty.ratio": "min_cleanable_dirty_ratio",
     "min.compaction.lag.ms": "min_compaction_lag_ms",

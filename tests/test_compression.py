@@ -43,7 +43,9 @@ from logstore.wire import (
     check_crc,
     compress,
     compressed_field,
+    compressed_payload,
     decode_header,
+    decompress_reservation,
     encode_records,
     is_compressed_request,
     parse_fetch,
@@ -53,7 +55,7 @@ from logstore.wire import (
     stored_frames,
 )
 from tests.brokerproc import BrokerProcess, start_broker
-from tests.test_broker_helpers import connect, create_topic
+from tests.test_broker_helpers import connect, create_topic, retry_info
 
 ROOT = Path(__file__).resolve().parents[1]
 CODECS = {"gzip": CODEC_GZIP, "lz4": CODEC_LZ4, "zstd": CODEC_ZSTD}
@@ -275,7 +277,8 @@ def test_compaction_keeps_the_latest_record_of_each_key_in_compressed_batches(
 ) -> None:
     """The cleaner reads compressed batches: superseded records in them are removed, the
     latest of each key kept (a batch it keeps whole is copied unchanged, compressed; one
-    that lost records is rewritten uncompressed, format 2)."""
+    that lost records is rewritten, format 2, compressed again with its codec: see
+    test_compaction_recompresses_rewritten_batches_with_their_codec)."""
     config = {"cleanup_policy": "compact", "segment_bytes": 3000, "delete_retention_ms": 0}
     latest: dict[bytes, tuple[int, bytes]] = {}
     with Store.open(tmp_path) as store:
@@ -298,6 +301,57 @@ def test_compaction_keeps_the_latest_record_of_each_key_in_compressed_batches(
         by_key = {r.key: (r.offset, r.value) for r in got}
         assert by_key == latest
         assert len(got) < 300
+
+
+def test_compaction_recompresses_rewritten_batches_with_their_codec(tmp_path: Path) -> None:
+    """A compressed batch that loses records to compaction is stored with the codec it
+    came with, its kept records (keys, values, headers, timestamps, offsets) exactly the
+    latest of each key, readable as records and as columns.
+
+    Fails on the old cleaner, which stored every rewritten batch uncompressed."""
+    codecs = ["zstd", "lz4", "gzip"]
+    config = {"cleanup_policy": "compact", "segment_bytes": 4000, "delete_retention_ms": 0}
+    latest: dict[bytes, Record] = {}
+    with Store.open(tmp_path) as store:
+        store.create_topic("c", 1, config)
+        for i in range(45):
+            recs = [
+                Record(
+                    b"value %d of batch %d " % (j, i) * 4,
+                    b"key-%d" % ((i * 5 + j) % 11),
+                    headers=[("h", b"%d" % j)] if j % 2 else None,
+                    timestamp_ms=1_700_000_000_000 + i if j == 3 else 0,
+                )
+                for j in range(6)
+            ]
+            off = store.append("c", 0, recs, compression=codecs[i % 3])
+            for j, r in enumerate(recs):
+                assert r.key is not None
+                latest[r.key] = Record(r.value, r.key, r.headers, r.timestamp_ms)
+                latest[r.key].offset = off + j
+        store.partition("c", 0).roll()
+        assert store.clean(force=True) >= 1
+        frames = stored_frames(_log_bytes(tmp_path, "c")).frames
+        rewritten = [h for _, h in frames if h.has_offset_deltas and h.record_count]
+        assert rewritten  # the clean rewrote batches that kept some records
+        for h in rewritten:
+            assert h.codec == CODECS[codecs[h.base_offset // 6 % 3]]
+        lg = store.partition("c", 0)
+        got: list[Record] = []
+        at = lg.log_start_offset
+        while at < lg.log_end_offset:
+            part = store.read("c", 0, at, max_bytes=1 << 30)
+            got += part
+            at = part[-1].offset + 1
+    want = sorted(latest.values(), key=lambda r: r.offset)
+    got_view = [(r.offset, r.key, r.value, list(r.headers or []), r.timestamp_ms) for r in got]
+    assert [g[:4] for g in got_view] == [
+        (r.offset, r.key, r.value, list(r.headers or [])) for r in want
+    ]
+    # timestamps: the record's own, or (0 stored) the batch's, never another's
+    assert all(
+        t == r.timestamp_ms for (*_, t), r in zip(got_view, want, strict=True) if r.timestamp_ms
+    )
 
 
 # -- a real broker --------------------------------------------------------------------------
@@ -482,6 +536,117 @@ def test_embedded_append_follows_the_topic_compression_type(tmp_path: Path) -> N
     assert decode_header(_log_bytes(tmp_path, "p")).codec == 0
 
 
+def test_topic_compression_levels_config() -> None:
+    """compression_<codec>_level (Kafka's compression.<codec>.level, KIP-390) default to the
+    codecs' defaults, take Kafka's dotted names, and are refused outside the codec's range
+    (naming it) or when not an integer."""
+    c = TopicConfig()
+    assert (c.compression_zstd_level, c.compression_gzip_level, c.compression_lz4_level) == (
+        3,
+        6,
+        0,
+    )
+    c = TopicConfig.from_mapping(
+        {"compression.zstd.level": "19", "compression.gzip.level": 1, "compression.lz4.level": 9}
+    )
+    assert (c.level_for(CODEC_ZSTD), c.level_for(CODEC_GZIP), c.level_for(CODEC_LZ4)) == (19, 1, 9)
+    assert c.level_for(0) is None
+    assert TopicConfig.from_mapping({"compression_zstd_level": "-7"}).compression_zstd_level == -7
+    for key, bad, why in [
+        ("compression.zstd.level", "23", r"-7\.\.22"),
+        ("compression.zstd.level", "-8", r"-7\.\.22"),
+        ("compression.gzip.level", "0", r"1\.\.9"),
+        ("compression.gzip.level", "10", r"1\.\.9"),
+        ("compression.lz4.level", "17", r"0\.\.16"),
+        ("compression.lz4.level", "fast", "integer"),
+        ("compression.zstd.level", True, "integer"),
+    ]:
+        with pytest.raises(InvalidConfigError, match=why):
+            TopicConfig.from_mapping({key: bad})
+
+
+def test_broker_recompresses_at_the_topic_level(broker: BrokerProcess) -> None:
+    """A topic whose compression_type names a codec has batches sent otherwise recompressed
+    at its compression.<codec>.level: the stored payload is exactly that codec's output at
+    that level (deterministic for gzip and zstd). Fails on the old broker, which always
+    used the codec's default level."""
+    values = [b'{"n": %d, "msg": "request served in %d ms"}' % (i, i % 97) for i in range(3000)]
+    cases = [("zstd", "compression.zstd.level", "19"), ("gzip", "compression.gzip.level", "1")]
+    for codec, key, level in cases:
+        topic = _name(f"lvl-{codec}")
+        with connect(broker) as stub:
+            create_topic(stub, topic, compression_type=codec, **{key: level})
+            with Producer(broker.grpc_address, compression="none", linger_ms=50) as p:
+                p.send_many(topic, values, partition=0)
+            resp = stub.Fetch(
+                pb.FetchRequest(topic=topic, partition=0, offset=0, max_bytes=64 << 20), timeout=10
+            )
+        assert resp.batches
+        for b in resp.batches:
+            assert b.attributes == CODECS[codec]
+            plain = _standard_decompress(codec, b.compressed_records)
+            assert b.compressed_records == compress(plain, CODECS[codec], int(level))
+            assert b.compressed_records != compress(plain, CODECS[codec])  # not the default
+
+
+def test_bad_compression_levels_are_invalid_argument(broker: BrokerProcess) -> None:
+    """CreateTopic and AlterTopicConfig with a level outside the codec's range are
+    INVALID_ARGUMENT naming the range; the topic keeps its level."""
+    topic = _name("badlvl")
+    with connect(broker) as stub:
+        with pytest.raises(grpc.RpcError) as info:
+            create_topic(stub, topic, **{"compression.zstd.level": "40"})
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "-7..22" in (info.value.details() or "")
+        create_topic(stub, topic, **{"compression.gzip.level": "2"})
+        with pytest.raises(grpc.RpcError) as info:
+            stub.AlterTopicConfig(
+                pb.AlterTopicConfigRequest(name=topic, set={"compression.gzip.level": "0"}),
+                timeout=10,
+            )
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "1..9" in (info.value.details() or "")
+        got = stub.DescribeTopic(pb.DescribeTopicRequest(name=topic), timeout=10)
+        assert got.topic.config["compression_gzip_level"] == "2"
+
+
+def test_logctl_topic_compression_level(broker: BrokerProcess) -> None:
+    """`logctl topics alter --config compression.zstd.level=N` sets it (describe shows it);
+    an out-of-range level is one line on stderr and a non-zero exit."""
+    topic = _name("clilvl")
+    logctl = str(Path(sys.executable).parent / "logctl")
+    env = {**os.environ, "LOGSTORE_BOOTSTRAP": broker.grpc_address}
+    with connect(broker) as stub:
+        create_topic(stub, topic)
+    ok = subprocess.run(
+        [logctl, "topics", "alter", topic, "--config", "compression.zstd.level=12"],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    with connect(broker) as stub:
+        got = stub.DescribeTopic(pb.DescribeTopicRequest(name=topic), timeout=10)
+    assert got.topic.config["compression_zstd_level"] == "12"
+    bad = subprocess.run(
+        [logctl, "topics", "alter", topic, "--config", "compression.lz4.level=99"],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert "0..16" in bad.stderr
+
+
+def test_embedded_append_uses_the_topic_level(tmp_path: Path) -> None:
+    """Store.append without a compression argument compresses at the topic's level."""
+    with Store.open(tmp_path) as store:
+        store.create_topic("z", 1, {"compression_type": "zstd", "compression.zstd.level": 15})
+        store.append("z", 0, [b"level %d " % i * 20 for i in range(200)])
+    frame = _log_bytes(tmp_path, "z")
+    h = decode_header(frame)
+    payload = bytes(compressed_payload(frame[h.records_start : h.frame_size], "test"))
+    plain = zstandard.ZstdDecompressor().decompress(payload)
+    assert payload == compress(plain, CODEC_ZSTD, 15)
+    assert payload != compress(plain, CODEC_ZSTD)
+
+
 @pytest.fixture(scope="module")
 def producers(broker: BrokerProcess) -> Iterator[dict[str, Producer]]:
     ps = {c: Producer(broker.grpc_address, compression=c, linger_ms=0) for c in ["none", *CODECS]}
@@ -625,3 +790,76 @@ def test_share_fetch_sees_deliver_at_headers_inside_compressed_batches(tmp_path:
     plan = PartitionRead("q", 0, 0, 0, "earliest", 100)
     got = _candidates(stored_frames(data), 0, plan, False)
     assert got.deliver_at is not None and list(got.deliver_at) == [0, later]
+
+
+# -- the decompression budget -----------------------------------------------------------------
+
+
+def _compressed_request(topic: str, codec: int, payload: bytes) -> bytes:
+    tail = compressed_field(payload)
+    head = pb.ProduceRequest(topic=topic, partition=0, compression=codec)  # type: ignore[arg-type]
+    return head.SerializeToString() + tail
+
+
+def test_decompress_reservation_is_the_declared_size_or_the_bound() -> None:
+    """What a request reserves of the broker's decompression budget: 0 uncompressed, a zstd
+    frame's declared content size, else the 64 MiB bound (gzip, lz4, zstd without a size,
+    or a payload that is not what it says)."""
+    records = encode_records([b"x" * 100] * 50)[0]
+    plain = pb.ProduceRequest(topic="t", partition=0).SerializeToString() + records
+    assert decompress_reservation(plain) == 0
+    z = _compressed_request("t", CODEC_ZSTD, compress(records, CODEC_ZSTD))
+    assert decompress_reservation(z) == len(records)
+    no_size = zstandard.ZstdCompressor(write_content_size=False).compress(records)
+    assert decompress_reservation(_compressed_request("t", CODEC_ZSTD, no_size)) == (
+        MAX_DECOMPRESSED_BYTES
+    )
+    for codec in (CODEC_GZIP, CODEC_LZ4):
+        req = _compressed_request("t", codec, compress(records, codec))
+        assert decompress_reservation(req) == MAX_DECOMPRESSED_BYTES
+    junk = _compressed_request("t", CODEC_ZSTD, b"not zstd")
+    assert decompress_reservation(junk) == MAX_DECOMPRESSED_BYTES
+
+
+def test_decompressions_past_the_budget_are_resource_exhausted_with_retry_info(
+    tmp_path: Path,
+) -> None:
+    """With max_inflight_decompress_bytes at its 1 MiB minimum, one 64 MiB-bound (gzip)
+    decompression runs at a time: concurrent compressed produces past it are refused at
+    once with RESOURCE_EXHAUSTED and a RetryInfo hint, the admitted ones are stored, and a
+    refused one succeeds when retried. Fails on the old broker, which admitted them all."""
+    b = start_broker(
+        tmp_path / "data",
+        env={
+            "LOGSTORE_MAX_INFLIGHT_DECOMPRESS_BYTES": str(1 << 20),
+            "LOGSTORE_RETRY_AFTER_MS": "50",
+        },
+    )
+    try:
+        with connect(b) as stub:
+            topic = _name("budget")
+            create_topic(stub, topic)
+            # ~40 MiB of records each: gzip takes tens of ms to inflate them on this
+            # machine, while the other requests arrive within a few ms.
+            records = encode_records([b"a" * 4000] * 10_000)[0]
+            req = pb.ProduceRequest.FromString(
+                _compressed_request(topic, CODEC_GZIP, compress(records, CODEC_GZIP, 1))
+            )
+            futures = [stub.Produce.future(req, timeout=120) for _ in range(6)]
+            ok, refused = 0, []
+            for f in futures:
+                try:
+                    f.result()
+                    ok += 1
+                except grpc.RpcError as err:
+                    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()
+                    assert "max_inflight_decompress_bytes" in (err.details() or "")
+                    info = retry_info(err)
+                    assert info is not None and info.retry_delay.ToMilliseconds() == 50
+                    refused.append(err)
+            assert ok >= 1 and refused, (ok, len(refused))
+            stub.Produce(req, timeout=120)  # nothing else in flight now: admitted
+            end = stub.Fetch(pb.FetchRequest(topic=topic, partition=0, offset=0), timeout=10)
+            assert end.log_end_offset == (ok + 1) * 10_000
+    finally:
+        assert b.stop() == 0

@@ -121,7 +121,7 @@ def _round_trip(
     py_topic = "interop-py-compressed"
     with Admin(broker.grpc_address, credentials=creds) as admin:
         admin.create_topic(py_topic, 1)
-    for i, codec in enumerate(("gzip", "zstd")):
+    for i, codec in enumerate(("gzip", "zstd", "lz4")):
         with Producer(broker.grpc_address, compression=codec, credentials=creds) as p:
             p.send_many(
                 py_topic, [b"py-%d" % n for n in range(i * 500, i * 500 + 500)], partition=0

@@ -58,7 +58,7 @@ class Gauge:
 
 
 class Limits:
-    """The four bounds of DESIGN.md's back-pressure paragraph."""
+    """The bounds of DESIGN.md's back-pressure paragraph, and the decompression budget."""
 
     def __init__(
         self,
@@ -69,6 +69,7 @@ class Limits:
         max_subscriptions: int,
         retry_after_ms: int,
         on_reject: Callable[[str], None],
+        max_inflight_decompress_bytes: int = 256 << 20,
     ) -> None:
         self.requests = Gauge(
             "max_concurrent_requests", max_concurrent_requests, retry_after_ms, on_reject
@@ -81,6 +82,14 @@ class Limits:
         )
         self.subscriptions = Gauge(
             "max_subscriptions", max_subscriptions, retry_after_ms, on_reject
+        )
+        #: What compressed produce requests may inflate to while validated
+        #: (``wire.decompress_reservation``): bounds the decompressions at once.
+        self.decompress_bytes = Gauge(
+            "max_inflight_decompress_bytes",
+            max_inflight_decompress_bytes,
+            retry_after_ms,
+            on_reject,
         )
 
 

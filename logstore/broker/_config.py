@@ -80,6 +80,13 @@ class BrokerConfig:
     #: answered, or queued with acks=NONE). 64 MiB = 16 maximal requests: with
     #: 1 MiB batches that keeps 2 cores busy while bounding broker memory.
     max_inflight_produce_bytes: int = 64 * MiB
+    #: Sum of what the compressed produce requests being handled may inflate
+    #: to while the broker validates them (each reserves zstd's declared
+    #: content size, else the 64 MiB decompression bound, from arrival to its
+    #: append). 256 MiB = four worst-case (64 MiB) batches at once, or ~36
+    #: of the producer's 7 MB zstd batches; past it RESOURCE_EXHAUSTED with a
+    #: retry hint, like every bound here.
+    max_inflight_decompress_bytes: int = 256 * MiB
     #: Produce, Fetch, admin calls and ProduceStreams being handled at once.
     max_concurrent_requests: int = 256
     #: Fetch requests parked in a long poll at once.
@@ -228,6 +235,7 @@ _DEFAULTS: Final = BrokerConfig.__dataclass_fields__
 _INT_RANGES: Final[dict[str, tuple[int, int]]] = {
     "max_request_bytes": (64 * 1024, 1 << 30),
     "max_inflight_produce_bytes": (64 * 1024, 1 << 40),
+    "max_inflight_decompress_bytes": (1 << 20, 1 << 40),
     "max_concurrent_requests": (1, 1_000_000),
     "max_long_poll_waiters": (0, 1_000_000),
     "max_subscriptions": (0, 1_000_000),

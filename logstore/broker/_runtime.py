@@ -95,6 +95,7 @@ class Runtime:
             max_inflight_produce_bytes=config.max_inflight_produce_bytes,
             max_long_poll_waiters=config.max_long_poll_waiters,
             max_subscriptions=config.max_subscriptions,
+            max_inflight_decompress_bytes=config.max_inflight_decompress_bytes,
             retry_after_ms=config.retry_after_ms,
             on_reject=lambda reason: metrics.rejected.labels(reason).inc(),
         )

@@ -23,9 +23,13 @@ Contract (Kafka's LogCleaner, simplified):
   columnar reads do), hash the keys vectorized (:class:`~._keymap.KeyHasher`,
   keyed afresh per run) and decide keep/drop with numpy: no per-record Python
   except re-encoding the kept records of a batch that lost some.
+- Compressed batches are decompressed (once per chunk, bounded like every
+  reader) and then located with numpy like the others.
 - Rewritten batches keep their base offset, last offset, timestamps and
   producer fields; a batch that lost records becomes a format-2 frame
-  (``build_offset_frame``, CRC recomputed); an unchanged batch is copied byte
+  (``build_offset_frame``, CRC recomputed), compressed again with the
+  batch's codec at the topic's level for it (``compression_<codec>_level``;
+  unless that does not make it smaller); an unchanged batch is copied byte
   for byte; a batch that lost every record goes, except the last batch of
   each idempotent producer the partition knows, which stays as an empty
   format-2 batch (Kafka does the same): the producer state rebuilt from the
@@ -78,14 +82,21 @@ import numpy.typing as npt
 from logstore._types import Position
 from logstore.errors import CorruptRecordError
 from logstore.wire import (
+    CODEC_NONE,
+    FetchedFrames,
     FrameHeader,
     Record,
     build_offset_frame,
     check_crc,
+    compress,
+    compressed_field,
+    decode_header,
     decode_objects,
+    readable_frames,
     stored_frames,
 )
 from logstore.wire._columns import _decode_upb, _Fallback, _gather, locate_fast
+from logstore.wire._frame import ATTR_CODEC_MASK, with_records
 
 from ._keymap import KeyHasher, KeyMap
 from ._names import CLEANED_SUFFIX
@@ -126,6 +137,12 @@ def _columns(chunk: bytes, frames: list[tuple[int, FrameHeader]], hasher: KeyHas
     canonical layout) and their keys hashed vectorized: no per-record Python
     in the common case. Empty batches hold no record and are skipped."""
     bounds = [0, *itertools.accumulate(h.record_count for _p, h in frames)]
+    if any(h.attributes & ATTR_CODEC_MASK for _p, h in frames):
+        # Compressed frames: decompressed (bounded, once per chunk) into their
+        # uncompressed equivalents, same record counts, then located with
+        # numpy like any others (upb on them was ~8x slower).
+        plain = readable_frames(FetchedFrames(chunk, frames, 0, 0))
+        chunk, frames = plain.buf, plain.frames
     full = [(p, h) for p, h in frames if h.record_count]
     if not full:
         z = np.zeros(0, np.int64)
@@ -152,6 +169,20 @@ def _columns(chunk: bytes, frames: list[tuple[int, FrameHeader]], hasher: KeyHas
             hasher.digests(c.keys, c.key_offsets),
             bounds,
         )
+
+
+def _recompressed(frame: bytes, codec: int, level: int | None) -> bytes:
+    """A rewritten (format-2) frame with its records compressed again under the
+    batch's original ``codec`` at ``level`` (the topic's level for it: the
+    producer's is not stored), so compaction keeps what the topic stored
+    compressed, compressed; the frame as it is when that does not make it
+    smaller."""
+    h = decode_header(frame)
+    body = memoryview(frame)[h.records_start :]
+    tail = compressed_field(compress(body, codec, level))
+    if len(tail) >= len(body):
+        return frame
+    return with_records(frame, h, tail, h.attributes | codec)
 
 
 @dataclass
@@ -465,6 +496,8 @@ class Cleaner:
                             producer_epoch=h.producer_epoch,
                             base_sequence=h.base_sequence,
                         )
+                        if keep and h.codec != CODEC_NONE:
+                            out = _recompressed(out, h.codec, lg.config.level_for(h.codec))
                     pending.append(out)
                     pending_bytes += len(out)
                     if pending_bytes >= READ_CHUNK:

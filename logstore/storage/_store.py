@@ -616,13 +616,16 @@ class Store:
         once it is fsynced. ``compression`` (``"none"``, ``"gzip"``,
         ``"lz4"``, ``"zstd"``) stores the batch compressed
         (``compression_level``: the codec's, None for its default); None
-        means the topic's ``compression_type`` (``producer``: none).
+        means the topic's ``compression_type`` (``producer``: none) at the
+        topic's ``compression_<codec>_level``.
         """
         self._check_open()
         lg = self.partition(topic, partition)
         if compression is None:
             wanted = lg.config.compression_type
             compression = "none" if wanted == "producer" else wanted
+            if compression_level is None:
+                compression_level = lg.config.level_for(codec_of(compression))
         codec = codec_of(compression)
         check_level(codec, compression_level)
         body, count, max_ts = encode_records(records)

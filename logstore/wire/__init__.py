@@ -27,6 +27,7 @@ from ._compression import (
     CODEC_SNAPPY,
     CODEC_ZSTD,
     COMPRESSED_TAG,
+    LEVELS,
     MAX_DECOMPRESSED_BYTES,
     SUPPORTED_CODECS,
     check_level,
@@ -72,6 +73,7 @@ from ._multi import (
 from ._murmur2 import murmur2, partition_for_key
 from ._produce import (
     SplitRequest,
+    decompress_reservation,
     is_compressed_request,
     produce_header,
     recompress,
@@ -114,6 +116,7 @@ __all__ = [
     "CODEC_SNAPPY",
     "CODEC_ZSTD",
     "COMPRESSED_TAG",
+    "LEVELS",
     "MAX_DECOMPRESSED_BYTES",
     "SUPPORTED_CODECS",
     "check_level",
@@ -123,6 +126,7 @@ __all__ = [
     "compressed_payload",
     "decompress",
     "decompress_frame",
+    "decompress_reservation",
     "is_compressed_request",
     "MultiProduceSplit",
     "PARTITION_DATA_TAG",

@@ -245,6 +245,19 @@ def _members(codec: int, payload: memoryview, where: str, bound: int) -> list[by
         data = rest
 
 
+def zstd_content_size(payload: bytes | bytearray | memoryview) -> int:
+    """The content size a zstd frame declares; -1 when it declares none or the
+    bytes do not start a zstd frame (or zstandard is missing)."""
+    try:
+        zstd = _module(CODEC_ZSTD)
+    except ImportError:
+        return -1
+    try:
+        return int(zstd.frame_content_size(payload))
+    except zstd.ZstdError:
+        return -1
+
+
 def _zstd(payload: memoryview, where: str, bound: int) -> bytes:
     """Exactly one zstd frame. A frame that declares its size (every writer of
     logstore's does) is refused before any work when the size is past

@@ -38,12 +38,15 @@ from logstore.v1 import logstore_pb2, records_pb2
 from ._compression import (
     CODEC_NAMES,
     CODEC_NONE,
+    CODEC_ZSTD,
     COMPRESSED_TAG,
+    MAX_DECOMPRESSED_BYTES,
     SUPPORTED_CODECS,
     compress,
     compressed_field,
     compressed_payload,
     decompress,
+    zstd_content_size,
 )
 from ._frame import (
     I32_BYTES,
@@ -182,6 +185,33 @@ def is_compressed_request(raw: bytes) -> bool:
     except InvalidRequestError:
         return False
     return start is not None and start < len(mv) and mv[start] == COMPRESSED_TAG
+
+
+def decompress_reservation(raw: bytes) -> int:
+    """Bytes a ProduceRequest may inflate to when :func:`split_produce_request`
+    validates it: 0 for uncompressed records; a zstd payload's declared content
+    size (the decompressor cannot write more than a frame declares, and a
+    declaration past the bound is refused before any work); else
+    MAX_DECOMPRESSED_BYTES, the bound every decompression stops at. A walk over
+    the few header fields and one frame header: O(1) in the records. The broker
+    reserves it from its decompression budget before decompressing."""
+    mv = memoryview(raw)
+    try:
+        start = _records_start(mv)
+    except InvalidRequestError:
+        return 0
+    if start is None or start >= len(mv) or mv[start] != COMPRESSED_TAG:
+        return 0
+    try:
+        header = logstore_pb2.ProduceRequest.FromString(mv[:start])  # type: ignore[arg-type]
+        if int(header.compression) == CODEC_ZSTD:
+            payload = compressed_payload(mv[start:], "produce request")
+            size = zstd_content_size(payload)
+            if 0 <= size <= MAX_DECOMPRESSED_BYTES:
+                return max(size, 1)
+    except (DecodeError, CorruptRecordError):
+        pass  # the split refuses it; until then, the worst case
+    return MAX_DECOMPRESSED_BYTES
 
 
 def split_produce_request(raw: bytes) -> SplitRequest:

@@ -152,6 +152,8 @@ function unary(method, request) {
 // google.rpc.Status and its details, from proto/google/rpc alone (protobufjs
 // is @grpc/proto-loader's own dependency, pinned by package-lock.json).
 const protobuf = require("protobufjs");
+// lz4 frames (lz4.org frame format) in pure JS: node:zlib has gzip and zstd only.
+const lz4js = require("lz4js");
 const rpcRoot = new protobuf.Root();
 // google/protobuf/{any,duration}.proto are protobufjs's built-in copies.
 rpcRoot.resolvePath = (_origin, target) => (target.startsWith("google/protobuf/") ? target : path.join(PROTO_DIR, target));
@@ -605,7 +607,7 @@ async function main() {
     });
   }
 
-  await section("Compressed batches: gzip and zstd (node:zlib), written by Node and by Python", async () => {
+  await section("Compressed batches: gzip and zstd (node:zlib), lz4 (lz4js), written by Node and by Python", async () => {
     // records.proto, "Compressed batches": attributes bits 0-2 = the codec;
     // compressed_records = the codec's compression of the serialized records
     // field; decompress and parse as a RecordBatch to get the records.
@@ -614,6 +616,7 @@ async function main() {
     const codecs = [
       ["gzip", "CODEC_GZIP", 1, (b) => zlib.gzipSync(b), (b) => zlib.gunzipSync(b)],
       ["zstd", "CODEC_ZSTD", 4, (b) => zlib.zstdCompressSync(b), (b) => zlib.zstdDecompressSync(b)],
+      ["lz4", "CODEC_LZ4", 3, (b) => Buffer.from(lz4js.compress(b)), (b) => Buffer.from(lz4js.decompress(b))],
     ];
     const plain = Buffer.from(RecordBatchType.encode(RecordBatchType.fromObject({ records: batchA.map(toWire) })).finish());
     let next = 0;
@@ -656,18 +659,18 @@ async function main() {
     );
     const pyTopic = process.env.LOGSTORE_INTEROP_PY_COMPRESSED_TOPIC;
     if (pyTopic) {
-      // Written by Python's Producer(compression=...): one gzip, then one zstd batch of
+      // Written by Python's Producer(compression=...): gzip, zstd, then lz4 batches of
       // values "py-<i>" (tests/test_interop_node.py).
       const pf = await unary("Fetch", { topic: pyTopic, partition: 0, offset: "0", max_bytes: 64 << 20 });
-      const byCodec = { 1: codecs[0], 4: codecs[1] };
+      const byCodec = { 1: codecs[0], 4: codecs[1], 3: codecs[2] };
       const values = [];
       for (const b of pf.batches) {
         const c = byCodec[b.attributes & 0x07];
-        checkTrue("Python batch: codec gzip or zstd", c !== undefined, `attributes ${b.attributes}`);
+        checkTrue("Python batch: codec gzip, zstd or lz4", c !== undefined, `attributes ${b.attributes}`);
         if (c) values.push(...readCompressed(b, `python ${c[0]}`, c[2], c[4]).map((g) => g.record.value.toString()));
       }
       check("Python-written compressed records read by Node", values, Array.from({ length: values.length }, (_, i) => `py-${i}`));
-      checkTrue("Python-written: both codecs seen", new Set(pf.batches.map((b) => b.attributes & 7)).size === 2, show(pf.batches.map((b) => b.attributes)));
+      checkTrue("Python-written: all three codecs seen", new Set(pf.batches.map((b) => b.attributes & 7)).size === 3, show(pf.batches.map((b) => b.attributes)));
     }
   });
 

@@ -39,7 +39,7 @@ from logstore.wire import (
     HEADER_SIZE,
     SplitRequest,
     codec_of,
-    is_compressed_request,
+    decompress_reservation,
     partition_for_key,
     recompress,
     split_produce_request,
@@ -154,8 +154,9 @@ class ProduceHandlers:
         self, topic: str, plog: PartitionLog, split: SplitRequest
     ) -> SplitRequest:
         """The batch as the topic's ``compression_type`` stores it: as sent
-        (``producer``, the default: no work), or recompressed to its codec on
-        an I/O thread (the event loop keeps serving; the time is counted in
+        (``producer``, the default: no work), or recompressed to its codec at
+        the topic's ``compression_<codec>_level`` on an I/O thread (the event
+        loop keeps serving; the time is counted in
         logstore_produce_recompress_seconds)."""
         wanted = plog.config.compression_type
         if wanted == "producer":
@@ -164,19 +165,32 @@ class ProduceHandlers:
         if codec == split.codec:
             return split
         t0 = time.perf_counter()
-        out = await self._rt.run_io(recompress, split, codec)
+        out = await self._rt.run_io(recompress, split, codec, plog.config.level_for(codec))
         self._rt.metrics.recompress_seconds.labels(topic).inc(time.perf_counter() - t0)
         return out
 
-    def _acquire_bytes(self, size: int) -> None:
-        self._rt.limits.produce_bytes.acquire(size)
+    def _acquire_bytes(self, size: int, inflate: int = 0) -> None:
+        """Take ``size`` request bytes and ``inflate`` of the decompression
+        budget (ResourceExhaustedError, holding neither, past either)."""
+        limits = self._rt.limits
+        limits.produce_bytes.acquire(size)
+        if inflate:
+            try:
+                limits.decompress_bytes.acquire(inflate)
+            except BaseException:
+                limits.produce_bytes.release(size)
+                raise
         self._rt.metrics.inflight_bytes.inc(size)
 
-    def _release_bytes(self, size: int) -> None:
+    def _release_bytes(self, size: int, inflate: int = 0) -> None:
         self._rt.limits.produce_bytes.release(size)
+        if inflate:
+            self._rt.limits.decompress_bytes.release(inflate)
         self._rt.metrics.inflight_bytes.dec(size)
 
-    def _queue_none(self, topic: str, partition: int, split: SplitRequest, size: int) -> None:
+    def _queue_none(
+        self, topic: str, partition: int, split: SplitRequest, size: int, inflate: int
+    ) -> None:
         """acks=NONE: append in the background, after this partition's earlier ones."""
         key = (topic, partition)
         previous = self._none_tail.get(key)
@@ -204,7 +218,7 @@ class ProduceHandlers:
                     extra={"fields": {"topic": topic, "partition": partition}},
                 )
             finally:
-                self._release_bytes(size)
+                self._release_bytes(size, inflate)
                 if self._none_tail.get(key) is task:
                     del self._none_tail[key]
 
@@ -221,10 +235,12 @@ class ProduceHandlers:
         when acks=ALL, so fsyncs of a stream overlap with later appends.
         """
         size = len(raw)
-        self._acquire_bytes(size)
+        # A compressed batch holds its decompressed records until appended.
+        inflate = decompress_reservation(raw)
+        self._acquire_bytes(size, inflate)
         held = True
         try:
-            if is_compressed_request(raw):
+            if inflate:
                 # decompressing (bounded, up to ~130 ms) off the event loop
                 split = await self._rt.run_io(split_produce_request, raw)
             else:
@@ -238,7 +254,7 @@ class ProduceHandlers:
             # stored: compressed, and after any recompression.
             plog.config.check_batch_bytes(HEADER_SIZE + len(split.records), plog.name)
             if header.acks == pb.ACKS_NONE:
-                self._queue_none(topic, partition, split, size)
+                self._queue_none(topic, partition, split, size, inflate)
                 held = False
                 reply = pb.ProduceResponse(
                     request_id=header.request_id, partition=partition, base_offset=-1
@@ -251,7 +267,7 @@ class ProduceHandlers:
             result = await self._append(topic, partition, split)
         finally:
             if held:
-                self._release_bytes(size)
+                self._release_bytes(size, inflate)
         reply = pb.ProduceResponse(
             request_id=header.request_id,
             partition=partition,
