@@ -324,13 +324,11 @@ def test_consumer_retries_by_the_shared_full_jitter_backoff() -> None:
             c.seek(tp, 0)  # resets the failure count
             part = c._parts[TopicPartition(*tp)]
             for n in range(3):
-                c._handle(
-                    (
-                        TopicPartition(*tp),
-                        part.epoch,
-                        _FailedFetch(errors.BrokerUnavailableError("down")),
-                    )
-                )
+                # a MultiFetch of this partition in flight, then failed
+                c._fetch_seq += 1
+                c._fetches[c._fetch_seq] = ([(TopicPartition(*tp), part.epoch)], None)
+                part.future = c._fetch_seq
+                c._handle((c._fetch_seq, _FailedFetch(errors.BrokerUnavailableError("down"))))
                 (first if n == 0 else third if n == 2 else []).append(
                     part.retry_at - time.monotonic()
                 )

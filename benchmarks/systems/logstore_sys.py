@@ -462,6 +462,37 @@ def _replay_client(args: dict[str, Any], ready: Callable[[], None]) -> dict[str,
     return {"start": start, "end": end, "count": count, "bytes": 0, "impl": "client"}
 
 
+def replay_parts(args: dict[str, Any], ready: Callable[[], None]) -> dict[str, Any]:
+    """W5 consumer side: one ``Consumer`` assigned every partition of ``topic``
+    (``partitions``), from offset 0, polling columns until ``n`` records.
+
+    ``fetch`` = "multi" (the Consumer as shipped: one MultiFetch for all its
+    ready partitions) or "unary" (its fallback for brokers without MultiFetch:
+    one Fetch per partition, which is what the Consumer did before issue 12).
+    """
+    from logstore.client import Consumer
+
+    n, topic, parts = int(args["n"]), str(args["topic"]), int(args["partitions"])
+    deadline = time.monotonic() + float(args.get("deadline_s", 120))
+    consumer = Consumer(args["params"]["grpc"], fetch_max_wait_ms=100)
+    if args.get("fetch") == "unary":
+        consumer._multi = False  # the per-partition Fetch path (benchmark comparison only)
+    try:
+        consumer.assign([(topic, p) for p in range(parts)])
+        for p in range(parts):
+            consumer.seek((topic, p), 0)
+        ready()
+        start = time.monotonic()
+        count = 0
+        while count < n and time.monotonic() < deadline:
+            batches = consumer.poll_columns(timeout_ms=1000)
+            count += sum(len(b.offsets) for b in batches.values())
+        end = time.monotonic()
+    finally:
+        consumer.close()
+    return {"start": start, "end": end, "count": count, "bytes": 0, "impl": "client"}
+
+
 def tail(args: dict[str, Any], ready: Callable[[], None]) -> dict[str, Any]:
     """Subscribe from offset 0 of a fresh topic; latency = receive - stamp in payload."""
     import grpc

@@ -5,6 +5,11 @@ and open file descriptors, on a server restarted fresh for W5. For logstore
 RSS must stay within +50 MB from 1 to 1,000 partitions and descriptors under
 the broker's cap. (Redis keeps every record in memory, so its RSS grows with
 the data, not the stream count.)
+
+Consumer side (logstore only): the records just produced are read back by
+one ``Consumer`` assigned every partition, as numpy columns, once with its
+MultiFetch (one long poll for all its partitions per request) and once with
+its per-partition Fetch fallback (what it did before issue 12), records/s.
 """
 
 from __future__ import annotations
@@ -53,7 +58,18 @@ def run(ctx: Ctx, system: System) -> list[Figure]:
         maps = Figure(
             f"{NAME} {parts} partitions mappings", "maps", higher_is_better=False, info=dict(info)
         )
-        for _ in range(ctx.runs):
+        consume: dict[str, Figure] = {}
+        if system.name == "logstore":
+            for fetch, mode in (
+                ("multi", "Consumer, MultiFetch"),
+                ("unary", "Consumer, Fetch per partition"),
+            ):
+                consume[fetch] = Figure(
+                    f"{NAME} {parts} partitions consume ({fetch}) records/s",
+                    "records/s",
+                    info={**info, "mode": mode, "bound": "grpc_stream_1mib"},
+                )
+        for run_no in range(ctx.runs):
             topic = new_topic("w5")
             system.create(topic, parts)
             try:
@@ -74,11 +90,40 @@ def run(ctx: Ctx, system: System) -> list[Figure]:
                 rss.values.append(system.rss() / MB)
                 fds.values.append(system.fds())
                 maps.values.append(mapped_count(system.pid))
+                if system.name == "logstore":
+                    # Alternate which goes first: the first read after the
+                    # produce run pays for its leftovers (measured: about 2x
+                    # slower whichever path it is).
+                    order = list(consume.items())
+                    if run_no % 2:
+                        order.reverse()
+                    for fetch, fig in order:
+                        got, took, _ = timed(
+                            ctx,
+                            [
+                                base_args(
+                                    ctx,
+                                    system,
+                                    "replay_parts",
+                                    topic=topic,
+                                    n=int(count),
+                                    partitions=parts,
+                                    fetch=fetch,
+                                )
+                            ],
+                        )
+                        if got < count:
+                            raise RuntimeError(f"W5 consume read {got:,} of {count:,.0f} records")
+                        fig.values.append(got / took)
+                        ctx.log(
+                            f"{NAME} logstore {parts} partitions consume ({fetch}): "
+                            f"{got / took:,.0f} records/s"
+                        )
             finally:
                 system.delete(topic, parts)
             ctx.log(
                 f"{NAME} {system.name} {parts} partitions: {count / elapsed:,.0f} records/s, "
                 f"RSS {rss.values[-1]:,.0f} MB, {fds.values[-1]:.0f} fds"
             )
-        figs += [rec, rss, fds, maps]
+        figs += [rec, rss, fds, maps, *consume.values()]
     return figs

@@ -1,31 +1,45 @@
-"""The consumer: assigned partitions, positions, long-poll Fetch with prefetch.
+"""The consumer: assigned partitions, positions, long-poll MultiFetch with prefetch.
 
 Each assigned partition has a position (the next offset to return), at most
-one Fetch in flight and at most ``_MAX_BUFFERED`` (2) fetched replies waiting,
+one fetch in flight and at most ``_MAX_BUFFERED`` (2) fetched replies waiting,
 so memory is bounded by about 3 x ``fetch_max_bytes`` per partition (plus one
-batch when a single batch exceeds it). As soon as a reply is taken in, the
-next Fetch is issued from where it ends -- before the reply is decoded -- so
-the broker works on the next reply while this one is decoded and while the
-caller processes it.
+batch when a single batch exceeds it), and each request's reply by
+``fetch_request_max_bytes``. As soon as a reply is taken in, the next fetch is
+issued from where it ends -- before the reply is decoded -- so the broker
+works on the next reply while this one is decoded and while the caller
+processes it.
 
-Fetches are long polls (``min_bytes=1``, ``max_wait_ms``), so an idle
-partition costs one request per ``fetch_max_wait_ms``. Replies are parsed from
-raw bytes: each batch's CRC32C is checked, records below the position are
-skipped (a reply may start with the batch containing it) and records stored
-with timestamp 0 get their batch's timestamp (see ``logstore.wire._columns``).
+All partitions ready to fetch go in one ``MultiFetch`` (one round trip and one
+long poll for all of them, Kafka's fetch shape), listed in a rotating order so
+the request's byte budget favours none. A partition that becomes ready while
+one is in flight (its buffer drained, a seek) goes in a new request rather
+than waiting for the long poll of idle ones to end; at most
+``_MAX_FETCHES`` (4) are in flight, a bound on the broker's long-poll waiters
+per consumer (a Fetch per partition took one per partition).
+
+Fetches are long polls (``min_bytes=1``, ``max_wait_ms``), so idle
+partitions cost about one request per ``fetch_max_wait_ms``. Replies are
+parsed from raw bytes (each partition's entry as a FetchResponse): each
+batch's CRC32C is checked, records below the position are skipped (a reply
+may start with the batch containing it) and records stored with timestamp 0
+get their batch's timestamp (see ``logstore.wire._columns``).
 Offsets may have gaps (a compacted log): a position in a gap returns the next
 record, and once a reply is taken the position is its last frame's
 ``next_offset`` (past offsets removed after the last record), where the next
 Fetch starts.
 
-``UNAVAILABLE`` and ``RESOURCE_EXHAUSTED`` with a retry hint are retried for
-``retry_timeout_ms``, waiting by the client's one backoff policy
+A failed request, or a partition's own status in the reply, is that
+partition's failure: ``UNAVAILABLE`` and ``RESOURCE_EXHAUSTED`` with a retry
+hint are retried for ``retry_timeout_ms``, waiting by the client's one backoff policy
 (:mod:`._backoff`: full jitter between 0 and min(``retry_backoff_max_ms``,
 ``retry_backoff_ms`` x 2**failures), at least the broker's hint); other
 errors (OUT_OF_RANGE with the valid range, NOT_FOUND, DATA_LOSS) are raised
 from ``poll``, with the partition's ``topic`` and ``partition`` added to the
-error's ``metadata``. A ``seek`` cancels the
-partition's in-flight fetch and drops its buffer.
+error's ``metadata`` (the other partitions of that reply keep their
+data for the next ``poll``). A ``seek`` drops the partition's buffer and its
+part of any in-flight fetch (the request itself is cancelled once no
+partition of it is current). Against a broker without MultiFetch
+(UNIMPLEMENTED) the consumer falls back to one unary Fetch per partition.
 
 Not thread-safe: use one Consumer from one thread (as Kafka's).
 """
@@ -49,17 +63,26 @@ from logstore.wire import (
     decode_columns,
     decode_objects,
     parse_fetch,
+    partition_meta,
+    split_multi_fetch,
 )
 
 from ._backoff import Backoff, retriable
 from ._credentials import Credentials
-from ._rpc import Connection, translate
+from ._rpc import Connection, translate, translate_status
 
 _RESETS: Final = ("earliest", "latest")
 #: Fetched replies kept per partition. Two lets the next fetch be in flight
 #: while one reply is decoded and another waits (decoding 1 MiB as objects
 #: takes about as long as fetching it on this machine).
 _MAX_BUFFERED: Final = 2
+#: MultiFetch requests in flight at once (see the module docstring): one for
+#: the partitions ready together, more for ones that become ready while it
+#: long-polls; 4 keeps a consumer's broker long-poll slots small and fixed.
+_MAX_FETCHES: Final = 4
+#: fetch_request_max_bytes's default: Kafka's fetch.max.bytes (the broker caps
+#: a reply at its own fetch_max_bytes, 16 MiB by default).
+DEFAULT_FETCH_REQUEST_MAX_BYTES: Final = 50 << 20
 
 
 class TopicPartition(NamedTuple):
@@ -108,6 +131,7 @@ class Consumer:
         *,
         fetch_max_bytes: int = 1 << 20,
         fetch_max_wait_ms: int = 500,
+        fetch_request_max_bytes: int = DEFAULT_FETCH_REQUEST_MAX_BYTES,
         auto_offset_reset: str = "earliest",
         check_crcs: bool = True,
         connect_timeout_ms: int = 5_000,
@@ -125,9 +149,15 @@ class Consumer:
             raise errors.InvalidArgumentError(
                 "fetch_max_wait_ms must be in 0..30000 and fetch_max_bytes >= 1"
             )
+        if not 1 <= fetch_request_max_bytes < 1 << 31:
+            raise errors.InvalidArgumentError(
+                f"fetch_request_max_bytes must be in 1..{(1 << 31) - 1}, "
+                f"not {fetch_request_max_bytes}"
+            )
         self._conn = Connection(bootstrap, connect_timeout_ms, credentials)
         self.address = bootstrap
         self._max_bytes = fetch_max_bytes
+        self._request_max_bytes = fetch_request_max_bytes
         self._max_wait_ms = fetch_max_wait_ms
         self._reset = auto_offset_reset
         self._check_crcs = check_crcs
@@ -135,7 +165,17 @@ class Consumer:
         self._retry_timeout_s = retry_timeout_ms / 1000
         self._backoff = Backoff(retry_backoff_ms, retry_backoff_max_ms)
         self._parts: dict[TopicPartition, _Part] = {}
-        self._events: queue.Queue[tuple[TopicPartition, int, Any]] = queue.Queue()
+        # (fetch id, its grpc future) as each MultiFetch ends
+        self._events: queue.Queue[tuple[int, Any]] = queue.Queue()
+        #: in-flight MultiFetch by id: its (partition, epoch) members and future
+        self._fetches: dict[int, tuple[list[tuple[TopicPartition, int]], Any]] = {}
+        #: False once the broker answered MultiFetch UNIMPLEMENTED (a broker
+        #: older than the RPC): one unary Fetch per partition from then on.
+        self._multi = True
+        #: fetch ids of unary Fetches (their reply is one FetchResponse)
+        self._unary: set[int] = set()
+        self._fetch_seq = 0
+        self._rotate = 0
         self._rr = 0
         self._epoch_seq = 0
         self._closed = False
@@ -169,8 +209,8 @@ class Consumer:
         self._epoch_seq += 1
         part.epoch = self._epoch_seq
         if part.future is not None:
-            part.future.cancel()
-            part.future = None
+            fid, part.future = part.future, None
+            self._cancel_if_stale(fid)
         part.buffers.clear()
         part.retry_at = 0.0
         part.fail_since = None
@@ -242,7 +282,8 @@ class Consumer:
 
     # -- fetching ------------------------------------------------------------
 
-    def _issue(self, part: _Part) -> None:
+    def _issue_unary(self, part: _Part) -> None:
+        """A unary Fetch of ``part`` (brokers without MultiFetch)."""
         tp = part.tp
         req = logstore_pb2.FetchRequest(
             topic=tp.topic,
@@ -253,15 +294,67 @@ class Consumer:
             max_wait_ms=self._max_wait_ms,
         )
         self._conn.ensure_ready()
-        epoch = part.epoch
-        events = self._events
         fut = self._conn.fetch_raw.future(req, timeout=self._max_wait_ms / 1000 + self._timeout_s)
-        part.future = fut
-        fut.add_done_callback(lambda f: events.put((tp, epoch, f)))
+        self._track([part], fut)
+        self._unary.add(self._fetch_seq)
+
+    def _track(self, parts: list[_Part], fut: Any) -> None:
+        self._fetch_seq += 1
+        fid = self._fetch_seq
+        events = self._events
+        self._fetches[fid] = ([(part.tp, part.epoch) for part in parts], fut)
+        for part in parts:
+            part.future = fid
+        fut.add_done_callback(lambda f: events.put((fid, f)))
+
+    def _issue(self, parts: list[_Part]) -> None:
+        """One MultiFetch for ``parts``, from each one's fetch offset."""
+        k = self._rotate % len(parts)
+        self._rotate += 1
+        parts = parts[k:] + parts[:k]  # the reply's byte budget favours none
+        req = logstore_pb2.MultiFetchRequest(
+            partitions=[
+                logstore_pb2.FetchPartition(
+                    topic=part.tp.topic,
+                    partition=part.tp.partition,
+                    offset=part.fetch_offset,
+                    max_bytes=self._max_bytes,
+                )
+                for part in parts
+            ],
+            max_bytes=self._request_max_bytes,
+            min_bytes=1,
+            max_wait_ms=self._max_wait_ms,
+        )
+        self._conn.ensure_ready()
+        fut = self._conn.multi_fetch_raw.future(
+            req, timeout=self._max_wait_ms / 1000 + self._timeout_s
+        )
+        self._track(parts, fut)
+
+    def _current(self, tp: TopicPartition, epoch: int, fid: int) -> _Part | None:
+        """The partition if this fetch is still its current one (not seeked or unassigned)."""
+        part = self._parts.get(tp)
+        if part is None or part.epoch != epoch or part.future != fid:
+            return None
+        return part
+
+    def _cancel_if_stale(self, fid: int) -> None:
+        """Cancel fetch ``fid`` once none of its partitions is waiting for it."""
+        entry = self._fetches.get(fid)
+        if entry is None:
+            return
+        members, fut = entry
+        if all(self._current(tp, epoch, fid) is None for tp, epoch in members):
+            del self._fetches[fid]
+            self._unary.discard(fid)
+            fut.cancel()
 
     def _issue_all(self, now: float) -> float | None:
-        """Start a fetch for each partition that has none and room to buffer its reply."""
+        """Fetch, in one request, every partition that has no fetch in flight and
+        room to buffer its reply (while fewer than _MAX_FETCHES are in flight)."""
         wake: float | None = None
+        ready = []
         for part in self._parts.values():
             if (
                 part.future is not None
@@ -272,49 +365,102 @@ class Consumer:
             if part.retry_at > now:
                 wake = part.retry_at if wake is None else min(wake, part.retry_at)
                 continue
-            self._issue(part)
+            ready.append(part)
+        if not self._multi:
+            for part in ready:
+                self._issue_unary(part)
+        elif ready and len(self._fetches) < _MAX_FETCHES:
+            self._issue(ready)
         return wake
 
-    def _handle(self, event: tuple[TopicPartition, int, Any]) -> None:
-        tp, epoch, fut = event
-        part = self._parts.get(tp)
-        if part is None or part.epoch != epoch:
-            return  # stale: seeked or unassigned since
-        part.future = None
+    def _failed(
+        self, part: _Part, err: errors.LogStoreError, may_retry: bool, name: bool
+    ) -> errors.LogStoreError | None:
+        """Schedule ``part``'s retry (None), or the error to raise once retries are over."""
+        now = time.monotonic()
+        if may_retry:
+            if part.fail_since is None:
+                part.fail_since = now
+            if now - part.fail_since < self._retry_timeout_s:
+                hint = getattr(err, "retry_after_ms", None)
+                part.retry_at = now + self._backoff.delay_s(part.failures, hint)
+                part.failures += 1
+                return None
+        if name:
+            # Name the partition, so a caller holding several can react to this
+            # one (GroupConsumer applies auto_offset_reset to an OUT_OF_RANGE).
+            err.metadata.setdefault("topic", part.tp.topic)
+            err.metadata.setdefault("partition", str(part.tp.partition))
+        return err
+
+    def _handle(self, event: tuple[int, Any]) -> None:
+        fid, fut = event
+        entry = self._fetches.pop(fid, None)
+        unary = fid in self._unary
+        self._unary.discard(fid)
+        if entry is None:
+            return  # cancelled: every partition of it was seeked or unassigned
+        members, _ = entry
+        live: list[tuple[int, _Part]] = []
+        for i, (tp, epoch) in enumerate(members):
+            part = self._current(tp, epoch, fid)
+            if part is not None:
+                part.future = None
+                live.append((i, part))
+        if not live:
+            return
         try:
             raw = fut.result()
         except BaseException as exc:
+            if (
+                not unary
+                and isinstance(exc, grpc.RpcError)
+                and exc.code() == grpc.StatusCode.UNIMPLEMENTED
+            ):
+                self._multi = False  # an older broker: fetch these again one by one
+                return
             err = translate(exc, self.address)
-            now = time.monotonic()
             # A plain CANCELLED of a call still current (not seeked away) was ended by
             # the broker, not by us (we cancel only what is stale, ignored above): its
             # graceful stop ends in-flight long polls so. Retried like UNAVAILABLE.
             cancelled = isinstance(exc, grpc.RpcError) and exc.code() == grpc.StatusCode.CANCELLED
-            if retriable(err) or cancelled:
-                if part.fail_since is None:
-                    part.fail_since = now
-                if now - part.fail_since < self._retry_timeout_s:
-                    hint = getattr(err, "retry_after_ms", None)
-                    part.retry_at = now + self._backoff.delay_s(part.failures, hint)
-                    part.failures += 1
-                    return
-            # Name the partition, so a caller holding several can react to this
-            # one (GroupConsumer applies auto_offset_reset to an OUT_OF_RANGE).
-            err.metadata.setdefault("topic", tp.topic)
-            err.metadata.setdefault("partition", str(tp.partition))
-            raise err from None
-        part.fail_since = None
-        part.failures = 0
-        result = parse_fetch(raw, self._check_crcs)
-        part.hwm = result.high_watermark
-        part.lso = result.log_start_offset
-        if result.frames:
-            last = result.frames[-1][1]
-            # The last frame's next offset, not base + count: offsets may have
-            # gaps (a compacted log), within a batch and after its last record.
-            end = last.next_offset
-            part.buffers.append((result, end))
-            part.fetch_offset = end
+            may_retry = retriable(err) or cancelled
+            raised = None
+            for _, part in live:
+                raised = self._failed(part, err, may_retry, len(members) == 1) or raised
+            if raised is not None:
+                raise raised from None
+            return
+        entries = [raw] if unary else split_multi_fetch(raw)
+        if len(entries) != len(members):
+            raise errors.CorruptRecordError(
+                f"a MultiFetch reply from {self.address} has {len(entries)} partitions for "
+                f"{len(members)} asked"
+            )
+        first: errors.LogStoreError | None = None
+        for i, part in live:
+            result = parse_fetch(entries[i], self._check_crcs)
+            if not result.frames and not unary:
+                status = partition_meta(entries[i]).status
+                if status.code != 0:
+                    err = translate_status(status, self.address)
+                    raised = self._failed(part, err, retriable(err), True)
+                    first = first or raised
+                    continue
+            part.fail_since = None
+            part.failures = 0
+            part.hwm = result.high_watermark
+            part.lso = result.log_start_offset
+            if result.frames:
+                last = result.frames[-1][1]
+                # The last frame's next offset, not base + count: offsets may have
+                # gaps (a compacted log), within a batch and after its last record.
+                end = last.next_offset
+                part.buffers.append((result, end))
+                part.fetch_offset = end
+        if first is not None:
+            # The reply's other partitions are buffered: the next poll returns them.
+            raise first from None
 
     def _wait(self, deadline: float, objects: bool, max_records: int | None) -> dict[Any, Any]:
         if self._closed:
@@ -413,6 +559,10 @@ class Consumer:
         self._closed = True
         for part in self._parts.values():
             self._cancel(part)
+        for _, fut in self._fetches.values():
+            fut.cancel()
+        self._fetches.clear()
+        self._unary.clear()
         self._conn.close()
 
     def __enter__(self) -> Consumer:

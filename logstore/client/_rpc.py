@@ -16,9 +16,11 @@ this, a gRPC call to a closed port would either fail instantly with an opaque
 message or (with wait_for_ready) hang forever. An address that is not
 ``HOST:PORT`` fails at once with InvalidArgumentError (see ``_address``).
 
-Produce and Fetch use raw-bytes methods (no serializer / deserializer): the
-producer builds request bytes itself (header fields + already encoded
-records) and the consumer walks the FetchResponse's stored frames itself.
+Produce and Fetch (and MultiFetch) use raw-bytes methods (no serializer /
+deserializer): the producer builds request bytes itself (header fields +
+already encoded records) and the consumer walks the reply's stored frames
+itself. :func:`translate_status` turns a per-partition ``google.rpc.Status``
+inside a multi-partition reply into the same exception.
 Thread-safe: a channel and its stubs may be used from any thread.
 """
 
@@ -29,7 +31,7 @@ from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
 import grpc
-from google.rpc import error_details_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from logstore import errors
@@ -72,6 +74,10 @@ def _status_details(exc: grpc.RpcError) -> tuple[error_details_pb2.ErrorInfo | N
         return None, None
     if status is None:
         return None, None
+    return _details(status)
+
+
+def _details(status: status_pb2.Status) -> tuple[error_details_pb2.ErrorInfo | None, int | None]:
     info: error_details_pb2.ErrorInfo | None = None
     retry_ms: int | None = None
     for detail in status.details:
@@ -105,6 +111,28 @@ def translate(exc: BaseException, address: str = "") -> errors.LogStoreError:
     details_fn = getattr(exc, "details", None)
     message = (details_fn() if callable(details_fn) else None) or str(code)
     info, retry_ms = _status_details(exc)
+    return _error(code, message, info, retry_ms, address)
+
+
+def translate_status(status: status_pb2.Status, address: str = "") -> errors.LogStoreError:
+    """The client's exception for a ``google.rpc.Status`` carried in a reply (a
+    MultiFetch partition's or a MultiProduce batch's own status, code != 0),
+    rebuilt exactly as :func:`translate` rebuilds an RPC's status."""
+    code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
+    info, retry_ms = _details(status)
+    return _error(code, status.message or code.name, info, retry_ms, address)
+
+
+_CODES: Final = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def _error(
+    code: grpc.StatusCode,
+    message: str,
+    info: error_details_pb2.ErrorInfo | None,
+    retry_ms: int | None,
+    address: str,
+) -> errors.LogStoreError:
     known = errors.BY_REASON.get(info.reason) if info is not None else None
     if info is not None and known is not None and known.status == code.name:
         return known.from_details(message, dict(info.metadata), retry_ms)
@@ -149,6 +177,12 @@ class Connection:
         self.fetch_raw = self.channel.unary_unary(
             _SERVICE + "Fetch",
             request_serializer=logstore_pb2.FetchRequest.SerializeToString,
+            response_deserializer=None,
+        )
+        # Many partitions in one long poll; the reply arrives as bytes too.
+        self.multi_fetch_raw = self.channel.unary_unary(
+            _SERVICE + "MultiFetch",
+            request_serializer=logstore_pb2.MultiFetchRequest.SerializeToString,
             response_deserializer=None,
         )
         self._ready = False

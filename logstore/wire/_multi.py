@@ -87,12 +87,15 @@ def split_multi_produce(raw: bytes) -> MultiProduceSplit:
     return MultiProduceSplit(int(view.acks), int(view.request_id), list(view.batches))
 
 
-def partition_data(frames: bytes | memoryview, small: bytes) -> bytes:
-    """One serialized ``MultiFetchResponse.partitions`` entry: its tag and
+def partition_data(frames: bytes, small: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+    """One serialized ``MultiFetchResponse.partitions`` entry, as the pieces to
+    join (so a reply of many entries copies the frames once): its tag and
     length, then the stored ``frames`` unchanged, then ``small`` (a
     serialized PartitionData with only its small fields set)."""
-    n = len(frames) + len(small)
-    return b"".join((bytes((PARTITION_DATA_TAG,)), varint(n), frames, small))
+    return _TAG, varint(len(frames) + len(small)), frames, small
+
+
+_TAG: Final = bytes((PARTITION_DATA_TAG,))
 
 
 def split_multi_fetch(raw: bytes) -> list[bytes]:
