@@ -14,7 +14,11 @@ variants measured. Used by the producer (per batch) and the consumer (per
 partition), the share consumer, and the :class:`~logstore.client.Worker`'s
 retry delays (which pass their own ``random.Random`` so a test can seed the
 schedule). Pure and thread-safe (``random.uniform`` is; a given ``rng`` is
-used under the GIL like ``random``'s own instance).
+used under the GIL like ``random``'s own instance). Without an ``rng`` it
+draws from a private generator, never the global ``random``: an application
+that seeds ``random`` keeps its sequence, and a background retry thread does
+not disturb code that watches the global state (Hypothesis fails a test whose
+strategies see it change).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from logstore import errors
 #: 2**attempt stops growing here: 2**30 x any base in ms is past every cap
 #: (and keeps the float math finite for an attempt counter that runs long).
 _MAX_EXPONENT: Final = 30
+#: The library's own generator (see the module docstring).
+_RNG: Final = random.Random()
 
 
 def retriable(exc: errors.LogStoreError) -> bool:
@@ -54,7 +60,7 @@ class Backoff:
         """Seconds to wait before retry number ``attempt`` + 1 (``attempt`` 0 = the
         first retry): uniform in [0, min(cap, base * 2**attempt)], at least the hint."""
         window = self.window_s(attempt)
-        delay: float = (self.rng or random).uniform(0, window)
+        delay: float = (self.rng or _RNG).uniform(0, window)
         if retry_after_ms is not None:
             delay = max(delay, retry_after_ms / 1000)
         return delay
