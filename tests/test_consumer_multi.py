@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from logstore import errors
-from logstore.client import Admin, Consumer, Producer
+from logstore.client import Admin, Consumer, GroupConsumer, Producer
 from tests.brokerproc import BrokerProcess, start_broker
 from tests.test_broker_helpers import scrape
 
@@ -123,3 +123,28 @@ def test_a_seek_during_a_long_poll_keeps_the_other_partitions_fetching(cbroker) 
             p.flush()
             out = _drain(c, 3, 30)
     assert out == {2: [b"s2", b"s3"], 0: [b"late"]}
+
+
+def test_group_consumer_fetches_its_partitions_with_multifetch(cbroker) -> None:
+    """A GroupConsumer owning 40 partitions reads them all through its inner
+    Consumer's MultiFetch: no unary Fetch reaches the broker."""
+    addr = cbroker.grpc_address
+    with Admin(addr) as a:
+        a.create_topic("cm-group", 40)
+    with Producer(addr) as p:
+        for part in range(40):
+            p.send("cm-group", b"g%d" % part, partition=part)
+        p.flush()
+    before = scrape(cbroker)
+    with GroupConsumer(
+        addr, "cm-g", topics=["cm-group"], auto_offset_reset="earliest", fetch_max_wait_ms=100
+    ) as g:
+        got: set[bytes] = set()
+        deadline = time.monotonic() + 60
+        while len(got) < 40 and time.monotonic() < deadline:
+            for recs in g.poll(500).values():
+                got.update(r.value or b"" for r in recs)
+    after = scrape(cbroker)
+    assert got == {b"g%d" % part for part in range(40)}
+    assert _requests(after, "Fetch") == _requests(before, "Fetch")
+    assert _requests(after, "MultiFetch") > _requests(before, "MultiFetch")

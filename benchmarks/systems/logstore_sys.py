@@ -488,9 +488,17 @@ def replay_parts(args: dict[str, Any], ready: Callable[[], None]) -> dict[str, A
             batches = consumer.poll_columns(timeout_ms=1000)
             count += sum(len(b.offsets) for b in batches.values())
         end = time.monotonic()
+        requests = consumer._fetch_seq  # fetch requests sent (MultiFetch or Fetch)
     finally:
         consumer.close()
-    return {"start": start, "end": end, "count": count, "bytes": 0, "impl": "client"}
+    return {
+        "start": start,
+        "end": end,
+        "count": count,
+        "bytes": 0,
+        "impl": "client",
+        "requests": requests,
+    }
 
 
 def tail(args: dict[str, Any], ready: Callable[[], None]) -> dict[str, Any]:

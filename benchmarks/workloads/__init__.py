@@ -41,6 +41,8 @@ class Scale:
     w4_seconds: float = 20.0
     w5_partitions: tuple[int, ...] = (1, 10, 100, 1_000)
     w5_records: int = 200_000
+    #: W5's consumer side (logstore): partition counts read back both ways.
+    w5_consume_partitions: tuple[int, ...] = (1, 10, 100, 1_000)
     w6_bytes: tuple[int, ...] = (256 << 20, 1 << 30)
     storage_bytes: int = 256 << 20
     broker_records: int = 1_000_000
@@ -94,6 +96,7 @@ TINY = Scale(
     w4_seconds=0.5,
     w5_partitions=(1, 10),
     w5_records=1_000,
+    w5_consume_partitions=(10,),
     w6_bytes=(1 << 20,),
     storage_bytes=2 << 20,
     broker_records=2_000,
