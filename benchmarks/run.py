@@ -38,6 +38,7 @@ WORKLOADS = {
     "W2": "benchmarks.workloads.w2_produce_1k",
     "W3": "benchmarks.workloads.w3_replay",
     "W4": "benchmarks.workloads.w4_tail",
+    "W4C": "benchmarks.workloads.w4_client",
     "W5": "benchmarks.workloads.w5_partitions",
     "W6": "benchmarks.workloads.w6_recovery",
     "W7": "benchmarks.workloads.w7_group_drain",
@@ -46,6 +47,7 @@ WORKLOADS = {
 }
 #: Workloads that run on some systems only (the others run on every system but RabbitMQ).
 ONLY_ON = {
+    "W4C": {"logstore"},
     "W6": {"logstore"},
     "W8": {"logstore", "redis", "rabbitmq"},
     "W8R": {"logstore", "redis", "rabbitmq"},

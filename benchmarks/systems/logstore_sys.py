@@ -770,3 +770,77 @@ def claim(args: dict[str, Any], ready: Callable[[], None]) -> dict[str, Any]:
     finally:
         consumer.close()
     return {"seen": seen}
+
+
+# ---- W4C: the Producer and Consumer that users call -------------------------------------------
+
+
+def client_paced(args: dict[str, Any], ready: Callable[[], None]) -> dict[str, Any]:
+    """``Producer.send()`` of each record when it is due, at ``rate`` records/s for
+    ``seconds`` (W4C): the producer's own ``linger_ms`` (arg, default 0) decides the
+    batching, not the pacer. Payloads carry their intended send time (see
+    ``paced_steps``), so a producer that falls behind shows up as latency."""
+    from logstore.client import Producer
+
+    rate, seconds, size, topic = (
+        float(args["rate"]),
+        float(args["seconds"]),
+        int(args["size"]),
+        str(args["topic"]),
+    )
+    total = int(rate * seconds)
+    producer = Producer(
+        args["params"]["grpc"],
+        acks="all" if args["durable"] else "1",
+        linger_ms=int(args.get("linger_ms", 0)),
+    )
+    try:
+        ready()
+        start = time.monotonic()
+        count = 0
+        send = producer.send
+        for _index, vals in paced_values(rate, total, size):
+            for v in vals:
+                send(topic, v, partition=0)
+            count += len(vals)
+        end = time.monotonic()
+        producer.flush(float(args.get("deadline_s", 60)))
+    finally:
+        producer.close()
+    return {"start": start, "end": end, "count": count}
+
+
+def client_tail(args: dict[str, Any], ready: Callable[[], None]) -> dict[str, Any]:
+    """A ``Consumer`` polling partition 0 from offset 0 (W4C); latency = the time
+    ``poll()`` returned the record - the intended send time in its payload. Stops at
+    ``n`` records or ``deadline_s``."""
+    import numpy as np
+
+    from logstore.client import Consumer
+
+    n, topic = int(args["n"]), str(args["topic"])
+    deadline = time.monotonic() + float(args.get("deadline_s", 60))
+    consumer = Consumer(args["params"]["grpc"])
+    lat = np.zeros(n, dtype=np.int64)
+    count = 0
+    from_bytes = int.from_bytes
+    try:
+        consumer.assign([(topic, 0)])
+        consumer.seek((topic, 0), 0)
+        ready()
+        start = time.monotonic()
+        while count < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            polled = consumer.poll(timeout_ms=int(min(left, 0.5) * 1000) + 1)
+            now = time.monotonic_ns()
+            for recs in polled.values():
+                for r in recs:
+                    if count < n and r.value is not None:
+                        lat[count] = now - from_bytes(r.value[:8], "little")
+                    count += 1
+    finally:
+        consumer.close()
+    end = time.monotonic()
+    return {"start": start, "end": end, "count": count, "lat_ns": lat[: min(count, n)]}

@@ -23,15 +23,32 @@ records stick to one partition until its batch closes, then move on (Kafka's
 sticky partitioner); with a key the partition is murmur2(key) like Kafka and
 the broker (``logstore.wire.partition_for_key``).
 
-Memory is bounded by ``buffer_bytes`` of records not yet completed: a
-``send`` that would open a batch beyond it blocks up to ``max_block_ms``, then
-raises DeadlineExceededError.
+Linger. An open batch becomes sendable ``linger_ms`` after its first record
+(at once with 0), but stays open -- taking every record that arrives -- until
+the sender takes it, which it does only while its partition has fewer than
+``max_in_flight`` batches unacknowledged. So records that arrive while
+requests are in flight join the next batch whatever ``linger_ms`` is (as
+Kafka's accumulator does), and batches grow with the load instead of queueing
+up one tiny request each. What ``linger_ms`` trades: a larger value makes
+fewer, fuller requests (less CPU per record on both sides, more throughput
+per connection) at the price of up to ``linger_ms`` more latency per record
+when the producer is not busy; 0 sends each record as soon as a request slot
+is free, and under load batches form anyway from what arrives during the
+round trips. A full batch (``batch_bytes``) is sendable at once.
+
+Memory is bounded by ``buffer_bytes`` of records sent and not yet completed,
+open batches included (counted as they are appended): a ``send`` that finds
+more than that queued blocks up to ``max_block_ms`` (and every open batch is
+then sendable at once, so the sender can make room), then raises
+DeadlineExceededError. The bound overshoots by at most one record (one
+``send_many`` chunk, at most a batch).
 
 The :class:`RecordAccumulator` is the batching half of the ``Producer``
 (which subclasses it, so ``send`` costs no extra call). The sender thread
 (``_sender``, the other half of this package) shares its ``_lock`` and
-``_cond``, takes closed batches from ``_ready``, calls ``_close_due`` and
-hands completed batches back to ``_complete``: package-private, not API.
+``_cond``, reads the per-partition :class:`PartitionQueue` of every partition
+with work (``_active``), takes batches with ``_drain_open`` and hands
+completed batches back to ``_complete``: package-private, not API.
 Thread-safety: all state is guarded by ``_lock`` (``_cond`` is its condition).
 """
 
@@ -129,8 +146,34 @@ class TopicState:
         self._set_limit()
 
 
+class PartitionQueue:
+    """One partition's batches past the open one (lock held for everything).
+
+    ``full``: closed because full, waiting for the sender, oldest first;
+    ``unacked``: taken by the sender and not completed, in sequence order
+    (in a request, or waiting to be retried); ``in_flight``: how many of those
+    are in a request now; ``recovering``: a batch failed retriably (or was
+    refused as out of order) and the partition's batches are being resent one
+    at a time, in order, before new ones go (see ``_sender``).
+    """
+
+    __slots__ = ("full", "in_flight", "meta", "partition", "recovering", "topic", "unacked")
+
+    def __init__(self, meta: TopicState, topic: str, partition: int) -> None:
+        self.meta = meta
+        self.topic = topic
+        self.partition = partition
+        self.full: deque[ProducerBatch] = deque()
+        self.unacked: deque[ProducerBatch] = deque()
+        self.in_flight = 0
+        self.recovering = False
+
+    def idle(self) -> bool:
+        return self.meta.open[self.partition] is None and not self.full and not self.unacked
+
+
 class RecordAccumulator:
-    """Open batches per partition, the ready queue and the buffer bound."""
+    """Open batches per partition, the per-partition queues and the buffer bound."""
 
     def __init__(
         self,
@@ -154,20 +197,20 @@ class RecordAccumulator:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._topics: dict[str, TopicState] = {}
-        self._open_batches: dict[tuple[str, int], ProducerBatch] = {}
-        #: closed batches waiting to be sent (or retried), oldest first
-        self._ready: deque[ProducerBatch] = deque()
-        self._queued_bytes = 0  # records bytes of batches not yet completed
+        #: every partition that has an open batch, a full one or unacknowledged ones
+        self._active: dict[tuple[str, int], PartitionQueue] = {}
+        self._queues: dict[tuple[str, int], PartitionQueue] = {}
+        self._queued_bytes = 0  # record bytes appended and not yet completed
         self._pending = 0  # batches created and not yet completed
         self._flushing = 0
-        self._closed = False
+        self._blocked = 0  # send() calls waiting for buffer room
         #: Set by a compressing producer: compresses a batch now and updates its
-        #: topic's estimate (lock held). Called on the first batch closed for a
-        #: topic, so the estimate is known from the second batch on: the
-        #: sender compresses batches only as it sends them, and a burst (a
-        #: bulk load of send_many calls) otherwise closes up to buffer_bytes
-        #: of batches at the first estimate, 1.0, before it learns anything.
+        #: topic's estimate (lock held). Called on the first batch closed full for
+        #: a topic, so the estimate is known from the second batch on: a burst
+        #: (a bulk load of send_many calls) otherwise closes up to buffer_bytes
+        #: of batches at the first estimate, 1.0, before the sender learns anything.
         self._compress_now: Callable[[ProducerBatch, TopicState], None] | None = None
+        self._closed = False
 
     address: str  # set by the producer; named in errors
 
@@ -265,12 +308,17 @@ class RecordAccumulator:
         lock.acquire()  # (cheaper than `with` on this path)
         try:
             batch = meta.open[partition]
-            if batch is None or batch.size + size > meta.limit:
+            if (
+                batch is None
+                or batch.size + size > meta.limit
+                or self._queued_bytes > self._buffer_bytes
+            ):
                 batch = self._batch_for(meta, topic, partition, size, sticky)
             parts = batch.parts
             parts.append(prefix)
             parts.append(value)
             batch.size += size
+            self._queued_bytes += size
             index = batch.count
             batch.count = index + 1
             if explicit_ts:
@@ -322,14 +370,14 @@ class RecordAccumulator:
         with self._lock:
             while start < n:
                 p = meta.sticky if partition is None else partition
+                if self._queued_bytes > self._buffer_bytes:
+                    self._block_while_full()
+                    continue  # batches may have moved while we waited
                 batch = meta.open[p]
                 if batch is None:
                     first = cum[start] - done_bytes
                     if first > meta.room:
                         self._raise_too_large(meta, first)
-                    self._block_while_full()
-                    if meta.open[p] is not None:
-                        continue  # another thread opened one while we waited
                     batch = self._new_batch(meta, topic, p)
                 room = meta.limit - batch.size
                 end = bisect.bisect_right(cum, done_bytes + room, start, n)
@@ -343,6 +391,7 @@ class RecordAccumulator:
                 batch.parts += chunk
                 size = cum[end - 1] - done_bytes
                 batch.size += size
+                self._queued_bytes += size
                 done_bytes += size
                 result._add(batch, batch.count, k)
                 batch.count += k
@@ -365,16 +414,16 @@ class RecordAccumulator:
         if size > meta.room:
             self._raise_too_large(meta, size)
         while True:
+            if self._queued_bytes > self._buffer_bytes:
+                self._block_while_full()
+                continue  # batches may have moved while we waited
             p = meta.sticky if sticky else partition
             batch = meta.open[p]
             if batch is None:
-                self._block_while_full()
-                if meta.open[p] is None:
-                    return self._new_batch(meta, topic, p)
-            elif batch.size + size <= meta.limit:
+                return self._new_batch(meta, topic, p)
+            if batch.size + size <= meta.limit:
                 return batch
-            else:
-                self._close(meta, topic, p)
+            self._close(meta, topic, p)
 
     def _new_batch(self, meta: TopicState, topic: str, partition: int) -> ProducerBatch:
         """Open a batch on a partition that has none. Lock held."""
@@ -383,53 +432,64 @@ class RecordAccumulator:
         assert meta.open[partition] is None
         batch = ProducerBatch(topic, partition, self._delivery_timeout_s)
         meta.open[partition] = batch
-        self._open_batches[(topic, partition)] = batch
+        tp = (topic, partition)
+        q = self._queues.get(tp)
+        if q is None or q.meta is not meta:
+            q = self._queues[tp] = PartitionQueue(meta, topic, partition)
+        self._active[tp] = q
         self._pending += 1
         self._cond.notify_all()
         return batch
 
-    def _close(self, meta: TopicState, topic: str, partition: int) -> None:
-        """Move the partition's open batch to the ready queue. Lock held."""
+    def _take_open(self, meta: TopicState, partition: int) -> ProducerBatch:
+        """Detach the partition's open batch (the sticky partition moves on). Lock held."""
         batch = meta.open[partition]
         assert batch is not None
         meta.open[partition] = None
-        del self._open_batches[(topic, partition)]
-        if not meta.learned and self._compress_now is not None:
-            self._compress_now(batch, meta)
-        self._queued_bytes += batch.size
-        self._ready.append(batch)
         if partition == meta.sticky and meta.partitions > 1:
             nxt = random.randrange(meta.partitions - 1)
             meta.sticky = nxt if nxt < partition else nxt + 1
+        return batch
+
+    def _close(self, meta: TopicState, topic: str, partition: int) -> None:
+        """The partition's open batch is full: queue it for the sender. Lock held."""
+        batch = self._take_open(meta, partition)
+        if not meta.learned and self._compress_now is not None:
+            self._compress_now(batch, meta)
+        self._queues[(topic, partition)].full.append(batch)
         self._cond.notify_all()
+
+    def _drain_open(self, q: PartitionQueue, now: float) -> ProducerBatch | None:
+        """The partition's open batch if it is sendable now (its linger passed, or
+        a flush, a close or a blocked send wants everything out), detached. Lock held."""
+        batch = q.meta.open[q.partition]
+        if batch is None:
+            return None
+        if batch.created + self._linger_s <= now or self._flushing or self._closed or self._blocked:
+            return self._take_open(q.meta, q.partition)
+        return None
 
     def _block_while_full(self) -> None:
         if self._queued_bytes <= self._buffer_bytes:
             return
         deadline = time.monotonic() + self._max_block_s
-        while self._queued_bytes > self._buffer_bytes:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise errors.DeadlineExceededError(
-                    f"producer buffer full ({self._queued_bytes} bytes queued) for "
-                    f"{self._max_block_s:g} s; is the broker at {self.address} keeping up?"
-                )
-            self._cond.wait(min(left, 0.1))
+        self._blocked += 1
+        self._cond.notify_all()  # the sender sends the open batches now
+        try:
+            while self._queued_bytes > self._buffer_bytes:
+                if self._closed:
+                    raise errors.StoreClosedError("producer is closed")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise errors.DeadlineExceededError(
+                        f"producer buffer full ({self._queued_bytes} bytes queued) for "
+                        f"{self._max_block_s:g} s; is the broker at {self.address} keeping up?"
+                    )
+                self._cond.wait(min(left, 0.1))
+        finally:
+            self._blocked -= 1
 
     # -- what the sender thread uses (lock held) -------------------------------
-
-    def _close_due(self, now: float) -> float | None:
-        """Close the open batches whose linger has passed (every one when flushing
-        or closing); seconds until the next one is due, or None. Lock held."""
-        wait: float | None = None
-        flushing = self._flushing > 0 or self._closed
-        for (topic, p), batch in list(self._open_batches.items()):
-            due = batch.created + self._linger_s
-            if flushing or due <= now:
-                self._close(self._topics[topic], topic, p)
-            else:
-                wait = due - now if wait is None else min(wait, due - now)
-        return wait
 
     def _complete(self, batch: ProducerBatch, err: errors.LogStoreError | None) -> None:
         """The batch is done (stored, or failed for good): wake its handles, and
@@ -449,15 +509,14 @@ class RecordAccumulator:
             parent = parent.parent
         self._cond.notify_all()
 
-    def _split(self, batch: ProducerBatch) -> None:
-        """Replace a closed batch whose records did not compress into the room
-        (the ratio estimate was too low) by its two halves, first in the ready
-        queue, in order. Lock held; the batch is not in flight."""
-        first, second = batch.halves()
+    def _split(self, q: PartitionQueue) -> None:
+        """Replace the partition's first waiting batch, whose records did not
+        compress into the room (the ratio estimate was too low), by its two
+        halves, in order. Lock held; the batch is not numbered yet."""
+        first, second = q.full.popleft().halves()
         self._pending += 1  # two batches now stand for one; the bytes are the same
-        self._ready.appendleft(second)
-        self._ready.appendleft(first)
-        self._cond.notify_all()
+        q.full.appendleft(second)
+        q.full.appendleft(first)
 
     # -- flush ---------------------------------------------------------------
 

@@ -1,17 +1,20 @@
 """One producer batch: the records of one partition on their way to the broker.
 
 A batch is open (records are appended to ``parts``, under the producer's
-lock) until it is full, its linger passes or a flush closes it; then it is
-sent, and possibly retried, one request at a time, and completed once
-(``done`` set, with ``base_offset`` or ``error``). ``parts`` holds the
-encoded records as a list of byte strings, two per record (the bytes before
-the value and the value), joined once when the request is built (see
-:mod:`._sender`).
+lock) until it is full or the sender drains it (its linger has passed and its
+partition may have another request in flight, or a flush or close asked for
+it). Drained, it gets its place in the partition's order (the idempotent
+``sequence`` and the pid ``generation`` it was numbered under), its records
+are joined (and compressed) once into ``payload``, and it is sent, maybe
+retried, and completed once (``done`` set, with ``base_offset`` or
+``error``). See :mod:`._sender` for the order and retry rules. ``parts``
+holds the encoded records as a list of byte strings, two per record (the
+bytes before the value and the value).
 
-A closed batch whose records compress past the room it was closed for is
-split (:meth:`ProducerBatch.halves`) into two batches sent in its place; its
-handles find their record's batch through :meth:`ProducerBatch.leaf`, and it
-is done once both halves are.
+A waiting batch whose records compress past the room it was closed for is
+split (:meth:`ProducerBatch.halves`) into two batches sent in its place,
+before it is numbered; its handles find their record's batch through
+:meth:`ProducerBatch.leaf`, and it is done once both halves are.
 """
 
 from __future__ import annotations
@@ -23,13 +26,16 @@ from logstore import errors
 
 
 class ProducerBatch:
-    """Records for one partition; closed once, sent (and maybe retried) once at a time."""
+    """Records for one partition; closed once, then sent (and maybe retried) in order."""
 
     __slots__ = (
         "attempts",
         "base_offset",
+        "base_ts",
+        "codec",
         "compressed",
         "count",
+        "crc",
         "created",
         "created_ms",
         "deadline",
@@ -38,11 +44,20 @@ class ProducerBatch:
         "explicit_count",
         "explicit_max_ts",
         "explicit_min_ts",
-        "parent",
+        "generation",
+        "in_flight",
+        "max_ts",
         "partition",
+        "parent",
         "parts",
+        "payload",
+        "producer_epoch",
+        "producer_id",
+        "rebuild",
         "request",
         "retry_at",
+        "sent_behind",
+        "sequence",
         "size",
         "split",
         "topic",
@@ -60,10 +75,31 @@ class ProducerBatch:
         self.explicit_count = 0  # records with their own timestamp
         self.explicit_min_ts = 0
         self.explicit_max_ts = 0
-        self.request: bytes | None = None
         #: (records as they will be sent, codec): compressed ahead by the
-        #: sender while the partition's previous batch is in flight
+        #: sender while the partition's earlier batches are in flight
         self.compressed: tuple[bytes, int] | None = None
+        #: the bytes after the request header (records or compressed_records),
+        #: their codec, CRC32C and timestamps: fixed once built, so every retry
+        #: carries exactly the same records
+        self.payload: bytes | None = None
+        self.codec = 0
+        self.crc = 0
+        self.base_ts = 0
+        self.max_ts = 0
+        #: the whole unary ProduceRequest (header + payload), kept for retries
+        self.request: bytes | None = None
+        #: idempotent base sequence (-1: not numbered yet) and the producer-id
+        #: generation it belongs to (see _idempotence.Idempotence.generation)
+        self.sequence = -1
+        self.generation = -1
+        self.producer_id = 0
+        self.producer_epoch = 0
+        #: sent while earlier batches of its partition were unacknowledged, so
+        #: an OUT_OF_ORDER_SEQUENCE reply may only mean they were not stored yet
+        self.sent_behind = False
+        #: renumber under the current producer id before the next try
+        self.rebuild = False
+        self.in_flight = False
         self.attempts = 0
         self.retry_at = 0.0
         self.done = threading.Event()
@@ -74,14 +110,14 @@ class ProducerBatch:
         self.parent: ProducerBatch | None = None
 
     def halves(self) -> tuple[ProducerBatch, ProducerBatch]:
-        """Split a closed, unsent batch of two or more records into two (each
+        """Split a closed, unnumbered batch of two or more records into two (each
         with its records, sizes and the same deadline); records this split."""
-        assert self.count > 1 and self.request is None and self.split is None
+        assert self.count > 1 and self.payload is None and self.split is None
         k = self.count // 2
         out: list[ProducerBatch] = []
         for parts, count in ((self.parts[: 2 * k], k), (self.parts[2 * k :], self.count - k)):
-            b = ProducerBatch.__new__(ProducerBatch)
-            b.topic, b.partition, b.parts, b.count = self.topic, self.partition, parts, count
+            b = ProducerBatch(self.topic, self.partition, 0.0)
+            b.parts, b.count = parts, count
             b.size = sum(map(len, parts))
             b.created, b.created_ms, b.deadline = self.created, self.created_ms, self.deadline
             # Which records of a mixed batch carry a timestamp is not kept: a
@@ -91,10 +127,7 @@ class ProducerBatch:
             b.explicit_count = count if all_explicit else 0
             b.explicit_min_ts = self.explicit_min_ts if all_explicit else 0
             b.explicit_max_ts = self.explicit_max_ts if all_explicit else 0
-            b.request = b.compressed = None
-            b.attempts, b.retry_at = 0, 0.0
-            b.done, b.base_offset, b.error = threading.Event(), -1, None
-            b.split, b.parent = None, self
+            b.parent = self
             out.append(b)
         self.split = (k, out[0], out[1])
         self.parts = []

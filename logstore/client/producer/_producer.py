@@ -20,7 +20,7 @@ from logstore.wire import CODEC_NONE, check_level, codec_of, require_codec
 from .._backoff import Backoff
 from .._credentials import Credentials
 from ._accumulator import BATCH_HEADER_BYTES, RecordAccumulator
-from ._idempotence import Idempotence
+from ._idempotence import MAX_IN_FLIGHT, Idempotence
 from ._sender import GrpcTransport, Sender, Transport
 
 _ACKS: Final[dict[str, int]] = {
@@ -47,10 +47,20 @@ class Producer(RecordAccumulator):
     ``send`` returns a :class:`RecordHandle` at once; ``send_many`` a
     :class:`SendResult` for a list of values. Records are batched per
     partition (``linger_ms``, ``batch_bytes``), shipped by a background thread
-    with at most one request in flight per partition, and retried on
-    UNAVAILABLE (or a hinted RESOURCE_EXHAUSTED) with full-jitter backoff until
-    ``delivery_timeout_ms``. ``idempotent`` (default: unless acks=0) makes a
-    retried batch stored once. ``flush`` waits for everything sent so far.
+    with up to ``max_in_flight`` (default 5, at most 5 with idempotence)
+    batches per partition unacknowledged, and retried on UNAVAILABLE (or a
+    hinted RESOURCE_EXHAUSTED) with full-jitter backoff until
+    ``delivery_timeout_ms``, in order. ``idempotent`` (default: unless acks=0)
+    makes a retried batch stored once and keeps a partition's batches in
+    order across retries. ``flush`` waits for everything sent so far.
+
+    ``linger_ms`` (default 5) is how long a batch waits for more records
+    before it may be sent. Records that arrive while requests are in flight
+    join the next batch whatever it is, so it trades latency against request
+    count only while the producer is not busy: 0 sends each record as soon as
+    a request slot is free (lowest latency, one request per record at low
+    rates); a few ms make fuller, fewer requests (less CPU per record on both
+    sides, more throughput) for up to that much more latency per record.
     ``compression`` (``"none"``, ``"gzip"``, ``"lz4"``, ``"zstd"``) compresses
     each batch (``compression_level``: the codec's level, None for its
     default: zstd 3, gzip 6, lz4 0); the broker stores it as sent. An unknown
@@ -74,7 +84,7 @@ class Producer(RecordAccumulator):
         retry_backoff_max_ms: int = 1_000,
         buffer_bytes: int = 64 << 20,
         max_block_ms: int = 60_000,
-        max_in_flight: int = 8,
+        max_in_flight: int = MAX_IN_FLIGHT,
         metadata_max_age_ms: int = 300_000,
         compression: str = "none",
         compression_level: int | None = None,
@@ -93,6 +103,12 @@ class Producer(RecordAccumulator):
         if linger_ms < 0 or delivery_timeout_ms <= 0 or max_in_flight < 1:
             raise errors.InvalidArgumentError(
                 "linger_ms >= 0, delivery_timeout_ms > 0, max_in_flight >= 1"
+            )
+        if idempotent and max_in_flight > MAX_IN_FLIGHT:
+            raise errors.InvalidArgumentError(
+                f"max_in_flight must be at most {MAX_IN_FLIGHT} with idempotence (the "
+                f"broker's duplicate check remembers {MAX_IN_FLIGHT} batches per "
+                f"producer), not {max_in_flight}"
             )
         backoff = Backoff(retry_backoff_ms, retry_backoff_max_ms)
         self._transport: Transport = transport or GrpcTransport(
@@ -126,9 +142,12 @@ class Producer(RecordAccumulator):
         self._sender.start()
 
     def _first_send_to_a_topic(self) -> None:
-        # Take the producer id here, in the caller's thread: an InitProducer
-        # failure is then raised by send() instead of failing batches later.
-        self._idempotence.refresh_if_stale()
+        # Take the first producer id here, in the caller's thread: an
+        # InitProducer failure is then raised by send() instead of failing
+        # batches later. A later one (after a broken sequence) is the sender's,
+        # once no request is in flight.
+        if self._idempotence.generation == 0:
+            self._idempotence.refresh_if_stale()
 
     def close(self, timeout: float | None = None) -> None:
         """Flush, stop the sender thread and close the connection. Idempotent."""

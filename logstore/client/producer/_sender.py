@@ -7,29 +7,54 @@ concatenation is a merge, so the broker sees one request whose records are
 the suffix it stores unchanged. The bytes are kept, so a retry sends exactly
 the same request (same sequence numbers).
 
-Compression. With a codec, the joined records are compressed once when the
-request is built (the payload is the codec's compression of exactly those
-bytes, sent as ``compressed_records``, field 14, after the header), unless
-that does not make them smaller. The accumulator closed the batch at its
-*estimated* compressed size (records x the topic's ratio estimate,
+Compression. With a codec, the joined records are compressed once (the
+payload is the codec's compression of exactly those bytes, sent as
+``compressed_records``, field 14, after the header), unless that does not
+make them smaller. The accumulator closed the batch at its *estimated*
+compressed size (records x the topic's ratio estimate,
 :class:`~._accumulator.TopicState`); every compression updates that
-estimate, and in the rare case the records went past the room anyway
-(``min(batch_bytes, max_batch_bytes)`` less the header) the batch is split
-in two halves, sent in its place and in order, before any sequence number is
-taken. A batch waiting behind its partition's in-flight request is
-compressed while it waits.
+estimate. A batch is compressed before it is numbered (outside the lock;
+a full batch waiting behind its partition's in-flight requests is
+compressed while it waits), and in the rare case its records went past the
+room anyway (``min(batch_bytes, max_batch_bytes)`` less the header) it is
+split in two halves, sent in its place and in order, before any sequence
+number is taken.
 
 Timestamps. Records without their own take the batch's creation time
 (CreateTime within ``linger_ms``); when every record has its own, the batch's
 base timestamp is the smallest of them. ``max_timestamp_ms`` is the largest.
 
-Delivery. At most one request in flight per partition (so batches of a
-partition are stored in order and a retried batch cannot be overtaken), up to
-``max_in_flight`` in total. Which errors are retried and how long to wait
-between tries is :mod:`logstore.client._backoff`'s (full jitter, at least
-the broker's hint), until ``delivery_timeout_ms`` after the batch was
-created; anything else fails the batch at once. A batch that fails for good after it was sent
-breaks the idempotent sequence (:mod:`._idempotence`).
+Delivery and order. Up to ``max_in_flight`` (default 5) batches per
+partition may be unacknowledged at once: each taken batch gets the next
+idempotent sequence number, and requests go out without waiting for the
+earlier ones' replies (Kafka's ``max.in.flight.requests.per.connection``
+with ``enable.idempotence``; 5 is also what the broker's duplicate check
+remembers per producer, so more is refused with idempotence). Which errors
+are retried and how long to wait between tries is
+:mod:`logstore.client._backoff`'s (full jitter, at least the broker's hint),
+until ``delivery_timeout_ms`` after the batch was created; anything else
+fails the batch at once.
+
+Retries keep the order. When a batch fails retriably its partition is
+*recovering*: nothing new is sent to it, the requests still in flight are
+answered (a later batch the broker stored means the failed one was stored
+too -- the sequence check allows nothing else -- and its retry is answered
+as a duplicate; a later batch refused with OUT_OF_ORDER_SEQUENCE_NUMBER was
+not stored and is retried after it), then the unacknowledged batches are
+resent one at a time in sequence order, and pipelining resumes once they are
+all stored. An OUT_OF_ORDER_SEQUENCE_NUMBER is retried only for a batch that
+was sent behind unacknowledged ones (the broker may also have taken two
+pipelined requests out of order) or numbered under a producer id whose
+sequence has since broken; for the first unacknowledged batch it is final.
+
+A batch that fails for good after it was numbered breaks the idempotent
+sequence (:mod:`._idempotence`): the sender stops sending, lets every request
+in flight finish, takes a new producer id and goes on; a batch of the old id
+that the broker then refuses as out of order was not stored and is
+renumbered under the new one. Without idempotence (``idempotent=False`` or
+acks=0) the same rules apply but nothing detects duplicates or reordering: a
+retried batch may be stored twice, or after a later one, as with Kafka's
+non-idempotent producer with more than one request in flight.
 
 Completions arrive on gRPC's threads and are queued; only the sender thread
 acts on them, under the producer's lock.
@@ -51,7 +76,7 @@ from logstore.wire import CODEC_NONE, compress, compressed_field, crc32c
 from .._backoff import Backoff, retriable
 from .._credentials import Credentials
 from .._rpc import Connection, translate
-from ._accumulator import RecordAccumulator, TopicState
+from ._accumulator import PartitionQueue, RecordAccumulator, TopicState
 from ._batch import ProducerBatch
 from ._idempotence import Idempotence
 
@@ -130,7 +155,7 @@ class GrpcTransport:
 
 
 class Sender:
-    """The thread that ships closed batches; see the module docstring."""
+    """The thread that ships batches; see the module docstring."""
 
     def __init__(
         self,
@@ -155,11 +180,16 @@ class Sender:
         self._address = transport.address
         self._request_timeout_s = request_timeout_ms / 1000
         self._backoff = backoff
+        #: unacknowledged batches allowed per partition
         self._max_in_flight = max_in_flight
         self._metadata_max_age_s = metadata_max_age_ms / 1000
         self._refresh_at = time.monotonic() + self._metadata_max_age_s
         self._request_id = itertools.count(1)
-        self._in_flight: dict[tuple[str, int], ProducerBatch] = {}
+        #: requests sent and not answered (only the sender thread touches it)
+        self._requests_in_flight = 0
+        #: a failed InitProducer is tried again no sooner than this
+        self._init_retry_at = 0.0
+        self._init_failures = 0
         self._completions: deque[tuple[ProducerBatch, Any, BaseException | None]] = deque()
         self._thread = threading.Thread(target=self._run, name="logstore-producer", daemon=True)
 
@@ -171,23 +201,40 @@ class Sender:
 
     def _run(self) -> None:
         acc = self._acc
+        idem = self._idem
         while True:
             to_send: list[ProducerBatch] = []
+            to_compress: list[ProducerBatch] = []
             ahead: ProducerBatch | None = None
+            take_id = False
             with acc._lock:
                 while True:
                     self._drain_completions()
-                    wait_s = self._collect(to_send)
-                    if to_send:
-                        break
+                    if idem.enabled and idem.stale and acc._active:
+                        # a broken sequence: new producer id once nothing is in flight
+                        wait_s: float | None = None
+                        if self._requests_in_flight == 0:
+                            wait_s = self._init_retry_at - time.monotonic()
+                            if wait_s <= 0:
+                                take_id = True
+                                break
+                    else:
+                        wait_s = self._collect(to_send, to_compress)
+                        if to_send or to_compress:
+                            break
                     if acc._closed and not acc._pending:
                         return
                     ahead = self._next_to_compress()
                     if ahead is not None:
                         break
                     acc._cond.wait(wait_s)
+            if take_id:
+                self._take_new_id()
+                continue
             if ahead is not None:
-                ahead.compressed = self._compress(ahead)
+                to_compress.append(ahead)
+            for batch in to_compress:
+                batch.compressed = self._compress(batch)
             for batch in to_send:
                 self._send(batch)
             if time.monotonic() >= self._refresh_at:
@@ -197,42 +244,132 @@ class Sender:
                 except errors.LogStoreError:
                     pass  # keep the old metadata; the next produce reports real trouble
 
-    def _collect(self, out: list[ProducerBatch]) -> float | None:
-        """Pick batches to send now; returns how long to wait otherwise. Lock held."""
+    def _take_new_id(self) -> None:
+        """InitProducer after a broken sequence (lock not held). A retriable failure
+        is tried again after a backoff; a final one, or one that outlasts the
+        oldest waiting batch's delivery timeout, fails every batch not in flight."""
+        try:
+            self._idem.refresh_if_stale()
+            self._init_failures = 0
+            return
+        except errors.LogStoreError as exc:
+            err = exc
         now = time.monotonic()
         acc = self._acc
-        wait = acc._close_due(now)
-        if acc._ready:
-            keep: deque[ProducerBatch] = deque()
-            while acc._ready:
-                batch = acc._ready.popleft()
-                tp = (batch.topic, batch.partition)
-                if (
-                    tp in self._in_flight
-                    or len(self._in_flight) >= self._max_in_flight
-                    or any(b.topic == batch.topic and b.partition == batch.partition for b in keep)
-                ):
-                    keep.append(batch)
-                elif batch.retry_at > now:
-                    keep.append(batch)
-                    left = batch.retry_at - now
-                    wait = left if wait is None else min(wait, left)
-                else:
-                    self._in_flight[tp] = batch
-                    out.append(batch)
-            acc._ready = keep
+        with acc._lock:
+            waiting = [b for q in acc._active.values() for b in q.unacked] + [
+                b for q in acc._active.values() for b in q.full
+            ]
+            oldest = min((b.deadline for b in waiting), default=now + 3600.0)
+            delay = self._backoff.delay_s(self._init_failures, getattr(err, "retry_after_ms", None))
+            if retriable(err) and now + delay < oldest:
+                self._init_failures += 1
+                self._init_retry_at = now + delay
+                return
+            self._init_failures = 0
+            for q in list(acc._active.values()):
+                for b in [*q.unacked, *q.full]:
+                    acc._complete(b, err)
+                q.unacked.clear()
+                q.full.clear()
+                q.recovering = False
+                b_open = q.meta.open[q.partition]
+                if b_open is not None:
+                    acc._complete(acc._take_open(q.meta, q.partition), err)
+            acc._active.clear()
+
+    def _collect(self, out: list[ProducerBatch], to_compress: list[ProducerBatch]) -> float | None:
+        """Take the batches to send now, numbered in order (and, with a codec,
+        the next ones to compress first); returns how long to wait otherwise
+        (None: until woken). Lock held."""
+        now = time.monotonic()
+        acc = self._acc
+        cap = self._max_in_flight
+        wait: float | None = None
+        idle: list[tuple[str, int]] = []
+        for tp, q in acc._active.items():
+            if q.recovering:
+                if q.in_flight:
+                    continue  # let every request in flight answer first
+                if q.unacked:
+                    head = q.unacked[0]
+                    if head.retry_at > now:
+                        left = head.retry_at - now
+                        wait = left if wait is None else min(wait, left)
+                        continue
+                    self._resend(q, head)
+                    out.append(head)
+                    continue
+                q.recovering = False
+            while len(q.unacked) < cap:
+                if not q.full:
+                    b = acc._drain_open(q, now)
+                    if b is None:
+                        still = q.meta.open[q.partition]
+                        if still is not None:
+                            left = still.created + acc._linger_s - now
+                            wait = left if wait is None else min(wait, left)
+                        break
+                    q.full.append(b)
+                batch = q.full[0]
+                if self._codec != CODEC_NONE:
+                    if batch.compressed is None:
+                        to_compress.append(batch)  # then it is numbered and sent
+                        break
+                    if len(batch.compressed[0]) > q.meta.room:
+                        # the ratio estimate let it grow past the room: send halves
+                        batch.compressed = None
+                        acc._split(q)
+                        continue
+                q.full.popleft()
+                self._number(q, batch)
+                out.append(batch)
+            if q.idle():
+                idle.append(tp)
+        for tp in idle:
+            del acc._active[tp]
         return wait
 
+    def _number(self, q: PartitionQueue, batch: ProducerBatch) -> None:
+        """Give a taken batch its place in the partition's order. Lock held."""
+        batch.sent_behind = bool(q.unacked)
+        q.unacked.append(batch)
+        batch.in_flight = True
+        q.in_flight += 1
+        idem = self._idem
+        if idem.enabled:
+            batch.sequence = idem.next_sequence((q.topic, q.partition), batch.count)
+            batch.generation = idem.generation
+            batch.producer_id = idem.producer_id
+            batch.producer_epoch = idem.producer_epoch
+
+    def _resend(self, q: PartitionQueue, batch: ProducerBatch) -> None:
+        """Retry the partition's first unacknowledged batch, alone. Lock held."""
+        batch.sent_behind = False
+        batch.in_flight = True
+        q.in_flight += 1
+        idem = self._idem
+        if batch.rebuild and idem.enabled:
+            # refused as out of order under an id whose sequence broke: not
+            # stored, so it takes the next sequence under the current id
+            batch.rebuild = False
+            batch.request = None
+            batch.sequence = idem.next_sequence((q.topic, q.partition), batch.count)
+            batch.generation = idem.generation
+            batch.producer_id = idem.producer_id
+            batch.producer_epoch = idem.producer_epoch
+
     def _next_to_compress(self) -> ProducerBatch | None:
-        """A closed batch waiting behind its partition's in-flight request whose
+        """A full batch waiting behind its partition's in-flight requests whose
         records are not compressed yet (lock held): compressing it now overlaps
-        that round trip instead of adding to the next one (a 1 MiB batch
+        those round trips instead of adding to the next one (a 1 MiB batch
         costs ~1.5 ms in zstd, ~0.8 ms in lz4)."""
         if self._codec == CODEC_NONE:
             return None
-        for batch in self._acc._ready:
-            if batch.compressed is None and batch.request is None:
-                return batch
+        for q in self._acc._active.values():
+            for batch in q.full:
+                if batch.compressed is None and batch.payload is None:
+                    return batch
         return None
 
     def _encode(self, batch: ProducerBatch) -> tuple[bytes, int]:
@@ -257,25 +394,8 @@ class Sender:
         batch.compressed = self._encode(batch)
         meta.observe(batch.size, len(batch.compressed[0]))
 
-    def _oversized(self, batch: ProducerBatch) -> bool:
-        """Whether the batch, compressed, is past its topic's room (possible only
-        when it was closed past the room on a ratio estimate: a batch within
-        the room fits even sent plain). Lock not held."""
-        if self._codec == CODEC_NONE:
-            return False
-        if batch.compressed is None:
-            batch.compressed = self._compress(batch)
-        if len(batch.compressed[0]) <= self._acc._topics[batch.topic].room:
-            return False
-        batch.compressed = None
-        return True
-
-    def _split(self, batch: ProducerBatch) -> None:
-        with self._acc._lock:
-            del self._in_flight[(batch.topic, batch.partition)]
-            self._acc._split(batch)
-
-    def _build_request(self, batch: ProducerBatch) -> bytes:
+    def _prepare(self, batch: ProducerBatch) -> None:
+        """Join (and compress) the records once, fix CRC and timestamps. Lock not held."""
         if batch.compressed is None and self._codec != CODEC_NONE:
             batch.compressed = self._compress(batch)
         if batch.compressed is not None:
@@ -286,36 +406,40 @@ class Sender:
         batch.parts = []
         all_explicit = batch.explicit_count == batch.count
         base_ts = batch.explicit_min_ts if all_explicit else batch.created_ms
-        max_ts = max(base_ts, batch.explicit_max_ts) if batch.explicit_count else base_ts
+        batch.base_ts = base_ts
+        batch.max_ts = max(base_ts, batch.explicit_max_ts) if batch.explicit_count else base_ts
+        batch.payload = records
+        batch.codec = codec
+        batch.crc = crc32c(records)
+
+    def _header(self, batch: ProducerBatch) -> bytes:
+        """The ProduceRequest fields but the records (lock not held)."""
         header = logstore_pb2.ProduceRequest(
             topic=batch.topic,
             partition=batch.partition,
             acks=self._acks,  # type: ignore[arg-type]
             request_id=next(self._request_id),
-            records_crc32c=crc32c(records),
-            base_timestamp_ms=base_ts,
-            max_timestamp_ms=max_ts,
-            compression=codec,  # type: ignore[arg-type]
+            records_crc32c=batch.crc,
+            base_timestamp_ms=batch.base_ts,
+            max_timestamp_ms=batch.max_ts,
+            compression=batch.codec,  # type: ignore[arg-type]
         )
-        idem = self._idem
-        if idem.enabled:
-            idem.refresh_if_stale()
-            with self._acc._lock:
-                seq = idem.next_sequence((batch.topic, batch.partition), batch.count)
-            header.producer_id = idem.producer_id
-            header.producer_epoch = idem.producer_epoch
-            header.base_sequence = seq
-        return header.SerializeToString() + records
+        if self._idem.enabled:
+            header.producer_id = batch.producer_id
+            header.producer_epoch = batch.producer_epoch
+            header.base_sequence = batch.sequence
+        return header.SerializeToString()
 
     def _send(self, batch: ProducerBatch) -> None:
         """Issue (or re-issue) a batch's request. Lock not held."""
         try:
+            if batch.payload is None:
+                self._prepare(batch)
             if batch.request is None:
-                if self._oversized(batch):
-                    self._split(batch)
-                    return
-                batch.request = self._build_request(batch)
+                assert batch.payload is not None
+                batch.request = self._header(batch) + batch.payload
         except errors.LogStoreError as exc:
+            self._requests_in_flight += 1
             self._on_done(batch, None, exc)
             return
         batch.attempts += 1
@@ -325,6 +449,7 @@ class Sender:
         def callback(resp: Any, exc: BaseException | None) -> None:
             self._on_done(batch, resp, exc)
 
+        self._requests_in_flight += 1
         try:
             self._transport.produce(batch.request, timeout, callback)
         except BaseException as exc:
@@ -338,30 +463,50 @@ class Sender:
 
     def _drain_completions(self) -> None:
         """Complete, retry or fail batches whose request finished. Lock held."""
-        acc = self._acc
         while self._completions:
             batch, resp, exc = self._completions.popleft()
-            tp = (batch.topic, batch.partition)
-            if self._in_flight.get(tp) is batch:
-                del self._in_flight[tp]
-            if exc is None:
-                batch.base_offset = resp.base_offset
-                acc._complete(batch, None)
-                continue
-            err = translate(exc, self._address)
-            now = time.monotonic()
-            if retriable(err):
-                hint = getattr(err, "retry_after_ms", None)
-                delay = self._backoff.delay_s(batch.attempts - 1, hint)
-                if now + delay < batch.deadline:
-                    batch.retry_at = now + delay
-                    acc._ready.appendleft(batch)
-                    continue
-                err = type(err)(
-                    f"{err} (gave up after {batch.attempts} attempt(s): "
-                    f"delivery_timeout_ms={acc._delivery_timeout_ms})"
-                )
-            if self._idem.enabled and batch.request is not None:
-                # The broker may or may not hold this batch: the sequence is broken.
-                self._idem.sequence_broken()
-            acc._complete(batch, err)
+            self._requests_in_flight -= 1
+            self._settle(batch, resp, exc)
+
+    def _settle(self, batch: ProducerBatch, resp: Any, exc: BaseException | None) -> None:
+        """One batch's answer (see the module docstring). Lock held."""
+        acc = self._acc
+        idem = self._idem
+        q = acc._queues[(batch.topic, batch.partition)]
+        batch.in_flight = False
+        q.in_flight -= 1
+        if exc is None:
+            q.unacked.remove(batch)
+            batch.base_offset = resp.base_offset
+            acc._complete(batch, None)
+            if not q.unacked:
+                q.recovering = False
+            return
+        err = translate(exc, self._address)
+        now = time.monotonic()
+        if idem.enabled and isinstance(err, errors.OutOfOrderSequenceError):
+            old_id = batch.generation != idem.generation or idem.stale
+            if old_id or batch.sent_behind:
+                # Not stored: it goes again once the batches before it are settled.
+                batch.rebuild = old_id
+                batch.retry_at = now
+                q.recovering = True
+                return
+        elif retriable(err):
+            hint = getattr(err, "retry_after_ms", None)
+            delay = self._backoff.delay_s(batch.attempts - 1, hint)
+            if now + delay < batch.deadline:
+                batch.retry_at = now + delay
+                q.recovering = True
+                return
+            err = type(err)(
+                f"{err} (gave up after {batch.attempts} attempt(s): "
+                f"delivery_timeout_ms={acc._delivery_timeout_ms})"
+            )
+        q.unacked.remove(batch)
+        if idem.enabled:
+            # The broker may or may not hold this batch: the sequence is broken.
+            idem.sequence_broken()
+        acc._complete(batch, err)
+        if not q.unacked:
+            q.recovering = False

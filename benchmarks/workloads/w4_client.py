@@ -1,0 +1,89 @@
+"""W4C tail latency through the client library: what a new user sees.
+
+Paced ``Producer.send()`` calls (one per record, when it is due) at 2,000 and
+20,000 records/s for ``w4_seconds`` with one tailing ``Consumer`` (another
+process) polling partition 0, for ``linger_ms`` 0, 1 and 5; end-to-end latency =
+the time ``poll()`` returned the record - its intended send time
+(CLOCK_MONOTONIC, in the payload), so a producer that falls behind shows up as
+latency. ``delivered`` = records consumed within 10 s of the end of sending.
+W4 (``w4_tail``) measures the raw ``ProduceStream`` / ``Subscribe`` path; this
+one the ``Producer`` and ``Consumer`` that users call (issue 12, gap 3).
+logstore only (the peers have no such client here). p50/p99/p99.9 in ms; each
+percentile is the median over the runs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from benchmarks._stats import Figure, latency_percentiles_ms
+from benchmarks.systems._base import System
+from benchmarks.workloads import Ctx, base_args, new_topic, timed
+
+NAME = "W4C"
+TITLE = "end-to-end latency through Producer.send and Consumer.poll"
+SIZE = 100
+LINGERS_MS = (0, 1, 5)
+#: how long after the last send the consumer may still take to count a record delivered
+GRACE_S = 10.0
+#: seconds of sending per run (issue 12's 10 s; shorter if the scale's W4 is)
+SECONDS = 10.0
+
+
+def run(ctx: Ctx, system: System, lingers: tuple[int, ...] = LINGERS_MS) -> list[Figure]:
+    figs: list[Figure] = []
+    seconds = min(SECONDS, ctx.scale.w4_seconds)
+    for durable in system.durability_modes:
+        system.set_durable(durable)
+        for rate in ctx.scale.w4_rates:
+            for linger in lingers:
+                figs += _one(ctx, system, durable, rate, seconds, linger)
+    return figs
+
+
+def _one(
+    ctx: Ctx, system: System, durable: bool, rate: int, seconds: float, linger: int
+) -> list[Figure]:
+    n = int(rate * seconds)
+    info = {
+        "workload": NAME,
+        "system": system.name,
+        "mode": f"{system.label(durable)} linger_ms={linger}",
+        "durable": durable,
+        "rate": rate,
+        "seconds": seconds,
+        "size": SIZE,
+        "linger_ms": linger,
+        "bound": "grpc_unary_tiny",
+    }
+    where = f"{rate:,}/s linger {linger}"
+    pct: dict[str, Figure] = {
+        k: Figure(f"{NAME} {where} latency {k}", "ms", higher_is_better=False, info=dict(info))
+        for k in ("p50", "p99", "p99.9")
+    }
+    delivered = Figure(f"{NAME} {where} delivered", "%", info=dict(info))
+    for _ in range(ctx.runs):
+        topic = new_topic("w4c")
+        system.create(topic)
+        tail = base_args(ctx, system, "client_tail", topic=topic, n=n)
+        tail["deadline_s"] = seconds + GRACE_S + 1.0
+        prod = base_args(ctx, system, "client_paced", topic=topic, rate=rate, seconds=seconds)
+        prod.update(size=SIZE, durable=durable, linger_ms=linger)
+        try:
+            _, _, res = timed(ctx, [tail, prod])
+        except Exception as exc:
+            ctx.fail(f"{NAME} {system.name} {system.label(durable)} {where}", exc)
+            continue
+        finally:
+            system.delete(topic)
+        lat = np.asarray(res[0]["lat_ns"])
+        p = latency_percentiles_ms(lat)
+        for k, f in pct.items():
+            f.values.append(p[k])
+        delivered.values.append(100.0 * res[0]["count"] / max(1, n))
+        ctx.log(
+            f"{NAME} {system.name} {system.label(durable)} {where}: "
+            f"p50 {p['p50']:.2f} ms p99 {p['p99']:.2f} ms p99.9 {p['p99.9']:.2f} ms "
+            f"({res[0]['count']:,}/{n:,} delivered)"
+        )
+    return [*pct.values(), delivered]
