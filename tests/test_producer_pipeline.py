@@ -20,7 +20,6 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,6 +27,7 @@ import pytest
 from logstore import errors
 from logstore.client import Admin, Consumer, Producer
 from logstore.client.producer import GrpcTransport
+from logstore.client.producer._sender import translate_status
 from logstore.storage._producers import ProducerState
 from logstore.v1 import logstore_pb2
 from tests.brokerproc import BrokerProcess, start_broker
@@ -36,7 +36,9 @@ Callback = Callable[[Any, BaseException | None], None]
 
 
 class SeqBroker:
-    """A transport storing like the broker, with the broker's sequence check (see module doc)."""
+    """A transport storing like the broker, with the broker's sequence check (see module doc).
+    Unary Produce only (the producer sends one request per batch); :class:`MultiSeqBroker`
+    adds MultiProduce."""
 
     address = "seq:0"
 
@@ -97,6 +99,15 @@ class SeqBroker:
     # -- the "broker" --------------------------------------------------------------
 
     def _process(self, idx: int, req: logstore_pb2.ProduceRequest, callback: Callback) -> None:
+        resp, err = self._store(idx, req)
+        if err is not None:
+            callback(None, err)
+        else:
+            callback(resp, None)
+
+    def _store(
+        self, idx: int, req: logstore_pb2.ProduceRequest
+    ) -> tuple[logstore_pb2.ProduceResponse, errors.LogStoreError | None]:
         with self.cond:
             fault = self.faults.pop(idx, None)
             self.in_flight -= 1
@@ -140,12 +151,7 @@ class SeqBroker:
                     if fault == "lose":
                         err = errors.BrokerUnavailableError("reply lost")
             self.cond.notify_all()
-        if err is not None:
-            callback(None, err)
-        else:
-            callback(
-                logstore_pb2.ProduceResponse(partition=req.partition, base_offset=offset), None
-            )
+        return logstore_pb2.ProduceResponse(partition=req.partition, base_offset=offset), err
 
     def wait_held(self, n: int, timeout: float = 20.0) -> None:
         with self.cond:
@@ -160,6 +166,38 @@ class SeqBroker:
             self.hold = keep_holding
         for i in order if order is not None else range(len(held)):
             self._process(*held[i])
+
+
+class MultiSeqBroker(SeqBroker):
+    """SeqBroker with MultiProduce: each batch of a request is stored (or refused) on
+    its own, with its own status, as the broker does; ``faults`` count batches."""
+
+    def __init__(self, partitions: int = 1) -> None:
+        super().__init__(partitions)
+        self.multi: list[logstore_pb2.MultiProduceRequest] = []
+        self.unimplemented = False
+
+    def multi_produce(self, request: bytes, timeout_s: float, callback: Callback) -> None:
+        from logstore.broker._status import rich_status
+        from logstore.client.producer._sender import MultiProduceUnimplemented
+
+        if self.unimplemented:
+            callback(None, MultiProduceUnimplemented("Method not found!"))
+            return
+        req = logstore_pb2.MultiProduceRequest.FromString(request)
+        self.multi.append(req)
+        results = []
+        for b in req.batches:
+            with self.cond:
+                idx = len(self.requests)
+                self.requests.append(b)
+            resp, err = self._store(idx, b)
+            if err is not None:
+                resp = logstore_pb2.ProduceResponse(base_offset=-1, status=rich_status(err))
+            results.append(resp)
+        callback(
+            logstore_pb2.MultiProduceResponse(request_id=req.request_id, results=results), None
+        )
 
 
 def _pump(p: Producer, fake: SeqBroker, values: list[bytes], held: int) -> list[Any]:
@@ -340,6 +378,41 @@ def test_random_faults_and_reordering_keep_order_and_store_once_many(seed: int) 
     _random_run(seed, partitions=1 + seed % 4, n=2000)
 
 
+# -- MultiProduce ---------------------------------------------------------------------------
+
+
+def test_one_multi_produce_carries_every_ready_partition_and_statuses_are_per_batch() -> None:
+    """Records for 4 partitions sent within one linger window go as ONE MultiProduce;
+    partition 2's batch is refused for good (its handles fail, the others succeed),
+    partition 1's fails retriably and is retried, in order, in a later request."""
+    fake = MultiSeqBroker(partitions=4)
+    fake.faults = {1: "drop", 2: "invalid"}  # batch indexes: the 2nd and 3rd of request 1
+    with Producer(transport=fake, linger_ms=200, retry_backoff_ms=1) as p:
+        hs = {q: [p.send("t", b"%d-%d" % (q, i), partition=q) for i in range(3)] for q in range(4)}
+        out = {q: [h.exception(10) for h in hs[q]] for q in range(4)}
+        more = p.send("t", b"1-3", partition=1)
+        assert more.result(10) == (1, 3)
+    assert [len(r.batches) for r in fake.multi[:1]] == [4]
+    assert [b.partition for b in fake.multi[0].batches] == [0, 1, 2, 3]
+    assert all(e is None for q in (0, 1, 3) for e in out[q])
+    assert all(isinstance(e, errors.InvalidBatchError) for e in out[2])
+    assert fake.logs[1] == [b"1-0", b"1-1", b"1-2", b"1-3"]
+    assert 2 not in fake.logs or fake.logs[2] == []
+    assert fake.logs[0] == [b"0-%d" % i for i in range(3)]
+
+
+def test_a_broker_without_multi_produce_gets_one_produce_per_batch() -> None:
+    """UNIMPLEMENTED (an older broker): the producer falls back to unary Produce and
+    the batches of the refused request are delivered."""
+    fake = MultiSeqBroker(partitions=2)
+    fake.unimplemented = True
+    with Producer(transport=fake, linger_ms=0, retry_backoff_ms=1) as p:
+        hs = [p.send("t", b"v%d" % i, partition=i % 2) for i in range(10)]
+        assert [h.result(10)[1] for h in hs] == [i // 2 for i in range(10)]
+    assert fake.multi == []
+    assert fake.logs[0] == [b"v%d" % i for i in range(0, 10, 2)]
+
+
 # -- bounds ----------------------------------------------------------------------------
 
 
@@ -383,23 +456,30 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
 
 
 class DroppingTransport(GrpcTransport):
-    """Fails the ``drop``-th request with UNAVAILABLE without sending it (a request
-    lost on the way), while holding back requests until ``pipeline`` are in flight."""
+    """Fails the ``drop``-th request with UNAVAILABLE after 50 ms without sending it
+    (a request lost on the way), as a unary Produce or a MultiProduce (``multi``)."""
 
-    def __init__(self, address: str, drop: int) -> None:
+    def __init__(self, address: str, drop: int, multi: bool) -> None:
         super().__init__(address, 5000, 30_000)
         self.drop = drop
         self.sent = 0
         self.seqs: list[int] = []
         self.out_of_order = 0
+        if not multi:
+            self.multi_produce = None  # type: ignore[assignment,method-assign]
+
+    def _lost(self, callback: Any) -> bool:
+        self.sent += 1
+        if self.sent != self.drop:
+            return False
+        threading.Timer(
+            0.05, callback, (None, errors.BrokerUnavailableError("dropped on the way"))
+        ).start()
+        return True
 
     def produce(self, request: bytes, timeout_s: float, callback: Any) -> None:
-        self.sent += 1
         self.seqs.append(logstore_pb2.ProduceRequest.FromString(request).base_sequence)
-        if self.sent == self.drop:
-            threading.Timer(
-                0.05, callback, (None, errors.BrokerUnavailableError("dropped on the way"))
-            ).start()
+        if self._lost(callback):
             return
 
         def count(resp: Any, exc: BaseException | None) -> None:
@@ -409,21 +489,39 @@ class DroppingTransport(GrpcTransport):
 
         super().produce(request, timeout_s, count)
 
+    def multi_produce(self, request: bytes, timeout_s: float, callback: Any) -> None:
+        req = logstore_pb2.MultiProduceRequest.FromString(request)
+        self.seqs += [b.base_sequence for b in req.batches]
+        if self._lost(callback):
+            return
 
+        def count(resp: Any, exc: BaseException | None) -> None:
+            if resp is not None:
+                self.out_of_order += sum(
+                    isinstance(translate_status(r.status), errors.OutOfOrderSequenceError)
+                    for r in resp.results
+                    if r.status.code
+                )
+            callback(resp, exc)
+
+        super().multi_produce(request, timeout_s, count)
+
+
+@pytest.mark.parametrize("multi", [False, True], ids=["Produce", "MultiProduce"])
 def test_real_broker_refuses_what_follows_a_dropped_request_and_order_holds(
-    broker: BrokerProcess, tmp_path: Path
+    broker: BrokerProcess, multi: bool
 ) -> None:
     """Against the real broker: request 3 is lost on the way while the requests behind
     it are in flight; the broker refuses those as out of order, the producer resends
     from 3 in order, and a consumer reads every record once, in order."""
     with Admin(broker.grpc_address) as a:
-        a.create_topic("pipe", 1)
-    transport = DroppingTransport(broker.grpc_address, drop=3)
+        a.create_topic(f"pipe-{multi}", 1)
+    transport = DroppingTransport(broker.grpc_address, drop=3, multi=multi)
     values = _values(3000, "v")
     with Producer(transport=transport, linger_ms=0, retry_backoff_ms=10) as p:
         hs = []
         for i, v in enumerate(values):
-            hs.append(p.send("pipe", v))
+            hs.append(p.send(f"pipe-{multi}", v))
             if i % 20 == 19:
                 time.sleep(0.002)  # a paced producer: requests go while records come
         p.flush(60)
@@ -432,9 +530,9 @@ def test_real_broker_refuses_what_follows_a_dropped_request_and_order_holds(
     # requests were sent behind the dropped one (the drop answers after 50 ms) and the
     # broker refused them; a producer that waits for each reply never gets here
     assert transport.out_of_order >= 1
-    assert transport.seqs.count(transport.seqs[2]) == 2  # the dropped one, sent again
+    assert transport.seqs.count(transport.seqs[2]) >= 2  # the dropped one, sent again
     with Consumer(broker.grpc_address) as c:
-        c.assign([("pipe", 0)])
+        c.assign([(f"pipe-{multi}", 0)])
         got: list[bytes | None] = []
         deadline = time.monotonic() + 30
         while len(got) < len(values) and time.monotonic() < deadline:

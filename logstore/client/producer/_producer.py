@@ -21,7 +21,7 @@ from .._backoff import Backoff
 from .._credentials import Credentials
 from ._accumulator import BATCH_HEADER_BYTES, RecordAccumulator
 from ._idempotence import MAX_IN_FLIGHT, Idempotence
-from ._sender import GrpcTransport, Sender, Transport
+from ._sender import DEFAULT_MAX_REQUEST_BYTES, GrpcTransport, Sender, Transport
 
 _ACKS: Final[dict[str, int]] = {
     "all": logstore_pb2.ACKS_ALL,
@@ -43,6 +43,12 @@ def parse_acks(acks: str | int) -> int:
 
 class Producer(RecordAccumulator):
     """Sends records to a broker in batches.
+
+    One request per broker carries every partition's ready batch
+    (``MultiProduce``, Kafka's Produce shape; cut at ``max_request_bytes``,
+    default just under the broker's 4 MiB ``max_request_bytes``), with up to
+    ``max_in_flight`` such requests in flight; a broker without MultiProduce
+    gets one ``Produce`` per batch. Each batch's result is handled on its own.
 
     ``send`` returns a :class:`RecordHandle` at once; ``send_many`` a
     :class:`SendResult` for a list of values. Records are batched per
@@ -88,6 +94,7 @@ class Producer(RecordAccumulator):
         metadata_max_age_ms: int = 300_000,
         compression: str = "none",
         compression_level: int | None = None,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         transport: Transport | None = None,
     ) -> None:
         acks_value = parse_acks(acks)
@@ -136,6 +143,7 @@ class Producer(RecordAccumulator):
             metadata_max_age_ms=metadata_max_age_ms,
             codec=codec,
             compression_level=compression_level,
+            max_request_bytes=max_request_bytes,
         )
         if codec != CODEC_NONE:
             self._compress_now = self._sender.compress_now

@@ -69,13 +69,17 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
+import grpc
+from google.protobuf.any_pb2 import Any as AnyPb
+from google.rpc import error_details_pb2, status_pb2
+
 from logstore import errors
 from logstore.v1 import logstore_pb2
-from logstore.wire import CODEC_NONE, compress, compressed_field, crc32c
+from logstore.wire import CODEC_NONE, compress, compressed_field, crc32c, varint
 
 from .._backoff import Backoff, retriable
 from .._credentials import Credentials
-from .._rpc import Connection, translate
+from .._rpc import _BY_STATUS, _SERVICE, Connection, translate
 from ._accumulator import PartitionQueue, RecordAccumulator, TopicState
 from ._batch import ProducerBatch
 from ._idempotence import Idempotence
@@ -85,6 +89,52 @@ from ._idempotence import Idempotence
 DEFAULT_MAX_BATCH_BYTES: Final = 1 << 20
 
 ProduceCallback = Callable[[logstore_pb2.ProduceResponse | None, BaseException | None], None]
+MultiCallback = Callable[[logstore_pb2.MultiProduceResponse | None, BaseException | None], None]
+
+#: Tag of MultiProduceRequest.batches (field 15, length-delimited).
+_BATCHES_TAG: Final = b"\x7a"
+#: A MultiProduce request is cut before it would pass this many bytes: the
+#: broker's default max_request_bytes (4 MiB) less room for the small fields.
+DEFAULT_MAX_REQUEST_BYTES: Final = (4 << 20) - 4096
+_CODES: Final = {c.value[0]: c for c in grpc.StatusCode}
+
+
+class MultiProduceUnimplemented(errors.LogStoreError):
+    """The broker has no MultiProduce (an older release): the producer goes on
+    with one Produce per batch."""
+
+
+def translate_status(status: status_pb2.Status, address: str = "") -> errors.LogStoreError:
+    """The client's exception for one per-batch ``google.rpc.Status`` (a
+    MultiProduce result): the class its ErrorInfo names, else its code's, as
+    :func:`logstore.client._rpc.translate` does for an RPC's status."""
+    code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
+    message = status.message or code.name
+    info: error_details_pb2.ErrorInfo | None = None
+    retry_ms: int | None = None
+    detail: AnyPb
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            found = error_details_pb2.ErrorInfo()
+            detail.Unpack(found)
+            if found.domain == errors.ERROR_DOMAIN:
+                info = found
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            d = retry.retry_delay
+            retry_ms = int(d.seconds) * 1000 + int(d.nanos) // 1_000_000
+    known = errors.BY_REASON.get(info.reason) if info is not None else None
+    if info is not None and known is not None and known.status == code.name:
+        return known.from_details(message, dict(info.metadata), retry_ms)
+    cls = _BY_STATUS.get(code, errors.LogStoreError)
+    if cls is errors.ResourceExhaustedError:
+        return errors.ResourceExhaustedError(message, retry_ms)
+    if cls is errors.BrokerUnavailableError and address:
+        return errors.BrokerUnavailableError(f"broker at {address} is unavailable: {message}")
+    if cls is errors.LogStoreError:
+        return errors.LogStoreError(f"{code.name}: {message}")
+    return cls(message)
 
 
 class Transport(Protocol):
@@ -118,6 +168,12 @@ class GrpcTransport:
         self.conn = Connection(address, connect_timeout_ms, credentials)
         self.address = address
         self._timeout_s = request_timeout_ms / 1000
+        # request bytes as given (built by the sender), reply parsed by upb
+        self._multi = self.conn.channel.unary_unary(
+            _SERVICE + "MultiProduce",
+            request_serializer=None,
+            response_deserializer=logstore_pb2.MultiProduceResponse.FromString,
+        )
 
     def topic_metadata(self, topic: str) -> tuple[int, int]:
         resp = self.conn.call(
@@ -150,6 +206,29 @@ class GrpcTransport:
 
         fut.add_done_callback(done)
 
+    def multi_produce(self, request: bytes, timeout_s: float, callback: MultiCallback) -> None:
+        """Send a raw MultiProduceRequest; ``callback(response, None)`` or
+        ``(None, error)`` exactly once (UNIMPLEMENTED becomes
+        :class:`MultiProduceUnimplemented`)."""
+        self.conn.ensure_ready()
+        fut = self._multi.future(request, timeout=timeout_s)
+        address = self.address
+
+        def done(f: Any) -> None:
+            try:
+                resp = f.result()
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    callback(None, MultiProduceUnimplemented(str(exc.details())))
+                else:
+                    callback(None, translate(exc, address))
+            except BaseException as exc:
+                callback(None, translate(exc, address))
+            else:
+                callback(resp, None)
+
+        fut.add_done_callback(done)
+
     def close(self) -> None:
         self.conn.close()
 
@@ -170,8 +249,14 @@ class Sender:
         metadata_max_age_ms: int,
         codec: int = CODEC_NONE,
         compression_level: int | None = None,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     ) -> None:
         self._codec = codec
+        #: MultiProduce when the transport has it (and the broker answers it)
+        self._multi_produce: Callable[[bytes, float, MultiCallback], None] | None = getattr(
+            transport, "multi_produce", None
+        )
+        self._max_request_bytes = max_request_bytes
         self._compression_level = compression_level
         self._acc = accumulator
         self._transport = transport
@@ -190,7 +275,7 @@ class Sender:
         #: a failed InitProducer is tried again no sooner than this
         self._init_retry_at = 0.0
         self._init_failures = 0
-        self._completions: deque[tuple[ProducerBatch, Any, BaseException | None]] = deque()
+        self._completions: deque[tuple[list[ProducerBatch], Any, BaseException | None]] = deque()
         self._thread = threading.Thread(target=self._run, name="logstore-producer", daemon=True)
 
     def start(self) -> None:
@@ -218,6 +303,11 @@ class Sender:
                             if wait_s <= 0:
                                 take_id = True
                                 break
+                    elif (
+                        self._multi_produce is not None
+                        and self._requests_in_flight >= self._max_in_flight
+                    ):
+                        wait_s = None  # max_in_flight requests to the broker: wait for one
                     else:
                         wait_s = self._collect(to_send, to_compress)
                         if to_send or to_compress:
@@ -235,8 +325,11 @@ class Sender:
                 to_compress.append(ahead)
             for batch in to_compress:
                 batch.compressed = self._compress(batch)
-            for batch in to_send:
-                self._send(batch)
+            if self._multi_produce is not None and to_send:
+                self._send_multi(to_send)
+            else:
+                for batch in to_send:
+                    self._send(batch)
             if time.monotonic() >= self._refresh_at:
                 self._refresh_at = time.monotonic() + self._metadata_max_age_s
                 try:
@@ -440,33 +533,102 @@ class Sender:
                 batch.request = self._header(batch) + batch.payload
         except errors.LogStoreError as exc:
             self._requests_in_flight += 1
-            self._on_done(batch, None, exc)
+            self._on_done([batch], None, exc)
             return
         batch.attempts += 1
         left = batch.deadline - time.monotonic()
         timeout = max(0.001, min(self._request_timeout_s, left))
 
         def callback(resp: Any, exc: BaseException | None) -> None:
-            self._on_done(batch, resp, exc)
+            self._on_done([batch], resp, exc)
 
         self._requests_in_flight += 1
         try:
             self._transport.produce(batch.request, timeout, callback)
         except BaseException as exc:
-            self._on_done(batch, None, translate(exc, self._address))
+            self._on_done([batch], None, translate(exc, self._address))
 
-    def _on_done(self, batch: ProducerBatch, resp: Any, exc: BaseException | None) -> None:
+    def _send_multi(self, batches: list[ProducerBatch]) -> None:
+        """Send the batches taken in one pass as MultiProduce requests: one, unless
+        they pass ``max_request_bytes`` (then as few as fit). Lock not held."""
+        chunk: list[ProducerBatch] = []
+        size = 0
+        for batch in batches:
+            try:
+                if batch.payload is None:
+                    self._prepare(batch)
+                if batch.request is None:
+                    assert batch.payload is not None
+                    batch.request = self._header(batch) + batch.payload
+            except errors.LogStoreError as exc:
+                self._requests_in_flight += 1
+                self._on_done([batch], None, exc)
+                continue
+            n = len(batch.request) + 6
+            if chunk and size + n > self._max_request_bytes:
+                self._issue_multi(chunk)
+                chunk, size = [], 0
+            chunk.append(batch)
+            size += n
+        if chunk:
+            self._issue_multi(chunk)
+
+    def _issue_multi(self, batches: list[ProducerBatch]) -> None:
+        head = logstore_pb2.MultiProduceRequest(
+            acks=self._acks,  # type: ignore[arg-type]
+            request_id=next(self._request_id),
+        ).SerializeToString()
+        out = [head]
+        for batch in batches:
+            assert batch.request is not None
+            out += (_BATCHES_TAG, varint(len(batch.request)), batch.request)
+            batch.attempts += 1
+        left = min(b.deadline for b in batches) - time.monotonic()
+        timeout = max(0.001, min(self._request_timeout_s, left))
+
+        def callback(resp: Any, exc: BaseException | None) -> None:
+            self._on_done(batches, resp, exc)
+
+        self._requests_in_flight += 1
+        multi = self._multi_produce
+        assert multi is not None
+        try:
+            multi(b"".join(out), timeout, callback)
+        except BaseException as exc:
+            self._on_done(batches, None, translate(exc, self._address))
+
+    def _on_done(self, batches: list[ProducerBatch], resp: Any, exc: BaseException | None) -> None:
         acc = self._acc
         with acc._lock:
-            self._completions.append((batch, resp, exc))
+            self._completions.append((batches, resp, exc))
             acc._cond.notify_all()
 
     def _drain_completions(self) -> None:
         """Complete, retry or fail batches whose request finished. Lock held."""
         while self._completions:
-            batch, resp, exc = self._completions.popleft()
+            batches, resp, exc = self._completions.popleft()
             self._requests_in_flight -= 1
-            self._settle(batch, resp, exc)
+            if isinstance(exc, MultiProduceUnimplemented):
+                # an older broker: one Produce per batch from now on, these again
+                self._multi_produce = None
+                exc = errors.BrokerUnavailableError(f"MultiProduce unimplemented: {exc}")
+            if exc is not None or not isinstance(resp, logstore_pb2.MultiProduceResponse):
+                for batch in batches:
+                    self._settle(batch, resp, exc)
+                continue
+            results = resp.results
+            if len(results) != len(batches):
+                err = errors.InternalError(
+                    f"MultiProduce answered {len(results)} results for {len(batches)} batches"
+                )
+                for batch in batches:
+                    self._settle(batch, None, err)
+                continue
+            for batch, r in zip(batches, results, strict=True):
+                if r.status.code:
+                    self._settle(batch, None, translate_status(r.status, self._address))
+                else:
+                    self._settle(batch, r, None)
 
     def _settle(self, batch: ProducerBatch, resp: Any, exc: BaseException | None) -> None:
         """One batch's answer (see the module docstring). Lock held."""
