@@ -67,7 +67,7 @@ def test_every_workload_runs_against_logstore(tmp_path: Path) -> None:
     results = _run(tmp_path, "--systems", "logstore", "--sections", "workloads")
     groups = w7_group_drain.logstore_groups_available()
     queues = w8_work_queue.logstore_share_available()
-    want = {"W1", "W2", "W3", "W4", "W5", "W6"} | ({"W7"} if groups else set())
+    want = {"W1", "W2", "W3", "W4", "W4C", "W5", "W6"} | ({"W7"} if groups else set())
     want |= {"W8", "W8R"} if queues else set()
     assert _workloads(results, "logstore") == want
     if not groups:
@@ -83,6 +83,10 @@ def test_every_workload_runs_against_logstore(tmp_path: Path) -> None:
         assert results["skipped"]["W8R logstore"] == w8_work_queue.LOGSTORE_SKIP
     w4 = [f for f in results["figures"] if f["info"]["workload"] == "W4" and f["unit"] == "%"]
     assert w4 and all(f["median"] == 100.0 for f in w4)
+    # W4C: the Producer and Consumer users call deliver everything at linger 0, 1 and 5
+    w4c = [f for f in results["figures"] if f["info"]["workload"] == "W4C" and f["unit"] == "%"]
+    assert {f["info"]["linger_ms"] for f in w4c} == {0, 1, 5}
+    assert all(f["median"] == 100.0 for f in w4c)
 
 
 def test_storage_broker_and_client_sections_run(tmp_path: Path) -> None:

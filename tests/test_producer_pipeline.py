@@ -217,22 +217,25 @@ def _values(n: int, tag: str = "r") -> list[bytes]:
 
 
 def test_records_sent_while_a_request_is_in_flight_join_the_next_batch() -> None:
-    """linger_ms=0, one request allowed in flight: the 99 records sent while the first
-    request is unanswered go as ONE next batch (the old producer closed a batch per
-    record at linger 0 and sent 100 requests one after another)."""
+    """linger_ms=0, one request allowed in flight: the 29 records sent (2 ms apart, so
+    the sender wakes between them) while the first request is unanswered go as ONE
+    next batch. The old producer closed a batch per record at linger 0 and sent them
+    one request after another (30 requests)."""
     fake = SeqBroker()
     fake.hold = True
-    values = _values(100)
+    values = _values(30)
     with Producer(transport=fake, linger_ms=0, max_in_flight=1) as p:
         first = p.send("t", values[0])
         fake.wait_held(1)
-        rest = [p.send("t", v) for v in values[1:]]
-        time.sleep(0.05)  # the sender had every chance to send more; it may not
-        assert len(fake.requests) == 1
+        rest = []
+        for v in values[1:]:
+            rest.append(p.send("t", v))
+            time.sleep(0.002)
+        assert len(fake.requests) == 1  # the sender had every chance to send more
         fake.release()
         for i, h in enumerate([first, *rest]):
             assert h.result(10) == (0, i)
-    assert [len(r.records) for r in fake.requests] == [1, 99]
+    assert [len(r.records) for r in fake.requests] == [1, 29]
     assert fake.logs[0] == values
 
 

@@ -348,7 +348,9 @@ def _produce_client(args: dict[str, Any], ready: Callable[[], None]) -> dict[str
     parts = list(args.get("partitions_list") or [0])
     values = payloads(size, n)
     method = str(args.get("method", "send_many"))
-    chunk = 10_000
+    # round-robin in chunks of n / partitions records (at most 10,000), so every
+    # partition gets records (W5 at 1,000 partitions: 200 records a chunk)
+    chunk = max(1, min(10_000, n // len(parts)))
     acks = "all" if args["durable"] else "1"
     deadline = time.monotonic() + float(args.get("deadline_s", 120))
     producer = Producer(
