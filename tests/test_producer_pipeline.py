@@ -172,8 +172,10 @@ class MultiSeqBroker(SeqBroker):
     """SeqBroker with MultiProduce: each batch of a request is stored (or refused) on
     its own, with its own status, as the broker does; ``faults`` count batches."""
 
-    def __init__(self, partitions: int = 1) -> None:
+    def __init__(self, partitions: int = 1, seed: int | None = None) -> None:
         super().__init__(partitions)
+        #: with a seed, each batch fails at random ("drop"/"lose" 10 % each)
+        self.batch_rng = random.Random(seed) if seed is not None else None
         self.multi: list[logstore_pb2.MultiProduceRequest] = []
         self.unimplemented = False
 
@@ -191,6 +193,12 @@ class MultiSeqBroker(SeqBroker):
             with self.cond:
                 idx = len(self.requests)
                 self.requests.append(b)
+                self.in_flight += 1
+                self.max_in_flight_seen = max(self.max_in_flight_seen, len(req.batches))
+                if self.batch_rng is not None:
+                    roll = self.batch_rng.random()
+                    if roll < 0.2:
+                        self.faults[idx] = "drop" if roll < 0.1 else "lose"
             resp, err = self._store(idx, b)
             if err is not None:
                 resp = logstore_pb2.ProduceResponse(base_offset=-1, status=rich_status(err))
@@ -338,8 +346,10 @@ def test_a_batch_failing_for_good_takes_a_new_id_and_keeps_the_rest_in_order() -
     assert [r.base_sequence for r in renumbered] == [0, 1, 2, 3]
 
 
-def _random_run(seed: int, partitions: int, n: int) -> None:
-    fake = SeqBroker(partitions=partitions, seed=seed)
+def _random_run(seed: int, partitions: int, n: int, multi: bool = False) -> None:
+    fake = (
+        MultiSeqBroker(partitions, seed) if multi else SeqBroker(partitions=partitions, seed=seed)
+    )
     rng = random.Random(seed)
     sent: dict[int, list[bytes]] = {p: [] for p in range(partitions)}
     handles = []
@@ -365,7 +375,8 @@ def _random_run(seed: int, partitions: int, n: int) -> None:
         assert fake.logs.get(part, []) == sent[part]  # in order, each record once
         assert got[part] == list(range(len(sent[part])))
     assert fake.inits == 1  # only retriable faults: the sequence never broke
-    assert fake.max_in_flight_seen > 1  # it did pipeline
+    # it did pipeline (unary: requests in flight at once; multi: batches in one request)
+    assert fake.max_in_flight_seen > 1
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -375,10 +386,16 @@ def test_random_faults_and_reordering_keep_order_and_store_once(seed: int) -> No
     _random_run(seed, partitions=3, n=400)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_random_per_batch_faults_in_multi_produce_keep_order_and_store_once(seed: int) -> None:
+    """The same through MultiProduce, each batch of a request failing on its own."""
+    _random_run(seed, partitions=3, n=400, multi=True)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(3, 40))
 def test_random_faults_and_reordering_keep_order_and_store_once_many(seed: int) -> None:
-    _random_run(seed, partitions=1 + seed % 4, n=2000)
+    _random_run(seed, partitions=1 + seed % 4, n=2000, multi=seed % 2 == 1)
 
 
 # -- MultiProduce ---------------------------------------------------------------------------
