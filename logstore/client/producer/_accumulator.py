@@ -91,6 +91,9 @@ TopicMetadata = Callable[[str], tuple[int, int]]
 #: times the estimated ratio times this reach the room, so a batch as
 #: compressible as the last ones lands ~5% under it rather than just over.
 RATIO_ESTIMATION_FACTOR: Final = 1.05
+#: The sticky partitioner's own generator: the library never draws from the
+#: global ``random`` (an application's seeded sequence stays its own).
+_RNG: Final = random.Random()
 #: A batch that compressed better than estimated moves the estimate this
 #: fraction of the way to what it saw; one that compressed worse sets it to
 #: what it saw. (Kafka steps down by 0.005 and up by at least 0.05: with
@@ -116,7 +119,7 @@ class TopicState:
         self.room = self.limit = 0
         self.set_room(max_batch_bytes, batch_bytes)
         self.open: list[ProducerBatch | None] = [None] * partitions
-        self.sticky = random.randrange(partitions)
+        self.sticky = _RNG.randrange(partitions)
 
     def set_room(self, max_batch_bytes: int, batch_bytes: int) -> None:
         # room: bytes of records a batch may hold as sent (compressed, if it is)
@@ -447,7 +450,7 @@ class RecordAccumulator:
         assert batch is not None
         meta.open[partition] = None
         if partition == meta.sticky and meta.partitions > 1:
-            nxt = random.randrange(meta.partitions - 1)
+            nxt = _RNG.randrange(meta.partitions - 1)
             meta.sticky = nxt if nxt < partition else nxt + 1
         return batch
 
