@@ -35,8 +35,11 @@ is released a roll queues such a turn on the flusher thread
 (``GroupCommit.request_sync``), so acks=1 records of a sealed segment become
 durable within a turn too. A crash before that turn leaves the sealed
 segment past the recovery point: recovery re-checks it like the active one
-(a torn tail there drops every later segment) and ``open`` lists it as
-unsynced again (a kill -9 keeps pages no fsync covered).
+(a torn tail there, or frames that end before the next segment's base, drops
+every later segment: ``_loader``) and ``open`` lists it as unsynced again (a
+kill -9 keeps pages no fsync covered). A compacted topic's rolls still fsync
+under the lock: its cleaner leaves segments that end before the next base on
+purpose, so recovery could not tell that from a lost tail.
 
 Open and recovery: ``open`` loads the segments with ``_loader`` (what a
 clean shutdown, a crash, a torn tail and corruption before the recovery point
@@ -288,7 +291,7 @@ class PartitionLog:
         loaded = load_segments(
             fs, directory, self.name, handles, index_cache, config.index_interval_bytes,
             now_ms(), clean=clean, recovery_point=recovery_point,
-            log_start_offset=log_start_offset,
+            log_start_offset=log_start_offset, strict_segment_ends=not config.compact,
         )  # fmt: skip
         self._set_segments(loaded.segments)
         self._dir_dirty = loaded.dir_dirty
@@ -652,14 +655,21 @@ class PartitionLog:
         old = self.active
         if old.size == 0:
             return old
-        old.seal(sync=False)
-        self._unsynced.append(old)
+        # A compacted topic's rolls still fsync here: its cleaner leaves
+        # segments that end before the next one's base on purpose, so recovery
+        # cannot tell a lost tail of an unsynced one from that (``_loader``).
+        compact = self.config.compact
+        old.seal(sync=compact)
+        if not compact:
+            self._unsynced.append(old)
         new = Segment.create(
             self.fs, self.directory, old.next_offset, self.handles, self.index_cache, now
         )
         self._dir_dirty = True
         self._set_segments([*self.segments, new])
-        if self.producers.changed:
+        if compact:
+            self.write_producer_snapshot()
+        elif self.producers.changed:
             self._pending_snapshot = (new.base_offset, self.producers.to_json(), self._snapshot_gen)
             self.producers.changed = False
         log.info("%s: rolled segment at offset %d", self.name, new.base_offset)
