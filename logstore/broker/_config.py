@@ -50,8 +50,10 @@ class BrokerConfig:
     data_dir: str = "./data"
     log_format: str = "text"
     log_level: str = "info"
-    #: ``uvloop`` (the default when installed; it is a dependency) or
-    #: ``asyncio``; see docs/benchmarks.md (W4) for what it changes.
+    #: ``asyncio`` (the standard library's loop) or ``uvloop`` (libuv; a
+    #: dependency): it saved ~5-10 % of the broker's CPU per W4 message,
+    #: latency within the noise (docs/benchmarks.md, "W4 after the
+    #: write-path rework"), so it is opt-in.
     event_loop: str = "asyncio"
     #: Listening on a non-loopback address needs this, and then TLS and
     #: authentication too (or ``insecure``).
