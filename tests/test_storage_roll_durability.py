@@ -183,3 +183,21 @@ def test_acks_all_stream_across_rolls_survives_power_cuts_at_any_moment() -> Non
             assert got[:n] == acked[:n], k
         finally:
             reopened.close()
+
+
+def test_flush_after_a_roll_by_time_makes_the_new_segment_durable() -> None:
+    """A roll by time adds no offset, so everything may already be durable up to
+    the log end; flush() still fsyncs what the roll left (the sealed segment's
+    indexes, the new segment's name): a power cut keeps both files."""
+    disk = _disk()
+    store = Store.open(ROOT, fs=disk)
+    store.create_topic("t", config={"segment_ms": 1})
+    assert store.append("t", 0, [b"a"], sync=True) == 0
+    time.sleep(0.01)
+    store.partition("t", 0).maybe_roll_by_time(int(time.time() * 1000))
+    assert len(store.partition("t", 0).segments) == 2
+    store.flush()
+    after = disk.power_cut(random.Random(0), keep_unsynced_changes=False)
+    names = sorted(n for n in after.listdir(f"{ROOT}/t-0") if n.endswith(".log"))
+    assert names == [f"{0:020d}.log", f"{1:020d}.log"], names
+    store.close()

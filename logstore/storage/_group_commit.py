@@ -87,15 +87,15 @@ class GroupCommit:
         self._lead()
         return fut
 
-    def request_sync(self, offset: int) -> None:
-        """Make every offset below ``offset`` durable soon, without waiting and
+    def request_sync(self) -> None:
+        """Run one fsync turn soon (everything written so far), without waiting and
         without fsyncing in the caller's thread: the flusher thread takes the
         partition if there is one (``on_wanted``); without one (embedded) this
         does nothing and the next ``sync_to`` (or close) covers it. What a
         segment roll calls once the partition's lock is released."""
         with self._lock:
-            if self._flushed >= offset:
-                return
+            # No "durable already" shortcut: a roll by time adds no offset but
+            # leaves a sealed segment's indexes and a new name to make durable.
             if self._syncing:
                 # A turn runs and may have taken its target before the caller's
                 # writes: the flusher runs one more (``finish_turn``).

@@ -681,7 +681,7 @@ class PartitionLog:
         segment, its indexes, the snapshot and the new name become durable
         soon even when no acks=ALL producer asks. Embedded (no thread), the
         next ``flush``/``sync_to``/``close`` does it."""
-        self.commits.request_sync(self.log_end_offset)
+        self.commits.request_sync()
 
     def roll(self) -> None:
         with self._lock:
@@ -761,8 +761,19 @@ class PartitionLog:
         return self.commits.has_waiters
 
     def flush(self) -> None:
-        """Everything appended before this call is durable when it returns."""
+        """Everything appended before this call is durable when it returns,
+        and so is what a roll left to sync (a roll by time adds no offset, so
+        ``sync_to`` alone may find nothing to wait for)."""
         self.sync_to(self.log_end_offset).result()
+        self.sync_roll_leftovers()
+
+    def sync_roll_leftovers(self) -> None:
+        """One fsync turn if a roll left something undurable (a sealed
+        segment, a snapshot, a new name) that no offset waits for."""
+        if self._unsynced or self._dir_dirty or self._pending_snapshot is not None:
+            _target, error = self._sync_files()
+            if error is not None and not self._deleted:
+                raise error
 
     # --- reading -------------------------------------------------------------------------
     def _check_offset(self, offset: int) -> tuple[int, int]:

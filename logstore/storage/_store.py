@@ -858,10 +858,12 @@ class Store:
     def flush(self) -> None:
         """Everything appended before this call is durable when it returns."""
         self._check_open()
-        futures = [lg.sync_to(lg.log_end_offset) for lg in list(self._logs.values())]
-        for f in futures:
+        logs = list(self._logs.values())
+        futures = [lg.sync_to(lg.log_end_offset) for lg in logs]
+        for lg, f in zip(logs, futures, strict=True):
             try:
                 f.result()
+                lg.sync_roll_leftovers()
             except UnknownTopicError:
                 # Its topic was deleted while we waited: nothing of it is left to
                 # make durable, and the deletion itself was made durable first.
