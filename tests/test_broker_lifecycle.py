@@ -98,6 +98,38 @@ def test_config_precedence(tmp_path: Path) -> None:
         BrokerConfig(listen="nowhere")
 
 
+def test_sigterm_ends_a_subscribe_push_held_by_flow_control(tmp_path: Path) -> None:
+    """A Subscribe whose reader stopped reading (its push parked on HTTP/2 flow
+    control) ends with UNAVAILABLE (resubscribe later) at SIGTERM, not with the
+    CANCELLED of a write cut by the shutdown: shutdown cancels the parked write
+    and that becomes the shutting-down status (Runtime.write_or_stop)."""
+    b = start_broker(tmp_path / "data", env={"LOGSTORE_SHUTDOWN_GRACE_MS": "20000"})
+    with connect(b) as s:
+        create_topic(s, "held")
+        sub = s.Subscribe(pb.SubscribeRequest(topic="held", partition=0), timeout=120)
+        for _ in range(200):  # 12 MB: far more than the HTTP/2 and socket windows
+            produce(s, "held", [b"z" * 60_000])
+        time.sleep(0.5)  # the broker's push is parked on the unread stream now
+        t0 = time.monotonic()
+        b.proc.send_signal(signal.SIGTERM)
+        time.sleep(1.0)  # shutdown has begun while the write is parked
+        got = 0
+        with pytest.raises(grpc.RpcError) as err:
+            for msg in sub:  # what the windows held, then the status
+                got += len(decode(msg))
+        rc = b.proc.wait(60)
+        elapsed = time.monotonic() - t0
+    b.stop()
+    assert rc == 0
+    # A parked write that shutdown does not cancel holds the exit until the
+    # 20 s grace ends (then gRPC cuts the call, UNAVAILABLE too): ~21 s. With
+    # the cancel it exits once this client read the windows: ~1-3 s. 12 s
+    # leaves room for a loaded machine and still fails the former.
+    assert elapsed < 12, f"shutdown took {elapsed:.1f}s"
+    assert 0 < got < 200, got  # the stream ended early, in the middle of the backlog
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value
+
+
 def test_sigterm_drains_and_restarts_instantly(tmp_path: Path) -> None:
     """SIGTERM answers long polls and ends subscriptions at once, exits 0, restarts clean."""
     b = start_broker(tmp_path / "data")

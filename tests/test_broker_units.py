@@ -108,3 +108,20 @@ def test_remote_listen_needs_allow_remote(caplog: pytest.LogCaptureFixture) -> N
     finally:
         logger.removeHandler(caplog.handler)
     assert any("non-loopback" in r.getMessage() for r in caplog.records)
+
+
+def test_event_loop_and_inline_bounds_are_validated_config() -> None:
+    """event_loop names a loop (uvloop or asyncio) and the inline bounds are
+    ranged ints: a wrong value is refused with a message naming the key."""
+    from logstore.broker import BrokerConfig
+    from logstore.errors import InvalidConfigError
+
+    assert BrokerConfig.resolve({}, {"LOGSTORE_EVENT_LOOP": "uvloop"}, None).event_loop == "uvloop"
+    assert BrokerConfig().inline_append_max_bytes == 64 * 1024
+    with pytest.raises(InvalidConfigError, match="event_loop must be one of uvloop, asyncio"):
+        BrokerConfig(event_loop="tokio")
+    for key in ("inline_append_max_bytes", "inline_read_max_bytes"):
+        with pytest.raises(InvalidConfigError, match=key):
+            BrokerConfig(**{key: -1})
+        with pytest.raises(InvalidConfigError, match=key):
+            BrokerConfig.resolve({}, {"LOGSTORE_" + key.upper(): "lots"}, None)

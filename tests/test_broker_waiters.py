@@ -90,6 +90,29 @@ def test_notify_without_waiters_schedules_nothing() -> None:
     assert Loop.calls == 0
 
 
+def test_notify_on_the_loops_thread_wakes_at_once_without_the_self_pipe() -> None:
+    """An append done on the event loop wakes its waiters directly: the waiter is
+    set when notify returns and no call_soon_threadsafe (a self-pipe write and
+    read per append) is made; from another thread it still goes through it."""
+
+    class Loop:
+        calls = 0
+
+        def call_soon_threadsafe(self, *args: object) -> None:
+            Loop.calls += 1
+
+    reg = WaitRegistry()
+    reg.bind(Loop())  # type: ignore[arg-type]  # bound on this thread
+    waiter = reg.register(("t", 0))
+    reg.notify_threadsafe(("t", 0))
+    assert waiter.woken and Loop.calls == 0
+    waiter.clear()
+    t = threading.Thread(target=reg.notify_threadsafe, args=(("t", 0),))
+    t.start()
+    t.join()
+    assert Loop.calls == 1 and not waiter.woken  # woken later, on the loop
+
+
 def test_timers_fire_at_ms_resolution_and_cancel() -> None:
     """A 20 ms timer fires well before the 10 s maintenance tick; a cancelled one never."""
 

@@ -35,6 +35,8 @@ LOG_FORMATS: Final = ("text", "json")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 AUTH_MODES: Final = ("none", "token", "mtls")
 ACQUISITION_DURABILITIES: Final = ("page-cache", "fsync")
+#: The broker's event loop: uvloop (libuv) or the standard library's.
+EVENT_LOOPS: Final = ("uvloop", "asyncio")
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,11 @@ class BrokerConfig:
     data_dir: str = "./data"
     log_format: str = "text"
     log_level: str = "info"
+    #: ``asyncio`` (the standard library's loop) or ``uvloop`` (libuv; a
+    #: dependency): it saved ~5-10 % of the broker's CPU per W4 message,
+    #: latency within the noise (docs/benchmarks.md, "W4 after the
+    #: write-path rework"), so it is opt-in.
+    event_loop: str = "asyncio"
     #: Listening on a non-loopback address needs this, and then TLS and
     #: authentication too (or ``insecure``).
     allow_remote: bool = False
@@ -105,6 +112,19 @@ class BrokerConfig:
     retry_after_ms: int = 100
     #: Threads doing storage calls (appends, reads, admin) off the event loop.
     io_threads: int = 8
+    #: Uncompressed batches up to this size are appended on the event loop
+    #: (a page-cache write; a roll fsyncs nothing), not on an I/O thread: on
+    #: the reference machine one append costs ~22 us at 256 B and ~60 us at
+    #: 64 KiB (p50), about what the thread-pool round trip alone costs under
+    #: load, while 256 KiB takes ~140 us of every other stream's loop time.
+    #: Larger ones, and any append whose partition lock is busy (a retention
+    #: pass, a cleaner swap), go to the I/O pool. 0: always the pool.
+    inline_append_max_bytes: int = 64 * 1024
+    #: A Subscribe stream that is caught up (its last push was below this)
+    #: reads its next push on the event loop, at most this many bytes (plus
+    #: one whole batch); behind, it reads ``subscribe_max_bytes`` on an I/O
+    #: thread. Reads of the tail hit the page cache. 0: always the pool.
+    inline_read_max_bytes: int = 64 * 1024
 
     #: SIGTERM/SIGINT: in-flight unary requests get this long to finish.
     shutdown_grace_ms: int = 5000
@@ -244,6 +264,8 @@ _INT_RANGES: Final[dict[str, tuple[int, int]]] = {
     "produce_stream_max_inflight": (1, 100_000),
     "retry_after_ms": (1, 3_600_000),
     "io_threads": (1, 256),
+    "inline_append_max_bytes": (0, 16 << 20),
+    "inline_read_max_bytes": (0, 16 << 20),
     "shutdown_grace_ms": (0, 3_600_000),
     "flush_interval_ms": (0, DAY_MS),
     "maintain_interval_ms": (100, DAY_MS),
@@ -333,6 +355,8 @@ def _check(name: str, value: Any) -> None:
             "share_acquisition_durability must be one of "
             f"{', '.join(ACQUISITION_DURABILITIES)}: {value!r}"
         )
+    elif name == "event_loop" and value not in EVENT_LOOPS:
+        raise InvalidConfigError(f"event_loop must be one of {', '.join(EVENT_LOOPS)}: {value!r}")
     elif name == "data_dir" and (not isinstance(value, str) or not value):
         raise InvalidConfigError("data_dir must be a non-empty path")
 

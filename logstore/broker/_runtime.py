@@ -12,16 +12,18 @@ appending thread and only schedules a wake-up on the loop
 (:meth:`WaitRegistry.notify_threadsafe`).
 
 Shutdown: :meth:`begin_shutdown` makes :attr:`stopping` true, sets
-:attr:`stop_event` and wakes every waiter (long polls answer, subscriptions
-end); :meth:`drain` waits for queued background work (acks=NONE appends),
-cancels timers and stops the I/O pool.
+:attr:`stop_event`, wakes every waiter (long polls answer, subscriptions
+end) and cancels the tasks parked in :meth:`write_or_stop` (a Subscribe push
+held up by a reader's flow control); :meth:`drain` waits for queued
+background work (acks=NONE appends), cancels timers and stops the I/O pool.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -106,6 +108,8 @@ class Runtime:
         self.stopping = False
         self._pool = ThreadPoolExecutor(config.io_threads, thread_name_prefix="logstore-io")
         self._background: set[asyncio.Task[None]] = set()
+        #: Tasks awaiting a stream write that shutdown must end (write_or_stop).
+        self._writing: set[asyncio.Task[Any]] = set()
         #: The consumer-group coordinator runtime (set by the service).
         self.groups: GroupsRuntime | None = None
         #: The share-group runtime (set by the service).
@@ -148,6 +152,36 @@ class Runtime:
         self.stopping = True
         self.stop_event.set()
         self.waiters.close()
+        for task in list(self._writing):
+            task.cancel()
+
+    async def write_or_stop(self, context: Context, message: Any, stopped: str) -> None:
+        """``write_reply``, but shutdown ends it at once (BrokerShuttingDownError
+        with ``stopped``) even when the reader's flow control holds it up.
+
+        No task or future per message: the calling task registers itself and
+        :meth:`begin_shutdown` cancels it; that cancellation becomes the
+        shutdown error here (the client's own cancellation stays one)."""
+        if self.stopping:
+            raise shutting_down(stopped)
+        task = asyncio.current_task()
+        assert task is not None
+        with self._cancelled_by_shutdown(task):
+            try:
+                await write_reply(context, message)
+            except asyncio.CancelledError:
+                if not self.stopping:
+                    raise
+                task.uncancel()
+                raise shutting_down(stopped) from None
+
+    @contextlib.contextmanager
+    def _cancelled_by_shutdown(self, task: asyncio.Task[Any]) -> Iterator[None]:
+        self._writing.add(task)
+        try:
+            yield
+        finally:
+            self._writing.discard(task)
 
     async def drain(self) -> None:
         """Wait for background work, cancel timers, then stop the I/O threads."""

@@ -43,11 +43,13 @@ import signal
 import ssl
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import grpc
 import grpc.aio
+import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
@@ -405,6 +407,11 @@ async def serve(config: BrokerConfig) -> int:
     return 0
 
 
+def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop the broker runs on (``event_loop``); None: asyncio's."""
+    return uvloop.new_event_loop if name == "uvloop" else None
+
+
 def serve_main(
     data_dir: str | None = None,
     listen: str | None = None,
@@ -438,7 +445,8 @@ def serve_main(
     setup_logging(config.log_format, config.log_level)
     raise_nofile_limit()
     try:
-        return asyncio.run(serve(config))
+        with asyncio.Runner(loop_factory=_loop_factory(config.event_loop)) as runner:
+            return runner.run(serve(config))
     except InvalidConfigError as exc:
         log.error("%s", exc)
         return 2

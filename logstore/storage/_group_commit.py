@@ -47,6 +47,7 @@ class GroupCommit:
         self._waiters: list[tuple[int, Future[None]]] = []
         self._syncing = False  # a leader or the flusher owns the next fsync
         self._flushed = 0
+        self._again = False  # request_sync during a flusher turn: one more turn
         #: Called with no lock held when a fsync is wanted and none runs;
         #: returns True if the flusher thread took the partition.
         self.on_wanted: Callable[[], bool] = lambda: False
@@ -85,6 +86,24 @@ class GroupCommit:
             return fut
         self._lead()
         return fut
+
+    def request_sync(self) -> None:
+        """Run one fsync turn soon (everything written so far), without waiting and
+        without fsyncing in the caller's thread: the flusher thread takes the
+        partition if there is one (``on_wanted``); without one (embedded) this
+        does nothing and the next ``sync_to`` (or close) covers it. What a
+        segment roll calls once the partition's lock is released."""
+        with self._lock:
+            # No "durable already" shortcut: a roll by time adds no offset but
+            # leaves a sealed segment's indexes and a new name to make durable.
+            if self._syncing:
+                # A turn runs and may have taken its target before the caller's
+                # writes: the flusher runs one more (``finish_turn``).
+                self._again = True
+                return
+        # The flusher's enqueue claims the partition itself; embedded, nothing
+        # is claimed, so no waiter can be left without a leader.
+        self.on_wanted()
 
     def _lead(self) -> None:
         """Fsync until no waiter is left (the caller owns ``_syncing``)."""
@@ -133,7 +152,8 @@ class GroupCommit:
         """After the flusher's fsync: True if waiters remain (queue it again),
         else the partition is released."""
         with self._lock:
-            if self._waiters:
+            if self._waiters or self._again:
+                self._again = False
                 return True
             self._syncing = False
             return False

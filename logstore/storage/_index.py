@@ -247,12 +247,19 @@ class _Index:
         self._capacity = cap
         self.cache.drop(self._key)
 
-    def unmap(self) -> None:
-        """Drop the map (entries stay in the file, which keeps its length)."""
+    def unmap(self, *, sync: bool = True) -> None:
+        """Drop the map (entries stay in the file, which keeps its length).
+
+        With ``sync`` (msync) the entries are durable on return; without, they
+        are in the page cache like any write and a later ``fsync`` of the file
+        makes them durable (what a roll does: :meth:`seal` with ``sync=False``,
+        then :meth:`sync_file` off the append path).
+        """
         if self._arr is not None:
             self._arr = None
             mm, self._mm = self._mm, None
-            self.fs.sync_map(mm, self.path)
+            if sync:
+                self.fs.sync_map(mm, self.path)
             try:
                 self.fs.unmap(mm)
             except BufferError:
@@ -261,17 +268,37 @@ class _Index:
                 pass
         self._capacity = 0
 
-    def seal(self) -> None:
-        """Unmap, trim the file to its entries and fsync it."""
-        self.unmap()
+    def seal(self, *, sync: bool = True) -> None:
+        """Unmap and trim the file to its entries; with ``sync``, fsync it.
+
+        Without ``sync`` nothing waits for the disk (no msync, no fsync: a
+        segment roll under the partition's lock); :meth:`sync_file` makes
+        the trimmed file durable later.
+        """
+        self.unmap(sync=sync)
         if self._detached is not None:
             return
         if not self.fs.exists(self.path):
-            self.fs.write_file(self.path, b"")
-            return
+            if sync:
+                self.fs.write_file(self.path, b"")
+            return  # without sync: left missing (a missing index is an empty one)
         fd = self.fs.open(self.path)
         try:
             self.fs.truncate(fd, self.n * self.dtype.itemsize, self.path)
+            if sync:
+                self.fs.fsync(fd, self.path)
+        finally:
+            self.fs.close(fd)
+
+    def sync_file(self) -> None:
+        """Fsync the sealed index file, so its entries are durable: the
+        deferred half of ``seal(sync=False)``. A missing file (never
+        created, or deleted with its segment since) is an empty index:
+        nothing to do."""
+        if self._detached is not None or not self.fs.exists(self.path):
+            return
+        fd = self.fs.open(self.path)
+        try:
             self.fs.fsync(fd, self.path)
         finally:
             self.fs.close(fd)

@@ -13,7 +13,13 @@ trust:
   the recovery point on every frame is checked (head, CRC32C, increasing
   offsets: gaps within and between batches and segments are legal, a
   compacted log has them) and indexed as if appended. The first bad frame and everything
-  after it are a torn tail: truncated, with one WARN line. A frame that
+  after it are a torn tail: truncated, with one WARN line. With ``strict_segment_ends``
+  (a topic that is not compacted) a sealed segment whose frames end cleanly *before* the
+  next segment's base is a torn tail too: a roll fsyncs nothing (``_partition``, "Rolls"),
+  so a power cut can keep a later segment's bytes and lose the end of an earlier one, and
+  only a cleaner (compacted topics, whose rolls still fsync) leaves such a gap on purpose;
+  the later segments are deleted, so records are lost only as a suffix of what was not
+  acknowledged. A frame that
   cannot be reached *before* the recovery point is corruption: nothing is
   truncated, reads of that range raise CorruptRecordError, later segments
   are kept and checked as usual, and (when there is none) appends continue
@@ -69,6 +75,7 @@ def load_segments(
     clean: bool,
     recovery_point: int,
     log_start_offset: int,
+    strict_segment_ends: bool = False,
 ) -> LoadedLog:
     """Load and check the segments of ``directory`` (see the module docstring)."""
     fs.mkdir(directory)
@@ -94,6 +101,7 @@ def load_segments(
             if fs.exists(path):
                 fs.unlink(path)
     loader = _Loader(fs, directory, name, handles, index_cache, index_interval_bytes, now_ms)
+    loader.strict_segment_ends = strict_segment_ends
     for i, base in enumerate(log_bases):
         last = i + 1 == len(log_bases)
         nxt = (recovery_point if clean else None) if last else log_bases[i + 1]
@@ -134,6 +142,7 @@ class _Loader:
         self.now_ms = now_ms
         self.segments: list[Segment] = []
         self.dir_dirty = False
+        self.strict_segment_ends = False
 
     def add(self, seg: Segment) -> None:
         seg.index_interval_bytes = self.interval  # recovery indexes by the topic's rule
@@ -218,6 +227,16 @@ class _Loader:
                 seg.truncate_at(seg.size, seg.next_offset)
                 self._drop_from(j + 1, "after a torn tail")
                 return
+            if self.strict_segment_ends and j + 1 < len(segs):
+                nxt = segs[j + 1].base_offset
+                if seg.next_offset < nxt:
+                    log.warning(
+                        "%s: torn tail: %s ends at offset %d, before the next segment's base %d "
+                        "(its last frames were not durable)",
+                        self.name, os.path.basename(seg.log_path), seg.next_offset, nxt,
+                    )  # fmt: skip
+                    self._drop_from(j + 1, "after a torn tail")
+                    return
             seg.sealed = j + 1 < len(segs)
 
     def _corrupt_before(self, k: int, recovery_point: Offset, why: str) -> None:

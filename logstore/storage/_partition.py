@@ -21,6 +21,26 @@ it fsyncs and completes them; otherwise the first waiter becomes the leader,
 fsyncs for everyone queued behind it, and loops until no waiter is left
 (leader/follower, no thread).
 
+Rolls: a roll seals the active segment *without* fsync (final time entry,
+trimmed indexes), creates the next one and takes the producer snapshot in
+memory, all under the lock and none of it waiting for the disk; the new
+segment takes appends at once. Their durability is the group commit's: the
+next fsync turn (``_sync_files``) fsyncs every sealed segment still listed
+in ``_unsynced`` (log, then indexes), the active one, writes the snapshot and
+fsyncs the directory (the new segment's name), and only then moves
+``flushed_offset`` (the checkpointed recovery point) past them; so an
+acks=ALL append into a rolled-to segment is answered only once the records
+before it, the segment's name and its own bytes are durable. After the lock
+is released a roll queues such a turn on the flusher thread
+(``GroupCommit.request_sync``), so acks=1 records of a sealed segment become
+durable within a turn too. A crash before that turn leaves the sealed
+segment past the recovery point: recovery re-checks it like the active one
+(a torn tail there, or frames that end before the next segment's base, drops
+every later segment: ``_loader``) and ``open`` lists it as unsynced again (a
+kill -9 keeps pages no fsync covered). A compacted topic's rolls still fsync
+under the lock: its cleaner leaves segments that end before the next base on
+purpose, so recovery could not tell that from a lost tail.
+
 Open and recovery: ``open`` loads the segments with ``_loader`` (what a
 clean shutdown, a crash, a torn tail and corruption before the recovery point
 each mean is stated there), then rebuilds the producer state from the last
@@ -164,6 +184,20 @@ class PartitionLog:
         self._lock = threading.Lock()
         self.commits = GroupCommit(self._sync_files)
         self._dir_dirty = False
+        #: Sealed segments whose log and indexes are not durable yet (a roll
+        #: seals without fsync; see "Rolls" in the module docstring). Under
+        #: the lock; ``_set_segments`` drops the ones that leave the list.
+        self._unsynced: list[Segment] = []
+        #: The producer-state snapshot a roll took (its offset, its bytes and
+        #: the truncation generation it belongs to), written by the next
+        #: fsync turn. Under the lock.
+        self._pending_snapshot: tuple[int, bytes, int] | None = None
+        #: Serialises snapshot files (writes and their cleanup); taken after
+        #: the partition lock, or alone by the fsync turn, never the other way.
+        self._snapshot_lock = threading.Lock()
+        #: Bumped by a truncation (under both locks): a snapshot taken before
+        #: it describes records that are gone and is not written.
+        self._snapshot_gen = 0
         self._failed: StorageError | None = None
         self._deleted = False
         self._closed = False
@@ -228,6 +262,11 @@ class PartitionLog:
         for seg in segments:
             seg.index_interval_bytes = self.config.index_interval_bytes
         self._view = SegmentList(segments)
+        if self._unsynced:
+            # Deleted (retention, truncation) or replaced (a cleaner swap,
+            # whose file is fsynced): nothing of them left to make durable.
+            kept = {id(s) for s in segments}
+            self._unsynced = [s for s in self._unsynced if id(s) in kept]
 
     # --- open and recovery -----------------------------------------------------------
     @classmethod
@@ -252,15 +291,19 @@ class PartitionLog:
         loaded = load_segments(
             fs, directory, self.name, handles, index_cache, config.index_interval_bytes,
             now_ms(), clean=clean, recovery_point=recovery_point,
-            log_start_offset=log_start_offset,
+            log_start_offset=log_start_offset, strict_segment_ends=not config.compact,
         )  # fmt: skip
         self._set_segments(loaded.segments)
         self._dir_dirty = loaded.dir_dirty
         self.log_start_offset = max(log_start_offset, self.segments[0].base_offset)
         self.log_start_offset = min(self.log_start_offset, self.log_end_offset)
-        self.commits.reset_flushed(
-            self.log_end_offset if loaded.clean else min(recovery_point, self.log_end_offset)
-        )
+        flushed = self.log_end_offset if loaded.clean else min(recovery_point, self.log_end_offset)
+        self.commits.reset_flushed(flushed)
+        # After a crash, sealed segments past the recovery point may hold
+        # frames that were only ever in the page cache (a kill -9 after a
+        # roll, which does not fsync): the first fsync turn makes them
+        # durable before the recovery point passes them.
+        self._unsynced = [s for s in self.segments[:-1] if s.size and s.next_offset > flushed]
         self._advance_high_watermark(self.log_end_offset)
         self._load_producers(loaded.snapshots)
         return self
@@ -325,12 +368,19 @@ class PartitionLog:
             self.producers.expire(now)
 
     def write_producer_snapshot(self) -> None:
-        """Snapshot the producer state at the log end offset (under the lock)."""
+        """Snapshot the producer state at the log end offset (under the lock);
+        it supersedes a roll's snapshot not written yet."""
         if not self.producers.changed:
             return
-        end = self.log_end_offset
-        write_atomic(self.fs, self._snapshot_path(end), self.producers.to_json())
+        with self._snapshot_lock:
+            self._pending_snapshot = None
+            self._write_snapshot(self.log_end_offset, self.producers.to_json())
         self.producers.changed = False
+
+    def _write_snapshot(self, end: int, data: bytes) -> None:
+        """Write a snapshot file (atomic, durable) and drop all but the newest
+        older ones (``_snapshot_lock`` held)."""
+        write_atomic(self.fs, self._snapshot_path(end), data)
         old = sorted(
             o
             for n in self.fs.listdir(self.directory)
@@ -338,6 +388,15 @@ class PartitionLog:
         )
         for o in old[: max(len(old) - (SNAPSHOTS_KEPT - 1), 0)]:
             self.fs.unlink(self._snapshot_path(o))
+
+    def _write_pending_snapshot(self, pending: tuple[int, bytes, int]) -> None:
+        """The fsync turn writes a roll's snapshot, unless a truncation made it
+        stale since it was taken (an older snapshot written after a newer one
+        is harmless: the newest one at or below the log end is loaded)."""
+        end, data, gen = pending
+        with self._snapshot_lock:
+            if gen == self._snapshot_gen:
+                self._write_snapshot(end, data)
 
     # --- writing -------------------------------------------------------------------------
     def append(
@@ -358,6 +417,47 @@ class PartitionLog:
         (stored as it is; ``max_batch_bytes`` counts it) and ``plain`` its
         decompressed records field, which the timestamp check reads.
         """
+        result = self._append(
+            records, record_count, base_timestamp_ms, max_timestamp_ms, producer_id,
+            producer_epoch, base_sequence, codec, plain, wait_for_lock=True,
+        )  # fmt: skip
+        assert result is not None
+        return result
+
+    def try_append(
+        self,
+        records: bytes | memoryview,
+        record_count: int,
+        base_timestamp_ms: int | None = None,
+        max_timestamp_ms: int | None = None,
+        producer_id: int = 0,
+        producer_epoch: int = 0,
+        base_sequence: int = 0,
+    ) -> AppendResult | None:
+        """:meth:`append` of an uncompressed batch if the partition's lock is
+        free now, else None at once (nothing written): for a caller that must
+        not block (the broker's event loop), which then appends on a thread.
+        The append itself never waits for the disk (page-cache write; a roll
+        fsyncs nothing)."""
+        return self._append(
+            records, record_count, base_timestamp_ms, max_timestamp_ms, producer_id,
+            producer_epoch, base_sequence, 0, None, wait_for_lock=False,
+        )  # fmt: skip
+
+    def _append(
+        self,
+        records: bytes | memoryview,
+        record_count: int,
+        base_timestamp_ms: int | None,
+        max_timestamp_ms: int | None,
+        producer_id: int,
+        producer_epoch: int,
+        base_sequence: int,
+        codec: int,
+        plain: bytes | memoryview | None,
+        *,
+        wait_for_lock: bool,
+    ) -> AppendResult | None:
         assert (codec == 0) == (plain is None)
         self.config.check_batch_bytes(HEADER_SIZE + len(records), self.name)
         now = now_ms()
@@ -369,7 +469,9 @@ class PartitionLog:
             len(records), record_count, base_ts, max_ts, producer_id, producer_epoch,
             base_sequence, records=records, attributes=codec,
         )  # fmt: skip
-        with self._lock:
+        if not self._lock.acquire(blocking=wait_for_lock):
+            return None
+        try:
             self._check_writable()
             if producer_id:
                 dup = self.producers.check(
@@ -386,6 +488,7 @@ class PartitionLog:
             seg = self.active
             frame_size = len(head) + len(records)
             next_after = seg.next_offset + record_count
+            rolled = False
             if not seg.fits(frame_size, next_after, self.config.segment_bytes) or (
                 seg.size and now - seg.created_ms >= self.config.segment_ms
             ):
@@ -396,6 +499,7 @@ class PartitionLog:
                     # here: stop writing; a restart recovers the partition.
                     self._failed = exc
                     raise
+                rolled = True
             base = seg.next_offset
             patch_base_offset(head, base)
             try:
@@ -410,6 +514,10 @@ class PartitionLog:
             self._advance_high_watermark(base + record_count)
             self.last_append_ms = now
             result = AppendResult(base, base + record_count - 1, base_ts, self.log_start_offset)
+        finally:
+            self._lock.release()
+        if rolled:
+            self._after_roll()
         return result
 
     def append_frames(self, frames: bytes | bytearray | memoryview) -> int:
@@ -438,6 +546,7 @@ class PartitionLog:
             self.config.check_batch_bytes(h.batch_length, self.name)
         now = now_ms()
         mv = memoryview(data)
+        rolled = False
         with self._lock:
             self._check_writable()
             expect = self.log_end_offset
@@ -461,6 +570,7 @@ class PartitionLog:
                     except StorageError as exc:
                         self._failed = exc
                         raise
+                    rolled = True
                 try:
                     seg.append(
                         mv[pos : pos + h.frame_size], b"", h.base_offset, h.next_offset,
@@ -476,7 +586,10 @@ class PartitionLog:
                     )  # fmt: skip
                 self._advance_high_watermark(h.next_offset)
             self.last_append_ms = now
-            return self.log_end_offset
+            end = self.log_end_offset
+        if rolled:
+            self._after_roll()
+        return end
 
     @staticmethod
     def _effective_max_ts(
@@ -537,24 +650,44 @@ class PartitionLog:
             )
 
     def _roll(self, now: int) -> Segment:
-        """Seal the active segment and start a new one (lock held)."""
+        """Seal the active segment and start a new one (lock held); nothing
+        here waits for the disk (see "Rolls" in the module docstring)."""
         old = self.active
         if old.size == 0:
             return old
-        old.seal()
+        # A compacted topic's rolls still fsync here: its cleaner leaves
+        # segments that end before the next one's base on purpose, so recovery
+        # cannot tell a lost tail of an unsynced one from that (``_loader``).
+        compact = self.config.compact
+        old.seal(sync=compact)
+        if not compact:
+            self._unsynced.append(old)
         new = Segment.create(
             self.fs, self.directory, old.next_offset, self.handles, self.index_cache, now
         )
         self._dir_dirty = True
         self._set_segments([*self.segments, new])
-        self.write_producer_snapshot()
+        if compact:
+            self.write_producer_snapshot()
+        elif self.producers.changed:
+            self._pending_snapshot = (new.base_offset, self.producers.to_json(), self._snapshot_gen)
+            self.producers.changed = False
         log.info("%s: rolled segment at offset %d", self.name, new.base_offset)
         return new
+
+    def _after_roll(self) -> None:
+        """Lock released after a roll: queue this partition's fsync turn on
+        the flusher thread if there is one (the broker), so the sealed
+        segment, its indexes, the snapshot and the new name become durable
+        soon even when no acks=ALL producer asks. Embedded (no thread), the
+        next ``flush``/``sync_to``/``close`` does it."""
+        self.commits.request_sync()
 
     def roll(self) -> None:
         with self._lock:
             self._check_writable()
             self._roll(now_ms())
+        self._after_roll()
 
     # --- durability ----------------------------------------------------------------------
     @property
@@ -573,20 +706,31 @@ class PartitionLog:
         return self.commits.sync_once()
 
     def _sync_files(self) -> tuple[int, BaseException | None]:
-        """Fsync the active segment (and the directory if it changed); return
-        the offset that is durable after it, or the error."""
+        """One fsync turn: the sealed segments a roll left unsynced (log and
+        indexes), the active segment, a roll's producer snapshot and, if it
+        changed (a roll or a recovery made a file), the directory; return the
+        offset that is durable after it, or the error. The partition's lock is
+        held only to take what to sync, never across an fsync."""
         with self._lock:
             target = self.log_end_offset
             seg = self.active
+            sealed = list(self._unsynced)
+            snapshot, self._pending_snapshot = self._pending_snapshot, None
             dir_dirty = self._dir_dirty
             self._dir_dirty = False
             failed: LogStoreError | None = self._deleted_error() if self._deleted else self._failed
         if failed is not None:
             return target, failed
         try:
+            for old in sealed:
+                self._sync_segment(old, old.sync_sealed)
             if self.flushed_offset < target:
-                seg.sync()
+                self._sync_segment(seg, seg.sync)
+            if snapshot is not None:
+                self._write_pending_snapshot(snapshot)
             if dir_dirty:
+                # The names of new segments (and of a snapshot): an acks=ALL
+                # record in a rolled-to segment is durable only with it.
                 self.fs.fsync_dir(self.directory)
         except StorageError as exc:
             if self._deleted:  # the directory was renamed away under us
@@ -595,15 +739,41 @@ class PartitionLog:
             # (PostgreSQL's "fsyncgate"): stop accepting writes.
             self._failed = exc
             return target, exc
+        if sealed:
+            with self._lock:
+                done = {id(s) for s in sealed}
+                self._unsynced = [s for s in self._unsynced if id(s) not in done]
         return target, None
+
+    def _sync_segment(self, seg: Segment, sync: Callable[[], None]) -> None:
+        """Run ``sync`` of ``seg``; a segment that left the list meanwhile
+        (retention, a truncation, a cleaner swap) has nothing left to make
+        durable, so its failure (a file gone, a replaced descriptor) is not
+        an I/O error of the partition."""
+        try:
+            sync()
+        except (StorageError, SegmentReplacedError):
+            if any(s is seg for s in self._view):
+                raise
 
     @property
     def has_waiters(self) -> bool:
         return self.commits.has_waiters
 
     def flush(self) -> None:
-        """Everything appended before this call is durable when it returns."""
+        """Everything appended before this call is durable when it returns,
+        and so is what a roll left to sync (a roll by time adds no offset, so
+        ``sync_to`` alone may find nothing to wait for)."""
         self.sync_to(self.log_end_offset).result()
+        self.sync_roll_leftovers()
+
+    def sync_roll_leftovers(self) -> None:
+        """One fsync turn if a roll left something undurable (a sealed
+        segment, a snapshot, a new name) that no offset waits for."""
+        if self._unsynced or self._dir_dirty or self._pending_snapshot is not None:
+            _target, error = self._sync_files()
+            if error is not None and not self._deleted:
+                raise error
 
     # --- reading -------------------------------------------------------------------------
     def _check_offset(self, offset: int) -> tuple[int, int]:
@@ -938,8 +1108,10 @@ class PartitionLog:
             if self._closed or self._failed is not None:
                 return
             seg = self.active
-            if seg.size and now - seg.created_ms >= self.config.segment_ms:
-                self._roll(now)
+            if not (seg.size and now - seg.created_ms >= self.config.segment_ms):
+                return
+            self._roll(now)
+        self._after_roll()
 
     def close_idle(self, now: int) -> None:
         if now - self.last_append_ms >= self.store_config.idle_close_ms:
@@ -979,7 +1151,15 @@ class PartitionLog:
                 self.on_cleaned_point_lowered(self)
             for later in segs[i + 1 :]:
                 later.delete()
+            with self._snapshot_lock:
+                # A roll's snapshot not written yet describes records at or
+                # past its offset: stale if they are cut.
+                self._snapshot_gen += 1
+                self._pending_snapshot = None
             self._set_segments(segs[: i + 1])
+            # The kept segment is active again: truncate_at fsyncs its log, and
+            # an active segment's indexes are rebuilt after a crash.
+            self._unsynced = [s for s in self._unsynced if s is not seg]
             if len(segs) > i + 1:
                 # The deletions must be durable before we return: segments that
                 # came back after a power cut would start exactly at the new

@@ -432,13 +432,29 @@ class Segment:
         finally:
             self.handles.release(self)
 
-    def seal(self) -> None:
-        """Make this segment read-only: final time entry, trimmed indexes, fsync."""
+    def seal(self, *, sync: bool = True) -> None:
+        """Make this segment read-only: final time entry, trimmed indexes, and
+        with ``sync`` an fsync of the log and both indexes.
+
+        A roll seals with ``sync=False`` under the partition's lock (no wait
+        on the disk: one fsync is ~1-5 ms, a whole append's budget); the
+        partition then tracks the segment as not yet durable and its group
+        commit calls :meth:`sync_sealed` before the recovery point passes it.
+        """
         self._final_time_entry()
-        self.sync()
-        self.index.seal()
-        self.time_index.seal()
+        if sync:
+            self.sync()
+        self.index.seal(sync=sync)
+        self.time_index.seal(sync=sync)
         self.sealed = True
+
+    def sync_sealed(self) -> None:
+        """Fsync a segment sealed with ``seal(sync=False)``: its log, then both
+        index files (the deferred half of that seal; also what recovery's
+        non-last segments get, which a kill -9 may have left unsynced)."""
+        self.sync()
+        self.index.sync_file()
+        self.time_index.sync_file()
 
     def _final_time_entry(self) -> None:
         """Record the segment's max timestamp so a reload knows it without a scan.

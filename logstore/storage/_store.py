@@ -686,6 +686,43 @@ class Store:
             producer_id, producer_epoch, base_sequence, codec, plain,
         )  # fmt: skip
 
+    def try_append_raw(
+        self,
+        topic: str,
+        partition: int,
+        records: bytes | memoryview,
+        record_count: int,
+        *,
+        base_timestamp_ms: int | None,
+        max_timestamp_ms: int,
+        producer_id: int = 0,
+        producer_epoch: int = 0,
+        base_sequence: int = 0,
+    ) -> AppendResult | None:
+        """:meth:`append_raw` of an uncompressed batch, or None at once (nothing
+        written) if the partition's lock is held (a roll, a retention pass, a
+        cleaner swap, another append): the broker's event loop calls this
+        for small batches and appends on an I/O thread when it gets None.
+        Same checks and errors as :meth:`append_raw`."""
+        self._check_open()
+        lg = self.partition(topic, partition)
+        if record_count < 1:
+            raise InvalidArgumentError("empty batch: a batch needs at least one record")
+        if producer_id and not 0 < producer_id < self._producer_id_limit:
+            raise UnknownProducerIdError(
+                f"producer id {producer_id} was never issued by this broker; call InitProducer"
+            )
+        self._check_keys(lg, records, record_count)
+        res = lg.try_append(
+            records, record_count, base_timestamp_ms, max_timestamp_ms, producer_id,
+            producer_epoch, base_sequence,
+        )  # fmt: skip
+        if res is not None and not res.duplicate:
+            end = res.last_offset + 1
+            for fn in self._listeners:
+                fn(lg.topic, lg.partition, end)
+        return res
+
     def append_frames(
         self, topic: str, partition: int, frames: bytes | bytearray | memoryview
     ) -> int:
@@ -714,19 +751,23 @@ class Store:
         codec: int = 0,
         plain: bytes | memoryview | None = None,
     ) -> AppendResult:
-        if lg.config.compact and keyed_record_count(body if plain is None else plain) != count:
-            # Kafka refuses these too: compaction keeps the latest record per
-            # key, and a record without one has no place in that.
-            raise InvalidArgumentError(
-                f"{lg.name}: a record with a null key cannot go to a compacted topic "
-                f"(cleanup_policy {lg.config.cleanup_policy!r}); give every record a key"
-            )
+        self._check_keys(lg, body if plain is None else plain, count)
         res = lg.append(body, count, base_ts, max_ts, pid, epoch, seq, codec, plain)
         if not res.duplicate:
             end = res.last_offset + 1
             for fn in self._listeners:
                 fn(lg.topic, lg.partition, end)
         return res
+
+    @staticmethod
+    def _check_keys(lg: PartitionLog, records: bytes | memoryview, count: int) -> None:
+        if lg.config.compact and keyed_record_count(records) != count:
+            # Kafka refuses these too: compaction keeps the latest record per
+            # key, and a record without one has no place in that.
+            raise InvalidArgumentError(
+                f"{lg.name}: a record with a null key cannot go to a compacted topic "
+                f"(cleanup_policy {lg.config.cleanup_policy!r}); give every record a key"
+            )
 
     def init_producer(self) -> tuple[int, int]:
         """A new producer id (>= 1) and its epoch (0)."""
@@ -817,10 +858,12 @@ class Store:
     def flush(self) -> None:
         """Everything appended before this call is durable when it returns."""
         self._check_open()
-        futures = [lg.sync_to(lg.log_end_offset) for lg in list(self._logs.values())]
-        for f in futures:
+        logs = list(self._logs.values())
+        futures = [lg.sync_to(lg.log_end_offset) for lg in logs]
+        for lg, f in zip(logs, futures, strict=True):
             try:
                 f.result()
+                lg.sync_roll_leftovers()
             except UnknownTopicError:
                 # Its topic was deleted while we waited: nothing of it is left to
                 # make durable, and the deletion itself was made durable first.

@@ -12,6 +12,13 @@ waits on the partition in the runtime's WaitRegistry until an append, its
 between pushes and re-reads every 5 s even without appends, so a deleted
 topic or retention past its offset ends the stream.
 
+Subscribe's push path, per append: one wake-up (the append's listener; on
+the loop's own thread when the append ran there), one read (on the event
+loop when the stream is caught up: at most ``inline_read_max_bytes`` of the
+tail, in the page cache; else ``subscribe_max_bytes`` on an I/O thread), one
+awaited write, and no task or future of its own (shutdown cancels a write
+held up by flow control: ``Runtime.write_or_stop``).
+
 Memory bounds: Subscribe awaits each write (HTTP/2 flow control), so a reader
 that stops reading holds at most one message of ``subscribe_max_bytes`` plus
 the transport's window.
@@ -21,14 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from logstore.errors import InvalidArgumentError
 from logstore.v1 import logstore_pb2 as pb
 
 from .._config import MAX_WAIT_MS_CAP
-from .._runtime import Context, Runtime, current_slot, shutting_down, write_reply
-from .._waiters import Waiter
+from .._runtime import Context, Runtime, current_slot, shutting_down
 from ._common import DEFAULT_MAX_BYTES, check_enum
 
 if TYPE_CHECKING:
@@ -123,13 +129,21 @@ class FetchHandlers:
         if request.max_bytes < 0:
             raise InvalidArgumentError("max_bytes must be >= 0")
         max_bytes = min(request.max_bytes or DEFAULT_MAX_BYTES, self._rt.config.subscribe_max_bytes)
+        inline_bytes = min(max_bytes, self._rt.config.inline_read_max_bytes)
         topic, partition = request.topic, request.partition
         offset = await self._start_offset(request)
         started = False
+        caught_up = False  # the last read reached the end: the next one is small
         with self._rt.waiters.waiting((topic, partition)) as waiter:
             while not self._rt.stopping:
                 waiter.clear()
-                result, log_end = await self._read(topic, partition, offset, max_bytes)
+                if caught_up and inline_bytes:
+                    # The tail, in the page cache: read on the loop, bounded
+                    # (plus one whole batch), no thread-pool hop.
+                    result, log_end = self._read_blocking(topic, partition, offset, inline_bytes)
+                else:
+                    result, log_end = await self._read(topic, partition, offset, max_bytes)
+                caught_up = result.next_offset >= result.high_watermark
                 if not started:  # the first read checked the start offset
                     started = True
                     log.info(
@@ -143,38 +157,17 @@ class FetchHandlers:
                     # topic or retention past `offset` ends the stream.
                     await waiter.wait(_SUBSCRIBE_RECHECK_S)
                     continue
-                await self._write_or_stop(context, _frames_reply(result, log_end), waiter)
+                await self._rt.write_or_stop(
+                    context,
+                    _frames_reply(result, log_end),
+                    "the broker is shutting down; resubscribe when it is back",
+                )
                 self._account_read("Subscribe", result, offset)
                 offset = result.next_offset
         raise shutting_down(
             f"the broker is shutting down; resubscribe to {topic}-{partition} from offset "
             f"{offset} when it is back"
         )
-
-    async def _write_or_stop(self, context: Context, message: bytes, waiter: Waiter) -> None:
-        """Await the write (flow control); give up at once when shutting down."""
-        write = asyncio.ensure_future(write_reply(context, message))
-        # If this handler is cancelled (the client went away), the write fails
-        # on its own; retrieve that so it is not reported as unhandled.
-        write.add_done_callback(_consume_exception)
-        try:
-            while not write.done():
-                if self._rt.stopping:
-                    raise shutting_down("the broker is shutting down; resubscribe when it is back")
-                waiter.clear()
-                stop = asyncio.ensure_future(waiter.wait())
-                try:
-                    await asyncio.wait({write, stop}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    stop.cancel()
-            write.result()
-        finally:
-            write.cancel()
-
-
-def _consume_exception(fut: asyncio.Future[Any]) -> None:
-    if not fut.cancelled():
-        fut.exception()
 
 
 def _frames_reply(result: FetchResult, log_end_offset: int) -> bytes:

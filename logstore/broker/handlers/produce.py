@@ -12,6 +12,13 @@ compressed size. A topic whose ``compression_type`` names a codec
 has every batch sent with another one recompressed to it (on an I/O thread)
 before that check.
 
+Where the append runs: an uncompressed batch of at most
+``inline_append_max_bytes`` (64 KiB) is appended on the event loop
+(``Store.try_append_raw``: a page-cache write; a roll waits for no fsync), so
+a small message costs no thread-pool hop and no future; a larger or
+compressed one, or one whose partition lock is busy (a retention pass, a
+cleaner swap), is appended on an I/O thread (``Runtime.run_io``).
+
 acks: NONE replies once the batch is validated and queued (appends of one
 partition stay in order, chained per partition; shutdown waits for them);
 LEADER once appended; ALL once fsynced (group commit, the reply waits on the
@@ -119,8 +126,30 @@ class ProduceHandlers:
             plain=split.plain,
         )
 
+    def _append_inline(
+        self, topic: str, partition: int, split: SplitRequest
+    ) -> AppendResult | None:
+        """The append on the event loop, or None if it must go to a thread
+        (see the module docstring)."""
+        if split.codec or len(split.records) > self._rt.config.inline_append_max_bytes:
+            return None
+        h = split.header
+        return self._rt.store.try_append_raw(
+            topic,
+            partition,
+            split.records,
+            split.record_count,
+            base_timestamp_ms=h.base_timestamp_ms if h.HasField("base_timestamp_ms") else None,
+            max_timestamp_ms=split.max_timestamp_ms,
+            producer_id=h.producer_id,
+            producer_epoch=h.producer_epoch,
+            base_sequence=h.base_sequence,
+        )
+
     async def _append(self, topic: str, partition: int, split: SplitRequest) -> AppendResult:
-        result = await self._rt.run_io(self._append_blocking, topic, partition, split)
+        result = self._append_inline(topic, partition, split)
+        if result is None:
+            result = await self._rt.run_io(self._append_blocking, topic, partition, split)
         if result.duplicate:
             self._rt.metrics.produce_duplicates.inc()
             log.info(
@@ -347,17 +376,22 @@ class ProduceHandlers:
                 if reader.done() and queue.empty():
                     reader.result()  # the request stream itself failed
                     return
-                get = loop.create_task(queue.get())
-                waits: set[asyncio.Future[Any]] = {get}
-                if not reader.done():
-                    waits.add(reader)
-                if not self._rt.stopping:
-                    waits.add(stopping)
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-                if not get.done():
-                    get.cancel()
-                    continue
-                item = get.result()
+                if queue.empty():
+                    # Only an idle stream pays for a task and a wait: a reply
+                    # that is ready is taken at once.
+                    get = loop.create_task(queue.get())
+                    waits: set[asyncio.Future[Any]] = {get}
+                    if not reader.done():
+                        waits.add(reader)
+                    if not self._rt.stopping:
+                        waits.add(stopping)
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                    if not get.done():
+                        get.cancel()
+                        continue
+                    item = get.result()
+                else:
+                    item = queue.get_nowait()
                 if item is None:
                     return
                 await write_reply(context, await item())
