@@ -26,8 +26,8 @@ import pytest
 
 from logstore import errors
 from logstore.client import Admin, Consumer, Producer
+from logstore.client._rpc import translate_status
 from logstore.client.producer import GrpcTransport
-from logstore.client.producer._sender import translate_status
 from logstore.storage._producers import ProducerState
 from logstore.v1 import logstore_pb2
 from tests.brokerproc import BrokerProcess, start_broker

@@ -70,8 +70,6 @@ from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 import grpc
-from google.protobuf.any_pb2 import Any as AnyPb
-from google.rpc import error_details_pb2, status_pb2
 
 from logstore import errors
 from logstore.v1 import logstore_pb2
@@ -79,7 +77,7 @@ from logstore.wire import CODEC_NONE, compress, compressed_field, crc32c, varint
 
 from .._backoff import Backoff, retriable
 from .._credentials import Credentials
-from .._rpc import _BY_STATUS, _SERVICE, Connection, translate
+from .._rpc import _SERVICE, Connection, translate, translate_status
 from ._accumulator import PartitionQueue, RecordAccumulator, TopicState
 from ._batch import ProducerBatch
 from ._idempotence import Idempotence
@@ -96,45 +94,11 @@ _BATCHES_TAG: Final = b"\x7a"
 #: A MultiProduce request is cut before it would pass this many bytes: the
 #: broker's default max_request_bytes (4 MiB) less room for the small fields.
 DEFAULT_MAX_REQUEST_BYTES: Final = (4 << 20) - 4096
-_CODES: Final = {c.value[0]: c for c in grpc.StatusCode}
 
 
 class MultiProduceUnimplemented(errors.LogStoreError):
     """The broker has no MultiProduce (an older release): the producer goes on
     with one Produce per batch."""
-
-
-def translate_status(status: status_pb2.Status, address: str = "") -> errors.LogStoreError:
-    """The client's exception for one per-batch ``google.rpc.Status`` (a
-    MultiProduce result): the class its ErrorInfo names, else its code's, as
-    :func:`logstore.client._rpc.translate` does for an RPC's status."""
-    code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
-    message = status.message or code.name
-    info: error_details_pb2.ErrorInfo | None = None
-    retry_ms: int | None = None
-    detail: AnyPb
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            found = error_details_pb2.ErrorInfo()
-            detail.Unpack(found)
-            if found.domain == errors.ERROR_DOMAIN:
-                info = found
-        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            retry = error_details_pb2.RetryInfo()
-            detail.Unpack(retry)
-            d = retry.retry_delay
-            retry_ms = int(d.seconds) * 1000 + int(d.nanos) // 1_000_000
-    known = errors.BY_REASON.get(info.reason) if info is not None else None
-    if info is not None and known is not None and known.status == code.name:
-        return known.from_details(message, dict(info.metadata), retry_ms)
-    cls = _BY_STATUS.get(code, errors.LogStoreError)
-    if cls is errors.ResourceExhaustedError:
-        return errors.ResourceExhaustedError(message, retry_ms)
-    if cls is errors.BrokerUnavailableError and address:
-        return errors.BrokerUnavailableError(f"broker at {address} is unavailable: {message}")
-    if cls is errors.LogStoreError:
-        return errors.LogStoreError(f"{code.name}: {message}")
-    return cls(message)
 
 
 class Transport(Protocol):
