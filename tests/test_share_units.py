@@ -226,10 +226,41 @@ def test_acks_on_expired_or_foreign_locks_are_refused_precisely() -> None:
     ]
     assert "another consumer" in r.results[0].message
     assert b.ack("b", ack(0, 0), now=later).results[0].error is AckError.OK
-    again = b.ack("b", ack(0, 0), now=later).results[0]
-    assert again.error is AckError.ALREADY_ACKNOWLEDGED
+    again = b.ack("a", ack(0, 0), now=later).results[0]
+    assert again.error is AckError.ALREADY_ACKNOWLEDGED  # a never accepted it
     p = b.c.partition("g", "t", 0)
     assert p is not None and p.value is not None and p.value.accepted_total == 1
+
+
+def test_a_repeated_acknowledgement_of_the_same_consumer_is_ok_and_applied_once() -> None:
+    """A client resends a request whose reply was lost: its ACCEPT, REJECT and
+    RELEASE ranges were applied the first time, so the repeat answers OK
+    (remembered per consumer) and changes nothing; another consumer's ack of
+    those records is still refused, and a RELEASE is forgotten once the
+    consumer acquires the records again (that new delivery is checked)."""
+    b = Broker(ShareGroupConfig(visibility_timeout_ms=1_000))
+    b.join("a")
+    b.join("b")
+    b.produce("t", 6)
+    assert len(b.fetch("a", 6)) == 6
+    first = b.ack("a", ack(0, 1), ack(2, 2, AckKind.REJECT), ack(3, 3, AckKind.RELEASE))
+    assert [x.error for x in first.results] == [AckError.OK] * 3
+    n = len(b.log)
+    again = b.ack("a", ack(0, 1), ack(1, 1), ack(2, 2, AckKind.REJECT), ack(3, 3, AckKind.RELEASE))
+    assert [x.error for x in again.results] == [AckError.OK] * 4
+    assert again.dead_letters == ()  # the REJECT is not dead-lettered twice
+    assert len(b.log) == n  # nothing written: nothing applied again
+    p = b.c.partition("g", "t", 0)
+    assert p is not None and p.value is not None
+    assert (p.value.accepted_total, p.value.dead_lettered_total) == (2, 1)
+    # another consumer, or another kind, is still refused
+    assert b.ack("b", ack(0, 0)).results[0].error is AckError.ALREADY_ACKNOWLEDGED
+    assert b.ack("a", ack(0, 0, AckKind.REJECT)).results[0].error is (AckError.ALREADY_ACKNOWLEDGED)
+    # offset 3 released: a takes it again (delivery 2); an expired lock of that
+    # delivery is refused, not answered from the memory of the first RELEASE
+    assert b.fetch("a", 1) == [("t", 3, 2)]
+    late = b.ack("a", ack(3, 3, AckKind.RELEASE), now=NOW + 1_000)
+    assert late.results[0].error is AckError.LOCK_EXPIRED
 
 
 def test_a_range_is_all_or_nothing() -> None:
@@ -589,7 +620,8 @@ def test_release_with_a_long_delay_parks_and_keeps_count_and_error() -> None:
     assert [o for _, o, _ in b.fetch("a", 10)] == [4, 5, 6, 7]
     # an offset below the window start that finished is already acknowledged
     b.ack("a", ack(4, 7))
-    assert b.ack("a", ack(4, 4)).results[0].error is AckError.ALREADY_ACKNOWLEDGED
+    b.join("b")  # (a's own repeat would be answered OK: it accepted 4..7)
+    assert b.ack("b", ack(4, 4)).results[0].error is AckError.ALREADY_ACKNOWLEDGED
     assert b.ack("a", ack(0, 0)).results[0].error is AckError.NOT_ACQUIRED
     assert [o for _, o, _ in b.fetch("a", 10)] == [8, 9, 10, 11]
     b.ack("a", ack(8, 11))

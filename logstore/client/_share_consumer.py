@@ -57,8 +57,14 @@ acknowledgements, leaves the group (records acquired and not acknowledged are
 released by the broker at once) and stops the thread.
 
 A request carrying acknowledgements that fails with a retriable status is
-sent again with them; if the first attempt had in fact been applied, the
-repeat is refused (already acknowledged) and reported, never applied twice.
+sent again with them. If the first attempt had in fact been applied (its
+reply was lost), the broker answers the repeat OK without applying it again:
+it remembers the last 256 ACCEPT/REJECT and RELEASE ranges each member had
+applied (a RELEASE until the member acquires those records again), so the
+consumer reports no refusal for work that was done. This memory lives as long
+as the member: across a broker restart the member is gone, and the repeat is
+reported as refused with ``UNKNOWN_MEMBER_ID`` (whether the first attempt was
+applied before the crash is not known to the client).
 
 Bounds: at most ``max_records`` per poll (broker limit ``max_fetch_records``,
 10,000), ``fetch_max_bytes`` per fetch; queued acknowledgements are at most

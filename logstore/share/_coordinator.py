@@ -20,8 +20,13 @@ Contract (the same as the consumer-group coordinator, CONVENTIONS.md rule 5):
 Volatile, not in records (like the group coordinator's timers): the
 membership (consumers, their subscriptions and session deadlines; after a
 restart consumers get ``UnknownMemberIdError`` and join again), topic
-metadata (``on_metadata``), the acknowledgement-rate window and the
-round-robin cursor of equal-priority partitions.
+metadata (``on_metadata``), the acknowledgement-rate window, the
+round-robin cursor of equal-priority partitions, and each consumer's last
+``MAX_REMEMBERED_ACKS`` applied ACCEPT/REJECT and RELEASE ranges: a repeat of
+one by the same consumer (a client resending a request whose reply was lost)
+is answered OK and applied nothing, where it would be refused as
+ALREADY_ACKNOWLEDGED / NOT_ACQUIRED / HELD_BY_OTHER; a RELEASE is forgotten
+once the consumer acquires an offset of it again.
 
 Membership: any consumer of a group may acquire from every partition of the
 topics it subscribes to (no assignment: consumers may outnumber partitions;
@@ -232,10 +237,45 @@ class ShareGroupDescription:
     ack_rate_per_s: float
 
 
+#: Applied acknowledgement ranges remembered per consumer (volatile), so a
+#: retry of a request whose reply was lost is answered OK, not refused.
+MAX_REMEMBERED_ACKS = 256
+
+#: (topic, partition, first_offset, last_offset, kind) of an applied range.
+_Applied = tuple[str, int, int, int, AckKind]
+
+
 @dataclass
 class _Consumer:
     topics: frozenset[str]
     session_deadline_ms: int
+    #: ACCEPT/REJECT ranges this consumer had applied (terminal: always true).
+    finished: deque[_Applied] = field(default_factory=lambda: deque(maxlen=MAX_REMEMBERED_ACKS))
+    #: RELEASE ranges it had applied, forgotten once it acquires an offset of one
+    #: again (a RELEASE of that new delivery must be checked, not remembered).
+    released: deque[_Applied] = field(default_factory=lambda: deque(maxlen=MAX_REMEMBERED_ACKS))
+
+
+#: Refusals a repeat of an applied acknowledgement can get (its first attempt
+#: finished or released the records).
+_REPEAT_ERRORS = frozenset(
+    {AckError.ALREADY_ACKNOWLEDGED, AckError.NOT_ACQUIRED, AckError.HELD_BY_OTHER}
+)
+
+
+def _remembered(m: _Consumer, a: Ack) -> bool:
+    """Whether consumer ``m`` had applied ``a``'s kind to all of ``a``'s range."""
+    if a.kind is AckKind.ACCEPT or a.kind is AckKind.REJECT:
+        applied = m.finished
+    elif a.kind is AckKind.RELEASE:
+        applied = m.released
+    else:
+        return False
+    return any(
+        t == a.topic and p == a.partition and f <= a.first_offset and a.last_offset <= l_
+        and k is a.kind
+        for t, p, f, l_, k in applied
+    )  # fmt: skip
 
 
 @dataclass
@@ -724,6 +764,21 @@ class ShareCoordinator:
             dls += w.dead_letters
         self._cursor[group_id] = self._cursor.get(group_id, 0) + 1
         m.session_deadline_ms = now_ms + self.config.session_timeout_ms
+        if m.released and acquired:
+            m.released = deque(
+                (
+                    e
+                    for e in m.released
+                    if not any(
+                        r.topic == e[0]
+                        and r.partition == e[1]
+                        and r.first_offset <= e[3]
+                        and e[2] <= r.last_offset
+                        for r in acquired
+                    )
+                ),
+                maxlen=MAX_REMEMBERED_ACKS,
+            )
         return Result(tuple(records), Acquisition(tuple(acquired), tuple(dls)))
 
     # ----------------------------------------------------------- acknowledge
@@ -768,6 +823,7 @@ class ShareCoordinator:
                 )
         works: dict[TopicPartition, Work] = {}
         results: list[AckResult] = []
+        accepted = 0  # newly accepted offsets (a remembered repeat is not counted again)
         for a in acks:
             tp = (a.topic, a.partition)
             p = g.partitions.get(tp)
@@ -786,29 +842,35 @@ class ShareCoordinator:
             w = works.get(tp)
             if w is None:
                 w = works[tp] = p.work(g.config, max_parked=self.config.max_delayed_records)
-            results.append(
-                w.acknowledge(
-                    consumer_id,
-                    a.first_offset,
-                    a.last_offset,
-                    a.kind,
-                    now_ms,
-                    delay_ms=a.delay_ms,
-                    lock_ms=a.lock_ms or g.config.visibility_timeout_ms,
-                    error=a.error,
-                )
+            r = w.acknowledge(
+                consumer_id,
+                a.first_offset,
+                a.last_offset,
+                a.kind,
+                now_ms,
+                delay_ms=a.delay_ms,
+                lock_ms=a.lock_ms or g.config.visibility_timeout_ms,
+                error=a.error,
             )
+            if r.error is AckError.OK:
+                entry = (a.topic, a.partition, a.first_offset, a.last_offset, a.kind)
+                if a.kind is AckKind.ACCEPT or a.kind is AckKind.REJECT:
+                    m.finished.append(entry)
+                elif a.kind is AckKind.RELEASE:
+                    m.released.append(entry)
+                if a.kind is AckKind.ACCEPT:
+                    accepted += a.last_offset - a.first_offset + 1
+            elif r.error in _REPEAT_ERRORS and _remembered(m, a):
+                # A repeat (the reply to the first attempt was lost): it was
+                # applied then, and is not applied twice now.
+                r = AckResult(a.topic, a.partition, a.first_offset, a.last_offset, AckError.OK)
+            results.append(r)
         records: list[ShareRecord] = []
         dls: list[DeadLetter] = []
         for tp, w in works.items():
             records += self._finish(group_id, g.partitions[tp], w)
             dls += w.dead_letters
         m.session_deadline_ms = now_ms + c.session_timeout_ms
-        accepted = sum(
-            r.last_offset - r.first_offset + 1
-            for r, a in zip(results, acks, strict=True)
-            if r.error is AckError.OK and a.kind is AckKind.ACCEPT
-        )
         if accepted:
             # one bucket per second: at most 60 entries per group
             q = self._acks.setdefault(group_id, deque())
