@@ -661,6 +661,28 @@ def test_describe_and_metrics_show_the_queue(client: ShareClient, sbroker: Broke
     )
 
 
+def test_delayed_records_no_fetch_has_read_count_as_delayed(client: ShareClient) -> None:
+    """Records past the window (never read by a fetch) that carry a deliver-at time in the
+    future are counted as delayed, not available, in describe; a due deliver-at counts as
+    available. (The old describe counted all 7 records past the window as available.)"""
+    client.topic("ahead-t")
+    create(client, "ahead-g")
+    client.join("ahead-g", ["ahead-t"])
+    later = str(int(time.time() * 1000) + 3_600_000).encode()
+    past = str(int(time.time() * 1000) - 1_000).encode()
+    client.produce("ahead-t", [b"a"])
+    client.produce("ahead-t", [b"b"])
+    client.produce("ahead-t", [b"x"] * 5, headers=[("logstore-deliver-at-ms", later)])
+    client.produce("ahead-t", [b"due"], headers=[("logstore-deliver-at-ms", past)])
+    # a fetch of 1 reads one batch: the window is offset 0; offsets 1..7 are past it
+    assert list(acquired(client.fetch(1))) == [("ahead-t", 0, 0)]
+    d = client.share.DescribeShareGroup(
+        spb.DescribeShareGroupRequest(group_id="ahead-g"), timeout=10
+    )
+    (p,) = [p for p in d.partitions if p.topic == "ahead-t"]
+    assert (p.acquired, p.available, p.delayed, p.end_offset) == (1, 2, 5, 8)
+
+
 def test_records_removed_by_delete_records_leave_the_window_with_a_warning(
     client: ShareClient, sbroker: BrokerProcess
 ) -> None:

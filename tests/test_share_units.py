@@ -729,3 +729,28 @@ def test_a_leaving_consumer_gives_back_parked_records_it_holds() -> None:
     assert [o for _, o, _ in b.fetch("a", 10, now=NOW + 1_000)] == [0, 1, 2, 3]
     b.run(b.c.leave("g", "a", now_ms=NOW + 1_000))
     assert [(o, n) for _, o, n in b.fetch("b", 10, now=NOW + 1_000)] == [(o, 2) for o in range(4)]
+
+
+def test_describe_splits_the_backlog_past_the_window_by_a_bounded_scan(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """delayed_backlog counts deliver-at times past ``now`` exactly over the scanned
+    offsets and extrapolates past them (scan of 10 here: 4 of the first 10 delayed, so 40
+    of 100), and a backlog without the header is 0 delayed without decoding."""
+    from logstore import Store
+    from logstore.broker.handlers import share as h
+    from logstore.wire import Record, deliver_at_header
+
+    monkeypatch.setattr(h, "DESCRIBE_SCAN_RECORDS", 10)
+    with Store.open(tmp_path / "d") as store:
+        store.create_topic("t", 1)
+        store.create_topic("plain", 1)
+        later = [deliver_at_header(NOW + 10_000)]
+        for i in range(100):
+            store.append("t", 0, [Record(b"v", None, later if i % 10 < 4 else [], NOW)])
+        store.append("plain", 0, [Record(b"v", None, [], NOW)] * 50)
+        assert h.delayed_backlog(store, "t", 0, 0, 100, NOW) == 40
+        assert h.delayed_backlog(store, "t", 0, 0, 10, NOW) == 4  # exact: all scanned
+        assert h.delayed_backlog(store, "t", 0, 0, 100, NOW + 10_000) == 0  # due now
+        assert h.delayed_backlog(store, "plain", 0, 0, 50, NOW) == 0
+        assert h.delayed_backlog(store, "t", 0, 100, 100, NOW) == 0
