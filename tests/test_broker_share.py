@@ -683,6 +683,34 @@ def test_delayed_records_no_fetch_has_read_count_as_delayed(client: ShareClient)
     assert (p.acquired, p.available, p.delayed, p.end_offset) == (1, 2, 5, 8)
 
 
+def test_the_broker_wide_parked_bound_is_a_setting_with_a_gauge(tmp_path: Path) -> None:
+    """share_max_delayed_records_total (here from the environment) bounds what every share
+    partition parks together: two groups' 6 delayed records park 4, the rest stay in the
+    windows; the gauge and its limit are scraped."""
+    b = start_broker(tmp_path / "data", env={"LOGSTORE_SHARE_MAX_DELAYED_RECORDS_TOTAL": "4"})
+    try:
+        c = ShareClient(b.grpc_address)
+        c.topic("pk-t")
+        later = str(int(time.time() * 1000) + 3_600_000).encode()
+        for _ in range(3):
+            c.produce("pk-t", [b"x"], headers=[("logstore-deliver-at-ms", later)])
+        for g in ("pk-a", "pk-b"):
+            c.join(g, ["pk-t"])
+            for _ in range(3):
+                assert acquired(c.fetch(10)) == {}
+        text = scrape(b)
+        assert "logstore_share_parked_records 4.0" in text
+        assert "logstore_share_parked_records_limit 4.0" in text
+        delayed = 0
+        for g in ("pk-a", "pk-b"):
+            d = c.share.DescribeShareGroup(spb.DescribeShareGroupRequest(group_id=g), timeout=10)
+            delayed += sum(p.delayed for p in d.partitions)
+        assert delayed == 6  # parked or not, all are delayed
+        c.close()
+    finally:
+        b.stop()
+
+
 def test_records_removed_by_delete_records_leave_the_window_with_a_warning(
     client: ShareClient, sbroker: BrokerProcess
 ) -> None:

@@ -108,3 +108,17 @@ def test_remote_listen_needs_allow_remote(caplog: pytest.LogCaptureFixture) -> N
     finally:
         logger.removeHandler(caplog.handler)
     assert any("non-loopback" in r.getMessage() for r in caplog.records)
+
+
+def test_share_parked_bounds_are_broker_settings() -> None:
+    """share_max_delayed_records(_total) reach the share coordinator's config; 0 and a
+    non-number are refused naming the key."""
+    from logstore.broker import BrokerConfig
+
+    c = BrokerConfig.resolve(env={"LOGSTORE_SHARE_MAX_DELAYED_RECORDS_TOTAL": "7"})
+    assert c.share_config().max_delayed_records_total == 7
+    assert BrokerConfig().share_config().max_delayed_records_total == 1_000_000
+    with pytest.raises(InvalidConfigError, match="share_max_delayed_records_total"):
+        BrokerConfig(share_max_delayed_records_total=0)
+    with pytest.raises(InvalidConfigError, match="share_max_delayed_records"):
+        BrokerConfig.resolve(env={"LOGSTORE_SHARE_MAX_DELAYED_RECORDS": "many"})

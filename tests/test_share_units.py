@@ -609,6 +609,41 @@ def test_parked_bound_is_back_pressure_not_memory() -> None:
     assert [o for _, o, _ in got] == list(range(8))
 
 
+def test_broker_wide_parked_bound_holds_across_partitions_and_replay() -> None:
+    """max_delayed_records_total bounds the parked records of every share partition
+    together (with the per-partition bound alone "hi" parked 12 and "lo" 20: 32): 15 are
+    parked in all, and past that the delayed records stay in the windows (back pressure:
+    "lo"'s 2 due records behind them wait; its window has no room). A reload counts the same
+    total; accepting parked records frees room, and the total never passes the bound."""
+    b = Broker(
+        ShareGroupConfig(max_inflight_records=8),
+        max_delayed_records=20,
+        max_delayed_records_total=15,
+    )
+    b.join("a", ("hi", "lo"))
+    b.produce("hi", 12, deliver_at=NOW + HOUR)
+    b.produce("lo", 30, deliver_at=NOW + HOUR)
+    b.produce("lo", 2)
+    for _ in range(8):
+        assert b.fetch("a", 100) == []
+    hi, lo = b.c.partition("g", "hi", 0), b.c.partition("g", "lo", 0)
+    assert hi is not None and lo is not None
+    assert b.c.parked_records == hi.parked_count + lo.parked_count == 15
+    # "lo"'s window is full of delayed records: no room, nothing read
+    assert "lo" not in {r.topic for r in b.c.fetch_plan("g", "a", now_ms=NOW)}
+    reloaded = ShareCoordinator.load(b.log, config=b.c.config, topics={"hi": 1, "lo": 1})
+    assert reloaded.parked_records == 15
+    later = NOW + HOUR
+    b.join("a", ("hi", "lo"), now=later)
+    seen = 0
+    for _ in range(20):
+        got = b.fetch("a", 100, now=later)
+        assert b.c.parked_records <= 15
+        seen += len(got)
+        b.ack("a", *[Ack(t, 0, o, o, AckKind.ACCEPT) for t, o, _ in got], now=later)
+    assert seen == 44 and b.c.parked_records == 0
+
+
 def test_release_with_a_long_delay_parks_and_keeps_count_and_error() -> None:
     """A RELEASE of 1 h parks the record; the window moves on; it returns with its count."""
     b = Broker(ShareGroupConfig(max_inflight_records=4))

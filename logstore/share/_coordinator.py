@@ -319,6 +319,11 @@ class ShareCoordinator:
         # O(share partitions x window).
         self._deadlines: list[tuple[int, int, str, str, int]] = []
         self._clock = 0
+        #: Records parked in every share partition (kept by replay), and what the
+        #: handler running now parked on top of that before its records are
+        #: replayed: ``max_delayed_records_total`` bounds their sum.
+        self._parked_total = 0
+        self._parked_pending = 0
 
     # ---------------------------------------------------------------- replay
 
@@ -362,10 +367,13 @@ class ShareCoordinator:
         partition records before their group record (compaction moves a
         re-written group record after them)."""
         key, value = record.key, record.value
+        self._parked_pending = 0  # the handler's records are being replayed
         g = self._groups.get(key.group_id)
         if isinstance(key, ShareGroupKey):
             if value is None:
-                self._groups.pop(key.group_id, None)
+                gone = self._groups.pop(key.group_id, None)
+                if gone is not None:
+                    self._parked_total -= sum(p.parked_count for p in gone.partitions.values())
                 return
             assert isinstance(value, ShareGroupValue)
             if g is None:
@@ -387,9 +395,12 @@ class ShareCoordinator:
             if p is None:
                 return
             if isinstance(key, ShareStateKey):
+                self._parked_total -= p.parked_count
                 del g.partitions[tp]
             elif isinstance(key, ShareParkedKey):
+                self._parked_total -= p.parked_count
                 p.install_parked(key.first_offset, None)
+                self._parked_total += p.parked_count
                 self._index(key.group_id, tp, p)
             else:
                 assert isinstance(key, ShareChunkKey)
@@ -402,7 +413,9 @@ class ShareCoordinator:
             p.install(value)
         elif isinstance(key, ShareParkedKey):
             assert isinstance(value, ShareParkedValue)
+            self._parked_total -= p.parked_count
             p.install_parked(key.first_offset, value)
+            self._parked_total += p.parked_count
         else:
             assert isinstance(key, ShareChunkKey) and isinstance(value, ShareChunkValue)
             p.install_chunk(key.first_offset, value)
@@ -609,7 +622,13 @@ class ShareCoordinator:
         """The records that take partition ``p`` to ``w``'s state."""
         if not w.changed:
             return []
+        # The broker-wide bound: this partition may park what it has plus the
+        # room left in all of them (records it finishes now free theirs).
+        before = w.np0
+        left = self.config.max_delayed_records_total - self._parked_total - self._parked_pending
+        w.max_parked = min(self.config.max_delayed_records, before + max(left, 0))
         value = w.value()
+        self._parked_pending += w.np0 - before
         out: list[ShareRecord] = []
         if w.new_chunk is not None:
             first, chunk = w.new_chunk
@@ -1065,6 +1084,12 @@ class ShareCoordinator:
         self._topics = dict(topics)
 
     # ----------------------------------------------------------------- reads
+
+    @property
+    def parked_records(self) -> int:
+        """Delayed records parked in all share partitions (bounded by
+        ``max_delayed_records_total``)."""
+        return self._parked_total
 
     def list_groups(self) -> tuple[str, ...]:
         """Names of every share group."""
