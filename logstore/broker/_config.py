@@ -22,8 +22,8 @@ from typing import Any, Final
 
 from logstore.config import DAY_MS, MiB, StoreConfig, TopicConfig, parse_int
 from logstore.coordinator import GroupConfig
-from logstore.share import ShareCoordinatorConfig
 from logstore.errors import InvalidConfigError
+from logstore.share import ShareCoordinatorConfig
 
 ENV_PREFIX: Final = "LOGSTORE_"
 #: Headroom above the largest batch for the request's own fields (topic name,
