@@ -275,6 +275,31 @@ def test_a_range_is_all_or_nothing() -> None:
     assert [s for _, s, _ in p.record_states()] == [1, 1, AVAILABLE]
 
 
+def test_records_cut_from_a_reply_are_given_back_without_counting_the_attempt() -> None:
+    """undeliver (what the broker calls for ranges its reply's byte budget cut): the
+    records are available again at their old delivery count, so a record on its last
+    attempt is not dead-lettered unseen (the broker used to RELEASE them: the attempt
+    counted, and at max_delivery_attempts they went to the DLQ never delivered)."""
+    b = Broker(ShareGroupConfig(max_delivery_attempts=2))
+    b.join("a")
+    b.join("b")
+    b.produce("t", 3)
+    assert b.fetch("a", 3) == [("t", 0, 1), ("t", 1, 1), ("t", 2, 1)]
+    b.ack("a", ack(0, 2, AckKind.RELEASE))  # a real attempt: counted
+    assert b.fetch("a", 3) == [("t", 0, 2), ("t", 1, 2), ("t", 2, 2)]  # the last attempt
+    cut = [r for r in b.last.acquired]
+    r = b.run(b.c.undeliver("g", "a", cut, now_ms=NOW))
+    assert r == 3 and b.run(b.c.undeliver("g", "b", cut, now_ms=NOW)) == 0
+    p = b.c.partition("g", "t", 0)
+    assert p is not None and p.value is not None and p.value.dead_lettered_total == 0
+    assert b.fetch("b", 3) == [("t", 0, 2), ("t", 1, 2), ("t", 2, 2)]
+    # and a first delivery cut from its reply leaves no trace of a delivery
+    b.produce("t", 1)
+    assert b.fetch("a", 1) == [("t", 3, 1)]
+    b.run(b.c.undeliver("g", "a", list(b.last.acquired), now_ms=NOW))
+    assert [(o, s, c) for o, s, c in p.record_states() if o == 3] == [(3, AVAILABLE, 0)]
+
+
 def test_renew_extends_the_lock() -> None:
     """After RENEW the record stays held past the original lock, until the new one."""
     b = Broker(ShareGroupConfig(visibility_timeout_ms=1_000))

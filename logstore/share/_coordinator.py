@@ -3,7 +3,7 @@
 Contract (the same as the consumer-group coordinator, CONVENTIONS.md rule 5):
 
 * Every handler (``configure_group``, ``join``, ``heartbeat``, ``leave``,
-  ``acquire``, ``acknowledge``, ``dead_lettered``, ``delete_group``,
+  ``acquire``, ``undeliver``, ``acknowledge``, ``dead_lettered``, ``delete_group``,
   ``on_log_start``, ``redrive_intent``, ``redrive_done``, ``tick``)
   validates, computes and returns a :class:`Result`:
   the records to append to ``__share_group_state`` and the reply. It changes
@@ -901,6 +901,34 @@ class ShareCoordinator:
             while q and q[0][0] <= now_ms - _ACK_RATE_WINDOW_MS:
                 q.popleft()
         return Result(tuple(records), AckReply(tuple(results), tuple(dls)))
+
+    def undeliver(
+        self, group_id: str, consumer_id: str, ranges: Sequence[AcquiredRange], *, now_ms: int
+    ) -> Result[int]:
+        """Ranges ``acquire`` handed to ``consumer_id`` that the broker did not
+        send (cut from the reply by ``fetch_max_bytes``): available again with
+        their delivery count as before the acquisition, so an attempt that
+        never reached the consumer is not counted (nor dead-letters them at
+        ``max_delivery_attempts``). Records of another holder, or no longer
+        acquired, are left alone. Returns how many went back. Raises
+        UnknownMemberIdError."""
+        self._member(group_id, consumer_id, now_ms)
+        g = self._group(group_id)
+        works: dict[TopicPartition, Work] = {}
+        n = 0
+        for r in ranges:
+            tp = (r.topic, r.partition)
+            p = g.partitions.get(tp)
+            if p is None or p.value is None:
+                continue
+            w = works.get(tp)
+            if w is None:
+                w = works[tp] = p.work(g.config, max_parked=self.config.max_delayed_records)
+            n += w.undeliver(consumer_id, r.first_offset, r.last_offset)
+        records: list[ShareRecord] = []
+        for tp, w in works.items():
+            records += self._finish(group_id, g.partitions[tp], w)
+        return Result(tuple(records), n)
 
     def dead_lettered(
         self, group_id: str, topic: str, partition: int, first_offset: int, last_offset: int
