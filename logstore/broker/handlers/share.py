@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from logstore.share import AckResult, ShareGroupDescription
     from logstore.storage import Store
 
-    from .._share_runtime import ShareRuntime
+    from .._share_runtime import PartitionFrames, ShareRuntime
 
 #: Offsets and bytes past a window that a describe reads to split the backlog
 #: into available and delayed (module docstring).
@@ -231,6 +231,55 @@ def delayed_backlog(store: Store, topic: str, partition: int, start: int, hw: in
     return min(delayed, hw - start)
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+#: Tags of ShareFetchResponse.partitions (1) and ShareFetchPartition.records (3).
+_PARTITIONS_TAG: Final = b"\x0a"
+_RECORDS_TAG: Final = b"\x1a"
+
+
+def fetch_reply(
+    frames: Sequence[PartitionFrames], results: Sequence[spb.AcknowledgeResult]
+) -> bytes:
+    """The serialized ShareFetchResponse (a raw-response RPC, as Fetch): each
+    partition's small fields serialized by protobuf, then its stored frames
+    appended as field 3 (protobuf fields may come in any order), so the
+    frames -- a producer's batches, up to ~1 MB a reply -- are copied once into
+    the reply instead of into a message and again by SerializeToString
+    (1.8 ms -> 0.06 ms a reply of 944 KB)."""
+    out: list[bytes] = []
+    for f in frames:
+        head = spb.ShareFetchPartition(
+            topic=f.topic,
+            partition=f.partition,
+            acquired=[
+                spb.AcquiredRecords(
+                    first_offset=r.first_offset,
+                    last_offset=r.last_offset,
+                    delivery_count=r.delivery_count,
+                    lock_deadline_ms=r.lock_until_ms,
+                )
+                for r in f.acquired
+            ],
+        ).SerializeToString()
+        if f.records:
+            n = _varint(len(f.records))
+            body = len(head) + 1 + len(n) + len(f.records)
+            out += (_PARTITIONS_TAG, _varint(body), head, _RECORDS_TAG, n, f.records)
+        else:
+            out += (_PARTITIONS_TAG, _varint(len(head)), head)
+    if results:
+        out.append(spb.ShareFetchResponse(acknowledgements=results).SerializeToString())
+    return b"".join(out)
+
+
 class ShareHandlers:
     """The ShareGroups service (share groups, KIP-932)."""
 
@@ -284,9 +333,7 @@ class ShareHandlers:
         )
         return [_result(r) for r in reply.results]
 
-    async def share_fetch(
-        self, request: spb.ShareFetchRequest, context: Context
-    ) -> spb.ShareFetchResponse:
+    async def share_fetch(self, request: spb.ShareFetchRequest, context: Context) -> bytes:
         cfg = self._share.config
         if not 0 <= request.max_records <= cfg.max_fetch_records:
             raise InvalidGroupRequestError(
@@ -317,26 +364,7 @@ class ShareHandlers:
             wait_ms=request.max_wait_ms,
             on_park=self._park,
         )
-        return spb.ShareFetchResponse(
-            partitions=[
-                spb.ShareFetchPartition(
-                    topic=f.topic,
-                    partition=f.partition,
-                    records=f.records,
-                    acquired=[
-                        spb.AcquiredRecords(
-                            first_offset=r.first_offset,
-                            last_offset=r.last_offset,
-                            delivery_count=r.delivery_count,
-                            lock_deadline_ms=r.lock_until_ms,
-                        )
-                        for r in f.acquired
-                    ],
-                )
-                for f in frames
-            ],
-            acknowledgements=results,
-        )
+        return fetch_reply(frames, results)
 
     def _park(self) -> None:
         # A waiting fetch holds a long-poll slot, not a request slot (as Fetch).
