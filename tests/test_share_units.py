@@ -814,3 +814,34 @@ def test_describe_splits_the_backlog_past_the_window_by_a_bounded_scan(
         assert h.delayed_backlog(store, "t", 0, 0, 100, NOW + 10_000) == 0  # due now
         assert h.delayed_backlog(store, "plain", 0, 0, 50, NOW) == 0
         assert h.delayed_backlog(store, "t", 0, 100, 100, NOW) == 0
+
+
+def test_copies_a_crash_left_in_the_dead_letter_topic_are_found(tmp_path: Any) -> None:
+    """already_dead_lettered finds, in the dead-letter topic's tail, the copies of a
+    dead-letter range appended before a crash (here 3 and 4 of 3..6), by the group,
+    source topic, partition and offset headers -- not another group's or partition's
+    copies, nor copies older than the bounded tail."""
+    from logstore import Store
+    from logstore.broker._share_dlq import RECOVERY_SLACK_RECORDS, already_dead_lettered
+    from logstore.share import DeadLetter
+    from logstore.wire import Record
+
+    def copy(group: str, part: int, off: int) -> Record:
+        hs = [
+            ("logstore-dlq-group", group.encode()),
+            ("logstore-dlq-source-topic", b"t"),
+            ("logstore-dlq-source-partition", str(part).encode()),
+            ("logstore-dlq-source-offset", str(off).encode()),
+        ]
+        return Record(b"v", None, hs, NOW)
+
+    dl = DeadLetter("g", "g.dlq", "t", 0, 3, 6, 5, DeadLetterReason.REJECTED, "", NOW, NOW)
+    with Store.open(tmp_path / "d") as store:
+        assert already_dead_lettered(store, dl, 4) == set()  # no topic yet
+        store.create_topic("g.dlq", 1)
+        store.append("g.dlq", 0, [copy("g", 0, 6)])  # an old copy, outside the tail
+        store.append("g.dlq", 0, [Record(b"x", None, [], NOW)] * (RECOVERY_SLACK_RECORDS + 4))
+        store.append("g.dlq", 0, [copy("h", 0, 5), copy("g", 1, 5), copy("g", 0, 9)])
+        store.append("g.dlq", 0, [copy("g", 0, 3), copy("g", 0, 4)])  # then the crash
+        assert already_dead_lettered(store, dl, 4) == {3, 4}
+        assert already_dead_lettered(store, dl, 10) == {3, 4, 6}  # a longer tail
