@@ -800,6 +800,45 @@ def test_a_fetch_reads_and_sends_only_the_batches_it_acquires(client: ShareClien
         acks = [ack("cost-t", 500 * k, 500 * k + 499)]
 
 
+def test_a_big_batch_is_cut_to_the_acquired_records_in_the_reply(client: ShareClient) -> None:
+    """One stored batch of 2,000 records of one size: a fetch of 100 replies a frame of
+    those 100 records only (base offset, count, CRC rebuilt; the values and timestamps as
+    produced), not the whole 2,000-record batch (the reply was ~20x larger). A batch whose
+    records differ in size is sent whole, as stored."""
+    client.topic("cut-t")
+    client.produce("cut-t", [b"%06d" % i for i in range(2000)])
+    create(client, "cut-g", auto_offset_reset="earliest")
+    client.join("cut-g", ["cut-t"])
+    whole = len(read_topic_frames(client, "cut-t"))
+    acks: list[spb.AcknowledgementBatch] = []
+    for k in range(2):
+        reply = client.fetch(100, acks=acks)
+        (p,) = reply.partitions
+        assert [(a.first_offset, a.last_offset) for a in p.acquired] == [(100 * k, 100 * k + 99)]
+        assert len(p.records) * 10 < whole
+        recs = decode_objects(parse_fetch(p.records, True), 0)  # CRCs checked
+        assert [r.offset for r in recs] == list(range(100 * k, 100 * k + 100))
+        assert [r.value for r in recs] == [b"%06d" % i for i in range(100 * k, 100 * k + 100)]
+        assert len({r.timestamp_ms for r in recs}) == 1 and recs[0].timestamp_ms > 0
+        acks = [ack("cut-t", 100 * k, 100 * k + 99)]
+    client.fetch(1, acks=acks)
+    client.topic("mixed-t")
+    client.produce("mixed-t", [b"x" * (1 + i % 7) for i in range(2000)])
+    create(client, "mixed-g", auto_offset_reset="earliest")
+    client.join("mixed-g", ["mixed-t"])
+    (p,) = client.fetch(100).partitions
+    assert len(p.records) == len(read_topic_frames(client, "mixed-t"))
+
+
+def read_topic_frames(c: ShareClient, topic: str) -> bytes:
+    """The stored frames of partition 0 of ``topic`` (a plain Fetch from offset 0)."""
+    fetch = c.channel.unary_unary("/logstore.v1.LogStore/Fetch")
+    req = pb.FetchRequest(topic=topic, partition=0, offset=0, max_bytes=1 << 20)
+    raw = fetch(req.SerializeToString(), timeout=10)
+    frames = parse_fetch(raw)
+    return bytes(b"".join(frames.buf[pos : pos + h.frame_size] for pos, h in frames.frames))
+
+
 def _state_end(c: ShareClient) -> int:
     """The log end offset of __share_group_state (records the share runtime appended)."""
     req = pb.ListOffsetsRequest(topic="__share_group_state", position=pb.OFFSET_SPEC_LATEST)
