@@ -10,8 +10,9 @@ them at a time under a lock of the group's ``visibility_timeout_ms``.
   ``fetch_max_wait_ms`` per request) until records arrive or ``timeout_ms``
   has passed, and returns a list of :class:`ShareMessage` (empty when nothing
   came in time). Iterating the consumer yields messages until ``close``.
-* A fetch reply holds stored frames byte for byte plus the offset ranges the
-  caller **acquired**; a frame may hold records that are not acquired by this
+* A fetch reply holds stored frames (byte for byte, or a one-size batch cut
+  to the acquired span: share.proto) plus the offset ranges the caller
+  **acquired**; a frame may hold records that are not acquired by this
   consumer (accepted already, or held by another), and the client skips every
   record outside its acquired ranges (KIP-932): only acquired records are
   returned, each with its range's ``delivery_count``.
