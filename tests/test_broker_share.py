@@ -805,11 +805,11 @@ def test_a_big_batch_is_cut_to_the_acquired_records_in_the_reply(client: ShareCl
     those 100 records only (base offset, count, CRC rebuilt; the values and timestamps as
     produced), not the whole 2,000-record batch (the reply was ~20x larger). A batch whose
     records differ in size is sent whole, as stored."""
-    client.topic("cut-t")
-    client.produce("cut-t", [b"%06d" % i for i in range(2000)])
-    create(client, "cut-g", auto_offset_reset="earliest")
-    client.join("cut-g", ["cut-t"])
-    whole = len(read_topic_frames(client, "cut-t"))
+    client.topic("trim-t")
+    client.produce("trim-t", [b"%06d" % i for i in range(2000)])
+    create(client, "trim-g", auto_offset_reset="earliest")
+    client.join("trim-g", ["trim-t"])
+    whole = len(read_topic_frames(client, "trim-t"))
     acks: list[spb.AcknowledgementBatch] = []
     for k in range(2):
         reply = client.fetch(100, acks=acks)
@@ -820,7 +820,7 @@ def test_a_big_batch_is_cut_to_the_acquired_records_in_the_reply(client: ShareCl
         assert [r.offset for r in recs] == list(range(100 * k, 100 * k + 100))
         assert [r.value for r in recs] == [b"%06d" % i for i in range(100 * k, 100 * k + 100)]
         assert len({r.timestamp_ms for r in recs}) == 1 and recs[0].timestamp_ms > 0
-        acks = [ack("cut-t", 100 * k, 100 * k + 99)]
+        acks = [ack("trim-t", 100 * k, 100 * k + 99)]
     client.fetch(1, acks=acks)
     client.topic("mixed-t")
     client.produce("mixed-t", [b"x" * (1 + i % 7) for i in range(2000)])
