@@ -736,8 +736,11 @@ def test_records_removed_by_delete_records_leave_the_window_with_a_warning(
 
 
 def test_a_reply_stays_within_fetch_max_bytes(tmp_path: Path) -> None:
-    """Redelivered ranges past fetch_max_bytes are released, not sent: every record still
-    arrives, in replies of about fetch_max_bytes."""
+    """Redelivered ranges past fetch_max_bytes are given back, not sent: every record still
+    arrives, in replies of about fetch_max_bytes, and a range cut from a reply is not a
+    delivery attempt: each record arrives first with delivery count 1 and, after one
+    RELEASE, with 2 (the old broker released the cut ranges, counting an attempt the
+    consumer never saw: counts of 3 and more here, and a dead letter at the limit)."""
     b = start_broker(tmp_path / "data", env={"LOGSTORE_FETCH_MAX_BYTES": "1024"})
     try:
         c = ShareClient(b.grpc_address)
@@ -747,19 +750,26 @@ def test_a_reply_stays_within_fetch_max_bytes(tmp_path: Path) -> None:
         create(c, "big-g", visibility_timeout_ms=60_000)
         c.join("big-g", ["big-t"])
         first: set[int] = set()
+        counts: dict[int, int] = {}
         for _ in range(10):
-            first |= {o for _, _, o in acquired(c.fetch(100))}
+            got = acquired(c.fetch(100))
+            first |= {o for _, _, o in got}
+            counts.update({o: v[1] for (_, _, o), v in got.items()})
         assert first == set(range(6))
+        assert set(counts.values()) == {1}, counts
         c.ack([ack("big-t", 0, 5, spb.RELEASE)])
         seen: set[int] = set()
         sizes = []
         for _ in range(20):
             reply = c.fetch(100)
             sizes += [len(p.records) for p in reply.partitions]
-            seen |= {o for _, _, o in acquired(reply)}
+            got = acquired(reply)
+            seen |= {o for _, _, o in got}
+            counts.update({o: v[1] for (_, _, o), v in got.items()})
             if seen == first:
                 break
         assert seen == first
+        assert set(counts.values()) == {2}, counts
         assert max(sizes) <= 1024 + 500, sizes
         c.close()
     finally:

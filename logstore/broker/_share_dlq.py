@@ -20,14 +20,20 @@ skipped -- the same check RedriveDeadLetters makes with its
 ``logstore-redrive-from`` header. A first attempt (a dead letter from a live
 reply or tick) needs no check and costs nothing.
 
-Bound: the broker produces dead letters one range at a time, and a range's
-copies are appended after every earlier range was confirmed; so the copies a
-crash can leave unconfirmed are among the last records of the topic: at most
-the pending ranges' records (``tail_records``, which the caller sums over the
-ranges it retries for that topic) plus :data:`RECOVERY_SLACK_RECORDS` for
-records other writers appended meanwhile. The scan reads at most that many
-records from the end (``Store.read``, 1 MiB a read), once per retried range:
-a cost only after a crash or a failure, never on the normal path.
+Bound: a retry in the same process (the append or the confirmation failed)
+scans from the offset where its first attempt started appending (kept in
+memory): exact. After a restart that offset is gone; the broker produces
+dead letters one range at a time, each appended after the previous one was
+confirmed, so the copies a crash left unconfirmed are among the last records
+of the topic: at most the pending ranges' records (``tail_records``, the
+caller's sum over the ranges it retries for that topic) plus
+:data:`RECOVERY_SLACK_RECORDS` (records other writers appended meanwhile).
+The one case this misses is a double fault: a range whose confirmation
+failed, followed by more than that many other dead letters, then a crash
+before its retry -- it may be dead-lettered twice (at-least-once, as before).
+The scan reads at most that many records (``Store.read``, 1 MiB a read),
+once per retried range: a cost only after a crash or a failure, never on
+the normal path.
 """
 
 from __future__ import annotations
@@ -51,20 +57,28 @@ H_OFFSET: Final = "logstore-dlq-source-offset"
 
 
 def already_dead_lettered(
-    store: Store, dl: DeadLetter, tail_records: int, partition: int = 0
+    store: Store,
+    dl: DeadLetter,
+    tail_records: int,
+    partition: int = 0,
+    since: int | None = None,
 ) -> set[int]:
     """Source offsets of ``dl`` (``first_offset..last_offset`` of
     ``dl.topic``/``dl.partition``, group ``dl.group_id``) whose copies are in
-    the last ``tail_records + RECOVERY_SLACK_RECORDS`` records of
-    ``dl.dead_letter_topic`` (partition ``partition``). Empty when the topic
-    does not exist yet."""
+    ``dl.dead_letter_topic`` (partition ``partition``) from offset ``since``
+    (exact: where this process's earlier attempt started appending), or,
+    without it, in its last ``tail_records + RECOVERY_SLACK_RECORDS`` records
+    (after a restart). Empty when the topic does not exist yet."""
     topic = dl.dead_letter_topic
     try:
         log_start, _ = store.offsets(topic, partition)
         hw = store.high_watermark(topic, partition)
     except LogStoreError:
         return set()
-    pos = max(log_start, hw - max(0, tail_records) - RECOVERY_SLACK_RECORDS)
+    if since is not None:
+        pos = max(log_start, since)
+    else:
+        pos = max(log_start, hw - max(0, tail_records) - RECOVERY_SLACK_RECORDS)
     group, source = dl.group_id.encode(), dl.topic.encode()
     part = str(dl.partition).encode()
     found: set[int] = set()

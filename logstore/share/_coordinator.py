@@ -55,7 +55,7 @@ The broker's fetch, in three steps (nothing is read twice):
    candidates=...)``: append, replay, answer with ``result.reply.acquired``,
    and produce ``result.reply.dead_letters`` to the dead-letter topic, then
    ``dead_lettered(...)`` each (a crash in between: ``pending_dead_letters``
-   lists them again at start, so dead letters are at-least-once).
+   lists them again at start; the broker skips copies already produced).
 
 Memory is bounded by ``ShareCoordinatorConfig`` (groups, consumers, share
 partitions) times ``max_inflight_records`` plus ``max_delayed_records``
