@@ -117,11 +117,12 @@ def test_accept_release_reject_renew_and_refusals(
                 ack("ack-t", 1, 1, spb.RELEASE),
                 ack("ack-t", 2, 2, spb.REJECT, error="bad input"),
                 ack("ack-t", 3, 3, spb.RENEW, extend_ms=20_000),
-                ack("ack-t", 0, 0),  # again: already accepted
+                ack("ack-t", 0, 0),  # again by the same member: a repeat, answered OK
             ]
         )
-        assert [r.code for r in results] == [0, 0, 0, 0, 9]
-        assert results[4].reason == "INVALID_RECORD_STATE"
+        assert [r.code for r in results] == [0, 0, 0, 0, 0]
+        (res,) = other.ack([ack("ack-t", 0, 0)])  # by another: already accepted
+        assert (res.code, res.reason) == (9, "INVALID_RECORD_STATE")
         # the released record goes to the next fetch (of anyone), delivery count 2
         again = acquired(other.fetch(10))
         assert list(again) == [("ack-t", 0, 1)] and again[("ack-t", 0, 1)][1] == 2
@@ -661,6 +662,56 @@ def test_describe_and_metrics_show_the_queue(client: ShareClient, sbroker: Broke
     )
 
 
+def test_delayed_records_no_fetch_has_read_count_as_delayed(client: ShareClient) -> None:
+    """Records past the window (never read by a fetch) that carry a deliver-at time in the
+    future are counted as delayed, not available, in describe; a due deliver-at counts as
+    available. (The old describe counted all 7 records past the window as available.)"""
+    client.topic("ahead-t")
+    create(client, "ahead-g")
+    client.join("ahead-g", ["ahead-t"])
+    later = str(int(time.time() * 1000) + 3_600_000).encode()
+    past = str(int(time.time() * 1000) - 1_000).encode()
+    client.produce("ahead-t", [b"a"])
+    client.produce("ahead-t", [b"b"])
+    client.produce("ahead-t", [b"x"] * 5, headers=[("logstore-deliver-at-ms", later)])
+    client.produce("ahead-t", [b"due"], headers=[("logstore-deliver-at-ms", past)])
+    # a fetch of 1 reads one batch: the window is offset 0; offsets 1..7 are past it
+    assert list(acquired(client.fetch(1))) == [("ahead-t", 0, 0)]
+    d = client.share.DescribeShareGroup(
+        spb.DescribeShareGroupRequest(group_id="ahead-g"), timeout=10
+    )
+    (p,) = [p for p in d.partitions if p.topic == "ahead-t"]
+    assert (p.acquired, p.available, p.delayed, p.end_offset) == (1, 2, 5, 8)
+
+
+def test_the_broker_wide_parked_bound_is_a_setting_with_a_gauge(tmp_path: Path) -> None:
+    """share_max_delayed_records_total (here from the environment) bounds what every share
+    partition parks together: two groups' 6 delayed records park 4, the rest stay in the
+    windows; the gauge and its limit are scraped."""
+    b = start_broker(tmp_path / "data", env={"LOGSTORE_SHARE_MAX_DELAYED_RECORDS_TOTAL": "4"})
+    try:
+        c = ShareClient(b.grpc_address)
+        c.topic("pk-t")
+        later = str(int(time.time() * 1000) + 3_600_000).encode()
+        for _ in range(3):
+            c.produce("pk-t", [b"x"], headers=[("logstore-deliver-at-ms", later)])
+        for g in ("pk-a", "pk-b"):
+            c.join(g, ["pk-t"])
+            for _ in range(3):
+                assert acquired(c.fetch(10)) == {}
+        text = scrape(b)
+        assert "logstore_share_parked_records 4.0" in text
+        assert "logstore_share_parked_records_limit 4.0" in text
+        delayed = 0
+        for g in ("pk-a", "pk-b"):
+            d = c.share.DescribeShareGroup(spb.DescribeShareGroupRequest(group_id=g), timeout=10)
+            delayed += sum(p.delayed for p in d.partitions)
+        assert delayed == 6  # parked or not, all are delayed
+        c.close()
+    finally:
+        b.stop()
+
+
 def test_records_removed_by_delete_records_leave_the_window_with_a_warning(
     client: ShareClient, sbroker: BrokerProcess
 ) -> None:
@@ -685,8 +736,11 @@ def test_records_removed_by_delete_records_leave_the_window_with_a_warning(
 
 
 def test_a_reply_stays_within_fetch_max_bytes(tmp_path: Path) -> None:
-    """Redelivered ranges past fetch_max_bytes are released, not sent: every record still
-    arrives, in replies of about fetch_max_bytes."""
+    """Redelivered ranges past fetch_max_bytes are given back, not sent: every record still
+    arrives, in replies of about fetch_max_bytes, and a range cut from a reply is not a
+    delivery attempt: each record arrives first with delivery count 1 and, after one
+    RELEASE, with 2 (the old broker released the cut ranges, counting an attempt the
+    consumer never saw: counts of 3 and more here, and a dead letter at the limit)."""
     b = start_broker(tmp_path / "data", env={"LOGSTORE_FETCH_MAX_BYTES": "1024"})
     try:
         c = ShareClient(b.grpc_address)
@@ -696,19 +750,26 @@ def test_a_reply_stays_within_fetch_max_bytes(tmp_path: Path) -> None:
         create(c, "big-g", visibility_timeout_ms=60_000)
         c.join("big-g", ["big-t"])
         first: set[int] = set()
+        counts: dict[int, int] = {}
         for _ in range(10):
-            first |= {o for _, _, o in acquired(c.fetch(100))}
+            got = acquired(c.fetch(100))
+            first |= {o for _, _, o in got}
+            counts.update({o: v[1] for (_, _, o), v in got.items()})
         assert first == set(range(6))
+        assert set(counts.values()) == {1}, counts
         c.ack([ack("big-t", 0, 5, spb.RELEASE)])
         seen: set[int] = set()
         sizes = []
         for _ in range(20):
             reply = c.fetch(100)
             sizes += [len(p.records) for p in reply.partitions]
-            seen |= {o for _, _, o in acquired(reply)}
+            got = acquired(reply)
+            seen |= {o for _, _, o in got}
+            counts.update({o: v[1] for (_, _, o), v in got.items()})
             if seen == first:
                 break
         assert seen == first
+        assert set(counts.values()) == {2}, counts
         assert max(sizes) <= 1024 + 500, sizes
         c.close()
     finally:
@@ -747,6 +808,45 @@ def test_a_fetch_reads_and_sends_only_the_batches_it_acquires(client: ShareClien
         frames = stored_frames(p.records).frames
         assert (len(frames), frames[0][1].base_offset) == (500, 500 * k)
         acks = [ack("cost-t", 500 * k, 500 * k + 499)]
+
+
+def test_a_big_batch_is_cut_to_the_acquired_records_in_the_reply(client: ShareClient) -> None:
+    """One stored batch of 2,000 records of one size: a fetch of 100 replies a frame of
+    those 100 records only (base offset, count, CRC rebuilt; the values and timestamps as
+    produced), not the whole 2,000-record batch (the reply was ~20x larger). A batch whose
+    records differ in size is sent whole, as stored."""
+    client.topic("trim-t")
+    client.produce("trim-t", [b"%06d" % i for i in range(2000)])
+    create(client, "trim-g", auto_offset_reset="earliest")
+    client.join("trim-g", ["trim-t"])
+    whole = len(read_topic_frames(client, "trim-t"))
+    acks: list[spb.AcknowledgementBatch] = []
+    for k in range(2):
+        reply = client.fetch(100, acks=acks)
+        (p,) = reply.partitions
+        assert [(a.first_offset, a.last_offset) for a in p.acquired] == [(100 * k, 100 * k + 99)]
+        assert len(p.records) * 10 < whole
+        recs = decode_objects(parse_fetch(p.records, True), 0)  # CRCs checked
+        assert [r.offset for r in recs] == list(range(100 * k, 100 * k + 100))
+        assert [r.value for r in recs] == [b"%06d" % i for i in range(100 * k, 100 * k + 100)]
+        assert len({r.timestamp_ms for r in recs}) == 1 and recs[0].timestamp_ms > 0
+        acks = [ack("trim-t", 100 * k, 100 * k + 99)]
+    client.fetch(1, acks=acks)
+    client.topic("mixed-t")
+    client.produce("mixed-t", [b"x" * (1 + i % 7) for i in range(2000)])
+    create(client, "mixed-g", auto_offset_reset="earliest")
+    client.join("mixed-g", ["mixed-t"])
+    (p,) = client.fetch(100).partitions
+    assert len(p.records) == len(read_topic_frames(client, "mixed-t"))
+
+
+def read_topic_frames(c: ShareClient, topic: str) -> bytes:
+    """The stored frames of partition 0 of ``topic`` (a plain Fetch from offset 0)."""
+    fetch = c.channel.unary_unary("/logstore.v1.LogStore/Fetch")
+    req = pb.FetchRequest(topic=topic, partition=0, offset=0, max_bytes=1 << 20)
+    raw = fetch(req.SerializeToString(), timeout=10)
+    frames = parse_fetch(raw)
+    return bytes(b"".join(frames.buf[pos : pos + h.frame_size] for pos, h in frames.frames))
 
 
 def _state_end(c: ShareClient) -> int:

@@ -125,3 +125,17 @@ def test_event_loop_and_inline_bounds_are_validated_config() -> None:
             BrokerConfig(**{key: -1})
         with pytest.raises(InvalidConfigError, match=key):
             BrokerConfig.resolve({}, {"LOGSTORE_" + key.upper(): "lots"}, None)
+
+
+def test_share_parked_bounds_are_broker_settings() -> None:
+    """share_max_delayed_records(_total) reach the share coordinator's config; 0 and a
+    non-number are refused naming the key."""
+    from logstore.broker import BrokerConfig
+
+    c = BrokerConfig.resolve(env={"LOGSTORE_SHARE_MAX_DELAYED_RECORDS_TOTAL": "7"})
+    assert c.share_config().max_delayed_records_total == 7
+    assert BrokerConfig().share_config().max_delayed_records_total == 1_000_000
+    with pytest.raises(InvalidConfigError, match="share_max_delayed_records_total"):
+        BrokerConfig(share_max_delayed_records_total=0)
+    with pytest.raises(InvalidConfigError, match="share_max_delayed_records"):
+        BrokerConfig.resolve(env={"LOGSTORE_SHARE_MAX_DELAYED_RECORDS": "many"})

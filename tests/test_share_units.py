@@ -226,10 +226,41 @@ def test_acks_on_expired_or_foreign_locks_are_refused_precisely() -> None:
     ]
     assert "another consumer" in r.results[0].message
     assert b.ack("b", ack(0, 0), now=later).results[0].error is AckError.OK
-    again = b.ack("b", ack(0, 0), now=later).results[0]
-    assert again.error is AckError.ALREADY_ACKNOWLEDGED
+    again = b.ack("a", ack(0, 0), now=later).results[0]
+    assert again.error is AckError.ALREADY_ACKNOWLEDGED  # a never accepted it
     p = b.c.partition("g", "t", 0)
     assert p is not None and p.value is not None and p.value.accepted_total == 1
+
+
+def test_a_repeated_acknowledgement_of_the_same_consumer_is_ok_and_applied_once() -> None:
+    """A client resends a request whose reply was lost: its ACCEPT, REJECT and
+    RELEASE ranges were applied the first time, so the repeat answers OK
+    (remembered per consumer) and changes nothing; another consumer's ack of
+    those records is still refused, and a RELEASE is forgotten once the
+    consumer acquires the records again (that new delivery is checked)."""
+    b = Broker(ShareGroupConfig(visibility_timeout_ms=1_000))
+    b.join("a")
+    b.join("b")
+    b.produce("t", 6)
+    assert len(b.fetch("a", 6)) == 6
+    first = b.ack("a", ack(0, 1), ack(2, 2, AckKind.REJECT), ack(3, 3, AckKind.RELEASE))
+    assert [x.error for x in first.results] == [AckError.OK] * 3
+    n = len(b.log)
+    again = b.ack("a", ack(0, 1), ack(1, 1), ack(2, 2, AckKind.REJECT), ack(3, 3, AckKind.RELEASE))
+    assert [x.error for x in again.results] == [AckError.OK] * 4
+    assert again.dead_letters == ()  # the REJECT is not dead-lettered twice
+    assert len(b.log) == n  # nothing written: nothing applied again
+    p = b.c.partition("g", "t", 0)
+    assert p is not None and p.value is not None
+    assert (p.value.accepted_total, p.value.dead_lettered_total) == (2, 1)
+    # another consumer, or another kind, is still refused
+    assert b.ack("b", ack(0, 0)).results[0].error is AckError.ALREADY_ACKNOWLEDGED
+    assert b.ack("a", ack(0, 0, AckKind.REJECT)).results[0].error is (AckError.ALREADY_ACKNOWLEDGED)
+    # offset 3 released: a takes it again (delivery 2); an expired lock of that
+    # delivery is refused, not answered from the memory of the first RELEASE
+    assert b.fetch("a", 1) == [("t", 3, 2)]
+    late = b.ack("a", ack(3, 3, AckKind.RELEASE), now=NOW + 1_000)
+    assert late.results[0].error is AckError.LOCK_EXPIRED
 
 
 def test_a_range_is_all_or_nothing() -> None:
@@ -242,6 +273,31 @@ def test_a_range_is_all_or_nothing() -> None:
     p = b.c.partition("g", "t", 0)
     assert p is not None
     assert [s for _, s, _ in p.record_states()] == [1, 1, AVAILABLE]
+
+
+def test_records_cut_from_a_reply_are_given_back_without_counting_the_attempt() -> None:
+    """undeliver (what the broker calls for ranges its reply's byte budget cut): the
+    records are available again at their old delivery count, so a record on its last
+    attempt is not dead-lettered unseen (the broker used to RELEASE them: the attempt
+    counted, and at max_delivery_attempts they went to the DLQ never delivered)."""
+    b = Broker(ShareGroupConfig(max_delivery_attempts=2))
+    b.join("a")
+    b.join("b")
+    b.produce("t", 3)
+    assert b.fetch("a", 3) == [("t", 0, 1), ("t", 1, 1), ("t", 2, 1)]
+    b.ack("a", ack(0, 2, AckKind.RELEASE))  # a real attempt: counted
+    assert b.fetch("a", 3) == [("t", 0, 2), ("t", 1, 2), ("t", 2, 2)]  # the last attempt
+    cut = [r for r in b.last.acquired]
+    r = b.run(b.c.undeliver("g", "a", cut, now_ms=NOW))
+    assert r == 3 and b.run(b.c.undeliver("g", "b", cut, now_ms=NOW)) == 0
+    p = b.c.partition("g", "t", 0)
+    assert p is not None and p.value is not None and p.value.dead_lettered_total == 0
+    assert b.fetch("b", 3) == [("t", 0, 2), ("t", 1, 2), ("t", 2, 2)]
+    # and a first delivery cut from its reply leaves no trace of a delivery
+    b.produce("t", 1)
+    assert b.fetch("a", 1) == [("t", 3, 1)]
+    b.run(b.c.undeliver("g", "a", list(b.last.acquired), now_ms=NOW))
+    assert [(o, s, c) for o, s, c in p.record_states() if o == 3] == [(3, AVAILABLE, 0)]
 
 
 def test_renew_extends_the_lock() -> None:
@@ -578,6 +634,41 @@ def test_parked_bound_is_back_pressure_not_memory() -> None:
     assert [o for _, o, _ in got] == list(range(8))
 
 
+def test_broker_wide_parked_bound_holds_across_partitions_and_replay() -> None:
+    """max_delayed_records_total bounds the parked records of every share partition
+    together (with the per-partition bound alone "hi" parked 12 and "lo" 20: 32): 15 are
+    parked in all, and past that the delayed records stay in the windows (back pressure:
+    "lo"'s 2 due records behind them wait; its window has no room). A reload counts the same
+    total; accepting parked records frees room, and the total never passes the bound."""
+    b = Broker(
+        ShareGroupConfig(max_inflight_records=8),
+        max_delayed_records=20,
+        max_delayed_records_total=15,
+    )
+    b.join("a", ("hi", "lo"))
+    b.produce("hi", 12, deliver_at=NOW + HOUR)
+    b.produce("lo", 30, deliver_at=NOW + HOUR)
+    b.produce("lo", 2)
+    for _ in range(8):
+        assert b.fetch("a", 100) == []
+    hi, lo = b.c.partition("g", "hi", 0), b.c.partition("g", "lo", 0)
+    assert hi is not None and lo is not None
+    assert b.c.parked_records == hi.parked_count + lo.parked_count == 15
+    # "lo"'s window is full of delayed records: no room, nothing read
+    assert "lo" not in {r.topic for r in b.c.fetch_plan("g", "a", now_ms=NOW)}
+    reloaded = ShareCoordinator.load(b.log, config=b.c.config, topics={"hi": 1, "lo": 1})
+    assert reloaded.parked_records == 15
+    later = NOW + HOUR
+    b.join("a", ("hi", "lo"), now=later)
+    seen = 0
+    for _ in range(20):
+        got = b.fetch("a", 100, now=later)
+        assert b.c.parked_records <= 15
+        seen += len(got)
+        b.ack("a", *[Ack(t, 0, o, o, AckKind.ACCEPT) for t, o, _ in got], now=later)
+    assert seen == 44 and b.c.parked_records == 0
+
+
 def test_release_with_a_long_delay_parks_and_keeps_count_and_error() -> None:
     """A RELEASE of 1 h parks the record; the window moves on; it returns with its count."""
     b = Broker(ShareGroupConfig(max_inflight_records=4))
@@ -589,7 +680,8 @@ def test_release_with_a_long_delay_parks_and_keeps_count_and_error() -> None:
     assert [o for _, o, _ in b.fetch("a", 10)] == [4, 5, 6, 7]
     # an offset below the window start that finished is already acknowledged
     b.ack("a", ack(4, 7))
-    assert b.ack("a", ack(4, 4)).results[0].error is AckError.ALREADY_ACKNOWLEDGED
+    b.join("b")  # (a's own repeat would be answered OK: it accepted 4..7)
+    assert b.ack("b", ack(4, 4)).results[0].error is AckError.ALREADY_ACKNOWLEDGED
     assert b.ack("a", ack(0, 0)).results[0].error is AckError.NOT_ACQUIRED
     assert [o for _, o, _ in b.fetch("a", 10)] == [8, 9, 10, 11]
     b.ack("a", ack(8, 11))
@@ -697,3 +789,59 @@ def test_a_leaving_consumer_gives_back_parked_records_it_holds() -> None:
     assert [o for _, o, _ in b.fetch("a", 10, now=NOW + 1_000)] == [0, 1, 2, 3]
     b.run(b.c.leave("g", "a", now_ms=NOW + 1_000))
     assert [(o, n) for _, o, n in b.fetch("b", 10, now=NOW + 1_000)] == [(o, 2) for o in range(4)]
+
+
+def test_describe_splits_the_backlog_past_the_window_by_a_bounded_scan(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """delayed_backlog counts deliver-at times past ``now`` exactly over the scanned
+    offsets and extrapolates past them (scan of 10 here: 4 of the first 10 delayed, so 40
+    of 100), and a backlog without the header is 0 delayed without decoding."""
+    from logstore import Store
+    from logstore.broker.handlers import share as h
+    from logstore.wire import Record, deliver_at_header
+
+    monkeypatch.setattr(h, "DESCRIBE_SCAN_RECORDS", 10)
+    with Store.open(tmp_path / "d") as store:
+        store.create_topic("t", 1)
+        store.create_topic("plain", 1)
+        later = [deliver_at_header(NOW + 10_000)]
+        for i in range(100):
+            store.append("t", 0, [Record(b"v", None, later if i % 10 < 4 else [], NOW)])
+        store.append("plain", 0, [Record(b"v", None, [], NOW)] * 50)
+        assert h.delayed_backlog(store, "t", 0, 0, 100, NOW) == 40
+        assert h.delayed_backlog(store, "t", 0, 0, 10, NOW) == 4  # exact: all scanned
+        assert h.delayed_backlog(store, "t", 0, 0, 100, NOW + 10_000) == 0  # due now
+        assert h.delayed_backlog(store, "plain", 0, 0, 50, NOW) == 0
+        assert h.delayed_backlog(store, "t", 0, 100, 100, NOW) == 0
+
+
+def test_copies_a_crash_left_in_the_dead_letter_topic_are_found(tmp_path: Any) -> None:
+    """already_dead_lettered finds, in the dead-letter topic's tail, the copies of a
+    dead-letter range appended before a crash (here 3 and 4 of 3..6), by the group,
+    source topic, partition and offset headers -- not another group's or partition's
+    copies, nor copies older than the bounded tail."""
+    from logstore import Store
+    from logstore.broker._share_dlq import RECOVERY_SLACK_RECORDS, already_dead_lettered
+    from logstore.share import DeadLetter
+    from logstore.wire import Record
+
+    def copy(group: str, part: int, off: int) -> Record:
+        hs = [
+            ("logstore-dlq-group", group.encode()),
+            ("logstore-dlq-source-topic", b"t"),
+            ("logstore-dlq-source-partition", str(part).encode()),
+            ("logstore-dlq-source-offset", str(off).encode()),
+        ]
+        return Record(b"v", None, hs, NOW)
+
+    dl = DeadLetter("g", "g.dlq", "t", 0, 3, 6, 5, DeadLetterReason.REJECTED, "", NOW, NOW)
+    with Store.open(tmp_path / "d") as store:
+        assert already_dead_lettered(store, dl, 4) == set()  # no topic yet
+        store.create_topic("g.dlq", 1)
+        store.append("g.dlq", 0, [copy("g", 0, 6)])  # an old copy, outside the tail
+        store.append("g.dlq", 0, [Record(b"x", None, [], NOW)] * (RECOVERY_SLACK_RECORDS + 4))
+        store.append("g.dlq", 0, [copy("h", 0, 5), copy("g", 1, 5), copy("g", 0, 9)])
+        store.append("g.dlq", 0, [copy("g", 0, 3), copy("g", 0, 4)])  # then the crash
+        assert already_dead_lettered(store, dl, 4) == {3, 4}
+        assert already_dead_lettered(store, dl, 10) == {3, 4, 6}  # a longer tail

@@ -344,3 +344,64 @@ def test_consumer_rides_through_a_broker_kill9_and_restart(
     finally:
         for p in procs[1:]:  # the fixture stops the first
             p.stop()
+
+
+def test_a_retried_ack_whose_reply_was_lost_is_reported_ok(broker: BrokerProcess) -> None:
+    """The reply to a ShareAcknowledge and to a ShareFetch carrying acks is lost after
+    the broker applied them (a fault-injecting connection: the call goes through, then
+    UNAVAILABLE is raised as a dropped reply would); the consumer sends them again, and
+    the broker answers the repeats OK (it remembers this member's applied ranges), so
+    commit() raises nothing, on_ack_error gets nothing, and every record is accepted
+    once: none is delivered again. (On the old broker each repeat was refused as
+    ALREADY_ACKNOWLEDGED and commit raised FailedPreconditionError.)"""
+    addr = broker.grpc_address
+    with Admin(addr) as a:
+        a.create_topic("lost", 1)
+        a.create_share_group("g", visibility_timeout_ms=60_000)
+    produce(addr, "lost", 20)
+    refused: list[object] = []
+    with ShareConsumer(
+        addr,
+        "g",
+        ["lost"],
+        max_records=10,
+        on_ack_error=refused.extend,
+        ack_flush_interval_ms=600_000,  # acks ride on the next fetch, or on commit
+    ) as c:
+        real_call = c._conn.call
+        drop = {"ShareAcknowledge": 1, "ShareFetch": 0}
+
+        def lossy(method: object, request: object, timeout_s: float) -> object:
+            reply = real_call(method, request, timeout_s)  # type: ignore[arg-type]
+            name = type(request).__name__.removesuffix("Request")
+            if drop.get(name) and getattr(request, "acknowledgements", None):
+                drop[name] -= 1
+                raise errors.BrokerUnavailableError("injected: the reply was lost")
+            return reply
+
+        c._conn.call = lossy  # type: ignore[method-assign,assignment]
+        got: list[ShareMessage] = []
+        deadline = time.monotonic() + 30
+        while len(got) < 10 and time.monotonic() < deadline:
+            got += c.poll(2000, max_records=10 - len(got))
+        assert [m.offset for m in got] == list(range(10))
+        for m in got[:8]:
+            m.ack()
+        got[8].reject("bad")
+        got[9].nack()
+        c.commit()  # applied, reply dropped, retried: OK
+        assert drop["ShareAcknowledge"] == 0 and refused == []
+        # now a fetch carrying acks loses its reply: poll retries it with the acks
+        drop["ShareFetch"] = 1
+        more: list[ShareMessage] = []
+        deadline = time.monotonic() + 30
+        while len(more) < 11 and time.monotonic() < deadline:
+            batch = c.poll(2000, max_records=11 - len(more))
+            for m in batch:
+                m.ack()
+            more += batch
+        assert c.poll(1500) == []  # carries the last acks
+        assert drop["ShareFetch"] == 0 and refused == []
+        # offset 9 (released) came back once; 10..19 once each; nothing else
+        assert sorted(m.offset for m in more) == list(range(9, 20))
+        assert c.poll(1500) == []

@@ -663,8 +663,8 @@ def group_drain(args: dict[str, Any], ready: Callable[[], None]) -> dict[str, An
 #: Records one share fetch may acquire for a W8 worker: the client's default.
 #: Not RabbitMQ's prefetch of 100: each ShareFetch that acquires appends an
 #: fsynced share-state record before it replies, so the drain rate is about
-#: fetches/s x records per fetch (8 workers here: ~4,000/s at 100, ~30,000/s
-#: at 500 on the loaded 2-core machine).
+#: fetches/s x records per fetch (8 workers here: ~4,000/s at 100; ~47,000/s
+#: at 500 in the 05:39 UTC run, docs/benchmarks.md "Work queues").
 SHARE_MAX_RECORDS = 500
 
 

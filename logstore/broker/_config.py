@@ -23,6 +23,7 @@ from typing import Any, Final
 from logstore.config import DAY_MS, MiB, StoreConfig, TopicConfig, parse_int
 from logstore.coordinator import GroupConfig
 from logstore.errors import InvalidConfigError
+from logstore.share import ShareCoordinatorConfig
 
 ENV_PREFIX: Final = "LOGSTORE_"
 #: Headroom above the largest batch for the request's own fields (topic name,
@@ -165,6 +166,11 @@ class BrokerConfig:
     #: always fsynced before they are answered.
     share_acquisition_durability: str = "page-cache"
 
+    # Share coordinator (work queues; ShareCoordinatorConfig's fields, prefixed
+    # ``share_``): parked (delayed) records per share partition and in all of them.
+    share_max_delayed_records: int = ShareCoordinatorConfig.max_delayed_records
+    share_max_delayed_records_total: int = ShareCoordinatorConfig.max_delayed_records_total
+
     def __post_init__(self) -> None:
         for f in fields(self):
             _check(f.name, getattr(self, f.name))
@@ -183,6 +189,7 @@ class BrokerConfig:
         # Every produce / fetch / admin call is validated against these.
         self.store_config()
         self.group_config()
+        self.share_config()
 
     @property
     def super_user_names(self) -> tuple[str, ...]:
@@ -207,6 +214,12 @@ class BrokerConfig:
             max_producer_ids=self.max_producer_ids,
             cleaner_buffer_bytes=self.cleaner_buffer_bytes,
             cleaner_io_max_bytes_per_s=self.cleaner_io_max_bytes_per_s,
+        )
+
+    def share_config(self) -> ShareCoordinatorConfig:
+        """The share coordinator's config from the ``share_*`` keys."""
+        return ShareCoordinatorConfig(
+            **{name: getattr(self, "share_" + name) for name in _SHARE_KEYS}
         )
 
     def group_config(self) -> GroupConfig:
@@ -248,6 +261,7 @@ _GROUP_KEYS: Final = (
     "max_groups",
     "max_members_per_group",
 )
+_SHARE_KEYS: Final = ("max_delayed_records", "max_delayed_records_total")
 _FIELD_TYPES: Final = {f.name: f.type for f in fields(BrokerConfig)}
 _DEFAULTS: Final = BrokerConfig.__dataclass_fields__
 
@@ -281,6 +295,8 @@ _INT_RANGES: Final[dict[str, tuple[int, int]]] = {
     "quota_fetch_bytes_per_s": (0, 1 << 40),
     # wide bounds here; GroupConfig checks the real ones (and their relations)
     **{"group_" + name: (1, 365 * DAY_MS) for name in _GROUP_KEYS},
+    "share_max_delayed_records": (1, 10_000_000),
+    "share_max_delayed_records_total": (1, 100_000_000),
 }
 
 

@@ -250,10 +250,10 @@ class ShareCollector:
     def describe(self) -> list[Any]:
         return []
 
-    async def _rows(self) -> list[Any]:
+    async def _rows(self) -> tuple[list[Any], int]:
         now = _now_ms()
         return await self._share.read(
-            lambda c: [c.describe(g, now_ms=now) for g in c.list_groups()]
+            lambda c: ([c.describe(g, now_ms=now) for g in c.list_groups()], c.parked_records)
         )
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
@@ -282,12 +282,12 @@ class ShareCollector:
             labels=["group", "member"],
         )
         try:
-            descs = asyncio.run_coroutine_threadsafe(self._rows(), self._loop).result(
+            descs, parked = asyncio.run_coroutine_threadsafe(self._rows(), self._loop).result(
                 _GROUP_SCRAPE_TIMEOUT_S
             )
         except Exception as exc:  # loading, shutting down, or a slow loop
             log.debug("share metrics scrape skipped: %s", exc)
-            descs = []
+            descs, parked = [], 0
         now = _now_ms()
         for d in descs:
             for pc in d.partitions:
@@ -309,6 +309,16 @@ class ShareCollector:
                 inflight.add_metric([d.group_id, m.consumer_id], m.in_flight)
         yield from fams.values()
         yield from (rate, drain, inflight)
+        yield GaugeMetricFamily(
+            "logstore_share_parked_records",
+            "Delayed records parked below the windows, all share partitions together",
+            value=parked,
+        )
+        yield GaugeMetricFamily(
+            "logstore_share_parked_records_limit",
+            "share_max_delayed_records_total: past it delayed records stay in the windows",
+            value=self._share.config.max_delayed_records_total,
+        )
         yield CounterMetricFamily(
             "logstore_share_dead_letters_produced",
             "Records appended to dead-letter topics by this broker since start",

@@ -116,7 +116,8 @@ GROUPS_RPCS: Final[tuple[Rpc, ...]] = (
 SHARE_RPCS: Final[tuple[Rpc, ...]] = (
     Rpc("ShareGroupHeartbeat", "share", "share_group_heartbeat",
         spb.ShareGroupHeartbeatRequest, spb.ShareGroupHeartbeatResponse),
-    Rpc("ShareFetch", "share", "share_fetch", spb.ShareFetchRequest, spb.ShareFetchResponse),
+    Rpc("ShareFetch", "share", "share_fetch", spb.ShareFetchRequest, spb.ShareFetchResponse,
+        raw_response=True),
     Rpc("ShareAcknowledge", "share", "share_acknowledge", spb.ShareAcknowledgeRequest,
         spb.ShareAcknowledgeResponse),
     Rpc("CreateShareGroup", "share", "create_share_group", spb.CreateShareGroupRequest,

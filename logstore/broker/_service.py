@@ -76,7 +76,7 @@ class LogStoreService:
         self.groups = GroupsRuntime(self.runtime, config.group_config())
         self.groups.on_rebalance = lambda _gid: metrics.group_rebalances.inc()
         self.runtime.groups = self.groups
-        self.share = ShareRuntime(self.runtime)
+        self.share = ShareRuntime(self.runtime, config.share_config())
         self.runtime.share = self.share
         produce = ProduceHandlers(self.runtime)
         fetch = FetchHandlers(self.runtime)

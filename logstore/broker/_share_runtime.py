@@ -27,7 +27,8 @@ Contract (the coordinator's handler contract, ``logstore/share/_coordinator.py``
   from its start and ``ShareCoordinator.load``-ed (locks are gone, delivery
   counts and acknowledgements kept), then ``on_metadata`` and every
   ``pending_dead_letters`` entry is produced again (a crash between a dead
-  letter's append and its ``dead_lettered`` record: at-least-once).
+  letter's append and its ``dead_lettered`` record: the copies already in
+  the dead-letter topic are skipped, ``_share_dlq``: exactly once).
 * Timers: after each batch and each timer, one
   :class:`~logstore.broker._waiters.Timers` timer is armed at ``tick``'s
   ``next_deadline_ms`` + 1 ms (lock expiries, session timeouts, delayed
@@ -85,9 +86,6 @@ from logstore.errors import (
 )
 from logstore.share import (
     SHARE_STATE_TOPIC,
-    Ack,
-    AckKind,
-    AckReply,
     AcquiredRange,
     Acquisition,
     Candidates,
@@ -111,6 +109,7 @@ from logstore.wire import (
     stored_frames,
 )
 
+from ._share_dlq import already_dead_lettered
 from ._state_runtime import LOAD_READ_BYTES, StateRuntime, now_ms
 from .handlers._common import check_client_writable as check_writable
 
@@ -216,8 +215,15 @@ class ShareRuntime(StateRuntime[ShareCoordinator, ShareRecord]):
         self.config = config
         #: Acquisitions fsynced before they are answered (module docstring, "Durability").
         self.fsync_acquisitions = runtime.config.share_acquisition_durability == "fsync"
-        self._dlq: deque[DeadLetter] = deque()
+        #: Dead letters to produce, each with whether it is a retry (listed again
+        #: after a restart or a failure: its copies may already be there).
+        self._dlq: deque[tuple[DeadLetter, bool]] = deque()
         self._dlq_running = False
+        #: Records of the retried dead letters per dead-letter topic (the tail a
+        #: retry after a restart scans), and where this process's attempt of a
+        #: dead letter started appending (an in-process retry scans from there).
+        self._retry_tail: dict[str, int] = {}
+        self._dlq_since: dict[DeadLetter, int] = {}
         self._latency_task: asyncio.Task[None] | None = None
         self._redrive_lock = asyncio.Lock()
         self._warned_at: dict[str, float] = {}
@@ -254,7 +260,9 @@ class ShareRuntime(StateRuntime[ShareCoordinator, ShareRecord]):
 
     async def _after_load(self) -> None:
         self.coordinator.on_metadata(self.topics())
-        self._queue_dead_letters(self.coordinator.pending_dead_letters())
+        # listed again after a restart: a crash may have left their copies in
+        # the dead-letter topic, so they are retried (checked), not first tries
+        self._queue_dead_letters(self.coordinator.pending_dead_letters(), retry=True)
 
     async def stop(self) -> None:
         if self._latency_task is not None:
@@ -373,7 +381,7 @@ class ShareRuntime(StateRuntime[ShareCoordinator, ShareRecord]):
         ``on_log_start``. Ranges past the reply's byte budget
         (``fetch_max_bytes``, so the reply fits gRPC's send limit) are cut
         too and returned as undelivered: the caller releases them at once
-        (their delivery count keeps the attempt)."""
+        (``undeliver``: their delivery count as before, the attempt not counted)."""
         budget = self._rt.config.fetch_max_bytes
         undelivered: list[AcquiredRange] = []
         by_tp: dict[tuple[str, int], list[AcquiredRange]] = {}
@@ -505,8 +513,8 @@ class ShareRuntime(StateRuntime[ShareCoordinator, ShareRecord]):
                     frames, gone, undelivered = await self._rt.run_io(
                         self._frames_blocking, acq.acquired, by
                     )
-                    if undelivered:
-                        await self.call(partial(_release, group_id, member_id, undelivered))
+                    if undelivered:  # not sent: not a delivery attempt
+                        await self.call(partial(_undeliver, group_id, member_id, undelivered))
                     for topic, partition, start in gone:
                         await self.log_start_moved(topic, partition, start)
                     if frames:
@@ -573,8 +581,12 @@ class ShareRuntime(StateRuntime[ShareCoordinator, ShareRecord]):
 
     # -------------------------------------------------------- dead letters
 
-    def _queue_dead_letters(self, dls: Iterable[DeadLetter]) -> None:
-        self._dlq.extend(dls)
+    def _queue_dead_letters(self, dls: Iterable[DeadLetter], *, retry: bool = False) -> None:
+        for dl in dls:
+            self._dlq.append((dl, retry))
+            if retry:
+                t = dl.dead_letter_topic
+                self._retry_tail[t] = self._retry_tail.get(t, 0) + _size(dl)
         if self._dlq and not self._dlq_running and not self._rt.stopping:
             self._dlq_running = True
             self._rt.spawn(self._produce_dead_letters())
@@ -582,13 +594,16 @@ class ShareRuntime(StateRuntime[ShareCoordinator, ShareRecord]):
     async def _produce_dead_letters(self) -> None:
         try:
             while self._dlq and not self._rt.stopping:
-                dl = self._dlq.popleft()
+                dl, retry = self._dlq.popleft()
+                tail = self._retry_tail.get(dl.dead_letter_topic, 0) if retry else None
                 try:
-                    created = await self._rt.run_io(self._dead_letter_blocking, dl)
+                    created = await self._rt.run_io(self._dead_letter_blocking, dl, tail)
                     if created:  # other coordinators learn of the new topic
                         await self._rt.topics_changed()
                     await self.call(partial(_confirm, dl))
+                    self._dlq_since.pop(dl, None)
                 except GroupIdNotFoundError:
+                    self._dlq_since.pop(dl, None)
                     continue  # deleted meanwhile
                 except Exception as exc:
                     # Retried at the next start (pending_dead_letters) or the next
@@ -600,13 +615,16 @@ class ShareRuntime(StateRuntime[ShareCoordinator, ShareRecord]):
                         exc,
                     )
                     await asyncio.sleep(1.0)
-                    self._dlq.append(dl)
+                    self._queue_dead_letters([dl], retry=True)  # its copies may be there
         finally:
             self._dlq_running = False
 
-    def _dead_letter_blocking(self, dl: DeadLetter) -> bool:
+    def _dead_letter_blocking(self, dl: DeadLetter, retry_tail: int | None = None) -> bool:
         """Append the records of ``dl`` to its dead-letter topic (fsynced);
-        True if it created the topic."""
+        True if it created the topic. A retried dead letter (``retry_tail``:
+        the records of the retried ones for that topic) first reads the
+        topic's tail and skips the copies already there (``_share_dlq``:
+        exactly once)."""
         store = self._store
         created = False
         try:
@@ -644,8 +662,21 @@ class ShareRuntime(StateRuntime[ShareCoordinator, ShareRecord]):
                 pos = batch[-1].offset + 1
         except (OffsetOutOfRangeError, UnknownTopicError):
             pass  # the source is gone (retention, deleted topic): nothing to move
+        since = self._dlq_since.get(dl)
+        if out and (retry_tail is not None or since is not None) and not created:
+            there = already_dead_lettered(store, dl, retry_tail or 0, since=since)
+            if there:
+                log.info(
+                    "dead letters already in the dead-letter topic, not appended again",
+                    extra={"fields": {"topic": dl.dead_letter_topic, "records": len(there)}},
+                )
+                out = [
+                    r for r, off in zip(out, _source_offsets(out), strict=True) if off not in there
+                ]
         if not out:
             return created
+        if since is None:
+            self._dlq_since[dl] = store.high_watermark(dl.dead_letter_topic, 0)
         end = 0
         for i in range(0, len(out), 1000):
             part = out[i : i + 1000]
@@ -977,13 +1008,19 @@ def _acquire(
     return c.acquire(group_id, member_id, max_records=max_records, now_ms=now, candidates=cands)
 
 
-def _release(
+def _undeliver(
     group_id: str, member_id: str, ranges: list[AcquiredRange], c: ShareCoordinator, now: int
-) -> Result[AckReply]:
-    acks = [
-        Ack(r.topic, r.partition, r.first_offset, r.last_offset, AckKind.RELEASE) for r in ranges
-    ]
-    return c.acknowledge(group_id, member_id, acks, now_ms=now)
+) -> Result[int]:
+    return c.undeliver(group_id, member_id, ranges, now_ms=now)
+
+
+def _size(dl: DeadLetter) -> int:
+    return dl.last_offset - dl.first_offset + 1
+
+
+def _source_offsets(records: list[Record]) -> list[int]:
+    """The ``logstore-dlq-source-offset`` of each dead-letter copy (the last header)."""
+    return [int(r.headers[-1][1]) for r in records]
 
 
 def _redrive_intent(

@@ -141,6 +141,12 @@ class ShareCoordinatorConfig:
     #: before, fill it: back pressure, not memory. A parked record costs ~60 B
     #: in its chunk plus ~60 B in the merged columns: 100,000 = ~12 MB.
     max_delayed_records: int = 100_000
+    #: Delayed records parked in all share partitions of the broker together
+    #: (~120 B each: 1,000,000 = ~120 MB). Past it no more records are parked
+    #: anywhere: as at the per-partition bound, a delayed record at a window
+    #: start stays in the window (back pressure: fetches of that partition
+    #: return fewer records), until parked records come due or finish.
+    max_delayed_records_total: int = 1_000_000
     #: Records one acquisition hands out.
     max_fetch_records: int = 10_000
     #: Acknowledgement ranges in one acknowledge call.
@@ -184,6 +190,7 @@ _COORD_HARD: Final[dict[str, int]] = {
     "max_topics_per_group": 10_000,
     "max_share_partitions": 10_000_000,
     "max_delayed_records": 10_000_000,
+    "max_delayed_records_total": 100_000_000,
     "max_fetch_records": 1_000_000,
     "max_ack_ranges": 1_000_000,
     "max_error_text_bytes": 1 << 20,

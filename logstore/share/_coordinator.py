@@ -3,7 +3,7 @@
 Contract (the same as the consumer-group coordinator, CONVENTIONS.md rule 5):
 
 * Every handler (``configure_group``, ``join``, ``heartbeat``, ``leave``,
-  ``acquire``, ``acknowledge``, ``dead_lettered``, ``delete_group``,
+  ``acquire``, ``undeliver``, ``acknowledge``, ``dead_lettered``, ``delete_group``,
   ``on_log_start``, ``redrive_intent``, ``redrive_done``, ``tick``)
   validates, computes and returns a :class:`Result`:
   the records to append to ``__share_group_state`` and the reply. It changes
@@ -20,8 +20,13 @@ Contract (the same as the consumer-group coordinator, CONVENTIONS.md rule 5):
 Volatile, not in records (like the group coordinator's timers): the
 membership (consumers, their subscriptions and session deadlines; after a
 restart consumers get ``UnknownMemberIdError`` and join again), topic
-metadata (``on_metadata``), the acknowledgement-rate window and the
-round-robin cursor of equal-priority partitions.
+metadata (``on_metadata``), the acknowledgement-rate window, the
+round-robin cursor of equal-priority partitions, and each consumer's last
+``MAX_REMEMBERED_ACKS`` applied ACCEPT/REJECT and RELEASE ranges: a repeat of
+one by the same consumer (a client resending a request whose reply was lost)
+is answered OK and applied nothing, where it would be refused as
+ALREADY_ACKNOWLEDGED / NOT_ACQUIRED / HELD_BY_OTHER; a RELEASE is forgotten
+once the consumer acquires an offset of it again.
 
 Membership: any consumer of a group may acquire from every partition of the
 topics it subscribes to (no assignment: consumers may outnumber partitions;
@@ -50,7 +55,7 @@ The broker's fetch, in three steps (nothing is read twice):
    candidates=...)``: append, replay, answer with ``result.reply.acquired``,
    and produce ``result.reply.dead_letters`` to the dead-letter topic, then
    ``dead_lettered(...)`` each (a crash in between: ``pending_dead_letters``
-   lists them again at start, so dead letters are at-least-once).
+   lists them again at start; the broker skips copies already produced).
 
 Memory is bounded by ``ShareCoordinatorConfig`` (groups, consumers, share
 partitions) times ``max_inflight_records`` plus ``max_delayed_records``
@@ -232,10 +237,45 @@ class ShareGroupDescription:
     ack_rate_per_s: float
 
 
+#: Applied acknowledgement ranges remembered per consumer (volatile), so a
+#: retry of a request whose reply was lost is answered OK, not refused.
+MAX_REMEMBERED_ACKS = 256
+
+#: (topic, partition, first_offset, last_offset, kind) of an applied range.
+_Applied = tuple[str, int, int, int, AckKind]
+
+
 @dataclass
 class _Consumer:
     topics: frozenset[str]
     session_deadline_ms: int
+    #: ACCEPT/REJECT ranges this consumer had applied (terminal: always true).
+    finished: deque[_Applied] = field(default_factory=lambda: deque(maxlen=MAX_REMEMBERED_ACKS))
+    #: RELEASE ranges it had applied, forgotten once it acquires an offset of one
+    #: again (a RELEASE of that new delivery must be checked, not remembered).
+    released: deque[_Applied] = field(default_factory=lambda: deque(maxlen=MAX_REMEMBERED_ACKS))
+
+
+#: Refusals a repeat of an applied acknowledgement can get (its first attempt
+#: finished or released the records).
+_REPEAT_ERRORS = frozenset(
+    {AckError.ALREADY_ACKNOWLEDGED, AckError.NOT_ACQUIRED, AckError.HELD_BY_OTHER}
+)
+
+
+def _remembered(m: _Consumer, a: Ack) -> bool:
+    """Whether consumer ``m`` had applied ``a``'s kind to all of ``a``'s range."""
+    if a.kind is AckKind.ACCEPT or a.kind is AckKind.REJECT:
+        applied = m.finished
+    elif a.kind is AckKind.RELEASE:
+        applied = m.released
+    else:
+        return False
+    return any(
+        t == a.topic and p == a.partition and f <= a.first_offset and a.last_offset <= l_
+        and k is a.kind
+        for t, p, f, l_, k in applied
+    )  # fmt: skip
 
 
 @dataclass
@@ -279,6 +319,11 @@ class ShareCoordinator:
         # O(share partitions x window).
         self._deadlines: list[tuple[int, int, str, str, int]] = []
         self._clock = 0
+        #: Records parked in every share partition (kept by replay), and what the
+        #: handler running now parked on top of that before its records are
+        #: replayed: ``max_delayed_records_total`` bounds their sum.
+        self._parked_total = 0
+        self._parked_pending = 0
 
     # ---------------------------------------------------------------- replay
 
@@ -322,10 +367,13 @@ class ShareCoordinator:
         partition records before their group record (compaction moves a
         re-written group record after them)."""
         key, value = record.key, record.value
+        self._parked_pending = 0  # the handler's records are being replayed
         g = self._groups.get(key.group_id)
         if isinstance(key, ShareGroupKey):
             if value is None:
-                self._groups.pop(key.group_id, None)
+                gone = self._groups.pop(key.group_id, None)
+                if gone is not None:
+                    self._parked_total -= sum(p.parked_count for p in gone.partitions.values())
                 return
             assert isinstance(value, ShareGroupValue)
             if g is None:
@@ -347,9 +395,12 @@ class ShareCoordinator:
             if p is None:
                 return
             if isinstance(key, ShareStateKey):
+                self._parked_total -= p.parked_count
                 del g.partitions[tp]
             elif isinstance(key, ShareParkedKey):
+                self._parked_total -= p.parked_count
                 p.install_parked(key.first_offset, None)
+                self._parked_total += p.parked_count
                 self._index(key.group_id, tp, p)
             else:
                 assert isinstance(key, ShareChunkKey)
@@ -362,7 +413,9 @@ class ShareCoordinator:
             p.install(value)
         elif isinstance(key, ShareParkedKey):
             assert isinstance(value, ShareParkedValue)
+            self._parked_total -= p.parked_count
             p.install_parked(key.first_offset, value)
+            self._parked_total += p.parked_count
         else:
             assert isinstance(key, ShareChunkKey) and isinstance(value, ShareChunkValue)
             p.install_chunk(key.first_offset, value)
@@ -569,7 +622,13 @@ class ShareCoordinator:
         """The records that take partition ``p`` to ``w``'s state."""
         if not w.changed:
             return []
+        # The broker-wide bound: this partition may park what it has plus the
+        # room left in all of them (records it finishes now free theirs).
+        before = w.np0
+        left = self.config.max_delayed_records_total - self._parked_total - self._parked_pending
+        w.max_parked = min(self.config.max_delayed_records, before + max(left, 0))
         value = w.value()
+        self._parked_pending += w.np0 - before
         out: list[ShareRecord] = []
         if w.new_chunk is not None:
             first, chunk = w.new_chunk
@@ -724,6 +783,21 @@ class ShareCoordinator:
             dls += w.dead_letters
         self._cursor[group_id] = self._cursor.get(group_id, 0) + 1
         m.session_deadline_ms = now_ms + self.config.session_timeout_ms
+        if m.released and acquired:
+            m.released = deque(
+                (
+                    e
+                    for e in m.released
+                    if not any(
+                        r.topic == e[0]
+                        and r.partition == e[1]
+                        and r.first_offset <= e[3]
+                        and e[2] <= r.last_offset
+                        for r in acquired
+                    )
+                ),
+                maxlen=MAX_REMEMBERED_ACKS,
+            )
         return Result(tuple(records), Acquisition(tuple(acquired), tuple(dls)))
 
     # ----------------------------------------------------------- acknowledge
@@ -768,6 +842,7 @@ class ShareCoordinator:
                 )
         works: dict[TopicPartition, Work] = {}
         results: list[AckResult] = []
+        accepted = 0  # newly accepted offsets (a remembered repeat is not counted again)
         for a in acks:
             tp = (a.topic, a.partition)
             p = g.partitions.get(tp)
@@ -786,29 +861,35 @@ class ShareCoordinator:
             w = works.get(tp)
             if w is None:
                 w = works[tp] = p.work(g.config, max_parked=self.config.max_delayed_records)
-            results.append(
-                w.acknowledge(
-                    consumer_id,
-                    a.first_offset,
-                    a.last_offset,
-                    a.kind,
-                    now_ms,
-                    delay_ms=a.delay_ms,
-                    lock_ms=a.lock_ms or g.config.visibility_timeout_ms,
-                    error=a.error,
-                )
+            r = w.acknowledge(
+                consumer_id,
+                a.first_offset,
+                a.last_offset,
+                a.kind,
+                now_ms,
+                delay_ms=a.delay_ms,
+                lock_ms=a.lock_ms or g.config.visibility_timeout_ms,
+                error=a.error,
             )
+            if r.error is AckError.OK:
+                entry = (a.topic, a.partition, a.first_offset, a.last_offset, a.kind)
+                if a.kind is AckKind.ACCEPT or a.kind is AckKind.REJECT:
+                    m.finished.append(entry)
+                elif a.kind is AckKind.RELEASE:
+                    m.released.append(entry)
+                if a.kind is AckKind.ACCEPT:
+                    accepted += a.last_offset - a.first_offset + 1
+            elif r.error in _REPEAT_ERRORS and _remembered(m, a):
+                # A repeat (the reply to the first attempt was lost): it was
+                # applied then, and is not applied twice now.
+                r = AckResult(a.topic, a.partition, a.first_offset, a.last_offset, AckError.OK)
+            results.append(r)
         records: list[ShareRecord] = []
         dls: list[DeadLetter] = []
         for tp, w in works.items():
             records += self._finish(group_id, g.partitions[tp], w)
             dls += w.dead_letters
         m.session_deadline_ms = now_ms + c.session_timeout_ms
-        accepted = sum(
-            r.last_offset - r.first_offset + 1
-            for r, a in zip(results, acks, strict=True)
-            if r.error is AckError.OK and a.kind is AckKind.ACCEPT
-        )
         if accepted:
             # one bucket per second: at most 60 entries per group
             q = self._acks.setdefault(group_id, deque())
@@ -820,6 +901,34 @@ class ShareCoordinator:
             while q and q[0][0] <= now_ms - _ACK_RATE_WINDOW_MS:
                 q.popleft()
         return Result(tuple(records), AckReply(tuple(results), tuple(dls)))
+
+    def undeliver(
+        self, group_id: str, consumer_id: str, ranges: Sequence[AcquiredRange], *, now_ms: int
+    ) -> Result[int]:
+        """Ranges ``acquire`` handed to ``consumer_id`` that the broker did not
+        send (cut from the reply by ``fetch_max_bytes``): available again with
+        their delivery count as before the acquisition, so an attempt that
+        never reached the consumer is not counted (nor dead-letters them at
+        ``max_delivery_attempts``). Records of another holder, or no longer
+        acquired, are left alone. Returns how many went back. Raises
+        UnknownMemberIdError."""
+        self._member(group_id, consumer_id, now_ms)
+        g = self._group(group_id)
+        works: dict[TopicPartition, Work] = {}
+        n = 0
+        for r in ranges:
+            tp = (r.topic, r.partition)
+            p = g.partitions.get(tp)
+            if p is None or p.value is None:
+                continue
+            w = works.get(tp)
+            if w is None:
+                w = works[tp] = p.work(g.config, max_parked=self.config.max_delayed_records)
+            n += w.undeliver(consumer_id, r.first_offset, r.last_offset)
+        records: list[ShareRecord] = []
+        for tp, w in works.items():
+            records += self._finish(group_id, g.partitions[tp], w)
+        return Result(tuple(records), n)
 
     def dead_lettered(
         self, group_id: str, topic: str, partition: int, first_offset: int, last_offset: int
@@ -1003,6 +1112,12 @@ class ShareCoordinator:
         self._topics = dict(topics)
 
     # ----------------------------------------------------------------- reads
+
+    @property
+    def parked_records(self) -> int:
+        """Delayed records parked in all share partitions (bounded by
+        ``max_delayed_records_total``)."""
+        return self._parked_total
 
     def list_groups(self) -> tuple[str, ...]:
         """Names of every share group."""

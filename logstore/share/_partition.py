@@ -601,6 +601,30 @@ class Work:
             self.until[idx] = now_ms + lock_ms
         return AckResult(self.topic, self.partition, first, last, AckError.OK)
 
+    def undeliver(self, consumer: str, first: int, last: int) -> int:
+        """Records of ``first..last`` that ``consumer`` acquired but the broker
+        could not send (cut from a reply by its byte budget) go back to
+        AVAILABLE as if never acquired: the delivery count is lowered again
+        (the attempt is not counted, so it can neither dead-letter them nor
+        use up an attempt) and a record never delivered before forgets its
+        first delivery time. Returns how many."""
+        if consumer not in self.holders:
+            return 0
+        h = self.holders.index(consumer)
+        a, b = self._span(first, last)
+        idx = a + np.flatnonzero((self.state[a:b] == ACQUIRED) & (self.holder[a:b] == h))
+        if len(idx) == 0:
+            return 0
+        self.state[idx] = AVAILABLE
+        self.holder[idx] = -1
+        self.until[idx] = 0
+        self.count[idx] = np.maximum(self.count[idx].astype(np.int32) - 1, 0).astype(np.uint8)
+        never = idx[self.count[idx] == 0]
+        self.first_ms[never] = 0
+        self.last_ms[never] = 0
+        self.changed = True
+        return len(idx)
+
     def truncate_below(self, log_start_offset: int) -> int:
         """Offsets below ``log_start_offset`` left the log (retention, delete
         records): unfinished ones there (parked or in the window) become GAP

@@ -8,12 +8,24 @@ the runtime's fetch (plan, read, acquire, long poll). Per-range
 acknowledgement refusals are results in the reply (code 9, reason
 INVALID_RECORD_STATE), not an RPC status: the other ranges still apply.
 Coordinator errors go up to the one status boundary in the service wrapper.
+
+DescribeShareGroup counts the log past a share partition's window (records no
+fetch has read yet) as ``available`` or ``delayed`` by their
+``logstore-deliver-at-ms`` header: the first :data:`DESCRIBE_SCAN_RECORDS`
+offsets (at most :data:`DESCRIBE_SCAN_BYTES`) past the window are read and
+counted exactly (``share_metadata``'s numpy columns; a backlog without the
+header's name in its bytes and no compressed batch costs one substring
+search); past them the split is an **estimate**: the rest of the backlog is
+divided in the proportion of the scanned part. So a describe reads at most
+1 MiB per partition, never the whole backlog.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
+
+import numpy as np
 
 from logstore.errors import (
     GroupAlreadyExistsError,
@@ -32,6 +44,13 @@ from logstore.share import (
     ShareGroupConfig,
 )
 from logstore.v1 import share_pb2 as spb
+from logstore.wire import (
+    DELIVER_AT_HEADER,
+    build_head,
+    share_metadata,
+    stored_frames,
+    uniform_record_count,
+)
 
 from .._config import MAX_WAIT_MS_CAP
 from .._runtime import Context, Runtime, current_slot
@@ -40,9 +59,15 @@ from .._state_runtime import now_ms
 
 if TYPE_CHECKING:
     from logstore.share import AckResult, ShareGroupDescription
+    from logstore.storage import Store
 
-    from .._share_runtime import ShareRuntime
+    from .._share_runtime import PartitionFrames, ShareRuntime
 
+#: Offsets and bytes past a window that a describe reads to split the backlog
+#: into available and delayed (module docstring).
+DESCRIBE_SCAN_RECORDS: Final = 10_000
+DESCRIBE_SCAN_BYTES: Final = 1 << 20
+_DELIVER_AT_NAME: Final = DELIVER_AT_HEADER.encode()
 #: The largest max_bytes a ShareFetch may ask for.
 MAX_SHARE_FETCH_BYTES: Final = 64 << 20
 #: google.rpc.Code numbers of per-range results.
@@ -188,6 +213,124 @@ def _fields(c: ShareGroupConfig) -> dict[str, Any]:
     }
 
 
+def delayed_backlog(store: Store, topic: str, partition: int, start: int, hw: int, now: int) -> int:
+    """How many of the records in ``[start, hw)`` (the log past a window) are
+    delayed past ``now``: exact over the first ``DESCRIBE_SCAN_RECORDS``
+    offsets, extrapolated past them (module docstring)."""
+    if start >= hw:
+        return 0
+    stop = min(hw, start + DESCRIBE_SCAN_RECORDS)
+    try:
+        res = store.read_frames(topic, partition, start, DESCRIBE_SCAN_BYTES, stop)
+    except Exception:  # deleted or truncated meanwhile: nothing to split
+        return 0
+    if not res.data:
+        return 0
+    index = stored_frames(res.data)
+    if _DELIVER_AT_NAME not in index.buf and not any(h.codec for _, h in index.frames):
+        return 0  # no record there has a deliver-at header
+    meta = share_metadata(index, start, want_keys=False, want_delays=True, max_records=stop - start)
+    delayed = int(np.count_nonzero(meta.deliver_at > now))
+    scanned = meta.end_offset - start
+    if delayed and scanned > 0 and meta.end_offset < hw:
+        delayed += (hw - meta.end_offset) * delayed // scanned
+    return min(delayed, hw - start)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+#: Tags of ShareFetchResponse.partitions (1) and ShareFetchPartition.records (3).
+_PARTITIONS_TAG: Final = b"\x0a"
+_RECORDS_TAG: Final = b"\x1a"
+
+
+def trim_frames(data: bytes, lo: int, hi: int) -> bytes:
+    """The stored frames ``data`` with each frame that holds mostly records
+    outside ``lo..hi`` cut to those in it, when it can be cut without a loop
+    per record: an uncompressed format-1 frame whose records all have one
+    encoded size (``uniform_record_count``: one strided numpy compare) becomes
+    a frame of just its records in ``lo..hi`` -- the same records' bytes, a
+    new head (base offset, record count, lengths and CRC32C; base and max
+    timestamps kept, so every record's effective timestamp is unchanged;
+    producer id 0). Other frames (compressed, format 2, records of mixed
+    sizes) are sent whole, as stored; the consumer skips what it did not
+    acquire either way. Why: a producer's batch holds ~10,000 records of
+    100 B (944 KB), and a fetch acquires 500 of them: sending the whole batch
+    to each of 20 fetches was most of the reply bytes (the send, the copies,
+    the consumer's parse)."""
+    index = stored_frames(data)
+    out: list[bytes] = []
+    cut = False
+    for pos, h in index.frames:
+        a, b = max(h.base_offset, lo), min(h.last_offset, hi)
+        end = pos + h.frame_size
+        keep = b - a + 1
+        if h.has_offset_deltas or h.codec or keep <= 0 or 2 * keep >= h.record_count:
+            out.append(data[pos:end])
+            continue
+        rs = pos + h.records_start
+        if uniform_record_count(data, rs, end) != h.record_count:
+            out.append(data[pos:end])
+            continue
+        size = (end - rs) // h.record_count
+        recs = data[rs + (a - h.base_offset) * size : rs + (b - h.base_offset + 1) * size]
+        head = build_head(
+            len(recs), keep, h.base_timestamp_ms, h.max_timestamp_ms, records=recs, base_offset=a
+        )
+        out += (bytes(head), recs)
+        cut = True
+    return b"".join(out) if cut else data
+
+
+def fetch_reply(
+    frames: Sequence[PartitionFrames], results: Sequence[spb.AcknowledgeResult]
+) -> bytes:
+    """The serialized ShareFetchResponse (a raw-response RPC, as Fetch): each
+    partition's small fields serialized by protobuf, then its stored frames
+    appended as field 3 (protobuf fields may come in any order), so the
+    frames -- a producer's batches, up to ~1 MB a reply -- are copied once into
+    the reply instead of into a message and again by SerializeToString
+    (1.8 ms -> 0.06 ms a reply of 944 KB)."""
+    out: list[bytes] = []
+    for f in frames:
+        head = spb.ShareFetchPartition(
+            topic=f.topic,
+            partition=f.partition,
+            acquired=[
+                spb.AcquiredRecords(
+                    first_offset=r.first_offset,
+                    last_offset=r.last_offset,
+                    delivery_count=r.delivery_count,
+                    lock_deadline_ms=r.lock_until_ms,
+                )
+                for r in f.acquired
+            ],
+        ).SerializeToString()
+        records = f.records
+        if records and f.acquired:
+            records = trim_frames(
+                records,
+                min(r.first_offset for r in f.acquired),
+                max(r.last_offset for r in f.acquired),
+            )
+        if records:
+            n = _varint(len(records))
+            body = len(head) + 1 + len(n) + len(records)
+            out += (_PARTITIONS_TAG, _varint(body), head, _RECORDS_TAG, n, records)
+        else:
+            out += (_PARTITIONS_TAG, _varint(len(head)), head)
+    if results:
+        out.append(spb.ShareFetchResponse(acknowledgements=results).SerializeToString())
+    return b"".join(out)
+
+
 class ShareHandlers:
     """The ShareGroups service (share groups, KIP-932)."""
 
@@ -241,9 +384,7 @@ class ShareHandlers:
         )
         return [_result(r) for r in reply.results]
 
-    async def share_fetch(
-        self, request: spb.ShareFetchRequest, context: Context
-    ) -> spb.ShareFetchResponse:
+    async def share_fetch(self, request: spb.ShareFetchRequest, context: Context) -> bytes:
         cfg = self._share.config
         if not 0 <= request.max_records <= cfg.max_fetch_records:
             raise InvalidGroupRequestError(
@@ -274,26 +415,7 @@ class ShareHandlers:
             wait_ms=request.max_wait_ms,
             on_park=self._park,
         )
-        return spb.ShareFetchResponse(
-            partitions=[
-                spb.ShareFetchPartition(
-                    topic=f.topic,
-                    partition=f.partition,
-                    records=f.records,
-                    acquired=[
-                        spb.AcquiredRecords(
-                            first_offset=r.first_offset,
-                            last_offset=r.last_offset,
-                            delivery_count=r.delivery_count,
-                            lock_deadline_ms=r.lock_until_ms,
-                        )
-                        for r in f.acquired
-                    ],
-                )
-                for f in frames
-            ],
-            acknowledgements=results,
-        )
+        return fetch_reply(frames, results)
 
     def _park(self) -> None:
         # A waiting fetch holds a long-poll slot, not a request slot (as Fetch).
@@ -379,15 +501,18 @@ class ShareHandlers:
                 hw = pc.speo
             except Exception:
                 hw = pc.speo
+            ahead = await self._rt.run_io(
+                delayed_backlog, store, pc.topic, pc.partition, pc.speo, hw, now
+            )
             parts.append(
                 spb.SharePartitionDescription(
                     topic=pc.topic,
                     partition=pc.partition,
                     start_offset=pc.spso,
                     end_offset=hw,
-                    available=pc.available + max(0, hw - pc.speo),
+                    available=pc.available + max(0, hw - pc.speo) - ahead,
                     acquired=pc.acquired,
-                    delayed=pc.delayed,
+                    delayed=pc.delayed + ahead,
                     dead_lettered=pc.dead_lettered_total,
                     oldest_available_age_ms=(
                         max(0, now - pc.oldest_available_ts_ms)
