@@ -96,9 +96,10 @@ _BATCHES_TAG: Final = b"\x7a"
 DEFAULT_MAX_REQUEST_BYTES: Final = (4 << 20) - 4096
 
 
-class MultiProduceUnimplemented(errors.LogStoreError):
+class MultiProduceUnimplemented(Exception):
     """The broker has no MultiProduce (an older release): the producer goes on
-    with one Produce per batch."""
+    with one Produce per batch. Internal: never raised to users, so not a
+    LogStoreError (those are the errors on the wire, each with its reason)."""
 
 
 class Transport(Protocol):
