@@ -34,6 +34,7 @@ def test_a_producer_over_quota_is_held_to_it_and_another_is_unaffected(tmp_path:
     env = {"LOGSTORE_QUOTA_PRODUCE_BYTES_PER_S": str(QUOTA)}
     s = start_secure(tmp_path / "data", pki, env=env)
     stop = threading.Event()
+    threads: list[threading.Thread] = []
     try:
         with Admin(s.address, credentials=s.admin_creds()) as a:
             tokens = {}
@@ -48,14 +49,19 @@ def test_a_producer_over_quota_is_held_to_it_and_another_is_unaffected(tmp_path:
                 )  # fmt: skip
 
         def flood(name: str) -> None:
+            # A request of R bytes is let through whole and leaves R / quota seconds of
+            # debt, so the rate holds over a window of several requests: the default 4 MiB
+            # requests are 14 s of this quota each, past the 10 s window. 256 KiB requests
+            # (0.9 s each) are what a tenant under such a quota would send.
             with Producer(
                 s.address, credentials=s.creds(tokens[name]), linger_ms=5,
                 retry_backoff_ms=5, retry_backoff_max_ms=10, delivery_timeout_ms=120_000,
+                batch_bytes=64 << 10, max_request_bytes=256 << 10,
             ) as p:  # fmt: skip
                 while not stop.is_set():
                     p.send_many(f"q-{name}", [VALUE] * 16, partition=0)
 
-        threads = [threading.Thread(target=flood, args=(n,), daemon=True) for n in ("a", "b")]
+        threads += [threading.Thread(target=flood, args=(n,), daemon=True) for n in ("a", "b")]
         for t in threads:
             t.start()
         time.sleep(WARMUP_S)
@@ -73,4 +79,6 @@ def test_a_producer_over_quota_is_held_to_it_and_another_is_unaffected(tmp_path:
             assert 0.9 * QUOTA <= rate <= 1.1 * QUOTA, (n, rates)
     finally:
         stop.set()
+        for t in threads:
+            t.join(30)  # a flood thread left running fails whatever test runs next
         s.broker.stop()
