@@ -18,7 +18,14 @@ RPC of every service -- never by a handler -- in this order:
    a missing topic is (NOT_FOUND ``unknown topic 'x'``), so ACLs never tell
    whether a topic exists; otherwise PERMISSION_DENIED naming the operation
    and the resource.
-3. quotas (:meth:`Guard.produce_delay_ms` / ``fetch_delay_ms``, charged after).
+   MultiProduce / MultiFetch (``per_entry`` in ACCESS) are decided per
+   batch / partition and the denials returned, for the handler to answer
+   those entries alone.
+3. quotas (``produce_quota`` / ``fetch_quota``: a unary call in debt is
+   RESOURCE_EXHAUSTED with RetryInfo; ProduceStream requests and Subscribe
+   pushes (:meth:`Guard.throttled_stream`) wait the delay instead). Rates are
+   the broker default or the principal's override from ``quotas.json``
+   (:meth:`Guard.quotas_changed` after AlterQuotas).
 
 Every failure is one structured WARN line (principal, peer, operation,
 resource; never a token) and a metric (``logstore_auth_failures_total``,
