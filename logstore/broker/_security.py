@@ -352,24 +352,29 @@ class Guard:
         cached dict lookup, and each distinct resource is decided (and a denial
         audited) once per request however many entries name it."""
         denied: dict[int, LogStoreError] = {}
-        seen: dict[tuple[str, str, str], LogStoreError | None] = {}
         heads = {chk.field.partition(".")[0] for chk in access.checks}
         assert len(heads) == 1, "per_entry checks share one repeated field"
-        for i, entry in enumerate(getattr(request, heads.pop())):
-            for chk in access.checks:
-                for name in field_values(entry, chk.field.partition(".")[2]):
-                    key = (chk.resource_type, name, chk.operation)
-                    if key in seen:
-                        error = seen[key]
-                    else:
-                        error = seen[key] = self.decide(
-                            context, method, principal, chk.resource_type, name, chk.operation
+        entries = getattr(request, heads.pop())
+        for chk in access.checks:
+            sub = chk.field.partition(".")[2]
+            rtype, op = chk.resource_type, chk.operation
+            seen: dict[str, LogStoreError | None] = {}
+            simple = "." not in sub  # the common case: one string field per entry
+            for i, entry in enumerate(entries):
+                if i in denied:
+                    continue
+                for name in (getattr(entry, sub),) if simple else field_values(entry, sub):
+                    if not name:
+                        continue
+                    try:
+                        error = seen[name]
+                    except KeyError:
+                        error = seen[name] = self.decide(
+                            context, method, principal, rtype, name, op
                         )
                     if error is not None:
                         denied[i] = error
                         break
-                if i in denied:
-                    break
         return denied or None
 
     def filter_list(self, access: Access, reply: Any, context: Context, principal: str) -> None:
