@@ -13,6 +13,15 @@ logctl never prints it anywhere else. ACLs are Kafka's: ``acls add
 [--operation OP...] [--deny]``; ``acls remove`` takes the same selectors and
 removes every ACL they match (``--all`` for every ACL: at least one selector
 or ``--all`` is required, so a bare ``acls remove`` cannot wipe them).
+
+Quotas are Kafka's ``kafka-configs --entity-type users`` overrides: ``quotas
+set --principal P [--produce-bytes-per-s N] [--fetch-bytes-per-s N]`` sets
+the given rates (bytes per second, 0 = unlimited for P; the other rate
+stays), ``quotas remove --principal P`` drops P's overrides (back to the
+broker's ``quota_produce_bytes_per_s`` / ``quota_fetch_bytes_per_s``),
+``quotas list [--principal P]`` shows them (through a broker, with its
+defaults). Through a broker they apply from P's next request; with
+``--data-dir`` from the broker's next start.
 """
 
 from __future__ import annotations
@@ -37,6 +46,13 @@ users_app = typer.Typer(
 )
 acls_app = typer.Typer(
     help="Add, list and remove ACLs (principal x resource x operation x allow/deny).",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+quotas_app = typer.Typer(
+    help="Set, list and remove per-principal byte-rate quotas (overrides of the broker default).",
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
@@ -316,3 +332,147 @@ def acls_remove(
         write_json([_acl_json(a) for a in gone])
     else:
         sys.stdout.write(f"removed {len(gone)} ACL(s)\n")
+
+
+# -- quotas --------------------------------------------------------------------
+
+QuotaPrincipal = Annotated[
+    str | None, typer.Option("--principal", help="User or certificate name.")
+]
+ProduceRate = Annotated[
+    int | None,
+    typer.Option("--produce-bytes-per-s", help="Produce rate, bytes/s (0 = unlimited)."),
+]
+FetchRate = Annotated[
+    int | None,
+    typer.Option("--fetch-bytes-per-s", help="Fetch rate, bytes/s (0 = unlimited)."),
+]
+
+
+def _rate_text(rate: int | None) -> str:
+    if rate is None:
+        return "default"
+    return "unlimited" if rate == 0 else str(rate)
+
+
+def _print_quotas(quotas: list[Any], output: Output, defaults: tuple[int, int] | None) -> None:
+    rows = [(q.principal, q.produce_bytes_per_s, q.fetch_bytes_per_s) for q in quotas]
+    if output is Output.json:
+        body: dict[str, Any] = {
+            "quotas": [
+                {"principal": p, "produce_bytes_per_s": pr, "fetch_bytes_per_s": fe}
+                for p, pr, fe in rows
+            ]
+        }
+        if defaults is not None:
+            body["default_produce_bytes_per_s"], body["default_fetch_bytes_per_s"] = defaults
+        write_json(body)
+        return
+    if defaults is not None:
+        rows.insert(0, ("(default)", defaults[0], defaults[1]))
+    table(
+        ["PRINCIPAL", "PRODUCE_BYTES_PER_S", "FETCH_BYTES_PER_S"],
+        [(p, _rate_text(pr), _rate_text(fe)) for p, pr, fe in rows],
+    )
+
+
+def _need_principal(principal: str | None, command: str) -> str:
+    if not principal:
+        raise ArgumentError(f"quotas {command} needs --principal (a user or certificate name)")
+    from logstore import errors  # noqa: PLC0415
+    from logstore.security import check_principal_name  # noqa: PLC0415
+
+    try:
+        return check_principal_name(principal, "--principal")
+    except errors.InvalidArgumentError as exc:
+        raise ArgumentError(str(exc)) from None
+
+
+@quotas_app.command("set")
+def quotas_set(
+    principal: QuotaPrincipal = None,
+    produce_bytes_per_s: ProduceRate = None,
+    fetch_bytes_per_s: FetchRate = None,
+    data_dir: DataDir = None,
+    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
+    output: OutputOpt = Output.text,
+    connect_timeout_ms: ConnectTimeout = 5000,
+) -> None:
+    """Override a principal's produce and/or fetch rate."""
+    name = _need_principal(principal, "set")
+    if produce_bytes_per_s is None and fetch_bytes_per_s is None:
+        raise ArgumentError("quotas set needs --produce-bytes-per-s and/or --fetch-bytes-per-s")
+    from logstore import errors  # noqa: PLC0415
+    from logstore.security._quota import check_rate  # noqa: PLC0415
+
+    for flag, value in (("--produce-bytes-per-s", produce_bytes_per_s),
+                        ("--fetch-bytes-per-s", fetch_bytes_per_s)):  # fmt: skip
+        if value is not None:
+            try:
+                check_rate(value, flag)
+            except errors.InvalidArgumentError as exc:
+                raise ArgumentError(str(exc)) from None
+    if data_dir is not None:
+        from logstore.security import DataDirLock, QuotaStore  # noqa: PLC0415
+
+        with DataDirLock(data_dir):
+            quota: Any = QuotaStore.open(data_dir).set(name, produce_bytes_per_s, fetch_bytes_per_s)
+    else:
+        with admin(bootstrap, connect_timeout_ms) as a:
+            quota = a.set_quotas(
+                name, produce_bytes_per_s=produce_bytes_per_s, fetch_bytes_per_s=fetch_bytes_per_s
+            )
+    if output is Output.json:
+        _print_quotas([quota], output, None)
+    else:
+        sys.stdout.write(
+            f"quotas of {name}: produce {_rate_text(quota.produce_bytes_per_s)}, "
+            f"fetch {_rate_text(quota.fetch_bytes_per_s)} (bytes/s)\n"
+        )
+
+
+@quotas_app.command("list")
+def quotas_list(
+    principal: QuotaPrincipal = None,
+    data_dir: DataDir = None,
+    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
+    output: OutputOpt = Output.text,
+    connect_timeout_ms: ConnectTimeout = 5000,
+) -> None:
+    """List quota overrides (through a broker: with its defaults first)."""
+    name = _need_principal(principal, "list") if principal is not None else None
+    if data_dir is not None:
+        from logstore.security import DataDirLock, QuotaStore  # noqa: PLC0415
+
+        with DataDirLock(data_dir):
+            _print_quotas(QuotaStore.open(data_dir).list(name), output, None)
+        return
+    with admin(bootstrap, connect_timeout_ms) as a:
+        got = a.describe_quotas(name)
+    defaults = (got.default_produce_bytes_per_s, got.default_fetch_bytes_per_s)
+    _print_quotas(got.overrides, output, defaults)
+
+
+@quotas_app.command("remove")
+def quotas_remove(
+    principal: QuotaPrincipal = None,
+    data_dir: DataDir = None,
+    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
+    output: OutputOpt = Output.text,
+    connect_timeout_ms: ConnectTimeout = 5000,
+) -> None:
+    """Remove a principal's overrides (back to the broker defaults)."""
+    name = _need_principal(principal, "remove")
+    if data_dir is not None:
+        from logstore.security import DataDirLock, QuotaStore  # noqa: PLC0415
+
+        with DataDirLock(data_dir):
+            removed = QuotaStore.open(data_dir).remove(name)
+    else:
+        with admin(bootstrap, connect_timeout_ms) as a:
+            removed = a.remove_quotas(name)
+    if output is Output.json:
+        write_json({"principal": name, "removed": removed})
+    else:
+        what = "removed the quotas of" if removed else "no quotas to remove for"
+        sys.stdout.write(f"{what} {name}\n")

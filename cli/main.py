@@ -62,7 +62,7 @@ from ._options import (
 )
 from ._options import admin as _admin
 from ._queues import dlq_app, queues_app
-from ._security import acls_app, users_app
+from ._security import acls_app, quotas_app, users_app
 
 # The client (grpc, protobuf, numpy) is imported inside the commands that use
 # it: usage errors, --help and --version then answer in a fraction of the time.
@@ -86,6 +86,7 @@ app.add_typer(queues_app, name="queues")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(users_app, name="users")
 app.add_typer(acls_app, name="acls")
+app.add_typer(quotas_app, name="quotas")
 
 
 class LogFormat(enum.StrEnum):

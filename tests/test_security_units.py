@@ -18,7 +18,16 @@ from logstore.errors import (
     UnknownUserError,
     UserExistsError,
 )
-from logstore.security import Acl, AclFilter, AclStore, Authorizer, ByteQuota, UserStore
+from logstore.security import (
+    Acl,
+    AclFilter,
+    AclStore,
+    Authorizer,
+    ByteQuota,
+    QuotaManager,
+    QuotaStore,
+    UserStore,
+)
 from logstore.v1 import logstore_pb2 as pb
 
 
@@ -225,6 +234,57 @@ def test_quota_delay_pays_back_the_debt_exactly() -> None:
     clock.now += 60.0  # idle a minute: at most one second of burst saved
     q.charge("a", 1500)
     assert q.delay_ms("a") == 500
+
+
+def test_quota_overrides_win_over_the_default_per_principal() -> None:
+    """An override is that principal's rate (0 = unlimited) whatever the default; the
+    others keep the default; a default of 0 with no override is unlimited."""
+    clock = _Clock()
+    q = ByteQuota(1000, clock=clock, overrides={"fast": 10_000, "free": 0})
+    for who in ("fast", "free", "other"):
+        q.charge(who, 3000)
+    assert q.delay_ms("other") == 2000  # default 1000 B/s: 2000 B of debt
+    assert q.delay_ms("fast") == 0  # 10 kB bucket: 7000 B left
+    assert q.delay_ms("free") == 0  # unlimited
+    q.set_overrides({})  # removed: back to the default, its debt still owed
+    q.charge("fast", 8000)
+    assert q.delay_ms("fast") > 0
+    none = ByteQuota(0, clock=clock, overrides={"slow": 1000})
+    assert none.limited and not ByteQuota(0, clock=clock).limited
+    none.charge("anyone", 10**9)
+    none.charge("slow", 2000)
+    assert none.delay_ms("anyone") == 0 and none.delay_ms("slow") == 1000
+
+
+def test_quota_store_round_trips_and_refuses_bad_input(tmp_path: Path) -> None:
+    """set merges kinds, remove drops both, a reopened store (and a QuotaManager on it)
+    sees them; bad names, rates and files are refused with a clear error."""
+    store = QuotaStore.open(str(tmp_path))
+    assert store.list() == []
+    store.set("alice", produce_bytes_per_s=100)
+    got = store.set("alice", fetch_bytes_per_s=0)
+    assert (got.produce_bytes_per_s, got.fetch_bytes_per_s) == (100, 0)
+    store.set("bob", fetch_bytes_per_s=7)
+    assert store.remove("bob") and not store.remove("bob")
+    again = QuotaStore.open(str(tmp_path))
+    assert [(q.principal, q.produce_bytes_per_s, q.fetch_bytes_per_s) for q in again.list()] == [
+        ("alice", 100, 0)
+    ]
+    assert os.stat(tmp_path / "quotas.json").st_mode & 0o777 == 0o600
+    manager = QuotaManager(5, 5, again)
+    assert manager.produce.rate_of("alice") == 100 and manager.fetch.rate_of("alice") == 0
+    assert manager.produce.rate_of("carol") == 5
+    for kw in ({"produce_bytes_per_s": -1}, {"fetch_bytes_per_s": 1 << 41}, {}):
+        with pytest.raises(InvalidArgumentError):
+            store.set("alice", **kw)
+    for name in ("", "*", "a b"):
+        with pytest.raises(InvalidArgumentError):
+            store.set(name, produce_bytes_per_s=1)
+    for bad in ('{"version": 2, "quotas": {}}', '{"version": 1, "quotas": {"a": {"x": 1}}}',
+                '{"version": 1, "quotas": {"a": {"produce_bytes_per_s": -3}}}', "[1"):  # fmt: skip
+        (tmp_path / "quotas.json").write_text(bad)
+        with pytest.raises(StorageError):
+            QuotaStore.open(str(tmp_path))
 
 
 # -- the broker's raw-produce peek -------------------------------------------------

@@ -23,9 +23,12 @@ requires: a tuple of :class:`Check` -- resource type, operation, and the
 request field(s) naming the resource (dotted: ``partitions.topic`` is the
 ``topic`` of every element of the repeated ``partitions``; empty for the
 cluster) -- all of which must pass; ``()`` means any authenticated
-principal. ``list_filter`` names the repeated reply field a List RPC trims
-to the resources the principal may ``describe``. A test requires an entry
-for every row, so a new RPC cannot land unguarded.
+principal. ``per_entry`` (MultiProduce, MultiFetch): the checks apply to
+each element of the repeated field their path starts with, separately, and
+a denied element is answered alone (the rest of the request is served).
+``list_filter`` names the repeated reply field a List RPC trims to the
+resources the principal may ``describe``. A test requires an entry for every
+row, so a new RPC cannot land unguarded.
 
 ``GROUPS_RPCS`` are the rows of ``logstore.v1.Groups`` (groups.proto), served
 by the same server beside LogStore; ``SHARE_RPCS`` those of
@@ -145,6 +148,10 @@ SECURITY_RPCS: Final[tuple[Rpc, ...]] = (
     Rpc("DeleteAcls", "security", "delete_acls", secpb.DeleteAclsRequest,
         secpb.DeleteAclsResponse),
     Rpc("ListAcls", "security", "list_acls", secpb.ListAclsRequest, secpb.ListAclsResponse),
+    Rpc("AlterQuotas", "security", "alter_quotas", secpb.AlterQuotasRequest,
+        secpb.AlterQuotasResponse),
+    Rpc("DescribeQuotas", "security", "describe_quotas", secpb.DescribeQuotasRequest,
+        secpb.DescribeQuotasResponse),
 )  # fmt: skip
 
 #: Every service the broker serves, with its rows.
@@ -175,6 +182,11 @@ class Access:
 
     checks: tuple[Check, ...]
     list_filter: tuple[str, str, ResourceType] | None = None
+    #: True: the checks' fields start with one repeated field of entries
+    #: (MultiProduce's ``batches``, MultiFetch's ``partitions``) and each
+    #: entry is authorized on its own: a denied entry gets its own status in
+    #: the reply while the others are served (``Guard.authorize``).
+    per_entry: bool = False
 
 
 def _topic(op: Operation, field: str = "topic") -> Check:
@@ -198,9 +210,10 @@ ACCESS: Final[dict[str, Access]] = {
     "InitProducer": Access(()),
     "Fetch": Access((_topic("read"),)),
     "Subscribe": Access((_topic("read"),)),
-    # every batch's / partition's topic (a denial refuses the whole request)
-    "MultiProduce": Access((_topic("write", "batches.topic"),)),
-    "MultiFetch": Access((_topic("read", "partitions.topic"),)),
+    # every batch's / partition's topic, each on its own (a denied one gets
+    # its own PERMISSION_DENIED / NOT_FOUND; the others are served)
+    "MultiProduce": Access((_topic("write", "batches.topic"),), per_entry=True),
+    "MultiFetch": Access((_topic("read", "partitions.topic"),), per_entry=True),
     "CreateTopic": Access((_topic("create", "name"),)),
     "DeleteTopic": Access((_topic("delete", "name"),)),
     "ListTopics": Access((), ("topics", "name", "topic")),
@@ -235,4 +248,6 @@ ACCESS: Final[dict[str, Access]] = {
     "CreateAcls": _CLUSTER_ALTER,
     "DeleteAcls": _CLUSTER_ALTER,
     "ListAcls": _CLUSTER_DESCRIBE,
+    "AlterQuotas": _CLUSTER_ALTER,
+    "DescribeQuotas": _CLUSTER_DESCRIBE,
 }

@@ -18,7 +18,14 @@ RPC of every service -- never by a handler -- in this order:
    a missing topic is (NOT_FOUND ``unknown topic 'x'``), so ACLs never tell
    whether a topic exists; otherwise PERMISSION_DENIED naming the operation
    and the resource.
-3. quotas (:meth:`Guard.produce_delay_ms` / ``fetch_delay_ms``, charged after).
+   MultiProduce / MultiFetch (``per_entry`` in ACCESS) are decided per
+   batch / partition and the denials returned, for the handler to answer
+   those entries alone.
+3. quotas (``produce_quota`` / ``fetch_quota``: a unary call in debt is
+   RESOURCE_EXHAUSTED with RetryInfo; ProduceStream requests and Subscribe
+   pushes (:meth:`Guard.throttled_stream`) wait the delay instead). Rates are
+   the broker default or the principal's override from ``quotas.json``
+   (:meth:`Guard.quotas_changed` after AlterQuotas).
 
 Every failure is one structured WARN line (principal, peer, operation,
 resource; never a token) and a metric (``logstore_auth_failures_total``,
@@ -34,7 +41,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, Message
@@ -44,10 +51,19 @@ from logstore.errors import (
     AuthenticationError,
     AuthorizationError,
     InvalidRequestError,
+    LogStoreError,
     QuotaExceededError,
     UnknownTopicError,
 )
-from logstore.security import ANONYMOUS, AclStore, Authorizer, QuotaManager, UserStore
+from logstore.security import (
+    ANONYMOUS,
+    AclStore,
+    Authorizer,
+    ByteQuota,
+    QuotaManager,
+    QuotaStore,
+    UserStore,
+)
 from logstore.v1 import logstore_pb2
 
 from ._config import BrokerConfig
@@ -161,9 +177,14 @@ class Guard:
         self.users = UserStore.open(data_dir)
         self.acls = AclStore.open(data_dir)
         self.authorizer: Authorizer = self.acls.authorizer(self.super_users)
-        quotas = QuotaManager(config.quota_produce_bytes_per_s, config.quota_fetch_bytes_per_s)
-        self.produce_quota = quotas.produce if self.enabled else None
-        self.fetch_quota = quotas.fetch if self.enabled else None
+        self.quotas = QuotaManager(
+            config.quota_produce_bytes_per_s,
+            config.quota_fetch_bytes_per_s,
+            QuotaStore.open(data_dir),
+        )
+        # Quotas need a principal: with --auth none there are none.
+        self.produce_quota = self.quotas.produce if self.enabled else None
+        self.fetch_quota = self.quotas.fetch if self.enabled else None
         self._run_io = run_io
         self._principals: dict[tuple[str, bytes], str] = {}
         self.auth_failures = Counter(
@@ -190,6 +211,10 @@ class Guard:
     def acls_changed(self) -> None:
         """Use the new ACLs from the next request on (a fresh, empty decision cache)."""
         self.authorizer = self.acls.authorizer(self.super_users)
+
+    def quotas_changed(self) -> None:
+        """Use the new per-principal quota overrides from the next request on."""
+        self.quotas.reload()
 
     def users_changed(self) -> None:
         """Forget verified tokens (a deleted user's token stops working at once)."""
@@ -273,14 +298,15 @@ class Guard:
             },
         )
 
-    def check(
+    def decide(
         self, context: Context, method: str, principal: str, rtype: str, name: str, op: str
-    ) -> None:
-        """One decision; raises the error the principal may see when denied."""
+    ) -> LogStoreError | None:
+        """One decision: None when allowed, else the error the principal may see
+        (audited: one WARN line and the denials metric)."""
         authz = self.authorizer
         peer = context.peer()
         if authz.allowed(peer, principal, rtype, name, op):
-            return
+            return None
         self._deny(context, method, principal, rtype, name, op)
         if (
             rtype == "topic"
@@ -288,21 +314,68 @@ class Guard:
             and not authz.allowed(peer, principal, rtype, name, "describe")
         ):
             # Exactly what the store says of a missing topic (_store.py).
-            raise UnknownTopicError(f"unknown topic {name!r}")
+            return UnknownTopicError(f"unknown topic {name!r}")
         what = "the cluster" if rtype == "cluster" else f"{rtype} {name!r}"
-        raise AuthorizationError(f"principal {principal!r} may not {op} {what}")
+        return AuthorizationError(f"principal {principal!r} may not {op} {what}")
+
+    def check(
+        self, context: Context, method: str, principal: str, rtype: str, name: str, op: str
+    ) -> None:
+        """One decision; raises the error the principal may see when denied."""
+        error = self.decide(context, method, principal, rtype, name, op)
+        if error is not None:
+            raise error
 
     def authorize(self, access: Access, request: Any, context: Context, method: str,
-                  principal: str) -> None:  # fmt: skip
-        """Every check of ``access`` on a parsed request."""
+                  principal: str) -> dict[int, LogStoreError] | None:  # fmt: skip
+        """Every check of ``access`` on a parsed request (or its authorization view).
+
+        Raises the first denial -- except for a ``per_entry`` RPC, whose
+        denials are returned instead, by entry index (None: every entry is
+        allowed), for the handler to answer those entries alone.
+        """
         if not self.enabled:
-            return
+            return None
+        if access.per_entry:
+            return self._entry_denials(access, request, context, method, principal)
         for chk in access.checks:
             if chk.resource_type == "cluster":
                 self.check(context, method, principal, "cluster", "cluster", chk.operation)
                 continue
             for name in field_values(request, chk.field):
                 self.check(context, method, principal, chk.resource_type, name, chk.operation)
+        return None
+
+    def _entry_denials(self, access: Access, request: Any, context: Context, method: str,
+                       principal: str) -> dict[int, LogStoreError] | None:  # fmt: skip
+        """Each entry's first denied check, by index. O(1) per entry: a decision is a
+        cached dict lookup, and each distinct resource is decided (and a denial
+        audited) once per request however many entries name it."""
+        denied: dict[int, LogStoreError] = {}
+        heads = {chk.field.partition(".")[0] for chk in access.checks}
+        assert len(heads) == 1, "per_entry checks share one repeated field"
+        entries = getattr(request, heads.pop())
+        for chk in access.checks:
+            sub = chk.field.partition(".")[2]
+            rtype, op = chk.resource_type, chk.operation
+            seen: dict[str, LogStoreError | None] = {}
+            simple = "." not in sub  # the common case: one string field per entry
+            for i, entry in enumerate(entries):
+                if i in denied:
+                    continue
+                for name in (getattr(entry, sub),) if simple else field_values(entry, sub):
+                    if not name:
+                        continue
+                    try:
+                        error = seen[name]
+                    except KeyError:
+                        error = seen[name] = self.decide(
+                            context, method, principal, rtype, name, op
+                        )
+                    if error is not None:
+                        denied[i] = error
+                        break
+        return denied or None
 
     def filter_list(self, access: Access, reply: Any, context: Context, principal: str) -> None:
         """Trim a List reply to what ``principal`` may describe (in place)."""
@@ -347,6 +420,18 @@ class Guard:
 
     # -- 3. quotas -----------------------------------------------------------
 
+    def throttled_stream(self, context: Context, method: str, principal: str) -> Context:
+        """``context`` whose writes (a Subscribe's pushes) are charged to the principal's
+        fetch quota: past it, the next push waits the delay a Fetch's RetryInfo would
+        name -- the stream is slowed, not failed (as ProduceStream's requests are)."""
+        quota = self.fetch_quota
+        assert quota is not None
+        throttled = _ThrottledContext(context, quota, principal, lambda: self._throttle(method))
+        return cast(Context, throttled)
+
+    def _throttle(self, method: str) -> None:
+        self.throttled.labels(method).inc()
+
     def over_quota(self, method: str, principal: str, kind: str, delay_ms: int) -> None:
         if delay_ms:
             self.throttled.labels(method).inc()
@@ -354,3 +439,35 @@ class Guard:
                 f"principal {principal!r} is over its {kind} quota; retry in {delay_ms} ms",
                 delay_ms,
             )
+
+
+class _ThrottledContext:
+    """A servicer context whose ``write`` pays into a fetch quota (see
+    :meth:`Guard.throttled_stream`); everything else is the real context's.
+
+    The wait happens inside ``write``, so the handler's own shutdown and
+    client-gone handling (it awaits the write) covers it: a cancelled write
+    cancels the sleep.
+    """
+
+    def __init__(
+        self, context: Context, quota: ByteQuota, principal: str, on_throttle: Callable[[], None]
+    ) -> None:
+        self._context = context
+        self._quota = quota
+        self._principal = principal
+        self._on_throttle = on_throttle
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+    async def write(self, message: Any) -> None:
+        import asyncio  # noqa: PLC0415 (only streams need it)
+
+        quota, principal = self._quota, self._principal
+        delay = quota.delay_ms(principal)
+        if delay:
+            self._on_throttle()
+            await asyncio.sleep(delay / 1000)
+        await self._context.write(message)
+        quota.charge(principal, len(message))

@@ -14,7 +14,11 @@
    instead of gRPC's own UNKNOWN "Unexpected DecodeError";
 4. authorizes it against the RPC's ``ACCESS`` entry and its principal's
    quota (PERMISSION_DENIED / RESOURCE_EXHAUSTED), and trims List replies to
-   what the principal may describe -- the only place ACLs are checked;
+   what the principal may describe -- the only place ACLs are checked.
+   MultiProduce / MultiFetch are authorized per entry: the denied entries'
+   errors are handed to the handler (``denied=``, by index), which answers
+   those entries with them instead of serving them; a Subscribe's context is
+   wrapped so that each push pays into the fetch quota (and waits when over);
 5. calls the handler, and is the one place where a domain error becomes a
    gRPC status (``_status.py``); an unexpected exception is INTERNAL with
    its traceback logged; a client that went away mid-write is CANCELLED
@@ -147,6 +151,8 @@ class LogStoreService:
         access = ACCESS[method]
         produce_quota = guard.produce_quota if method in ("Produce", "MultiProduce") else None
         fetch_quota = guard.fetch_quota if method in ("Fetch", "MultiFetch") else None
+        # Subscribe's pushes pay into the fetch quota too (slowed, not failed).
+        push_quota = guard.fetch_quota if method == "Subscribe" else None
         requests = rt.metrics.requests
         latency = rt.metrics.latency.labels(method)
 
@@ -165,13 +171,16 @@ class LogStoreService:
                 principal = ANONYMOUS
                 if guard.enabled:
                     principal = await guard.authenticate(context, method)
+                # MultiProduce / MultiFetch: the entries denied, answered alone
+                denied = None
                 if request_type is not None:
                     request = parse_request(request_type, request)
-                    guard.authorize(access, request, context, method, principal)
+                    denied = guard.authorize(access, request, context, method, principal)
                 elif rpc.client_streaming and guard.enabled:
                     request = guard.checked_produce_stream(request, context, method, principal)
                 elif guard.enabled:  # raw Produce / MultiProduce: topics without the records
-                    guard.authorize(access, raw_view(method, request), context, method, principal)
+                    view = raw_view(method, request)
+                    denied = guard.authorize(access, view, context, method, principal)
                 if produce_quota is not None:
                     delay_ms = produce_quota.delay_ms(principal)
                     guard.over_quota(method, principal, "produce", delay_ms)
@@ -179,7 +188,13 @@ class LogStoreService:
                 if fetch_quota is not None:
                     delay_ms = fetch_quota.delay_ms(principal)
                     guard.over_quota(method, principal, "fetch", delay_ms)
-                reply = await fn(request, context)
+                call_context = context
+                if push_quota is not None and push_quota.limited:
+                    call_context = guard.throttled_stream(context, method, principal)
+                if denied:
+                    reply = await fn(request, call_context, denied=denied)  # type: ignore[call-arg]
+                else:
+                    reply = await fn(request, call_context)
                 if access.list_filter is not None:
                     guard.filter_list(access, reply, context, principal)
                 if fetch_quota is not None and reply is not None:

@@ -24,6 +24,8 @@ from ._admin import (
     OffsetReset,
     PartitionDescription,
     PartitionOffset,
+    QuotaListing,
+    QuotaOverride,
     RedriveResult,
     ResetPlan,
     ShareGroupDescription,
@@ -52,6 +54,8 @@ from .producer import (
 
 __all__ = [
     "AclBinding",
+    "QuotaListing",
+    "QuotaOverride",
     "UserListing",
     "DELIVER_AT_HEADER",
     "MAX_DELAY_MS",

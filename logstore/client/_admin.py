@@ -397,6 +397,32 @@ class AclBinding(NamedTuple):
     permission: str
 
 
+class QuotaOverride(NamedTuple):
+    """One principal's quota overrides (``Admin.describe_quotas``): bytes per second,
+    0 = unlimited, None = the broker's default for that kind."""
+
+    principal: str
+    produce_bytes_per_s: int | None
+    fetch_bytes_per_s: int | None
+
+
+class QuotaListing(NamedTuple):
+    """``Admin.describe_quotas``: the broker's default rates (bytes/s, 0 = unlimited)
+    and the per-principal overrides."""
+
+    default_produce_bytes_per_s: int
+    default_fetch_bytes_per_s: int
+    overrides: list[QuotaOverride]
+
+
+def _quota(q: security_pb2.QuotaDescription) -> QuotaOverride:
+    return QuotaOverride(
+        q.principal,
+        q.produce_bytes_per_s if q.HasField("produce_bytes_per_s") else None,
+        q.fetch_bytes_per_s if q.HasField("fetch_bytes_per_s") else None,
+    )
+
+
 def _acl(b: security_pb2.AclBinding) -> AclBinding:
     return AclBinding(
         b.principal, b.resource_type, b.pattern_type, b.name, b.operation, b.permission
@@ -707,6 +733,37 @@ class Admin:
         req = security_pb2.ListAclsRequest(filter=_acl_filter(filter_fields))
         resp = self._conn.call(self._security.ListAcls, req, self._timeout_s)
         return [_acl(b) for b in resp.acls]
+
+    def set_quotas(
+        self,
+        principal: str,
+        *,
+        produce_bytes_per_s: int | None = None,
+        fetch_bytes_per_s: int | None = None,
+    ) -> QuotaOverride:
+        """Override ``principal``'s produce and/or fetch rate (bytes/s; 0 = unlimited);
+        a rate left None keeps its current value. The principal's overrides after."""
+        req = security_pb2.AlterQuotasRequest(principal=principal)
+        if produce_bytes_per_s is not None:
+            req.produce_bytes_per_s = produce_bytes_per_s
+        if fetch_bytes_per_s is not None:
+            req.fetch_bytes_per_s = fetch_bytes_per_s
+        return _quota(self._conn.call(self._security.AlterQuotas, req, self._timeout_s).quota)
+
+    def remove_quotas(self, principal: str) -> bool:
+        """Drop ``principal``'s overrides (back to the broker defaults); whether it had any."""
+        req = security_pb2.AlterQuotasRequest(principal=principal, remove=True)
+        return bool(self._conn.call(self._security.AlterQuotas, req, self._timeout_s).removed)
+
+    def describe_quotas(self, principal: str | None = None) -> QuotaListing:
+        """The broker's default rates and the overrides (of ``principal`` only, if given)."""
+        req = security_pb2.DescribeQuotasRequest(principal=principal or "")
+        r = self._conn.call(self._security.DescribeQuotas, req, self._timeout_s)
+        return QuotaListing(
+            r.default_produce_bytes_per_s,
+            r.default_fetch_bytes_per_s,
+            [_quota(q) for q in r.quotas],
+        )
 
     def close(self) -> None:
         self._conn.close()

@@ -11,7 +11,8 @@ stopped broker's directory.
   are printed once and never stored;
 - :mod:`._acl`: the ACL model (Kafka's shape), ``acls.json`` and the
   matcher with its per-connection decision cache;
-- :mod:`._quota`: per-principal byte-rate token buckets.
+- :mod:`._quota`: per-principal byte-rate token buckets and ``quotas.json``,
+  the per-principal overrides of the broker's default rates.
 
 Constants: ``RESOURCE_TYPES``, ``OPERATIONS``, ``PATTERN_TYPES``,
 ``PERMISSIONS`` (the ACL vocabulary, lower case); ``ANONYMOUS`` (the
@@ -30,7 +31,7 @@ from ._acl import (
     Authorizer,
 )
 from ._files import DataDirLock
-from ._quota import ByteQuota, QuotaManager
+from ._quota import ByteQuota, QuotaManager, QuotaOverride, QuotaStore
 from ._tls import TlsFiles, TlsMaterial
 from ._users import ANONYMOUS, TOKEN_PREFIX, UserInfo, UserStore, check_principal_name
 
@@ -48,6 +49,8 @@ __all__ = [
     "ByteQuota",
     "DataDirLock",
     "QuotaManager",
+    "QuotaOverride",
+    "QuotaStore",
     "TlsFiles",
     "TlsMaterial",
     "UserInfo",

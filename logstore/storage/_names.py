@@ -12,6 +12,7 @@ Layout::
       producer-id-block                      next block of producer ids to hand out
       users.json                             users and token hashes (logstore.security)
       acls.json                              ACLs (logstore.security)
+      quotas.json                            per-principal quota overrides (logstore.security)
       <topic>-<partition>/
         00000000000000000000.log             frames, appended
         00000000000000000000.index           sparse offset index
@@ -43,9 +44,10 @@ TOPICS_FILE: Final = "topics.json"
 PRODUCER_ID_FILE: Final = "producer-id-block"
 #: Space kept free for metadata writes on a full disk (``_checkpoint.SpaceReserve``).
 RESERVE_FILE: Final = ".space-reserve"
-#: Written by logstore.security (the broker's users and ACLs), left alone here.
+#: Written by logstore.security (users, ACLs, quota overrides), left alone here.
 USERS_FILE: Final = "users.json"
 ACLS_FILE: Final = "acls.json"
+QUOTAS_FILE: Final = "quotas.json"
 TMP_SUFFIX: Final = ".tmp"
 #: A segment being rewritten by the cleaner (``<base>.log.cleaned``): complete
 #: only once renamed over its ``.log``, so one found on open is deleted.
@@ -55,7 +57,8 @@ LOST_AND_FOUND: Final = "lost+found"
 
 STORE_FILES: Final = frozenset(
     {LOCK_FILE, CLEAN_SHUTDOWN_FILE, RECOVERY_POINT_FILE, LOG_START_FILE, CLEANER_OFFSET_FILE,
-     TOPICS_FILE, PRODUCER_ID_FILE, RESERVE_FILE, USERS_FILE, ACLS_FILE}
+     TOPICS_FILE, PRODUCER_ID_FILE, RESERVE_FILE, USERS_FILE, ACLS_FILE,
+     QUOTAS_FILE}
 )  # fmt: skip
 
 MAX_TOPIC_NAME: Final = 249

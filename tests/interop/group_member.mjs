@@ -2,6 +2,9 @@
 //
 //   node tests/interop/group_member.mjs HOST:PORT GROUP TOPIC
 //
+// Plaintext by default; with LOGSTORE_INTEROP_TLS_CA (and
+// LOGSTORE_INTEROP_TOKEN) it connects over TLS with a bearer token.
+//
 // A KIP-848 member of GROUP on TOPIC using only the .proto files
 // (groups.proto, logstore.proto) over @grpc/grpc-js, no generated code:
 // joins with ConsumerGroupHeartbeat (member_epoch 0), heartbeats every
@@ -26,6 +29,7 @@
 // "leave" commits, leaves (member_epoch -1) and exits 0.
 // Exits 1 on an unexpected error or after the 60 s watchdog, 2 on usage.
 
+import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import path from "node:path";
 import readline from "node:readline";
@@ -53,8 +57,25 @@ const emit = (ev, fields = {}) => console.log(JSON.stringify({ ev, ...fields }))
 
 const OPTIONS = { includeDirs: [PROTO_DIR], keepCase: true, longs: String, enums: String, bytes: Buffer, defaults: true, oneofs: true };
 const proto = grpc.loadPackageDefinition(protoLoader.loadSync(["logstore/v1/logstore.proto", "logstore/v1/groups.proto"], OPTIONS));
-const logstore = new proto.logstore.v1.LogStore(address, grpc.credentials.createInsecure());
-const groups = new proto.logstore.v1.Groups(address, grpc.credentials.createInsecure());
+// TLS + a bearer token when the test asks for them, as interop.mjs: the CA
+// file and the token come from the environment (LOGSTORE_INTEROP_TLS_CA,
+// LOGSTORE_INTEROP_TOKEN) so the token never shows in a process listing.
+function channelCredentials() {
+  const caPath = process.env.LOGSTORE_INTEROP_TLS_CA;
+  const token = process.env.LOGSTORE_INTEROP_TOKEN;
+  if (!caPath) return grpc.credentials.createInsecure();
+  const tls = grpc.credentials.createSsl(readFileSync(caPath));
+  if (!token) return tls;
+  const bearer = grpc.credentials.createFromMetadataGenerator((_params, callback) => {
+    const md = new grpc.Metadata();
+    md.add("authorization", `Bearer ${token}`);
+    callback(null, md);
+  });
+  return grpc.credentials.combineChannelCredentials(tls, bearer);
+}
+const credentials = channelCredentials();
+const logstore = new proto.logstore.v1.LogStore(address, credentials);
+const groups = new proto.logstore.v1.Groups(address, credentials);
 
 function unary(client, method, request) {
   return new Promise((resolve, reject) => {

@@ -41,6 +41,12 @@ partition, the stored frames unchanged followed by the serialized small
 fields, behind one tag and length (:func:`logstore.wire.partition_data`);
 no batch is parsed or re-serialized.
 
+Authorization is the service wrapper's (``_security.Guard``), per batch /
+partition: the entries it denies arrive as ``denied`` (index -> error) and
+are answered with that error (PERMISSION_DENIED, or the missing-topic
+NOT_FOUND) without being appended or read; a denied partition does not end
+a long poll.
+
 Memory bounds: a MultiProduce holds its request bytes (at most
 ``max_request_bytes``) and counts each batch against
 ``max_inflight_produce_bytes`` as a Produce does; a MultiFetch holds at most
@@ -51,7 +57,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from typing import TYPE_CHECKING, Final
 
 from logstore.errors import InvalidArgumentError, LogStoreError
@@ -143,7 +149,9 @@ class MultiHandlers:
                 key = (header.topic, partition_for_key(header.partition_key, count))
         return raw, key
 
-    async def multi_produce(self, raw: bytes, context: Context) -> pb.MultiProduceResponse:
+    async def multi_produce(
+        self, raw: bytes, context: Context, denied: Mapping[int, LogStoreError] | None = None
+    ) -> pb.MultiProduceResponse:
         split = split_multi_produce(raw)
         check_enum(pb.Acks, "acks", split.acks)
         n = len(split.batches)
@@ -158,6 +166,10 @@ class MultiHandlers:
         results: list[pb.ProduceResponse | None] = [None] * n
         chains: dict[Hashable, list[tuple[int, bytes]]] = {}
         for i, batch in enumerate(split.batches):
+            if denied and i in denied:  # the service wrapper's ACL decision
+                counter.labels("MultiProduce.batch", status_name(denied[i])).inc()
+                results[i] = _error_result(_peek_request_id(batch), denied[i], "MultiProduce batch")
+                continue
             try:
                 prepared, key = self._prepare(batch, acks)
             except Exception as exc:
@@ -199,7 +211,12 @@ class MultiHandlers:
 
     # -- MultiFetch -------------------------------------------------------------
 
-    async def multi_fetch(self, request: pb.MultiFetchRequest, context: Context) -> bytes:
+    async def multi_fetch(
+        self,
+        request: pb.MultiFetchRequest,
+        context: Context,
+        denied: Mapping[int, LogStoreError] | None = None,
+    ) -> bytes:
         if request.max_bytes < 0 or request.min_bytes < 0 or request.max_wait_ms < 0:
             raise InvalidArgumentError("max_bytes, min_bytes and max_wait_ms must be >= 0")
         entries = list(request.partitions)
@@ -214,8 +231,24 @@ class MultiHandlers:
         total = min(request.max_bytes or DEFAULT_MULTI_FETCH_MAX_BYTES, cap)
         need = min(request.min_bytes, total)
         wait_ms = min(request.max_wait_ms, MAX_WAIT_MS_CAP)
+        if denied:
+            # Partitions the ACLs deny (the service wrapper's decision) are
+            # not read and do not end the long poll; the reply answers each
+            # with its error, in its place.
+            served = [e for i, e in enumerate(entries) if i not in denied]
+            reads = await self._fetch_entries(served, total, cap, need, wait_ms)
+            it = iter(reads)
+            return _reply(entries, [_denied(denied[i]) if i in denied else next(it)
+                                    for i in range(n)])  # fmt: skip
+        return _reply(entries, await self._fetch_entries(entries, total, cap, need, wait_ms))
+
+    async def _fetch_entries(
+        self, entries: list[pb.FetchPartition], total: int, cap: int, need: int, wait_ms: int
+    ) -> list[_Read]:
         reads = [_Read() for _ in entries]
-        await self._rt.run_io(self._read_pass, entries, range(n), reads, total, cap)
+        if not entries:
+            return reads
+        await self._rt.run_io(self._read_pass, entries, range(len(entries)), reads, total, cap)
         if not self._done(reads, need) and wait_ms > 0 and not self._rt.stopping:
             await self._long_poll(entries, reads, total, cap, need, wait_ms)
         for entry, read in zip(entries, reads, strict=True):
@@ -224,7 +257,7 @@ class MultiHandlers:
                 self._rt.metrics.fetch_records.labels("MultiFetch").inc(
                     max(0, read.next_offset - entry.offset)
                 )
-        return _reply(entries, reads)
+        return reads
 
     @staticmethod
     def _done(reads: list[_Read], need: int) -> bool:
@@ -320,6 +353,12 @@ class MultiHandlers:
         store = self._rt.store
         lso, leo = store.offsets(entry.topic, entry.partition)
         read.hwm, read.lso, read.leo = store.high_watermark(entry.topic, entry.partition), lso, leo
+
+
+def _denied(error: LogStoreError) -> _Read:
+    read = _Read()
+    read.error = rich_status(error)
+    return read
 
 
 def _peek_request_id(raw: bytes) -> int:

@@ -1,4 +1,5 @@
-"""Security admin RPCs (security.proto): users and ACLs, one store call each.
+"""Security admin RPCs (security.proto): users, ACLs and quota overrides, one store
+call each.
 
 Thin like every handler area: the stores (``logstore.security``) validate
 and write atomically in an I/O thread; then the :class:`~.._security.Guard`
@@ -13,7 +14,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from logstore.errors import InvalidArgumentError
-from logstore.security import Acl, AclFilter
+from logstore.security import Acl, AclFilter, QuotaOverride
 from logstore.v1 import security_pb2 as pb
 
 from .._runtime import Context, Runtime
@@ -30,6 +31,15 @@ _FIELDS = ("principal", "resource_type", "pattern_type", "name", "operation", "p
 
 def _binding(acl: Acl) -> pb.AclBinding:
     return pb.AclBinding(**{f: getattr(acl, f) for f in _FIELDS})
+
+
+def _quota(q: QuotaOverride) -> pb.QuotaDescription:
+    out = pb.QuotaDescription(principal=q.principal)
+    if q.produce_bytes_per_s is not None:
+        out.produce_bytes_per_s = q.produce_bytes_per_s
+    if q.fetch_bytes_per_s is not None:
+        out.fetch_bytes_per_s = q.fetch_bytes_per_s
+    return out
 
 
 def _filter(flt: pb.AclBindingFilter) -> AclFilter:
@@ -90,3 +100,47 @@ class SecurityHandlers:
     async def list_acls(self, request: pb.ListAclsRequest, context: Context) -> pb.ListAclsResponse:
         acls = await self.run_io(self._guard.acls.list, _filter(request.filter))
         return pb.ListAclsResponse(acls=[_binding(a) for a in acls])
+
+    async def alter_quotas(
+        self, request: pb.AlterQuotasRequest, context: Context
+    ) -> pb.AlterQuotasResponse:
+        store = self._guard.quotas.store
+        assert store is not None
+        produce = request.produce_bytes_per_s if request.HasField("produce_bytes_per_s") else None
+        fetch = request.fetch_bytes_per_s if request.HasField("fetch_bytes_per_s") else None
+        if request.remove:
+            if produce is not None or fetch is not None:
+                raise InvalidArgumentError(
+                    "AlterQuotas: remove takes no rates (it removes both overrides)"
+                )
+            removed = await self.run_io(store.remove, request.principal)
+            self._guard.quotas_changed()
+            log.info("quota removed", extra={"fields": {"principal": request.principal}})
+            return pb.AlterQuotasResponse(
+                quota=pb.QuotaDescription(principal=request.principal), removed=removed
+            )
+        override = await self.run_io(store.set, request.principal, produce, fetch)
+        self._guard.quotas_changed()
+        log.info(
+            "quota set",
+            extra={
+                "fields": {
+                    "principal": request.principal,
+                    "produce_bytes_per_s": produce,
+                    "fetch_bytes_per_s": fetch,
+                }
+            },
+        )
+        return pb.AlterQuotasResponse(quota=_quota(override))
+
+    async def describe_quotas(
+        self, request: pb.DescribeQuotasRequest, context: Context
+    ) -> pb.DescribeQuotasResponse:
+        quotas = self._guard.quotas
+        assert quotas.store is not None
+        found = await self.run_io(quotas.store.list, request.principal or None)
+        return pb.DescribeQuotasResponse(
+            quotas=[_quota(q) for q in found],
+            default_produce_bytes_per_s=int(quotas.produce.rate),
+            default_fetch_bytes_per_s=int(quotas.fetch.rate),
+        )
