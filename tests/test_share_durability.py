@@ -192,6 +192,75 @@ def test_acquisitions_are_not_fsynced_and_acknowledgements_are(
     assert accept[0] >= 1 and accept[1]
 
 
+def test_a_fetch_with_acks_takes_one_fsync(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ShareFetch carrying acknowledgements (the W8 drain's every fetch) makes ONE
+    coordinator call for its acks and its acquisition: one batch, one fsync of
+    __share_group_state covering both, the ACCEPT confirmed in the reply and
+    durable before it (nothing unfsynced after it). Before this change the handler
+    acknowledged (one fsynced batch) and then acquired (a second batch), and a
+    fetch of ``__share_group_state`` took two fsyncs in "fsync" mode (one in
+    page-cache mode, but in two batches: counted below as calls). An acquisition
+    -only fetch still takes none in page-cache mode."""
+    from logstore.broker.handlers.share import ShareHandlers
+    from logstore.v1 import share_pb2 as spb
+
+    fsyncs = 0
+    state_dir = f"{ROOT}/{SHARE_STATE_TOPIC}-0"
+    real_sync = Segment.sync
+
+    def counting_sync(seg: Segment) -> None:
+        nonlocal fsyncs
+        fsyncs += seg.directory == state_dir
+        real_sync(seg)
+
+    monkeypatch.setattr(Segment, "sync", counting_sync)
+
+    async def body(share: ShareRuntime) -> list[tuple[int, int, bool, list[int]]]:
+        lg = share._store.partition(SHARE_STATE_TOPIC, 0)
+        handlers = ShareHandlers(share.runtime)
+        batches = 0
+        real_run = share._run_batch
+
+        async def counting_run(batch: Any) -> None:
+            nonlocal batches
+            batches += bool(batch)
+            await real_run(batch)
+
+        monkeypatch.setattr(share, "_run_batch", counting_run)
+        member = await _join(share)
+        out = []
+        acks: list[spb.AcknowledgementBatch] = []
+        for _ in range(3):  # 10 records a fetch, each fetch ACCEPTing the previous 10
+            before, calls = fsyncs, batches
+            req = spb.ShareFetchRequest(
+                group_id="g", member_id=member, max_records=10, acknowledgements=acks
+            )
+            reply = spb.ShareFetchResponse.FromString(
+                await handlers.share_fetch(req, None)  # type: ignore[arg-type]
+            )
+            got = [(a.first_offset, a.last_offset) for p in reply.partitions for a in p.acquired]
+            codes = [r.code for r in reply.acknowledgements]
+            out.append(
+                (fsyncs - before, batches - calls, lg.flushed_offset == lg.log_end_offset, codes)
+            )
+            acks = [
+                spb.AcknowledgementBatch(
+                    topic="t", partition=0, first_offset=lo, last_offset=hi, type=spb.ACCEPT
+                )
+                for lo, hi in got
+            ]
+        return out
+
+    for durability in ("page-cache", "fsync"):
+        first, *with_acks = _run(_filled_disk(), body, durability)
+        # the first fetch carries no acks: page-cache mode takes no fsync
+        assert first[:2] == ((0, 1) if durability == "page-cache" else (1, 1)), durability
+        for n_fsync, n_batches, all_flushed, codes in with_acks:
+            assert codes == [0], (durability, codes)  # the ACCEPT, confirmed
+            assert (n_fsync, n_batches) == (1, 1), durability  # was 2 batches (and 2 fsyncs)
+            assert all_flushed  # the acks and the acquisition are both durable
+
+
 def test_share_acquisition_durability_is_checked() -> None:
     """A value other than page-cache or fsync is refused, naming the key."""
     from logstore.errors import InvalidConfigError

@@ -128,14 +128,22 @@ C = TypeVar("C", bound=StateMachine[Any])
 
 
 class _Queued:
-    """One call waiting for the drainer: its handler, whether its records must
-    be fsynced before it is answered, and the caller's future."""
+    """One call waiting for the drainer: its handlers (one, or the steps of
+    :meth:`StateRuntime.call_steps`), whether its records must be fsynced
+    before it is answered, and the caller's future."""
 
-    __slots__ = ("fsync", "future", "handler")
+    __slots__ = ("fsync", "future", "handlers", "steps")
 
-    def __init__(self, handler: Callable[[Any, int], HandlerResult[Any, Any]], fsync: bool) -> None:
-        self.handler = handler
+    def __init__(
+        self,
+        handlers: tuple[Callable[[Any, int], HandlerResult[Any, Any]], ...],
+        fsync: bool,
+        steps: bool,
+    ) -> None:
+        self.handlers = handlers
         self.fsync = fsync
+        #: answered with the tuple of every step's reply (call_steps), not one reply
+        self.steps = steps
         self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
 
@@ -275,13 +283,31 @@ class StateRuntime(Generic[C, R]):
         written to the page cache; the batch is still fsynced if any other
         call in it asked for that or ``_must_fsync`` says so."""
         self._check_ready()
-        item = _Queued(handler, fsync)
+        result: T = await self._enqueue(_Queued((handler,), fsync, steps=False))
+        return result
+
+    async def call_steps(
+        self, *handlers: Callable[[C, int], HandlerResult[R, Any]], fsync: bool = True
+    ) -> tuple[Any, ...]:
+        """Run ``handlers`` one after the other as ONE call (each replayed
+        before the next runs, so each sees the state the one before left) and
+        return their replies, once all their records are written and, with
+        ``fsync``, fsynced -- one batch, one fsync for all of them (a
+        ShareFetch's piggybacked acknowledgements and its acquisition).
+
+        A step that raises ends the call with its error; the records of the
+        steps before it are still appended (and fsynced, with ``fsync``) in
+        the batch, as if they had been calls of their own answered first."""
+        self._check_ready()
+        result: tuple[Any, ...] = await self._enqueue(_Queued(handlers, fsync, steps=True))
+        return result
+
+    async def _enqueue(self, item: _Queued) -> Any:
         self._queue.append(item)
         if not self._draining:
             self._draining = True
             self._rt.spawn(self._drain())
-        result: T = await item.future
-        return result
+        return await item.future
 
     async def _drain(self) -> None:
         """Serve the queue batch by batch until it is empty. No await between
@@ -322,16 +348,25 @@ class StateRuntime(Generic[C, R]):
         effects: list[Any] = []
         fsync = False
         for item in batch:
-            try:
-                result = item.handler(self.coordinator, now_ms())
-            except Exception as exc:  # typed refusals, changed nothing
-                replies.append((item, exc, False))
-                continue
-            self._replay(result.records)
-            records += result.records
-            effects += self._effects(result.reply)
-            replies.append((item, result.reply, True))
-            fsync |= item.fsync
+            step_replies: list[Any] = []
+            error: Exception | None = None
+            for handler in item.handlers:
+                try:
+                    result = handler(self.coordinator, now_ms())
+                except Exception as exc:  # typed refusals, changed nothing
+                    error = exc
+                    break
+                self._replay(result.records)
+                records += result.records
+                effects += self._effects(result.reply)
+                step_replies.append(result.reply)
+            if step_replies:  # records were replayed: they go in this batch's append
+                fsync |= item.fsync
+            if error is not None:
+                replies.append((item, error, False))
+            else:
+                reply = tuple(step_replies) if item.steps else step_replies[0]
+                replies.append((item, reply, True))
         next_deadline: int | None = None
         if self._tick_in_batch(records):
             t = self.coordinator.tick(now_ms())

@@ -400,14 +400,12 @@ class ShareHandlers:
                 f"max_wait_ms must be in 0..{MAX_WAIT_MS_CAP}, not {request.max_wait_ms}"
             )
         gid, mid = request.group_id, request.member_id
-        results = (
-            await self._acknowledge(gid, mid, request.acknowledgements)
-            if request.acknowledgements
-            else []
-        )
-        frames = await self._share.fetch(
+        # The piggybacked acks and the acquisition are one coordinator call
+        # (one batch, one fsync for both): ShareRuntime.fetch_acking.
+        ack_reply, frames = await self._share.fetch_acking(
             gid,
             mid,
+            _acks(request.acknowledgements),
             max_records=request.max_records or DEFAULT_SHARE_FETCH_RECORDS,
             max_bytes=min(
                 request.max_bytes or DEFAULT_SHARE_FETCH_BYTES, self._rt.config.fetch_max_bytes
@@ -415,6 +413,7 @@ class ShareHandlers:
             wait_ms=request.max_wait_ms,
             on_park=self._park,
         )
+        results = [_result(r) for r in ack_reply.results] if ack_reply is not None else []
         return fetch_reply(frames, results)
 
     def _park(self) -> None:
