@@ -145,8 +145,24 @@ class Driver(System):
         return pika.BlockingConnection(params)
 
     def _channel(self) -> Any:
-        if self._conn is None or self._conn.is_closed:
-            self._conn = self._connect()
+        """A channel on the control connection, reconnecting when the broker
+        dropped it. Why: this BlockingConnection sits idle in the parent while
+        the workers fill and drain a queue (a minute or more under load); pika
+        answers heartbeats only inside its own calls, so RabbitMQ (heartbeat 60 s)
+        closes it as dead, and the next control call (the W8 emptiness check)
+        died with ``StreamLostError: ConnectionResetError 104`` -- the failure
+        of W8 in two runs, not the workers'. ``is_closed`` does not see a reset
+        that no I/O has hit yet, so first let pika process what is pending."""
+        import pika
+
+        if self._conn is not None and self._conn.is_open:
+            try:
+                self._conn.process_data_events(time_limit=0)
+                return self._conn.channel()
+            except pika.exceptions.AMQPError:
+                with contextlib.suppress(Exception):
+                    self._conn.close()
+        self._conn = self._connect()
         return self._conn.channel()
 
     def stop(self) -> None:
