@@ -126,7 +126,10 @@ def test_sigterm_ends_a_subscribe_push_held_by_flow_control(tmp_path: Path) -> N
     # the cancel it exits once this client read the windows: ~1-3 s. 12 s
     # leaves room for a loaded machine and still fails the former.
     assert elapsed < 12, f"shutdown took {elapsed:.1f}s"
-    assert 0 < got < 200, got  # the stream ended early, in the middle of the backlog
+    # A range: some of the 12 MB backlog was in the windows (> 0 read) but not all of it
+    # (< the 200 records produced), so the stream ended early, mid-backlog; a broker that
+    # waited out the push would deliver all 200 (and take ~21 s, failing the check above).
+    assert 0 < got < 200, got
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value
 
 
