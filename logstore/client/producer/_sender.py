@@ -488,8 +488,9 @@ class Sender:
             header.base_sequence = batch.sequence
         return header.SerializeToString()
 
-    def _send(self, batch: ProducerBatch) -> None:
-        """Issue (or re-issue) a batch's request. Lock not held."""
+    def _request_of(self, batch: ProducerBatch) -> bool:
+        """Build ``batch.request`` if it has none yet (compress, then the header);
+        False, with the batch failed through ``_on_done``, if that fails."""
         try:
             if batch.payload is None:
                 self._prepare(batch)
@@ -499,7 +500,14 @@ class Sender:
         except errors.LogStoreError as exc:
             self._requests_in_flight += 1
             self._on_done([batch], None, exc)
+            return False
+        return True
+
+    def _send(self, batch: ProducerBatch) -> None:
+        """Issue (or re-issue) a batch's request. Lock not held."""
+        if not self._request_of(batch):
             return
+        assert batch.request is not None
         batch.attempts += 1
         left = batch.deadline - time.monotonic()
         timeout = max(0.001, min(self._request_timeout_s, left))
@@ -519,16 +527,9 @@ class Sender:
         chunk: list[ProducerBatch] = []
         size = 0
         for batch in batches:
-            try:
-                if batch.payload is None:
-                    self._prepare(batch)
-                if batch.request is None:
-                    assert batch.payload is not None
-                    batch.request = self._header(batch) + batch.payload
-            except errors.LogStoreError as exc:
-                self._requests_in_flight += 1
-                self._on_done([batch], None, exc)
+            if not self._request_of(batch):
                 continue
+            assert batch.request is not None
             n = len(batch.request) + 6
             if chunk and size + n > self._max_request_bytes:
                 self._issue_multi(chunk)
