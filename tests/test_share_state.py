@@ -8,7 +8,9 @@ records (all of them, and as compaction leaves them) equals the live state
 with locks dropped. Delayed records at the window start are parked below the
 window (up to ``max_delayed_records``), so bursts of long-delayed records
 (more than the window holds) do not hold back the records behind them; the
-model predicts every acquisition, so one blocked record fails the test. The
+model predicts every acquisition, so one blocked record fails the test. A
+fetch may hand the tail of what it acquired back (``undeliver``, as the broker
+does for ranges its byte budget cuts): the delivery count drops again. The
 deadline ``tick`` reports is checked exactly against the model. At the end
 every record has been accepted or dead-lettered exactly once, or was removed
 by retention before it finished (and then never accepted).
@@ -16,7 +18,7 @@ by retention before it finished (and then never accepted).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import hypothesis.strategies as st
@@ -30,6 +32,7 @@ from logstore.share import (
     Ack,
     AckError,
     AckKind,
+    AcquiredRange,
     Candidates,
     DeadLetterReason,
     ShareCoordinator,
@@ -271,8 +274,13 @@ class ShareMachine(RuleBasedStateMachine):
             np.array([r.key for r in rs], dtype=np.uint64),
         )
 
-    @rule(consumer=st.sampled_from(CONSUMERS), max_records=st.integers(1, 12), fast=st.booleans())
-    def fetch(self, consumer: str, max_records: int, fast: bool) -> None:
+    @rule(
+        consumer=st.sampled_from(CONSUMERS),
+        max_records=st.integers(1, 12),
+        fast=st.booleans(),
+        cut=st.sampled_from([0, 0, 0, 1, 3]),
+    )
+    def fetch(self, consumer: str, max_records: int, fast: bool, cut: int = 0) -> None:
         plan = self.sut.fetch_plan(G, consumer, now_ms=self.now)
         assert [r.topic for r in plan] == [
             t for t in sorted(TOPICS, key=lambda t: -TOPICS[t]) if t in {r.topic for r in plan}
@@ -344,6 +352,28 @@ class ShareMachine(RuleBasedStateMachine):
         ]
         assert got == expect_acq, (got, expect_acq)
         self.note_dead(reply.dead_letters, expect_dead)
+        if cut and got:
+            self.undeliver_tail(consumer, reply.acquired, cut)
+
+    def undeliver_tail(self, consumer: str, acquired: Any, cut: int) -> None:
+        """The broker cut the last ``cut`` acquired offsets from the reply (its
+        byte budget): they go back as if never acquired, their delivery count
+        lowered again (the attempt is not counted)."""
+        tail: list[AcquiredRange] = []
+        for a in reversed(acquired):
+            if cut == 0:
+                break
+            n = min(cut, a.last_offset - a.first_offset + 1)
+            tail.append(replace(a, first_offset=a.last_offset - n + 1))
+            cut -= n
+        for a in tail:
+            for o in range(a.first_offset, a.last_offset + 1):
+                r = self.parts[a.topic].recs[o]
+                # a due delayed record loses its not-before time on acquisition
+                r.state, r.holder, r.lock, r.not_before = "available", None, 0, 0
+                r.count -= 1
+        n = self.run(self.sut.undeliver(G, consumer, tail, now_ms=self.now))
+        assert n == sum(a.last_offset - a.first_offset + 1 for a in tail)
 
     def m_check(self, consumer: str, t: str, first: int, last: int) -> AckError:
         p = self.parts[t]
