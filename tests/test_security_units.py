@@ -369,3 +369,89 @@ def test_remote_needs_tls_and_auth_or_insecure(caplog: pytest.LogCaptureFixture)
         logger.removeHandler(caplog.handler)
     assert any("--insecure" in r.getMessage() for r in caplog.records)
     assert os.environ.get("LOGSTORE_AUTH") is None  # the test did not leak into the env
+
+
+# -- the broker's token check ----------------------------------------------------
+
+
+class _Ctx:
+    """The two things Guard.authenticate reads of a gRPC context."""
+
+    def __init__(self, token: str, peer: str = "ipv4:127.0.0.1:5000") -> None:
+        self._md = (("authorization", f"Bearer {token}"),)
+        self._peer = peer
+
+    def peer(self) -> str:
+        return self._peer
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._md
+
+
+def test_bad_tokens_cost_one_scrypt_each_and_at_most_two_run_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A repeated bad token is refused from the bad-token cache (no second scrypt);
+    a flood of distinct bad tokens runs at most TOKEN_CHECKS_AT_ONCE scrypts at a
+    time; the cache is bounded and a users change empties it; a good token still
+    verifies (once per peer)."""
+    import asyncio
+    import threading
+
+    from prometheus_client import CollectorRegistry
+
+    from logstore.broker import BrokerConfig
+    from logstore.broker import _security as sec
+    from logstore.errors import AuthenticationError
+
+    monkeypatch.setattr(sec, "BAD_TOKEN_CACHE_ENTRIES", 5)
+    calls: list[str] = []
+    running = [0, 0]  # now, peak
+    lock = threading.Lock()
+
+    async def run_io(fn: object, *args: object) -> object:
+        def counted() -> object:
+            with lock:
+                running[0] += 1
+                running[1] = max(running)
+            try:
+                return fn(*args)  # type: ignore[operator]
+            finally:
+                with lock:
+                    running[0] -= 1
+
+        return await asyncio.to_thread(counted)
+
+    async def main() -> None:
+        guard = sec.Guard(BrokerConfig(auth="token"), str(tmp_path), CollectorRegistry(), run_io)
+        real = guard.users.verify
+
+        def verify(token: str) -> str | None:
+            calls.append(token)
+            return real(token)
+
+        guard.users.verify = verify  # type: ignore[method-assign]
+        good = guard.users.create("alice")
+
+        async def auth(token: str) -> str:
+            return await guard.authenticate(_Ctx(token), "Fetch")  # type: ignore[arg-type]
+
+        for _ in range(4):
+            with pytest.raises(AuthenticationError, match="not valid"):
+                await auth("lst_0123456789abcdef_wrong")
+        assert len(calls) == 1
+
+        flood = [f"lst_{i:016x}_nope" for i in range(12)]
+        results = await asyncio.gather(*(auth(t) for t in flood), return_exceptions=True)
+        assert all(isinstance(r, AuthenticationError) for r in results)
+        assert len(calls) == 13 and running[1] == sec.TOKEN_CHECKS_AT_ONCE
+        assert len(guard._bad_tokens) == 5  # bounded: the oldest were dropped
+
+        assert await auth(good) == "alice" and await auth(good) == "alice"
+        assert len(calls) == 14
+        guard.users_changed()
+        with pytest.raises(AuthenticationError):
+            await auth(flood[-1])
+        assert len(calls) == 15  # checked afresh after the users changed
+
+    asyncio.run(main())

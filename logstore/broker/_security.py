@@ -8,6 +8,12 @@ RPC of every service -- never by a handler -- in this order:
    ``authorization`` metadata ``Bearer <token>``, verified against
    ``users.json`` (scrypt, in an I/O thread) once per connection and token,
    then cached by (peer, SHA-256 of the token): one dict lookup per request.
+   A token that failed is remembered too (by its digest, the last
+   ``BAD_TOKEN_CACHE_ENTRIES``, until users change), so a client retrying a
+   bad token costs a lookup, not a scrypt; and at most
+   ``TOKEN_CHECKS_AT_ONCE`` scrypt checks run at once, so a flood of fresh
+   bad tokens queues behind them instead of taking the whole I/O pool (and
+   ~16 MiB each) from the data path.
    ``mtls``: the client certificate's common name (gRPC verified the chain
    against ``tls_client_ca`` during the handshake). Failure:
    UNAUTHENTICATED, with a message saying how to authenticate.
@@ -38,8 +44,10 @@ parsing the records (upb skips them in C; see ``_topic_only_type``).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Final, cast
 
@@ -75,6 +83,12 @@ log = logging.getLogger("logstore.broker.audit")
 #: Verified (peer, token digest) -> principal entries kept; past it the
 #: cache is cleared (each entry costs one scrypt to rebuild).
 PRINCIPAL_CACHE_ENTRIES: Final = 65_536
+#: Digests of tokens that failed verification, kept (oldest dropped first)
+#: so that repeating one costs a dict lookup instead of a scrypt.
+BAD_TOKEN_CACHE_ENTRIES: Final = 4_096
+#: scrypt verifications running at once (each ~16 MiB and tens of ms of CPU
+#: in an I/O thread); further ones wait their turn.
+TOKEN_CHECKS_AT_ONCE: Final = 2
 _HOW: Final = (
     "send the metadata 'authorization: Bearer <token>' (logctl --token or LOGSTORE_TOKEN; "
     "a super user creates tokens with 'logctl users create NAME')"
@@ -187,6 +201,8 @@ class Guard:
         self.fetch_quota = self.quotas.fetch if self.enabled else None
         self._run_io = run_io
         self._principals: dict[tuple[str, bytes], str] = {}
+        self._bad_tokens: OrderedDict[bytes, None] = OrderedDict()
+        self._token_checks = asyncio.Semaphore(TOKEN_CHECKS_AT_ONCE)
         self.auth_failures = Counter(
             "logstore_auth_failures",
             "Calls refused UNAUTHENTICATED, by method",
@@ -217,8 +233,10 @@ class Guard:
         self.quotas.reload()
 
     def users_changed(self) -> None:
-        """Forget verified tokens (a deleted user's token stops working at once)."""
+        """Forget verified tokens (a deleted user's token stops working at once)
+        and failed ones (a new user's token is checked afresh)."""
         self._principals.clear()
+        self._bad_tokens.clear()
 
     # -- 1. authentication ---------------------------------------------------
 
@@ -261,22 +279,45 @@ class Guard:
                 context, method, "not a bearer token", f"the authorization metadata is not "
                 f"'Bearer <token>': {_HOW}"
             )  # fmt: skip
-        key = (context.peer(), hashlib.sha256(token.encode(errors="replace")).digest())
-        principal = self._principals.get(key)
+        digest = hashlib.sha256(token.encode(errors="replace")).digest()
+        key = (context.peer(), digest)
+        principal = self._principals.get(key) or await self._verify(key, token)
         if principal is None:
+            raise self._fail(
+                context,
+                method,
+                "bad token",
+                "the bearer token is not valid (unknown, deleted or mistyped); "
+                "ask a super user for a new one ('logctl users create NAME')",
+            )
+        return principal
+
+    async def _verify(self, key: tuple[str, bytes], token: str) -> str | None:
+        """scrypt-check ``token`` (one of ``TOKEN_CHECKS_AT_ONCE``) unless it
+        failed before, and remember the answer -- unless the users changed
+        meanwhile (a user deleted during the check must not be cached)."""
+        digest = key[1]
+        if digest in self._bad_tokens:
+            return None
+        async with self._token_checks:
+            # a call that waited its turn may find the answer known by now
+            if (known := self._principals.get(key)) is not None:
+                return known
+            if digest in self._bad_tokens:
+                return None
+            generation = self.users.generation
             verified = await self._run_io(self.users.verify, token)
-            if verified is None:
-                raise self._fail(
-                    context,
-                    method,
-                    "bad token",
-                    "the bearer token is not valid (unknown, deleted or mistyped); "
-                    "ask a super user for a new one ('logctl users create NAME')",
-                )
-            principal = str(verified)
-            if len(self._principals) >= PRINCIPAL_CACHE_ENTRIES:
-                self._principals.clear()
-            self._principals[key] = principal
+        if self.users.generation != generation:
+            return str(verified) if verified is not None else None
+        if verified is None:
+            self._bad_tokens[digest] = None
+            self._bad_tokens.move_to_end(digest)
+            while len(self._bad_tokens) > BAD_TOKEN_CACHE_ENTRIES:
+                self._bad_tokens.popitem(last=False)
+            return None
+        if len(self._principals) >= PRINCIPAL_CACHE_ENTRIES:
+            self._principals.clear()
+        self._principals[key] = principal = str(verified)
         return principal
 
     # -- 2. authorization ----------------------------------------------------
