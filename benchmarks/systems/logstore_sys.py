@@ -701,6 +701,7 @@ def work(args: dict[str, Any], ready: Callable[[], None]) -> dict[str, Any]:
     try:
         ready()
         start = last_ack = time.monotonic()
+        cpu0 = _cpu_s()
         while time.monotonic() < deadline:
             msgs = consumer.poll(timeout_ms=50)
             if not msgs:
@@ -735,7 +736,15 @@ def work(args: dict[str, Any], ready: Callable[[], None]) -> dict[str, Any]:
         "last_ack": last_ack,
         "count": count,
         "lat_ns": lat[: min(count, n)],
+        "cpu_s": _cpu_s() - cpu0,  # this worker's CPU for the drain (w8_profile)
     }
+
+
+def _cpu_s() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def hold(args: dict[str, Any], ready: Callable[[], None]) -> dict[str, Any]:

@@ -104,6 +104,7 @@ from ._index import IndexCache
 from ._loader import load_segments
 from ._names import FileKind, segment_file
 from ._producers import ProducerState
+from ._read_cursor import CutFrame, FrameCache, ReadCursor
 from ._retention import expired_prefix
 from ._segment import HandleCache, Segment, SegmentReplacedError
 from ._segments import SegmentList
@@ -216,6 +217,13 @@ class PartitionLog:
         self.cleaned_offset = 0
         #: Set by the store: persist the cleaned points now (a truncation lowered one).
         self.on_cleaned_point_lowered: Callable[[PartitionLog], None] = lambda _p: None
+        #: The read cursor and the read generation that validates it (and the
+        #: cut frames): moved by every change that removes or rewrites stored
+        #: bytes, under the lock (``_read_cursor``).
+        self._cursor: ReadCursor | None = None
+        self._read_generation = 0
+        #: Set by the store: the store-wide cache of cut frames (None: none kept).
+        self.frame_cache: FrameCache | None = None
 
     # --- offsets ------------------------------------------------------------------
     @property
@@ -261,6 +269,11 @@ class PartitionLog:
     def _set_segments(self, segments: list[Segment]) -> None:
         for seg in segments:
             seg.index_interval_bytes = self.config.index_interval_bytes
+        new = {id(s) for s in segments}
+        if any(id(s) not in new for s in self._view):
+            # A segment left (retention, truncation) or was replaced (a
+            # cleaner swap): read cursors into it are stale (``_read_cursor``).
+            self._invalidate_reads()
         self._view = SegmentList(segments)
         if self._unsynced:
             # Deleted (retention, truncation) or replaced (a cleaner swap,
@@ -799,6 +812,14 @@ class PartitionLog:
             )
         return start, hw
 
+    def _invalidate_reads(self) -> None:
+        """Stored bytes are about to change or went: every read cursor and
+        cut frame of this partition is stale (lock held; ``_read_cursor``)."""
+        self._read_generation += 1
+        self._cursor = None
+        if self.frame_cache is not None:
+            self.frame_cache.drop(self)
+
     def read_frames(
         self, offset: int, max_bytes: int, stop_offset: int | None = None
     ) -> FetchResult:
@@ -806,22 +827,38 @@ class PartitionLog:
         none at or past the high watermark, nor (after the first) any starting
         at or after ``stop_offset``: a reader that wants N offsets (a share
         fetch's window room) does not check and copy the rest of ``max_bytes``
-        (4 MiB of 1-record batches is ~23,000 frames, ~300 ms)."""
+        (4 MiB of 1-record batches is ~23,000 frames, ~300 ms).
+
+        A read that continues where the last one stopped starts at the read
+        cursor's position instead of an index lookup, and one inside the
+        frame the last read stopped in is answered from that frame's cached
+        bytes (``_read_cursor``: what each is and what invalidates them)."""
         start, end = self._check_read_offset(offset)
         if offset == end:
             return FetchResult(b"", end, start, end)
         limit = end if stop_offset is None else max(offset + 1, min(end, stop_offset))
+        gen = self._read_generation  # before anything is read (``_read_cursor``)
+        cache = self.frame_cache
+        if cache is not None:
+            cut = cache.get(self)
+            if cut is not None and cut.holds(gen, offset, end):
+                cache.count_hit()
+                return self._from_cut_frame(cut, gen, start, end, max_bytes, limit)
+        cur = self._cursor
+        at = None if cur is None else cur.position_of(gen, offset)
         view = self._view
-        i = view.floor(Offset(offset))
         try:
-            try:
-                found = self._locate(view, i, Offset(offset))
-            except SegmentReplacedError:
-                # A cleaner swap replaced the segment and its descriptor is
-                # closed (a list taken before the previous clean): the current
-                # list has the cleaned one, and a swap needs a whole clean run.
-                view = self._view
-                found = self._locate(view, view.floor(Offset(offset)), Offset(offset))
+            if cur is not None and at is not None:
+                found: tuple[Segment, Position] | None = (cur.segment, Position(at))
+            else:
+                try:
+                    found = self._locate(view, view.floor(Offset(offset)), Offset(offset))
+                except SegmentReplacedError:
+                    # A cleaner swap replaced the segment and its descriptor is
+                    # closed (a list taken before the previous clean): the current
+                    # list has the cleaned one, and a swap needs a whole clean run.
+                    view = self._view
+                    found = self._locate(view, view.floor(Offset(offset)), Offset(offset))
             if found is None:
                 if offset < self.log_start_offset:  # deleted by retention meanwhile
                     self._check_read_offset(offset)
@@ -831,9 +868,11 @@ class PartitionLog:
                 )
             seg, pos = found
             try:
-                data, nxt = seg.read_frames_at(pos, max_bytes, Offset(limit))
+                data, nxt, last_pos, last_base = seg.read_frames_from(pos, max_bytes, Offset(limit))
             except SegmentReplacedError:
-                # see above; bounded by clean runs
+                # see above; bounded by clean runs (a swap moves the
+                # generation before it retires the segment: the cursor is
+                # not taken again)
                 return self.read_frames(offset, max_bytes, stop_offset)
         except StorageError as exc:
             if self._deleted:
@@ -845,6 +884,44 @@ class PartitionLog:
                     self.log_end_offset,
                 ) from exc
             raise
+        self._remember(gen, seg, pos, data, nxt, last_pos, last_base, limit)
+        return FetchResult(data, end, start, nxt)
+
+    def _remember(
+        self, gen: int, seg: Segment, pos: int, data: bytes, nxt: int, last_pos: int,
+        last_base: int, limit: int,
+    ) -> None:  # fmt: skip
+        """Keep the cursor after a read; and the last frame's bytes when the
+        read stopped inside it (``limit`` before its end: the reader comes
+        back for the rest)."""
+        end_pos = pos + len(data)
+        self._cursor = ReadCursor(gen, seg, last_pos, last_base, end_pos, nxt)
+        if self.frame_cache is not None and limit < nxt:
+            frame = data if last_pos == pos else data[last_pos - pos :]
+            self.frame_cache.put(self, CutFrame(gen, seg, last_pos, last_base, nxt, frame))
+
+    def _from_cut_frame(
+        self, cut: CutFrame, gen: int, start: int, end: int, max_bytes: int, limit: int
+    ) -> FetchResult:
+        """A read answered from a cached cut frame, continued by the frames
+        after it when ``limit`` and ``max_bytes`` leave room."""
+        data, nxt = cut.data, cut.next_offset
+        seg, end_pos = cut.segment, cut.position + len(cut.data)
+        last_pos, last_base = cut.position, cut.base_offset
+        if nxt < limit and len(data) < max_bytes and end_pos < seg.size:
+            try:
+                more, nxt2, lp, lb = seg.read_frames_from(
+                    Position(end_pos), max_bytes - len(data), Offset(limit)
+                )
+            except StorageError:
+                # A bad frame after good ones: these are returned; the next
+                # read, starting at it, reports it (as ``read_frames_at``).
+                # A deleted or swapped segment: the next read finds out.
+                more = b""
+            if more:
+                self._remember(gen, seg, end_pos, more, nxt2, lp, lb, limit)
+                return FetchResult(data + more, end, start, nxt2)
+        self._cursor = ReadCursor(gen, seg, last_pos, last_base, end_pos, nxt)
         return FetchResult(data, end, start, nxt)
 
     @staticmethod
@@ -1050,6 +1127,7 @@ class PartitionLog:
             i = self._sealed_index(seg)
             if i < 0:
                 return False
+            self._invalidate_reads()  # before the retire: no cursor leads a read into it
             # Readers that took the old list keep reading the old inode
             # through this pinned descriptor (released by the next clean) and
             # the old indexes' in-memory entries: retired before any file of
@@ -1140,6 +1218,7 @@ class PartitionLog:
                 offset_at = Offset(max(offset_at, self.log_start_offset))
             if offset_at >= self.log_end_offset:
                 return
+            self._invalidate_reads()  # and again once cut (``_read_cursor``)
             # Lower the checkpointed recovery point (to a frame boundary) before
             # touching a file: a crash after the truncation must not find a
             # recovery point past the end, which would read as lost data.
@@ -1169,6 +1248,7 @@ class PartitionLog:
             seg.truncate_at(pos, offset_at)
             self._high_watermark = min(self._high_watermark, offset_at)
             self.producers.truncate(offset_at)
+            self._invalidate_reads()
 
     # --- close -------------------------------------------------------------------------
     def close(self) -> None:
@@ -1179,6 +1259,7 @@ class PartitionLog:
             self.flush()
         with self._lock:
             self._closed = True
+            self._invalidate_reads()
             if self._failed is None:
                 self.write_producer_snapshot()
                 self.active.close()
@@ -1189,6 +1270,7 @@ class PartitionLog:
         """Close handles without flushing (a simulated crash, or a deleted topic)."""
         with self._lock:
             self._closed = True
+            self._invalidate_reads()
             for seg in self.segments:
                 self.handles.forget(seg)
             for seg in self.segments:

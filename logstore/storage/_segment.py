@@ -732,6 +732,18 @@ class Segment:
         fit in ``max_bytes``, none starting at or after ``end_offset`` (the
         high watermark). Returns ``(bytes, next_offset)``.
 
+        :meth:`read_frames_from` is the same read, also saying where its
+        last frame starts."""
+        data, nxt, _last_pos, _last_base = self.read_frames_from(pos, max_bytes, end_offset)
+        return data, nxt
+
+    def read_frames_from(
+        self, pos: Position, max_bytes: int, end_offset: Offset | None = None
+    ) -> tuple[bytes, Offset, Position, Offset]:
+        """:meth:`read_frames_at`, returning ``(bytes, next_offset, position
+        of the last frame, its base offset)`` (a partition's read cursor
+        keeps the last two, ``PartitionLog.read_frames``).
+
         A bad frame (head, CRC or offset) raises CorruptRecordError only when
         it is the first one; after good frames the read stops before it and
         returns those, so one damaged batch never hides the valid data before
@@ -742,6 +754,7 @@ class Segment:
         mv = memoryview(buf)
         off = 0
         next_offset = -1
+        last_off = last_base = 0
         while off + FRAME_OVERHEAD <= len(mv):
             try:
                 h = self._header_at(buf, off, pos + off)
@@ -772,12 +785,14 @@ class Segment:
             if h.base_offset < next_offset:
                 break  # an overlap: not served past it (off > 0 here); gaps are legal
             next_offset = h.next_offset
+            last_off, last_base = off, h.base_offset
             off = end
         if off == 0:
             raise CorruptRecordError(f"{self.log_path}: no whole frame at byte {pos}")
+        last = (Position(pos + last_off), Offset(last_base))
         if off == len(buf):
-            return buf, Offset(next_offset)
-        return bytes(mv[:off]), Offset(next_offset)
+            return buf, Offset(next_offset), *last
+        return bytes(mv[:off]), Offset(next_offset), *last
 
     # --- index verification ----------------------------------------------------------
     def _entry_matches(self, rel: int, pos: Position) -> bool:

@@ -111,6 +111,7 @@ from ._names import (
 )
 from ._partition import DEFAULT_READ_MAX_BYTES, AppendResult, FetchResult, PartitionLog, now_ms
 from ._ratelimit import ERROR_LOG_INTERVAL_S, RateLimitedLog
+from ._read_cursor import FrameCache
 from ._segment import HandleCache
 
 log = logging.getLogger("logstore.storage")
@@ -157,6 +158,8 @@ class Store:
         self.fs = fs
         self.handles = HandleCache(config.max_open_segments)
         self.index_cache = IndexCache(config.index_cache_bytes)
+        #: Frames a bounded read stopped inside, one per partition (``_read_cursor``).
+        self.frame_cache = FrameCache()
         self._topics: dict[str, TopicInfo] = {}
         self._catalog = Catalog(fs, path)
         self._reserve = SpaceReserve(fs, os.path.join(path, RESERVE_FILE))
@@ -328,6 +331,7 @@ class Store:
             info.config, self.config, self.handles, self.index_cache,
             clean=clean, recovery_point=recovery_point, log_start_offset=log_start,
         )  # fmt: skip
+        lg.frame_cache = self.frame_cache
         lg.on_sync_wanted = self._queue_sync
         lg.on_log_start_changed = lambda _lg: self._write_log_starts()
         lg.persist_log_start = lambda lg_, start: self._write_log_starts({lg_.key: start})

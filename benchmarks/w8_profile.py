@@ -1,0 +1,166 @@
+"""CPU cost of the W8 drain (issue 11): broker and worker CPU seconds per 100,000 records.
+
+``python -m benchmarks.w8_profile [--tasks 200000] [--workers 8] [--runs 3] [--py-spy OUT]``
+
+Starts a broker (temp data dir, loopback), and for each run: a fresh topic of
+one partition and share group, the W8 fill (acks=all, 1 MiB requests), then
+the W8 drain by ``--workers`` worker processes (``logstore_sys.work``: a
+``ShareConsumer`` 500 records a poll, ``msg.ack()`` each). It prints, per run,
+the drain rate and the CPU time the broker (``/proc/<pid>/stat``, utime +
+stime) and the workers (``resource.getrusage`` in each) spent on the drain,
+per 100,000 records. CPU time is what this measures because the machine's
+other load disturbs it far less than the wall-clock rate (two shared cores:
+a busy neighbour halves the rate but barely moves the CPU per record).
+
+``--py-spy OUT`` samples the broker during each drain (``py-spy record
+--format raw``, appended run by run to ``OUT``) and prints the top self and
+inclusive frames of logstore's own code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+from benchmarks._proc import run_workers
+from benchmarks.systems import worker
+from benchmarks.systems.logstore_sys import Driver
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(pid: int) -> float:
+    """utime + stime of ``pid`` (all its threads), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _top(raw: Path, n: int = 25) -> None:
+    """Self and inclusive shares of py-spy's raw (collapsed) stacks."""
+    self_t: Counter[str] = Counter()
+    incl: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        k = int(count)
+        frames = stack.split(";")
+        total += k
+        self_t[frames[-1]] += k
+        for f in set(frames):
+            if "logstore" in f or "grpc" in f:
+                incl[f] += k
+    if not total:
+        print("no samples")
+        return
+    print(f"\nself time (of {total} samples):")
+    for f, k in self_t.most_common(n):
+        print(f"  {100 * k / total:5.1f}%  {f}")
+    print("\ninclusive (logstore / grpc frames):")
+    for f, k in incl.most_common(n):
+        print(f"  {100 * k / total:5.1f}%  {f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    ap.add_argument("--tasks", type=int, default=200_000)
+    ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--py-spy", type=Path, default=None, help="raw py-spy output file")
+    a = ap.parse_args()
+    driver = Driver()
+    with tempfile.TemporaryDirectory(prefix="w8prof-") as tmp:
+        driver.start(Path(tmp))
+        try:
+            assert driver.broker is not None and driver.broker.child is not None
+            pid = driver.broker.child.pid
+            params = driver.params()
+            rows = []
+            for run in range(a.runs):
+                topic = f"w8p-{uuid.uuid4().hex[:8]}"
+                group = f"{topic}-g"
+                driver.create(topic, 1)
+                driver.create_share_group(topic, group, 5_000)
+                fill = {
+                    "system": "logstore",
+                    "op": "produce",
+                    "params": params,
+                    "topic": topic,
+                    "n": a.tasks,
+                    "size": 100,
+                    "durable": True,
+                    "deadline_s": 180,
+                    "partitions_list": [0],
+                }
+                run_workers(worker, [fill], timeout_s=300)
+                import multiprocessing as mp
+
+                acked = mp.get_context("spawn").Value("q", 0)
+                args = [
+                    {
+                        "system": "logstore",
+                        "op": "work",
+                        "params": params,
+                        "topic": topic,
+                        "group": group,
+                        "member": i,
+                        "n": a.tasks,
+                        "acked": acked,
+                        "stamped": False,
+                        "deadline_s": 180,
+                    }
+                    for i in range(a.workers)
+                ]
+                load = os.getloadavg()[0]
+                spy = None
+                if a.py_spy is not None:
+                    exe = Path(sys.executable).parent / "py-spy"
+                    out = a.py_spy.with_suffix(f".{run}.txt")
+                    spy = subprocess.Popen(
+                        [str(exe), "record", "--pid", str(pid), "--format", "raw", "-o", str(out),
+                         "--rate", "200", "--nonblocking"],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )  # fmt: skip
+                    time.sleep(1.0)
+                c0 = _cpu_s(pid)
+                res = run_workers(worker, args, timeout_s=300)
+                c1 = _cpu_s(pid)
+                if spy is not None:
+                    spy.send_signal(2)
+                    spy.wait(30)
+                got = sum(int(r["count"]) for r in res)
+                start = min(float(r["start"]) for r in res)
+                end = max(float(r["last_ack"]) for r in res if r["count"])
+                wcpu = sum(float(r.get("cpu_s", 0.0)) for r in res)
+                per = 100_000 / max(1, got)
+                rows.append((got / (end - start), (c1 - c0) * per, wcpu * per, load))
+                print(
+                    f"run {run}: {got:,} records, drain {got / (end - start):,.0f}/s, broker "
+                    f"{(c1 - c0) * per:.3f} CPU s / 100k, workers {wcpu * per:.3f} CPU s / 100k "
+                    f"(load {load:.2f})",
+                    flush=True,
+                )
+                driver.delete(topic, 1)
+                if spy is not None:
+                    _top(out)
+            rows.sort(key=lambda r: r[1])
+            med = rows[len(rows) // 2]
+            print(
+                f"median by broker CPU: drain {med[0]:,.0f}/s, broker {med[1]:.3f} CPU s / 100k, "
+                f"workers {med[2]:.3f} CPU s / 100k"
+            )
+        finally:
+            driver.stop()
+
+
+if __name__ == "__main__":
+    main()
