@@ -469,6 +469,35 @@ def test_fast_path_candidates_from_batch_ranges() -> None:
     assert c.deliver_at is None and c.key_hash is None
 
 
+def test_range_candidates_between_matches_the_expanded_columns() -> None:
+    """The ranges form gives, for every window ``[start, end)``, the offsets and
+    timestamps the per-offset form gives (checked over every start and end across
+    ranges with gaps, and against an empty window)."""
+    firsts, lasts, tss = [3, 10, 11, 40], [7, 10, 30, 40], [1, 2, 3, 4]
+    r = Candidates.from_ranges(3, 45, firsts, lasts, tss)
+    full = Candidates(3, 45, r.offsets.copy(), r.timestamps.copy())
+    fresh = Candidates.from_ranges(3, 45, firsts, lasts, tss)  # never expanded
+    for start in range(0, 46, 1):
+        for end in range(start, 47, 3):
+            got = fresh.between(start, end)
+            want = full.between(start, end)
+            assert got[0].tolist() == want[0].tolist(), (start, end)
+            assert got[1].tolist() == want[1].tolist(), (start, end)
+    assert fresh._offsets is None  # between() on the ranges form built no full columns
+
+
+def test_window_takes_only_its_room_of_a_big_batch() -> None:
+    """A 10,000-offset batch as ranges into a 2,000-record window: 2,000 offsets go
+    into the window (the rest read again later), acquired in order."""
+    b = Broker(ShareGroupConfig(max_inflight_records=2000))
+    b.join("a")
+    c = Candidates.from_ranges(0, 10_000, [0], [9_999], [NOW])
+    res = b.run(b.c.acquire("g", "a", max_records=500, now_ms=NOW, candidates={("t", 0): c}))
+    assert [(a.first_offset, a.last_offset) for a in res.acquired] == [(0, 499)]
+    p = b.c.partition("g", "t", 0)
+    assert p is not None and p.value is not None and p.value.speo == 2000
+
+
 # ------------------------------------------------------------ durability
 
 

@@ -202,7 +202,7 @@ def test_frame_cache_is_bounded() -> None:
     seg = store.partition("t", 0).segments[0]
 
     def frame(n: int) -> CutFrame:
-        return CutFrame(0, seg, 0, 0, 1, b"x" * n)
+        return CutFrame(0, seg, 0, 0, 1, b"x" * n, {})
 
     a, b, c = object(), object(), object()
     cache.put(a, frame(400))

@@ -174,7 +174,6 @@ class AckResult:
     message: str = ""
 
 
-@dataclass(frozen=True, eq=False)
 class Candidates:
     """Records the broker read from the log for one partition, as columns.
 
@@ -186,25 +185,50 @@ class Candidates:
     timestamps; ``deliver_at`` (ms, 0 = none) and ``key_hash`` (0 = no key) may
     be None, meaning all zero -- the fast path when no batch has a delay header
     and ordering keys are off. Offsets absent between them are gaps.
+
+    Two forms: per-offset columns (the constructor), or offset **ranges**
+    (:meth:`from_ranges`: whole batches, one timestamp each), which stay
+    ranges -- a share fetch that reads a 10,000-record batch to take the 500
+    or 2,000 offsets its window has room for builds columns for those only
+    (:meth:`between`), not for the whole batch. ``offsets`` and
+    ``timestamps`` of the ranges form are built on first use.
     """
 
-    start_offset: int
-    end_offset: int
-    offsets: I8
-    timestamps: I8
-    deliver_at: I8 | None = None
-    key_hash: U8 | None = None
+    __slots__ = (
+        "_offsets",
+        "_ranges",
+        "_timestamps",
+        "deliver_at",
+        "end_offset",
+        "key_hash",
+        "start_offset",
+    )
 
-    def __post_init__(self) -> None:
-        n = len(self.offsets)
-        assert len(self.timestamps) == n
-        assert self.deliver_at is None or len(self.deliver_at) == n
-        assert self.key_hash is None or len(self.key_hash) == n
-        assert self.start_offset <= self.end_offset
+    def __init__(
+        self,
+        start_offset: int,
+        end_offset: int,
+        offsets: I8,
+        timestamps: I8,
+        deliver_at: I8 | None = None,
+        key_hash: U8 | None = None,
+    ) -> None:
+        n = len(offsets)
+        assert len(timestamps) == n
+        assert deliver_at is None or len(deliver_at) == n
+        assert key_hash is None or len(key_hash) == n
+        assert start_offset <= end_offset
         if n:
-            assert self.start_offset <= int(self.offsets[0])
-            assert int(self.offsets[-1]) < self.end_offset
-            assert bool(np.all(np.diff(self.offsets) > 0))
+            assert start_offset <= int(offsets[0])
+            assert int(offsets[-1]) < end_offset
+            assert bool(np.all(np.diff(offsets) > 0))
+        self.start_offset = start_offset
+        self.end_offset = end_offset
+        self._offsets: I8 | None = offsets
+        self._timestamps: I8 | None = timestamps
+        self.deliver_at = deliver_at
+        self.key_hash = key_hash
+        self._ranges: tuple[I8, I8, I8] | None = None
 
     @classmethod
     def from_ranges(
@@ -217,16 +241,66 @@ class Candidates:
     ) -> Candidates:
         """Candidates from whole batches (the fast path): batch i holds every
         offset ``firsts[i]..lasts[i]`` with timestamp ``timestamps[i]`` (e.g.
-        its max timestamp). Vectorized: no Python loop over records."""
+        its max timestamp). Kept as ranges (O(batches), no work per record)."""
         f = np.asarray(firsts, dtype=np.int64)
-        lens = np.asarray(lasts, dtype=np.int64) - f + 1
-        assert bool(np.all(lens > 0))
+        last = np.asarray(lasts, dtype=np.int64)
+        ts = np.asarray(timestamps, dtype=np.int64)
+        assert len(f) == len(last) == len(ts)
+        assert bool(np.all(last >= f)) and bool(np.all(f[1:] > last[:-1]))
+        assert start_offset <= end_offset
+        if len(f):
+            assert start_offset <= int(f[0]) and int(last[-1]) < end_offset
+        self = cls.__new__(cls)
+        self.start_offset, self.end_offset = start_offset, end_offset
+        self._offsets = self._timestamps = None
+        self.deliver_at = self.key_hash = None
+        self._ranges = (f, last, ts)
+        return self
+
+    @property
+    def offsets(self) -> I8:
+        if self._offsets is None:
+            self._offsets, self._timestamps = self._expand(self.start_offset, self.end_offset)
+        return self._offsets
+
+    @property
+    def timestamps(self) -> I8:
+        if self._timestamps is None:
+            self._offsets, self._timestamps = self._expand(self.start_offset, self.end_offset)
+        return self._timestamps
+
+    def _expand(self, start: int, end: int) -> tuple[I8, I8]:
+        """Offsets and timestamps of the ranges form within ``[start, end)``
+        (numpy over the ranges: O(ranges + offsets in it))."""
+        assert self._ranges is not None
+        f, last, ts = self._ranges
+        a = int(np.searchsorted(last, start, side="left"))  # first range ending at/after start
+        b = int(np.searchsorted(f, end, side="left"))  # ranges starting before end
+        if b <= a:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        lo = np.maximum(f[a:b], start)
+        hi = np.minimum(last[a:b], end - 1)
+        lens = hi - lo + 1
         total = int(lens.sum())
-        # offset k of the concatenation = firsts[batch] + (k - start of batch)
-        starts = np.cumsum(lens) - lens
-        offsets = np.repeat(f - starts, lens) + np.arange(total, dtype=np.int64)
-        ts = np.repeat(np.asarray(timestamps, dtype=np.int64), lens)
-        return cls(start_offset, end_offset, offsets, ts)
+        # offset k of the concatenation = lo[range] + (k - start of range)
+        begins = np.cumsum(lens) - lens
+        offsets = np.repeat(lo - begins, lens) + np.arange(total, dtype=np.int64)
+        return offsets, np.repeat(ts[a:b], lens)
+
+    def between(self, start: int, end: int) -> tuple[I8, I8, I8 | None, U8 | None]:
+        """The columns (offsets, timestamps, deliver_at, key_hash) of the
+        candidates in ``[start, end)``."""
+        if self._ranges is not None and self._offsets is None:
+            offsets, ts = self._expand(start, end)
+            return offsets, ts, None, None
+        lo = int(np.searchsorted(self.offsets, start))
+        hi = int(np.searchsorted(self.offsets, end))
+        return (
+            self.offsets[lo:hi],
+            self.timestamps[lo:hi],
+            None if self.deliver_at is None else self.deliver_at[lo:hi],
+            None if self.key_hash is None else self.key_hash[lo:hi],
+        )
 
 
 def _runs(idx: npt.NDArray[np.intp], off: I8, *attrs: npt.NDArray[Any]) -> list[tuple[int, int]]:
@@ -410,19 +484,18 @@ class Work:
         if end <= start:
             return
         n = end - start
-        lo = int(np.searchsorted(c.offsets, start))
-        hi = int(np.searchsorted(c.offsets, end))
-        pos = c.offsets[lo:hi] - start
+        offsets, c_ts, c_due, c_key = c.between(start, end)
+        pos = offsets - start
         gap = np.ones(n, dtype=np.bool_)
         gap[pos] = False
         ts = np.zeros(n, dtype=np.int64)
-        ts[pos] = c.timestamps[lo:hi]
+        ts[pos] = c_ts
         due = np.zeros(n, dtype=np.int64)
-        if c.deliver_at is not None:
-            due[pos] = c.deliver_at[lo:hi]
+        if c_due is not None:
+            due[pos] = c_due
         key = np.zeros(n, dtype=np.uint64)
-        if c.key_hash is not None and self.config.ordering_keys:
-            key[pos] = c.key_hash[lo:hi]
+        if c_key is not None and self.config.ordering_keys:
+            key[pos] = c_key
         chunk = ShareChunkValue(gap=gap, ts=ts, deliver_at=due, key_hash=key)
         assert self.new_chunk is None
         self.new_chunk = (start, chunk)

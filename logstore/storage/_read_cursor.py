@@ -86,6 +86,8 @@ class CutFrame:
     base_offset: int
     next_offset: int
     data: bytes
+    #: Facts readers derived from ``data`` (``FetchResult.memo``).
+    memo: dict[object, object]
 
     def holds(self, generation: int, offset: int, high_watermark: int) -> bool:
         return (

@@ -251,7 +251,7 @@ _PARTITIONS_TAG: Final = b"\x0a"
 _RECORDS_TAG: Final = b"\x1a"
 
 
-def trim_frames(data: bytes, lo: int, hi: int) -> bytes:
+def trim_frames(data: bytes, lo: int, hi: int, memo: dict[object, object] | None = None) -> bytes:
     """The stored frames ``data`` with each frame that holds mostly records
     outside ``lo..hi`` cut to those in it, when it can be cut without a loop
     per record: an uncompressed format-1 frame whose records all have one
@@ -264,7 +264,10 @@ def trim_frames(data: bytes, lo: int, hi: int) -> bytes:
     acquire either way. Why: a producer's batch holds ~10,000 records of
     100 B (944 KB), and a fetch acquires 500 of them: sending the whole batch
     to each of 20 fetches was most of the reply bytes (the send, the copies,
-    the consumer's parse)."""
+    the consumer's parse).
+
+    ``memo`` (``FetchResult.memo`` of a cached frame) keeps each frame's
+    uniform-size check across the ~20 fetches that cut the same batch."""
     index = stored_frames(data)
     out: list[bytes] = []
     cut = False
@@ -276,7 +279,13 @@ def trim_frames(data: bytes, lo: int, hi: int) -> bytes:
             out.append(data[pos:end])
             continue
         rs = pos + h.records_start
-        if uniform_record_count(data, rs, end) != h.record_count:
+        if memo is None:
+            uniform = uniform_record_count(data, rs, end)
+        else:
+            got = memo.get(("share:uniform", rs))
+            uniform = got if isinstance(got, int) else uniform_record_count(data, rs, end)
+            memo[("share:uniform", rs)] = uniform
+        if uniform != h.record_count:
             out.append(data[pos:end])
             continue
         size = (end - rs) // h.record_count
@@ -319,6 +328,7 @@ def fetch_reply(
                 records,
                 min(r.first_offset for r in f.acquired),
                 max(r.last_offset for r in f.acquired),
+                f.memo,
             )
         if records:
             n = _varint(len(records))
