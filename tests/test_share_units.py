@@ -498,6 +498,46 @@ def test_window_takes_only_its_room_of_a_big_batch() -> None:
     assert p is not None and p.value is not None and p.value.speo == 2000
 
 
+def test_fetch_plan_counts_the_room_accepted_records_free() -> None:
+    """A full window has no room in the plan; with ``freed`` (the ACCEPTs applied in
+    the same call) it has that much, never more than max_inflight_records; and after
+    those acks the acquisition takes the new offsets."""
+    b = Broker(ShareGroupConfig(max_inflight_records=10))
+    b.join("a")
+    b.produce("t", 30)
+    assert len(b.fetch("a", 10)) == 10  # the window is full
+    assert b.c.fetch_plan("g", "a", now_ms=NOW) == ()
+    [r] = b.c.fetch_plan("g", "a", now_ms=NOW, freed={("t", 0): 4})
+    assert (r.start_offset, r.max_offsets) == (10, 4)
+    [r] = b.c.fetch_plan("g", "a", now_ms=NOW, freed={("t", 0): 50})
+    assert r.max_offsets == 10
+    b.ack("a", ack(0, 3))
+    assert [o for _, o, _ in b.fetch("a", 10)] == [10, 11, 12, 13]
+
+
+def test_has_work_says_whether_a_fetch_could_take_a_record() -> None:
+    """Room and records past the window end, or an available record: True; a full
+    window of acquired records, or room with the log read to its end: False."""
+    b = Broker(ShareGroupConfig(max_inflight_records=10))
+    b.join("a")
+
+    def log_end(t: str, p: int) -> int:
+        return len(b.topics[t])
+
+    assert not b.c.has_work("g", now_ms=NOW, log_end=log_end)  # nothing produced
+    b.produce("t", 12)
+    assert b.c.has_work("g", now_ms=NOW, log_end=log_end)  # no state yet, records
+    b.fetch("a", 10)
+    assert not b.c.has_work("g", now_ms=NOW, log_end=log_end)  # window full, all acquired
+    b.ack("a", ack(0, 0))
+    assert b.c.has_work("g", now_ms=NOW, log_end=log_end)  # room, and 10..11 unread
+    b.fetch("a", 10)
+    assert not b.c.has_work("g", now_ms=NOW, log_end=log_end)
+    b.ack("a", ack(5, 5, AckKind.RELEASE))
+    assert b.c.has_work("g", now_ms=NOW, log_end=log_end)  # offset 5 available again
+    assert not b.c.has_work("nope", now_ms=NOW, log_end=log_end)
+
+
 # ------------------------------------------------------------ durability
 
 

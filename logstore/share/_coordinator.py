@@ -669,13 +669,25 @@ class ShareCoordinator:
         return out
 
     def fetch_plan(
-        self, group_id: str, consumer_id: str, *, now_ms: int
+        self,
+        group_id: str,
+        consumer_id: str,
+        *,
+        now_ms: int,
+        freed: Mapping[TopicPartition, int] | None = None,
     ) -> tuple[PartitionRead, ...]:
         """Step 1 of a fetch (see the module docstring): the partitions of
         the consumer's topics whose window has room, in priority order.
-        Changes nothing. Raises UnknownMemberIdError."""
+        ``freed``: offsets per partition that acknowledgements applied in the
+        same call as the acquisition will finish (ACCEPT), which can move the
+        window start by at most that much: the room planned grows by it
+        (bounded by ``max_inflight_records``), so a fetch that accepts 500
+        records reads the 500 its acks make room for (``Work.extend`` takes
+        only what fits once they applied). Changes nothing. Raises
+        UnknownMemberIdError."""
         m = self._member(group_id, consumer_id, now_ms)
         g = self._group(group_id)
+        freed = freed or {}
         out = []
         for tp in self._ordered(group_id, g, m.topics):
             p = g.partitions.get(tp)
@@ -692,7 +704,7 @@ class ShareCoordinator:
                     )
                 )
                 continue
-            room = p.value.spso + cap - p.value.speo
+            room = min(cap, p.value.spso + cap - p.value.speo + freed.get(tp, 0))
             if room > 0:
                 out.append(
                     PartitionRead(
@@ -705,6 +717,35 @@ class ShareCoordinator:
                     )
                 )
         return tuple(out)
+
+    def has_work(self, group_id: str, *, now_ms: int, log_end: Callable[[str, int], int]) -> bool:
+        """Whether a fetch of ``group_id`` could acquire a record now: a share
+        partition with an available, due record, or with window room and
+        records in the log past its end (``log_end(topic, partition)``: the
+        high watermark), or a subscribed partition without state that has
+        records. Read-only; numpy over each window. The broker wakes parked
+        fetches after a batch only when this holds (a batch that only took
+        records makes none available), and a woken fetch skips its read and
+        acquisition when it does not. Lock ends and delays coming due are the
+        timer's (it wakes every parked fetch). Unknown group: False."""
+        g = self._groups.get(group_id)
+        if g is None:
+            return False
+        cap = g.config.max_inflight_records
+        topics = {t for m in self._consumers.get(group_id, {}).values() for t in m.topics}
+        for t in topics:
+            for part in range(self._topics.get(t, 0)):
+                p = g.partitions.get((t, part))
+                if p is None or p.value is None:
+                    if log_end(t, part) > 0:
+                        return True
+                    continue
+                v = p.value
+                if v.spso + cap - v.speo > 0 and log_end(t, part) > v.speo:
+                    return True
+                if p.available_now(now_ms) > 0:
+                    return True
+        return False
 
     def acquire(
         self,
