@@ -12,6 +12,11 @@ per 100,000 records. CPU time is what this measures because the machine's
 other load disturbs it far less than the wall-clock rate (two shared cores:
 a busy neighbour halves the rate but barely moves the CPU per record).
 
+``--latency RATE`` instead runs W8's latency half: the workers waiting on an
+empty queue and one paced producer (ProduceStream, ``--linger-ms``) sending
+RATE tasks/s for ``--seconds``; it prints produce-to-ack p50 / p99 and the
+CPU per 100,000 tasks.
+
 ``--py-spy OUT`` samples the broker during each drain (``py-spy record
 --format raw``, appended run by run to ``OUT``) and prints the top self and
 inclusive frames of logstore's own code.
@@ -75,6 +80,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--py-spy", type=Path, default=None, help="raw py-spy output file")
+    ap.add_argument("--latency", type=int, default=0, help="paced tasks/s (0: the drain)")
+    ap.add_argument("--linger-ms", type=float, default=1.0)
+    ap.add_argument("--seconds", type=float, default=10.0)
     a = ap.parse_args()
     driver = Driver()
     with tempfile.TemporaryDirectory(prefix="w8prof-") as tmp:
@@ -100,7 +108,8 @@ def main() -> None:
                     "deadline_s": 180,
                     "partitions_list": [0],
                 }
-                run_workers(worker, [fill], timeout_s=300)
+                if not a.latency:
+                    run_workers(worker, [fill], timeout_s=300)
                 import multiprocessing as mp
 
                 acked = mp.get_context("spawn").Value("q", 0)
@@ -131,9 +140,37 @@ def main() -> None:
                         stderr=subprocess.DEVNULL,
                     )  # fmt: skip
                     time.sleep(1.0)
+                lead: list[dict[str, object]] = []
+                if a.latency:
+                    total = int(a.latency * a.seconds)
+                    for w in args:
+                        w["n"], w["stamped"], w["deadline_s"] = total, True, a.seconds + 60
+                    lead = [
+                        {
+                            "system": "logstore",
+                            "op": "paced",
+                            "params": params,
+                            "topic": topic,
+                            "rate": a.latency,
+                            "seconds": a.seconds,
+                            "size": 100,
+                            "durable": True,
+                            "linger_ms": a.linger_ms,
+                            "deadline_s": a.seconds + 60,
+                        }
+                    ]
                 c0 = _cpu_s(pid)
-                res = run_workers(worker, args, timeout_s=300)
+                res = run_workers(worker, [*lead, *args], timeout_s=300)
                 c1 = _cpu_s(pid)
+                if lead:
+                    import numpy as np
+
+                    from benchmarks._stats import latency_percentiles_ms
+
+                    res = res[1:]
+                    lat = np.concatenate([np.asarray(r["lat_ns"], dtype=np.int64) for r in res])
+                    pct = latency_percentiles_ms(lat)
+                    print(f"  latency p50 {pct['p50']:.1f} ms, p99 {pct['p99']:.1f} ms")
                 if spy is not None:
                     spy.send_signal(2)
                     spy.wait(30)
