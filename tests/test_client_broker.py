@@ -234,8 +234,10 @@ def test_lost_reply_retry_is_deduplicated_by_the_real_broker(
 
     class LosingTransport(GrpcTransport):
         lost = 0
-        # the unary Produce path (tests/test_producer_pipeline.py drops MultiProduce requests)
+        # the unary Produce path (tests/test_producer_pipeline.py drops MultiProduce
+        # requests and breaks the ProduceStream)
         multi_produce = None  # type: ignore[assignment]
+        open_stream = None  # type: ignore[assignment]
 
         def produce(self, request: bytes, timeout_s: float, callback: Any) -> None:
             if self.lost < 2:

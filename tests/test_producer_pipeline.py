@@ -485,6 +485,8 @@ class DroppingTransport(GrpcTransport):
         self.sent = 0
         self.seqs: list[int] = []
         self.out_of_order = 0
+        # the unary paths under test: no ProduceStream (its order is the stream's)
+        self.open_stream = None  # type: ignore[assignment,method-assign]
         if not multi:
             self.multi_produce = None  # type: ignore[assignment,method-assign]
 
@@ -560,3 +562,106 @@ def test_real_broker_refuses_what_follows_a_dropped_request_and_order_holds(
                 got.extend(r.value for r in recs)
         assert c.poll(300) == {}
     assert got == values
+
+
+class StreamCountingTransport(GrpcTransport):
+    """Counts each way requests go; ``break_after``: cancels the ProduceStream once,
+    after that many stream requests (a connection lost with requests on it)."""
+
+    def __init__(self, address: str, break_after: int = 0) -> None:
+        super().__init__(address, 5000, 30_000)
+        self.unary = self.multi = self.streamed = self.streams = 0
+        self.break_after = break_after
+
+    def produce(self, request: bytes, timeout_s: float, callback: Any) -> None:
+        self.unary += 1
+        super().produce(request, timeout_s, callback)
+
+    def multi_produce(self, request: bytes, timeout_s: float, callback: Any) -> None:
+        self.multi += 1
+        super().multi_produce(request, timeout_s, callback)
+
+    def open_stream(self, on_reply: Any) -> Any:
+        self.streams += 1
+        stream = super().open_stream(on_reply)
+        send = stream.send
+
+        def counted(token: Any, request: bytes) -> None:
+            self.streamed += 1
+            send(token, request)
+            if self.streamed == self.break_after:
+                stream._call.cancel()  # ends the stream with requests unanswered
+
+        stream.send = counted  # type: ignore[method-assign]
+        return stream
+
+
+def _read_all(address: str, topic: str, partitions: int, n: int) -> dict[int, list[bytes | None]]:
+    got: dict[int, list[bytes | None]] = {p: [] for p in range(partitions)}
+    with Consumer(address) as c:
+        c.assign([(topic, p) for p in range(partitions)])
+        deadline = time.monotonic() + 30
+        while sum(map(len, got.values())) < n and time.monotonic() < deadline:
+            for tp, recs in c.poll(500).items():
+                got[tp.partition].extend(r.value for r in recs)
+        assert c.poll(300) == {}
+    return got
+
+
+def test_few_partitions_go_on_the_produce_stream_many_as_multi_produce(
+    broker: BrokerProcess,
+) -> None:
+    """One partition: every request is a ProduceStream message (ordered, so a paced
+    linger 0 producer is never refused as out of order); then, in the same producer,
+    more partitions than STREAM_MAX_PARTITIONS: MultiProduce. Every record once, in
+    order, across the switch."""
+    from logstore.client.producer._sender import STREAM_MAX_PARTITIONS
+
+    wide = STREAM_MAX_PARTITIONS * 4
+    with Admin(broker.grpc_address) as a:
+        a.create_topic("stream-one", 1)
+        a.create_topic("stream-wide", wide)
+    transport = StreamCountingTransport(broker.grpc_address)
+    one = _values(2000, "a")
+    many = _values(4000, "b")
+    with Producer(transport=transport, linger_ms=0) as p:
+        for i, v in enumerate(one):
+            p.send("stream-one", v)
+            if i % 20 == 19:
+                time.sleep(0.001)
+        p.flush(60)
+        assert transport.streamed >= 2 and transport.multi == 0 and transport.unary == 0
+        streamed = transport.streamed
+        for i, v in enumerate(many):
+            p.send("stream-wide", v, partition=i % wide)
+        p.flush(60)
+        assert transport.multi >= 1  # the wide topic's passes went as MultiProduce
+        p.send("stream-one", b"last")  # few partitions with work again: the stream
+        p.flush(60)
+    assert transport.streamed == streamed + 1
+    assert _read_all(broker.grpc_address, "stream-one", 1, len(one) + 1)[0] == [*one, b"last"]
+    wide_got = _read_all(broker.grpc_address, "stream-wide", wide, len(many))
+    for part in range(wide):
+        assert wide_got[part] == many[part::wide]
+
+
+def test_a_broken_produce_stream_is_reopened_and_every_record_stored_once_in_order(
+    broker: BrokerProcess,
+) -> None:
+    """The stream is cancelled with requests on it: their batches fail retriably, go
+    again (idempotent: any the broker had stored are answered as duplicates) on a new
+    stream, and a consumer reads every record once, in order."""
+    with Admin(broker.grpc_address) as a:
+        a.create_topic("stream-break", 1)
+    transport = StreamCountingTransport(broker.grpc_address, break_after=5)
+    values = _values(3000, "s")
+    with Producer(transport=transport, linger_ms=0, retry_backoff_ms=10) as p:
+        hs = []
+        for i, v in enumerate(values):
+            hs.append(p.send("stream-break", v))
+            if i % 20 == 19:
+                time.sleep(0.002)
+        p.flush(60)
+        assert all(h.result(1) for h in hs)
+    assert transport.streams >= 2  # the broken stream was replaced
+    assert _read_all(broker.grpc_address, "stream-break", 1, len(values))[0] == values

@@ -173,6 +173,12 @@ class Connection:
             request_serializer=None,
             response_deserializer=logstore_pb2.ProduceResponse.FromString,
         )
+        # The producer's ordered pipeline: raw requests in, one reply each, in order.
+        self.produce_stream = self.channel.stream_stream(
+            _SERVICE + "ProduceStream",
+            request_serializer=None,
+            response_deserializer=logstore_pb2.ProduceResponse.FromString,
+        )
         # response_deserializer None: the reply arrives as bytes (stored frames).
         self.fetch_raw = self.channel.unary_unary(
             _SERVICE + "Fetch",

@@ -44,11 +44,14 @@ def parse_acks(acks: str | int) -> int:
 class Producer(RecordAccumulator):
     """Sends records to a broker in batches.
 
-    One request per broker carries every partition's ready batch
-    (``MultiProduce``, Kafka's Produce shape; cut at ``max_request_bytes``,
-    default just under the broker's 4 MiB ``max_request_bytes``), with up to
-    ``max_in_flight`` such requests in flight; a broker without MultiProduce
-    gets one ``Produce`` per batch. Each batch's result is handled on its own.
+    With work for at most ``STREAM_MAX_PARTITIONS`` (4) partitions, each batch
+    is one message on the producer's ordered ``ProduceStream`` (pipelined, no
+    per-request call); with more, one request per broker carries every
+    partition's ready batch (``MultiProduce``, Kafka's Produce shape; cut at
+    ``max_request_bytes``, default just under the broker's 4 MiB
+    ``max_request_bytes``), with up to ``max_in_flight`` such requests in
+    flight; a broker without MultiProduce gets one ``Produce`` per batch.
+    Each batch's result is handled on its own.
 
     ``send`` returns a :class:`RecordHandle` at once; ``send_many`` a
     :class:`SendResult` for a list of values. Records are batched per

@@ -1,5 +1,16 @@
 """The sender thread: requests, delivery order, retries and completion.
 
+Ways to the broker. With work for at most ``STREAM_MAX_PARTITIONS``
+partitions, each batch's request is one message on the producer's
+``ProduceStream`` (:class:`ProduceStream`: written at once, replies read in
+order by one thread; the broker handles a stream's messages in order, so
+pipelined batches never reach it out of order as pipelined unary calls may);
+with more, the batches of one pass go as one ``MultiProduce`` (a few if they
+pass ``max_request_bytes``). The sender changes way only when nothing is in
+flight, so one partition's requests never travel two ways at once. A broker
+without ProduceStream gets MultiProduce; without that, one ``Produce`` per
+batch.
+
 Requests. A closed batch becomes one raw ``Produce`` request: the small
 serialized ``ProduceRequest`` header (every field but ``records``) followed
 by the batch's joined records (``b"".join`` once, CRC32C in C). Protobuf
@@ -63,6 +74,7 @@ acts on them, under the producer's lock.
 from __future__ import annotations
 
 import itertools
+import queue
 import threading
 import time
 from collections import deque
@@ -94,6 +106,18 @@ _BATCHES_TAG: Final = b"\x7a"
 #: A MultiProduce request is cut before it would pass this many bytes: the
 #: broker's default max_request_bytes (4 MiB) less room for the small fields.
 DEFAULT_MAX_REQUEST_BYTES: Final = (4 << 20) - 4096
+
+
+#: With at most this many partitions holding work, the producer's requests go
+#: on its ``ProduceStream`` (one message per batch); with more, as one
+#: MultiProduce per sender pass. A stream message costs the broker and the
+#: client less than a unary call and the broker handles a stream's messages
+#: in order (unary calls may overtake each other, which pipelined idempotent
+#: batches answer with OUT_OF_ORDER_SEQUENCE_NUMBER and a resend); but it
+#: carries one batch, so many partitions are cheaper in one MultiProduce.
+STREAM_MAX_PARTITIONS: Final = 4
+
+StreamReply = Callable[[Any, logstore_pb2.ProduceResponse | None, BaseException | None], None]
 
 
 class MultiProduceUnimplemented(Exception):
@@ -194,8 +218,119 @@ class GrpcTransport:
 
         fut.add_done_callback(done)
 
+    def open_stream(self, on_reply: StreamReply) -> ProduceStream:
+        """A new ProduceStream; see :class:`ProduceStream`."""
+        self.conn.ensure_ready()
+        return ProduceStream(self.conn, on_reply)
+
     def close(self) -> None:
         self.conn.close()
+
+
+class ProduceStream:
+    """One ``ProduceStream`` call: requests written in order, replies read in order.
+
+    ``send(token, request)`` queues a request (gRPC's own thread writes it);
+    a reader thread matches each reply to the oldest unanswered request and
+    calls ``on_reply(token, response, None)``, or ``(token, None, error)`` for
+    a reply with an error status. When the stream ends (broker gone,
+    ``cancel``), every unanswered request -- and any sent after -- gets
+    ``on_reply(token, None, error)``: the error is the stream's own
+    (UNAVAILABLE is retriable; a ``cancel`` after a request timed out is
+    DeadlineExceededError), or :class:`ProduceStreamUnimplemented` from a broker
+    without the RPC.
+    """
+
+    def __init__(self, conn: Connection, on_reply: StreamReply) -> None:
+        self._on_reply = on_reply
+        self._address = conn.address
+        self._lock = threading.Lock()
+        #: (token, monotonic send time) of each request not answered yet
+        self._unanswered: deque[tuple[Any, float]] = deque()
+        self._ended: BaseException | None = None
+        self._timed_out = False
+        self._requests: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        requests = self._requests
+
+        def iterate() -> Any:
+            while (item := requests.get()) is not None:
+                yield item
+
+        self._call = conn.produce_stream(iterate())
+        self._reader = threading.Thread(
+            target=self._read, name="logstore-producer-stream", daemon=True
+        )
+        self._reader.start()
+
+    @property
+    def ended(self) -> bool:
+        return self._ended is not None
+
+    def oldest(self) -> float | None:
+        """When the oldest unanswered request was sent (None: none is)."""
+        with self._lock:
+            return self._unanswered[0][1] if self._unanswered else None
+
+    def send(self, token: Any, request: bytes) -> None:
+        with self._lock:
+            ended = self._ended
+            if ended is None:
+                self._unanswered.append((token, time.monotonic()))
+                self._requests.put(request)
+        if ended is not None:
+            self._on_reply(token, None, ended)
+
+    def time_out(self) -> None:
+        """End the stream because a request outlived its timeout."""
+        self._timed_out = True
+        self._call.cancel()
+
+    def close(self) -> None:
+        self._requests.put(None)
+        self._call.cancel()
+
+    def _read(self) -> None:
+        err: BaseException
+        try:
+            for resp in self._call:
+                with self._lock:
+                    token, _ = self._unanswered.popleft()
+                if resp.status.code:
+                    self._on_reply(token, None, translate_status(resp.status, self._address))
+                else:
+                    self._on_reply(token, resp, None)
+            err = errors.BrokerUnavailableError(
+                f"broker at {self._address} ended the produce stream"
+            )
+        except grpc.RpcError as exc:
+            if self._timed_out:
+                err = errors.DeadlineExceededError("produce request timed out (stream cancelled)")
+            elif exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                err = ProduceStreamUnimplemented(str(exc.details()))
+            elif exc.code() == grpc.StatusCode.CANCELLED:
+                # Not by us (a timeout is handled above; close() comes only when
+                # nothing is unanswered): the stream was ended under us, as a
+                # broker's stop ends long polls. Retried like UNAVAILABLE.
+                err = errors.BrokerUnavailableError(
+                    f"the produce stream to {self._address} was cancelled: {exc.details()}"
+                )
+            else:
+                err = translate(exc, self._address)
+        except BaseException as exc:  # a reply without a request: the stream is broken
+            err = translate(exc, self._address)
+        self._call.cancel()
+        self._requests.put(None)  # ends gRPC's request thread
+        with self._lock:
+            self._ended = err
+            left = list(self._unanswered)
+            self._unanswered.clear()
+        for token, _ in left:
+            self._on_reply(token, None, err)
+
+
+class ProduceStreamUnimplemented(Exception):
+    """The broker has no ProduceStream: the producer goes on with MultiProduce
+    (or Produce). Internal, as :class:`MultiProduceUnimplemented`."""
 
 
 class Sender:
@@ -221,6 +356,15 @@ class Sender:
         self._multi_produce: Callable[[bytes, float, MultiCallback], None] | None = getattr(
             transport, "multi_produce", None
         )
+        #: the transport's ProduceStream opener (None: it has none, or the
+        #: broker answered UNIMPLEMENTED), the open stream, and whether the
+        #: requests in flight went on it (a partition's requests all go one
+        #: way at a time: the switch waits until none is in flight)
+        self._open_stream: Callable[[StreamReply], ProduceStream] | None = getattr(
+            transport, "open_stream", None
+        )
+        self._stream: ProduceStream | None = None
+        self._streaming = False
         self._max_request_bytes = max_request_bytes
         self._compression_level = compression_level
         self._acc = accumulator
@@ -268,8 +412,13 @@ class Sender:
                             if wait_s <= 0:
                                 take_id = True
                                 break
+                    elif self._requests_in_flight and self._want_stream() != self._streaming:
+                        # switching between the stream and MultiProduce: let the
+                        # requests in flight answer first, so order holds
+                        wait_s = self._stream_watchdog()
                     elif (
-                        self._multi_produce is not None
+                        not self._streaming
+                        and self._multi_produce is not None
                         and self._requests_in_flight >= self._max_in_flight
                     ):
                         wait_s = None  # max_in_flight requests to the broker: wait for one
@@ -277,7 +426,13 @@ class Sender:
                         wait_s = self._collect(to_send, to_compress)
                         if to_send or to_compress:
                             break
+                        if self._streaming and self._requests_in_flight:
+                            watch = self._stream_watchdog()
+                            if watch is not None:
+                                wait_s = watch if wait_s is None else min(wait_s, watch)
                     if acc._closed and not acc._pending:
+                        if self._stream is not None:
+                            self._stream.close()
                         return
                     ahead = self._next_to_compress()
                     if ahead is not None:
@@ -290,7 +445,10 @@ class Sender:
                 to_compress.append(ahead)
             for batch in to_compress:
                 batch.compressed = self._compress(batch)
-            if self._multi_produce is not None and to_send:
+            if self._streaming and to_send:
+                for batch in to_send:
+                    self._send_stream(batch)
+            elif self._multi_produce is not None and to_send:
                 self._send_multi(to_send)
             else:
                 for batch in to_send:
@@ -301,6 +459,24 @@ class Sender:
                     acc.refresh_metadata()
                 except errors.LogStoreError:
                     pass  # keep the old metadata; the next produce reports real trouble
+
+    def _want_stream(self) -> bool:
+        """Whether requests should go on the ProduceStream now (lock held)."""
+        return self._open_stream is not None and len(self._acc._active) <= STREAM_MAX_PARTITIONS
+
+    def _stream_watchdog(self) -> float | None:
+        """End the stream if its oldest request outlived the request timeout
+        (its batches then fail as a unary call's would); else how long until
+        it would (None: nothing on the stream). Lock held."""
+        stream = self._stream
+        sent = stream.oldest() if stream is not None else None
+        if stream is None or sent is None:
+            return None
+        left = sent + self._request_timeout_s - time.monotonic()
+        if left > 0:
+            return left
+        stream.time_out()
+        return None
 
     def _take_new_id(self) -> None:
         """InitProducer after a broken sequence (lock not held). A retriable failure
@@ -345,6 +521,8 @@ class Sender:
         cap = self._max_in_flight
         wait: float | None = None
         idle: list[tuple[str, int]] = []
+        if not self._requests_in_flight:
+            self._streaming = self._want_stream()
         for tp, q in acc._active.items():
             if q.recovering:
                 if q.in_flight:
@@ -521,6 +699,30 @@ class Sender:
         except BaseException as exc:
             self._on_done([batch], None, translate(exc, self._address))
 
+    def _send_stream(self, batch: ProducerBatch) -> None:
+        """Write a batch's request on the ProduceStream (opened if needed). Lock not held."""
+        if not self._request_of(batch):
+            return
+        assert batch.request is not None and self._open_stream is not None
+        batch.attempts += 1
+        self._requests_in_flight += 1
+        stream = self._stream
+        if stream is None or stream.ended:
+            try:
+                stream = self._stream = self._open_stream(self._on_stream_reply)
+            except BaseException as exc:
+                self._on_done([batch], None, translate(exc, self._address))
+                return
+        stream.send(batch, batch.request)
+
+    def _on_stream_reply(
+        self,
+        batch: ProducerBatch,
+        resp: logstore_pb2.ProduceResponse | None,
+        exc: BaseException | None,
+    ) -> None:
+        self._on_done([batch], resp, exc)
+
     def _send_multi(self, batches: list[ProducerBatch]) -> None:
         """Send the batches taken in one pass as MultiProduce requests: one, unless
         they pass ``max_request_bytes`` (then as few as fit). Lock not held."""
@@ -574,6 +776,10 @@ class Sender:
         while self._completions:
             batches, resp, exc = self._completions.popleft()
             self._requests_in_flight -= 1
+            if isinstance(exc, ProduceStreamUnimplemented):
+                # an older broker: MultiProduce (or Produce) from now on, these again
+                self._open_stream = None
+                exc = errors.BrokerUnavailableError(f"ProduceStream unimplemented: {exc}")
             if isinstance(exc, MultiProduceUnimplemented):
                 # an older broker: one Produce per batch from now on, these again
                 self._multi_produce = None
