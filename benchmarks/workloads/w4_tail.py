@@ -2,11 +2,15 @@
 one tailing consumer (another process); end-to-end latency = consumer receive
 time - the record's intended send time (CLOCK_MONOTONIC, in the payload).
 
-logstore: ProduceStream with linger 0 (each wake-up of the paced producer
-sends the records due as one batch) and Subscribe, once with acks=1 and once
-with acks=all. Redis: pipelined XADD of the records due + XREAD BLOCK.
+logstore: ProduceStream and Subscribe, once with acks=1 and once with
+acks=all, each with the pacer's linger 1 ms (the records due within 1 ms of
+the oldest go as one batch: the figures named ``W4 <rate>/s latency ...``)
+and with linger 0 (each wake-up of the pacer sends the records due at once:
+``W4 <rate>/s linger 0 latency ...``, the issue's "p50 <= 1 ms with
+linger_ms=0"). Redis: pipelined XADD of the records due + XREAD BLOCK.
 JetStream: publish_async + ordered push consumer. p50/p99/p99.9 in ms; each
-percentile is the median over the runs.
+percentile is the median over the runs. W4C (``w4_client``) measures the
+same through the ``Producer`` and ``Consumer`` that users call.
 """
 
 from __future__ import annotations
@@ -20,64 +24,79 @@ from benchmarks.workloads import Ctx, base_args, new_topic, timed
 NAME = "W4"
 TITLE = "end-to-end latency at a fixed rate"
 SIZE = 100
+#: the logstore pacer's linger (ms): 1 is the published W4 row, 0 the
+#: issue's linger_ms=0 target; the peers have no such setting (one row each)
+LOGSTORE_LINGERS_MS = (1, 0)
 
 
 def run(ctx: Ctx, system: System) -> list[Figure]:
     figs: list[Figure] = []
     seconds = ctx.scale.w4_seconds
+    lingers: tuple[int | None, ...] = LOGSTORE_LINGERS_MS if system.name == "logstore" else (None,)
     for durable in system.durability_modes:
         system.set_durable(durable)
         for rate in ctx.scale.w4_rates:
-            n = int(rate * seconds)
-            info = {
-                "workload": NAME,
-                "system": system.name,
-                "mode": system.label(durable),
-                "durable": durable,
-                "rate": rate,
-                "seconds": seconds,
-                "size": SIZE,
-                "bound": "grpc_unary_tiny",
-            }
-            pct: dict[str, Figure] = {
-                k: Figure(
-                    f"{NAME} {rate:,}/s latency {k}", "ms", higher_is_better=False, info=dict(info)
-                )
-                for k in ("p50", "p99", "p99.9")
-            }
-            delivered = Figure(f"{NAME} {rate:,}/s delivered", "%", info=dict(info))
-            all_lat: list[np.ndarray] = []
-            for _ in range(ctx.runs):
-                topic = new_topic("w4")
-                system.create(topic)
-                tail = base_args(ctx, system, "tail", topic=topic, n=n, deadline_s=seconds + 30)
-                prod = base_args(ctx, system, "paced", topic=topic, rate=rate, seconds=seconds)
-                prod.update(size=SIZE, durable=durable)
-                try:
-                    _, _, res = timed(ctx, [tail, prod])
-                except Exception as exc:
-                    # one failed run (a broker error) loses this run only
-                    ctx.fail(f"{NAME} {system.name} {system.label(durable)} {rate}/s", exc)
-                    continue
-                finally:
-                    system.delete(topic)
-                lat = np.asarray(res[0]["lat_ns"])
-                all_lat.append(lat)
-                p = latency_percentiles_ms(lat)
-                for k, f in pct.items():
-                    f.values.append(p[k])
-                delivered.values.append(100.0 * res[0]["count"] / max(1, n))
-                ctx.log(
-                    f"{NAME} {system.name} {system.label(durable)} {rate}/s: "
-                    f"p50 {p['p50']:.2f} ms p99 {p['p99']:.2f} ms p99.9 {p['p99.9']:.2f} ms "
-                    f"({res[0]['count']:,}/{n:,} delivered)"
-                )
-            if not all_lat:
-                continue
-            # the distribution of the last run, for the plots (201 quantiles)
-            q = np.linspace(0, 100, 201)
-            pct["p50"].info["quantiles_ms"] = (
-                (np.percentile(all_lat[-1], q) / 1e6).tolist() if all_lat[-1].size else []
-            )
-            figs += [*pct.values(), delivered]
+            for linger in lingers:
+                figs += _one(ctx, system, durable, rate, seconds, linger)
     return figs
+
+
+def _one(
+    ctx: Ctx, system: System, durable: bool, rate: int, seconds: float, linger: int | None
+) -> list[Figure]:
+    n = int(rate * seconds)
+    # linger 1 keeps the names of earlier runs; linger 0 has its own
+    where = f"{rate:,}/s" if linger in (None, 1) else f"{rate:,}/s linger {linger}"
+    info = {
+        "workload": NAME,
+        "system": system.name,
+        "mode": system.label(durable),
+        "durable": durable,
+        "rate": rate,
+        "seconds": seconds,
+        "size": SIZE,
+        "bound": "grpc_unary_tiny",
+    }
+    if linger is not None:
+        info["linger_ms"] = linger
+    pct: dict[str, Figure] = {
+        k: Figure(f"{NAME} {where} latency {k}", "ms", higher_is_better=False, info=dict(info))
+        for k in ("p50", "p99", "p99.9")
+    }
+    delivered = Figure(f"{NAME} {where} delivered", "%", info=dict(info))
+    all_lat: list[np.ndarray] = []
+    for _ in range(ctx.runs):
+        topic = new_topic("w4")
+        system.create(topic)
+        tail = base_args(ctx, system, "tail", topic=topic, n=n, deadline_s=seconds + 30)
+        prod = base_args(ctx, system, "paced", topic=topic, rate=rate, seconds=seconds)
+        prod.update(size=SIZE, durable=durable)
+        if linger is not None:
+            prod["linger_ms"] = linger
+        try:
+            _, _, res = timed(ctx, [tail, prod])
+        except Exception as exc:
+            # one failed run (a broker error) loses this run only
+            ctx.fail(f"{NAME} {system.name} {system.label(durable)} {where}", exc)
+            continue
+        finally:
+            system.delete(topic)
+        lat = np.asarray(res[0]["lat_ns"])
+        all_lat.append(lat)
+        p = latency_percentiles_ms(lat)
+        for k, f in pct.items():
+            f.values.append(p[k])
+        delivered.values.append(100.0 * res[0]["count"] / max(1, n))
+        ctx.log(
+            f"{NAME} {system.name} {system.label(durable)} {where}: "
+            f"p50 {p['p50']:.2f} ms p99 {p['p99']:.2f} ms p99.9 {p['p99.9']:.2f} ms "
+            f"({res[0]['count']:,}/{n:,} delivered)"
+        )
+    if not all_lat:
+        return []
+    # the distribution of the last run, for the plots (201 quantiles)
+    q = np.linspace(0, 100, 201)
+    pct["p50"].info["quantiles_ms"] = (
+        (np.percentile(all_lat[-1], q) / 1e6).tolist() if all_lat[-1].size else []
+    )
+    return [*pct.values(), delivered]
