@@ -148,3 +148,27 @@ def test_group_consumer_fetches_its_partitions_with_multifetch(cbroker) -> None:
     assert got == {b"g%d" % part for part in range(40)}
     assert _requests(after, "Fetch") == _requests(before, "Fetch")
     assert _requests(after, "MultiFetch") > _requests(before, "MultiFetch")
+
+
+def test_a_backlog_of_many_partitions_is_fetched_by_several_requests_in_flight(cbroker) -> None:
+    """12 partitions with a backlog, fetch_max_bytes 1 MiB: their replies could hold
+    12 MiB, so the first poll's fetch goes as 3 MultiFetch requests of 4 partitions
+    (about _REQUEST_SPLIT_BYTES each; one request slot kept free), not one serial
+    12 MiB reply. Every record still comes back once, in order per partition."""
+    addr = cbroker.grpc_address
+    with Admin(addr) as a:
+        a.create_topic("cm-split", 12)
+    with Producer(addr) as p:
+        for i in range(20):
+            for part in range(12):
+                p.send("cm-split", f"{part}-{i}".encode(), partition=part)
+        p.flush()
+    with Consumer(addr, fetch_max_wait_ms=100, fetch_max_bytes=1 << 20) as c:
+        c.assign([("cm-split", part) for part in range(12)])
+        for part in range(12):
+            c.seek(("cm-split", part), 0)
+        c._issue_all(time.monotonic())  # what the first poll sends
+        sizes = sorted(len(members) for members, _ in c._fetches.values())
+        assert sizes == [4, 4, 4]
+        out = _drain(c, 240)
+    assert out == {part: [f"{part}-{i}".encode() for i in range(20)] for part in range(12)}

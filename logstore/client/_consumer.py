@@ -9,9 +9,12 @@ issued from where it ends -- before the reply is decoded -- so the broker
 works on the next reply while this one is decoded and while the caller
 processes it.
 
-All partitions ready to fetch go in one ``MultiFetch`` (one round trip and one
+Partitions ready to fetch go in one ``MultiFetch`` (one round trip and one
 long poll for all of them, Kafka's fetch shape), listed in a rotating order so
-the request's byte budget favours none. A partition that becomes ready while
+the request's byte budget favours none -- or, when their replies could pass
+``_REQUEST_SPLIT_BYTES`` (4 MiB: more than 4 partitions at the default
+``fetch_max_bytes``), in up to ``_MAX_FETCHES - 1`` requests of about that
+size, so several replies are in flight during a backlog. A partition that becomes ready while
 one is in flight (its buffer drained, a seek) goes in a new request rather
 than waiting for the long poll of idle ones to end; at most
 ``_MAX_FETCHES`` (4) are in flight, a bound on the broker's long-poll waiters
@@ -80,6 +83,12 @@ _MAX_BUFFERED: Final = 2
 #: the partitions ready together, more for ones that become ready while it
 #: long-polls; 4 keeps a consumer's broker long-poll slots small and fixed.
 _MAX_FETCHES: Final = 4
+#: A backlog of many partitions is fetched by several MultiFetch requests in
+#: flight, each of about this many bytes (at most ``fetch_max_bytes`` a
+#: partition), rather than one: a reply is one gRPC message, sent and
+#: received serially, so one 16 MiB reply at a time left the broker and the
+#: client each idle while the other worked.
+_REQUEST_SPLIT_BYTES: Final = 4 << 20
 #: fetch_request_max_bytes's default: Kafka's fetch.max.bytes (the broker caps
 #: a reply at its own fetch_max_bytes, 16 MiB by default).
 DEFAULT_FETCH_REQUEST_MAX_BYTES: Final = 50 << 20
@@ -370,8 +379,20 @@ class Consumer:
             for part in ready:
                 self._issue_unary(part)
         elif ready and len(self._fetches) < _MAX_FETCHES:
-            self._issue(ready)
+            for group in self._groups(ready):
+                self._issue(group)
         return wake
+
+    def _groups(self, ready: list[_Part]) -> list[list[_Part]]:
+        """``ready`` cut into requests whose replies may hold about
+        ``_REQUEST_SPLIT_BYTES`` (each partition up to ``fetch_max_bytes``): as
+        many as the free request slots allow, less one kept for partitions
+        that become ready while these long-poll."""
+        free = _MAX_FETCHES - len(self._fetches)
+        want = -(-len(ready) * self._max_bytes // _REQUEST_SPLIT_BYTES)
+        k = max(1, min(free - 1, want, len(ready)))
+        size = -(-len(ready) // k)
+        return [ready[i : i + size] for i in range(0, len(ready), size)]
 
     def _failed(
         self, part: _Part, err: errors.LogStoreError, may_retry: bool, name: bool
