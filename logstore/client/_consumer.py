@@ -13,8 +13,10 @@ Partitions ready to fetch go in one ``MultiFetch`` (one round trip and one
 long poll for all of them, Kafka's fetch shape), listed in a rotating order so
 the request's byte budget favours none -- or, when their replies could pass
 ``_REQUEST_SPLIT_BYTES`` (4 MiB: more than 4 partitions at the default
-``fetch_max_bytes``), in up to ``_MAX_FETCHES - 1`` requests of about that
-size, so several replies are in flight during a backlog. A partition that becomes ready while
+``fetch_max_bytes``), in up to ``_MAX_FETCHES - 1`` requests. Each request's
+total budget is that 4 MiB too (or one partition's ``fetch_max_bytes`` if
+larger, within ``fetch_request_max_bytes``), so during a backlog several
+small replies are in flight instead of one serial 16 MiB one. A partition that becomes ready while
 one is in flight (its buffer drained, a seek) goes in a new request rather
 than waiting for the long poll of idle ones to end; at most
 ``_MAX_FETCHES`` (4) are in flight, a bound on the broker's long-poll waiters
@@ -167,6 +169,12 @@ class Consumer:
         self.address = bootstrap
         self._max_bytes = fetch_max_bytes
         self._request_max_bytes = fetch_request_max_bytes
+        #: each request's total budget: about _REQUEST_SPLIT_BYTES (never below
+        #: one partition's fetch_max_bytes), so a backlog's replies stay small
+        #: and several are in flight, within fetch_request_max_bytes
+        self._reply_max_bytes = min(
+            fetch_request_max_bytes, max(_REQUEST_SPLIT_BYTES, fetch_max_bytes)
+        )
         self._max_wait_ms = fetch_max_wait_ms
         self._reset = auto_offset_reset
         self._check_crcs = check_crcs
@@ -331,7 +339,7 @@ class Consumer:
                 )
                 for part in parts
             ],
-            max_bytes=self._request_max_bytes,
+            max_bytes=self._reply_max_bytes,
             min_bytes=1,
             max_wait_ms=self._max_wait_ms,
         )
