@@ -256,7 +256,7 @@ class ProduceStream:
             while (item := requests.get()) is not None:
                 yield item
 
-        self._call = conn.produce_stream(iterate())
+        self._call: Any = conn.produce_stream(iterate())
         self._reader = threading.Thread(
             target=self._read, name="logstore-producer-stream", daemon=True
         )
