@@ -59,6 +59,7 @@ from logstore.storage import RateLimitedLog, Store
 
 from ._config import REQUEST_HEADROOM_BYTES, BrokerConfig, is_loopback, split_address
 from ._logging import setup_logging
+from ._malloc import keep_freed_memory
 from ._metrics import BrokerMetrics
 from ._reflection import enable_reflection
 from ._rpc_table import SERVICES
@@ -444,6 +445,7 @@ def serve_main(
         return 2
     setup_logging(config.log_format, config.log_level)
     raise_nofile_limit()
+    keep_freed_memory()  # _malloc.py: batch-sized buffers are reused, not faulted in again
     try:
         with asyncio.Runner(loop_factory=_loop_factory(config.event_loop)) as runner:
             return runner.run(serve(config))
