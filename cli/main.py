@@ -420,7 +420,7 @@ def produce(
         int | None,
         typer.Option(
             "--compression-level",
-            help="The codec's level (zstd -7..22, default 3; gzip 1..9, 6; lz4 0..16, 0).",
+            help="The codec's level (zstd -7..22, default 1; gzip 1..9, 6; lz4 0..16, 0).",
         ),
     ] = None,
     delay: Annotated[

@@ -91,7 +91,7 @@ class TopicConfig:
     #: that codec (recompressing a batch sent otherwise), and the log cleaner
     #: when it rewrites a batch of that codec (Kafka's
     #: ``compression.<codec>.level``, KIP-390). Ranges and defaults are the
-    #: codecs' (``logstore.wire.LEVELS``): zstd -7..22 (3), gzip 1..9 (6),
+    #: codecs' (``logstore.wire.LEVELS``): zstd -7..22 (1; Kafka's is 3), gzip 1..9 (6),
     #: lz4 0..16 (0: the fast mode; 3 and up are LZ4-HC, ~10x slower).
     compression_zstd_level: int = LEVELS[CODEC_ZSTD][2]
     compression_gzip_level: int = LEVELS[CODEC_GZIP][2]

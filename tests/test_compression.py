@@ -542,7 +542,7 @@ def test_topic_compression_levels_config() -> None:
     (naming it) or when not an integer."""
     c = TopicConfig()
     assert (c.compression_zstd_level, c.compression_gzip_level, c.compression_lz4_level) == (
-        3,
+        1,
         6,
         0,
     )

@@ -72,7 +72,8 @@ class Producer(RecordAccumulator):
     sides, more throughput) for up to that much more latency per record.
     ``compression`` (``"none"``, ``"gzip"``, ``"lz4"``, ``"zstd"``) compresses
     each batch (``compression_level``: the codec's level, None for its
-    default: zstd 3, gzip 6, lz4 0); the broker stores it as sent. An unknown
+    default: zstd 1 (Kafka's is 3; why: ``logstore.wire.LEVELS``), gzip 6,
+    lz4 0); the broker stores it as sent. An unknown
     codec or level raises InvalidArgumentError, a codec whose package is
     missing ImportError naming it, both here.
     """
