@@ -83,6 +83,7 @@ def main() -> None:
     ap.add_argument("--latency", type=int, default=0, help="paced tasks/s (0: the drain)")
     ap.add_argument("--linger-ms", type=float, default=1.0)
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--metrics", default="", help="print broker metric lines containing these")
     a = ap.parse_args()
     driver = Driver()
     with tempfile.TemporaryDirectory(prefix="w8prof-") as tmp:
@@ -186,6 +187,18 @@ def main() -> None:
                     f"(load {load:.2f})",
                     flush=True,
                 )
+                if a.metrics:
+                    import urllib.request
+
+                    assert driver.broker is not None
+                    url = f"http://{driver.broker.metrics_address}/metrics"
+                    for line in (
+                        urllib.request.urlopen(url, timeout=10).read().decode().splitlines()
+                    ):
+                        if any(k in line for k in a.metrics.split(",")) and not line.startswith(
+                            "#"
+                        ):
+                            print("  " + line)
                 driver.delete(topic, 1)
                 if spy is not None:
                     _top(out)

@@ -442,3 +442,17 @@ def test_iterating_yields_messages(fake: tuple[FakeShare, str]) -> None:
             if len(seen) == 3:
                 break
     assert seen == [b"a", b"b", b"c"]
+
+
+def test_ack_ranges_coalesce_in_order_and_out_of_order() -> None:
+    """One partition, one kind: in-order offsets become their runs directly; offsets
+    acked out of order or twice become the same runs (the sorted, unique fallback)."""
+    from logstore.client._share_consumer import _Ack, _batches
+
+    def runs(offsets: list[int]) -> list[tuple[int, int]]:
+        acks = [_Ack("t", 0, o, "ACCEPT") for o in offsets]
+        return [(b.first_offset, b.last_offset) for b in _batches(acks)]
+
+    assert runs([3, 4, 5, 9, 10]) == [(3, 5), (9, 10)]
+    assert runs([10, 3, 5, 4, 9, 4]) == [(3, 5), (9, 10)]
+    assert runs([7]) == [(7, 7)]

@@ -213,3 +213,23 @@ def test_frame_cache_is_bounded() -> None:
     assert cache.size_bytes == 800
     cache.put(a, frame(2000))  # too big: dropped, not kept
     assert cache.get(a) is None and cache.size_bytes == 400
+
+
+def test_read_cached_answers_only_from_the_cut_frame(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``read_cached`` (the share fetch's try on the event loop) returns exactly what
+    ``read_frames`` returns when the cut frame holds the read, reads no file, and is
+    None otherwise: no cached frame, a read going past the frame, a stale frame."""
+    store = _store()
+    _batch(store, 100, "a")
+    _batch(store, 10, "b")
+    assert store.read_cached("t", 0, 0, 50) is None  # nothing cached yet
+    store.read_frames("t", 0, 0, 4 << 20, 50)  # caches frame 0..99
+    preads = _counting(monkeypatch, "pread")
+    hit = store.read_cached("t", 0, 50, 80)
+    assert hit is not None and not preads
+    assert hit == store.read_frames("t", 0, 50, 4 << 20, 80)
+    assert store.read_cached("t", 0, 50, 105) is None  # would continue into batch b
+    store.partition("t", 0).truncate_to(0)
+    _batch(store, 100, "d")
+    assert store.read_cached("t", 0, 50, 80) is None  # invalidated by the truncation
+    assert _values(store, 50, 80)[0] == (50, b"d50")

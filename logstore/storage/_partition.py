@@ -894,6 +894,31 @@ class PartitionLog:
         memo = self._remember(gen, seg, pos, data, nxt, last_pos, last_base, limit)
         return FetchResult(data, end, start, nxt, memo)
 
+    def read_cached(self, offset: int, stop_offset: int | None = None) -> FetchResult | None:
+        """:meth:`read_frames` of ``offset`` when the store's cut-frame cache
+        answers it whole (no file read: safe on an event loop), else None.
+        The frame is returned alone, so it is what ``read_frames`` would
+        return only when ``stop_offset`` ends inside it; otherwise None."""
+        cache = self.frame_cache
+        if cache is None:
+            return None
+        start, end = self.log_start_offset, self._high_watermark
+        if not start <= offset < end:
+            return None
+        gen = self._read_generation
+        cut = cache.get(self)
+        if cut is None or not cut.holds(gen, offset, end):
+            return None
+        limit = end if stop_offset is None else max(offset + 1, min(end, stop_offset))
+        if limit > cut.next_offset:
+            return None  # the read would go on past the frame
+        cache.count_hit()
+        self._cursor = ReadCursor(
+            gen, cut.segment, cut.position, cut.base_offset,
+            cut.position + len(cut.data), cut.next_offset,
+        )  # fmt: skip
+        return FetchResult(cut.data, end, start, cut.next_offset, cut.memo)
+
     def _remember(
         self, gen: int, seg: Segment, pos: int, data: bytes, nxt: int, last_pos: int,
         last_base: int, limit: int,

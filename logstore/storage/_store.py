@@ -810,6 +810,13 @@ class Store:
         first, none starting at or after ``stop_offset`` (None: the high watermark)."""
         return self.partition(topic, partition).read_frames(offset, max_bytes, stop_offset)
 
+    def read_cached(
+        self, topic: str, partition: int, offset: int, stop_offset: int | None = None
+    ) -> FetchResult | None:
+        """:meth:`read_frames` answered from the cut-frame cache alone (no
+        I/O, so an event loop may call it), or None (``PartitionLog.read_cached``)."""
+        return self.partition(topic, partition).read_cached(offset, stop_offset)
+
     def offsets(self, topic: str, partition: int) -> tuple[int, int]:
         """``(log start offset, log end offset)``."""
         lg = self.partition(topic, partition)
