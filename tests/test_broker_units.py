@@ -139,3 +139,63 @@ def test_share_parked_bounds_are_broker_settings() -> None:
         BrokerConfig(share_max_delayed_records_total=0)
     with pytest.raises(InvalidConfigError, match="share_max_delayed_records"):
         BrokerConfig.resolve(env={"LOGSTORE_SHARE_MAX_DELAYED_RECORDS": "many"})
+
+
+def test_run_eagerly_runs_to_the_first_wait_and_a_task_takes_over() -> None:
+    """run_eagerly (MultiProduce's chains): a coroutine that never waits
+    finishes in the caller with no task; one that waits goes on as a task
+    that sees every later wake-up, result and exception, and a cancellation
+    reaches the coroutine where it waits."""
+    import asyncio
+
+    from logstore.broker._runtime import run_eagerly
+
+    log: list[str] = []
+
+    async def no_wait() -> None:
+        log.append("no_wait ran")
+
+    async def waits(fut: asyncio.Future[int], gate: asyncio.Event) -> None:
+        log.append("before")
+        log.append(f"got {await fut}")
+        await asyncio.sleep(0)  # a bare yield is passed through too
+        await gate.wait()
+        try:
+            await asyncio.Future()  # never done: cancelled below
+        except asyncio.CancelledError:
+            log.append("cancelled where it waited")
+            raise
+
+    async def fails(fut: asyncio.Future[int]) -> None:
+        try:
+            await fut
+        except ValueError as exc:
+            log.append(f"caught {exc}")
+        raise KeyError("after")
+
+    async def main() -> None:
+        assert run_eagerly(no_wait()) is None
+        assert log == ["no_wait ran"]  # ran before run_eagerly returned
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[int] = loop.create_future()
+        gate = asyncio.Event()
+        task = run_eagerly(waits(fut, gate))
+        assert task is not None and log[-1] == "before"
+        fut.set_result(7)
+        await asyncio.sleep(0.01)
+        assert log[-1] == "got 7" and not task.done()
+        gate.set()
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert log[-1] == "cancelled where it waited"
+        bad: asyncio.Future[int] = loop.create_future()
+        failing = run_eagerly(fails(bad))
+        assert failing is not None
+        bad.set_exception(ValueError("thrown in"))
+        with pytest.raises(KeyError):
+            await failing
+        assert log[-1] == "caught thrown in"
+
+    asyncio.run(main())

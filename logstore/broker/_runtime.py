@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -83,6 +83,54 @@ async def write_reply(context: Context, message: Any) -> None:
         # gRPC's "Failed execute_batch": the only way a send fails once the
         # message is accepted is that the call is over.
         raise ClientGoneError(f"the client is gone ({type(exc).__name__})") from exc
+
+
+class _Resume:
+    """An awaitable that carries on a coroutine which already ran up to its
+    first wait (``first`` is what it yielded there): what a task needs to
+    take it over from :func:`run_eagerly`. Sends, throws (a cancellation)
+    and closes are passed through, so the task drives the coroutine exactly
+    as if it had started it."""
+
+    __slots__ = ("_coro", "_first")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], first: Any) -> None:
+        self._coro = coro
+        self._first = first
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coro, value = self._coro, self._first
+        while True:
+            try:
+                sent = yield value
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:
+                try:
+                    value = coro.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    value = coro.send(sent)
+                except StopIteration:
+                    return
+
+
+def run_eagerly(coro: Coroutine[Any, Any, None]) -> asyncio.Future[None] | None:
+    """Run ``coro`` now, in the caller, up to its first wait: None if it
+    finished without waiting, else a task that carries it on from there
+    (Python 3.12's eager tasks, which 3.11 lacks). A MultiProduce's
+    per-partition chains, whose inline appends never wait, then cost no task
+    and no trip through the loop's ready queue each (1,000 of them a
+    request at 1,000 partitions). An exception it raises before waiting
+    propagates here. Event loop only."""
+    try:
+        first = coro.send(None)
+    except StopIteration:
+        return None
+    return asyncio.ensure_future(_Resume(coro, first))
 
 
 class Runtime:

@@ -9,10 +9,11 @@ left (leader/follower, no thread: embedded use). One fsync completes every
 waiter at or below the offset it covered; on an error every waiter gets it.
 
 :class:`Flusher` is that thread: it takes partitions with waiters from a queue
-(``enqueue``), fsyncs each once per turn, queues it again while waiters
-remain, and between turns (at least every checkpoint interval) calls the
-store's checkpoint. ``stop()`` joins it and serves waiters left behind in the
-caller's thread.
+(``enqueue``), fsyncs each once per turn (several partitions at once, up to
+``FLUSH_PARALLELISM``, so the file system commits their fsyncs together),
+queues it again while waiters remain, and between turns (at least every
+checkpoint interval) calls the store's checkpoint. ``stop()`` joins it and
+serves waiters left behind in the caller's thread.
 
 Thread-safety: all methods are thread-safe. Lock order: a partition's write
 lock (taken inside the ``sync`` callback), then its GroupCommit lock, never
@@ -26,13 +27,19 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, InvalidStateError
-from typing import TYPE_CHECKING
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor, wait
+from typing import TYPE_CHECKING, Final
 
 from logstore.errors import StorageError
 
 if TYPE_CHECKING:
     from ._partition import PartitionLog
+
+#: Partitions one flusher turn fsyncs at once (threads, each mostly waiting in
+#: fdatasync): enough for the journal to take many fsyncs into one commit
+#: (1,000 partitions' fsyncs: 8 at a time 0.10-0.13 s, 16 0.09-0.11 s, one
+#: at a time 1.2-2.2 s on ext4 here).
+FLUSH_PARALLELISM: Final = 8
 
 #: ``sync()`` -> (offset it made durable, error or None): one fsync of a partition.
 SyncFn = Callable[[], "tuple[int, BaseException | None]"]
@@ -179,6 +186,9 @@ class Flusher:
         self._cond = threading.Condition()
         self._queue: dict[tuple[str, int], PartitionLog] = {}
         self._stop = False
+        #: Fsyncs a turn with several partitions runs at once (made at the
+        #: first such turn; a turn of one partition runs in this thread).
+        self._pool: ThreadPoolExecutor | None = None
         self._thread = threading.Thread(target=self._run, name="logstore-flusher", daemon=True)
         self._thread.start()
 
@@ -191,26 +201,58 @@ class Flusher:
         return True
 
     def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._stop:
-                    self._cond.wait(timeout=self._interval_s)
-                    if not self._queue:
-                        break
-                if self._stop and not self._queue:
-                    return
-                queue, self._queue = self._queue, {}
-            for lg in queue.values():
-                t0 = time.perf_counter()
-                completed = 0
-                try:
-                    completed = lg.commits.sync_once()
-                finally:
-                    if lg.commits.finish_turn():
-                        with self._cond:
-                            self._queue[lg.key] = lg
-                self._after_fsync(lg, time.perf_counter() - t0, completed)
-            self._checkpoint()
+        try:
+            while True:
+                with self._cond:
+                    while not self._queue and not self._stop:
+                        self._cond.wait(timeout=self._interval_s)
+                        if not self._queue:
+                            break
+                    if self._stop and not self._queue:
+                        return
+                    queue, self._queue = self._queue, {}
+                self._turns(list(queue.values()))
+                self._checkpoint()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+
+    def _turns(self, logs: list[PartitionLog]) -> None:
+        """One fsync turn of each of ``logs``, returning when all are done.
+
+        Several partitions' fsyncs run at once, up to :data:`FLUSH_PARALLELISM`:
+        the file system commits concurrent fdatasyncs together (ext4's
+        journal takes every one waiting into one commit), so a MultiProduce
+        with acks=ALL over 1,000 partitions costs a few commits instead of
+        1,000 in a row (measured on this machine's ext4: 1,000 fdatasyncs of
+        21 KB appends 1.2-2.2 s one after the other, 0.1-0.13 s eight at a
+        time). Each partition's waiters are still completed only by its own
+        fsync (``GroupCommit.sync_once``); a partition is in one turn at most
+        once, and the next turn starts after all of this one's."""
+        if len(logs) <= 1:  # none: the interval passed with nothing to do
+            for lg in logs:
+                self._turn(lg)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(FLUSH_PARALLELISM, thread_name_prefix="logstore-fsync")
+        futures = [self._pool.submit(self._turn, lg) for lg in logs[1:]]
+        try:
+            self._turn(logs[0])
+        finally:
+            wait(futures)
+        for f in futures:
+            f.result()  # an unexpected error ends the thread, as a turn here would
+
+    def _turn(self, lg: PartitionLog) -> None:
+        t0 = time.perf_counter()
+        completed = 0
+        try:
+            completed = lg.commits.sync_once()
+        finally:
+            if lg.commits.finish_turn():
+                with self._cond:
+                    self._queue[lg.key] = lg
+        self._after_fsync(lg, time.perf_counter() - t0, completed)
 
     def stop(self, logs: Iterable[PartitionLog]) -> None:
         """Join the thread, then serve any waiter left, in the caller's thread."""

@@ -72,9 +72,11 @@ from ._multi import (
 )
 from ._murmur2 import murmur2, partition_for_key
 from ._produce import (
+    ProduceHead,
     SplitRequest,
     decompress_reservation,
     is_compressed_request,
+    produce_head,
     produce_header,
     recompress,
     split_produce_request,
@@ -132,6 +134,8 @@ __all__ = [
     "PARTITION_DATA_TAG",
     "partition_data",
     "partition_meta",
+    "ProduceHead",
+    "produce_head",
     "produce_header",
     "split_multi_fetch",
     "split_multi_produce",

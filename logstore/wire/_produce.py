@@ -88,6 +88,19 @@ class SplitRequest(NamedTuple):
     plain: bytes | None = None
 
 
+class ProduceHead(NamedTuple):
+    """A serialized ProduceRequest's header, parsed once (:func:`produce_head`)
+    for a caller that needs it before the split (MultiProduce routes each
+    batch by it): the split, the decompression reservation and the caller
+    then share one walk of the header fields and one header parse."""
+
+    #: Where the records (or compressed_records) field starts; None when the
+    #: request is not in field order (the split then parses it whole).
+    start: int | None
+    #: Every field but the records.
+    header: logstore_pb2.ProduceRequest
+
+
 def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
     result = 0
     shift = 0
@@ -187,23 +200,30 @@ def is_compressed_request(raw: bytes) -> bool:
     return start is not None and start < len(mv) and mv[start] == COMPRESSED_TAG
 
 
-def decompress_reservation(raw: bytes) -> int:
+def decompress_reservation(raw: bytes, head: ProduceHead | None = None) -> int:
     """Bytes a ProduceRequest may inflate to when :func:`split_produce_request`
     validates it: 0 for uncompressed records; a zstd payload's declared content
     size (the decompressor cannot write more than a frame declares, and a
     declaration past the bound is refused before any work); else
     MAX_DECOMPRESSED_BYTES, the bound every decompression stops at. A walk over
     the few header fields and one frame header: O(1) in the records. The broker
-    reserves it from its decompression budget before decompressing."""
+    reserves it from its decompression budget before decompressing. ``head``:
+    the request's :func:`produce_head`, if the caller has it (no second walk)."""
     mv = memoryview(raw)
-    try:
-        start = _records_start(mv)
-    except InvalidRequestError:
-        return 0
+    if head is not None:
+        start = head.start
+    else:
+        try:
+            start = _records_start(mv)
+        except InvalidRequestError:
+            return 0
     if start is None or start >= len(mv) or mv[start] != COMPRESSED_TAG:
         return 0
     try:
-        header = logstore_pb2.ProduceRequest.FromString(mv[:start])  # type: ignore[arg-type]
+        if head is not None:
+            header = head.header
+        else:
+            header = logstore_pb2.ProduceRequest.FromString(mv[:start])  # type: ignore[arg-type]
         if int(header.compression) == CODEC_ZSTD:
             payload = compressed_payload(mv[start:], "produce request")
             size = zstd_content_size(payload)
@@ -214,7 +234,7 @@ def decompress_reservation(raw: bytes) -> int:
     return MAX_DECOMPRESSED_BYTES
 
 
-def split_produce_request(raw: bytes) -> SplitRequest:
+def split_produce_request(raw: bytes, head: ProduceHead | None = None) -> SplitRequest:
     """Split a serialized ProduceRequest.
 
     Bytes that do not parse as a ProduceRequest raise InvalidRequestError (the
@@ -224,16 +244,22 @@ def split_produce_request(raw: bytes) -> SplitRequest:
     Checks ``records_crc32c`` when present (over the records' bytes as sent;
     on the slow path, over the re-serialized records, which equal the bytes
     sent whenever the sender used canonical encoding).
+
+    ``head``: the request's :func:`produce_head`, if the caller parsed it
+    already (the header fields are then neither walked nor parsed again).
     """
     mv = memoryview(raw)
-    start = _records_start(mv)
+    start = _records_start(mv) if head is None else head.start
     if start is None:
         result = _slow_path(raw)
     else:
-        try:
-            header = logstore_pb2.ProduceRequest.FromString(mv[:start])  # type: ignore[arg-type]
-        except DecodeError as exc:
-            raise InvalidRequestError(f"malformed produce request: {exc}") from exc
+        if head is not None:
+            header = head.header
+        else:
+            try:
+                header = logstore_pb2.ProduceRequest.FromString(mv[:start])  # type: ignore[arg-type]
+            except DecodeError as exc:
+                raise InvalidRequestError(f"malformed produce request: {exc}") from exc
         tail = mv[start:]
         if tail and tail[0] == COMPRESSED_TAG:
             try:
@@ -284,20 +310,28 @@ def recompress(split: SplitRequest, codec: int, level: int | None = None) -> Spl
     return split._replace(records=tail, codec=codec, plain=bytes(plain))
 
 
-def produce_header(raw: bytes) -> logstore_pb2.ProduceRequest:
+def produce_head(raw: bytes) -> ProduceHead:
     """Every field of a serialized ProduceRequest but its records, parsed
     without the records (the walk :func:`split_produce_request` does; a
-    request not in field order is parsed whole and its records dropped).
-    InvalidRequestError if it does not parse; the records are not checked
-    here: the split that stores them does that."""
+    request not in field order is parsed whole and its records dropped), and
+    where the records start. InvalidRequestError if it does not parse; the
+    records are not checked here: the split that stores them does that."""
     mv = memoryview(raw)
     start = _records_start(mv)
     try:
         if start is not None:
-            return logstore_pb2.ProduceRequest.FromString(mv[:start])  # type: ignore[arg-type]
+            return ProduceHead(
+                start,
+                logstore_pb2.ProduceRequest.FromString(mv[:start]),  # type: ignore[arg-type]
+            )
         full = logstore_pb2.ProduceRequest.FromString(raw)
     except DecodeError as exc:
         raise InvalidRequestError(f"malformed produce request: {exc}") from exc
     full.ClearField("records")
     full.ClearField("compressed_records")
-    return full
+    return ProduceHead(None, full)
+
+
+def produce_header(raw: bytes) -> logstore_pb2.ProduceRequest:
+    """:func:`produce_head`'s header."""
+    return produce_head(raw).header

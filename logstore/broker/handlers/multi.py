@@ -63,15 +63,16 @@ from typing import TYPE_CHECKING, Final
 from logstore.errors import InvalidArgumentError, LogStoreError
 from logstore.v1 import logstore_pb2 as pb
 from logstore.wire import (
+    ProduceHead,
     partition_data,
     partition_for_key,
+    produce_head,
     produce_header,
     split_multi_produce,
-    varint,
 )
 
 from .._config import MAX_WAIT_MS_CAP
-from .._runtime import Context, Runtime, current_slot
+from .._runtime import Context, Runtime, current_slot, run_eagerly
 from .._status import OK_STATUS, log_unexpected, rich_status
 from ._common import DEFAULT_MAX_BYTES, check_enum, status_name
 
@@ -92,10 +93,6 @@ MAX_MULTI_PARTITIONS: Final = 10_000
 #: A MultiFetch's total budget when it leaves max_bytes 0: Kafka's
 #: fetch.max.bytes default (the broker's fetch_max_bytes caps it).
 DEFAULT_MULTI_FETCH_MAX_BYTES: Final = 50 << 20
-#: Tag of ProduceRequest.acks (field 4, varint), prepended to a batch that
-#: leaves its acks unset when the request's is NONE or LEADER: protobuf
-#: readers take the last value of a scalar field, and the batch has none.
-_ACKS_TAG: Final = bytes(((4 << 3) | 0,))
 
 
 def _error_result(request_id: int, exc: BaseException, what: str) -> pb.ProduceResponse:
@@ -124,11 +121,13 @@ class MultiHandlers:
 
     # -- MultiProduce ----------------------------------------------------------
 
-    def _prepare(self, raw: bytes, acks: int) -> tuple[bytes, Hashable]:
-        """The batch as ``_produce_one`` should see it (the request's acks in
-        it) and the key of its partition's chain; InvalidArgumentError when
-        its acks is unknown or differs from the request's."""
-        header = produce_header(raw)
+    def _prepare(self, raw: bytes, acks: int) -> tuple[ProduceHead, Hashable]:
+        """The batch's parsed header (handed on to ``_produce_one``, so its
+        fields are walked and parsed once) and the key of its partition's
+        chain; InvalidArgumentError when its acks is unknown or differs from
+        the request's."""
+        head = produce_head(raw)
+        header = head.header
         own = int(header.acks)
         if own != pb.ACKS_UNSPECIFIED:
             check_enum(pb.Acks, "acks", own)
@@ -137,8 +136,6 @@ class MultiHandlers:
                     f"this batch's acks {pb.Acks.Name(own)} differs from the request's "
                     f"{pb.Acks.Name(acks)}; leave it unset or make it equal"
                 )
-        elif acks != pb.ACKS_ALL:
-            raw = _ACKS_TAG + varint(acks) + raw
         key: Hashable = (header.topic, header.partition if header.HasField("partition") else None)
         if header.HasField("partition_key") and not header.HasField("partition"):
             try:
@@ -147,7 +144,7 @@ class MultiHandlers:
                 pass  # _produce_one reports the unknown topic for this batch
             else:
                 key = (header.topic, partition_for_key(header.partition_key, count))
-        return raw, key
+        return head, key
 
     async def multi_produce(
         self, raw: bytes, context: Context, denied: Mapping[int, LogStoreError] | None = None
@@ -164,32 +161,32 @@ class MultiHandlers:
         acks = split.acks or pb.ACKS_ALL
         counter = self._rt.metrics.requests
         results: list[pb.ProduceResponse | None] = [None] * n
-        chains: dict[Hashable, list[tuple[int, bytes]]] = {}
+        chains: dict[Hashable, list[tuple[int, bytes, ProduceHead]]] = {}
         for i, batch in enumerate(split.batches):
             if denied and i in denied:  # the service wrapper's ACL decision
                 counter.labels("MultiProduce.batch", status_name(denied[i])).inc()
                 results[i] = _error_result(_peek_request_id(batch), denied[i], "MultiProduce batch")
                 continue
             try:
-                prepared, key = self._prepare(batch, acks)
+                head, key = self._prepare(batch, acks)
             except Exception as exc:
                 counter.labels("MultiProduce.batch", status_name(exc)).inc()
                 results[i] = _error_result(_peek_request_id(batch), exc, "MultiProduce batch")
                 continue
-            chains.setdefault(key, []).append((i, prepared))
+            chains.setdefault(key, []).append((i, batch, head))
         request_id = split.request_id
+        ok = [0]  # batches answered OK, counted once for the request
 
-        async def run_chain(batches: list[tuple[int, bytes]]) -> None:
+        async def run_chain(batches: list[tuple[int, bytes, ProduceHead]]) -> None:
             # Append one after the other (the partition's order), then wait
             # for the completions (acks=ALL: fsyncs overlap with the appends).
             pending = []
-            while batches:
-                i, batch = batches.pop(0)
+            for i, batch, head in batches:
                 try:
-                    request_id, complete = await self._produce._produce_one(batch)
+                    request_id, complete = await self._produce._produce_one(batch, head, acks)
                 except Exception as exc:
                     counter.labels("MultiProduce.batch", status_name(exc)).inc()
-                    results[i] = _error_result(_peek_request_id(batch), exc, "MultiProduce batch")
+                    results[i] = _error_result(head.header.request_id, exc, "MultiProduce batch")
                     continue
                 pending.append((i, request_id, complete))
             for i, request_id, complete in pending:
@@ -200,10 +197,19 @@ class MultiHandlers:
                     results[i] = _error_result(request_id, exc, "MultiProduce batch")
                     continue
                 reply.status.CopyFrom(OK_STATUS)
-                counter.labels("MultiProduce.batch", "OK").inc()
+                ok[0] += 1
                 results[i] = reply
 
-        await asyncio.gather(*(run_chain(batches) for batches in chains.values()))
+        # Each chain runs at once up to its first wait (an inline append with
+        # acks=1 or 0 never waits: no task for it); only chains that wait (an
+        # append on an I/O thread, an fsync) go on as tasks, concurrently.
+        waiting = [t for b in chains.values() if (t := run_eagerly(run_chain(b))) is not None]
+        try:
+            if waiting:
+                await asyncio.gather(*waiting)
+        finally:
+            if ok[0]:
+                counter.labels("MultiProduce.batch", "OK").inc(ok[0])
         response = pb.MultiProduceResponse(request_id=request_id)
         response.results.extend(r for r in results if r is not None)
         assert len(response.results) == n

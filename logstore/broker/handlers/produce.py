@@ -44,6 +44,7 @@ from logstore.errors import InvalidArgumentError
 from logstore.v1 import logstore_pb2 as pb
 from logstore.wire import (
     HEADER_SIZE,
+    ProduceHead,
     SplitRequest,
     codec_of,
     decompress_reservation,
@@ -255,34 +256,38 @@ class ProduceHandlers:
         self._none_tail[key] = task
 
     async def _produce_one(
-        self, raw: bytes
+        self, raw: bytes, head: ProduceHead | None = None, default_acks: int = pb.ACKS_ALL
     ) -> tuple[int, Callable[[], Awaitable[pb.ProduceResponse]]]:
         """Validate and append one request; return what completes its reply.
 
         Appends happen in call order (a ProduceStream awaits this before
         reading its next request); the returned callable waits for the fsync
         when acks=ALL, so fsyncs of a stream overlap with later appends.
+        ``head``: the request's header if the caller parsed it already
+        (MultiProduce); ``default_acks``: the acks of a request that leaves
+        its own unset (MultiProduce's request-wide value).
         """
         size = len(raw)
         # A compressed batch holds its decompressed records until appended.
-        inflate = decompress_reservation(raw)
+        inflate = decompress_reservation(raw, head)
         self._acquire_bytes(size, inflate)
         held = True
         try:
             if inflate:
                 # decompressing (bounded, up to ~130 ms) off the event loop
-                split = await self._rt.run_io(split_produce_request, raw)
+                split = await self._rt.run_io(split_produce_request, raw, head)
             else:
-                split = split_produce_request(raw)
+                split = split_produce_request(raw, head)
             header = split.header
             check_enum(pb.Acks, "acks", header.acks)
+            acks = header.acks or default_acks
             topic, partition, plog = self._route(header)
             split = await self._stored_codec(topic, plog, split)
             # The store checks this at append too; checking here refuses the
             # batch before an acks=NONE reply is sent. It counts the bytes
             # stored: compressed, and after any recompression.
             plog.config.check_batch_bytes(HEADER_SIZE + len(split.records), plog.name)
-            if header.acks == pb.ACKS_NONE:
+            if acks == pb.ACKS_NONE:
                 self._queue_none(topic, partition, split, size, inflate)
                 held = False
                 reply = pb.ProduceResponse(
@@ -318,7 +323,7 @@ class ProduceHandlers:
                 }
             },
         )
-        if header.acks == pb.ACKS_LEADER:
+        if acks == pb.ACKS_LEADER:
 
             async def leader_reply() -> pb.ProduceResponse:
                 return reply
