@@ -7,13 +7,16 @@ batch is the serialized ProduceRequest as sent, and each goes through
 :meth:`ProduceHandlers._produce_one` (``handlers/produce.py``) exactly as a
 unary Produce does: the same split (records stored as they arrived, never
 re-serialized), routing, codec, size checks, idempotent sequences,
-acks=NONE queueing and acks=ALL group commit. The request's ``acks`` applies
-to every batch: a batch that leaves its own unset gets the request's value
-prepended as a field (one copy of that batch, only for NONE and LEADER: an
-unset acks already means ALL); one that sets a different value is refused
-alone. Batches for one partition are appended in request order (one chain
-per partition, appending one batch after the other); chains run
-concurrently. Every failure is that batch's own status in its result, so
+acks=NONE queueing and acks=ALL group commit. Each batch's header is walked
+and parsed once (:func:`logstore.wire.produce_head`, here to route it; the
+split reuses it). The request's ``acks`` applies to every batch: a batch
+that leaves its own unset takes the request's value (passed to
+``_produce_one``, the batch is not copied); one that sets a different value
+is refused alone. Batches for one partition are appended in request order
+(one chain per partition, appending one batch after the other); chains run
+concurrently, each started at once up to its first wait
+(:func:`~logstore.broker._runtime.run_eagerly`: an inline acks=0/1 append
+never waits, so it costs no task). Every failure is that batch's own status in its result, so
 one bad partition does not fail the others; only a request that does not
 parse, carries no batches or more than :data:`MAX_MULTI_BATCHES`, or has an
 unknown acks fails as a whole.
