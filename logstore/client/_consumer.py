@@ -46,12 +46,40 @@ part of any in-flight fetch (the request itself is cancelled once no
 partition of it is current). Against a broker without MultiFetch
 (UNIMPLEMENTED) the consumer falls back to one unary Fetch per partition.
 
-Not thread-safe: use one Consumer from one thread (as Kafka's).
+Tailing few partitions over ``Subscribe`` (the producer's rule for its
+ordered stream, mirrored): while at most ``stream_max_partitions``
+(:data:`STREAM_MAX_PARTITIONS`, 4; 0 never streams) are assigned, a partition
+whose last fetch reached the high watermark (caught up: no backlog, which
+MultiFetch reads faster) opens one ``Subscribe`` stream from its fetch offset
+instead of fetching again, so the broker pushes each append without a request
+round trip (a fetch cycle is a round trip plus the client's work, and a record
+appended meanwhile waits for the next one). A reader thread per stream puts
+each pushed message into the consumer's stream buffer, bounded in bytes
+(:data:`_STREAM_BUFFER_FACTOR` x ``fetch_max_bytes``, shared by the streams,
+counted until ``poll`` has returned the records): when full, the reader stops
+reading, so HTTP/2 flow control holds the broker back and memory does not
+grow with a slow poller (at most the bound -- or one message, when a single
+one is larger -- plus one message held per reader and the transport's
+window). ``poll`` takes the pushed messages exactly as fetched replies (same
+decoding, CRC checks, position tracking; records below the position skipped).
+A ``seek``, ``assign`` (to more than the limit, or dropping the partition) or
+``close`` cancels the stream, whose undelivered messages are dropped; the
+records already buffered are kept and fetching resumes where they end. A
+stream that ends (broker restart: UNAVAILABLE; NOT_FOUND, OUT_OF_RANGE,
+DATA_LOSS...) falls back to fetching from where it ended, so the fetch path's
+retries and errors apply unchanged (a stream that failed before pushing
+anything is not reopened for ``_STREAM_RETRY_S``); a broker answering
+UNIMPLEMENTED (older than Subscribe) turns streaming off for this consumer.
+
+Not thread-safe: use one Consumer from one thread (as Kafka's); the stream
+readers are internal threads that touch only the buffer's lock and the event
+queue.
 """
 
 from __future__ import annotations
 
 import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -94,6 +122,19 @@ _REQUEST_SPLIT_BYTES: Final = 4 << 20
 #: fetch_request_max_bytes's default: Kafka's fetch.max.bytes (the broker caps
 #: a reply at its own fetch_max_bytes, 16 MiB by default).
 DEFAULT_FETCH_REQUEST_MAX_BYTES: Final = 50 << 20
+#: At most this many assigned partitions are tailed over Subscribe streams
+#: once caught up (the producer's ``STREAM_MAX_PARTITIONS`` rule, mirrored);
+#: more are fetched with MultiFetch only (one request for all of them beats a
+#: stream and a thread each). ``stream_max_partitions`` overrides it; 0 never
+#: streams.
+STREAM_MAX_PARTITIONS: Final = 4
+#: The stream buffer holds at most this many x ``fetch_max_bytes`` (for all of a
+#: consumer's streams together): as much as a partition's fetched replies.
+_STREAM_BUFFER_FACTOR: Final = _MAX_BUFFERED
+#: A stream that ended before pushing anything (too many subscriptions, an
+#: error the fetch then reports) is not reopened for this long: the partition
+#: is fetched meanwhile, so a broker refusing streams costs no extra calls.
+_STREAM_RETRY_S: Final = 1.0
 
 
 class TopicPartition(NamedTuple):
@@ -103,9 +144,23 @@ class TopicPartition(NamedTuple):
     partition: int
 
 
+class _Stream:
+    """One Subscribe call and its reader thread."""
+
+    __slots__ = ("call", "pushed", "sid", "stopped", "thread")
+
+    def __init__(self, sid: int, call: Any) -> None:
+        self.sid = sid
+        self.call = call
+        self.stopped = False
+        self.pushed = 0  # messages taken in by poll
+        self.thread: threading.Thread | None = None
+
+
 class _Part:
     __slots__ = (
         "buffers",
+        "caught_up",
         "epoch",
         "fail_since",
         "failures",
@@ -115,6 +170,8 @@ class _Part:
         "lso",
         "position",
         "retry_at",
+        "stream",
+        "stream_after",
         "tp",
     )
 
@@ -123,8 +180,13 @@ class _Part:
         self.position: int | None = None
         self.epoch = 0
         self.future: Any = None
-        #: fetched replies not yet fully returned, with the offset each ends at
-        self.buffers: deque[tuple[FetchedFrames, int]] = deque()
+        #: fetched (or pushed) replies not yet fully returned, with the offset
+        #: each ends at and the bytes it holds of the stream buffer (0: fetched)
+        self.buffers: deque[tuple[FetchedFrames, int, int]] = deque()
+        #: the last fetch reached the high watermark (may stream from here)
+        self.caught_up = False
+        self.stream: _Stream | None = None
+        self.stream_after = 0.0  # no stream opened before this (monotonic)
         self.fetch_offset = 0
         self.hwm: int | None = None
         self.lso: int | None = None
@@ -151,6 +213,7 @@ class Consumer:
         retry_timeout_ms: int = 30_000,
         retry_backoff_ms: int = 100,
         retry_backoff_max_ms: int = 1_000,
+        stream_max_partitions: int = STREAM_MAX_PARTITIONS,
     ) -> None:
         if auto_offset_reset not in _RESETS:
             raise errors.InvalidArgumentError(
@@ -164,6 +227,10 @@ class Consumer:
             raise errors.InvalidArgumentError(
                 f"fetch_request_max_bytes must be in 1..{(1 << 31) - 1}, "
                 f"not {fetch_request_max_bytes}"
+            )
+        if not 0 <= stream_max_partitions <= 10_000:
+            raise errors.InvalidArgumentError(
+                f"stream_max_partitions must be in 0..10000, not {stream_max_partitions}"
             )
         self._conn = Connection(bootstrap, connect_timeout_ms, credentials)
         self.address = bootstrap
@@ -196,6 +263,20 @@ class Consumer:
         self._rr = 0
         self._epoch_seq = 0
         self._closed = False
+        #: Subscribe streams while at most this many partitions are assigned;
+        #: 0 once the broker answered Subscribe UNIMPLEMENTED.
+        self._stream_max = stream_max_partitions
+        #: the live streams by id (negative: events of fetches have positive ids)
+        self._streams: dict[int, tuple[TopicPartition, _Stream]] = {}
+        self._stream_seq = 0
+        #: bytes pushed and not yet returned by poll, their bound, and the
+        #: lock/condition the readers wait on when the buffer is full
+        self._stream_bytes = 0
+        self._stream_peak = 0  # the most _stream_bytes ever held (tests, metrics)
+        self._stream_bound = _STREAM_BUFFER_FACTOR * fetch_max_bytes
+        self._stream_cond = threading.Condition()
+        #: Subscribe streams opened so far (tests and diagnostics)
+        self.streams_opened = 0
 
     # -- assignment and positions -----------------------------------------
 
@@ -209,6 +290,9 @@ class Consumer:
         for tp in wanted:
             if tp not in self._parts:
                 self._parts[tp] = _Part(tp)
+        if len(self._parts) > self._stream_max:
+            for part in self._parts.values():
+                self._stop_stream(part)
 
     def assignment(self) -> list[TopicPartition]:
         return list(self._parts)
@@ -228,7 +312,10 @@ class Consumer:
         if part.future is not None:
             fid, part.future = part.future, None
             self._cancel_if_stale(fid)
+        self._stop_stream(part)
+        self._release(sum(charged for _, _, charged in part.buffers))
         part.buffers.clear()
+        part.caught_up = False
         part.retry_at = 0.0
         part.fail_since = None
         part.failures = 0
@@ -369,15 +456,20 @@ class Consumer:
 
     def _issue_all(self, now: float) -> float | None:
         """Fetch, in one request, every partition that has no fetch in flight and
-        room to buffer its reply (while fewer than _MAX_FETCHES are in flight)."""
+        room to buffer its reply (while fewer than _MAX_FETCHES are in flight);
+        tail the caught-up ones over Subscribe when few are assigned."""
         wake: float | None = None
         ready = []
+        stream = len(self._parts) <= self._stream_max
         for part in self._parts.values():
-            if (
-                part.future is not None
-                or len(part.buffers) >= _MAX_BUFFERED
-                or part.position is None
-            ):
+            if part.future is not None or part.stream is not None or part.position is None:
+                continue
+            if stream and part.caught_up and part.retry_at <= now:
+                if part.stream_after <= now:
+                    self._open_stream(part)
+                    continue
+                wake = part.stream_after if wake is None else min(wake, part.stream_after)
+            if len(part.buffers) >= _MAX_BUFFERED:
                 continue
             if part.retry_at > now:
                 wake = part.retry_at if wake is None else min(wake, part.retry_at)
@@ -402,6 +494,120 @@ class Consumer:
         size = -(-len(ready) // k)
         return [ready[i : i + size] for i in range(0, len(ready), size)]
 
+    # -- Subscribe streams -----------------------------------------------------
+
+    def _open_stream(self, part: _Part) -> None:
+        """Tail ``part`` from its fetch offset over one Subscribe stream."""
+        self._conn.ensure_ready()
+        req = logstore_pb2.SubscribeRequest(
+            topic=part.tp.topic,
+            partition=part.tp.partition,
+            offset=part.fetch_offset,
+            max_bytes=min(self._max_bytes, (1 << 31) - 1),
+        )
+        self._stream_seq += 1
+        st = _Stream(-self._stream_seq, self._conn.subscribe_raw(req))
+        self._streams[st.sid] = (part.tp, st)
+        part.stream = st
+        self.streams_opened += 1
+        st.thread = threading.Thread(
+            target=self._read_stream, args=(st,), name=f"logstore-subscribe-{part.tp}", daemon=True
+        )
+        st.thread.start()
+
+    def _read_stream(self, st: _Stream) -> None:
+        """The reader thread: each pushed message into the bounded buffer (waiting
+        while it is full, so flow control holds the broker back), then an event."""
+        events = self._events
+        cond = self._stream_cond
+        try:
+            for raw in st.call:
+                n = len(raw)
+                with cond:
+                    # Wait for room; a message larger than the bound gets in alone.
+                    while (
+                        not st.stopped
+                        and self._stream_bytes
+                        and (self._stream_bytes + n > self._stream_bound)
+                    ):
+                        cond.wait(1.0)
+                    if st.stopped:
+                        return
+                    self._stream_bytes += n
+                    self._stream_peak = max(self._stream_peak, self._stream_bytes)
+                events.put((st.sid, raw))
+        except BaseException as exc:  # the call's end: an RpcError (ours: CANCELLED)
+            if not st.stopped:
+                events.put((st.sid, exc))
+            return
+        if not st.stopped:
+            events.put((st.sid, None))  # ended without an error: fetch from here
+
+    def _release(self, n: int) -> None:
+        """``n`` bytes of the stream buffer are no longer held."""
+        if n:
+            with self._stream_cond:
+                self._stream_bytes -= n
+                self._stream_cond.notify_all()
+
+    def _stop_stream(self, part: _Part) -> None:
+        """Cancel ``part``'s stream; its undelivered messages are dropped as they
+        arrive, the buffered ones kept (fetching resumes where they end)."""
+        st = part.stream
+        if st is None:
+            return
+        part.stream = None
+        part.caught_up = False
+        self._streams.pop(st.sid, None)
+        st.stopped = True
+        st.call.cancel()
+        with self._stream_cond:
+            self._stream_cond.notify_all()
+
+    def _handle_stream(self, sid: int, payload: Any) -> None:
+        """A pushed message (bytes), or the stream's end (None or the exception)."""
+        entry = self._streams.get(sid)
+        if entry is None:  # stopped: a seek, assign or close
+            if isinstance(payload, bytes):
+                self._release(len(payload))
+            return
+        tp, st = entry
+        part = self._parts[tp]  # unassigning a partition stops its stream first
+        if not isinstance(payload, bytes):
+            del self._streams[sid]
+            part.stream = None
+            part.caught_up = False  # fetch next, with the fetch path's errors and retries
+            st.stopped = True
+            if (
+                isinstance(payload, grpc.RpcError)
+                and payload.code() == grpc.StatusCode.UNIMPLEMENTED
+            ):
+                self._stream_max = 0  # an older broker: fetch only from now on
+            elif not st.pushed:
+                part.stream_after = time.monotonic() + _STREAM_RETRY_S
+            return
+        n = len(payload)
+        try:
+            result = parse_fetch(payload, self._check_crcs)
+        except BaseException:
+            self._release(n)
+            self._stop_stream(part)
+            raise
+        st.pushed += 1
+        part.hwm = result.high_watermark
+        part.lso = result.log_start_offset
+        frames = result.frames
+        if frames and frames[0][1].next_offset <= part.fetch_offset:
+            # Never twice: frames that end at or below what is buffered already.
+            frames = [f for f in frames if f[1].next_offset > part.fetch_offset]
+            result = result._replace(frames=frames)
+        if not frames:
+            self._release(n)
+            return
+        end = frames[-1][1].next_offset
+        part.buffers.append((result, end, n))
+        part.fetch_offset = end
+
     def _failed(
         self, part: _Part, err: errors.LogStoreError, may_retry: bool, name: bool
     ) -> errors.LogStoreError | None:
@@ -424,6 +630,9 @@ class Consumer:
 
     def _handle(self, event: tuple[int, Any]) -> None:
         fid, fut = event
+        if fid < 0:
+            self._handle_stream(fid, fut)
+            return
         entry = self._fetches.pop(fid, None)
         unary = fid in self._unary
         self._unary.discard(fid)
@@ -485,8 +694,10 @@ class Consumer:
                 # The last frame's next offset, not base + count: offsets may have
                 # gaps (a compacted log), within a batch and after its last record.
                 end = last.next_offset
-                part.buffers.append((result, end))
+                part.buffers.append((result, end, 0))
                 part.fetch_offset = end
+            # No backlog left: the next read of this partition may be a stream.
+            part.caught_up = part.fetch_offset >= result.high_watermark
         if first is not None:
             # The reply's other partitions are buffered: the next poll returns them.
             raise first from None
@@ -533,7 +744,7 @@ class Consumer:
             if budget is not None and budget <= 0:
                 break
             assert part.position is not None
-            result, end = part.buffers[0]
+            result, end, charged = part.buffers[0]
             got: Any
             if objects:
                 got = decode_objects(result, part.position, budget)
@@ -551,6 +762,8 @@ class Consumer:
                 # it, over any offsets a gap removed after its last record.
                 part.position = max(part.position, end)
                 part.buffers.popleft()
+                if charged:
+                    self._release(charged)
             if n:
                 out[part.tp] = got
                 if budget is not None:
@@ -586,12 +799,16 @@ class Consumer:
         if self._closed:
             return
         self._closed = True
+        threads = [p.stream.thread for p in self._parts.values() if p.stream is not None]
         for part in self._parts.values():
             self._cancel(part)
         for _, fut in self._fetches.values():
             fut.cancel()
         self._fetches.clear()
         self._unary.clear()
+        for thread in threads:
+            if thread is not None:
+                thread.join(timeout=2.0)  # a cancelled call ends its read at once
         self._conn.close()
 
     def __enter__(self) -> Consumer:

@@ -58,7 +58,9 @@ Thread-safety: one polling thread plus the internal heartbeat thread; state
 shared between the two is guarded by one lock, and the fetching
 :class:`~logstore.client.Consumer` is touched only by the polling thread.
 Buffers are bounded as the Consumer's (about 3 x ``fetch_max_bytes`` per owned
-partition); the heartbeat state is O(owned partitions).
+partition); the heartbeat state is O(owned partitions). A member owning at
+most ``stream_max_partitions`` (4) tails them over Subscribe streams once
+caught up, exactly as the Consumer (its fetching machinery) does.
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ from logstore.v1 import groups_pb2_grpc
 from logstore.wire import ColumnBatch, Record
 
 from ._backoff import Backoff, retriable
-from ._consumer import Consumer, TopicPartition
+from ._consumer import STREAM_MAX_PARTITIONS, Consumer, TopicPartition
 from ._credentials import Credentials
 from ._rpc import Connection, translate
 
@@ -154,6 +156,7 @@ class GroupConsumer:
         retry_timeout_ms: int = 30_000,
         retry_backoff_ms: int = 100,
         retry_backoff_max_ms: int = 1_000,
+        stream_max_partitions: int = STREAM_MAX_PARTITIONS,
     ) -> None:
         names = None if topics is None else sorted(set(topics))
         if (names is None) == (pattern is None):
@@ -195,6 +198,7 @@ class GroupConsumer:
             retry_timeout_ms=retry_timeout_ms,
             retry_backoff_ms=retry_backoff_ms,
             retry_backoff_max_ms=retry_backoff_max_ms,
+            stream_max_partitions=stream_max_partitions,
         )
         self._conn = Connection(bootstrap, connect_timeout_ms, credentials)
         self._stub = groups_pb2_grpc.GroupsStub(self._conn.channel)

@@ -16,7 +16,7 @@ this, a gRPC call to a closed port would either fail instantly with an opaque
 message or (with wait_for_ready) hang forever. An address that is not
 ``HOST:PORT`` fails at once with InvalidArgumentError (see ``_address``).
 
-Produce and Fetch (and MultiFetch) use raw-bytes methods (no serializer /
+Produce and Fetch (and MultiFetch, Subscribe) use raw-bytes methods (no serializer /
 deserializer): the producer builds request bytes itself (header fields +
 already encoded records) and the consumer walks the reply's stored frames
 itself. :func:`translate_status` turns a per-partition ``google.rpc.Status``
@@ -189,6 +189,13 @@ class Connection:
         self.multi_fetch_raw = self.channel.unary_unary(
             _SERVICE + "MultiFetch",
             request_serializer=logstore_pb2.MultiFetchRequest.SerializeToString,
+            response_deserializer=None,
+        )
+        # A tail of one partition pushed by the broker; each message arrives as
+        # bytes (a SubscribeResponse, readable by parse_fetch).
+        self.subscribe_raw = self.channel.unary_stream(
+            _SERVICE + "Subscribe",
+            request_serializer=logstore_pb2.SubscribeRequest.SerializeToString,
             response_deserializer=None,
         )
         self._ready = False

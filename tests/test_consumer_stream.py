@@ -1,0 +1,332 @@
+"""The Consumer tails few caught-up partitions over Subscribe streams (see the
+module docstring of ``logstore.client._consumer``): records arrive pushed, in
+order, exactly once; seeks, restarts, many partitions and old brokers fall back
+to fetching; the stream buffer stays within its byte bound with a slow poller."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from logstore import errors
+from logstore.client import Admin, Consumer, GroupConsumer, Producer
+from tests.brokerproc import BrokerProcess, start_broker
+from tests.test_broker_helpers import scrape
+
+_SERVICE = "logstore.v1.LogStore"
+
+
+@pytest.fixture(scope="module")
+def sbroker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
+    b = start_broker(tmp_path_factory.mktemp("cstream") / "data")
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+def _metric(text: str, name: str, method: str | None = None) -> float:
+    label = rf'\{{method="{method}"\}}' if method else ""
+    return sum(float(m) for m in re.findall(rf"^{name}{label} ([0-9.e+]+)$", text, re.M))
+
+
+def _produce(addr: str, topic: str, values: list[bytes], partition: int = 0) -> None:
+    with Producer(addr, linger_ms=0) as p:
+        for v in values:
+            p.send(topic, v, partition=partition)
+        p.flush()
+
+
+def _read(c: Consumer, n: int, timeout_s: float = 60) -> list[tuple[int, bytes]]:
+    """(offset, value) of the next ``n`` records (partition 0 of whatever is assigned)."""
+    out: list[tuple[int, bytes]] = []
+    deadline = time.monotonic() + timeout_s
+    while len(out) < n and time.monotonic() < deadline:
+        for recs in c.poll(500).values():
+            out.extend((r.offset, r.value or b"") for r in recs)
+    assert len(out) == n, f"got {len(out)} of {n} records in {timeout_s} s"
+    return out
+
+
+def _wait_streaming(c: Consumer, timeout_s: float = 30) -> None:
+    """Poll (returning nothing) until the consumer has a stream open."""
+    deadline = time.monotonic() + timeout_s
+    while not c._streams:
+        assert time.monotonic() < deadline, "no Subscribe stream opened"
+        assert c.poll(100) == {}
+
+
+def _values(prefix: str, lo: int, hi: int) -> list[bytes]:
+    return [f"{prefix}-{i}".encode() for i in range(lo, hi)]
+
+
+def test_a_caught_up_consumer_on_one_partition_is_pushed_records_over_subscribe(
+    sbroker: BrokerProcess,
+) -> None:
+    addr = sbroker.grpc_address
+    with Admin(addr) as a:
+        a.create_topic("cs-tail", 1)
+    _produce(addr, "cs-tail", _values("v", 0, 5))
+    before = scrape(sbroker)
+    with Consumer(addr, fetch_max_wait_ms=200) as c:
+        c.assign([("cs-tail", 0)])
+        c.seek(("cs-tail", 0), 0)
+        assert _read(c, 5) == [(i, b"v-%d" % i) for i in range(5)]  # fetched: a backlog
+        _wait_streaming(c)
+        assert _metric(scrape(sbroker), "logstore_subscriptions") == 1
+        for lo in range(5, 305, 50):  # several appends, pushed as they come
+            _produce(addr, "cs-tail", _values("v", lo, lo + 50))
+        got = _read(c, 300)
+        assert got == [(i, b"v-%d" % i) for i in range(5, 305)]
+        assert c.streams_opened == 1
+        assert c.poll(300) == {}  # nothing twice
+        assert c.position(("cs-tail", 0)) == 305
+    after = scrape(sbroker)
+    pushed = _metric(after, "logstore_fetch_records_total", "Subscribe") - _metric(
+        before, "logstore_fetch_records_total", "Subscribe"
+    )
+    assert pushed == 300  # every record after the catch-up came over the stream
+    assert _metric(after, "logstore_subscriptions") == 0  # close ended it
+
+
+def test_a_seek_during_a_stream_restarts_at_the_new_offset_without_gap_or_duplicate(
+    sbroker: BrokerProcess,
+) -> None:
+    addr = sbroker.grpc_address
+    with Admin(addr) as a:
+        a.create_topic("cs-seek", 1)
+    with Consumer(addr, fetch_max_wait_ms=200) as c:
+        c.assign([("cs-seek", 0)])
+        c.seek_to_end()
+        _wait_streaming(c)
+        _produce(addr, "cs-seek", _values("s", 0, 100))
+        assert [o for o, _ in _read(c, 100)] == list(range(100))
+        c.seek(("cs-seek", 0), 30)
+        assert not c._streams  # the seek cancelled the stream
+        _produce(addr, "cs-seek", _values("s", 100, 150))
+        got = _read(c, 120)
+        assert got == [(i, b"s-%d" % i) for i in range(30, 150)]
+        _wait_streaming(c)  # caught up again: a new stream from 150
+        _produce(addr, "cs-seek", _values("s", 150, 160))
+        assert _read(c, 10) == [(i, b"s-%d" % i) for i in range(150, 160)]
+        assert c.streams_opened == 2
+        assert c.poll(300) == {}
+
+
+def test_the_stream_buffer_stays_within_its_bound_with_a_slow_poller(
+    sbroker: BrokerProcess,
+) -> None:
+    addr = sbroker.grpc_address
+    with Admin(addr) as a:
+        a.create_topic("cs-slow", 1)
+    value = b"x" * 1000
+    n = 4000  # ~4 MB written while the consumer does not poll: 30x the bound
+    with Consumer(addr, fetch_max_bytes=64 << 10, fetch_max_wait_ms=200) as c:
+        bound = c._stream_bound
+        assert bound == 128 << 10
+        c.assign([("cs-slow", 0)])
+        c.seek_to_end()
+        _wait_streaming(c)
+        with Producer(addr, linger_ms=1, batch_bytes=16 << 10) as p:
+            for _ in range(n):
+                p.send("cs-slow", value, partition=0)
+            p.flush()
+        # Give the reader every chance to overfill (it would, unbounded).
+        deadline = time.monotonic() + 10
+        while c._stream_bytes < bound // 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)
+        # Each pushed message is at most 64 KiB plus one 16 KiB batch, so under
+        # the bound; the buffer is charged before a message is queued.
+        assert 0 < c._stream_bytes <= bound
+        got = 0
+        expect = 0
+        while got < n:
+            for recs in c.poll(2000, max_records=50).values():
+                assert [r.offset for r in recs] == list(range(expect, expect + len(recs)))
+                expect += len(recs)
+                got += len(recs)
+            time.sleep(0.001)  # a slow poller
+            assert c._stream_bytes <= bound
+        assert got == n
+        assert 0 < c._stream_peak <= bound
+        assert c.streams_opened == 1
+
+
+def test_a_broker_kill_9_and_restart_ends_the_stream_and_the_consumer_continues(
+    tmp_path: Path,
+) -> None:
+    b = start_broker(tmp_path / "data")
+    try:
+        addr = b.grpc_address
+        with Admin(addr) as a:
+            a.create_topic("cs-restart", 1)
+        _produce(addr, "cs-restart", _values("r", 0, 50))
+        with Consumer(addr, fetch_max_wait_ms=200, retry_backoff_ms=50) as c:
+            c.assign([("cs-restart", 0)])
+            c.seek(("cs-restart", 0), 0)
+            got = _read(c, 50)
+            _wait_streaming(c)
+            b.kill()
+            b = start_broker(b.data_dir, "--listen", addr)
+            assert b.grpc_address == addr
+            _produce(addr, "cs-restart", _values("r", 50, 120))
+            got += _read(c, 70)
+            assert got == [(i, b"r-%d" % i) for i in range(120)]
+            _wait_streaming(c)  # tailing again over a new stream
+            assert c.streams_opened >= 2
+            _produce(addr, "cs-restart", _values("r", 120, 130))
+            assert _read(c, 10) == [(i, b"r-%d" % i) for i in range(120, 130)]
+            assert c.poll(300) == {}
+    finally:
+        b.kill()
+
+
+def test_more_partitions_than_the_limit_are_fetched_only(sbroker: BrokerProcess) -> None:
+    addr = sbroker.grpc_address
+    with Admin(addr) as a:
+        a.create_topic("cs-wide", 5)
+    with Consumer(addr, fetch_max_wait_ms=100) as c:
+        c.assign([("cs-wide", q) for q in range(4)])
+        c.seek_to_end()
+        deadline = time.monotonic() + 30
+        while len(c._streams) < 4:
+            assert time.monotonic() < deadline, "4 partitions were not all streamed"
+            c.poll(100)
+        c.assign([("cs-wide", q) for q in range(5)])  # over the limit: streams cancelled
+        assert not c._streams
+        c.seek_to_end()
+        opened = c.streams_opened
+        for q in range(5):
+            _produce(addr, "cs-wide", _values(f"w{q}", 0, 20), partition=q)
+        got: dict[int, list[bytes]] = {}
+        deadline = time.monotonic() + 60
+        while sum(map(len, got.values())) < 100 and time.monotonic() < deadline:
+            for tp, recs in c.poll(300).items():
+                got.setdefault(tp.partition, []).extend(r.value or b"" for r in recs)
+        assert got == {q: _values(f"w{q}", 0, 20) for q in range(5)}
+        assert c.poll(300) == {}
+        assert c.streams_opened == opened and not c._streams
+    assert _metric(scrape(sbroker), "logstore_subscriptions") == 0
+
+
+def test_stream_max_partitions_zero_never_streams_and_bad_values_are_refused(
+    sbroker: BrokerProcess,
+) -> None:
+    addr = sbroker.grpc_address
+    with Admin(addr) as a:
+        a.create_topic("cs-off", 1)
+    with Consumer(addr, fetch_max_wait_ms=100, stream_max_partitions=0) as c:
+        c.assign([("cs-off", 0)])
+        c.seek_to_end()
+        for _ in range(5):
+            c.poll(100)
+        _produce(addr, "cs-off", _values("o", 0, 10))
+        assert [o for o, _ in _read(c, 10)] == list(range(10))
+        assert c.streams_opened == 0
+    for bad in (-1, 10_001):
+        with pytest.raises(errors.InvalidArgumentError, match="stream_max_partitions"):
+            Consumer(addr, stream_max_partitions=bad)
+
+
+class _NoSubscribeProxy:
+    """A gRPC server forwarding ListOffsets and MultiFetch (as bytes) to a real
+    broker: every other method, Subscribe included, is UNIMPLEMENTED, as on a
+    broker older than it."""
+
+    def __init__(self, target: str) -> None:
+        self.channel = grpc.insecure_channel(target)
+        self.calls: dict[str, int] = {}
+        handlers = {
+            name: grpc.unary_unary_rpc_method_handler(self._forward(name))
+            for name in ("ListOffsets", "MultiFetch")
+        }
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+        self.server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(_SERVICE, handlers),)
+        )
+        port = self.server.add_insecure_port("127.0.0.1:0")
+        self.address = f"127.0.0.1:{port}"
+        self.server.start()
+
+    def _forward(self, name: str) -> Any:
+        call = self.channel.unary_unary(f"/{_SERVICE}/{name}")
+
+        def forward(request: bytes, context: grpc.ServicerContext) -> bytes:
+            self.calls[name] = self.calls.get(name, 0) + 1
+            reply: bytes = call(request, timeout=30)
+            return reply
+
+        return forward
+
+    def close(self) -> None:
+        self.server.stop(0)
+        self.channel.close()
+
+
+def test_a_broker_without_subscribe_turns_streaming_off(sbroker: BrokerProcess) -> None:
+    addr = sbroker.grpc_address
+    with Admin(addr) as a:
+        a.create_topic("cs-old", 1)
+    proxy = _NoSubscribeProxy(addr)
+    try:
+        with Consumer(proxy.address, fetch_max_wait_ms=100) as c:
+            c.assign([("cs-old", 0)])
+            c.seek_to_end()
+            deadline = time.monotonic() + 30
+            while c._stream_max:  # the first stream's UNIMPLEMENTED turns it off
+                assert time.monotonic() < deadline, "streaming was not turned off"
+                assert c.poll(100) == {}
+            assert c.streams_opened == 1
+            _produce(addr, "cs-old", _values("u", 0, 30))
+            assert _read(c, 30) == [(i, b"u-%d" % i) for i in range(30)]
+            assert c.streams_opened == 1 and not c._streams
+            assert proxy.calls["MultiFetch"] >= 2
+    finally:
+        proxy.close()
+
+
+def test_a_deleted_topic_ends_the_stream_and_poll_raises_the_fetchs_error(
+    sbroker: BrokerProcess,
+) -> None:
+    addr = sbroker.grpc_address
+    with Admin(addr) as a:
+        a.create_topic("cs-gone", 1)
+    with Consumer(addr, fetch_max_wait_ms=100, retry_timeout_ms=2_000) as c:
+        c.assign([("cs-gone", 0)])
+        c.seek_to_end()
+        _wait_streaming(c)
+        with Admin(addr) as a:
+            a.delete_topic("cs-gone")
+        deadline = time.monotonic() + 30
+        with pytest.raises(errors.UnknownTopicError) as info:
+            while time.monotonic() < deadline:
+                c.poll(200)
+        assert info.value.metadata.get("topic") == "cs-gone"
+
+
+def test_a_group_consumer_tails_its_few_partitions_over_subscribe(
+    sbroker: BrokerProcess,
+) -> None:
+    addr = sbroker.grpc_address
+    with Admin(addr) as a:
+        a.create_topic("cs-group", 2)
+    with GroupConsumer(addr, "cs-g", topics=["cs-group"], fetch_max_wait_ms=100) as g:
+        deadline = time.monotonic() + 60
+        while len(g._consumer._streams) < 2:
+            assert time.monotonic() < deadline, "the group consumer opened no streams"
+            g.poll(100)
+        _produce(addr, "cs-group", _values("g", 0, 40), partition=1)
+        got: list[int] = []
+        while len(got) < 40 and time.monotonic() < deadline:
+            for recs in g.poll(300).values():
+                got.extend(r.offset for r in recs)
+        assert got == list(range(40))
+        assert g._consumer.streams_opened == 2
