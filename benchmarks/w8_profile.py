@@ -47,6 +47,12 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def _thread_cpu_s(pid: int) -> float:
+    """utime + stime of ``pid``'s main thread (the broker's event loop)."""
+    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
 def _top(raw: Path, n: int = 25) -> None:
     """Self and inclusive shares of py-spy's raw (collapsed) stacks."""
     self_t: Counter[str] = Counter()
@@ -161,8 +167,10 @@ def main() -> None:
                         }
                     ]
                 c0 = _cpu_s(pid)
+                m0 = _thread_cpu_s(pid)
                 res = run_workers(worker, [*lead, *args], timeout_s=300)
                 c1 = _cpu_s(pid)
+                m1 = _thread_cpu_s(pid)
                 if lead:
                     import numpy as np
 
@@ -172,6 +180,14 @@ def main() -> None:
                     lat = np.concatenate([np.asarray(r["lat_ns"], dtype=np.int64) for r in res])
                     pct = latency_percentiles_ms(lat)
                     print(f"  latency p50 {pct['p50']:.1f} ms, p99 {pct['p99']:.1f} ms")
+                    got = np.concatenate([np.asarray(r["got_ns"], dtype=np.int64) for r in res])
+                    if len(got):  # the stages: produce -> poll returned, then the ack commit
+                        g = latency_percentiles_ms(got)
+                        ack = latency_percentiles_ms(lat - got)
+                        print(
+                            f"  produce->fetched p50 {g['p50']:.1f} ms, p99 {g['p99']:.1f} ms; "
+                            f"ack commit p50 {ack['p50']:.1f} ms, p99 {ack['p99']:.1f} ms"
+                        )
                 if spy is not None:
                     spy.send_signal(2)
                     spy.wait(30)
@@ -180,6 +196,8 @@ def main() -> None:
                 end = max(float(r["last_ack"]) for r in res if r["count"])
                 wcpu = sum(float(r.get("cpu_s", 0.0)) for r in res)
                 per = 100_000 / max(1, got)
+                busy = 100 * (m1 - m0) / (end - start)
+                print(f"  broker event-loop thread busy {busy:.0f} % of the run")
                 rows.append((got / (end - start), (c1 - c0) * per, wcpu * per, load))
                 print(
                     f"run {run}: {got:,} records, drain {got / (end - start):,.0f}/s, broker "

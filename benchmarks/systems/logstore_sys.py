@@ -729,6 +729,7 @@ def work(args: dict[str, Any], ready: Callable[[], None]) -> dict[str, Any]:
     acked = args["acked"]
     consumer = _share_consumer(args)
     lat = np.zeros(n if stamped else 0, dtype=np.int64)
+    got_ns = np.zeros(n if stamped else 0, dtype=np.int64)  # produce -> poll returned it
     from_bytes = int.from_bytes
     deadline = time.monotonic() + float(args.get("deadline_s", 120))
     count = 0
@@ -748,11 +749,14 @@ def work(args: dict[str, Any], ready: Callable[[], None]) -> dict[str, Any]:
                 acked.value += len(msgs)
                 total = acked.value
             if stamped:
+                polled = time.monotonic_ns()
                 consumer.commit()
                 now = time.monotonic_ns()
                 for m in msgs:
                     if count < n:
-                        lat[count] = now - from_bytes(m.value[:8], "little")
+                        sent = from_bytes(m.value[:8], "little")
+                        lat[count] = now - sent
+                        got_ns[count] = polled - sent
                     count += 1
                 last_ack = time.monotonic()
             else:
@@ -770,6 +774,7 @@ def work(args: dict[str, Any], ready: Callable[[], None]) -> dict[str, Any]:
         "last_ack": last_ack,
         "count": count,
         "lat_ns": lat[: min(count, n)],
+        "got_ns": got_ns[: min(count, n)],
         "cpu_s": _cpu_s() - cpu0,  # this worker's CPU for the drain (w8_profile)
     }
 
