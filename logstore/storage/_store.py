@@ -53,7 +53,7 @@ import os
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final
@@ -91,7 +91,7 @@ from ._catalog import Catalog, TopicInfo, check_partition_count, rebuild_hint
 from ._checkpoint import SpaceReserve, read_json, read_offsets, write_json, write_offsets
 from ._cleaner import Cleaner
 from ._fs import FileSystem
-from ._group_commit import Flusher
+from ._group_commit import FLUSH_PARALLELISM, Flusher
 from ._index import IndexCache
 from ._names import (
     CLEAN_SHUTDOWN_FILE,
@@ -892,6 +892,29 @@ class Store:
             if not self._closed:
                 self._write_recovery_points(force=force)
 
+    def _snapshot_changed_producers(self, changed: list[PartitionLog]) -> None:
+        """Write the producer snapshot of each of ``changed``, up to
+        :data:`FLUSH_PARALLELISM` at once, returning when all are durable.
+
+        Each snapshot is an atomic write (file fsync, rename, directory fsync)
+        under its partition's lock; one after the other, a checkpoint after a
+        produce to 1,000 partitions took ~0.5 s of the flusher thread (which
+        serves acks=ALL waiters between checkpoints) and as long again of
+        directory fsyncs competing with the appends. The file system commits
+        concurrent fsyncs together, as for the flusher's turns. Lock order is
+        kept: the caller holds the store lock and waits; each worker takes only
+        its partition's lock. The first error is raised after all have run
+        (the recovery-point file is written only after every snapshot)."""
+        if len(changed) <= 1:
+            for lg in changed:
+                lg.snapshot_producers_if_changed()
+            return
+        workers = min(FLUSH_PARALLELISM, len(changed))
+        with ThreadPoolExecutor(workers, thread_name_prefix="logstore-snapshot") as pool:
+            futures = [pool.submit(lg.snapshot_producers_if_changed) for lg in changed]
+        for f in futures:
+            f.result()
+
     def _write_recovery_points(self, force: bool = False, snapshots: bool = True) -> None:
         """Write the recovery-point checkpoint (and, unless told not to, the
         producer snapshots of partitions whose state changed).
@@ -903,8 +926,7 @@ class Store:
         """
         logs = list(self._logs.items())
         if snapshots:
-            for _tp, lg in logs:
-                lg.snapshot_producers_if_changed()
+            self._snapshot_changed_producers([lg for _tp, lg in logs if lg.producers.changed])
         with self._checkpoint_lock:
             points = {tp: lg.flushed_offset for tp, lg in logs}
             if points != self._checkpointed or force:
