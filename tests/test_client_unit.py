@@ -801,3 +801,70 @@ def test_a_batch_compressing_worse_than_estimated_is_split() -> None:
     # 80 KB of noise needs >= 10 batches of 8 KiB; with the estimate at ~0.1 the open
     # batch was closed at ~80 KB, so they came from splits.
     assert len(fake.stored) - learned >= 10
+
+
+def _watch_compress(monkeypatch: pytest.MonkeyPatch, hold_s: float) -> dict[str, Any]:
+    """Wrap the sender's ``compress``: each call holds ``hold_s`` (so overlapping
+    calls overlap for sure) and records its thread and the most calls at once."""
+    from logstore.client.producer import _sender
+
+    seen: dict[str, Any] = {"threads": set(), "active": 0, "most": 0}
+    lock = threading.Lock()
+    real = _sender.compress
+
+    def watched(records: Any, codec: int, level: int | None = None) -> bytes:
+        with lock:
+            seen["threads"].add(threading.current_thread().name)
+            seen["active"] += 1
+            seen["most"] = max(seen["most"], seen["active"])
+        try:
+            time.sleep(hold_s)
+            return real(records, codec, level)
+        finally:
+            with lock:
+                seen["active"] -= 1
+
+    monkeypatch.setattr(_sender, "compress", watched)
+    return seen
+
+
+def test_batches_are_compressed_on_a_bounded_pool_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With compression_threads=2 (the default) full batches waiting to be sent are
+    compressed two at a time on the pool's threads, not one by one on the sender
+    thread, and every record still lands in order at its offset; the pool's threads
+    end with the producer. Fails on the old producer, which had no
+    compression_threads and compressed every batch on the sender thread (at most one
+    at a time)."""
+    seen = _watch_compress(monkeypatch, hold_s=0.02)
+    fake = CompressingFakeBroker(max_batch_bytes=16_384)
+    values = _log_lines(20_000)  # one send_many closes dozens of batches at once
+    with _producer(fake, linger_ms=10_000, compression="zstd", compression_threads=2) as p:
+        res = p.send_many("t", values)
+        p.flush(60)
+        _check_offsets(fake, res, values)
+    assert fake.logs[0] == values
+    assert seen["most"] == 2  # never more than the pool's threads
+    assert any(name.startswith("logstore-compress") for name in seen["threads"])
+    deadline = time.monotonic() + 30
+    while any(t.name.startswith("logstore-compress") for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "compression threads outlived the producer"
+        time.sleep(0.05)
+
+
+def test_one_compression_thread_compresses_on_the_sender(monkeypatch: pytest.MonkeyPatch) -> None:
+    """compression_threads=1 keeps the old behaviour: no pool, one batch at a time."""
+    seen = _watch_compress(monkeypatch, hold_s=0.005)
+    fake = CompressingFakeBroker(max_batch_bytes=16_384)
+    values = _log_lines(5_000)
+    with _producer(fake, linger_ms=10_000, compression="zstd", compression_threads=1) as p:
+        res = p.send_many("t", values)
+        p.flush(60)
+        _check_offsets(fake, res, values)
+    assert seen["most"] == 1
+    assert not any(name.startswith("logstore-compress") for name in seen["threads"])
+
+
+@pytest.mark.parametrize("threads", [0, -1, 17])
+def test_compression_threads_out_of_range_is_refused(threads: int) -> None:
+    with pytest.raises(errors.InvalidArgumentError, match="compression_threads must be 1-16"):
+        Producer(transport=FakeBroker(), compression="zstd", compression_threads=threads)

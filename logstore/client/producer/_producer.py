@@ -21,7 +21,14 @@ from .._backoff import Backoff
 from .._credentials import Credentials
 from ._accumulator import BATCH_HEADER_BYTES, RecordAccumulator
 from ._idempotence import MAX_IN_FLIGHT, Idempotence
-from ._sender import DEFAULT_MAX_REQUEST_BYTES, GrpcTransport, Sender, Transport
+from ._sender import (
+    DEFAULT_COMPRESSION_THREADS,
+    DEFAULT_MAX_REQUEST_BYTES,
+    MAX_COMPRESSION_THREADS,
+    GrpcTransport,
+    Sender,
+    Transport,
+)
 
 _ACKS: Final[dict[str, int]] = {
     "all": logstore_pb2.ACKS_ALL,
@@ -75,7 +82,10 @@ class Producer(RecordAccumulator):
     default: zstd 1 (Kafka's is 3; why: ``logstore.wire.LEVELS``), gzip 6,
     lz4 0); the broker stores it as sent. An unknown
     codec or level raises InvalidArgumentError, a codec whose package is
-    missing ImportError naming it, both here.
+    missing ImportError naming it, both here. ``compression_threads``
+    (default 2, at most 16) is how many batches are compressed at once, each
+    on its own thread (the codecs release the GIL); 1 compresses on the
+    sender thread alone.
     """
 
     def __init__(
@@ -98,6 +108,7 @@ class Producer(RecordAccumulator):
         metadata_max_age_ms: int = 300_000,
         compression: str = "none",
         compression_level: int | None = None,
+        compression_threads: int = DEFAULT_COMPRESSION_THREADS,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         transport: Transport | None = None,
     ) -> None:
@@ -109,6 +120,11 @@ class Producer(RecordAccumulator):
             idempotent = acks_value != logstore_pb2.ACKS_NONE
         elif idempotent and acks_value == logstore_pb2.ACKS_NONE:
             raise errors.InvalidArgumentError("idempotent=True needs acks 1 or all, not 0")
+        if not 1 <= compression_threads <= MAX_COMPRESSION_THREADS:
+            raise errors.InvalidArgumentError(
+                f"compression_threads must be 1-{MAX_COMPRESSION_THREADS}, "
+                f"not {compression_threads}"
+            )
         if batch_bytes <= BATCH_HEADER_BYTES:
             raise errors.InvalidArgumentError(f"batch_bytes must exceed {BATCH_HEADER_BYTES}")
         if linger_ms < 0 or delivery_timeout_ms <= 0 or max_in_flight < 1:
@@ -148,6 +164,7 @@ class Producer(RecordAccumulator):
             codec=codec,
             compression_level=compression_level,
             max_request_bytes=max_request_bytes,
+            compression_threads=compression_threads,
         )
         if codec != CODEC_NONE:
             self._compress_now = self._sender.compress_now
