@@ -45,8 +45,10 @@ from benchmarks._stats import Figure
 from benchmarks.systems.logstore_sys import Broker
 
 CORPUS = Path(__file__).resolve().parent / "corpus" / "log_lines.jsonl"
-#: codec[:level] (no level: the codec's default, zstd 1; zstd:3 is Kafka's default)
-CODECS = ("none", "lz4", "zstd", "zstd:3")
+#: codec[:level][@threads] (no level: the codec's default, zstd 1; zstd:3 is Kafka's
+#: default; no threads: the producer's default compression_threads, 2; zstd@1
+#: compresses on the sender thread alone, as before the pool)
+CODECS = ("none", "lz4", "zstd", "zstd@1", "zstd:3")
 MB = 1e6
 
 
@@ -133,12 +135,14 @@ def one_run(
         admin.create_topic(topic, 1)
     n = len(values)
     payload = sum(map(len, values))
-    name, _, level = codec.partition(":")
+    spec, _, threads = codec.partition("@")
+    name, _, level = spec.partition(":")
     with Producer(
         broker.grpc_address,
         acks="all",
         compression=name,
         compression_level=int(level) if level else None,
+        **({"compression_threads": int(threads)} if threads else {}),
         linger_ms=5,
     ) as p:
         cpu0 = _cpu_s(broker)
@@ -197,7 +201,9 @@ def measure(records: int, runs: int, workdir: Path, log: Callable[[str], None]) 
                 by: dict[str, list[dict[str, float]]] = {c: [] for c in CODECS}
                 for r in range(runs):
                     for codec in CODECS:
-                        topic = f"{workload}-{codec}-{r}".lower().replace(":", "-")
+                        topic = (
+                            f"{workload}-{codec}-{r}".lower().replace(":", "-").replace("@", "-t")
+                        )
                         by[codec].append(one_run(broker, data, topic, codec, values))
                     log(f"compression {workload} round {r + 1}/{runs} done")
                 results[workload] = by

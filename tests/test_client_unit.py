@@ -868,3 +868,32 @@ def test_one_compression_thread_compresses_on_the_sender(monkeypatch: pytest.Mon
 def test_compression_threads_out_of_range_is_refused(threads: int) -> None:
     with pytest.raises(errors.InvalidArgumentError, match="compression_threads must be 1-16"):
         Producer(transport=FakeBroker(), compression="zstd", compression_threads=threads)
+
+
+def test_a_compression_thread_failure_is_retried_by_the_sender(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch whose compression raises on a pool thread is not lost nor stuck: it
+    goes back to the sender, which compresses it itself (where a failure would fail
+    the batch through its handles), and every record lands in order."""
+    from logstore.client.producer import _sender
+
+    real = _sender.compress
+    failed: list[str] = []
+
+    def flaky(records: Any, codec: int, level: int | None = None) -> bytes:
+        name = threading.current_thread().name
+        if name.startswith("logstore-compress"):
+            failed.append(name)
+            raise RuntimeError("compression thread trouble")
+        return real(records, codec, level)
+
+    monkeypatch.setattr(_sender, "compress", flaky)
+    fake = CompressingFakeBroker(max_batch_bytes=16_384)
+    values = _log_lines(5_000)
+    with _producer(fake, linger_ms=10_000, compression="zstd", compression_threads=2) as p:
+        res = p.send_many("t", values)
+        p.flush(60)
+        _check_offsets(fake, res, values)
+    assert failed  # the pool was tried
+    assert fake.logs[0] == values

@@ -34,6 +34,7 @@ class ProducerBatch:
         "base_ts",
         "codec",
         "compressed",
+        "compressing",
         "count",
         "crc",
         "created",
@@ -51,6 +52,7 @@ class ProducerBatch:
         "partition",
         "parts",
         "payload",
+        "pool_failed",
         "producer_epoch",
         "producer_id",
         "rebuild",
@@ -78,6 +80,11 @@ class ProducerBatch:
         #: (records as they will be sent, codec): compressed ahead by the
         #: sender while the partition's earlier batches are in flight
         self.compressed: tuple[bytes, int] | None = None
+        #: on a compression thread now (the sender neither sends nor hands it
+        #: out again until it is back); pool_failed: it raised there, so the
+        #: sender compresses it itself, where a failure fails the batch
+        self.compressing = False
+        self.pool_failed = False
         #: the bytes after the request header (records or compressed_records),
         #: their codec, CRC32C and timestamps: fixed once built, so every retry
         #: carries exactly the same records

@@ -30,11 +30,13 @@ compressed while it waits), and in the rare case its records went past the
 room anyway (``min(batch_bytes, max_batch_bytes)`` less the header) it is
 split in two halves, sent in its place and in order, before any sequence
 number is taken. With ``compression_threads`` > 1 (default 2) the sender
-hands up to that many such batches at once to a pool of that many threads
-and waits for them (the codecs release the GIL, so they compress on as many
-cores; one thread alone bounded a zstd producer at ~440 MB/s of records);
-the pool's threads are fixed and the batches are ones the buffer already
-holds, so neither threads nor bytes grow with the load.
+does not compress: it hands such batches to a pool of that many threads, at
+most that many at a time, and goes on sending and reading replies; a batch
+is sent once its compression is back (the pool thread sets it under the
+lock and wakes the sender). The join and the codecs release the GIL, so
+batches compress on as many cores (one thread alone bounded a zstd producer
+at ~440 MB/s of records). Bounded: the threads are fixed, and the batches
+are ones the buffer already holds.
 
 Timestamps. Records without their own take the batch's creation time
 (CreateTime within ``linger_ms``); when every record has its own, the batch's
@@ -369,6 +371,8 @@ class Sender:
         #: exists only for a codec and more than one thread
         self._compression_threads = compression_threads
         self._pool: ThreadPoolExecutor | None = None
+        #: batches on the pool's threads now (lock held to change)
+        self._compressing = 0
         if codec != CODEC_NONE and compression_threads > 1:
             self._pool = ThreadPoolExecutor(
                 max_workers=compression_threads, thread_name_prefix="logstore-compress"
@@ -462,6 +466,10 @@ class Sender:
                     acc._cond.wait(wait_s)
                 if to_compress:
                     self._next_to_compress(to_compress)  # fill the pool's threads
+                    if self._pool is not None:
+                        for batch in to_compress:
+                            batch.compressing = True
+                        self._compressing += len(to_compress)
             if take_id:
                 self._take_new_id()
                 continue
@@ -569,9 +577,10 @@ class Sender:
                         break
                     q.full.append(b)
                 batch = q.full[0]
-                if self._codec != CODEC_NONE:
+                if self._codec != CODEC_NONE and not batch.pool_failed:
                     if batch.compressed is None:
-                        to_compress.append(batch)  # then it is numbered and sent
+                        if not batch.compressing:
+                            to_compress.append(batch)  # then it is numbered and sent
                         break
                     if len(batch.compressed[0]) > q.meta.room:
                         # the ratio estimate let it grow past the room: send halves
@@ -624,28 +633,47 @@ class Sender:
         batch costs ~1.2 ms in zstd 1, ~0.8 ms in lz4)."""
         if self._codec == CODEC_NONE:
             return
-        want = max(1, self._compression_threads)
+        want = max(1, self._compression_threads) - self._compressing
         for q in self._acc._active.values():
             for batch in q.full:
                 if len(out) >= want:
                     return
-                if batch.compressed is None and batch.payload is None and batch not in out:
+                if (
+                    batch.compressed is None
+                    and batch.payload is None
+                    and not batch.compressing
+                    and not batch.pool_failed
+                    and batch not in out
+                ):
                     out.append(batch)
 
     def _compress_all(self, batches: list[ProducerBatch]) -> None:
-        """Compress ``batches`` (lock not held): on the pool's threads at once
-        when there are several, then update the ratio estimates under one lock."""
-        if not batches:
-            return
-        if self._pool is None or len(batches) == 1:
+        """Compress ``batches`` (lock not held): on this thread without a pool;
+        else hand them to the pool (``_run`` marked them ``compressing``) and
+        return at once: :meth:`_pool_compress` brings each back."""
+        if self._pool is None:
             for batch in batches:
                 batch.compressed = self._compress(batch)
             return
-        outs = list(self._pool.map(self._encode, batches))
-        with self._acc._lock:
-            for batch, out in zip(batches, outs, strict=True):
-                batch.compressed = out
-                self._acc._topics[batch.topic].observe(batch.size, len(out[0]))
+        for batch in batches:
+            self._pool.submit(self._pool_compress, batch)
+
+    def _pool_compress(self, batch: ProducerBatch) -> None:
+        """On a compression thread: compress, then under the lock set the result,
+        update the ratio estimate and wake the sender."""
+        out: tuple[bytes, int] | None = None
+        try:
+            out = self._encode(batch)
+        finally:
+            with self._acc._lock:
+                batch.compressing = False
+                self._compressing -= 1
+                if out is None:
+                    batch.pool_failed = True  # the sender retries it, failing it if it fails
+                else:
+                    batch.compressed = out
+                    self._acc._topics[batch.topic].observe(batch.size, len(out[0]))
+                self._acc._cond.notify_all()
 
     def _encode(self, batch: ProducerBatch) -> tuple[bytes, int]:
         """(the bytes to send after the header, their codec)."""
