@@ -849,6 +849,69 @@ def test_concurrent_readers_see_only_whole_written_records(tmp_path: Path) -> No
     assert reads[0] > 100
 
 
+@pytest.mark.timeout(60)
+def test_retention_never_closes_a_descriptor_under_a_reader(tmp_path: Path) -> None:
+    """The race the test above hits by chance, forced: a reader is inside its
+    pread of the first segment when retention deletes that segment and a new
+    file takes the lowest free descriptor number. The reader must get its
+    records (it holds the unlinked file) or OffsetOutOfRangeError; closing the
+    descriptor under it made it read the other file (CorruptRecordError) or a
+    closed descriptor (StorageError)."""
+    from logstore.storage import Store
+
+    with Store.open(tmp_path) as store:
+        store.create_topic("c", config={"segment_bytes": 1024, "retention_bytes": 2048})
+        for i in range(60):
+            store.append("c", 0, [b"%d:" % i * 20])
+        log = store.partition("c", 0)
+        first = log.segments[0]
+        assert len(log.segments) > 3 and first.base_offset == 0
+        fs = log.fs
+        real_pread = fs.pread
+        entered, proceed = threading.Event(), threading.Event()
+
+        def gated_pread(fd: int, size: int, position: int, path: str) -> bytes:
+            if path == first.log_path and not entered.is_set():
+                entered.set()
+                assert proceed.wait(30)
+            return real_pread(fd, size, position, path)
+
+        outcome: list[object] = []
+
+        def reader() -> None:
+            try:
+                outcome.append(store.read("c", 0, 0, max_bytes=200))
+            except BaseException as exc:  # judged in the test's thread
+                outcome.append(exc)
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(fs, "pread", gated_pread)
+            t = threading.Thread(target=reader)
+            t.start()
+            assert entered.wait(30)
+            store.maintain()  # retention deletes the segment the reader is in
+            assert store.offsets("c", 0)[0] > 0
+            zeros = tmp_path / "zeros"
+            zeros.write_bytes(bytes(4096))
+            fds = [os.open(zeros, os.O_RDONLY) for _ in range(4)]  # reuse freed numbers
+            try:
+                proceed.set()
+                t.join(30)
+            finally:
+                for fd in fds:
+                    os.close(fd)
+        assert not t.is_alive() and len(outcome) == 1
+        got = outcome[0]
+        if isinstance(got, BaseException):
+            assert isinstance(got, OffsetOutOfRangeError), repr(got)
+        else:
+            assert isinstance(got, list) and got and got[0].offset == 0
+            assert [r.value for r in got] == [b"%d:" % r.offset * 20 for r in got]
+        # A read after the reader let go gets the clear error, not a stale file.
+        with pytest.raises(OffsetOutOfRangeError):
+            store.read("c", 0, 0)
+
+
 @pytest.mark.timeout(5)
 def test_truncate_twice_without_a_checkpoint_in_between(tmp_path: Path) -> None:
     """Two truncate_to calls in a row both return (no self-deadlock) and both stand."""

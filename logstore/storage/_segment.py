@@ -79,8 +79,9 @@ U32_LIMIT: Final = 1 << 32
 
 
 class SegmentReplacedError(Exception):
-    """A read reached a segment that a cleaner swap replaced after the reader
-    took the segment list, and whose descriptor is closed: read again (the
+    """A read reached a segment that a cleaner swap replaced, or that was
+    deleted (retention, truncation), after the reader took the segment list,
+    and whose descriptor is closed: read again (the
     partition retries with the current list). Internal to storage (never a
     client's error, so no ``LogStoreError`` and no reason on the wire)."""
 
@@ -161,8 +162,20 @@ class HandleCache:
                 return
             self._drop(seg)
 
+    def forget_when_unpinned(self, seg: Segment) -> None:
+        """A segment being deleted (retention, truncation): mark it retired
+        and close its handles now if no reader holds it, else when the last
+        one releases it. Closing a pinned descriptor would free its number
+        for the next file opened (a roll's new segment, an index), and the
+        reader's pread would read that file's bytes."""
+        with self._lock:
+            seg.retired = True
+            entry = self._lru.get(seg)
+            if entry is None or entry[0] == 0:
+                self._drop(seg)
+
     def forget(self, seg: Segment) -> None:
-        """Close a segment's handles now (it is being deleted or closed)."""
+        """Close a segment's handles now (it is being closed: no reader left)."""
         with self._lock:
             self._drop(seg)
 
@@ -322,7 +335,7 @@ class Segment:
             if self.retired:
                 # The path holds the cleaned file now: opening it would read
                 # the new layout at this segment's positions.
-                raise SegmentReplacedError(f"{self.log_path} was replaced by the cleaner")
+                raise SegmentReplacedError(f"{self.log_path} was replaced or deleted")
             self._fd = self.fs.open(self.log_path, create=not self.sealed)
 
     def retire(self) -> None:
@@ -551,7 +564,13 @@ class Segment:
         self.time_index.seal()
 
     def delete(self) -> None:
-        self.handles.forget(self)
+        """Remove the segment's files. A reader that holds its descriptor
+        keeps reading the unlinked file to the end of its read; a read that
+        reaches the segment after the last one let go gets
+        SegmentReplacedError and starts again on the current list, where its
+        offset is below the log start: OffsetOutOfRangeError, never another
+        file's bytes (``HandleCache.forget_when_unpinned``)."""
+        self.handles.forget_when_unpinned(self)
         self.index.delete()
         self.time_index.delete()
         if self.fs.exists(self.log_path):
