@@ -13,7 +13,6 @@ process with SIGKILL.
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -23,13 +22,13 @@ import pytest
 
 from logstore import Store
 from logstore.broker._config import BrokerConfig
-from logstore.broker._metrics import BrokerMetrics
-from logstore.broker._runtime import Runtime
 from logstore.broker._share_runtime import ShareRuntime
 from logstore.config import StoreConfig
 from logstore.share import SHARE_STATE_TOPIC, Ack, AckError, AckKind
 from logstore.storage._segment import Segment
 from logstore.wire import Record
+from tests._share_helpers import join as _join
+from tests._share_helpers import run_share_runtime
 from tests.brokerproc import start_broker
 from tests.sharehelp import ShareClient, ack, acquired
 from tests.simdisk import SimDisk
@@ -51,28 +50,8 @@ def _run(
     """``body(share)`` on a ShareRuntime over ``disk``; its result. The store is
     left open (not flushed, not closed): a power cut of ``disk`` after this is a
     cut at the end of ``body``."""
-
-    async def main() -> Any:
-        store = _store(disk)
-        config = BrokerConfig(data_dir=ROOT, share_acquisition_durability=durability)
-        rt = Runtime(store, config, BrokerMetrics())
-        rt.start(asyncio.get_running_loop())
-        share = ShareRuntime(rt)
-        rt.share = share
-        await share.start()
-        try:
-            return await body(share)
-        finally:
-            await share.stop()
-            rt.begin_shutdown()
-            await rt.drain()
-
-    return asyncio.run(main())
-
-
-async def _join(share: ShareRuntime) -> str:
-    m = await share.call(lambda c, now: c.join("g", ["t"], now_ms=now))
-    return str(m.consumer_id)
+    config = BrokerConfig(data_dir=ROOT, share_acquisition_durability=durability)
+    return run_share_runtime(lambda: _store(disk), lambda share, _: body(share), config)
 
 
 async def _fetch(share: ShareRuntime, member: str, n: int) -> dict[int, int]:

@@ -16,38 +16,22 @@ import pytest
 
 import logstore.broker._share_runtime as share_runtime
 from logstore import Store
-from logstore.broker._config import BrokerConfig
-from logstore.broker._metrics import BrokerMetrics
-from logstore.broker._runtime import Runtime
 from logstore.broker._share_runtime import ShareRuntime
 from logstore.config import StoreConfig
 from logstore.share import Ack, AckError, AckKind, ShareGroupConfig
 from logstore.wire import Record
+from tests._share_helpers import join as _join
+from tests._share_helpers import run_share_runtime
 from tests.storagehelp import ROOT, sim_disk
 
 
 def _run(body: Callable[[ShareRuntime, Store], Awaitable[Any]]) -> Any:
-    async def main() -> Any:
+    def open_store() -> Store:
         store = Store.open(ROOT, StoreConfig(), fs=sim_disk())
         store.create_topic("t", 1)
-        rt = Runtime(store, BrokerConfig(data_dir=ROOT), BrokerMetrics())
-        rt.start(asyncio.get_running_loop())
-        share = ShareRuntime(rt)
-        rt.share = share
-        await share.start()
-        try:
-            return await body(share, store)
-        finally:
-            await share.stop()
-            rt.begin_shutdown()
-            await rt.drain()
+        return store
 
-    return asyncio.run(main())
-
-
-async def _join(share: ShareRuntime) -> str:
-    m = await share.call(lambda c, now: c.join("g", ["t"], now_ms=now))
-    return str(m.consumer_id)
+    return run_share_runtime(open_store, body)
 
 
 def _offsets(frames: list[Any]) -> list[int]:
