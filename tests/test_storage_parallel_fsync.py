@@ -21,38 +21,19 @@ from concurrent.futures import wait
 import pytest
 
 from logstore.storage import Store
-from tests.simdisk import SimDisk
+from tests.storagehelp import ROOT, all_values, sim_disk
 
 pytestmark = pytest.mark.timeout(120)
 
-ROOT = "/data"
 PARTITIONS = 40
 SEEDS = range(6)
-
-
-def _disk() -> SimDisk:
-    disk = SimDisk(seed=0)
-    disk.mkdir(ROOT)
-    disk.fsync_dir("/")
-    return disk
-
-
-def _records(store: Store, partition: int) -> list[bytes]:
-    start, end = store.offsets("t", partition)
-    out: list[bytes] = []
-    offset = start
-    while offset < end:
-        recs = store.read("t", partition, offset)
-        out += [r.value or b"" for r in recs]
-        offset = recs[-1].offset + 1
-    return out
 
 
 def test_a_turn_over_many_partitions_fsyncs_them_at_once_and_each_is_durable() -> None:
     """Appends to 40 partitions, then every partition's sync_to (a MultiProduce
     with acks=ALL): once all are done, power cuts keep every record of every
     partition; and the turn's fsyncs overlapped (one at a time before)."""
-    disk = _disk()
+    disk = sim_disk()
     real_fsync = disk.fsync
     lock = threading.Lock()
     active = [0]
@@ -94,7 +75,7 @@ def test_a_turn_over_many_partitions_fsyncs_them_at_once_and_each_is_durable() -
                 reopened = Store.open(ROOT, fs=after)
                 try:
                     for p in range(PARTITIONS):
-                        assert _records(reopened, p) == acked[p], (rnd, seed, p)
+                        assert all_values(reopened, "t", p) == acked[p], (rnd, seed, p)
                 finally:
                     reopened.close()
     finally:
@@ -111,7 +92,7 @@ def test_the_flusher_survives_idle_intervals() -> None:
     sync_to waited forever)."""
     from logstore.config import StoreConfig
 
-    disk = _disk()
+    disk = sim_disk()
     store = Store.open(ROOT, StoreConfig(recovery_checkpoint_interval_ms=20), fs=disk)
     store.create_topic("t", partitions=2)
     store.start_flusher()

@@ -19,10 +19,10 @@ import pytest
 
 from logstore.storage import Store
 from tests.simdisk import SimDisk
+from tests.storagehelp import ROOT, all_values, sim_disk
 
 pytestmark = pytest.mark.timeout(120)
 
-ROOT = "/data"
 #: Small segments: a 400-byte record fills most of one, so every second or
 #: third append rolls.
 CONFIG = {"segment_bytes": 1024}
@@ -31,32 +31,18 @@ CONFIG = {"segment_bytes": 1024}
 SEEDS = range(12)
 
 
-def _disk() -> SimDisk:
-    disk = SimDisk(seed=0)
-    disk.mkdir(ROOT)
-    disk.fsync_dir("/")
-    return disk
-
-
 def _survivors(disk: SimDisk, seed: int, *, keep_unsynced_changes: bool = False) -> list[bytes]:
     after = disk.power_cut(random.Random(seed), keep_unsynced_changes=keep_unsynced_changes)
     store = Store.open(ROOT, fs=after)
     try:
-        start, end = store.offsets("t", 0)
-        out: list[bytes] = []
-        offset = start
-        while offset < end:
-            recs = store.read("t", 0, offset)
-            out += [r.value for r in recs]
-            offset = recs[-1].offset + 1
-        return out
+        return all_values(store)
     finally:
         store.close()
 
 
 def test_a_roll_does_no_fsync_under_the_append() -> None:
     """An append that rolls calls no fsync, fsync_dir or msync (embedded, no flusher)."""
-    disk = _disk()
+    disk = sim_disk()
     store = Store.open(ROOT, fs=disk)
     store.create_topic("t", config=CONFIG)
     store.append("t", 0, [b"a" * 700])
@@ -74,7 +60,7 @@ def test_sync_append_into_a_rolled_segment_makes_the_roll_durable() -> None:
     """Unsynced records in the old segment, then an acks=ALL append that rolls:
     after any power cut every record is there (old segment fsynced, new name
     fsynced), though the roll itself fsynced nothing."""
-    disk = _disk()
+    disk = sim_disk()
     store = Store.open(ROOT, fs=disk)
     store.create_topic("t", config=CONFIG)
     values = [bytes([65 + i]) * 300 for i in range(3)]  # 3 x 300 B: one segment
@@ -92,7 +78,7 @@ def test_sync_after_a_kill_following_an_unsynced_roll_makes_the_old_segment_dura
     """Roll (no fsync), kill -9 (the page cache survives), reopen, append with
     sync: the sealed segment's records, which no fsync ever covered, are
     fsynced by that append's turn before it is acknowledged."""
-    disk = _disk()
+    disk = sim_disk()
     store = Store.open(ROOT, fs=disk)
     store.create_topic("t", config=CONFIG)
     store.flush()  # the topic's files are durable; no record is
@@ -112,7 +98,7 @@ def test_a_power_cut_after_an_unsynced_roll_loses_only_a_suffix() -> None:
     """The tail of a sealed segment lost while the next segment's bytes survive
     (the kernel wrote the new file back first) is a torn tail: recovery drops
     the later segment instead of serving its records past a hole."""
-    disk = _disk()
+    disk = sim_disk()
     store = Store.open(ROOT, fs=disk)
     store.create_topic("t", config=CONFIG)
     values = [bytes([65 + i]) * 300 for i in range(6)]  # two a segment: 3 segments
@@ -134,7 +120,7 @@ def test_acks_all_stream_across_rolls_survives_power_cuts_at_any_moment() -> Non
     """A writer thread appends with sync=True through the flusher thread (the
     broker's group commit) across many rolls; power cuts taken while it runs
     keep every record acknowledged before the cut, in order."""
-    disk = _disk()
+    disk = sim_disk()
     store = Store.open(ROOT, fs=disk)
     store.create_topic("t", config=CONFIG)
     store.start_flusher()
@@ -189,7 +175,7 @@ def test_flush_after_a_roll_by_time_makes_the_new_segment_durable() -> None:
     """A roll by time adds no offset, so everything may already be durable up to
     the log end; flush() still fsyncs what the roll left (the sealed segment's
     indexes, the new segment's name): a power cut keeps both files."""
-    disk = _disk()
+    disk = sim_disk()
     store = Store.open(ROOT, fs=disk)
     store.create_topic("t", config={"segment_ms": 1})
     assert store.append("t", 0, [b"a"], sync=True) == 0
