@@ -40,22 +40,31 @@ def _drain(c: Consumer, n: int, timeout_s: float = 60) -> dict[int, list[bytes]]
     return out
 
 
+def _filled_topic(addr: str, topic: str, partitions: int, rounds: int) -> None:
+    """Create ``topic``; ``rounds`` records ``b"<part>-<i>"`` in every partition."""
+    with Admin(addr) as a:
+        a.create_topic(topic, partitions)
+    with Producer(addr) as p:
+        for i in range(rounds):
+            for part in range(partitions):
+                p.send(topic, f"{part}-{i}".encode(), partition=part)
+        p.flush()
+
+
+def _assign_from_start(c: Consumer, topic: str, partitions: int) -> None:
+    c.assign([(topic, part) for part in range(partitions)])
+    for part in range(partitions):
+        c.seek((topic, part), 0)
+
+
 def test_consumer_reads_300_partitions_with_few_multifetch_requests(cbroker) -> None:
     """Every record of 300 partitions comes back in order per partition, through
     MultiFetch only (no unary Fetch) and far fewer requests than partitions."""
     addr = cbroker.grpc_address
-    with Admin(addr) as a:
-        a.create_topic("cm-wide", 300)
-    with Producer(addr) as p:
-        for i in range(3):
-            for part in range(300):
-                p.send("cm-wide", f"{part}-{i}".encode(), partition=part)
-        p.flush()
+    _filled_topic(addr, "cm-wide", 300, 3)
     before = scrape(cbroker)
     with Consumer(addr, fetch_max_wait_ms=100) as c:
-        c.assign([("cm-wide", part) for part in range(300)])
-        for part in range(300):
-            c.seek(("cm-wide", part), 0)
+        _assign_from_start(c, "cm-wide", 300)
         out = _drain(c, 900)
     after = scrape(cbroker)
     assert out == {part: [f"{part}-{i}".encode() for i in range(3)] for part in range(300)}
@@ -156,17 +165,9 @@ def test_a_backlog_of_many_partitions_is_fetched_by_several_requests_in_flight(c
     (about _REQUEST_SPLIT_BYTES each; one request slot kept free), not one serial
     12 MiB reply. Every record still comes back once, in order per partition."""
     addr = cbroker.grpc_address
-    with Admin(addr) as a:
-        a.create_topic("cm-split", 12)
-    with Producer(addr) as p:
-        for i in range(20):
-            for part in range(12):
-                p.send("cm-split", f"{part}-{i}".encode(), partition=part)
-        p.flush()
+    _filled_topic(addr, "cm-split", 12, 20)
     with Consumer(addr, fetch_max_wait_ms=100, fetch_max_bytes=1 << 20) as c:
-        c.assign([("cm-split", part) for part in range(12)])
-        for part in range(12):
-            c.seek(("cm-split", part), 0)
+        _assign_from_start(c, "cm-split", 12)
         c._issue_all(time.monotonic())  # what the first poll sends
         sizes = sorted(len(members) for members, _ in c._fetches.values())
         assert sizes == [4, 4, 4]
