@@ -165,6 +165,62 @@ def timed(ctx: Ctx, args_list: list[dict[str, Any]]) -> tuple[float, float, list
     return count, elapsed, res
 
 
+def paced_latency_runs(
+    ctx: Ctx,
+    system: System,
+    durable: bool,
+    name: str,
+    where: str,
+    info: dict[str, Any],
+    topic_prefix: str,
+    tail: dict[str, Any],
+    prod: dict[str, Any],
+) -> tuple[list[Figure], list[Any]]:
+    """The W4 / W4C measurement: ``ctx.runs`` runs of a paced producer and a tailing
+    consumer (worker ops ``prod["op"]`` and ``tail["op"]``, each a fresh topic); per run
+    the tail's latencies (``lat_ns``) give p50/p99/p99.9 (ms) and its count the
+    delivered share of ``tail["n"]``. ``tail`` and ``prod`` are the ops' other
+    arguments (``topic`` added here). Returns the three percentile figures and the
+    delivered one, named ``"<name> <where> latency p50"`` ..., and each run's latencies
+    (numpy arrays); a failed run is reported and skipped."""
+    import numpy as np
+
+    from benchmarks._stats import latency_percentiles_ms
+
+    n = int(tail["n"])
+    pct: dict[str, Figure] = {
+        k: Figure(f"{name} {where} latency {k}", "ms", higher_is_better=False, info=dict(info))
+        for k in ("p50", "p99", "p99.9")
+    }
+    delivered = Figure(f"{name} {where} delivered", "%", info=dict(info))
+    lats: list[Any] = []
+    for _ in range(ctx.runs):
+        topic = new_topic(topic_prefix)
+        system.create(topic)
+        tail_args = base_args(ctx, system, **tail, topic=topic)
+        prod_args = base_args(ctx, system, **prod, topic=topic)
+        try:
+            _, _, res = timed(ctx, [tail_args, prod_args])
+        except Exception as exc:
+            # one failed run (a broker error) loses this run only
+            ctx.fail(f"{name} {system.name} {system.label(durable)} {where}", exc)
+            continue
+        finally:
+            system.delete(topic)
+        lat = np.asarray(res[0]["lat_ns"])
+        lats.append(lat)
+        p = latency_percentiles_ms(lat)
+        for k, f in pct.items():
+            f.values.append(p[k])
+        delivered.values.append(100.0 * res[0]["count"] / max(1, n))
+        ctx.log(
+            f"{name} {system.name} {system.label(durable)} {where}: "
+            f"p50 {p['p50']:.2f} ms p99 {p['p99']:.2f} ms p99.9 {p['p99.9']:.2f} ms "
+            f"({res[0]['count']:,}/{n:,} delivered)"
+        )
+    return [*pct.values(), delivered], lats
+
+
 def throughput_figures(
     prefix: str, info: dict[str, Any], counts: list[tuple[float, float]], size: int
 ) -> list[Figure]:

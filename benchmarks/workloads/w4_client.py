@@ -15,11 +15,9 @@ percentile is the median over the runs.
 
 from __future__ import annotations
 
-import numpy as np
-
-from benchmarks._stats import Figure, latency_percentiles_ms
+from benchmarks._stats import Figure
 from benchmarks.systems._base import System
-from benchmarks.workloads import Ctx, base_args, new_topic, timed
+from benchmarks.workloads import Ctx, paced_latency_runs
 
 NAME = "W4C"
 TITLE = "end-to-end latency through Producer.send and Consumer.poll"
@@ -60,33 +58,8 @@ def _one(
         "bound": "grpc_unary_tiny",
     }
     where = f"{rate:,}/s linger {linger}"
-    pct: dict[str, Figure] = {
-        k: Figure(f"{NAME} {where} latency {k}", "ms", higher_is_better=False, info=dict(info))
-        for k in ("p50", "p99", "p99.9")
-    }
-    delivered = Figure(f"{NAME} {where} delivered", "%", info=dict(info))
-    for _ in range(ctx.runs):
-        topic = new_topic("w4c")
-        system.create(topic)
-        tail = base_args(ctx, system, "client_tail", topic=topic, n=n)
-        tail["deadline_s"] = seconds + GRACE_S + 1.0
-        prod = base_args(ctx, system, "client_paced", topic=topic, rate=rate, seconds=seconds)
-        prod.update(size=SIZE, durable=durable, linger_ms=linger)
-        try:
-            _, _, res = timed(ctx, [tail, prod])
-        except Exception as exc:
-            ctx.fail(f"{NAME} {system.name} {system.label(durable)} {where}", exc)
-            continue
-        finally:
-            system.delete(topic)
-        lat = np.asarray(res[0]["lat_ns"])
-        p = latency_percentiles_ms(lat)
-        for k, f in pct.items():
-            f.values.append(p[k])
-        delivered.values.append(100.0 * res[0]["count"] / max(1, n))
-        ctx.log(
-            f"{NAME} {system.name} {system.label(durable)} {where}: "
-            f"p50 {p['p50']:.2f} ms p99 {p['p99']:.2f} ms p99.9 {p['p99.9']:.2f} ms "
-            f"({res[0]['count']:,}/{n:,} delivered)"
-        )
-    return [*pct.values(), delivered]
+    tail = {"op": "client_tail", "n": n, "deadline_s": seconds + GRACE_S + 1.0}
+    prod = {"op": "client_paced", "rate": rate, "seconds": seconds}
+    prod.update(size=SIZE, durable=durable, linger_ms=linger)
+    figs, _ = paced_latency_runs(ctx, system, durable, NAME, where, info, "w4c", tail, prod)
+    return figs

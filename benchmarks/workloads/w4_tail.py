@@ -15,11 +15,13 @@ same through the ``Producer`` and ``Consumer`` that users call.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from benchmarks._stats import Figure, latency_percentiles_ms
+from benchmarks._stats import Figure
 from benchmarks.systems._base import System
-from benchmarks.workloads import Ctx, base_args, new_topic, timed
+from benchmarks.workloads import Ctx, paced_latency_runs
 
 NAME = "W4"
 TITLE = "end-to-end latency at a fixed rate"
@@ -59,44 +61,17 @@ def _one(
     }
     if linger is not None:
         info["linger_ms"] = linger
-    pct: dict[str, Figure] = {
-        k: Figure(f"{NAME} {where} latency {k}", "ms", higher_is_better=False, info=dict(info))
-        for k in ("p50", "p99", "p99.9")
-    }
-    delivered = Figure(f"{NAME} {where} delivered", "%", info=dict(info))
-    all_lat: list[np.ndarray] = []
-    for _ in range(ctx.runs):
-        topic = new_topic("w4")
-        system.create(topic)
-        tail = base_args(ctx, system, "tail", topic=topic, n=n, deadline_s=seconds + 30)
-        prod = base_args(ctx, system, "paced", topic=topic, rate=rate, seconds=seconds)
-        prod.update(size=SIZE, durable=durable)
-        if linger is not None:
-            prod["linger_ms"] = linger
-        try:
-            _, _, res = timed(ctx, [tail, prod])
-        except Exception as exc:
-            # one failed run (a broker error) loses this run only
-            ctx.fail(f"{NAME} {system.name} {system.label(durable)} {where}", exc)
-            continue
-        finally:
-            system.delete(topic)
-        lat = np.asarray(res[0]["lat_ns"])
-        all_lat.append(lat)
-        p = latency_percentiles_ms(lat)
-        for k, f in pct.items():
-            f.values.append(p[k])
-        delivered.values.append(100.0 * res[0]["count"] / max(1, n))
-        ctx.log(
-            f"{NAME} {system.name} {system.label(durable)} {where}: "
-            f"p50 {p['p50']:.2f} ms p99 {p['p99']:.2f} ms p99.9 {p['p99.9']:.2f} ms "
-            f"({res[0]['count']:,}/{n:,} delivered)"
-        )
+    tail = {"op": "tail", "n": n, "deadline_s": seconds + 30}
+    prod: dict[str, Any] = {"op": "paced", "rate": rate, "seconds": seconds}
+    prod.update(size=SIZE, durable=durable)
+    if linger is not None:
+        prod["linger_ms"] = linger
+    figs, all_lat = paced_latency_runs(ctx, system, durable, NAME, where, info, "w4", tail, prod)
     if not all_lat:
         return []
     # the distribution of the last run, for the plots (201 quantiles)
     q = np.linspace(0, 100, 201)
-    pct["p50"].info["quantiles_ms"] = (
+    figs[0].info["quantiles_ms"] = (
         (np.percentile(all_lat[-1], q) / 1e6).tolist() if all_lat[-1].size else []
     )
-    return [*pct.values(), delivered]
+    return figs
