@@ -823,7 +823,9 @@ def test_concurrent_readers_see_only_whole_written_records(tmp_path: Path) -> No
                     except OffsetOutOfRangeError:
                         assert offset < store.offsets("c", 0)[0], "out of range but not deleted"
                         continue
-                    assert recs and recs[0].offset == offset
+                    got = [r.offset for r in recs[:5]]
+                    # what the read was asked and got, for a rare failure to diagnose
+                    assert got and got[0] == offset, (offset, (start, end), got)
                     for r in recs:
                         assert r.value == value(r.offset), r.offset
                     reads[0] += 1
