@@ -945,3 +945,40 @@ def test_truncation_that_deletes_segments_survives_a_power_cut() -> None:
     assert store.offsets("t", 0) == (0, 4)
     after = disk.power_cut(random.Random(0), keep_unsynced_changes=False)
     assert Store.open(ROOT, fs=after).offsets("t", 0) == (0, 4)
+
+
+def test_a_read_racing_retention_never_skips_to_the_next_segment(tmp_path: Path) -> None:
+    """DeleteRecords (or retention) deletes the segment a reader is locating its offset in, and
+    the deleted segment shows no frame at that offset (what its emptied or
+    closed file can yield): ``_locate`` then goes on to the next segment, as
+    for a gap. The read must get OffsetOutOfRangeError, never the next
+    segment's records in place of the deleted offsets (it returned records
+    from the next segment's base before the check)."""
+    from logstore.storage import Store
+
+    with Store.open(tmp_path) as store:
+        store.create_topic("c", config={"segment_bytes": 1024})
+        for i in range(60):
+            store.append("c", 0, [b"%d:" % i * 20])
+        log = store.partition("c", 0)
+        first = log.segments[0]
+        assert len(log.segments) > 3 and first.base_offset == 0
+        second = log.segments[1]
+
+        def locate_while_retention_runs(offset: Any) -> tuple[Any, Any] | None:
+            # Delete ``first`` alone under the reader, so the segment after it
+            # is still there to be read (retention deletes whole segments the
+            # same way, moving the start first).
+            store.delete_records("c", 0, second.base_offset)
+            assert store.offsets("c", 0)[0] == second.base_offset
+            found = None  # the deleted segment shows no frame
+            return found
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(first, "locate", locate_while_retention_runs)
+            with pytest.raises(OffsetOutOfRangeError):
+                store.read("c", 0, 1, max_bytes=200)
+        # The partition still serves what retention kept, from its start.
+        start = store.offsets("c", 0)[0]
+        got = store.read("c", 0, start, max_bytes=200)
+        assert got[0].offset == start and got[0].value == b"%d:" % start * 20

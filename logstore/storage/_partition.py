@@ -891,6 +891,18 @@ class PartitionLog:
                     self.log_end_offset,
                 ) from exc
             raise
+        if offset < self.log_start_offset:
+            # Retention or DeleteRecords moved the start past ``offset`` while
+            # it was read (the start moves before the segments go). What was
+            # read may then be the next segment's frames: a deleted segment
+            # can show no frame at ``offset``, and ``_locate`` goes on to the
+            # next segment as for a gap. Such records would skip the offsets
+            # in between, so the read gets the clear error instead.
+            raise OffsetOutOfRangeError(
+                f"offset {offset} was deleted from {self.name} while being read",
+                self.log_start_offset,
+                self.log_end_offset,
+            )
         memo = self._remember(gen, seg, pos, data, nxt, last_pos, last_base, limit)
         return FetchResult(data, end, start, nxt, memo)
 
