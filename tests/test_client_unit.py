@@ -803,6 +803,18 @@ def test_a_batch_compressing_worse_than_estimated_is_split() -> None:
     assert len(fake.stored) - learned >= 10
 
 
+def _compress_through_pool(n: int, threads: int) -> tuple[CompressingFakeBroker, list[bytes]]:
+    """Send ``n`` log lines with zstd on ``threads`` compression threads to a fake
+    broker, flush, and check each record landed at the offset its handle says."""
+    fake = CompressingFakeBroker(max_batch_bytes=16_384)
+    values = _log_lines(n)
+    with _producer(fake, linger_ms=10_000, compression="zstd", compression_threads=threads) as p:
+        res = p.send_many("t", values)
+        p.flush(60)
+        _check_offsets(fake, res, values)
+    return fake, values
+
+
 def _watch_compress(monkeypatch: pytest.MonkeyPatch, hold_s: float) -> dict[str, Any]:
     """Wrap the sender's ``compress``: each call holds ``hold_s`` (so overlapping
     calls overlap for sure) and records its thread and the most calls at once."""
@@ -836,12 +848,8 @@ def test_batches_are_compressed_on_a_bounded_pool_at_once(monkeypatch: pytest.Mo
     compression_threads and compressed every batch on the sender thread (at most one
     at a time)."""
     seen = _watch_compress(monkeypatch, hold_s=0.02)
-    fake = CompressingFakeBroker(max_batch_bytes=16_384)
-    values = _log_lines(20_000)  # one send_many closes dozens of batches at once
-    with _producer(fake, linger_ms=10_000, compression="zstd", compression_threads=2) as p:
-        res = p.send_many("t", values)
-        p.flush(60)
-        _check_offsets(fake, res, values)
+    # one send_many closes dozens of batches at once
+    fake, values = _compress_through_pool(20_000, threads=2)
     assert fake.logs[0] == values
     assert seen["most"] == 2  # never more than the pool's threads
     assert any(name.startswith("logstore-compress") for name in seen["threads"])
@@ -854,12 +862,7 @@ def test_batches_are_compressed_on_a_bounded_pool_at_once(monkeypatch: pytest.Mo
 def test_one_compression_thread_compresses_on_the_sender(monkeypatch: pytest.MonkeyPatch) -> None:
     """compression_threads=1 keeps the old behaviour: no pool, one batch at a time."""
     seen = _watch_compress(monkeypatch, hold_s=0.005)
-    fake = CompressingFakeBroker(max_batch_bytes=16_384)
-    values = _log_lines(5_000)
-    with _producer(fake, linger_ms=10_000, compression="zstd", compression_threads=1) as p:
-        res = p.send_many("t", values)
-        p.flush(60)
-        _check_offsets(fake, res, values)
+    _compress_through_pool(5_000, threads=1)
     assert seen["most"] == 1
     assert not any(name.startswith("logstore-compress") for name in seen["threads"])
 
@@ -889,11 +892,6 @@ def test_a_compression_thread_failure_is_retried_by_the_sender(
         return real(records, codec, level)
 
     monkeypatch.setattr(_sender, "compress", flaky)
-    fake = CompressingFakeBroker(max_batch_bytes=16_384)
-    values = _log_lines(5_000)
-    with _producer(fake, linger_ms=10_000, compression="zstd", compression_threads=2) as p:
-        res = p.send_many("t", values)
-        p.flush(60)
-        _check_offsets(fake, res, values)
+    fake, values = _compress_through_pool(5_000, threads=2)
     assert failed  # the pool was tried
     assert fake.logs[0] == values

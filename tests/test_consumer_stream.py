@@ -32,6 +32,14 @@ def sbroker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]
         b.stop()
 
 
+def _topic(broker: BrokerProcess, name: str, partitions: int = 1) -> str:
+    """Create ``name`` on ``broker``; returns the broker's address."""
+    addr = broker.grpc_address
+    with Admin(addr) as a:
+        a.create_topic(name, partitions)
+    return addr
+
+
 def _metric(text: str, name: str, method: str | None = None) -> float:
     label = rf'\{{method="{method}"\}}' if method else ""
     return sum(float(m) for m in re.findall(rf"^{name}{label} ([0-9.e+]+)$", text, re.M))
@@ -70,9 +78,7 @@ def _values(prefix: str, lo: int, hi: int) -> list[bytes]:
 def test_a_caught_up_consumer_on_one_partition_is_pushed_records_over_subscribe(
     sbroker: BrokerProcess,
 ) -> None:
-    addr = sbroker.grpc_address
-    with Admin(addr) as a:
-        a.create_topic("cs-tail", 1)
+    addr = _topic(sbroker, "cs-tail")
     _produce(addr, "cs-tail", _values("v", 0, 5))
     before = scrape(sbroker)
     with Consumer(addr, fetch_max_wait_ms=200) as c:
@@ -99,9 +105,7 @@ def test_a_caught_up_consumer_on_one_partition_is_pushed_records_over_subscribe(
 def test_a_seek_during_a_stream_restarts_at_the_new_offset_without_gap_or_duplicate(
     sbroker: BrokerProcess,
 ) -> None:
-    addr = sbroker.grpc_address
-    with Admin(addr) as a:
-        a.create_topic("cs-seek", 1)
+    addr = _topic(sbroker, "cs-seek")
     with Consumer(addr, fetch_max_wait_ms=200) as c:
         c.assign([("cs-seek", 0)])
         c.seek_to_end()
@@ -123,9 +127,7 @@ def test_a_seek_during_a_stream_restarts_at_the_new_offset_without_gap_or_duplic
 def test_the_stream_buffer_stays_within_its_bound_with_a_slow_poller(
     sbroker: BrokerProcess,
 ) -> None:
-    addr = sbroker.grpc_address
-    with Admin(addr) as a:
-        a.create_topic("cs-slow", 1)
+    addr = _topic(sbroker, "cs-slow")
     value = b"x" * 1000
     n = 4000  # ~4 MB written while the consumer does not poll: 30x the bound
     with Consumer(addr, fetch_max_bytes=64 << 10, fetch_max_wait_ms=200) as c:
@@ -190,9 +192,7 @@ def test_a_broker_kill_9_and_restart_ends_the_stream_and_the_consumer_continues(
 
 
 def test_more_partitions_than_the_limit_are_fetched_only(sbroker: BrokerProcess) -> None:
-    addr = sbroker.grpc_address
-    with Admin(addr) as a:
-        a.create_topic("cs-wide", 5)
+    addr = _topic(sbroker, "cs-wide", 5)
     with Consumer(addr, fetch_max_wait_ms=100) as c:
         c.assign([("cs-wide", q) for q in range(4)])
         c.seek_to_end()
@@ -220,9 +220,7 @@ def test_more_partitions_than_the_limit_are_fetched_only(sbroker: BrokerProcess)
 def test_stream_max_partitions_zero_never_streams_and_bad_values_are_refused(
     sbroker: BrokerProcess,
 ) -> None:
-    addr = sbroker.grpc_address
-    with Admin(addr) as a:
-        a.create_topic("cs-off", 1)
+    addr = _topic(sbroker, "cs-off")
     with Consumer(addr, fetch_max_wait_ms=100, stream_max_partitions=0) as c:
         c.assign([("cs-off", 0)])
         c.seek_to_end()
@@ -272,9 +270,7 @@ class _NoSubscribeProxy:
 
 
 def test_a_broker_without_subscribe_turns_streaming_off(sbroker: BrokerProcess) -> None:
-    addr = sbroker.grpc_address
-    with Admin(addr) as a:
-        a.create_topic("cs-old", 1)
+    addr = _topic(sbroker, "cs-old")
     proxy = _NoSubscribeProxy(addr)
     try:
         with Consumer(proxy.address, fetch_max_wait_ms=100) as c:
@@ -296,9 +292,7 @@ def test_a_broker_without_subscribe_turns_streaming_off(sbroker: BrokerProcess) 
 def test_a_deleted_topic_ends_the_stream_and_poll_raises_the_fetchs_error(
     sbroker: BrokerProcess,
 ) -> None:
-    addr = sbroker.grpc_address
-    with Admin(addr) as a:
-        a.create_topic("cs-gone", 1)
+    addr = _topic(sbroker, "cs-gone")
     with Consumer(addr, fetch_max_wait_ms=100, retry_timeout_ms=2_000) as c:
         c.assign([("cs-gone", 0)])
         c.seek_to_end()
@@ -315,9 +309,7 @@ def test_a_deleted_topic_ends_the_stream_and_poll_raises_the_fetchs_error(
 def test_a_group_consumer_tails_its_few_partitions_over_subscribe(
     sbroker: BrokerProcess,
 ) -> None:
-    addr = sbroker.grpc_address
-    with Admin(addr) as a:
-        a.create_topic("cs-group", 2)
+    addr = _topic(sbroker, "cs-group", 2)
     with GroupConsumer(addr, "cs-g", topics=["cs-group"], fetch_max_wait_ms=100) as g:
         deadline = time.monotonic() + 60
         while len(g._consumer._streams) < 2:
