@@ -49,6 +49,7 @@ CORPUS = Path(__file__).resolve().parent / "corpus" / "log_lines.jsonl"
 #: default; no threads: the producer's default compression_threads, 2; zstd@1
 #: compresses on the sender thread alone, as before the pool)
 CODECS = ("none", "lz4", "zstd", "zstd@1", "zstd:3")
+WORKLOADS = ("W1-corpus", "W2-corpus")
 MB = 1e6
 
 
@@ -187,7 +188,14 @@ def _cpu_s(broker: Broker) -> tuple[float, float]:
 Results = dict[str, dict[str, list[dict[str, float]]]]  # workload -> codec -> runs
 
 
-def measure(records: int, runs: int, workdir: Path, log: Callable[[str], None]) -> Results:
+def measure(
+    records: int,
+    runs: int,
+    workdir: Path,
+    log: Callable[[str], None],
+    codecs: tuple[str, ...] = CODECS,
+    workloads: tuple[str, ...] = WORKLOADS,
+) -> Results:
     """Every (workload, codec) ``runs`` times, interleaved, on one broker."""
     results: Results = {}
     with tempfile.TemporaryDirectory(prefix="compression-bench-", dir=workdir) as tmp:
@@ -195,12 +203,12 @@ def measure(records: int, runs: int, workdir: Path, log: Callable[[str], None]) 
         broker = Broker(data, Path(tmp) / "broker.log")
         broker.start()
         try:
-            for workload in ("W1-corpus", "W2-corpus"):
+            for workload in workloads:
                 n = records if workload == "W1-corpus" else max(1, records // 4)
                 values = corpus_records(workload, n)
-                by: dict[str, list[dict[str, float]]] = {c: [] for c in CODECS}
+                by: dict[str, list[dict[str, float]]] = {c: [] for c in codecs}
                 for r in range(runs):
-                    for codec in CODECS:
+                    for codec in codecs:
                         topic = (
                             f"{workload}-{codec}-{r}".lower().replace(":", "-").replace("@", "-t")
                         )
@@ -304,17 +312,31 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=400_000)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--json", type=Path)
+    ap.add_argument(
+        "--codecs",
+        default=",".join(CODECS),
+        help="comma-separated codec[:level][@threads] rows (none first: the ratios need it)",
+    )
+    ap.add_argument("--workloads", default="W1,W2", help="comma-separated: W1, W2")
     ap.add_argument("--write-corpus", action="store_true", help="(re)write the corpus and exit")
     a = ap.parse_args()
     if a.write_corpus:
         make_corpus()
         return
+    codecs = tuple(c.strip() for c in a.codecs.split(",") if c.strip())
+    if not codecs or codecs[0] != "none":
+        ap.error("--codecs must start with none (every ratio is against it)")
+    workloads = tuple(f"{w.strip().upper()}-corpus" for w in a.workloads.split(",") if w.strip())
+    if not workloads or not set(workloads) <= set(WORKLOADS):
+        ap.error(f"--workloads must name some of W1, W2, not {a.workloads!r}")
     load_before = os.getloadavg()
     results = measure(
         a.records,
         a.runs,
         Path(tempfile.gettempdir()),
         lambda m: print(f"  [{time.strftime('%H:%M:%S')}] {m}", flush=True),
+        codecs,
+        workloads,
     )
     load_after = os.getloadavg()
     print(table(results))

@@ -34,7 +34,7 @@ from rich.progress import (
 )
 
 from logstore import errors
-from logstore.client import Producer, SendResult
+from logstore.client import DEFAULT_COMPRESSION_THREADS, Producer, SendResult
 
 from ._format import human_bytes, write_json
 from ._options import credentials
@@ -99,6 +99,7 @@ def run(
     deliver_at_ms: int | None = None,
     compression: str = "none",
     compression_level: int | None = None,
+    compression_threads: int | None = None,
 ) -> None:
     sep = key_separator.encode() if key_separator is not None else None
     delayed = delay_ms is not None or deliver_at_ms is not None
@@ -117,6 +118,9 @@ def run(
         credentials=credentials(),
         compression=compression,
         compression_level=compression_level,
+        compression_threads=(
+            DEFAULT_COMPRESSION_THREADS if compression_threads is None else compression_threads
+        ),
     )
     src: IO[bytes] = open(path, "rb") if path is not None else sys.stdin.buffer  # noqa: SIM115
     failure: BaseException | None = None

@@ -423,6 +423,14 @@ def produce(
             help="The codec's level (zstd -7..22, default 1; gzip 1..9, 6; lz4 0..16, 0).",
         ),
     ] = None,
+    compression_threads: Annotated[
+        int | None,
+        typer.Option(
+            "--compression-threads",
+            help="Batches compressed at once, each on its own thread (1..16, default 2; "
+            "needs --compression).",
+        ),
+    ] = None,
     delay: Annotated[
         str | None,
         typer.Option(
@@ -444,8 +452,12 @@ def produce(
     connect_timeout_ms: ConnectTimeout = 5000,
 ) -> None:
     """Append one record per input line (stdin or --file); summary on stderr."""
-    from logstore.client import parse_acks, resolve_deliver_at  # noqa: PLC0415 (startup time)
-    from logstore.wire import check_level, codec_of, require_codec  # noqa: PLC0415
+    from logstore.client import (  # noqa: PLC0415 (startup time)
+        MAX_COMPRESSION_THREADS,
+        parse_acks,
+        resolve_deliver_at,
+    )
+    from logstore.wire import CODEC_NONE, check_level, codec_of, require_codec  # noqa: PLC0415
 
     from . import _produce  # noqa: PLC0415 (startup time)
 
@@ -458,6 +470,14 @@ def produce(
         require_codec(codec_of(compression))
     except (errors.InvalidArgumentError, ImportError) as exc:
         raise ArgumentError(f"--compression {compression}: {exc}") from None
+    if compression_threads is not None:
+        if codec_of(compression) == CODEC_NONE:
+            raise ArgumentError("--compression-threads needs --compression gzip, lz4 or zstd")
+        if not 1 <= compression_threads <= MAX_COMPRESSION_THREADS:
+            raise ArgumentError(
+                f"--compression-threads must be 1..{MAX_COMPRESSION_THREADS}, "
+                f"not {compression_threads}"
+            )
     if key_separator == "":
         raise ArgumentError("--key-separator must not be empty")
     if delay is not None and deliver_at is not None:
@@ -483,6 +503,7 @@ def produce(
         connect_timeout_ms=connect_timeout_ms,
         compression=compression,
         compression_level=compression_level,
+        compression_threads=compression_threads,
         delay_ms=delay_ms,
         deliver_at_ms=deliver_at_ms,
     )

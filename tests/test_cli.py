@@ -335,6 +335,13 @@ def test_argument_errors_exit_2_before_any_request(tmp_path: Path) -> None:
         (("topics", "create", "t", "--partitions", "0"), r"partitions"),
         (("topics", "alter", "t"), r"nothing to alter"),
         (("produce", "t", "--acks", "2"), r"acks"),
+        (
+            ("produce", "t", "--compression", "zstd", "--compression-threads", "0"),
+            r"1\.\.16, not 0",
+        ),
+        (("produce", "t", "--compression", "lz4", "--compression-threads", "17"), r"not 17"),
+        (("produce", "t", "--compression", "zstd", "--compression-threads", "x"), r"integer"),
+        (("produce", "t", "--compression-threads", "2"), r"needs --compression"),
         (("produce", "t", "--file", str(tmp_path / "missing.txt")), r"no such file"),
         (("nosuchcommand",), r"No such command"),
         ((), r"Missing command"),

@@ -20,9 +20,12 @@ import pytest
 import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
+import cli._produce
+from cli.main import app
 from logstore import Store
-from logstore.client import Consumer, Producer
+from logstore.client import DEFAULT_COMPRESSION_THREADS, Consumer, Producer
 from logstore.config import TopicConfig
 from logstore.errors import (
     CorruptRecordError,
@@ -476,6 +479,39 @@ def test_logctl_produce_compression(broker: BrokerProcess, tmp_path: Path) -> No
     )  # fmt: skip
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
     assert "snappy is not supported" in bad.stderr
+
+
+def test_logctl_produce_compression_threads_reach_the_producer(
+    broker: BrokerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`logctl produce --compression-threads N` builds its Producer with
+    compression_threads=N (and the default, 2, without it); the
+    records it sends read back."""
+    seen: list[dict[str, object]] = []
+
+    class Recording(Producer):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            seen.append(kwargs)
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cli._produce, "Producer", Recording)
+    topic = _name("cli-threads")
+    with connect(broker) as stub:
+        create_topic(stub, topic)
+    lines = [f'{{"n": {i}}}' for i in range(300)]
+    runner = CliRunner()
+    flags = ["--bootstrap", broker.grpc_address, "--compression", "zstd"]
+    for extra in (["--compression-threads", "3"], []):
+        res = runner.invoke(app, ["produce", topic, *flags, *extra], input="\n".join(lines) + "\n")
+        assert res.exit_code == 0, res.output
+    assert seen[0]["compression_threads"] == 3
+    assert seen[1]["compression_threads"] == DEFAULT_COMPRESSION_THREADS
+    with Consumer(broker.grpc_address) as c:
+        c.assign([(topic, 0)])
+        got: list[bytes] = []
+        while len(got) < 600:
+            got += [r.value for r in next(iter(c.poll(5000).values()))]
+    assert [v.decode() for v in got] == lines + lines
 
 
 # -- topic compression_type -----------------------------------------------------------------

@@ -112,6 +112,8 @@ def test_the_client_reexports_the_producer_api() -> None:
         "SendResult",
         "parse_acks",
         "DELIVER_AT_HEADER",
+        "DEFAULT_COMPRESSION_THREADS",
+        "MAX_COMPRESSION_THREADS",
         "MAX_DELAY_MS",
         "resolve_deliver_at",
     ):

@@ -9,6 +9,10 @@ Delayed delivery: ``Producer.send(..., delay_ms=...)`` or ``deliver_at_ms=...``
 sets the record header ``DELIVER_AT_HEADER`` (``logstore-deliver-at-ms``,
 ASCII decimal epoch ms) that share consumers honour; ``MAX_DELAY_MS`` is the
 longest delay the producer accepts.
+
+Compression: ``Producer(compression=..., compression_threads=...)`` compresses
+up to ``compression_threads`` batches at once (``DEFAULT_COMPRESSION_THREADS``,
+2), at most ``MAX_COMPRESSION_THREADS`` (16).
 """
 
 from logstore.wire import ColumnBatch
@@ -43,7 +47,9 @@ from ._group_consumer import GroupConsumer
 from ._share_consumer import AckFailure, ShareConsumer, ShareMessage
 from ._worker import Reject, Worker
 from .producer import (
+    DEFAULT_COMPRESSION_THREADS,
     DELIVER_AT_HEADER,
+    MAX_COMPRESSION_THREADS,
     MAX_DELAY_MS,
     Producer,
     RecordHandle,
@@ -58,6 +64,8 @@ __all__ = [
     "QuotaOverride",
     "UserListing",
     "DELIVER_AT_HEADER",
+    "DEFAULT_COMPRESSION_THREADS",
+    "MAX_COMPRESSION_THREADS",
     "MAX_DELAY_MS",
     "AckFailure",
     "Admin",
