@@ -48,7 +48,9 @@ from logstore.wire import (
     compressed_field,
     compressed_payload,
     decode_header,
+    decompress,
     decompress_reservation,
+    encode_record,
     encode_records,
     is_compressed_request,
     parse_fetch,
@@ -57,6 +59,7 @@ from logstore.wire import (
     split_produce_request,
     stored_frames,
 )
+from logstore.wire._compression import zstd_content_size
 from tests.brokerproc import BrokerProcess, start_broker
 from tests.test_broker_helpers import connect, create_topic, retry_info
 
@@ -270,6 +273,37 @@ def test_codec_names_levels_and_missing_packages(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setitem(sys.modules, "zstandard", None)  # import zstandard -> ImportError
     with pytest.raises(ImportError, match="pip install zstandard"):
         Producer("127.0.0.1:1", compression="zstd")
+
+
+def test_codec_modules_are_imported_once_not_per_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a codec's first use, compressing, decompressing and reading a zstd frame's
+    size import nothing: ``__import__(name, fromlist=...)`` searched the path on every
+    call (~40 us of file-system stats holding the import lock, 4.5 % of the broker's busy
+    samples in a W2 zstd profile)."""
+    import builtins
+    import importlib
+
+    records = b"".join(encode_record(None, b"x" * 50) for _ in range(10))
+    for codec in (CODEC_ZSTD, CODEC_LZ4):
+        decompress(compress(records, codec), codec, "warm-up")
+    imported: list[str] = []
+    real_import, real_import_module = builtins.__import__, importlib.import_module
+
+    def counting_import(name: str, *args: object, **kwargs: object) -> object:
+        imported.append(name)
+        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    def counting_import_module(name: str, package: str | None = None) -> object:
+        imported.append(name)
+        return real_import_module(name, package)
+
+    monkeypatch.setattr(builtins, "__import__", counting_import)
+    monkeypatch.setattr(importlib, "import_module", counting_import_module)
+    for codec in (CODEC_ZSTD, CODEC_LZ4):
+        payload = compress(records, codec)
+        assert decompress(payload, codec, "batch") == records
+    assert zstd_content_size(compress(records, CODEC_ZSTD)) == len(records)
+    assert [n for n in imported if n.startswith(("zstandard", "lz4"))] == []
 
 
 # -- compaction -----------------------------------------------------------------------------
