@@ -78,7 +78,14 @@ _PACKAGES: Final = {CODEC_LZ4: ("lz4.frame", "lz4"), CODEC_ZSTD: ("zstandard", "
 #: ms; where level 3 wins, Python source 3.92 vs 3.46 (2.37 vs 3.69 ms) and
 #: prose 6.54 vs 5.18, pass ``compression_level=3`` (Kafka's) or higher. A
 #: producer's compression is the largest CPU cost of a compressed produce
-#: (docs/benchmarks.md, "Compression"). gzip 6 (zlib's and Kafka's), lz4 0
+#: (docs/benchmarks.md, "Compression"). zstd's "fast" negative levels were
+#: measured and not made the default: on the benchmark's W2 log lines (7.2 MB
+#: batch, one core, CPU ms per MB in, the join included) level 1 is 1.36 ms at
+#: ratio 0.148, -1 1.22 ms at 0.208, -3 1.01 ms at 0.225, -5 1.01 ms at 0.251,
+#: -7 0.96 ms at 0.266: -3 saves ~0.35-0.4 ms of producer CPU per MB (~10 % of a
+#: zstd produce's CPU over both processes) for 1.5x the bytes on disk and on
+#: the wire, where the bytes are what compression is for; pass
+#: ``compression_level=-3`` on a CPU-bound host. gzip 6 (zlib's and Kafka's), lz4 0
 #: (the fast mode; Kafka's 9 is LZ4-HC, ~10x slower to compress for ~10%
 #: smaller output).
 LEVELS: Final = {
