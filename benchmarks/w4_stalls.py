@@ -136,6 +136,7 @@ def _broker_main() -> int:
 
     tick = [now()]
     caught: dict[str, int] = {}  # the loop thread's stack when it had not ticked for 3 ms
+    caught_at: list[tuple[int, int, str]] = []  # (when, since the last tick, stack)
     loop_tid = threading.get_ident()
 
     def watchdog() -> None:
@@ -153,6 +154,7 @@ def _broker_main() -> int:
                     frame = frame.f_back
                 key = " < ".join(where)
                 caught[key] = caught.get(key, 0) + 1
+                caught_at.append((now(), now() - t, key))
 
     if os.environ.get("W4S_WATCHDOG"):
         threading.Thread(target=watchdog, daemon=True, name="w4s-watchdog").start()
@@ -229,6 +231,7 @@ def _broker_main() -> int:
     finally:
         out = {
             "caught": caught,
+            "caught_at": caught_at,
             "slow_callbacks": slow_callbacks,
             "work_cpu": work_cpu,
             "threads": threads,
@@ -407,6 +410,7 @@ def _stages(
         "intended": (t0 + np.arange(n) * interval).astype(np.int64),
         "stalls": [s for s in data["stalls"] if lo <= s[0] <= hi],
         "gcs": [g for g in data["gcs"] if lo <= g[0] <= hi],
+        "caught_at": [c for c in data.get("caught_at", []) if lo <= c[0] <= hi],
     }
 
 
@@ -464,6 +468,10 @@ def _report(name: str, runs: list[dict[str, Any]]) -> None:
         ]
         if big:
             print(f"  loop stalls > 5 ms (ms after the first record is due + length): {big[:8]}")
+        for when, since, key in r["caught_at"]:
+            at = (when - r["intended"][0]) / 1e6
+            if 0 < at < (r["intended"][-1] - r["intended"][0]) / 1e6:
+                print(f"    watchdog at {at:.0f} ms, {since / 1e6:.0f} ms without a tick: {key}")
         gc_ms += list((gcs[:, 1] - gcs[:, 0]) / 1e6) if gcs.size else []
     late = np.concatenate([r["late"] for r in runs]) / 1e3
     print(
