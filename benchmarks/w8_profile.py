@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -39,6 +40,8 @@ from benchmarks.systems import worker
 from benchmarks.systems.logstore_sys import Driver
 
 _TICK = os.sysconf("SC_CLK_TCK")
+#: extra py-spy flags (e.g. W8_SPY="--threads --gil")
+_SPY_EXTRA = os.environ.get("W8_SPY", "").split()
 
 
 def _cpu_s(pid: int) -> float:
@@ -47,10 +50,54 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def _stime_s(pid: int) -> float:
+    """stime of ``pid`` (all its threads): the kernel's share (fsync, futex, epoll, sockets)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[12]) / _TICK
+
+
 def _thread_cpu_s(pid: int) -> float:
     """utime + stime of ``pid``'s main thread (the broker's event loop)."""
     fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _threads_cpu_s(pid: int) -> Counter[int]:
+    """utime + stime of each of ``pid``'s threads, by thread id."""
+    out: Counter[int] = Counter()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended meanwhile
+        out[int(task.name)] += (int(fields[11]) + int(fields[12])) / _TICK
+    return out
+
+
+def _thread_names(pid: int) -> dict[int, str]:
+    """Python thread names by thread id (``py-spy dump``; Python does not name OS threads)."""
+    exe = Path(sys.executable).parent / "py-spy"
+    try:
+        text = subprocess.run(
+            [str(exe), "dump", "--pid", str(pid), "--nonblocking"],
+            capture_output=True, text=True, timeout=30, check=False,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    names = {}
+    for m in re.finditer(r"^Thread (\d+) \([^)]*\): \"([^\"]*)\"", text, re.M):
+        names[int(m.group(1))] = re.sub(r"_\d+$", "", m.group(2))
+    return names
+
+
+def _spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    exe = Path(sys.executable).parent / "py-spy"
+    return subprocess.Popen(
+        [str(exe), "record", "--pid", str(pid), "--format", "raw", "-o", str(out),
+         "--rate", "200", "--nonblocking", *_SPY_EXTRA],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
 
 
 def _top(raw: Path, n: int = 25) -> None:
@@ -86,6 +133,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--py-spy", type=Path, default=None, help="raw py-spy output file")
+    ap.add_argument(
+        "--py-spy-worker", type=Path, default=None, help="raw py-spy output of one worker"
+    )
     ap.add_argument("--latency", type=int, default=0, help="paced tasks/s (0: the drain)")
     ap.add_argument("--linger-ms", type=float, default=1.0)
     ap.add_argument("--seconds", type=float, default=10.0)
@@ -138,15 +188,21 @@ def main() -> None:
                 load = os.getloadavg()[0]
                 spy = None
                 if a.py_spy is not None:
-                    exe = Path(sys.executable).parent / "py-spy"
                     out = a.py_spy.with_suffix(f".{run}.txt")
-                    spy = subprocess.Popen(
-                        [str(exe), "record", "--pid", str(pid), "--format", "raw", "-o", str(out),
-                         "--rate", "200", "--nonblocking"],
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL,
-                    )  # fmt: skip
+                    spy = _spy(pid, out)
                     time.sleep(1.0)
+                wspy: list[subprocess.Popen[bytes]] = []
+                wout = None
+                if a.py_spy_worker is not None:
+                    wout = a.py_spy_worker.with_suffix(f".{run}.txt")
+
+                    def prepare(path: Path = wout) -> None:
+                        # the workers are started (and wait at the barrier): sample one
+                        kids = mp.active_children()
+                        if kids and kids[0].pid is not None:
+                            wspy.append(_spy(kids[0].pid, path))
+                            time.sleep(1.0)
+
                 lead: list[dict[str, object]] = []
                 if a.latency:
                     total = int(a.latency * a.seconds)
@@ -167,10 +223,19 @@ def main() -> None:
                         }
                     ]
                 c0 = _cpu_s(pid)
+                s0 = _stime_s(pid)
                 m0 = _thread_cpu_s(pid)
-                res = run_workers(worker, [*lead, *args], timeout_s=300)
+                t0 = _threads_cpu_s(pid)
+                res = run_workers(
+                    worker,
+                    [*lead, *args],
+                    timeout_s=300,
+                    prepare=prepare if a.py_spy_worker is not None else None,
+                )
                 c1 = _cpu_s(pid)
+                s1 = _stime_s(pid)
                 m1 = _thread_cpu_s(pid)
+                t1 = _threads_cpu_s(pid)
                 if lead:
                     import numpy as np
 
@@ -188,16 +253,29 @@ def main() -> None:
                             f"  produce->fetched p50 {g['p50']:.1f} ms, p99 {g['p99']:.1f} ms; "
                             f"ack commit p50 {ack['p50']:.1f} ms, p99 {ack['p99']:.1f} ms"
                         )
-                if spy is not None:
-                    spy.send_signal(2)
-                    spy.wait(30)
+                for sp in [spy, *wspy]:
+                    if sp is not None:
+                        sp.send_signal(2)
+                        sp.wait(30)
                 got = sum(int(r["count"]) for r in res)
                 start = min(float(r["start"]) for r in res)
                 end = max(float(r["last_ack"]) for r in res if r["count"])
                 wcpu = sum(float(r.get("cpu_s", 0.0)) for r in res)
                 per = 100_000 / max(1, got)
                 busy = 100 * (m1 - m0) / (end - start)
-                print(f"  broker event-loop thread busy {busy:.0f} % of the run")
+                print(
+                    f"  broker event-loop thread busy {busy:.0f} % of the run; broker system "
+                    f"(kernel) CPU {(s1 - s0) * per:.3f} s / 100k"
+                )
+                threads = {k: (t1[k] - t0.get(k, 0.0)) * per for k in t1}
+                print(
+                    "  broker CPU s / 100k by thread: "
+                    + ", ".join(
+                        f"{k} {v:.3f}"
+                        for k, v in sorted(threads.items(), key=lambda kv: -kv[1])
+                        if v > 0
+                    )
+                )
                 rows.append((got / (end - start), (c1 - c0) * per, wcpu * per, load))
                 print(
                     f"run {run}: {got:,} records, drain {got / (end - start):,.0f}/s, broker "
@@ -220,6 +298,9 @@ def main() -> None:
                 driver.delete(topic, 1)
                 if spy is not None:
                     _top(out)
+                if wspy and wout is not None:
+                    print("\nworker 0:")
+                    _top(wout)
             rows.sort(key=lambda r: r[1])
             med = rows[len(rows) // 2]
             print(

@@ -156,15 +156,69 @@ class _Ack(NamedTuple):
     error: str = ""
 
 
-def _batches(acks: Sequence[_Ack]) -> list[spb.AcknowledgementBatch]:
+def _runs(offsets: Sequence[int]) -> tuple[list[int], list[int]]:
+    """First and last offsets of the runs of consecutive ``offsets`` (numpy; sorted
+    and deduplicated first when they are not increasing, e.g. acked across polls)."""
+    offs = np.fromiter(offsets, dtype=np.int64, count=len(offsets))
+    if len(offs) > 1 and not bool(np.all(offs[1:] > offs[:-1])):
+        offs = np.unique(offs)
+    cut = np.flatnonzero(np.diff(offs) != 1) + 1
+    starts = np.concatenate(([0], cut)).tolist()
+    ends = np.concatenate((cut - 1, [len(offs) - 1])).tolist()
+    lo: list[int] = offs[starts].tolist()
+    hi: list[int] = offs[ends].tolist()
+    return lo, hi
+
+
+class _Pending:
+    """What ``_take_pending`` took: the queued acknowledgements of every kind but
+    ``msg.ack()``'s, and those ACCEPTed offsets per partition."""
+
+    __slots__ = ("accepts", "acks")
+
+    def __init__(self, acks: list[_Ack], accepts: dict[tuple[str, int], list[int]]) -> None:
+        self.acks = acks
+        self.accepts = accepts
+
+    def __len__(self) -> int:
+        return len(self.acks) + sum(len(o) for o in self.accepts.values())
+
+    def __bool__(self) -> bool:
+        return len(self) > 0
+
+
+def _batches(
+    acks: Sequence[_Ack], accepts: dict[tuple[str, int], list[int]] | None = None
+) -> list[spb.AcknowledgementBatch]:
     """Coalesce acks into ranges: consecutive offsets of one partition with the same
     kind, delay, extension and error become one AcknowledgementBatch. Renewals go
     first (a renew queued before the ack of the same record must not follow it).
+    ``accepts`` (``msg.ack()``'s queue: offsets per partition) become ACCEPT ranges
+    after those of ``acks`` (a record has one finishing acknowledgement, so the
+    order of ACCEPTs and other kinds of different records does not matter).
 
     The common case -- every ack of one partition with one kind and the same
     delay, extension and error (a poll's messages each ``ack()``ed) -- takes no
     Python loop per ack: the columns are transposed with ``zip`` and the runs of
     consecutive offsets found with numpy."""
+    out = _ack_batches(acks)
+    for (topic, partition), offsets in (accepts or {}).items():
+        if offsets:
+            lo, hi = _runs(offsets)
+            out += [
+                spb.AcknowledgementBatch(
+                    topic=topic,
+                    partition=partition,
+                    first_offset=f,
+                    last_offset=la,
+                    type=spb.ACCEPT,
+                )
+                for f, la in zip(lo, hi, strict=True)
+            ]
+    return out
+
+
+def _ack_batches(acks: Sequence[_Ack]) -> list[spb.AcknowledgementBatch]:
     if not acks:
         return []
     cols = list(zip(*acks, strict=True))
@@ -173,13 +227,7 @@ def _batches(acks: Sequence[_Ack]) -> list[spb.AcknowledgementBatch]:
     # more than the rest of this function for a 500-record poll)
     if all(c.count(c[0]) == n for i, c in enumerate(cols) if i != 2):
         first = acks[0]
-        offs = np.fromiter(cols[2], dtype=np.int64, count=n)
-        if n > 1 and not bool(np.all(offs[1:] > offs[:-1])):
-            offs = np.unique(offs)  # out of order or repeated (acked across polls)
-        cut = np.flatnonzero(np.diff(offs) != 1) + 1
-        starts = np.concatenate(([0], cut)).tolist()
-        ends = np.concatenate((cut - 1, [len(offs) - 1])).tolist()
-        lo, hi = offs[starts].tolist(), offs[ends].tolist()
+        lo, hi = _runs(cols[2])
         kind = _KINDS[first.kind]
         return [
             spb.AcknowledgementBatch(
@@ -236,6 +284,7 @@ class ShareMessage:
     __slots__ = (
         "_consumer",
         "_done",
+        "_tp",
         "delivery_count",
         "lock_deadline_ms",
         "partition",
@@ -251,10 +300,13 @@ class ShareMessage:
         record: Record,
         delivery_count: int,
         lock_deadline_ms: int,
+        tp: tuple[str, int] | None = None,
     ) -> None:
         self._consumer = consumer
         self.topic = topic
         self.partition = partition
+        #: (topic, partition), shared by the messages of one reply (ack's queue key)
+        self._tp = (topic, partition) if tp is None else tp
         self.record = record
         #: 1 on the first delivery.
         self.delivery_count = delivery_count
@@ -302,7 +354,15 @@ class ShareMessage:
 
     def ack(self) -> None:
         """ACCEPT: done, never delivered again."""
-        self._finish(_Ack(self.topic, self.partition, self.offset, ACCEPT))
+        # The hot path (one call per message; W8 acks every task): an offset
+        # appended to the partition's list, no _Ack tuple (a NamedTuple with
+        # defaults costs more than the rest of this method).
+        if self._done:
+            raise errors.InvalidArgumentError(
+                f"{self.topic}-{self.partition} offset {self.offset} is already acknowledged"
+            )
+        self._done = True
+        self._consumer._queue_accept(self._tp, self.record.offset)
 
     def nack(self, delay_ms: int = 0, error: str = "") -> None:
         """RELEASE: available again after ``delay_ms`` (0 = now); ``error`` is kept for the
@@ -359,11 +419,12 @@ def messages_of(
     # ours), and the records past ``hi`` were most of the decoding cost.
     records = decode_objects(frames, lo, hi - lo + 1)
     topic, partition = part.topic, part.partition
+    tp = (topic, partition)
     if len(ranges) == 1:
         r = ranges[0]
         dc, lock = r.delivery_count, r.lock_deadline_ms
         return [
-            ShareMessage(consumer, topic, partition, rec, dc, lock)
+            ShareMessage(consumer, topic, partition, rec, dc, lock, tp)
             for rec in records
             if rec.offset <= hi
         ]
@@ -379,7 +440,7 @@ def messages_of(
         if r.first_offset <= off:
             out.append(
                 ShareMessage(
-                    consumer, part.topic, part.partition, rec, r.delivery_count, r.lock_deadline_ms
+                    consumer, topic, partition, rec, r.delivery_count, r.lock_deadline_ms, tp
                 )
             )
     return out
@@ -449,6 +510,10 @@ class ShareConsumer:
         self._interval_s = _DEFAULT_INTERVAL_S
         self._session_ms = 0
         self._pending: list[_Ack] = []
+        #: msg.ack()'s queue: ACCEPTed offsets per partition (ack order)
+        self._accepts: dict[tuple[str, int], list[int]] = {}
+        #: acknowledgements queued in both (the ack_flush_records trigger)
+        self._npending = 0
         self._pending_since: float | None = None
         self._fatal: errors.LogStoreError | None = None
         self._wake = threading.Event()
@@ -507,10 +572,12 @@ class ShareConsumer:
     def _rejoin_locked(self, why: str) -> None:
         with self._lock:
             dropped, self._pending = self._pending, []
+            accepts, self._accepts = self._accepts, {}
+            self._npending = 0
             self._pending_since = None
             self._member_id = ""
         _log.warning("share group %s: %s: rejoining", self.group_id, why)
-        if dropped:
+        if dropped or accepts:
             self._report(
                 [
                     AckFailure(
@@ -522,7 +589,7 @@ class ShareConsumer:
                         errors.UnknownMemberIdError.reason,
                         why,
                     )
-                    for b in _batches(dropped)
+                    for b in _batches(dropped, accepts)
                 ]
             )
         self._call_retrying(self._join)
@@ -534,7 +601,7 @@ class ShareConsumer:
             now = time.monotonic()
             with self._lock:
                 since = self._pending_since
-                many = len(self._pending) >= self._flush_records
+                many = self._npending >= self._flush_records
                 interval = self._interval_s
             member = self.member_id
             try:
@@ -588,27 +655,49 @@ class ShareConsumer:
             self._pending.append(ack)
             if self._pending_since is None:
                 self._pending_since = time.monotonic()
-            many = len(self._pending) >= self._flush_records
+            self._npending += 1
+            many = self._npending >= self._flush_records
         if many:
             self._wake.set()
 
-    def _take_pending(self) -> list[_Ack]:
+    def _queue_accept(self, tp: tuple[str, int], offset: int) -> None:
+        """``_queue`` of an ACCEPT, as an offset in the partition's list."""
+        if self._closed:
+            raise errors.StoreClosedError("share consumer is closed")
+        with self._lock:
+            offsets = self._accepts.get(tp)
+            if offsets is None:
+                offsets = self._accepts[tp] = []
+            offsets.append(offset)
+            if self._pending_since is None:
+                self._pending_since = time.monotonic()
+            self._npending += 1
+            many = self._npending >= self._flush_records
+        if many:
+            self._wake.set()
+
+    def _take_pending(self) -> _Pending:
         with self._lock:
             acks, self._pending = self._pending, []
+            accepts, self._accepts = self._accepts, {}
+            self._npending = 0
             self._pending_since = None
-        return acks
+        return _Pending(acks, accepts)
 
-    def _requeue(self, acks: list[_Ack]) -> None:
+    def _requeue(self, taken: _Pending) -> None:
         with self._lock:
-            self._pending[:0] = acks
-            if self._pending_since is None and self._pending:
+            self._pending[:0] = taken.acks
+            for tp, offsets in taken.accepts.items():
+                self._accepts[tp] = offsets + self._accepts.get(tp, [])
+            self._npending += len(taken)
+            if self._pending_since is None and self._npending:
                 self._pending_since = time.monotonic()
 
     @property
     def pending_acknowledgements(self) -> int:
         """Acknowledgements queued and not sent yet."""
         with self._lock:
-            return len(self._pending)
+            return self._npending
 
     def _report(self, failures: list[AckFailure]) -> None:
         if not failures:
@@ -653,7 +742,7 @@ class ShareConsumer:
             acks = self._take_pending()
             if not acks:
                 return []
-            batches = _batches(acks)
+            batches = _batches(acks.acks, acks.accepts)
             req = spb.ShareAcknowledgeRequest(
                 group_id=self.group_id, member_id=self.member_id, acknowledgements=batches
             )
@@ -718,7 +807,7 @@ class ShareConsumer:
         if not acks:
             send_lock.release()
         try:
-            batches = _batches(acks)
+            batches = _batches(acks.acks, acks.accepts)
             req = spb.ShareFetchRequest(
                 group_id=self.group_id,
                 member_id=self.member_id,

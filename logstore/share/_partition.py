@@ -835,8 +835,18 @@ class Work:
 
 
 def _compact_table(col: I4, table: list[str]) -> tuple[I4, tuple[str, ...]]:
-    used = np.unique(col[col >= 0])
-    remap = np.full(len(table) + 1, -1, dtype=np.int32)
+    """``col`` (indexes into ``table``, -1 for none) re-indexed to the entries
+    in use, and those entries. A mark per table entry, not ``np.unique``
+    (numpy 2's goes through a masked-array check, a hash table and a sort:
+    ~20-40 us a call, and a state record makes two to four of them per fetch;
+    the tables are small, one entry per holder or distinct error text)."""
+    n = len(table)
+    seen = np.zeros(n + 1, dtype=np.bool_)
+    seen[col] = True  # -1 marks the spare last slot
+    used = np.flatnonzero(seen[:n])
+    if len(used) == n:  # every entry in use: the indexes stand as they are
+        return col.astype(np.int32, copy=True), tuple(table)
+    remap = np.full(n + 1, -1, dtype=np.int32)
     remap[used] = np.arange(len(used), dtype=np.int32)
     return remap[col], tuple(table[i] for i in used.tolist())
 
