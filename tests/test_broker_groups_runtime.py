@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -86,16 +87,19 @@ def test_a_failed_append_leaves_the_coordinator_equal_to_its_log(
         store = g._store
         store.create_topic("t", 2)
         await g.on_metadata()
-        real = store.append
+        real = store.sync_to
 
-        def half(*args: Any, **kw: Any) -> int:
-            real(*args, **{**kw, "sync": False})
-            raise StorageError(5, "Input/output error (simulated fsync failure)")
+        def failed_fsync(*args: Any, **kw: Any) -> Future[None]:
+            # the records are written (on the event loop or in the I/O pool);
+            # the fsync that both paths wait for fails
+            f: Future[None] = Future()
+            f.set_exception(StorageError(5, "Input/output error (simulated fsync failure)"))
+            return f
 
-        monkeypatch.setattr(store, "append", half)
+        monkeypatch.setattr(store, "sync_to", failed_fsync)
         with pytest.raises(InternalError, match="nothing changed; retry"):
             await g.call(lambda c, now: c.heartbeat("g", "", 0, now_ms=now, topics=["t"]))
-        monkeypatch.setattr(store, "append", real)
+        monkeypatch.setattr(store, "sync_to", real)
         listing = await g.read(lambda c: [(x.group_id, x.member_count) for x in c.list_groups()])
         # the records reached the log, so the rebuilt coordinator has the member
         assert listing == [("g", 1)]

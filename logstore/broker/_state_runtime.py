@@ -68,7 +68,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Generic, Protocol, TypeVar
 
 from logstore.errors import BrokerUnavailableError, InternalError, TopicExistsError
-from logstore.wire import Record
+from logstore.wire import Record, encode_records
 
 if TYPE_CHECKING:
     from logstore.storage import Store
@@ -404,11 +404,28 @@ class StateRuntime(Generic[C, R]):
     async def _append(self, records: tuple[R, ...], *, fsync: bool = True) -> None:
         """Append ``records`` with one fsync (or, ``fsync=False``, to the page
         cache only); on failure mark the state stale (rebuilt from the log
-        before the next call) and raise INTERNAL."""
+        before the next call) and raise INTERNAL.
+
+        Small appends (encoded, at most ``inline_append_max_bytes``, as the
+        produce path's) are written on the event loop when the partition's
+        lock is free and only the fsync is waited for (the flusher's future):
+        a state batch is a few KB of records (a share fetch's state record of a
+        2,000-record window is < 1 KiB), and its I/O-pool round trip (submit,
+        a worker's wake-up, the result handed back to the loop) cost more
+        broker CPU than the write. Larger ones, or a busy lock, go to the I/O
+        pool as before. The order of writes is the same either way: one
+        drainer at a time appends to the topic."""
         if not records:
             return
         try:
-            await self._rt.run_io(self._append_blocking, records, fsync)
+            encoded = [Record(value=v, key=k) for k, v in map(self._encode, records)]
+            end = self._append_inline(encoded)
+            if end is None:
+                await self._rt.run_io(self._append_blocking, encoded, fsync)
+            elif fsync:
+                # shield: a cancelled drainer must not cancel the store's
+                # future, which the flusher thread completes
+                await asyncio.shield(asyncio.wrap_future(self._store.sync_to(self.topic, 0, end)))
         except Exception as exc:
             self._stale = True
             log.error("appending to %s failed: %s", self.topic, exc, exc_info=exc)
@@ -421,19 +438,32 @@ class StateRuntime(Generic[C, R]):
         for r in records:
             self.coordinator.replay(r)
 
-    def _append_blocking(self, records: tuple[R, ...], fsync: bool = True) -> None:
+    def _append_inline(self, records: list[Record]) -> int | None:
+        """Append ``records`` as one batch on the event loop: the log end
+        offset after them, or None (nothing written) when they are larger
+        than ``inline_append_max_bytes`` or the partition's lock is held."""
+        limit = self._rt.config.inline_append_max_bytes
+        size = sum(len(r.key or b"") + len(r.value or b"") for r in records)
+        if size > min(limit, MAX_APPEND_BYTES):
+            return None
+        body, count, max_ts = encode_records(records)
+        res = self._store.try_append_raw(
+            self.topic, 0, body, count, base_timestamp_ms=None, max_timestamp_ms=max_ts or None
+        )
+        return None if res is None else res.last_offset + 1
+
+    def _append_blocking(self, records: list[Record], fsync: bool = True) -> None:
         """Append in batches of at most ``MAX_APPEND_BYTES``, then (``fsync``)
         one fsync (the store's group commit) covering them all and every
         earlier append of the topic."""
         batch: list[Record] = []
         size = 0
         for r in records:
-            key, value = self._encode(r)
-            n = len(key) + (len(value) if value is not None else 0)
+            n = len(r.key or b"") + len(r.value or b"")
             if batch and size + n > MAX_APPEND_BYTES:
                 self._store.append(self.topic, 0, batch)
                 batch, size = [], 0
-            batch.append(Record(value=value, key=key))
+            batch.append(r)
             size += n
         end = self._store.append(self.topic, 0, batch) + len(batch)
         if fsync:

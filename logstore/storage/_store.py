@@ -698,7 +698,7 @@ class Store:
         record_count: int,
         *,
         base_timestamp_ms: int | None,
-        max_timestamp_ms: int,
+        max_timestamp_ms: int | None,
         producer_id: int = 0,
         producer_epoch: int = 0,
         base_sequence: int = 0,
