@@ -240,6 +240,74 @@ def test_a_fetch_with_acks_takes_one_fsync(monkeypatch: pytest.MonkeyPatch) -> N
             assert all_flushed  # the acks and the acquisition are both durable
 
 
+def test_a_fetch_with_acks_writes_its_partition_state_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The acknowledgements and the acquisition of one ShareFetch each make the
+    partition's whole state record; only the last of an append is written (the
+    earlier one is superseded inside one store batch, StateRuntime._encoded), and
+    a coordinator loaded from the log equals the live one after every fetch, and
+    after the append that drops nothing because it spans two store batches. The
+    old code wrote two state records a fetch with acks (so this fails on it)."""
+    from logstore.broker import _state_runtime
+    from logstore.broker.handlers.share import ShareHandlers
+    from logstore.share import ShareCoordinator, ShareStateKey
+    from logstore.v1 import share_pb2 as spb
+
+    def log_records(share: ShareRuntime) -> list[Any]:
+        out = []
+        for r in share._store.read(SHARE_STATE_TOPIC, 0, 0, 1 << 24):
+            assert r.key is not None
+            out.append(share._decode(r.key, r.value))
+        return out
+
+    async def body(share: ShareRuntime) -> list[int]:
+        handlers = ShareHandlers(share.runtime)
+        every: list[Any] = log_records(share)  # every record replayed, none dropped
+        real_append = share._append
+
+        async def keeping(records: tuple[Any, ...], *, fsync: bool = True) -> None:
+            await real_append(records, fsync=fsync)
+            every.extend(records)
+
+        monkeypatch.setattr(share, "_append", keeping)
+        member = await _join(share)
+        states = []
+        acks: list[spb.AcknowledgementBatch] = []
+        for i in range(4):  # 5 records a fetch, each fetch ACCEPTing the previous 5
+            if i == 3:  # one store batch cannot hold this append: nothing is dropped
+                monkeypatch.setattr(_state_runtime, "MAX_APPEND_BYTES", 64)
+            before = len(log_records(share))
+            req = spb.ShareFetchRequest(
+                group_id="g", member_id=member, max_records=5, acknowledgements=acks
+            )
+            reply = spb.ShareFetchResponse.FromString(
+                await handlers.share_fetch(req, None)  # type: ignore[arg-type]
+            )
+            assert [r.code for r in reply.acknowledgements] == ([0] if acks else [])
+            got = [(a.first_offset, a.last_offset) for p in reply.partitions for a in p.acquired]
+            assert got == [(5 * i, 5 * i + 4)]
+            new = log_records(share)[before:]
+            states.append(sum(isinstance(r.key, ShareStateKey) for r in new))
+            # (a load makes acquired records available again: compared with
+            # a load of every record, not with the live coordinator)
+            cfg, topics = share.config, share.topics()
+            loaded = ShareCoordinator.load(log_records(share), config=cfg, topics=topics)
+            full = ShareCoordinator.load(every, config=cfg, topics=topics)
+            assert loaded.snapshot() == full.snapshot(), i
+            acks = [
+                spb.AcknowledgementBatch(
+                    topic="t", partition=0, first_offset=lo, last_offset=hi, type=spb.ACCEPT
+                )
+                for lo, hi in got
+            ]
+        return states
+
+    # the first fetch has no acks; the next two write one state record each (was
+    # two); the last spans several store batches and keeps both
+    assert _run(_filled_disk(), body) == [1, 1, 1, 2]
+
+
 def test_share_acquisition_durability_is_checked() -> None:
     """A value other than page-cache or fsync is refused, naming the key."""
     from logstore.errors import InvalidConfigError

@@ -99,8 +99,10 @@ from logstore.share import (
     Result,
     ShareCoordinator,
     ShareCoordinatorConfig,
+    ShareParkedKey,
     ShareRecord,
     ShareRedriveValue,
+    ShareStateKey,
     ShareTickResult,
     decode,
     encode,
@@ -255,6 +257,14 @@ class ShareRuntime(StateRuntime[ShareCoordinator, ShareRecord]):
 
     def _decode(self, key: bytes, value: bytes | None) -> ShareRecord:
         return decode(key, value)
+
+    def _snapshot_key(self, record: ShareRecord) -> object | None:
+        # A share-partition state record and a parked chunk are each the whole
+        # of what they describe (replay installs them, never merges): a later
+        # one of the same key supersedes an earlier one in the same append.
+        if record.value is not None and isinstance(record.key, (ShareStateKey, ShareParkedKey)):
+            return record.key
+        return None
 
     def _build(self, records: list[ShareRecord]) -> ShareCoordinator:
         c = ShareCoordinator.load(records, config=self.config, topics=self.topics())

@@ -205,6 +205,12 @@ class StateRuntime(Generic[C, R]):
         because of what it decided (``effects``)."""
         return False
 
+    def _snapshot_key(self, record: R) -> object | None:
+        """A key under which ``record`` is a whole snapshot that a later
+        record of the same key in the same append supersedes (None: not one).
+        See :meth:`_encoded`."""
+        return None
+
     def _tick_in_batch(self, records: Sequence[R]) -> bool:
         """Whether a batch that wrote ``records`` runs ``tick`` (to re-arm the timer)."""
         return bool(records)
@@ -418,7 +424,7 @@ class StateRuntime(Generic[C, R]):
         if not records:
             return
         try:
-            encoded = [Record(value=v, key=k) for k, v in map(self._encode, records)]
+            encoded = self._encoded(records)
             end = self._append_inline(encoded)
             if end is None:
                 await self._rt.run_io(self._append_blocking, encoded, fsync)
@@ -438,13 +444,34 @@ class StateRuntime(Generic[C, R]):
         for r in records:
             self.coordinator.replay(r)
 
+    def _encoded(self, records: tuple[R, ...]) -> list[Record]:
+        """``records`` encoded for one append, without the snapshots a later
+        record of the same ``_snapshot_key`` supersedes (a share fetch's
+        acknowledgements and its acquisition each write their partition's
+        whole state record; only the last is needed) -- when everything left
+        fits in one store batch (``MAX_APPEND_BYTES``). One store batch is
+        one frame, written whole or, torn by a crash, cut off whole on
+        recovery, so the log never holds the records between the two
+        snapshots without the later one; replaying the later snapshot after
+        them gives the state that replaying both did. Over several store
+        batches a crash could leave such a prefix, so then nothing is dropped.
+        The state machine replayed every record already (``_run_batch``)."""
+        keys = [self._snapshot_key(r) for r in records]  # per record of a batch: a few
+        last = {k: i for i, k in enumerate(keys) if k is not None}
+        kept = records
+        if len(last) < sum(k is not None for k in keys):
+            kept = tuple(r for i, r in enumerate(records) if keys[i] is None or last[keys[i]] == i)
+        out = [Record(value=v, key=k) for k, v in map(self._encode, kept)]
+        if len(kept) < len(records) and _size(out) > MAX_APPEND_BYTES:
+            out = [Record(value=v, key=k) for k, v in map(self._encode, records)]
+        return out
+
     def _append_inline(self, records: list[Record]) -> int | None:
         """Append ``records`` as one batch on the event loop: the log end
         offset after them, or None (nothing written) when they are larger
         than ``inline_append_max_bytes`` or the partition's lock is held."""
         limit = self._rt.config.inline_append_max_bytes
-        size = sum(len(r.key or b"") + len(r.value or b"") for r in records)
-        if size > min(limit, MAX_APPEND_BYTES):
+        if _size(records) > min(limit, MAX_APPEND_BYTES):
             return None
         body, count, max_ts = encode_records(records)
         res = self._store.try_append_raw(
@@ -507,6 +534,11 @@ class StateRuntime(Generic[C, R]):
         except Exception as exc:
             log.error("%s timers failed: %s", self.what, exc, exc_info=exc)
             self._arm(now_ms() + self._timer_retry_ms())  # retry later rather than never
+
+
+def _size(records: list[Record]) -> int:
+    """Key and value bytes of ``records`` (what ``MAX_APPEND_BYTES`` bounds)."""
+    return sum(len(r.key or b"") + len(r.value or b"") for r in records)
 
 
 def _answer(item: _Queued, value: Any) -> None:
