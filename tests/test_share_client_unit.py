@@ -44,6 +44,7 @@ class FakeShare(share_pb2_grpc.ShareGroupsServicer):
         self.replies: list[spb.ShareFetchResponse] = []
         self.refuse: set[int] = set()  # offsets whose ranges are refused
         self.expire_member: str | None = None  # this member gets UNKNOWN_MEMBER_ID once
+        self.fail_acking_fetch = False  # the next ShareFetch with acks fails INVALID_ARGUMENT
         self.members = 0
 
     def _check(self, member_id: str, context: grpc.ServicerContext) -> None:
@@ -89,6 +90,11 @@ class FakeShare(share_pb2_grpc.ShareGroupsServicer):
         with self.lock:
             self.fetches.append(request)
         self._check(request.member_id, context)
+        with self.lock:
+            fail = self.fail_acking_fetch and bool(request.acknowledgements)
+            self.fail_acking_fetch &= not fail
+        if fail:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "scripted failure")
         with self.lock:
             reply = self.replies.pop(0) if self.replies else None
         if reply is None:
@@ -198,6 +204,49 @@ def test_acks_ride_on_the_next_fetch_as_ranges(fake: tuple[FakeShare, str]) -> N
         ]
         with pytest.raises(errors.InvalidArgumentError, match="already acknowledged"):
             msgs[0].ack()
+
+
+def test_acks_of_a_failed_fetch_are_queued_again_and_sent_once(
+    fake: tuple[FakeShare, str],
+) -> None:
+    """msg.ack()s of two partitions and a renewal ride on a fetch that fails: they are
+    queued again (pending_acknowledgements counts them), in front of an ack made
+    after the failure, and the next fetch sends each once: the renewal first, then
+    one ACCEPT range per partition."""
+    svc, addr = fake
+    two = reply(frame(0, [b"a", b"b", b"c"]), [(0, 2, 1)])
+    two.partitions.extend(reply(frame(0, [b"d", b"e", b"f"]), [(0, 2, 1)], partition=1).partitions)
+    svc.replies.append(two)
+    with ShareConsumer(addr, "g", ["t"], ack_flush_interval_ms=60_000) as c:
+        msgs = c.poll(2000)
+        assert [(m.partition, m.offset) for m in msgs] == [
+            (0, 0),
+            (0, 1),
+            (0, 2),
+            (1, 0),
+            (1, 1),
+            (1, 2),
+        ]
+        for m in msgs[:5]:
+            m.ack()
+        msgs[5].extend(1_000)
+        assert c.pending_acknowledgements == 6
+        svc.fail_acking_fetch = True
+        with pytest.raises(errors.InvalidArgumentError, match="scripted failure"):
+            c.poll(100)
+        assert c.pending_acknowledgements == 6
+        msgs[5].ack()
+        assert c.pending_acknowledgements == 7
+        c.poll(100)
+        assert c.pending_acknowledgements == 0
+        sent = [
+            [(b.partition, b.first_offset, b.last_offset, b.type) for b in f.acknowledgements]
+            for f in svc.fetches
+            if f.acknowledgements
+        ]
+        renew = (1, 2, 2, spb.RENEW)
+        accepts = [(0, 0, 2, spb.ACCEPT), (1, 0, 2, spb.ACCEPT)]
+        assert sent == [[renew, *accepts[:1], (1, 0, 1, spb.ACCEPT)], [renew, *accepts]]
 
 
 def test_acks_flushed_by_the_timer_without_a_poll(fake: tuple[FakeShare, str]) -> None:
