@@ -196,11 +196,13 @@ def main() -> None:
                 if a.py_spy_worker is not None:
                     wout = a.py_spy_worker.with_suffix(f".{run}.txt")
 
-                    def prepare(path: Path = wout) -> None:
+                    def prepare(
+                        path: Path = wout, spies: list[subprocess.Popen[bytes]] = wspy
+                    ) -> None:
                         # the workers are started (and wait at the barrier): sample one
                         kids = mp.active_children()
                         if kids and kids[0].pid is not None:
-                            wspy.append(_spy(kids[0].pid, path))
+                            spies.append(_spy(kids[0].pid, path))
                             time.sleep(1.0)
 
                 lead: list[dict[str, object]] = []
