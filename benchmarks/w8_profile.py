@@ -269,14 +269,13 @@ def main() -> None:
                     f"  broker event-loop thread busy {busy:.0f} % of the run; broker system "
                     f"(kernel) CPU {(s1 - s0) * per:.3f} s / 100k"
                 )
-                threads = {k: (t1[k] - t0.get(k, 0.0)) * per for k in t1}
+                names = _thread_names(pid)  # the I/O pool's threads summed as one row
+                by_name: Counter[str] = Counter()
+                for tid, cpu in t1.items():
+                    by_name[names.get(tid, f"thread {tid}")] += (cpu - t0.get(tid, 0.0)) * per
                 print(
                     "  broker CPU s / 100k by thread: "
-                    + ", ".join(
-                        f"{k} {v:.3f}"
-                        for k, v in sorted(threads.items(), key=lambda kv: -kv[1])
-                        if v > 0
-                    )
+                    + ", ".join(f"{k} {v:.3f}" for k, v in by_name.most_common() if v > 0)
                 )
                 rows.append((got / (end - start), (c1 - c0) * per, wcpu * per, load))
                 print(
