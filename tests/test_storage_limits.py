@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -318,6 +319,37 @@ def test_a_new_segment_is_appended_through_the_descriptor_its_creation_opened(
             assert _read_all(store, "t", p) == [b"first"]
         assert store.handles.open_count <= 16
     assert _open_fds(tmp_path) == 0, "descriptors leaked after close"
+
+
+def test_an_eviction_does_not_msync_the_index_maps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Evicting an active segment unmaps its indexes without an msync (an index
+    fdatasync on the event loop, one per append with more partitions written
+    than the cap); the entries stay readable, and a clean close still makes
+    them durable (seal fsyncs the files), so a reopen finds them."""
+    synced: list[str] = []
+    real = FileSystem.sync_map
+
+    def counting(self: FileSystem, m: Any, path: str = "") -> None:
+        synced.append(path)
+        real(self, m, path)
+
+    monkeypatch.setattr(FileSystem, "sync_map", counting)
+    values = [b"x" * 100] * 50
+    with Store.open(tmp_path, StoreConfig(max_open_segments=8)) as store:
+        store.create_topic("t", partitions=20, config={"index_interval_bytes": 64})
+        for _ in range(3):
+            for p in range(20):
+                store.append("t", p, values)
+        assert synced == []
+        assert store.handles.open_count <= 8
+        entries = {p: store.partition("t", p).segments[-1].index.n for p in range(20)}
+        assert all(n >= 2 for n in entries.values()), entries
+    with Store.open(tmp_path, StoreConfig(max_open_segments=8)) as store:
+        for p in range(20):
+            assert store.partition("t", p).segments[-1].index.n == entries[p]
+            assert len(_read_all(store, "t", p)) == 150
 
 
 def test_directory_lock_in_process(tmp_path: Path) -> None:

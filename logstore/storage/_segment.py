@@ -374,9 +374,17 @@ class Segment:
         return (self._fd is not None) + self.index.is_mapped + self.time_index.is_mapped
 
     def _close_handles(self) -> None:
-        """Called by the HandleCache only, when the segment is unpinned."""
-        self.index.unmap()
-        self.time_index.unmap()
+        """Called by the HandleCache only, when the segment is unpinned.
+
+        No msync: an eviction is not a durability point. The entries stay in
+        the page cache like any write; a seal or clean close fsyncs the file,
+        and after a crash they are hints checked against the log (the active
+        segment's indexes are never synced by the group commit either). An
+        msync here was an index fdatasync on the event loop per eviction:
+        with more partitions written than the cap, one per append
+        (~400 -> ~270 µs an append, 1,000 partitions under a cap of 256)."""
+        self.index.unmap(sync=False)
+        self.time_index.unmap(sync=False)
         fd, self._fd = self._fd, None
         if fd is not None:
             self.fs.close(fd)
