@@ -10,7 +10,9 @@ times back to back, as W5's runs follow each other: each round a fresh topic of
 linger 5 ms, W5's ``batch_bytes``), flushed, then the topic deleted. It prints,
 per round, the rate and the CPU time the broker (``/proc/<pid>/task/*/stat``,
 utime + stime of every thread) and this client process (``getrusage``) spent,
-per batch sent; then the medians. CPU per batch is what the other sessions'
+per batch sent, and the broker's open descriptors after the flush; then the
+medians, and the CPU of all rounds together per batch (finer than one round's
+10 ms clock ticks allow). CPU per batch is what the other sessions'
 load disturbs least; the rate is printed for context only.
 
 ``--wait-s`` sleeps after the broker starts (time to attach ``py-spy record
@@ -68,6 +70,9 @@ def main() -> None:
     rates: list[float] = []
     broker_us: list[float] = []
     client_us: list[float] = []
+    fds: list[int] = []
+    total_b = total_c = 0.0
+    total_batches = 0
     try:
         for r in range(a.rounds):
             topic = f"w5p-{r}"
@@ -87,6 +92,10 @@ def main() -> None:
                 batches += 1
             producer.flush()
             t1, b1, c1 = time.monotonic(), _broker_cpu_s(pid), _client_cpu_s()
+            fds.append(len(os.listdir(f"/proc/{pid}/fd")))
+            total_b += b1 - b0
+            total_c += c1 - c0
+            total_batches += batches
             producer.close()
             admin.delete_topic(topic)
             rates.append(n / (t1 - t0))
@@ -94,12 +103,16 @@ def main() -> None:
             client_us.append((c1 - c0) / batches * 1e6)
             print(
                 f"round {r}: {rates[-1]:,.0f} records/s, broker {broker_us[-1]:.0f} µs/batch, "
-                f"client {client_us[-1]:.0f} µs/batch ({batches} batches)",
+                f"client {client_us[-1]:.0f} µs/batch ({batches} batches), broker fds {fds[-1]}",
                 flush=True,
             )
     finally:
         admin.close()
         broker.stop()
+    print(
+        f"all rounds: broker {total_b / total_batches * 1e6:.1f} µs/batch, client "
+        f"{total_c / total_batches * 1e6:.1f} µs/batch; broker fds at most {max(fds)}"
+    )
     print(
         f"median: {statistics.median(rates):,.0f} records/s, broker "
         f"{statistics.median(broker_us):.0f} µs/batch, client {statistics.median(client_us):.0f} "

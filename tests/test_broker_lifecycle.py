@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import grpc
 import pytest
 
 from logstore.broker import BrokerConfig
+from logstore.broker._config import AUTO_MAX_OPEN_SEGMENTS, auto_max_open_segments
 from logstore.errors import InvalidConfigError
 from logstore.storage._names import CLEAN_SHUTDOWN_FILE
 from logstore.v1 import logstore_pb2 as pb
@@ -39,6 +41,13 @@ def test_first_line_and_json_logs(tmp_path: Path) -> None:
         assert b.stop() == 0
     lines = [json.loads(line) for line in b.log().splitlines() if line.strip()]
     assert any(x["msg"] == "topic created" and x["topic"] == "logged" for x in lines)
+    # The descriptor budget is reported: max_open_segments=0 (the default) is
+    # half the raised soft limit, at most AUTO_MAX_OPEN_SEGMENTS.
+    listening = next(x for x in lines if x["msg"] == "listening")
+    assert listening["nofile"] == int(nofile[3])
+    assert listening["max_open_segments"] == max(
+        4, min(AUTO_MAX_OPEN_SEGMENTS, listening["nofile"] // 2)
+    )
     assert all({"ts", "level", "msg"} <= x.keys() for x in lines)
 
 
@@ -75,6 +84,27 @@ def test_bad_config_rejected_naming_the_key(tmp_path: Path) -> None:
         tmp_path, "--listen", "127.0.0.1:0", env={"LOGSTORE_MAX_SUBSCRIPTIONS": "lots"}
     )
     assert "max_subscriptions" in err and "LOGSTORE_MAX_SUBSCRIPTIONS" in err
+
+
+def test_max_open_segments_0_is_sized_from_the_descriptor_limit() -> None:
+    """The default (0) gives the store half the RLIMIT_NOFILE soft limit, at most
+    AUTO_MAX_OPEN_SEGMENTS and at least 4; a set value is the store's cap as is."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert BrokerConfig().max_open_segments == 0
+    try:
+        for limit, cap in ((1000, 500), (7, 4), (1 << 20, AUTO_MAX_OPEN_SEGMENTS)):
+            if hard != resource.RLIM_INFINITY and limit > hard:
+                continue  # cannot raise past the hard limit unprivileged
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+            assert auto_max_open_segments() == cap
+            assert BrokerConfig().store_config().max_open_segments == cap
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert BrokerConfig(max_open_segments=64).store_config().max_open_segments == 64
+    with pytest.raises(InvalidConfigError, match="max_open_segments"):
+        BrokerConfig(max_open_segments=2)
+    with pytest.raises(InvalidConfigError, match="max_open_segments"):
+        BrokerConfig(max_open_segments=-1)
 
 
 def test_config_precedence(tmp_path: Path) -> None:

@@ -169,6 +169,44 @@ def test_batches_are_full_but_never_exceed_the_limit(
             assert 66 + records_len + _record_size(values[i]) > limit
 
 
+@given(
+    size=st.integers(0, 700),
+    count=st.integers(1, 120),
+    limit=st.integers(800, 4000),
+    partition=st.sampled_from([None, 0]),
+)
+def test_send_many_of_one_size_cuts_the_batches_send_does(
+    size: int, count: int, limit: int, partition: int | None
+) -> None:
+    """send_many of values all one size (its arithmetic path) queues the same
+    batches, cut at the same records, as one send() per record."""
+    values = [bytes([i % 251]) * size for i in range(count)]
+    cuts = []
+    for use_many in (True, False):
+        fake = FakeBroker(partitions=1, max_batch_bytes=limit)
+        with _producer(fake, linger_ms=10_000, batch_bytes=limit + 500) as p:
+            if use_many:
+                res = p.send_many("t", values, partition=partition)
+            else:
+                for v in values:
+                    p.send("t", v, partition=partition)
+            p.flush(10)
+        if use_many:
+            assert [off for _, off, _ in res.offsets(10)][:1] == [0]
+            assert sum(n for _, _, n in res.offsets(10)) == count
+        cuts.append([[r.value for r in req.records] for req in fake.requests])
+    assert cuts[0] == cuts[1]
+    assert [v for req in cuts[0] for v in req] == values
+
+
+def test_send_many_of_one_size_too_large_for_any_batch_is_refused() -> None:
+    """The one-size path refuses a record no batch can hold, as send() does."""
+    fake = FakeBroker(max_batch_bytes=500)
+    with _producer(fake) as p, pytest.raises(errors.InvalidBatchError, match="cannot fit"):
+        p.send_many("t", [b"z" * 600] * 3)
+    assert fake.requests == []
+
+
 def test_batch_bytes_smaller_than_the_broker_limit_wins() -> None:
     """batch_bytes below the topic's max_batch_bytes bounds the batches."""
     fake = FakeBroker(max_batch_bytes=1 << 20)

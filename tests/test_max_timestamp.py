@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from unittest.mock import patch
 
 import grpc
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from logstore import Store
 from logstore.errors import InvalidRequestError
@@ -25,6 +28,7 @@ from logstore.wire import (
     split_produce_request,
     uniform_record_count,
 )
+from logstore.wire import _columns as columns_mod
 from logstore.wire._record_views import inspect_records
 from tests.brokerproc import BrokerProcess, start_broker
 from tests.test_broker_helpers import connect, create_topic
@@ -61,6 +65,35 @@ def test_inspect_records_counts_any_sizes() -> None:
     assert uniform_record_count(same[:-1]) is None
     # anything but records (here a field 1 varint after them): None
     assert inspect_records(same + b"\x08\x01") is None
+
+
+@given(
+    sizes=st.lists(st.integers(0, 300), min_size=1, max_size=40),
+    copies=st.integers(1, 1500),
+    view=st.booleans(),
+    cut=st.integers(-2, 2),
+)
+@example(sizes=[20, 10, 30], copies=3, view=False, cut=0)  # lengths add up; heads differ
+@example(sizes=[20, 10, 30], copies=3, view=True, cut=0)
+@settings(max_examples=60, deadline=None)
+def test_uniform_record_count_is_the_same_below_and_above_the_bytes_compare_bound(
+    sizes: list[int], copies: int, view: bool, cut: int
+) -> None:
+    """uniform_record_count's byte-string compare (up to 1,024 records) answers
+    what its numpy compare answers, for bytes and memoryviews of a request,
+    uniform runs, mixed sizes and runs cut short or padded."""
+    values = [bytes([i % 251]) * n for i, n in enumerate(sizes)] * (copies // len(sizes) + 1)
+    raw = b"\x12\x03abc" + encode_records(values[:copies])[0]
+    end = len(raw) + min(cut, 0)
+    buf: bytes | memoryview = memoryview(raw) if view else raw
+    got = uniform_record_count(buf, 5, end)
+    with patch.object(columns_mod, "_BYTES_COMPARE_MAX_RECORDS", -1):
+        want = uniform_record_count(buf, 5, end)
+    assert got == want
+    if len(set(sizes)) == 1 and cut >= 0:
+        assert got == copies
+    if len(set(sizes[:copies])) > 1:
+        assert got is None
 
 
 def test_max_record_timestamp_none_carried() -> None:

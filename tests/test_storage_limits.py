@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +23,7 @@ from logstore.errors import DirectoryInUseError, InvalidArgumentError, InvalidBa
 from logstore.storage import Store
 from logstore.storage import _index as index_mod
 from logstore.storage import _segment as segment_mod
+from logstore.storage._fs import FileSystem
 from logstore.wire import HEADER_SIZE, decode_header, encode_values
 
 TS0 = 1_700_000_000_000
@@ -285,6 +287,69 @@ def test_descriptor_accounting_is_constant_per_append(
         assert handles.open_count <= 64
         for p in range(400):
             assert len(_read_all(store, "t", p)) == 4
+
+
+def test_a_new_segment_is_appended_through_the_descriptor_its_creation_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partition's first append (and the first after a roll) opens no file: the
+    .log descriptor its creation opened stays in the handle cache (W5: 1,000 new
+    partitions, one batch each, reopened every file just created). Under a cap
+    smaller than the partitions created, the cache evicts as it adopts, so the
+    count stays under the cap, and an evicted new segment reopens on its append."""
+    opened: list[str] = []
+    real_open = FileSystem.open
+
+    def counting(self: FileSystem, path: str, *, create: bool = False) -> int:
+        opened.append(path)
+        return real_open(self, path, create=create)
+
+    monkeypatch.setattr(FileSystem, "open", counting)
+    with Store.open(tmp_path, StoreConfig(max_open_segments=16)) as store:
+        store.create_topic("u", partitions=40, config={"index_interval_bytes": 0})
+        store.create_topic("t", partitions=4, config={"index_interval_bytes": 0})
+        assert store.handles.open_count <= 16
+        opened.clear()
+        for p in range(4):
+            store.append("t", p, [b"first"])
+        assert [o for o in opened if o.endswith(".log")] == []
+        store.append("u", 0, [b"evicted"])  # adopted, then evicted by u's later partitions
+        assert [o for o in opened if o.endswith(".log")] != []
+        for p in range(4):
+            assert _read_all(store, "t", p) == [b"first"]
+        assert store.handles.open_count <= 16
+    assert _open_fds(tmp_path) == 0, "descriptors leaked after close"
+
+
+def test_an_eviction_does_not_msync_the_index_maps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Evicting an active segment unmaps its indexes without an msync (an index
+    fdatasync on the event loop, one per append with more partitions written
+    than the cap); the entries stay readable, and a clean close still makes
+    them durable (seal fsyncs the files), so a reopen finds them."""
+    synced: list[str] = []
+    real = FileSystem.sync_map
+
+    def counting(self: FileSystem, m: Any, path: str = "") -> None:
+        synced.append(path)
+        real(self, m, path)
+
+    monkeypatch.setattr(FileSystem, "sync_map", counting)
+    values = [b"x" * 100] * 50
+    with Store.open(tmp_path, StoreConfig(max_open_segments=8)) as store:
+        store.create_topic("t", partitions=20, config={"index_interval_bytes": 64})
+        for _ in range(3):
+            for p in range(20):
+                store.append("t", p, values)
+        assert synced == []
+        assert store.handles.open_count <= 8
+        entries = {p: store.partition("t", p).segments[-1].index.n for p in range(20)}
+        assert all(n >= 2 for n in entries.values()), entries
+    with Store.open(tmp_path, StoreConfig(max_open_segments=8)) as store:
+        for p in range(20):
+            assert store.partition("t", p).segments[-1].index.n == entries[p]
+            assert len(_read_all(store, "t", p)) == 150
 
 
 def test_directory_lock_in_process(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import resource
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -26,6 +27,9 @@ from logstore.errors import InvalidConfigError
 from logstore.share import ShareCoordinatorConfig
 
 ENV_PREFIX: Final = "LOGSTORE_"
+#: The most descriptors ``max_open_segments=0`` gives the store: each index map
+#: is also a memory mapping, and vm.max_map_count is 65,530 by default.
+AUTO_MAX_OPEN_SEGMENTS: Final = 16_384
 #: Headroom above the largest batch for the request's own fields (topic name,
 #: key, producer fields): DESIGN.md requires max_request_bytes >= the largest
 #: topic max_batch_bytes + 64 KiB.
@@ -135,8 +139,14 @@ class BrokerConfig:
     #: How often store.maintain() runs (roll by time, retention, idle close).
     maintain_interval_ms: int = 10_000
 
-    # Store limits: the defaults are StoreConfig's own.
-    max_open_segments: int = StoreConfig.max_open_segments
+    # Store limits: the defaults are StoreConfig's own, but for max_open_segments.
+    #: Cap on open segment descriptors and index maps (StoreConfig's). 0, the
+    #: default: half the process's RLIMIT_NOFILE soft limit (which the broker
+    #: raises to the hard limit at start), at most AUTO_MAX_OPEN_SEGMENTS; the
+    #: other half is left for connections and the store's short-lived files.
+    #: Under the cap, 1,000 partitions appended round robin need no open and
+    #: close per append (StoreConfig's 256 made one of each per batch).
+    max_open_segments: int = 0
     index_cache_bytes: int = StoreConfig.index_cache_bytes
     recovery_checkpoint_interval_ms: int = StoreConfig.recovery_checkpoint_interval_ms
     idle_close_ms: int = StoreConfig.idle_close_ms
@@ -206,7 +216,7 @@ class BrokerConfig:
 
     def store_config(self) -> StoreConfig:
         return StoreConfig(
-            max_open_segments=self.max_open_segments,
+            max_open_segments=self.max_open_segments or auto_max_open_segments(),
             index_cache_bytes=self.index_cache_bytes,
             recovery_checkpoint_interval_ms=self.recovery_checkpoint_interval_ms,
             idle_close_ms=self.idle_close_ms,
@@ -251,6 +261,15 @@ class BrokerConfig:
         return cls(**values)
 
 
+def auto_max_open_segments() -> int:
+    """What ``max_open_segments=0`` means in this process now: half the
+    RLIMIT_NOFILE soft limit, at most AUTO_MAX_OPEN_SEGMENTS, at least 4."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return AUTO_MAX_OPEN_SEGMENTS
+    return max(4, min(AUTO_MAX_OPEN_SEGMENTS, soft // 2))
+
+
 _GROUP_KEYS: Final = (
     "heartbeat_interval_ms",
     "session_timeout_ms",
@@ -283,7 +302,7 @@ _INT_RANGES: Final[dict[str, tuple[int, int]]] = {
     "shutdown_grace_ms": (0, 3_600_000),
     "flush_interval_ms": (0, DAY_MS),
     "maintain_interval_ms": (100, DAY_MS),
-    "max_open_segments": (4, 1_000_000),
+    "max_open_segments": (0, 1_000_000),
     "index_cache_bytes": (0, 1 << 40),
     "recovery_checkpoint_interval_ms": (0, DAY_MS),
     "idle_close_ms": (0, 365 * DAY_MS),

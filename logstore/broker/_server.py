@@ -397,6 +397,9 @@ async def serve(config: BrokerConfig) -> int:
                     "pid": os.getpid(),
                     "tls": config.tls_enabled,
                     "auth": config.auth,
+                    # the descriptor budget: the store's cap and the process's limit
+                    "max_open_segments": broker.store.handles.max_open,
+                    "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
                 }
             },
         )

@@ -142,6 +142,19 @@ class HandleCache:
             assert fd is not None
             return fd
 
+    def adopt(self, seg: Segment) -> None:
+        """Take in a segment whose descriptor its creator opened (``seg._fd``
+        set), unpinned, as the most recently used; evict down to the cap."""
+        with self._lock:
+            assert seg not in self._lru and seg._fd is not None
+            entry = self._lru[seg] = [0, 0]
+            self._opened += 1
+            if self._opened >= self.max_open:
+                self._resum()
+            self._count(entry, seg)
+            if self._total > self.max_open:
+                self._evict()
+
     def release(self, seg: Segment) -> None:
         with self._lock:
             entry = self._lru.get(seg)
@@ -292,12 +305,19 @@ class Segment:
         """A new empty segment; the caller fsyncs the directory before acking into it."""
         seg = cls(fs, directory, base_offset, handles, index_cache)
         fd = fs.open(seg.log_path, create=True)
-        if fs.size(fd, seg.log_path):
-            fs.truncate(fd, 0, seg.log_path)  # a stale file past a truncation point
-        fs.close(fd)
-        for idx in (seg.index, seg.time_index):
-            if fs.exists(idx.path):
-                fs.unlink(idx.path)
+        try:
+            if fs.size(fd, seg.log_path):
+                fs.truncate(fd, 0, seg.log_path)  # a stale file past a truncation point
+            for idx in (seg.index, seg.time_index):
+                if fs.exists(idx.path):
+                    fs.unlink(idx.path)
+        except BaseException:
+            fs.close(fd)
+            raise
+        # The first append writes through this descriptor (the cache keeps it,
+        # unpinned, until evicted): no reopen of the file just created.
+        seg._fd = fd
+        handles.adopt(seg)
         seg.created_ms = now_ms
         seg._indexes_checked = True
         return seg
@@ -354,9 +374,17 @@ class Segment:
         return (self._fd is not None) + self.index.is_mapped + self.time_index.is_mapped
 
     def _close_handles(self) -> None:
-        """Called by the HandleCache only, when the segment is unpinned."""
-        self.index.unmap()
-        self.time_index.unmap()
+        """Called by the HandleCache only, when the segment is unpinned.
+
+        No msync: an eviction is not a durability point. The entries stay in
+        the page cache like any write; a seal or clean close fsyncs the file,
+        and after a crash they are hints checked against the log (the active
+        segment's indexes are never synced by the group commit either). An
+        msync here was an index fdatasync on the event loop per eviction:
+        with more partitions written than the cap, one per append
+        (~400 -> ~270 µs an append, 1,000 partitions under a cap of 256)."""
+        self.index.unmap(sync=False)
+        self.time_index.unmap(sync=False)
         fd, self._fd = self._fd, None
         if fd is not None:
             self.fs.close(fd)

@@ -4,8 +4,10 @@ Encoding (the hot path) is :mod:`logstore.wire`'s: a value-only record is
 ``wire._prefix_of(len(value))`` (cached by length) followed by the value, so
 ``send()`` appends two references to the open batch's ``parts`` and
 ``send_many()`` does the same for a whole list with a few C-level ``map``
-calls; any other record is ``wire.encode_record``. Nothing is joined until
-the sender builds the request.
+calls (values all of one length, the common fixed-size case, take one prefix
+and arithmetic cut points: no per-record list but the values'); any other
+record is ``wire.encode_record``. Nothing is joined until the sender builds
+the request.
 
 Batches. One open batch per (topic, partition), closed before its records
 plus the stored RecordBatch header (``wire.HEADER_SIZE`` bytes, which count
@@ -359,14 +361,19 @@ class RecordAccumulator:
         if partition is not None:
             self._check_partition(topic, meta, partition)
         try:
-            prefixes = list(map(_prefix_of, map(len, values)))
+            lens = list(map(len, values))
         except TypeError:
             for v in values:  # None (tombstones) or odd types: the general path
                 h = self.send(topic, v, partition=partition)
                 result._add(h._batch, h._index, 1)
             return result
+        if lens.count(lens[0]) == len(lens):
+            # One size for all (fixed-size payloads): one prefix, and the cut
+            # points are arithmetic; no per-record list but the values'.
+            return self._send_uniform(meta, topic, values, partition, lens[0], result)
+        prefixes = list(map(_prefix_of, lens))
         # cumulative encoded sizes; cut points found by bisection, no per-record loop.
-        cum = list(itertools.accumulate(map(add, map(len, prefixes), map(len, values))))
+        cum = list(itertools.accumulate(map(add, map(len, prefixes), lens)))
         n = len(values)
         start = 0
         done_bytes = 0
@@ -396,6 +403,50 @@ class RecordAccumulator:
                 batch.size += size
                 self._queued_bytes += size
                 done_bytes += size
+                result._add(batch, batch.count, k)
+                batch.count += k
+                start = end
+                if start < n:  # the batch is full: close it; sticky moves on
+                    self._close(meta, topic, p)
+        return result
+
+    def _send_uniform(
+        self,
+        meta: TopicState,
+        topic: str,
+        values: Sequence[bytes],
+        partition: int | None,
+        length: int,
+        result: SendResult,
+    ) -> SendResult:
+        """``send_many`` of value-only records that are all ``length`` bytes:
+        the same batches, cut at the same records, as the general path."""
+        prefix = _prefix_of(length)
+        rec = len(prefix) + length
+        n = len(values)
+        start = 0
+        with self._lock:
+            while start < n:
+                p = meta.sticky if partition is None else partition
+                if self._queued_bytes > self._buffer_bytes:
+                    self._block_while_full()
+                    continue  # batches may have moved while we waited
+                batch = meta.open[p]
+                if batch is None:
+                    if rec > meta.room:
+                        self._raise_too_large(meta, rec)
+                    batch = self._new_batch(meta, topic, p)
+                k = min(n - start, (meta.limit - batch.size) // rec)
+                if k <= 0:  # the next record does not fit: close, go on
+                    self._close(meta, topic, p)
+                    continue
+                end = start + k
+                chunk: list[bytes] = [prefix, prefix] * k
+                chunk[1::2] = values[start:end]
+                batch.parts += chunk
+                size = k * rec
+                batch.size += size
+                self._queued_bytes += size
                 result._add(batch, batch.count, k)
                 batch.count += k
                 start = end
