@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -111,6 +112,59 @@ def test_notify_on_the_loops_thread_wakes_at_once_without_the_self_pipe() -> Non
     t.start()
     t.join()
     assert Loop.calls == 1 and not waiter.woken  # woken later, on the loop
+
+
+def test_a_wait_with_a_timeout_runs_no_task_and_one_loop_turn_per_wake_up() -> None:
+    """A Subscribe's or long poll's wait(timeout) parks the caller's own task on
+    one future: no Task is created for it (``wait_for`` made one per wait), the
+    woken task runs in the loop's next turn, and a wait that times out says
+    False; nothing is left registered on the loop (its timer is cancelled)."""
+
+    async def main() -> tuple[int, bool, bool, int]:
+        loop = asyncio.get_running_loop()
+        reg = WaitRegistry()
+        reg.bind(loop)
+        with reg.waiting(("t", 0)) as waiter:
+            tasks: set[asyncio.Task[object]] = set()
+            real = loop.create_task
+
+            def counting(coro: Any, **kw: Any) -> asyncio.Task[Any]:
+                task = real(coro, **kw)
+                tasks.add(task)
+                return task
+
+            loop.create_task = counting  # type: ignore[method-assign]
+            try:
+                turns = [0]
+
+                def tick() -> None:  # counts the loop turns until the waiter runs
+                    turns[0] += 1
+                    if not woke.done():
+                        loop.call_soon(tick)
+
+                woke: asyncio.Future[bool] = loop.create_future()
+
+                async def wake_soon() -> None:
+                    await asyncio.sleep(0.01)
+                    reg.notify_threadsafe(("t", 0))  # on the loop's thread: at once
+                    loop.call_soon(tick)
+
+                notifier = asyncio.ensure_future(wake_soon())
+                woke.set_result(await waiter.wait(5))
+                await notifier
+                waiter.clear()
+                timed_out = await waiter.wait(0.01)
+            finally:
+                loop.create_task = real  # type: ignore[method-assign]
+            # the test's own notifier is the one task made in the block
+            return len(tasks - {notifier}), woke.result(), timed_out, turns[0]
+
+    made, woke, timed_out, turns = asyncio.run(main())
+    assert made == 0
+    assert woke is True and timed_out is False
+    # The waiter ran in the first turn after the notification: tick ran once
+    # before it (it was scheduled after the wake-up). wait_for took 3 turns.
+    assert turns <= 1, turns
 
 
 def test_timers_fire_at_ms_resolution_and_cancel() -> None:

@@ -9,7 +9,13 @@ disk goes through :meth:`Runtime.run_io`, a bounded pool of ``io_threads``,
 so a slow disk never stalls the loop. Cheap in-memory lookups
 (``store.topic``) run inline. The store's append listener runs on the
 appending thread and only schedules a wake-up on the loop
-(:meth:`WaitRegistry.notify_threadsafe`).
+(:meth:`WaitRegistry.notify_threadsafe`). A store future completed on
+another thread (an acks=ALL fsync wait, ``Store.sync_to``) is awaited
+through :meth:`Runtime.wait_threadsafe`: the waiters one flusher turn
+completes reach the loop in one ``call_soon_threadsafe`` (one self-pipe
+write and read), not one each as ``asyncio.wrap_future`` does, and
+cancelling the awaiting task never cancels the store's future (which the
+flusher completes later).
 
 Shutdown: :meth:`begin_shutdown` makes :attr:`stopping` true, sets
 :attr:`stop_event`, wakes every waiter (long polls answer, subscriptions
@@ -23,7 +29,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import threading
 from collections.abc import Callable, Coroutine, Generator, Iterator
+from concurrent.futures import Future as ThreadFuture
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -133,6 +141,71 @@ def run_eagerly(coro: Coroutine[Any, Any, None]) -> asyncio.Future[None] | None:
     return asyncio.ensure_future(_Resume(coro, first))
 
 
+class ThreadHandoff:
+    """Concurrent futures (completed on another thread) as loop futures, handed
+    to the loop in batches: the first completion of a batch schedules one
+    drain with ``call_soon_threadsafe``; those that complete before the drain
+    runs join it. The loop future is the caller's alone: cancelling it leaves
+    the concurrent future alone (no ``asyncio.shield`` needed)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ready: list[tuple[asyncio.Future[Any], ThreadFuture[Any]]] = []
+        self._scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The loop the futures belong to (called on its thread)."""
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+
+    def wrap(self, cf: ThreadFuture[T]) -> asyncio.Future[T]:
+        """A loop future with ``cf``'s outcome (event loop only)."""
+        loop = self._loop
+        assert loop is not None, "ThreadHandoff.bind(loop) first"
+        fut: asyncio.Future[T] = loop.create_future()
+        if cf.done():  # already durable: no hand-off at all
+            _copy_outcome(cf, fut)
+        else:
+            cf.add_done_callback(lambda done: self._completed(fut, done))
+        return fut
+
+    def _completed(self, fut: asyncio.Future[Any], cf: ThreadFuture[Any]) -> None:
+        # Any thread (the flusher's, or the loop's if it raced wrap's check).
+        with self._lock:
+            self._ready.append((fut, cf))
+            if self._scheduled:
+                return
+            self._scheduled = True
+        loop = self._loop
+        assert loop is not None
+        if threading.get_ident() == self._loop_thread:
+            self._drain()
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        with self._lock:
+            ready, self._ready = self._ready, []
+            self._scheduled = False
+        for fut, cf in ready:
+            _copy_outcome(cf, fut)
+
+
+def _copy_outcome(cf: ThreadFuture[Any], fut: asyncio.Future[Any]) -> None:
+    if fut.done():  # its awaiting task was cancelled
+        return
+    if cf.cancelled():
+        fut.cancel()
+        return
+    exc = cf.exception()
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(cf.result())
+
+
 class Runtime:
     """The broker's shared runtime state; see the module docstring."""
 
@@ -152,6 +225,7 @@ class Runtime:
         #: Fetch long polls and Subscribe streams wait here on (topic, partition).
         self.waiters = WaitRegistry()
         self.timers = Timers()
+        self.handoff = ThreadHandoff()
         self.stop_event = asyncio.Event()
         self.stopping = False
         self._pool = ThreadPoolExecutor(config.io_threads, thread_name_prefix="logstore-io")
@@ -177,11 +251,17 @@ class Runtime:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.waiters.bind(loop)
         self.timers.bind(loop)
+        self.handoff.bind(loop)
         self.store.add_append_listener(self._on_append)
 
     def _on_append(self, topic: str, partition: int, end_offset: int) -> None:
         # Appending thread: see WaitRegistry for why a racy test is enough.
         self.waiters.notify_threadsafe((topic, partition))
+
+    def wait_threadsafe(self, cf: ThreadFuture[T]) -> asyncio.Future[T]:
+        """``cf`` (completed on another thread) as a loop future; see
+        :class:`ThreadHandoff`. Event loop only."""
+        return self.handoff.wrap(cf)
 
     async def run_io(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking store call in the I/O pool."""

@@ -48,67 +48,97 @@ from logstore.errors import ResourceExhaustedError
 DEFAULT_MAX_TIMERS: Final = 65_536
 
 
-class Waiter:
+class _Wake:
+    """A woken flag and the one loop future a wait parks on (no Task, no
+    ``asyncio.Event`` + ``wait_for``): a wake-up sets the future, so the
+    waiting task runs in the loop's next turn. ``wait_for`` wrapped the
+    event's wait in a Task of its own and went through three loop turns
+    per wake-up (the event's future, that Task's end, the caller); this is
+    one. One wait at a time (every caller is one request's own task)."""
+
+    __slots__ = ("_fut", "_woken")
+
+    def __init__(self) -> None:
+        self._woken = False
+        self._fut: asyncio.Future[bool] | None = None
+
+    def _wake(self) -> None:
+        self._woken = True
+        fut = self._fut
+        if fut is not None and not fut.done():
+            fut.set_result(True)
+
+    async def _wait(self, timeout_s: float | None) -> bool:
+        if self._woken:
+            return True
+        assert self._fut is None, "one wait at a time"
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bool] = loop.create_future()
+        timer = None if timeout_s is None else loop.call_later(timeout_s, _time_out, fut)
+        self._fut = fut
+        try:
+            return await fut
+        finally:
+            self._fut = None
+            if timer is not None:
+                timer.cancel()
+
+
+def _time_out(fut: asyncio.Future[bool]) -> None:
+    if not fut.done():
+        fut.set_result(False)
+
+
+class Waiter(_Wake):
     """One registered waiter: woken by its key's notifications (or shutdown)."""
 
-    __slots__ = ("_event", "key")
+    __slots__ = ("key",)
 
     def __init__(self, key: Hashable) -> None:
+        super().__init__()
         self.key = key
-        self._event = asyncio.Event()
 
     def clear(self) -> None:
         """Forget earlier wake-ups; call before the read that precedes a wait."""
-        self._event.clear()
+        self._woken = False
 
     def set(self) -> None:
-        self._event.set()
+        self._wake()
 
     @property
     def woken(self) -> bool:
-        return self._event.is_set()
+        return self._woken
 
     async def wait(self, timeout_s: float | None = None) -> bool:
         """Wait until woken (True) or ``timeout_s`` passes (False)."""
-        if timeout_s is None:
-            await self._event.wait()
-            return True
-        try:
-            await asyncio.wait_for(self._event.wait(), timeout_s)
-        except TimeoutError:
-            return False
-        return True
+        return await self._wait(timeout_s)
 
 
-class WaiterGroup:
+class WaiterGroup(_Wake):
     """One wait over many keys (a MultiFetch long poll): woken by a
     notification of any of them, and says which (:meth:`take_woken`)."""
 
-    __slots__ = ("_event", "_woken", "members")
+    __slots__ = ("_keys", "members")
 
     def __init__(self) -> None:
-        self._event = asyncio.Event()
-        self._woken: set[Hashable] = set()
+        super().__init__()
+        self._keys: set[Hashable] = set()
         self.members: list[_GroupMember] = []
 
     def _set(self, key: Hashable) -> None:
-        self._woken.add(key)
-        self._event.set()
+        self._keys.add(key)
+        self._wake()
 
     def take_woken(self) -> set[Hashable]:
         """The keys notified since the last call (and forget them); call
         before the reads that precede a wait, as :meth:`Waiter.clear`."""
-        self._event.clear()
-        woken, self._woken = self._woken, set()
+        self._woken = False
+        woken, self._keys = self._keys, set()
         return woken
 
     async def wait(self, timeout_s: float) -> bool:
         """Wait until a key is notified (True) or ``timeout_s`` passes (False)."""
-        try:
-            await asyncio.wait_for(self._event.wait(), timeout_s)
-        except TimeoutError:
-            return False
-        return True
+        return await self._wait(timeout_s)
 
 
 class _GroupMember(Waiter):

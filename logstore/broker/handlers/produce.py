@@ -33,10 +33,11 @@ requests between reading and replying.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from google.protobuf.message import DecodeError
 
@@ -173,11 +174,10 @@ class ProduceHandlers:
 
     async def _sync(self, topic: str, partition: int, end_offset: int) -> None:
         t0 = time.perf_counter()
-        # shield: cancelling this task (the client went away) must not cancel
-        # the store's future, which the flusher thread completes later.
-        await asyncio.shield(
-            asyncio.wrap_future(self._rt.store.sync_to(topic, partition, end_offset))
-        )
+        # Cancelling this task (the client went away) leaves the store's
+        # future alone (the flusher completes it later): wait_threadsafe's
+        # loop future is this task's own.
+        await self._rt.wait_threadsafe(self._rt.store.sync_to(topic, partition, end_offset))
         self._rt.metrics.sync_wait.observe(time.perf_counter() - t0)
 
     async def _stored_codec(
@@ -343,60 +343,54 @@ class ProduceHandlers:
     async def produce_stream(self, requests: AsyncIterator[bytes], context: Context) -> None:
         """Append each request in order; reply in order; end at once when idle at shutdown.
 
-        A reader task appends (in request order) and queues each request's
-        completion; this coroutine awaits them in order and writes the replies.
-        The queue holds at most ``produce_stream_max_inflight`` requests, so a
-        client that never reads its replies stops being read from (HTTP/2
-        flow control) instead of growing the broker.
+        A reader task (one per stream) appends, in request order, and puts each
+        request's completion in ``pending``; this coroutine takes them in order
+        and writes the replies. Hand-offs are plain loop futures set by the
+        other side (no task, queue or ``asyncio.wait`` per message: when idle
+        this coroutine parks on one future that the reader, the reader's end
+        or shutdown sets). ``pending`` holds at most
+        ``produce_stream_max_inflight`` completions, so a client that never
+        reads its replies stops being read from (HTTP/2 flow control) instead
+        of growing the broker.
         """
-        queue: asyncio.Queue[Callable[[], Awaitable[pb.ProduceResponse]] | None] = asyncio.Queue(
-            self._rt.config.produce_stream_max_inflight
-        )
-        waiting_for_client = [True]  # the reader is blocked on the client, not appending
+        loop = asyncio.get_running_loop()
+        stream = _StreamState(self._rt.config.produce_stream_max_inflight)
 
         async def read_all() -> None:
             iterator = aiter(requests)
             while True:
-                waiting_for_client[0] = True
+                stream.waiting_for_client = True
                 try:
                     raw = await anext(iterator)
                 except StopAsyncIteration:
                     break
                 finally:
-                    waiting_for_client[0] = False
-                await queue.put(await self._stream_one(raw))
-            await queue.put(None)
+                    stream.waiting_for_client = False
+                item = await self._stream_one(raw)
+                while stream.full():
+                    await stream.wait_for_room(loop)
+                stream.put(item)
+            stream.put(None)
 
-        loop = asyncio.get_running_loop()
         reader = loop.create_task(read_all())
+        reader.add_done_callback(lambda _: stream.wake_writer())
         stopping = loop.create_task(self._rt.stop_event.wait())
+        stopping.add_done_callback(lambda _: stream.wake_writer())
         try:
             while True:
-                if self._rt.stopping and queue.empty() and waiting_for_client[0]:
+                if self._rt.stopping and not stream.pending and stream.waiting_for_client:
                     # Every batch read so far has been answered.
                     raise shutting_down(
                         "the broker is shutting down; every batch sent on this stream before "
                         "this status was answered; resend the rest when it is back"
                     )
-                if reader.done() and queue.empty():
-                    reader.result()  # the request stream itself failed
-                    return
-                if queue.empty():
-                    # Only an idle stream pays for a task and a wait: a reply
-                    # that is ready is taken at once.
-                    get = loop.create_task(queue.get())
-                    waits: set[asyncio.Future[Any]] = {get}
-                    if not reader.done():
-                        waits.add(reader)
-                    if not self._rt.stopping:
-                        waits.add(stopping)
-                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-                    if not get.done():
-                        get.cancel()
-                        continue
-                    item = get.result()
-                else:
-                    item = queue.get_nowait()
+                if not stream.pending:
+                    if reader.done():
+                        reader.result()  # the request stream itself failed
+                        return
+                    await stream.wait_for_item(loop)
+                    continue
+                item = stream.take()
                 if item is None:
                     return
                 await write_reply(context, await item())
@@ -428,6 +422,59 @@ class ProduceHandlers:
         return guarded
 
     # -- fetch and subscribe -------------------------------------------------
+
+
+Completion = Callable[[], Awaitable[pb.ProduceResponse]]
+
+
+class _StreamState:
+    """A ProduceStream's completions between its reader and its writer, and the
+    one future each side parks on (event loop only)."""
+
+    __slots__ = ("_room", "_wake", "limit", "pending", "waiting_for_client")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        #: Completions in request order; None: the request stream ended.
+        self.pending: collections.deque[Completion | None] = collections.deque()
+        #: The reader is waiting for the client's next request, not appending.
+        self.waiting_for_client = True
+        self._wake: asyncio.Future[None] | None = None  # the writer parks here
+        self._room: asyncio.Future[None] | None = None  # the reader parks here
+
+    def full(self) -> bool:
+        return len(self.pending) >= self.limit
+
+    def put(self, item: Completion | None) -> None:
+        self.pending.append(item)
+        self.wake_writer()
+
+    def take(self) -> Completion | None:
+        item = self.pending.popleft()
+        room = self._room
+        if room is not None and not room.done():
+            room.set_result(None)
+        return item
+
+    def wake_writer(self) -> None:
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    async def wait_for_item(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Until put, the reader's end or shutdown (``wake_writer``)."""
+        self._wake = loop.create_future()
+        try:
+            await self._wake
+        finally:
+            self._wake = None
+
+    async def wait_for_room(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._room = loop.create_future()
+        try:
+            await self._room
+        finally:
+            self._room = None
 
 
 def _peek_request_id(raw: bytes) -> int:
