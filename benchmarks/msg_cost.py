@@ -1,7 +1,8 @@
 """The broker's cost per ProduceStream message and Subscribe push, A/B between source trees.
 
 ``python -m benchmarks.msg_cost [--tree NAME=PATH ...] [--rate 2000] [--seconds 5]
-[--linger-ms 0] [--acks all] [--runs 3] [--client raw|producer] [--strace]``
+[--linger-ms 0] [--acks all] [--runs 3] [--client raw|producer] [--max-in-flight 5]
+[--threads] [--strace]``
 
 Per run and per ``--tree`` (interleaved, every other round in reverse, so the
 machine's load falls on every tree alike) it starts a fresh broker from that
@@ -103,6 +104,7 @@ def _one(
     common = {"params": params, "topic": topic, "size": 100, "durable": opts["acks"] == "all"}
     prod = {**common, "rate": opts["rate"], "seconds": opts["seconds"]}
     prod["linger_ms"] = opts["linger_ms"]
+    prod["max_in_flight"] = opts["max_in_flight"]
     tail = {**common, "n": n, "deadline_s": opts["seconds"] + 30}
     raw = opts["client"] == "raw"
     ops = ("tail", "paced") if raw else ("client_tail", "client_paced")
@@ -182,6 +184,12 @@ def main() -> None:
     ap.add_argument("--acks", choices=("all", "1"), default="all")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--client", choices=("raw", "producer"), default="raw")
+    ap.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=5,
+        help="raw pacer: messages unanswered at most (1 at a low --rate: one record a message)",
+    )
     ap.add_argument("--strace", action="store_true")
     ap.add_argument("--threads", action="store_true", help="print CPU per message by thread")
     a = ap.parse_args()
@@ -192,6 +200,7 @@ def main() -> None:
         "linger_ms": a.linger_ms,
         "acks": a.acks,
         "client": a.client,
+        "max_in_flight": a.max_in_flight,
     }
     from logstore.client import Admin
 

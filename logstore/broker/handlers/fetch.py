@@ -16,8 +16,9 @@ Subscribe's push path, per append: one wake-up (the append's listener; on
 the loop's own thread when the append ran there), one read (on the event
 loop when the stream is caught up: at most ``inline_read_max_bytes`` of the
 tail, in the page cache; else ``subscribe_max_bytes`` on an I/O thread), one
-awaited write, and no task or future of its own (shutdown cancels a write
-held up by flow control: ``Runtime.write_or_stop``).
+awaited write, and no task of its own (shutdown cancels a write held up by
+flow control: ``Runtime.write_or_stop``); between pushes it parks on its
+waiter's one future (``_waiters.Waiter``), woken in the loop's next turn.
 
 Memory bounds: Subscribe awaits each write (HTTP/2 flow control), so a reader
 that stops reading holds at most one message of ``subscribe_max_bytes`` plus

@@ -22,7 +22,8 @@ cleaner swap), is appended on an I/O thread (``Runtime.run_io``).
 acks: NONE replies once the batch is validated and queued (appends of one
 partition stay in order, chained per partition; shutdown waits for them);
 LEADER once appended; ALL once fsynced (group commit, the reply waits on the
-store's future for the offset after the batch).
+store's future for the offset after the batch, handed to the loop by
+``Runtime.wait_threadsafe``: one ``call_soon_threadsafe`` per flusher turn).
 
 Memory bounds: request bytes are counted against max_inflight_produce_bytes
 from arrival until the append returns (acks=NONE: until the queued append
