@@ -52,6 +52,12 @@ class FetchHandlers:
 
     def __init__(self, runtime: Runtime) -> None:
         self._rt = runtime
+        m = runtime.metrics
+        # by method, looked up once (labels() costs ~1.5 us; this runs per push)
+        self._counters = {
+            method: (m.fetch_bytes.labels(method), m.fetch_records.labels(method))
+            for method in ("Fetch", "Subscribe")
+        }
 
     def _read_blocking(
         self, topic: str, partition: int, offset: int, max_bytes: int
@@ -69,8 +75,9 @@ class FetchHandlers:
 
     def _account_read(self, method: str, result: FetchResult, offset: int) -> None:
         if result.data:
-            self._rt.metrics.fetch_bytes.labels(method).inc(len(result.data))
-            self._rt.metrics.fetch_records.labels(method).inc(max(0, result.next_offset - offset))
+            fetched_bytes, records = self._counters[method]
+            fetched_bytes.inc(len(result.data))
+            records.inc(max(0, result.next_offset - offset))
 
     async def fetch(self, request: pb.FetchRequest, context: Context) -> bytes:
         if request.max_bytes < 0 or request.min_bytes < 0 or request.max_wait_ms < 0:
