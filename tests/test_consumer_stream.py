@@ -46,6 +46,15 @@ def _metric(text: str, name: str, method: str | None = None) -> float:
     return sum(float(m) for m in re.findall(rf"^{name}{label} ([0-9.e+]+)$", text, re.M))
 
 
+def _wait_subscriptions(broker: BrokerProcess, n: int, timeout_s: float = 30) -> None:
+    """Wait until the broker's ``logstore_subscriptions`` gauge reads ``n``: the
+    broker sees a stream open or a cancel a moment after the client does."""
+    deadline = time.monotonic() + timeout_s
+    while (got := _metric(scrape(broker), "logstore_subscriptions")) != n:
+        assert time.monotonic() < deadline, f"logstore_subscriptions is {got}, not {n}"
+        time.sleep(0.05)
+
+
 def _produce(addr: str, topic: str, values: list[bytes], partition: int = 0) -> None:
     with Producer(addr, linger_ms=0) as p:
         for v in values:
@@ -87,7 +96,7 @@ def test_a_caught_up_consumer_on_one_partition_is_pushed_records_over_subscribe(
         c.seek(("cs-tail", 0), 0)
         assert _read(c, 5) == [(i, b"v-%d" % i) for i in range(5)]  # fetched: a backlog
         _wait_streaming(c)
-        assert _metric(scrape(sbroker), "logstore_subscriptions") == 1
+        _wait_subscriptions(sbroker, 1)
         for lo in range(5, 305, 50):  # several appends, pushed as they come
             _produce(addr, "cs-tail", _values("v", lo, lo + 50))
         got = _read(c, 300)
@@ -95,12 +104,12 @@ def test_a_caught_up_consumer_on_one_partition_is_pushed_records_over_subscribe(
         assert c.streams_opened == 1
         assert c.poll(300) == {}  # nothing twice
         assert c.position(("cs-tail", 0)) == 305
+    _wait_subscriptions(sbroker, 0)  # close ended it
     after = scrape(sbroker)
     pushed = _metric(after, "logstore_fetch_records_total", "Subscribe") - _metric(
         before, "logstore_fetch_records_total", "Subscribe"
     )
     assert pushed == 300  # every record after the catch-up came over the stream
-    assert _metric(after, "logstore_subscriptions") == 0  # close ended it
 
 
 def test_a_seek_during_a_stream_restarts_at_the_new_offset_without_gap_or_duplicate(
@@ -215,7 +224,7 @@ def test_more_partitions_than_the_limit_are_fetched_only(sbroker: BrokerProcess)
         assert got == {q: _values(f"w{q}", 0, 20) for q in range(5)}
         assert c.poll(300) == {}
         assert c.streams_opened == opened and not c._streams
-    assert _metric(scrape(sbroker), "logstore_subscriptions") == 0
+    _wait_subscriptions(sbroker, 0)
 
 
 def test_stream_max_partitions_zero_never_streams_and_bad_values_are_refused(
