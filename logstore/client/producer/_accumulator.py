@@ -375,40 +375,19 @@ class RecordAccumulator:
         # cumulative encoded sizes; cut points found by bisection, no per-record loop.
         cum = list(itertools.accumulate(map(add, map(len, prefixes), lens)))
         n = len(values)
-        start = 0
-        done_bytes = 0
-        with self._lock:
-            while start < n:
-                p = meta.sticky if partition is None else partition
-                if self._queued_bytes > self._buffer_bytes:
-                    self._block_while_full()
-                    continue  # batches may have moved while we waited
-                batch = meta.open[p]
-                if batch is None:
-                    first = cum[start] - done_bytes
-                    if first > meta.room:
-                        self._raise_too_large(meta, first)
-                    batch = self._new_batch(meta, topic, p)
-                room = meta.limit - batch.size
-                end = bisect.bisect_right(cum, done_bytes + room, start, n)
-                if end == start:  # the next record does not fit: close, go on
-                    self._close(meta, topic, p)
-                    continue
-                k = end - start
-                chunk: list[bytes] = [b""] * (2 * k)
-                chunk[0::2] = prefixes[start:end]
-                chunk[1::2] = values[start:end]
-                batch.parts += chunk
-                size = cum[end - 1] - done_bytes
-                batch.size += size
-                self._queued_bytes += size
-                done_bytes += size
-                result._add(batch, batch.count, k)
-                batch.count += k
-                start = end
-                if start < n:  # the batch is full: close it; sticky moves on
-                    self._close(meta, topic, p)
-        return result
+
+        def fit(start: int, room: int) -> tuple[int, int]:
+            base = cum[start - 1] if start else 0
+            end = bisect.bisect_right(cum, base + room, start, n)
+            return end, (cum[end - 1] - base if end > start else cum[start] - base)
+
+        def parts(start: int, end: int) -> list[bytes]:
+            chunk: list[bytes] = [b""] * (2 * (end - start))
+            chunk[0::2] = prefixes[start:end]
+            chunk[1::2] = values[start:end]
+            return chunk
+
+        return self._fill(meta, topic, n, partition, result, fit, parts)
 
     def _send_uniform(
         self,
@@ -424,6 +403,33 @@ class RecordAccumulator:
         prefix = _prefix_of(length)
         rec = len(prefix) + length
         n = len(values)
+
+        def fit(start: int, room: int) -> tuple[int, int]:
+            k = max(0, min(n - start, room // rec))
+            return start + k, (k * rec if k else rec)
+
+        def parts(start: int, end: int) -> list[bytes]:
+            chunk: list[bytes] = [prefix, prefix] * (end - start)
+            chunk[1::2] = values[start:end]
+            return chunk
+
+        return self._fill(meta, topic, n, partition, result, fit, parts)
+
+    def _fill(
+        self,
+        meta: TopicState,
+        topic: str,
+        n: int,
+        partition: int | None,
+        result: SendResult,
+        fit: Callable[[int, int], tuple[int, int]],
+        parts: Callable[[int, int], list[bytes]],
+    ) -> SendResult:
+        """Queue records ``0 .. n``: ``fit(start, room)`` is where the run of
+        records from ``start`` that fits in ``room`` bytes ends, and its size
+        (when none fits: the size of record ``start`` alone); ``parts`` their
+        encoded pieces. Each batch takes one run; a full batch is closed and
+        the sticky partition moves on."""
         start = 0
         with self._lock:
             while start < n:
@@ -433,18 +439,16 @@ class RecordAccumulator:
                     continue  # batches may have moved while we waited
                 batch = meta.open[p]
                 if batch is None:
-                    if rec > meta.room:
-                        self._raise_too_large(meta, rec)
+                    _, first = fit(start, 0)
+                    if first > meta.room:
+                        self._raise_too_large(meta, first)
                     batch = self._new_batch(meta, topic, p)
-                k = min(n - start, (meta.limit - batch.size) // rec)
-                if k <= 0:  # the next record does not fit: close, go on
+                end, size = fit(start, meta.limit - batch.size)
+                if end == start:  # the next record does not fit: close, go on
                     self._close(meta, topic, p)
                     continue
-                end = start + k
-                chunk: list[bytes] = [prefix, prefix] * k
-                chunk[1::2] = values[start:end]
-                batch.parts += chunk
-                size = k * rec
+                k = end - start
+                batch.parts += parts(start, end)
                 batch.size += size
                 self._queued_bytes += size
                 result._add(batch, batch.count, k)
