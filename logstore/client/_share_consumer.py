@@ -345,23 +345,23 @@ class ShareMessage:
         return self._done
 
     def _finish(self, ack: _Ack) -> None:
+        self._mark_done()
+        self._consumer._queue(ack)
+
+    def _mark_done(self) -> None:
+        """This message's one finishing acknowledgement is being queued."""
         if self._done:
             raise errors.InvalidArgumentError(
                 f"{self.topic}-{self.partition} offset {self.offset} is already acknowledged"
             )
         self._done = True
-        self._consumer._queue(ack)
 
     def ack(self) -> None:
         """ACCEPT: done, never delivered again."""
         # The hot path (one call per message; W8 acks every task): an offset
         # appended to the partition's list, no _Ack tuple (a NamedTuple with
         # defaults costs more than the rest of this method).
-        if self._done:
-            raise errors.InvalidArgumentError(
-                f"{self.topic}-{self.partition} offset {self.offset} is already acknowledged"
-            )
-        self._done = True
+        self._mark_done()
         self._consumer._queue_accept(self._tp, self.record.offset)
 
     def nack(self, delay_ms: int = 0, error: str = "") -> None:
@@ -653,10 +653,7 @@ class ShareConsumer:
             raise errors.StoreClosedError("share consumer is closed")
         with self._lock:
             self._pending.append(ack)
-            if self._pending_since is None:
-                self._pending_since = time.monotonic()
-            self._npending += 1
-            many = self._npending >= self._flush_records
+            many = self._counted_locked()
         if many:
             self._wake.set()
 
@@ -669,12 +666,17 @@ class ShareConsumer:
             if offsets is None:
                 offsets = self._accepts[tp] = []
             offsets.append(offset)
-            if self._pending_since is None:
-                self._pending_since = time.monotonic()
-            self._npending += 1
-            many = self._npending >= self._flush_records
+            many = self._counted_locked()
         if many:
             self._wake.set()
+
+    def _counted_locked(self) -> bool:
+        """Count one queued acknowledgement (lock held): whether enough are
+        queued to send them now (``ack_flush_records``)."""
+        if self._pending_since is None:
+            self._pending_since = time.monotonic()
+        self._npending += 1
+        return self._npending >= self._flush_records
 
     def _take_pending(self) -> _Pending:
         with self._lock:
