@@ -59,7 +59,7 @@ from logstore.storage import RateLimitedLog, Store
 
 from ._config import REQUEST_HEADROOM_BYTES, BrokerConfig, is_loopback, split_address
 from ._logging import setup_logging
-from ._malloc import keep_freed_memory
+from ._malloc import keep_freed_memory, limit_arenas
 from ._metrics import BrokerMetrics
 from ._reflection import enable_reflection
 from ._rpc_table import SERVICES
@@ -449,6 +449,7 @@ def serve_main(
     setup_logging(config.log_format, config.log_level)
     raise_nofile_limit()
     keep_freed_memory()  # _malloc.py: batch-sized buffers are reused, not faulted in again
+    limit_arenas()  # _malloc.py: the resident size does not grow with the CPU count
     try:
         with asyncio.Runner(loop_factory=_loop_factory(config.event_loop)) as runner:
             return runner.run(serve(config))
