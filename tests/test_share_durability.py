@@ -270,7 +270,15 @@ def test_a_fetch_with_acks_writes_its_partition_state_once(
             await real_append(records, fsync=fsync)
             every.extend(records)
 
+        real_write = share._write
+
+        async def keeping_write(records: tuple[Any, ...]) -> Any:
+            durable = await real_write(records)  # a pipelined batch (fsynced acks)
+            every.extend(records)
+            return durable
+
         monkeypatch.setattr(share, "_append", keeping)
+        monkeypatch.setattr(share, "_write", keeping_write)
         member = await _join(share)
         states = []
         acks: list[spb.AcknowledgementBatch] = []
@@ -347,3 +355,48 @@ def test_a_broker_kill_9_keeps_the_delivery_counts_of_unfsynced_acquisitions(
         c.close()
     finally:
         b.stop()
+
+
+def test_fetches_acquire_while_an_acknowledgement_waits_for_its_fsync(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The share runtime is pipelined (``StateRuntime``, "Pipelined"): while a batch
+    of acknowledgements waits for its fsync, a fetch plans and acquires (page-cache)
+    and a read is answered; the ACCEPT itself is answered only once its fsync is
+    done. The fsync of __share_group_state is held here until the test releases
+    it. The runtime before this change held its lock through the fsync, so the
+    second fetch waited for it (the W8 latency run's fetches waited p50 7-8 ms of
+    their ~18 ms in the broker for that lock) and this test timed out on it."""
+    import asyncio
+    from concurrent.futures import Future
+
+    async def body(share: ShareRuntime) -> None:
+        member = await _join(share)
+        assert await _fetch(share, member, 10) == dict.fromkeys(range(10), 1)
+        real = share._store.sync_to
+        held: list[tuple[Future[None], Future[None]]] = []
+
+        def holding(topic: str, partition: int, end: int) -> Future[None]:
+            inner = real(topic, partition, end)
+            if topic != SHARE_STATE_TOPIC:
+                return inner
+            out: Future[None] = Future()
+            held.append((inner, out))
+            return out
+
+        monkeypatch.setattr(share._store, "sync_to", holding)
+        accept = asyncio.ensure_future(_accept(share, member, 0, 4))
+        try:
+            await asyncio.sleep(0.05)
+            assert held and not accept.done()  # not answered before its fsync
+            got = await asyncio.wait_for(_fetch(share, member, 10), 2.0)
+            assert got == dict.fromkeys(range(10, 20), 1)
+            read = share.read(lambda c: c.describe("g", now_ms=0))
+            assert (await asyncio.wait_for(read, 2.0)).partitions
+            assert not accept.done()
+        finally:  # (released on failure too: the runtime's stop waits for it)
+            for inner, out in held:
+                out.set_result(inner.result())
+        await asyncio.wait_for(accept, 2.0)
+
+    _run(_filled_disk(), body)

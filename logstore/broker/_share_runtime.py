@@ -22,6 +22,12 @@ Contract (the coordinator's handler contract, ``logstore/share/_coordinator.py``
   acquisitions written before it (``StateRuntime``, "Unfsynced calls"), and
   a batch that decided a dead letter is fsynced whatever its calls asked.
   ``"fsync"`` fsyncs acquisitions too (one fsync per acquiring fetch batch).
+  The runtime is pipelined (``StateRuntime``, "Pipelined"): while a batch of
+  acknowledgements waits for its fsync, later fetches plan and acquire on
+  its state (a RELEASE's records may be handed out, an ACCEPT's room
+  reused) before it is durable; a power cut that loses the acknowledgement
+  loses those acquisitions with it (a suffix of the log), and the
+  acknowledgement was never confirmed, so at-least-once holds.
 * Start (:meth:`start`, before the gRPC port opens): the compacted internal
   topic is created if missing (1 partition, like ``__consumer_offsets``), read
   from its start and ``ShareCoordinator.load``-ed (locks are gone, delivery
@@ -220,6 +226,9 @@ class ShareRuntime(StateRuntime[ShareCoordinator, ShareRecord]):
     topic_config = SHARE_STATE_TOPIC_CONFIG
     what = "share coordinator"
     records_name = "the share records"
+    #: A batch of acknowledgements waits for its fsync without holding the
+    #: lock: fetches plan and acquire meanwhile (module docstring, "Durability").
+    pipelined = True
 
     def __init__(self, runtime: Runtime, config: ShareCoordinatorConfig | None = None) -> None:
         config = config or ShareCoordinatorConfig()

@@ -16,9 +16,26 @@ groups"):
   ``tick``) to the internal topic with **one fsync** in the I/O pool, and only
   then answers every caller of the batch. No reply, and no ``read``, shows a
   state that is not fsynced, apart from the records of unfsynced calls
+  (below) and, in a pipelined runtime, of batches waiting for their fsync
   (below): both wait for the lock, which the drainer holds through the
   fsync. Calls that arrive during an fsync form the next batch. A handler
   that raises appended nothing and gets its own error.
+* **Pipelined** (``pipelined = True``: the share groups; the consumer groups
+  keep the lock through the fsync). A batch that needs an fsync releases the
+  lock once its records are *written* and is answered when the fsync
+  covering them is done (a loop callback on the store's future); the next
+  batch runs and appends meanwhile. So a call's reply still waits for its
+  own records' fsync (and, since the log is one partition written in batch
+  order, every earlier batch's), but reads and unfsynced calls may see the
+  state of a batch whose fsync is pending. After a power cut the log keeps
+  a prefix (as for unfsynced calls), so what is lost is a suffix of batches
+  none of whose fsync-asking callers was answered; an fsync error makes the
+  partition read-only (``PartitionLog``), so no later fsync answers a batch
+  written after a lost one. A failed fsync answers the batch INTERNAL and
+  marks the state stale, as a failed append does. Why: with the lock held
+  through every acknowledgement's fsync, every fetch's plan and acquisition
+  queued behind it (W8 at 5,000 tasks/s: 7-8 ms of a fetch's ~18 ms in the
+  broker, ``docs/benchmarks.md``).
 * **Unfsynced calls.** A call made with ``fsync=False`` (the share groups'
   acquisitions) is answered once its records are *written* (the page cache:
   a kill -9 of the broker keeps them; a power cut may lose them): its batch
@@ -65,6 +82,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Generic, Protocol, TypeVar
 
 from logstore.errors import BrokerUnavailableError, InternalError, TopicExistsError
@@ -161,6 +179,9 @@ class StateRuntime(Generic[C, R]):
     #: Set ``topic_config`` on a topic that exists with another (a directory
     #: whose internal topic predates compaction).
     enforce_topic_config: ClassVar[bool] = False
+    #: Release the lock once a batch is written, answer it after its fsync
+    #: (module docstring, "Pipelined"); False: hold the lock through the fsync.
+    pipelined: ClassVar[bool] = False
     #: Names in log lines and errors: "the {what} failed", "appending {records_name} to".
     what: ClassVar[str]
     records_name: ClassVar[str]
@@ -176,6 +197,8 @@ class StateRuntime(Generic[C, R]):
         self._timer_at: int | None = None
         self._queue: deque[_Queued] = deque()
         self._draining = False
+        #: Pipelined batches written and waiting for their fsync.
+        self._syncing = 0
 
     # ------------------------------------------------------ subclass hooks
 
@@ -380,16 +403,55 @@ class StateRuntime(Generic[C, R]):
             records += t.records
             effects += self._tick_effects(t)
             next_deadline = t.next_deadline_ms
+        fsync = fsync or self._must_fsync(effects)
         try:
-            await self._append(tuple(records), fsync=fsync or self._must_fsync(effects))
+            if self.pipelined and fsync and records:
+                durable = await self._write(tuple(records))
+            else:
+                await self._append(tuple(records), fsync=fsync)
+                durable = None
         except InternalError as exc:
             for item, value, ok in replies:
                 _answer(item, exc if ok else value)
             return
+        if durable is None:
+            self._finish_batch(replies, records, effects, next_deadline)
+            return
+        # Pipelined: the lock is released now and the next batch runs (and
+        # appends after this one) while the flusher fsyncs; this batch is
+        # answered when its fsync is done (module docstring, "Pipelined").
+        self._syncing += 1
+        durable.add_done_callback(partial(self._synced, replies, records, effects, next_deadline))
+
+    def _finish_batch(
+        self,
+        replies: list[tuple[_Queued, Any, bool]],
+        records: Sequence[R],
+        effects: Sequence[Any],
+        next_deadline: int | None,
+    ) -> None:
         for item, value, _ok in replies:
             _answer(item, value)
         self._after_batch(records, effects)
         self._arm(next_deadline)
+
+    def _synced(
+        self,
+        replies: list[tuple[_Queued, Any, bool]],
+        records: Sequence[R],
+        effects: Sequence[Any],
+        next_deadline: int | None,
+        durable: asyncio.Future[None],
+    ) -> None:
+        """A pipelined batch's fsync finished (a loop callback): answer it."""
+        self._syncing -= 1
+        exc = None if durable.cancelled() else durable.exception()
+        if durable.cancelled() or exc is not None:
+            err = self._append_failed(exc or asyncio.CancelledError())
+            for item, value, ok in replies:
+                _answer(item, err if ok else value)
+            return
+        self._finish_batch(replies, records, effects, next_deadline)
 
     async def read(self, fn: Callable[[C], T]) -> T:
         """Run a read-only ``fn(coordinator)`` between writes."""
@@ -433,12 +495,29 @@ class StateRuntime(Generic[C, R]):
                 # future, which the flusher thread completes
                 await asyncio.shield(asyncio.wrap_future(self._store.sync_to(self.topic, 0, end)))
         except Exception as exc:
-            self._stale = True
-            log.error("appending to %s failed: %s", self.topic, exc, exc_info=exc)
-            raise InternalError(
-                f"appending {self.records_name} to {self.topic} failed ({exc}); "
-                "nothing changed; retry"
-            ) from exc
+            raise self._append_failed(exc) from exc
+
+    async def _write(self, records: tuple[R, ...]) -> asyncio.Future[None]:
+        """Append ``records`` (``records`` not empty) without waiting for
+        their fsync: a loop future that the fsync covering them completes
+        (``Pipelined``). Failures as :meth:`_append`'s."""
+        try:
+            encoded = self._encoded(records)
+            end = self._append_inline(encoded)
+            if end is None:
+                end = await self._rt.run_io(self._append_blocking, encoded, False)
+            return self._rt.wait_threadsafe(self._store.sync_to(self.topic, 0, end))
+        except Exception as exc:
+            raise self._append_failed(exc) from exc
+
+    def _append_failed(self, exc: BaseException) -> InternalError:
+        """A failed append or fsync: the state is stale (rebuilt from the log
+        before the next call or read); the error its callers get."""
+        self._stale = True
+        log.error("appending to %s failed: %s", self.topic, exc, exc_info=exc)
+        return InternalError(
+            f"appending {self.records_name} to {self.topic} failed ({exc}); nothing changed; retry"
+        )
 
     def _replay(self, records: Iterable[R]) -> None:
         for r in records:
@@ -479,10 +558,10 @@ class StateRuntime(Generic[C, R]):
         )
         return None if res is None else res.last_offset + 1
 
-    def _append_blocking(self, records: list[Record], fsync: bool = True) -> None:
+    def _append_blocking(self, records: list[Record], fsync: bool = True) -> int:
         """Append in batches of at most ``MAX_APPEND_BYTES``, then (``fsync``)
         one fsync (the store's group commit) covering them all and every
-        earlier append of the topic."""
+        earlier append of the topic; the log end offset after them."""
         batch: list[Record] = []
         size = 0
         for r in records:
@@ -495,6 +574,7 @@ class StateRuntime(Generic[C, R]):
         end = self._store.append(self.topic, 0, batch) + len(batch)
         if fsync:
             self._store.sync_to(self.topic, 0, end).result()
+        return end
 
     # -------------------------------------------------------------- timers
 
