@@ -17,6 +17,11 @@ empty queue and one paced producer (ProduceStream, ``--linger-ms``) sending
 RATE tasks/s for ``--seconds``; it prints produce-to-ack p50 / p99 and the
 CPU per 100,000 tasks.
 
+``--max-records N`` (the workers' ``max_records``, default the client's 500)
+and ``--max-inflight N`` (the group's ``max_inflight_records``, default the
+broker's 2,000) size the fetches (docs/benchmarks.md, "W8 latency: where the time
+goes", "Fetch sizing").
+
 ``--py-spy OUT`` samples the broker during each drain (``py-spy record
 --format raw``, appended run by run to ``OUT``) and prints the top self and
 inclusive frames of logstore's own code.
@@ -140,6 +145,8 @@ def main() -> None:
     ap.add_argument("--linger-ms", type=float, default=1.0)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--metrics", default="", help="print broker metric lines containing these")
+    ap.add_argument("--max-records", type=int, default=0, help="per poll (0: the default)")
+    ap.add_argument("--max-inflight", type=int, default=0, help="group window (0: default)")
     a = ap.parse_args()
     driver = Driver()
     with tempfile.TemporaryDirectory(prefix="w8prof-") as tmp:
@@ -153,7 +160,7 @@ def main() -> None:
                 topic = f"w8p-{uuid.uuid4().hex[:8]}"
                 group = f"{topic}-g"
                 driver.create(topic, 1)
-                driver.create_share_group(topic, group, 5_000)
+                driver.create_share_group(topic, group, 5_000, a.max_inflight)
                 fill = {
                     "system": "logstore",
                     "op": "produce",
@@ -182,6 +189,7 @@ def main() -> None:
                         "acked": acked,
                         "stamped": False,
                         "deadline_s": 180,
+                        **({"max_records": a.max_records} if a.max_records else {}),
                     }
                     for i in range(a.workers)
                 ]

@@ -186,15 +186,18 @@ class Driver(System):
         with Admin(self.params()["grpc"]) as admin:
             return wait_settled(admin, group, members, partitions, timeout_s)
 
-    def create_share_group(self, topic: str, group: str, visibility_ms: int) -> None:
+    def create_share_group(
+        self, topic: str, group: str, visibility_ms: int, max_inflight_records: int = 0
+    ) -> None:
         """A share group reading ``topic`` from its first record, records locked for
-        ``visibility_ms`` (W8, W8R)."""
+        ``visibility_ms`` (W8, W8R); ``max_inflight_records`` 0: the broker's default."""
         from logstore.client import Admin
 
         assert self.broker is not None
+        extra = {"max_inflight_records": max_inflight_records} if max_inflight_records else {}
         with Admin(self.broker.grpc_address) as admin:
             admin.create_share_group(
-                group, visibility_timeout_ms=visibility_ms, auto_offset_reset="earliest"
+                group, visibility_timeout_ms=visibility_ms, auto_offset_reset="earliest", **extra
             )
 
     def share_outstanding(self, topic: str, group: str) -> int:
