@@ -139,7 +139,8 @@ def _records_start(buf: memoryview) -> int | None:
     return None
 
 
-def _slow_path(raw: bytes) -> SplitRequest:
+def _slow_path(raw: bytes | memoryview) -> SplitRequest:
+    raw = bytes(raw)  # a MultiProduce batch is a slice of its request
     try:
         full = logstore_pb2.ProduceRequest.FromString(raw)
     except DecodeError as exc:
@@ -186,7 +187,7 @@ def _split_compressed(
     return SplitRequest(header, tail, count, max_ts, zero_copy, codec, plain)
 
 
-def is_compressed_request(raw: bytes) -> bool:
+def is_compressed_request(raw: bytes | memoryview) -> bool:
     """Whether a ProduceRequest carries compressed_records where its records
     would be (a walk over its few header fields, as the split does), so the
     broker can split it off its event loop: decompression takes up to ~130 ms
@@ -200,7 +201,7 @@ def is_compressed_request(raw: bytes) -> bool:
     return start is not None and start < len(mv) and mv[start] == COMPRESSED_TAG
 
 
-def decompress_reservation(raw: bytes, head: ProduceHead | None = None) -> int:
+def decompress_reservation(raw: bytes | memoryview, head: ProduceHead | None = None) -> int:
     """Bytes a ProduceRequest may inflate to when :func:`split_produce_request`
     validates it: 0 for uncompressed records; a zstd payload's declared content
     size (the decompressor cannot write more than a frame declares, and a
@@ -234,7 +235,7 @@ def decompress_reservation(raw: bytes, head: ProduceHead | None = None) -> int:
     return MAX_DECOMPRESSED_BYTES
 
 
-def split_produce_request(raw: bytes, head: ProduceHead | None = None) -> SplitRequest:
+def split_produce_request(raw: bytes | memoryview, head: ProduceHead | None = None) -> SplitRequest:
     """Split a serialized ProduceRequest.
 
     Bytes that do not parse as a ProduceRequest raise InvalidRequestError (the
@@ -310,7 +311,7 @@ def recompress(split: SplitRequest, codec: int, level: int | None = None) -> Spl
     return split._replace(records=tail, codec=codec, plain=bytes(plain))
 
 
-def produce_head(raw: bytes) -> ProduceHead:
+def produce_head(raw: bytes | memoryview) -> ProduceHead:
     """Every field of a serialized ProduceRequest but its records, parsed
     without the records (the walk :func:`split_produce_request` does; a
     request not in field order is parsed whole and its records dropped), and
@@ -324,7 +325,7 @@ def produce_head(raw: bytes) -> ProduceHead:
                 start,
                 logstore_pb2.ProduceRequest.FromString(mv[:start]),  # type: ignore[arg-type]
             )
-        full = logstore_pb2.ProduceRequest.FromString(raw)
+        full = logstore_pb2.ProduceRequest.FromString(bytes(raw))
     except DecodeError as exc:
         raise InvalidRequestError(f"malformed produce request: {exc}") from exc
     full.ClearField("records")
@@ -332,6 +333,6 @@ def produce_head(raw: bytes) -> ProduceHead:
     return ProduceHead(None, full)
 
 
-def produce_header(raw: bytes) -> logstore_pb2.ProduceRequest:
+def produce_header(raw: bytes | memoryview) -> logstore_pb2.ProduceRequest:
     """:func:`produce_head`'s header."""
     return produce_head(raw).header
