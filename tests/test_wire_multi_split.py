@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from logstore.errors import InvalidRequestError
 from logstore.v1 import logstore_pb2 as pb
-from logstore.wire import split_multi_produce
+from logstore.wire import _produce, split_multi_produce
 from logstore.wire._multi import _split_by_view
 from logstore.wire._records import varint
 
@@ -90,3 +90,60 @@ def test_the_split_agrees_with_a_parse(raw: bytes) -> None:
 def test_the_split_agrees_with_the_view_on_any_bytes(tail: bytes, parts: list[int]) -> None:
     _agree(tail)
     _agree(_request([_batch(p, 5) for p in parts]) + tail)
+
+
+# -- the ProduceRequest header walk (_records_start) ---------------------------
+
+
+def _records_start_reference(buf: memoryview) -> int | str | None:
+    """The walk before its inline fast path (every key, value and length
+    through _read_varint), kept as the reference it must agree with."""
+    pos = 0
+    try:
+        for _ in range(_produce._MAX_HEADER_FIELDS):
+            if pos >= len(buf):
+                return len(buf)
+            tag, after = _produce._read_varint(buf, pos)
+            if tag in (_produce.RECORD_TAG, _produce.COMPRESSED_TAG):
+                return pos
+            wire_type = tag & 7
+            if wire_type == 0:
+                _, pos = _produce._read_varint(buf, after)
+            elif wire_type == 1:
+                pos = after + 8
+            elif wire_type == 2:
+                n, pos = _produce._read_varint(buf, after)
+                pos += n
+            elif wire_type == 5:
+                pos = after + 4
+            else:
+                return None
+        return None
+    except InvalidRequestError:
+        return "refused"
+
+
+def _records_start(buf: memoryview) -> int | str | None:
+    try:
+        return _produce._records_start(buf)
+    except InvalidRequestError:
+        return "refused"
+
+
+_HEADER = pb.ProduceRequest(
+    topic="w5p-0",
+    partition=517,
+    acks=pb.ACKS_LEADER,
+    request_id=123456,
+    records_crc32c=0xDEADBEEF,
+    base_timestamp_ms=1764700000000,
+    max_timestamp_ms=-1,  # a 10-byte varint
+    partition_key=b"k" * 200,  # a 2-byte length
+).SerializeToString()
+
+
+@given(st.binary(max_size=40), st.integers(0, len(_HEADER)))
+def test_the_header_walk_agrees_with_the_reference(noise: bytes, cut: int) -> None:
+    for raw in (noise, _HEADER + noise, _HEADER[:cut], _HEADER[:cut] + noise, b"\x7a" + noise):
+        assert _records_start(memoryview(raw)) == _records_start_reference(memoryview(raw))
+    assert _records_start(memoryview(_HEADER + b"\x7a\x02\x12\x00")) == len(_HEADER)

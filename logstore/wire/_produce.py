@@ -63,6 +63,8 @@ from ._frame import (
 from ._record_views import NO_TIMESTAMP_MS, inspect_records, max_record_timestamp
 from ._records import VARINT_BITS, VARINT_MORE, VARINT_SHIFT
 
+#: A varint is at most 10 bytes (64 bits, 7 a byte).
+MAX_VARINT_BYTES: Final = 10
 #: More header fields than this before the records means the request is not
 #: in field order: take the slow path rather than walk further.
 _MAX_HEADER_FIELDS: Final = 32
@@ -116,22 +118,43 @@ def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
 
 
 def _records_start(buf: memoryview) -> int | None:
-    """Position of the first records tag, or None if not found quickly."""
+    """Position of the first records tag, or None if not found quickly.
+
+    The common field keys and lengths are one byte and handled inline; a
+    longer key, varint value or length goes through :func:`_read_varint`
+    (each call ~0.3 us: the all-calls walk took ~5 us of a W5 batch's
+    ~130 us on the broker)."""
+    end = len(buf)
     pos = 0
     for _ in range(_MAX_HEADER_FIELDS):
-        if pos >= len(buf):
-            return len(buf)  # no records at all
-        tag, after = _read_varint(buf, pos)
+        if pos >= end:
+            return end  # no records at all
+        tag = buf[pos]
+        if tag < VARINT_MORE:
+            after = pos + 1
+        else:
+            tag, after = _read_varint(buf, pos)
         if tag in (RECORD_TAG, COMPRESSED_TAG):
             return pos
         wire_type = tag & TAG_TYPE_MASK
         if wire_type == WIRE_VARINT:
-            _, pos = _read_varint(buf, after)
+            # Skip the value: the varint ends at its first byte below 0x80.
+            last = after + MAX_VARINT_BYTES
+            pos = after
+            while pos < end and pos < last and buf[pos] >= VARINT_MORE:
+                pos += 1
+            if pos >= end or pos >= last:
+                _, pos = _read_varint(buf, after)  # truncated or overlong: its error
+            else:
+                pos += 1
         elif wire_type == WIRE_I64:
             pos = after + I64_BYTES
         elif wire_type == WIRE_LEN:
-            n, pos = _read_varint(buf, after)
-            pos += n
+            if after < end and buf[after] < VARINT_MORE:
+                pos = after + 1 + buf[after]
+            else:
+                n, pos = _read_varint(buf, after)
+                pos += n
         elif wire_type == WIRE_I32:
             pos = after + I32_BYTES
         else:
