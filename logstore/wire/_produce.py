@@ -63,6 +63,8 @@ from ._frame import (
 from ._record_views import NO_TIMESTAMP_MS, inspect_records, max_record_timestamp
 from ._records import VARINT_BITS, VARINT_MORE, VARINT_SHIFT
 
+#: A varint is at most 10 bytes (64 bits, 7 a byte).
+MAX_VARINT_BYTES: Final = 10
 #: More header fields than this before the records means the request is not
 #: in field order: take the slow path rather than walk further.
 _MAX_HEADER_FIELDS: Final = 32
@@ -116,22 +118,43 @@ def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
 
 
 def _records_start(buf: memoryview) -> int | None:
-    """Position of the first records tag, or None if not found quickly."""
+    """Position of the first records tag, or None if not found quickly.
+
+    The common field keys and lengths are one byte and handled inline; a
+    longer key, varint value or length goes through :func:`_read_varint`
+    (each call ~0.3 us: the all-calls walk took ~5 us of a W5 batch's
+    ~130 us on the broker)."""
+    end = len(buf)
     pos = 0
     for _ in range(_MAX_HEADER_FIELDS):
-        if pos >= len(buf):
-            return len(buf)  # no records at all
-        tag, after = _read_varint(buf, pos)
+        if pos >= end:
+            return end  # no records at all
+        tag = buf[pos]
+        if tag < VARINT_MORE:
+            after = pos + 1
+        else:
+            tag, after = _read_varint(buf, pos)
         if tag in (RECORD_TAG, COMPRESSED_TAG):
             return pos
         wire_type = tag & TAG_TYPE_MASK
         if wire_type == WIRE_VARINT:
-            _, pos = _read_varint(buf, after)
+            # Skip the value: the varint ends at its first byte below 0x80.
+            last = after + MAX_VARINT_BYTES
+            pos = after
+            while pos < end and pos < last and buf[pos] >= VARINT_MORE:
+                pos += 1
+            if pos >= end or pos >= last:
+                _, pos = _read_varint(buf, after)  # truncated or overlong: its error
+            else:
+                pos += 1
         elif wire_type == WIRE_I64:
             pos = after + I64_BYTES
         elif wire_type == WIRE_LEN:
-            n, pos = _read_varint(buf, after)
-            pos += n
+            if after < end and buf[after] < VARINT_MORE:
+                pos = after + 1 + buf[after]
+            else:
+                n, pos = _read_varint(buf, after)
+                pos += n
         elif wire_type == WIRE_I32:
             pos = after + I32_BYTES
         else:
@@ -139,7 +162,8 @@ def _records_start(buf: memoryview) -> int | None:
     return None
 
 
-def _slow_path(raw: bytes) -> SplitRequest:
+def _slow_path(raw: bytes | memoryview) -> SplitRequest:
+    raw = bytes(raw)  # a MultiProduce batch is a slice of its request
     try:
         full = logstore_pb2.ProduceRequest.FromString(raw)
     except DecodeError as exc:
@@ -186,7 +210,7 @@ def _split_compressed(
     return SplitRequest(header, tail, count, max_ts, zero_copy, codec, plain)
 
 
-def is_compressed_request(raw: bytes) -> bool:
+def is_compressed_request(raw: bytes | memoryview) -> bool:
     """Whether a ProduceRequest carries compressed_records where its records
     would be (a walk over its few header fields, as the split does), so the
     broker can split it off its event loop: decompression takes up to ~130 ms
@@ -200,7 +224,7 @@ def is_compressed_request(raw: bytes) -> bool:
     return start is not None and start < len(mv) and mv[start] == COMPRESSED_TAG
 
 
-def decompress_reservation(raw: bytes, head: ProduceHead | None = None) -> int:
+def decompress_reservation(raw: bytes | memoryview, head: ProduceHead | None = None) -> int:
     """Bytes a ProduceRequest may inflate to when :func:`split_produce_request`
     validates it: 0 for uncompressed records; a zstd payload's declared content
     size (the decompressor cannot write more than a frame declares, and a
@@ -234,7 +258,7 @@ def decompress_reservation(raw: bytes, head: ProduceHead | None = None) -> int:
     return MAX_DECOMPRESSED_BYTES
 
 
-def split_produce_request(raw: bytes, head: ProduceHead | None = None) -> SplitRequest:
+def split_produce_request(raw: bytes | memoryview, head: ProduceHead | None = None) -> SplitRequest:
     """Split a serialized ProduceRequest.
 
     Bytes that do not parse as a ProduceRequest raise InvalidRequestError (the
@@ -310,7 +334,7 @@ def recompress(split: SplitRequest, codec: int, level: int | None = None) -> Spl
     return split._replace(records=tail, codec=codec, plain=bytes(plain))
 
 
-def produce_head(raw: bytes) -> ProduceHead:
+def produce_head(raw: bytes | memoryview) -> ProduceHead:
     """Every field of a serialized ProduceRequest but its records, parsed
     without the records (the walk :func:`split_produce_request` does; a
     request not in field order is parsed whole and its records dropped), and
@@ -324,7 +348,7 @@ def produce_head(raw: bytes) -> ProduceHead:
                 start,
                 logstore_pb2.ProduceRequest.FromString(mv[:start]),  # type: ignore[arg-type]
             )
-        full = logstore_pb2.ProduceRequest.FromString(raw)
+        full = logstore_pb2.ProduceRequest.FromString(bytes(raw))
     except DecodeError as exc:
         raise InvalidRequestError(f"malformed produce request: {exc}") from exc
     full.ClearField("records")
@@ -332,6 +356,6 @@ def produce_head(raw: bytes) -> ProduceHead:
     return ProduceHead(None, full)
 
 
-def produce_header(raw: bytes) -> logstore_pb2.ProduceRequest:
+def produce_header(raw: bytes | memoryview) -> logstore_pb2.ProduceRequest:
     """:func:`produce_head`'s header."""
     return produce_head(raw).header

@@ -2,8 +2,9 @@
 Produce and Fetch shapes), on top of the single-partition machinery.
 
 MultiProduce receives the raw request bytes; :func:`logstore.wire.split_multi_produce`
-parses them as a view whose ``batches`` are ``repeated bytes``, so each
-batch is the serialized ProduceRequest as sent, and each goes through
+cuts them into the batches (slices of the request, not copies, except for
+acks=NONE, whose batches outlive the request), so each batch is the
+serialized ProduceRequest as sent, and each goes through
 :meth:`ProduceHandlers._produce_one` (``handlers/produce.py``) exactly as a
 unary Produce does: the same split (records stored as they arrived, never
 re-serialized), routing, codec, size checks, idempotent sequences,
@@ -60,7 +61,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Final
 
 from logstore.errors import InvalidArgumentError, LogStoreError
@@ -124,7 +125,7 @@ class MultiHandlers:
 
     # -- MultiProduce ----------------------------------------------------------
 
-    def _prepare(self, raw: bytes, acks: int) -> tuple[ProduceHead, Hashable]:
+    def _prepare(self, raw: bytes | memoryview, acks: int) -> tuple[ProduceHead, Hashable]:
         """The batch's parsed header (handed on to ``_produce_one``, so its
         fields are walked and parsed once) and the key of its partition's
         chain; InvalidArgumentError when its acks is unknown or differs from
@@ -162,10 +163,17 @@ class MultiHandlers:
                 f"{n} batches in one MultiProduceRequest; at most {MAX_MULTI_BATCHES}"
             )
         acks = split.acks or pb.ACKS_ALL
+        # The batches are slices of the request; an acks=NONE batch outlives
+        # the request (appended after the reply) and is counted against
+        # max_inflight_produce_bytes alone, so it gets its own bytes: a slice
+        # would keep the whole request alive until its last batch is stored.
+        batches: Sequence[bytes | memoryview] = split.batches
+        if acks == pb.ACKS_NONE:
+            batches = [bytes(b) for b in split.batches]
         counter = self._rt.metrics.requests
         results: list[pb.ProduceResponse | None] = [None] * n
-        chains: dict[Hashable, list[tuple[int, bytes, ProduceHead]]] = {}
-        for i, batch in enumerate(split.batches):
+        chains: dict[Hashable, list[tuple[int, bytes | memoryview, ProduceHead]]] = {}
+        for i, batch in enumerate(batches):
             if denied and i in denied:  # the service wrapper's ACL decision
                 counter.labels("MultiProduce.batch", status_name(denied[i])).inc()
                 results[i] = _error_result(_peek_request_id(batch), denied[i], "MultiProduce batch")
@@ -180,7 +188,7 @@ class MultiHandlers:
         request_id = split.request_id
         ok = [0]  # batches answered OK, counted once for the request
 
-        async def run_chain(batches: list[tuple[int, bytes, ProduceHead]]) -> None:
+        async def run_chain(batches: list[tuple[int, bytes | memoryview, ProduceHead]]) -> None:
             # Append one after the other (the partition's order), then wait
             # for the completions (acks=ALL: fsyncs overlap with the appends).
             pending = []
@@ -370,7 +378,7 @@ def _denied(error: LogStoreError) -> _Read:
     return read
 
 
-def _peek_request_id(raw: bytes) -> int:
+def _peek_request_id(raw: bytes | memoryview) -> int:
     """request_id of a batch that may be malformed (0 when unreadable)."""
     try:
         return int(produce_header(raw).request_id)

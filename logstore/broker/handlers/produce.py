@@ -282,7 +282,10 @@ class ProduceHandlers:
         self._none_tail[key] = task
 
     async def _produce_one(
-        self, raw: bytes, head: ProduceHead | None = None, default_acks: int = pb.ACKS_ALL
+        self,
+        raw: bytes | memoryview,
+        head: ProduceHead | None = None,
+        default_acks: int = pb.ACKS_ALL,
     ) -> tuple[int, Callable[[], Awaitable[pb.ProduceResponse]]]:
         """Validate and append one request; return what completes its reply.
 

@@ -24,6 +24,47 @@ import time
 
 from logstore import errors
 
+#: Guards every Done's hand-over of its event (held for a few bytecodes).
+_DONE_LOCK = threading.Lock()
+
+
+class Done:
+    """A batch's completion: ``threading.Event``'s ``set`` / ``is_set`` /
+    ``wait``, with the event made only for a waiter that comes before the set.
+
+    An Event (a Condition over a Lock) costs ~2 us to make and ~1 us to set,
+    once per batch: ~3 % of the producer's CPU per batch at 1,000 partitions,
+    where most batches complete with nobody waiting on them (a ``flush`` or a
+    result read afterwards finds them set)."""
+
+    __slots__ = ("_event", "_flag")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._event: threading.Event | None = None
+
+    def set(self) -> None:
+        with _DONE_LOCK:
+            self._flag = True
+            event = self._event
+        if event is not None:
+            event.set()
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._flag:
+            return True
+        with _DONE_LOCK:
+            # Under the lock: a set either comes before (the flag) or finds the event.
+            if self._flag:
+                return True
+            event = self._event
+            if event is None:
+                event = self._event = threading.Event()
+        return event.wait(timeout)
+
 
 class ProducerBatch:
     """Records for one partition; closed once, then sent (and maybe retried) in order."""
@@ -109,7 +150,7 @@ class ProducerBatch:
         self.in_flight = False
         self.attempts = 0
         self.retry_at = 0.0
-        self.done = threading.Event()
+        self.done = Done()
         self.base_offset = -1
         self.error: errors.LogStoreError | None = None
         #: (records in the first half, first half, second half) once split
