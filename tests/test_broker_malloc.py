@@ -41,10 +41,10 @@ glibc = pytest.mark.skipif(
 )
 
 
-def _rounds(mode: str, env: dict[str, str] | None = None) -> dict[str, object]:
+def _run(script: str, mode: str, env: dict[str, str] | None = None) -> dict[str, object]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_"))}
     out = subprocess.run(
-        [sys.executable, "-c", _ROUNDS, mode],
+        [sys.executable, "-c", script, mode],
         env={**clean, **(env or {})},
         capture_output=True,
         text=True,
@@ -53,6 +53,10 @@ def _rounds(mode: str, env: dict[str, str] | None = None) -> dict[str, object]:
     )
     result: dict[str, object] = json.loads(out.stdout)
     return result
+
+
+def _rounds(mode: str, env: dict[str, str] | None = None) -> dict[str, object]:
+    return _run(_ROUNDS, mode, env)
 
 
 @glibc
@@ -111,17 +115,7 @@ print(json.dumps({"applied": applied, "grown_kib": grown}))
 
 
 def _turns(mode: str, env: dict[str, str] | None = None) -> dict[str, object]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_"))}
-    out = subprocess.run(
-        [sys.executable, "-c", _TURNS, mode],
-        env={**clean, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    result: dict[str, object] = json.loads(out.stdout)
-    return result
+    return _run(_TURNS, mode, env)
 
 
 @glibc
