@@ -47,9 +47,11 @@ from benchmarks.systems import logstore_sys
 from benchmarks.systems.logstore_sys import Broker
 
 
-def _proc_cpu_s(pid: int) -> float:
+def _proc_user_sys_s(pid: int) -> tuple[float, float]:
+    """The process's user and system CPU seconds (``/proc/<pid>/stat``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def _thread_cpu_s(pid: int) -> dict[str, float]:
@@ -127,10 +129,12 @@ def _one(
     for p in procs:
         p.start()
     go.wait()
-    m0, b0, t0 = _messages(broker.metrics_address), _proc_cpu_s(pid), _thread_cpu_s(pid)
+    m0, t0 = _messages(broker.metrics_address), _thread_cpu_s(pid)
+    u0, k0 = _proc_user_sys_s(pid)
     s0 = _loop_switches(pid)
     res = dict(out.get(timeout=opts["seconds"] + 120) for _ in procs)
-    cpu, m1 = _proc_cpu_s(pid) - b0, _messages(broker.metrics_address)
+    u1, k1 = _proc_user_sys_s(pid)
+    cpu, m1 = (u1 - u0) + (k1 - k0), _messages(broker.metrics_address)
     t1, s1 = _thread_cpu_s(pid), _loop_switches(pid)
     for p in procs:
         p.join(timeout=30)
@@ -143,6 +147,7 @@ def _one(
         "messages": messages,
         "us_msg": cpu / messages * 1e6,
         "us_rec": cpu / n * 1e6,
+        "sys_pct": 100.0 * (k1 - k0) / cpu if cpu else float("nan"),
         "sleeps_msg": (s1 - s0) / messages,
         "sys_msg": float("nan"),
     }
@@ -169,7 +174,8 @@ def _fmt(name: str, row: dict[str, float]) -> str:
     return (
         f"{name:>8}: p50 {row['p50']:.2f} ms  p99 {row['p99']:.2f} ms  "
         f"delivered {row['delivered']:.1f} %  messages {row['messages']:.0f}  "
-        f"broker CPU {row['us_msg']:.0f} us/message {row['us_rec']:.0f} us/record  "
+        f"broker CPU {row['us_msg']:.0f} us/message {row['us_rec']:.0f} us/record "
+        f"({row['sys_pct']:.0f} % system)  "
         f"loop sleeps/message {row['sleeps_msg']:.2f}"
         + (f"  syscalls/message {row['sys_msg']:.1f}" if row["sys_msg"] == row["sys_msg"] else "")
     )

@@ -58,6 +58,7 @@ from logstore.security import TlsFiles, TlsMaterial
 from logstore.storage import RateLimitedLog, Store
 
 from ._config import REQUEST_HEADROOM_BYTES, BrokerConfig, is_loopback, split_address
+from ._grpc_wakeups import coalesce_grpc_wakeups
 from ._logging import setup_logging
 from ._malloc import keep_freed_memory, limit_arenas
 from ._metrics import BrokerMetrics
@@ -322,6 +323,7 @@ async def create_server(config: BrokerConfig) -> tuple[Broker, Ports]:
                 ("grpc.so_reuseport", 0),
             ],
         )
+        coalesce_grpc_wakeups(loop)
         for name, rpcs in SERVICES.items():
             handlers = service.method_handlers(rpcs)
             server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
