@@ -62,6 +62,7 @@ import argparse
 import json
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -95,6 +96,8 @@ NULL_KEY = "<null>"
 DRAIN_CHECK_S = 0.1
 #: A stopped worker has this long to finish its batch and leave the group.
 STOP_GRACE_S = 20.0
+#: A worker prints this on stdout once SIGTERM stops it gracefully.
+READY_LINE = "ready\n"
 
 log = logging.getLogger("group_aggregate")
 
@@ -288,8 +291,30 @@ def run_worker(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    # Tell the parent a SIGTERM from now on is a graceful stop (see wait_ready).
+    sys.stdout.write(READY_LINE)
+    sys.stdout.flush()
     Worker(args).run(stop)
     return 0
+
+
+def wait_ready(workers: list[subprocess.Popen[str]], stop: threading.Event) -> bool:
+    """Wait until every worker has installed its SIGTERM handler (it prints
+    READY_LINE): a worker stopped before that, still importing, would die without
+    leaving the group or logging its exit line. False if one exited first or
+    ``STOP_GRACE_S`` passed."""
+    deadline = time.monotonic() + STOP_GRACE_S
+    waiting = {w.stdout: w for w in workers if w.stdout is not None}
+    while waiting and not stop.is_set():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        readable, _, _ = select.select(list(waiting), [], [], min(left, DRAIN_CHECK_S))
+        for pipe in readable:
+            if pipe.readline() != READY_LINE:  # EOF: it exited before it was ready
+                return False
+            del waiting[pipe]
+    return not waiting
 
 
 # -- the parent: N workers, then the merged result ------------------------------
@@ -327,9 +352,16 @@ def run_parent(args: argparse.Namespace, argv: list[str]) -> int:
         with Admin(args.bootstrap) as admin:
             ends = {o.partition: o.offset for o in admin.list_offsets(args.topic, "latest")}
     base = [sys.executable, str(Path(__file__).resolve()), *argv]
-    workers = [subprocess.Popen([*base, "--worker-index", str(i)]) for i in range(args.workers)]
+    workers = [
+        subprocess.Popen([*base, "--worker-index", str(i)], stdout=subprocess.PIPE, text=True)
+        for i in range(args.workers)
+    ]
     code = 0
     try:
+        if not wait_ready(workers, stop) and not stop.is_set():
+            print("group_aggregate: a worker did not start; stopping", file=sys.stderr)
+            code = 1
+            stop.set()
         while not stop.is_set():
             if any(w.poll() is not None for w in workers):
                 print("group_aggregate: a worker exited; stopping", file=sys.stderr)
