@@ -1,8 +1,8 @@
 """Batch compression, side by side in one run: none / lz4 / zstd (issue 14, "Speed").
 
-``python -m benchmarks.compression_bench [--records N] [--runs R] [--json PATH]``,
-or the ``compression`` section of ``python -m benchmarks.run --sections compression``
-(sizes from the scale: ``compression_records``).
+``python -m benchmarks.compression_bench [--records N] [--runs R] [--json PATH]
+[--link-mbit M]``, or the ``compression`` section of ``python -m benchmarks.run
+--sections compression`` (sizes from the scale: ``compression_records``).
 
 One broker process (``python -m logstore.broker``, port 0, its own data
 directory); this process is the client. For each workload and codec, in one
@@ -24,6 +24,12 @@ them all back as objects. Figures per codec: produce records/s, payload MB/s
 consumer records/s, and the CPU time per MB of payload of the producer (this
 process) and of the broker while producing. Medians over ``--runs``.
 
+On loopback the link is not a bound: the producer and the broker share the
+machine's 2 cores, and a codec's CPU is the whole cost. ``--link-mbit M``
+(root) shapes the client <-> broker traffic to ``M`` Mbit/s each way with the
+kernel's queueing (:mod:`benchmarks._link`), the case compression is for:
+bytes, not CPU, are the bound.
+
 Not a test: it prints a table (and optionally JSON). The issue's target is
 zstd W2 payload MB/s >= 1.5x uncompressed acks=all, with on-disk bytes <= 1/3.
 """
@@ -31,6 +37,7 @@ zstd W2 payload MB/s >= 1.5x uncompressed acks=all, with on-disk bytes <= 1/3.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -41,6 +48,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks._link import LinkError, limited_link
 from benchmarks._stats import Figure
 from benchmarks.systems.logstore_sys import Broker
 
@@ -195,14 +203,23 @@ def measure(
     log: Callable[[str], None],
     codecs: tuple[str, ...] = CODECS,
     workloads: tuple[str, ...] = WORKLOADS,
+    link_mbit: float | None = None,
 ) -> Results:
-    """Every (workload, codec) ``runs`` times, interleaved, on one broker."""
+    """Every (workload, codec) ``runs`` times, interleaved, on one broker; with
+    ``link_mbit`` the client reaches it over a link of that speed each way
+    (:mod:`benchmarks._link`)."""
     results: Results = {}
-    with tempfile.TemporaryDirectory(prefix="compression-bench-", dir=workdir) as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="compression-bench-", dir=workdir) as tmp,
+        contextlib.ExitStack() as stack,
+    ):
         data = Path(tmp) / "data"
         broker = Broker(data, Path(tmp) / "broker.log")
         broker.start()
         try:
+            if link_mbit is not None:
+                port = int(broker.grpc_address.rsplit(":", 1)[1])
+                stack.enter_context(limited_link(port, link_mbit))
             for workload in workloads:
                 n = records if workload == "W1-corpus" else max(1, records // 4)
                 values = corpus_records(workload, n)
@@ -319,6 +336,11 @@ def main() -> None:
     )
     ap.add_argument("--workloads", default="W1,W2", help="comma-separated: W1, W2")
     ap.add_argument("--write-corpus", action="store_true", help="(re)write the corpus and exit")
+    ap.add_argument(
+        "--link-mbit",
+        type=float,
+        help="shape the client <-> broker traffic to this many Mbit/s each way (root, tc)",
+    )
     a = ap.parse_args()
     if a.write_corpus:
         make_corpus()
@@ -330,23 +352,36 @@ def main() -> None:
     if not workloads or not set(workloads) <= set(WORKLOADS):
         ap.error(f"--workloads must name some of W1, W2, not {a.workloads!r}")
     load_before = os.getloadavg()
-    results = measure(
-        a.records,
-        a.runs,
-        Path(tempfile.gettempdir()),
-        lambda m: print(f"  [{time.strftime('%H:%M:%S')}] {m}", flush=True),
-        codecs,
-        workloads,
-    )
+    try:
+        results = measure(
+            a.records,
+            a.runs,
+            Path(tempfile.gettempdir()),
+            lambda m: print(f"  [{time.strftime('%H:%M:%S')}] {m}", flush=True),
+            codecs,
+            workloads,
+            a.link_mbit,
+        )
+    except LinkError as exc:
+        raise SystemExit(f"compression_bench: {exc}") from None
     load_after = os.getloadavg()
     print(table(results))
     print(
         f"\n{a.records:,} W1 / {a.records // 4:,} W2 records, median of {a.runs} interleaved "
-        f"runs; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after"
+        f"runs; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after; "
+        + (f"a {a.link_mbit:g} Mbit/s link each way" if a.link_mbit else "loopback, unshaped")
     )
     if a.json:
         a.json.write_text(
-            json.dumps({"records": a.records, "runs": a.runs, "results": results}, indent=2)
+            json.dumps(
+                {
+                    "records": a.records,
+                    "runs": a.runs,
+                    "link_mbit": a.link_mbit,
+                    "results": results,
+                },
+                indent=2,
+            )
         )
 
 

@@ -20,7 +20,9 @@ broker answered (its ``logstore_requests_total{method="ProduceStream.batch"}``)
 and the broker's CPU (``/proc/<pid>/stat`` utime + stime over the run) per
 message and per record, and the event loop's sleeps per message (voluntary
 context switches of the broker's main thread). CPU per message is the figure
-the machine's other load disturbs least; the last lines are the medians per tree. ``--threads``
+the machine's other load disturbs least; the last lines are the medians per tree.
+The producer's and the tail's own CPU (``os.times`` from their start barrier
+to their end) per message are printed too. ``--threads``
 prints it by broker thread (``/proc/<pid>/task``). ``--strace``
 attaches ``strace -c -f`` to each broker and prints the system calls per
 message (a count the machine's load hardly moves; strace slows the broker).
@@ -95,7 +97,20 @@ def _messages(metrics_addr: str) -> float:
 
 def _client(op: str, args: dict[str, Any], go: Any, out: Any) -> None:
     fn = getattr(logstore_sys, op)
-    out.put((op, fn(args, go.set if op in ("tail", "client_tail") else go.wait)))
+    mark = [0.0]
+
+    def ready() -> None:
+        mark[0] = _self_cpu_s()  # from here on, the measured part
+        (go.set if op in ("tail", "client_tail") else go.wait)()
+
+    res = fn(args, ready)
+    res["cpu_s"] = _self_cpu_s() - mark[0]
+    out.put((op, res))
+
+
+def _self_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
 
 
 def _one(
@@ -108,8 +123,10 @@ def _one(
     prod["linger_ms"] = opts["linger_ms"]
     prod["max_in_flight"] = opts["max_in_flight"]
     tail = {**common, "n": n, "deadline_s": opts["seconds"] + 30}
-    raw = opts["client"] == "raw"
-    ops = ("tail", "paced") if raw else ("client_tail", "client_paced")
+    ops = {
+        "raw": ("tail", "paced"),
+        "producer": ("client_tail", "client_paced"),
+    }[opts["client"]]
     ctx = mp.get_context("spawn")
     go, out = ctx.Event(), ctx.Queue()
     procs = [
@@ -150,6 +167,8 @@ def _one(
         "sys_pct": 100.0 * (k1 - k0) / cpu if cpu else float("nan"),
         "sleeps_msg": (s1 - s0) / messages,
         "sys_msg": float("nan"),
+        "producer_us_msg": res[ops[1]]["cpu_s"] / messages * 1e6,
+        "tail_us_msg": res[ops[0]]["cpu_s"] / messages * 1e6,
     }
     if threads:
         per = {k: (v - t0.get(k, 0.0)) / messages * 1e6 for k, v in t1.items()}
@@ -176,7 +195,8 @@ def _fmt(name: str, row: dict[str, float]) -> str:
         f"delivered {row['delivered']:.1f} %  messages {row['messages']:.0f}  "
         f"broker CPU {row['us_msg']:.0f} us/message {row['us_rec']:.0f} us/record "
         f"({row['sys_pct']:.0f} % system)  "
-        f"loop sleeps/message {row['sleeps_msg']:.2f}"
+        f"loop sleeps/message {row['sleeps_msg']:.2f}  "
+        f"producer {row['producer_us_msg']:.0f} / tail {row['tail_us_msg']:.0f} us/message"
         + (f"  syscalls/message {row['sys_msg']:.1f}" if row["sys_msg"] == row["sys_msg"] else "")
     )
 
