@@ -1,7 +1,7 @@
 """CPU cost per batch of W5's produce (issue 12): broker and client microseconds a batch.
 
 ``python -m benchmarks.w5_profile [--partitions 1000] [--rounds 7] [--records 200000]
-[--wait-s 0]``
+[--wait-s 0] [--same-topic]``
 
 Starts a broker (temp data dir, loopback) and runs W5's produce ``--rounds``
 times back to back, as W5's runs follow each other: each round a fresh topic of
@@ -14,6 +14,10 @@ per batch sent, and the broker's open descriptors after the flush; then the
 medians, and the CPU of all rounds together per batch (finer than one round's
 10 ms clock ticks allow). CPU per batch is what the other sessions'
 load disturbs least; the rate is printed for context only.
+
+``--same-topic`` produces every round into one topic, created before the
+first and deleted after the last: round 0 is W5's (every batch the first
+append to its partition), the later ones append to partitions that have data.
 
 ``--wait-s`` sleeps after the broker starts (time to attach ``py-spy record
 --pid``, whose pid is printed first).
@@ -55,6 +59,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--records", type=int, default=200_000)
     ap.add_argument("--wait-s", type=float, default=0.0)
+    ap.add_argument("--same-topic", action="store_true", help="every round into one topic")
     a = ap.parse_args()
     n, parts = a.records, a.partitions
     chunk = max(1, n // parts)
@@ -75,8 +80,9 @@ def main() -> None:
     total_batches = 0
     try:
         for r in range(a.rounds):
-            topic = f"w5p-{r}"
-            admin.create_topic(topic, partitions=parts)
+            topic = "w5p" if a.same_topic else f"w5p-{r}"
+            if r == 0 or not a.same_topic:
+                admin.create_topic(topic, partitions=parts)
             producer = Producer(
                 broker.grpc_address,
                 acks="1",
@@ -97,7 +103,8 @@ def main() -> None:
             total_c += c1 - c0
             total_batches += batches
             producer.close()
-            admin.delete_topic(topic)
+            if not a.same_topic or r == a.rounds - 1:
+                admin.delete_topic(topic)
             rates.append(n / (t1 - t0))
             broker_us.append((b1 - b0) / batches * 1e6)
             client_us.append((c1 - c0) / batches * 1e6)
