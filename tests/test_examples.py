@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from logstore.client import Admin, Producer
+from logstore.errors import GroupIdNotFoundError
 from tests.brokerproc import BrokerProcess, start_broker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -193,3 +194,26 @@ def _sum_docs(docs: dict[int, dict[str, object]]) -> dict[str, list[int]]:
             a[0] += n
             a[1] += s
     return dict(sorted(out.items()))
+
+
+def test_group_aggregate_stopped_at_once_still_stops_every_worker_gracefully(
+    broker: BrokerProcess, tmp_path: Path
+) -> None:
+    """``--drain`` on an empty topic is done before the workers have even imported:
+    the parent must still wait until each can take SIGTERM gracefully (it prints a
+    ready line), so every worker leaves the group and logs its exit line. Stopping
+    them at once (the old parent) killed them mid-import: no exit lines, and the
+    group kept members until their sessions expired."""
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    with Admin(broker.grpc_address) as admin:
+        admin.create_topic(TOPIC, partitions=PARTS)
+    result = finish(start(broker, state_dir, "--drain"), state_dir)
+    assert result["records"] == 0
+    assert aggregated(state_dir) == 0  # one exit line per worker
+    with Admin(broker.grpc_address) as admin:
+        try:  # a worker stopped before its first poll never joined: no group at all
+            members = admin.describe_group(GROUP).members
+        except GroupIdNotFoundError:
+            members = []
+    assert members == [], "a worker left a member behind"
