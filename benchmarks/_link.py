@@ -31,23 +31,15 @@ class LinkError(RuntimeError):
     """The link could not be shaped (no ``tc``, not root, ``lo`` already shaped)."""
 
 
-def _tc(*args: str) -> None:
+def _tc(*args: str) -> str:
+    """Run ``tc args``; its stdout, or LinkError with its stderr."""
     tc = shutil.which("tc")
     if tc is None:
         raise LinkError("--link-mbit needs tc (Debian: iproute2)")
     done = subprocess.run([tc, *args], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise LinkError(f"tc {' '.join(args)}: {done.stderr.strip() or done.returncode}")
-
-
-def _root_qdisc() -> str:
-    tc = shutil.which("tc")
-    if tc is None:
-        raise LinkError("--link-mbit needs tc (Debian: iproute2)")
-    out = subprocess.run(
-        [tc, "qdisc", "show", "dev", DEV], capture_output=True, text=True, check=False
-    )
-    return out.stdout.split("\n", 1)[0]
+    return done.stdout
 
 
 @contextmanager
@@ -55,7 +47,7 @@ def limited_link(port: int, mbit: float) -> Iterator[None]:
     """Shape loopback traffic to and from ``port`` to ``mbit`` Mbit/s each way."""
     if not 0 < mbit <= 100_000:
         raise LinkError(f"--link-mbit must be in (0, 100000], not {mbit}")
-    first = _root_qdisc()
+    first = _tc("qdisc", "show", "dev", DEV).split("\n", 1)[0]
     if first and "noqueue" not in first:
         raise LinkError(f"{DEV} is already shaped ({first.strip()}); not touching it")
     rate = f"{mbit:g}mbit"

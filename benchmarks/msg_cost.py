@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks._proc import cpu_seconds
 from benchmarks.systems import logstore_sys
 from benchmarks.systems.logstore_sys import Broker
 
@@ -100,17 +101,12 @@ def _client(op: str, args: dict[str, Any], go: Any, out: Any) -> None:
     mark = [0.0]
 
     def ready() -> None:
-        mark[0] = _self_cpu_s()  # from here on, the measured part
+        mark[0] = cpu_seconds(os.getpid())  # from here on, the measured part
         (go.set if op in ("tail", "client_tail") else go.wait)()
 
     res = fn(args, ready)
-    res["cpu_s"] = _self_cpu_s() - mark[0]
+    res["cpu_s"] = cpu_seconds(os.getpid()) - mark[0]
     out.put((op, res))
-
-
-def _self_cpu_s() -> float:
-    t = os.times()
-    return t.user + t.system
 
 
 def _one(
