@@ -405,7 +405,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     if args.worker_index is not None:
         return run_worker(args)
-    return run_parent(args, argv)
+    try:
+        return run_parent(args, argv)
+    except errors.LogStoreError as exc:  # e.g. --drain of a topic that does not exist
+        print(f"group_aggregate: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -217,3 +217,16 @@ def test_group_aggregate_stopped_at_once_still_stops_every_worker_gracefully(
         except GroupIdNotFoundError:
             members = []
     assert members == [], "a worker left a member behind"
+
+
+def test_group_aggregate_unknown_topic_is_one_line_and_exit_2(
+    broker: BrokerProcess, tmp_path: Path
+) -> None:
+    """A wrong topic is one clear line on stderr, no traceback, and nothing saved."""
+    state_dir = tmp_path / "state"
+    cmd = [sys.executable, str(AGGREGATE), "--bootstrap", broker.grpc_address, "--topic", "nosuch"]
+    cmd += ["--group", GROUP, "--state-dir", str(state_dir), "--drain"]
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=WAIT_S)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == ["group_aggregate: unknown topic 'nosuch'"]
+    assert list(state_dir.iterdir()) == []
