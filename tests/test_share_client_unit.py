@@ -446,7 +446,9 @@ def test_worker_renews_long_tasks(fake: tuple[FakeShare, str]) -> None:
 
     @worker.task
     def slow(msg: ShareMessage) -> None:
-        time.sleep(1.6)
+        # 2.6 s: five renewals due (every 0.5 s), so two are sent even when CI's load
+        # delays the monitor or the ack flush past one of them (1.6 s saw only one)
+        time.sleep(2.6)
 
     t = threading.Thread(target=worker.run)
     t.start()
