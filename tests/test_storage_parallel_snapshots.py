@@ -17,8 +17,10 @@ from tests.simdisk import SimDisk
 
 ROOT = "/data"
 PARTS = 4
-# No checkpoint of the store's own during a test: each test calls it.
-CONFIG = StoreConfig(recovery_checkpoint_interval_ms=3_600_000)
+# No checkpoint of the store's own during a test: each test calls it; every
+# changed partition's snapshot is due at each (the interval's own tests:
+# test_storage_snapshot_interval.py).
+CONFIG = StoreConfig(recovery_checkpoint_interval_ms=3_600_000, producer_snapshot_interval_ms=0)
 
 
 class _BarrierDisk(SimDisk):

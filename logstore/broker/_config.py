@@ -151,6 +151,7 @@ class BrokerConfig:
     recovery_checkpoint_interval_ms: int = StoreConfig.recovery_checkpoint_interval_ms
     idle_close_ms: int = StoreConfig.idle_close_ms
     producer_id_expiration_ms: int = StoreConfig.producer_id_expiration_ms
+    producer_snapshot_interval_ms: int = StoreConfig.producer_snapshot_interval_ms
     max_producer_ids: int = StoreConfig.max_producer_ids
     #: The log cleaner (compacted topics): key-map memory and I/O bound.
     cleaner_buffer_bytes: int = StoreConfig.cleaner_buffer_bytes
@@ -221,6 +222,7 @@ class BrokerConfig:
             recovery_checkpoint_interval_ms=self.recovery_checkpoint_interval_ms,
             idle_close_ms=self.idle_close_ms,
             producer_id_expiration_ms=self.producer_id_expiration_ms,
+            producer_snapshot_interval_ms=self.producer_snapshot_interval_ms,
             max_producer_ids=self.max_producer_ids,
             cleaner_buffer_bytes=self.cleaner_buffer_bytes,
             cleaner_io_max_bytes_per_s=self.cleaner_io_max_bytes_per_s,
@@ -307,6 +309,7 @@ _INT_RANGES: Final[dict[str, tuple[int, int]]] = {
     "recovery_checkpoint_interval_ms": (0, DAY_MS),
     "idle_close_ms": (0, 365 * DAY_MS),
     "producer_id_expiration_ms": (1, 365 * DAY_MS),
+    "producer_snapshot_interval_ms": (0, 365 * DAY_MS),
     "max_producer_ids": (1, 100_000_000),
     "cleaner_buffer_bytes": (1024, 1 << 40),
     "cleaner_io_max_bytes_per_s": (0, 1 << 40),

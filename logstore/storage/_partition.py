@@ -206,6 +206,10 @@ class PartitionLog:
         #: Bumped by a truncation (under both locks): a snapshot taken before
         #: it describes records that are gone and is not written.
         self._snapshot_gen = 0
+        #: When the producer state was last snapshotted (or, at open, loaded):
+        #: the recovery checkpoint writes the next one only
+        #: ``producer_snapshot_interval_ms`` after it (rolls and close always do).
+        self.snapshot_ms = now_ms()
         self._failed: StorageError | None = None
         self._deleted = False
         self._closed = False
@@ -401,6 +405,7 @@ class PartitionLog:
         """Write a snapshot file (atomic, durable) and drop all but the newest
         older ones (``_snapshot_lock`` held)."""
         write_atomic(self.fs, self._snapshot_path(end), data)
+        self.snapshot_ms = now_ms()
         old = sorted(
             o
             for n in self.fs.listdir(self.directory)

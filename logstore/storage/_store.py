@@ -25,7 +25,8 @@ empty. ``delete_records`` likewise deletes whole segments before it writes the
 log-start checkpoint, and applies the new start only once that is durable.
 
 Checkpoints (atomic): recovery points advance with flushes at most every
-``recovery_checkpoint_interval_ms``; log start offsets when they move.
+``recovery_checkpoint_interval_ms``, with the producer snapshots that are due
+(``producer_snapshot_interval_ms``); log start offsets when they move.
 
 Shutdown: ``close()`` writes the ``.clean_shutdown`` marker only if every
 partition flushed and none failed (a partition whose fsync failed has a page
@@ -926,7 +927,12 @@ class Store:
         """
         logs = list(self._logs.items())
         if snapshots:
-            self._snapshot_changed_producers([lg for _tp, lg in logs if lg.producers.changed])
+            # Only the snapshots due (``producer_snapshot_interval_ms``): the
+            # others' state is rebuilt from the log after a crash.
+            due = now_ms() - self.config.producer_snapshot_interval_ms
+            self._snapshot_changed_producers(
+                [lg for _tp, lg in logs if lg.producers.changed and lg.snapshot_ms <= due]
+            )
         with self._checkpoint_lock:
             points = {tp: lg.flushed_offset for tp, lg in logs}
             if points != self._checkpointed or force:
