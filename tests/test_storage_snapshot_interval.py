@@ -1,7 +1,8 @@
 """The recovery checkpoint writes a partition's producer snapshot only when it is
 due (``producer_snapshot_interval_ms`` after the last one); a clean close always
 writes one; a crash between snapshots rebuilds the producer state from the log,
-so a producer's retry is still a duplicate (``PartitionLog._load_producers``)."""
+so a producer's retry is still a duplicate (``PartitionLog._load_producers``).
+The store's clock is a fake one the tests move: no test waits for the interval."""
 
 from __future__ import annotations
 
@@ -19,7 +20,25 @@ from tests.simdisk import SimDisk
 
 ROOT = "/data"
 PARTS = 3
-INTERVAL_MS = 400
+INTERVAL_MS = 60_000
+
+
+class _Clock:
+    """``now_ms`` of the store and its partitions: frozen until a test moves it."""
+
+    def __init__(self) -> None:
+        self.ms = time.time_ns() // 1_000_000
+
+    def __call__(self) -> int:
+        return self.ms
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
+    fake = _Clock()
+    monkeypatch.setattr("logstore.storage._partition.now_ms", fake)
+    monkeypatch.setattr("logstore.storage._store.now_ms", fake)
+    return fake
 
 
 def _batch(n: int) -> tuple[bytes, int, int]:
@@ -59,26 +78,34 @@ def _append_all(store: Store, pid: int, epoch: int, seq: int) -> None:
         assert not res.duplicate
 
 
-def test_checkpoint_writes_a_snapshot_only_when_it_is_due() -> None:
+def test_checkpoint_writes_a_snapshot_only_when_it_is_due(clock: _Clock) -> None:
     disk = SimDisk(seed=3)
     store, pid, epoch = _open(disk, _config())
     _append_all(store, pid, epoch, 0)
+    clock.ms += INTERVAL_MS - 1
     store._write_recovery_points(force=True)
     # Changed, but the partitions were opened less than the interval ago.
     assert _snapshots(disk, store) == [[]] * PARTS
     assert all(store.partition("t", p).producers.changed for p in range(PARTS))
-    time.sleep(INTERVAL_MS / 1000 + 0.05)
+    clock.ms += 1
     store._write_recovery_points(force=True)
     assert _snapshots(disk, store) == [["00000000000000000003.snapshot"]] * PARTS
     assert not any(store.partition("t", p).producers.changed for p in range(PARTS))
     # Changed again right after a snapshot: not due until the interval passes.
     _append_all(store, pid, epoch, 3)
+    clock.ms += INTERVAL_MS - 1
     store._write_recovery_points(force=True)
     assert _snapshots(disk, store) == [["00000000000000000003.snapshot"]] * PARTS
+    clock.ms += 1
+    store._write_recovery_points(force=True)
+    assert (
+        _snapshots(disk, store)
+        == [["00000000000000000003.snapshot", "00000000000000000006.snapshot"]] * PARTS
+    )
     store.close()
 
 
-def test_interval_zero_snapshots_at_every_checkpoint() -> None:
+def test_interval_zero_snapshots_at_every_checkpoint(clock: _Clock) -> None:
     disk = SimDisk(seed=4)
     store, pid, epoch = _open(disk, _config(0))
     _append_all(store, pid, epoch, 0)
@@ -87,9 +114,9 @@ def test_interval_zero_snapshots_at_every_checkpoint() -> None:
     store.close()
 
 
-def test_close_writes_the_snapshot_that_was_not_due() -> None:
+def test_close_writes_the_snapshot_that_was_not_due(clock: _Clock) -> None:
     disk = SimDisk(seed=5)
-    config = _config(3_600_000)
+    config = _config()
     store, pid, epoch = _open(disk, config)
     _append_all(store, pid, epoch, 0)
     store.flush()  # forces the recovery checkpoint: still no snapshot due
@@ -100,12 +127,12 @@ def test_close_writes_the_snapshot_that_was_not_due() -> None:
     reopened.close()
 
 
-def test_power_cut_between_snapshots_rebuilds_producer_state_from_the_log() -> None:
+def test_power_cut_between_snapshots_rebuilds_producer_state_from_the_log(clock: _Clock) -> None:
     """No snapshot was written (not due); the records were durable. After the
     power cut the retry of each partition's last batch is a duplicate with its
     original offsets, and the producer's next sequence is accepted."""
     disk = SimDisk(seed=6)
-    config = _config(3_600_000)
+    config = _config()
     store, pid, epoch = _open(disk, config)
     _append_all(store, pid, epoch, 0)
     _append_all(store, pid, epoch, 3)
