@@ -640,6 +640,39 @@ class SimDisk(FileSystem):
 
         self._run(f"renaming {src} to {dst}", go)
 
+    def open_sync_all(self, path: str) -> int | None:
+        def go() -> int:
+            self._check("open_sync_all", path)
+            if not isinstance(self._lookup(path), _Dir):
+                raise _oserror(errno_mod.ENOTDIR, path)
+            return -1  # one disk: the handle names nothing more
+
+        result: int = self._run(f"opening {path}", go)
+        return result
+
+    def sync_all(self, handle: int, path: str = "") -> None:
+        """Every file's data and every directory's entries durable (syncfs)."""
+
+        def go() -> None:
+            self._check("sync_all", path)
+            for f in self._all_files():
+                f.materialize()
+                f.synced = bytes(f.data)
+            stack, seen = [self.root], set()
+            while stack:
+                d = stack.pop()
+                if id(d) in seen:
+                    continue
+                seen.add(id(d))
+                d.durable = dict(d.entries)
+                d.log.clear()
+                stack += [n for n in d.entries.values() if isinstance(n, _Dir)]
+
+        self._run(f"syncfs {path or handle}", go)
+
+    def close_sync_all(self, handle: int) -> None:
+        self.stats.calls["close_sync_all"] += 1
+
     def fsync_dir(self, path: str) -> None:
         def go() -> None:
             self._check("fsync_dir", path)

@@ -16,6 +16,13 @@ Contract:
 - ``fsync`` is ``fdatasync``: it makes the file's data (and its size) durable.
   A new file's *name* is durable only after ``fsync_dir`` of its directory.
 - ``replace`` is atomic (``rename(2)``); durable after ``fsync_dir``.
+- ``sync_all`` (``syncfs(2)``, Linux 5.8 and later, which report write-back
+  errors) makes every file's data, every file's size and every directory entry
+  on the file system durable in one call. Its handle, opened once with
+  ``open_sync_all``, reports every write-back error of the file system since it
+  was opened, not which file failed: a caller that must attribute an error
+  fsyncs the files one by one after a failure (each descriptor still reports
+  its own file's error).
 - Memory maps: ``map`` returns a writable buffer of a file preallocated with
   ``posix_fallocate`` (a sparse file under ENOSPC turns a write through a map
   into SIGBUS); ``sync_map`` flushes it (msync); ``unmap`` closes it. Callers
@@ -27,11 +34,14 @@ the owners (segments, the store) serialise writers.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import mmap
 import os
+import platform
 import shutil
+import sys
 from collections.abc import Iterator
 from typing import Any, Final
 
@@ -46,6 +56,28 @@ FILE_MODE: Final = 0o644
 #: Bytes of the lock file read to name its owner: it holds ``"<pid>\n"``, at
 #: most 8 bytes on Linux (pid_max <= 4,194,304); 32 leaves room for any OS.
 _LOCK_OWNER_BYTES: Final = 32
+
+
+def _syncfs_function() -> Any:
+    """libc's ``syncfs`` where it reports write-back errors (Linux >= 5.8), else None."""
+    if sys.platform != "linux":
+        return None
+    try:
+        major, minor = (int(x) for x in platform.release().split(".")[:2])
+    except ValueError:
+        return None
+    if (major, minor) < (5, 8):
+        return None  # older kernels return 0 from syncfs after a failed write-back
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).syncfs  # ctypes releases the GIL
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_SYNCFS: Final = _syncfs_function()
 
 
 def translate(exc: OSError, what: str) -> StorageError:
@@ -163,6 +195,25 @@ class FileSystem:
     def replace(self, src: str, dst: str) -> None:
         with io(f"renaming {src} to {dst}"):
             os.replace(src, dst)
+
+    def open_sync_all(self, path: str) -> int | None:
+        """A handle for :meth:`sync_all` of the file system that holds ``path``
+        (a directory), or None where ``syncfs`` is not usable."""
+        if _SYNCFS is None:
+            return None
+        with io(f"opening {path}"):
+            return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def sync_all(self, handle: int, path: str = "") -> None:
+        """``syncfs``: everything written to the file system so far is durable."""
+        with io(f"syncfs {path or handle}"):
+            if _SYNCFS(handle) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err), path)
+
+    def close_sync_all(self, handle: int) -> None:
+        with io("closing the syncfs handle"):
+            os.close(handle)
 
     def fsync_dir(self, path: str) -> None:
         with io(f"fsync directory {path}"):

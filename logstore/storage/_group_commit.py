@@ -149,6 +149,18 @@ class GroupCommit:
                     fut.set_exception(error)
         return len(done)
 
+    def mark_durable(self, offset: int) -> int:
+        """Every offset below ``offset`` was made durable by someone else (the
+        store's ``syncfs``): complete the waiters it covers; return how many."""
+        with self._lock:
+            self._flushed = max(self._flushed, offset)
+            done = [f for off, f in self._waiters if off <= offset]
+            self._waiters = [(off, f) for off, f in self._waiters if off > offset]
+        for fut in done:
+            with contextlib.suppress(InvalidStateError):
+                fut.set_result(None)
+        return len(done)
+
     # --- the flusher's side ------------------------------------------------------------
     def claim(self) -> None:
         """The flusher queued this partition: followers wait for it."""

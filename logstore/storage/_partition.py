@@ -124,6 +124,17 @@ def now_ms() -> int:
     return time.time_ns() // _NS_PER_MS
 
 
+@dataclass(frozen=True, slots=True)
+class SyncWork:
+    """What one partition had to make durable when a ``syncfs`` was about to
+    start (``PartitionLog.sync_work``)."""
+
+    target: int
+    sealed: tuple[Segment, ...]
+    dir_dirty: bool
+    dir_changes: int
+
+
 @dataclass(frozen=True)
 class AppendResult:
     """Where an append went. ``duplicate`` means an idempotent retry: nothing
@@ -206,6 +217,9 @@ class PartitionLog:
         #: Bumped by a truncation (under both locks): a snapshot taken before
         #: it describes records that are gone and is not written.
         self._snapshot_gen = 0
+        #: Rolls so far (each sets ``_dir_dirty``): a ``syncfs`` clears the flag
+        #: only if no roll came after it started (``mark_synced``).
+        self._dir_changes = 0
         #: When the producer state was last snapshotted (or, at open, loaded):
         #: the recovery checkpoint writes the next one only
         #: ``producer_snapshot_interval_ms`` after it (rolls and close always do).
@@ -691,6 +705,7 @@ class PartitionLog:
             self.fs, self.directory, old.next_offset, self.handles, self.index_cache, now
         )
         self._dir_dirty = True
+        self._dir_changes += 1
         self._set_segments([*self.segments, new])
         if compact:
             self.write_producer_snapshot()
@@ -769,6 +784,33 @@ class PartitionLog:
                 done = {id(s) for s in sealed}
                 self._unsynced = [s for s in self._unsynced if id(s) not in done]
         return target, None
+
+    def sync_work(self) -> SyncWork | None:
+        """What a ``syncfs`` started after this call makes durable here (the
+        log end, the sealed segments and the directory entries a roll left),
+        or None if there is nothing to make durable or a fsync turn must do it
+        (a roll's producer snapshot still to write, a failed or deleted
+        partition). Hand it to :meth:`mark_synced` after the ``syncfs``."""
+        with self._lock:
+            if self._failed is not None or self._deleted or self._closed:
+                return None
+            if self._pending_snapshot is not None:
+                return None
+            target = self.log_end_offset
+            if self.flushed_offset >= target and not self._unsynced and not self._dir_dirty:
+                return None
+            return SyncWork(target, tuple(self._unsynced), self._dir_dirty, self._dir_changes)
+
+    def mark_synced(self, work: SyncWork) -> int:
+        """A ``syncfs`` that started after :meth:`sync_work` returned ``work``
+        succeeded: what it listed is durable. Completes the waiters it covers
+        and returns how many."""
+        with self._lock:
+            done = {id(s) for s in work.sealed}
+            self._unsynced = [s for s in self._unsynced if id(s) not in done]
+            if work.dir_dirty and self._dir_changes == work.dir_changes:
+                self._dir_dirty = False  # no roll since: no name left undurable
+        return self.commits.mark_durable(work.target)
 
     def _sync_segment(self, seg: Segment, sync: Callable[[], None]) -> None:
         """Run ``sync`` of ``seg``; a segment that left the list meanwhile

@@ -24,6 +24,10 @@ smaller ``topics.json`` is written; a crash in between brings the topic back
 empty. ``delete_records`` likewise deletes whole segments before it writes the
 log-start checkpoint, and applies the new start only once that is durable.
 
+Flush: ``flush()`` makes more than ``SYNC_ALL_MIN_PARTITIONS`` partitions
+durable with one ``syncfs`` (``_sync_all``), fewer (or after a ``syncfs``
+error) with a fsync per partition.
+
 Checkpoints (atomic): recovery points advance with flushes at most every
 ``recovery_checkpoint_interval_ms``, with the producer snapshots that are due
 (``producer_snapshot_interval_ms``); log start offsets when they move.
@@ -140,6 +144,12 @@ class PartitionInfo:
     high_watermark: int
 
 
+#: ``flush`` makes more partitions than this durable with one ``syncfs``; fewer
+#: are fsynced one by one (a few fdatasyncs cost less than writing back the
+#: whole file system, which may hold other programs' data).
+SYNC_ALL_MIN_PARTITIONS: Final = FLUSH_PARALLELISM
+
+
 @dataclass(frozen=True)
 class StoreStats:
     """Resource use of a Store: open files, mapped index bytes, partitions, index cache."""
@@ -185,6 +195,10 @@ class Store:
         self._next_producer_id = 1
         self._producer_id_limit = 0
         self._flusher: Flusher | None = None
+        #: ``flush``'s syncfs (``_sync_all``): its handle, and whether to try.
+        self._sync_all_handle: int | None = None
+        self._sync_all_supported = True
+        self._sync_all_lock = threading.Lock()  # one flush's syncfs at a time
         self.cleaner = Cleaner(config.cleaner_buffer_bytes, config.cleaner_io_max_bytes_per_s)
         self._cleaner_lock = threading.Lock()  # one clean at a time
         self._cleaner_thread: threading.Thread | None = None
@@ -377,6 +391,10 @@ class Store:
                     self.fs.fsync_dir(self.path)
             finally:
                 self.handles.close_all()
+                if self._sync_all_handle is not None:
+                    with contextlib.suppress(StorageError):
+                        self.fs.close_sync_all(self._sync_all_handle)
+                    self._sync_all_handle = None
                 self._release_lock()
 
     def _abandon(self) -> None:
@@ -868,9 +886,16 @@ class Store:
         return fut
 
     def flush(self) -> None:
-        """Everything appended before this call is durable when it returns."""
+        """Everything appended before this call is durable when it returns.
+
+        With more than :data:`SYNC_ALL_MIN_PARTITIONS` partitions to make
+        durable, one ``syncfs`` of the data directory's file system does it
+        (``_sync_all``; 1,000 partitions: 1-4 ms of this process's CPU against
+        ~130 ms for 1,000 fdatasyncs); the per-partition fsyncs below then
+        find nothing left, or only what was appended meanwhile."""
         self._check_open()
         logs = list(self._logs.values())
+        self._sync_all(logs)
         futures = [lg.sync_to(lg.log_end_offset) for lg in logs]
         for lg, f in zip(logs, futures, strict=True):
             try:
@@ -881,6 +906,39 @@ class Store:
                 # make durable, and the deletion itself was made durable first.
                 continue
         self._maybe_checkpoint(force=True)
+
+    def _sync_all(self, logs: list[PartitionLog]) -> None:
+        """One ``syncfs`` for every partition with something to make durable, if
+        there are more than :data:`SYNC_ALL_MIN_PARTITIONS` and the file system
+        supports it; on any error nothing is marked and the caller's
+        per-partition fsyncs run as before (each reports its own file's error).
+
+        The handle is opened by the first flush that would use it, and that
+        flush still fsyncs partition by partition: ``syncfs`` reports the
+        write-back errors since its handle was opened, so an error from before
+        is found by the per-file fsyncs first."""
+        with self._sync_all_lock:
+            self._sync_all_locked(logs)
+
+    def _sync_all_locked(self, logs: list[PartitionLog]) -> None:
+        if self._sync_all_handle is None:
+            if len(logs) > SYNC_ALL_MIN_PARTITIONS and self._sync_all_supported:
+                try:
+                    self._sync_all_handle = self.fs.open_sync_all(self.path)
+                except StorageError as exc:
+                    self._errors.log(f"syncfs unavailable, fsyncing partitions one by one: {exc}")
+                self._sync_all_supported = self._sync_all_handle is not None
+            return
+        work = [(lg, w) for lg in logs if (w := lg.sync_work()) is not None]
+        if len(work) <= SYNC_ALL_MIN_PARTITIONS:
+            return
+        try:
+            self.fs.sync_all(self._sync_all_handle, self.path)
+        except StorageError as exc:
+            self._errors.log(f"syncfs failed, fsyncing partitions one by one: {exc}")
+            return
+        for lg, w in work:
+            lg.mark_synced(w)
 
     def _maybe_checkpoint(self, force: bool = False) -> None:
         now = now_ms()
