@@ -142,3 +142,21 @@ def test_real_file_system_syncfs(tmp_path: Path) -> None:
         store.flush()
     assert [store.partition("t", p).flushed_offset for p in range(PARTS)] == [9] * PARTS
     store.close()
+
+
+def test_a_truncation_after_the_notes_marks_nothing() -> None:
+    """A partition truncated between ``sync_work`` and ``mark_synced``: the noted
+    end may name other records by then, so nothing is marked durable (its own
+    fsync turn covers it) and the durable offset never passes the log end."""
+    disk = SimDisk(seed=15)
+    store = _open(disk, parts=1)
+    _append_all(store, parts=1)
+    lg = store.partition("t", 0)
+    lg.flush()
+    _append_all(store, parts=1)
+    work = lg.sync_work()
+    assert work is not None and work.target == 6
+    lg.truncate_to(3)
+    assert lg.mark_synced(work) == 0
+    assert lg.flushed_offset <= lg.log_end_offset == 3
+    store.close()

@@ -133,6 +133,7 @@ class SyncWork:
     sealed: tuple[Segment, ...]
     dir_dirty: bool
     dir_changes: int
+    truncations: int  # ``_snapshot_gen``: bumped by every truncation
 
 
 @dataclass(frozen=True)
@@ -799,13 +800,20 @@ class PartitionLog:
             target = self.log_end_offset
             if self.flushed_offset >= target and not self._unsynced and not self._dir_dirty:
                 return None
-            return SyncWork(target, tuple(self._unsynced), self._dir_dirty, self._dir_changes)
+            return SyncWork(
+                target, tuple(self._unsynced), self._dir_dirty, self._dir_changes,
+                self._snapshot_gen,
+            )  # fmt: skip
 
     def mark_synced(self, work: SyncWork) -> int:
         """A ``syncfs`` that started after :meth:`sync_work` returned ``work``
         succeeded: what it listed is durable. Completes the waiters it covers
         and returns how many."""
         with self._lock:
+            if self._snapshot_gen != work.truncations:
+                # Truncated since: the offsets noted may be other records now;
+                # the per-partition fsync turn covers what is left.
+                return 0
             done = {id(s) for s in work.sealed}
             self._unsynced = [s for s in self._unsynced if id(s) not in done]
             if work.dir_dirty and self._dir_changes == work.dir_changes:
