@@ -810,9 +810,9 @@ class PartitionLog:
         succeeded: what it listed is durable. Completes the waiters it covers
         and returns how many."""
         with self._lock:
-            if self._snapshot_gen != work.truncations:
-                # Truncated since: the offsets noted may be other records now;
-                # the per-partition fsync turn covers what is left.
+            if self._snapshot_gen != work.truncations or self._failed is not None:
+                # Truncated since (the offsets noted may be other records now),
+                # or failed: the partition's own fsync turn decides.
                 return 0
             done = {id(s) for s in work.sealed}
             self._unsynced = [s for s in self._unsynced if id(s) not in done]
