@@ -319,20 +319,25 @@ class SimDisk(FileSystem):
             return new
 
     # --- internals --------------------------------------------------------------
-    def _all_files(self) -> list[_File]:
-        out: dict[int, _File] = {}
+    def _all_dirs(self) -> list[_Dir]:
+        """Every directory reachable from the root, by entry or durable entry."""
+        out: dict[int, _Dir] = {}
         stack: list[_Dir] = [self.root]
-        seen: set[int] = set()
         while stack:
             d = stack.pop()
-            if id(d) in seen:
+            if id(d) in out:
                 continue
-            seen.add(id(d))
+            out[id(d)] = d
+            nodes = list(d.entries.values()) + list(d.durable.values())
+            stack += [n for n in nodes if isinstance(n, _Dir)]
+        return list(out.values())
+
+    def _all_files(self) -> list[_File]:
+        out: dict[int, _File] = {}
+        for d in self._all_dirs():
             for node in list(d.entries.values()) + list(d.durable.values()):
                 if isinstance(node, _File):
                     out[id(node)] = node
-                else:
-                    stack.append(node)
         for f in self._fds.values():
             out[id(f.inode)] = f.inode
         return list(out.values())
@@ -658,15 +663,9 @@ class SimDisk(FileSystem):
             for f in self._all_files():
                 f.materialize()
                 f.synced = bytes(f.data)
-            stack, seen = [self.root], set()
-            while stack:
-                d = stack.pop()
-                if id(d) in seen:
-                    continue
-                seen.add(id(d))
+            for d in self._all_dirs():
                 d.durable = dict(d.entries)
                 d.log.clear()
-                stack += [n for n in d.entries.values() if isinstance(n, _Dir)]
 
         self._run(f"syncfs {path or handle}", go)
 

@@ -125,38 +125,26 @@ class GroupCommit:
         """One fsync of everything written so far; completes the waiters it
         covers and returns how many it completed."""
         target, error = self._sync()
+        if error is None:
+            return self.mark_durable(target)
         with self._lock:
-            done: list[Future[None]] = []
-            if error is None:
-                self._flushed = max(self._flushed, target)
-                keep = []
-                for off, fut in self._waiters:
-                    if off <= target:
-                        done.append(fut)
-                    else:
-                        keep.append((off, fut))
-                self._waiters = keep
-            else:
-                done = [f for _, f in self._waiters]
-                self._waiters = []
+            done = [f for _, f in self._waiters]
+            self._waiters = []
         for fut in done:
-            # A waiter may have given up (an asyncio caller cancelled the
-            # wrapped future): completing it anyway must not kill the flusher.
-            with contextlib.suppress(InvalidStateError):
-                if error is None:
-                    fut.set_result(None)
-                else:
-                    fut.set_exception(error)
+            with contextlib.suppress(InvalidStateError):  # see mark_durable
+                fut.set_exception(error)
         return len(done)
 
     def mark_durable(self, offset: int) -> int:
-        """Every offset below ``offset`` was made durable by someone else (the
-        store's ``syncfs``): complete the waiters it covers; return how many."""
+        """Every offset below ``offset`` is durable (this partition's fsync, or
+        the store's ``syncfs``): complete the waiters it covers; return how many."""
         with self._lock:
             self._flushed = max(self._flushed, offset)
             done = [f for off, f in self._waiters if off <= offset]
             self._waiters = [(off, f) for off, f in self._waiters if off > offset]
         for fut in done:
+            # A waiter may have given up (an asyncio caller cancelled the
+            # wrapped future): completing it anyway must not kill the flusher.
             with contextlib.suppress(InvalidStateError):
                 fut.set_result(None)
         return len(done)

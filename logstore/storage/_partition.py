@@ -782,9 +782,13 @@ class PartitionLog:
             return target, exc
         if sealed:
             with self._lock:
-                done = {id(s) for s in sealed}
-                self._unsynced = [s for s in self._unsynced if id(s) not in done]
+                self._forget_synced(sealed)
         return target, None
+
+    def _forget_synced(self, sealed: list[Segment] | tuple[Segment, ...]) -> None:
+        """``sealed`` are durable now: off the unsynced list (lock held)."""
+        done = {id(s) for s in sealed}
+        self._unsynced = [s for s in self._unsynced if id(s) not in done]
 
     def sync_work(self) -> SyncWork | None:
         """What a ``syncfs`` started after this call makes durable here (the
@@ -814,8 +818,7 @@ class PartitionLog:
                 # Truncated since (the offsets noted may be other records now),
                 # or failed: the partition's own fsync turn decides.
                 return 0
-            done = {id(s) for s in work.sealed}
-            self._unsynced = [s for s in self._unsynced if id(s) not in done]
+            self._forget_synced(work.sealed)
             if work.dir_dirty and self._dir_changes == work.dir_changes:
                 self._dir_dirty = False  # no roll since: no name left undurable
         return self.commits.mark_durable(work.target)
