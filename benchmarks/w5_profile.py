@@ -68,6 +68,9 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=200_000)
     ap.add_argument("--wait-s", type=float, default=0.0)
     ap.add_argument("--same-topic", action="store_true", help="every round into one topic")
+    ap.add_argument(
+        "--max-request-bytes", type=int, default=None, help="the Producer's (default its own)"
+    )
     a = ap.parse_args()
     n, parts = a.records, a.partitions
     chunk = max(1, n // parts)
@@ -86,6 +89,7 @@ def main() -> None:
     fds: list[int] = []
     total_b = total_c = total_loop = 0.0
     total_batches = 0
+    extra = {} if a.max_request_bytes is None else {"max_request_bytes": a.max_request_bytes}
     try:
         for r in range(a.rounds):
             topic = "w5p" if a.same_topic else f"w5p-{r}"
@@ -96,6 +100,7 @@ def main() -> None:
                 acks="1",
                 linger_ms=5,
                 batch_bytes=max(4096, min(1 << 20, chunk * (SIZE + 6) + 512)),
+                **extra,
             )
             (b0, l0), c0, t0 = _broker_cpu_s(pid), _client_cpu_s(), time.monotonic()
             sent = batches = 0

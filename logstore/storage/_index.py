@@ -158,6 +158,11 @@ class _Index:
         #: Set by :meth:`detach`: the entries, in memory only, and no more file access.
         self._detached: npt.NDArray[Any] | None = None
         self.n = 0  # number of valid entries
+        #: (n, the last entry as Python ints) when ``last()`` or an append saw
+        #: n entries; a stale n means recompute. Every append reads the last
+        #: entries (the monotonic check, the next entry's due test), and a
+        #: numpy scalar read costs about a microsecond a field.
+        self._last: tuple[int, Any] | None = None
         self._fd: int | None = None
         self._mm: Any = None
         self._arr: npt.NDArray[Any] | None = None  # view of the map (active only)
@@ -180,6 +185,7 @@ class _Index:
         """Read the entry count from the file (sealed or after a restart)."""
         arr = self._read_file()
         self.n = _valid_prefix(arr, limit_rel)
+        self._last = None
 
     def detach(self) -> None:
         """The file at ``path`` is about to be another index's (a cleaner swap):
@@ -191,6 +197,7 @@ class _Index:
         kept = arr if arr is not None and len(arr) >= self.n else np.zeros(0, dtype=self.dtype)
         self._detached = kept
         self.n = min(self.n, len(kept))
+        self._last = None
         self.cache.drop(self._key)
 
     def _read_file(self) -> npt.NDArray[Any]:
@@ -309,6 +316,7 @@ class _Index:
         if self._arr is not None:
             self._arr[n : self.n] = 0
         self.n = n
+        self._last = None
         self.cache.drop(self._key)
 
     def reset(self) -> None:
@@ -316,11 +324,13 @@ class _Index:
         if self._arr is not None:
             self._arr[: self.n] = 0
         self.n = 0
+        self._last = None
         self.cache.drop(self._key)
 
     def replace(self, arr: npt.NDArray[Any]) -> None:
         """Replace every entry with ``arr`` (a rebuilt index)."""
         arr = np.ascontiguousarray(arr, dtype=self.dtype)
+        self._last = None
         self.cache.drop(self._key)
         if self._detached is not None:  # rebuilt from the old file: kept in memory only
             self._detached = arr
@@ -369,11 +379,13 @@ class OffsetIndex(_Index):
     def append(self, rel: int, pos: Position) -> None:
         assert 0 <= rel < _U32_LIMIT and 0 <= pos < _U32_LIMIT
         arr = self._slot()
-        if self.n:
-            last = arr[self.n - 1]
-            assert rel > int(last["rel"]) and pos > int(last["pos"]), "index must increase"
-        arr[self.n] = (rel, pos)
-        self.n += 1
+        n = self.n
+        if n:
+            last_rel, last_pos = self.last()
+            assert rel > last_rel and pos > last_pos, "index must increase"
+        arr[n] = (rel, pos)
+        self.n = n + 1  # after the entry: a concurrent lookup never sees a blank one
+        self._last = (n + 1, (rel, pos))
 
     def lookup(self, rel: int) -> tuple[int, Position]:
         """The last entry with relative offset <= ``rel``: (relative offset, its
@@ -387,10 +399,16 @@ class OffsetIndex(_Index):
         return int(view[i]["rel"]), Position(int(view[i]["pos"]))
 
     def last(self) -> tuple[int, Position]:
-        if not self.n:
+        n = self.n
+        if not n:
             return 0, Position(0)
-        e = self._view()[self.n - 1]
-        return int(e["rel"]), Position(int(e["pos"]))
+        cached = self._last
+        if cached is not None and cached[0] == n:
+            return cached[1]  # type: ignore[no-any-return]
+        e = self._view()[n - 1]
+        entry = (int(e["rel"]), Position(int(e["pos"])))
+        self._last = (n, entry)
+        return entry
 
     def count_below_position(self, pos: Position) -> int:
         """Number of entries whose position is < ``pos`` (for truncation)."""
@@ -403,18 +421,26 @@ class TimeIndex(_Index):
 
     def append(self, ts: int, rel: int) -> None:
         arr = self._slot()
-        if self.n:
-            last = arr[self.n - 1]
-            assert ts > int(last["ts"]) and rel > int(last["rel"]), "time index must increase"
-        arr[self.n] = (ts, rel, 0)
-        self.n += 1
+        n = self.n
+        if n:
+            last = self.last()
+            assert last is not None and ts > last[0] and rel > last[1], "time index must increase"
+        arr[n] = (ts, rel, 0)
+        self.n = n + 1  # after the entry: a concurrent lookup never sees a blank one
+        self._last = (n + 1, (ts, rel))
 
     def last(self) -> tuple[int, int] | None:
         """(max timestamp, relative offset) of the last entry, or None."""
-        if not self.n:
+        n = self.n
+        if not n:
             return None
-        e = self._view()[self.n - 1]
-        return int(e["ts"]), int(e["rel"])
+        cached = self._last
+        if cached is not None and cached[0] == n:
+            return cached[1]  # type: ignore[no-any-return]
+        e = self._view()[n - 1]
+        entry = (int(e["ts"]), int(e["rel"]))
+        self._last = (n, entry)
+        return entry
 
     def scan_start(self, ts: int) -> int:
         """Relative offset from which to scan for the first timestamp >= ``ts``."""
