@@ -736,6 +736,19 @@ class PartitionLog:
         """Every offset below it is fsynced (the store checkpoints it)."""
         return self.commits.flushed_offset
 
+    @property
+    def durable(self) -> bool:
+        """Whether everything appended so far is durable and a roll left
+        nothing undurable (no sealed segment, snapshot or name): then
+        :meth:`flush` has nothing to do. Read without the lock: an append
+        that returned before the call is seen."""
+        return (
+            self.flushed_offset >= self.log_end_offset
+            and not self._unsynced
+            and not self._dir_dirty
+            and self._pending_snapshot is None
+        )
+
     def sync_to(self, offset: int) -> Future[None]:
         """A future done when every offset below ``offset`` is fsynced (group
         commit: see ``_group_commit``)."""
