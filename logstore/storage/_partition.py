@@ -736,14 +736,13 @@ class PartitionLog:
         """Every offset below it is fsynced (the store checkpoints it)."""
         return self.commits.flushed_offset
 
-    @property
-    def durable(self) -> bool:
-        """Whether everything appended so far is durable and a roll left
+    def durable(self, offset: int) -> bool:
+        """Whether every offset below ``offset`` is durable and a roll left
         nothing undurable (no sealed segment, snapshot or name): then
-        :meth:`flush` has nothing to do. Read without the lock: an append
-        that returned before the call is seen."""
+        ``sync_to(offset)`` and :meth:`sync_roll_leftovers` have nothing to
+        do. Read without the lock (what a flush asks after its ``syncfs``)."""
         return (
-            self.flushed_offset >= self.log_end_offset
+            self.flushed_offset >= offset
             and not self._unsynced
             and not self._dir_dirty
             and self._pending_snapshot is None
