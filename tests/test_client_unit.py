@@ -933,3 +933,46 @@ def test_a_compression_thread_failure_is_retried_by_the_sender(
     fake, values = _compress_through_pool(5_000, threads=2)
     assert failed  # the pool was tried
     assert fake.logs[0] == values
+
+
+@given(
+    # short values and values past 127 bytes (a two-byte length varint)
+    st.lists(
+        st.one_of(st.binary(max_size=20), st.binary(min_size=120, max_size=300)),
+        min_size=2,
+        max_size=40,
+    ),
+    st.lists(st.integers(0, 3), min_size=1, max_size=8),
+)
+def test_halves_split_at_a_record_whatever_the_pieces(values: list[bytes], runs: list[int]) -> None:
+    """A batch's ``parts`` may hold two pieces per record (``send``) or one per run
+    (``send_many`` of same-length values, joined with the prefix between them);
+    ``halves`` splits the joined records at record count // 2 either way, and
+    each half holds exactly its records."""
+    from logstore.client.producer._batch import ProducerBatch
+    from logstore.wire import VALUE_PREFIX
+
+    batch = ProducerBatch("t", 0, 1.0)
+    i = 0
+    for run in itertools.cycle(runs):
+        if i >= len(values):
+            break
+        chunk = values[i : i + max(1, run)]
+        if run == 0:  # as send(): prefix, value
+            for v in chunk:
+                batch.parts += [VALUE_PREFIX[len(v)], v]
+        else:  # as send_many's uniform path, one piece (lengths may differ here)
+            batch.parts += [b"".join(VALUE_PREFIX[len(v)] + v for v in chunk)]
+        i += len(chunk)
+    batch.count = len(values)
+    batch.size = sum(map(len, batch.parts))
+    first, second = batch.halves()
+    k = len(values) // 2
+    assert (first.count, second.count) == (k, len(values) - k)
+
+    def decoded(b: ProducerBatch) -> list[bytes]:
+        return [r.value for r in records_pb2.RecordBatch.FromString(b"".join(b.parts)).records]
+
+    assert decoded(first) == values[:k]
+    assert decoded(second) == values[k:]
+    assert first.size + second.size == batch.size

@@ -409,9 +409,8 @@ class RecordAccumulator:
             return start + k, (k * rec if k else rec)
 
         def parts(start: int, end: int) -> list[bytes]:
-            chunk: list[bytes] = [prefix, prefix] * (end - start)
-            chunk[1::2] = values[start:end]
-            return chunk
+            # one piece per run: the prefix is the separator (see _batch)
+            return [prefix + prefix.join(values[start:end])]
 
         return self._fill(meta, topic, n, partition, result, fit, parts)
 
@@ -553,7 +552,7 @@ class RecordAccumulator:
         """The batch is done (stored, or failed for good): wake its handles, and
         those of the batch it was split from once both halves are done. Lock held."""
         batch.error = err
-        batch.request = None
+        batch.header = None
         self._queued_bytes -= batch.size
         self._pending -= 1
         batch.done.set()

@@ -619,7 +619,7 @@ class Sender:
             # refused as out of order under an id whose sequence broke: not
             # stored, so it takes the next sequence under the current id
             batch.rebuild = False
-            batch.request = None
+            batch.header = None
             batch.sequence = idem.next_sequence((q.topic, q.partition), batch.count)
             batch.generation = idem.generation
             batch.producer_id = idem.producer_id
@@ -734,14 +734,13 @@ class Sender:
         return header.SerializeToString()
 
     def _request_of(self, batch: ProducerBatch) -> bool:
-        """Build ``batch.request`` if it has none yet (compress, then the header);
+        """Build ``batch.header`` if it has none yet (compress, then the header);
         False, with the batch failed through ``_on_done``, if that fails."""
         try:
             if batch.payload is None:
                 self._prepare(batch)
-            if batch.request is None:
-                assert batch.payload is not None
-                batch.request = self._header(batch) + batch.payload
+            if batch.header is None:
+                batch.header = self._header(batch)
         except errors.LogStoreError as exc:
             self._requests_in_flight += 1
             self._on_done([batch], None, exc)
@@ -752,7 +751,8 @@ class Sender:
         """Issue (or re-issue) a batch's request. Lock not held."""
         if not self._request_of(batch):
             return
-        assert batch.request is not None
+        assert batch.header is not None and batch.payload is not None
+        request = batch.header + batch.payload
         batch.attempts += 1
         left = batch.deadline - time.monotonic()
         timeout = max(0.001, min(self._request_timeout_s, left))
@@ -762,7 +762,7 @@ class Sender:
 
         self._requests_in_flight += 1
         try:
-            self._transport.produce(batch.request, timeout, callback)
+            self._transport.produce(request, timeout, callback)
         except BaseException as exc:
             self._on_done([batch], None, translate(exc, self._address))
 
@@ -770,7 +770,8 @@ class Sender:
         """Write a batch's request on the ProduceStream (opened if needed). Lock not held."""
         if not self._request_of(batch):
             return
-        assert batch.request is not None and self._open_stream is not None
+        assert batch.header is not None and batch.payload is not None
+        assert self._open_stream is not None
         batch.attempts += 1
         self._requests_in_flight += 1
         stream = self._stream
@@ -780,7 +781,7 @@ class Sender:
             except BaseException as exc:
                 self._on_done([batch], None, translate(exc, self._address))
                 return
-        stream.send(batch, batch.request)
+        stream.send(batch, batch.header + batch.payload)
 
     def _on_stream_reply(
         self,
@@ -798,8 +799,8 @@ class Sender:
         for batch in batches:
             if not self._request_of(batch):
                 continue
-            assert batch.request is not None
-            n = len(batch.request) + 6
+            assert batch.header is not None and batch.payload is not None
+            n = len(batch.header) + len(batch.payload) + 6
             if chunk and size + n > self._max_request_bytes:
                 self._issue_multi(chunk)
                 chunk, size = [], 0
@@ -815,8 +816,9 @@ class Sender:
         ).SerializeToString()
         out = [head]
         for batch in batches:
-            assert batch.request is not None
-            out += (_BATCHES_TAG, varint(len(batch.request)), batch.request)
+            header, payload = batch.header, batch.payload
+            assert header is not None and payload is not None
+            out += (_BATCHES_TAG, varint(len(header) + len(payload)), header, payload)
             batch.attempts += 1
         left = min(b.deadline for b in batches) - time.monotonic()
         timeout = max(0.001, min(self._request_timeout_s, left))
