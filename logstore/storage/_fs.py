@@ -42,7 +42,6 @@ import os
 import platform
 import shutil
 import sys
-from collections.abc import Iterator
 from typing import Any, Final
 
 from logstore.errors import DirectoryInUseError, DiskFullError, StorageError
@@ -87,15 +86,26 @@ def translate(exc: OSError, what: str) -> StorageError:
     return StorageError(exc.errno or errno.EIO, f"I/O error while {what}: {exc.strerror or exc}")
 
 
-@contextlib.contextmanager
-def io(what: str) -> Iterator[None]:
-    """Translate any OSError raised in the block (used by FileSystem only)."""
-    try:
-        yield
-    except StorageError:
-        raise
-    except OSError as exc:
-        raise translate(exc, what) from exc
+class io:  # noqa: N801 - used as ``with io(what):``, as a function would be
+    """Translate any OSError raised in the block (used by FileSystem only). A
+    class, not ``contextlib.contextmanager``: ~0.3 against ~1.2 us per block,
+    and every append goes through one."""
+
+    __slots__ = ("what",)
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        # None: nothing is swallowed; a StorageError or a non-OSError goes on as it is
+        if kind is not None and issubclass(kind, OSError) and not issubclass(kind, StorageError):
+            assert isinstance(exc, OSError)
+            raise translate(exc, self.what) from exc
 
 
 class FileSystem:
@@ -110,7 +120,7 @@ class FileSystem:
 
     def append(self, fd: int, buffers: list[Any], path: str = "") -> int:
         """Write ``buffers`` (bytes-like) at the end of the file; return bytes written."""
-        total = sum(len(b) for b in buffers)
+        total = sum(map(len, buffers))
         with io(f"writing {path or fd}"):
             written = os.writev(fd, buffers)
             while written < total:  # short write: continue with the rest
