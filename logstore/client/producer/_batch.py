@@ -11,8 +11,10 @@ retried, and completed once (``done`` set, with ``base_offset`` or
 holds the encoded records as a list of byte strings whose concatenation is
 the records field: two per record (the bytes before the value and the
 value) from ``send``, one per run of records from ``send_many`` of
-same-length values (joined with the shared prefix as separator: half the
-pieces for the sender's join, ~40 % less CPU per batch at 1,000 partitions).
+same-length values (joined with the shared prefix as separator, so the
+sender's join has one piece per run, not two per record: with the request
+built from header and records as two pieces, the producer's CPU per W5
+batch of 200 records fell from ~110 to ~55-65 us in process).
 
 A waiting batch whose records compress past the room it was closed for is
 split (:meth:`ProducerBatch.halves`) into two batches sent in its place,
