@@ -741,12 +741,13 @@ class PartitionLog:
         nothing undurable (no sealed segment, snapshot or name): then
         ``sync_to(offset)`` and :meth:`sync_roll_leftovers` have nothing to
         do. Read without the lock (what a flush asks after its ``syncfs``)."""
-        return (
-            self.flushed_offset >= offset
-            and not self._unsynced
-            and not self._dir_dirty
-            and self._pending_snapshot is None
-        )
+        return self.flushed_offset >= offset and not self._roll_leftovers
+
+    @property
+    def _roll_leftovers(self) -> bool:
+        """A roll left something undurable that no offset waits for: a sealed
+        segment, a producer snapshot or a new name."""
+        return bool(self._unsynced or self._dir_dirty or self._pending_snapshot is not None)
 
     def sync_to(self, offset: int) -> Future[None]:
         """A future done when every offset below ``offset`` is fsynced (group
@@ -860,7 +861,7 @@ class PartitionLog:
     def sync_roll_leftovers(self) -> None:
         """One fsync turn if a roll left something undurable (a sealed
         segment, a snapshot, a new name) that no offset waits for."""
-        if self._unsynced or self._dir_dirty or self._pending_snapshot is not None:
+        if self._roll_leftovers:
             _target, error = self._sync_files()
             if error is not None and not self._deleted:
                 raise error
