@@ -14,6 +14,10 @@ Every logstore figure is printed as a percentage of the limit that bounds it
 * ``grpc_unary_tiny``       sequential tiny unary calls/s, Python sync client -> grpc.aio server
 * ``grpc_unary_1mib``       1 MiB unary requests, 8 in flight (MB/s)
 * ``grpc_stream_1mib``      server stream of 1 MiB messages (MB/s)
+* ``grpc_w4_p50``, ``grpc_w4_p99``  W4's message pattern at 2,000/s through a
+                            grpc.aio server that only passes the bytes on
+                            (``benchmarks.w4_floor``): end-to-end p50 / p99 (ms),
+                            what Python gRPC itself costs W4 on this machine
 
 Each is bounded in time (about 2 s) and bytes (at most 1 GiB written), and
 files are deleted afterwards.
@@ -28,7 +32,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
@@ -234,7 +238,20 @@ UNITS = {
     "grpc_unary_tiny": "calls/s",
     "grpc_unary_1mib": "MB/s",
     "grpc_stream_1mib": "MB/s",
+    "grpc_w4_p50": "ms",
+    "grpc_w4_p99": "ms",
 }
+#: Limits where less is better (times).
+LOWER_IS_BETTER: Final = frozenset({"tcp_rtt", "grpc_w4_p50", "grpc_w4_p99"})
+#: The rate of the W4 floor probe: W4's 2,000 records/s row.
+W4_FLOOR_RATE: Final = 2000
+
+
+def _w4_floor(seconds: float) -> dict[str, float]:
+    from benchmarks import w4_floor
+
+    row = w4_floor.one_run(W4_FLOOR_RATE, max(seconds, 0.5), use_uvloop=False)
+    return {"grpc_w4_p50": row["p50"], "grpc_w4_p99": row["p99"]}
 
 
 def measure_once(workdir: Path, seconds: float = RUN_SECONDS) -> dict[str, float]:
@@ -248,6 +265,7 @@ def measure_once(workdir: Path, seconds: float = RUN_SECONDS) -> dict[str, float
     out["tcp_loopback"] = _tcp_stream(seconds) / MB
     out["tcp_rtt"] = _tcp_rtt(seconds) * 1e6
     out.update(_grpc(seconds, workdir))
+    out.update(_w4_floor(seconds))
     return out
 
 
@@ -256,7 +274,7 @@ def measure(workdir: Path, runs: int, seconds: float = RUN_SECONDS) -> dict[str,
     for _ in range(runs):
         for k, v in measure_once(workdir, seconds).items():
             fig = figs.setdefault(
-                k, Figure(f"limit {k}", UNITS[k], higher_is_better=k != "tcp_rtt")
+                k, Figure(f"limit {k}", UNITS[k], higher_is_better=k not in LOWER_IS_BETTER)
             )
             fig.values.append(v)
     return figs

@@ -2,7 +2,7 @@
 
 ``python -m benchmarks.msg_cost [--tree NAME=PATH ...] [--rate 2000] [--seconds 5]
 [--linger-ms 0] [--acks all] [--runs 3] [--client raw|producer] [--max-in-flight 5]
-[--threads] [--strace]``
+[--threads] [--strace] [--py-spy DIR]``
 
 Per run and per ``--tree`` (interleaved, every other round in reverse, so the
 machine's load falls on every tree alike) it starts a fresh broker from that
@@ -37,6 +37,7 @@ import re
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -109,8 +110,30 @@ def _client(op: str, args: dict[str, Any], go: Any, out: Any) -> None:
     out.put((op, res))
 
 
+def _top_frames(path: Path, limit: int = 30) -> str:
+    """The event loop thread's busy samples by innermost frame, in %."""
+    own: dict[str, int] = {}
+    busy = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        if "MainThread" not in frames[0] or "select" in frames[-1]:
+            continue
+        busy += int(count)
+        own[frames[-1]] = own.get(frames[-1], 0) + int(count)
+    rows = sorted(own.items(), key=lambda kv: -kv[1])[:limit]
+    return f"  loop busy samples {busy}\n" + "\n".join(
+        f"  {100 * n / busy:5.1f} %  {f}" for f, n in rows
+    )
+
+
 def _one(
-    broker: Broker, opts: dict[str, Any], topic: str, strace: bool, threads: bool
+    broker: Broker,
+    opts: dict[str, Any],
+    topic: str,
+    strace: bool,
+    threads: bool,
+    spy_out: Path | None = None,
 ) -> dict[str, float]:
     n = int(opts["rate"] * opts["seconds"])
     params = {"grpc": broker.grpc_address}
@@ -142,6 +165,17 @@ def _one(
     for p in procs:
         p.start()
     go.wait()
+    spy = None
+    if spy_out is not None:
+        spy = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("py-spy")),
+                *("record", "--pid", str(pid), "-r", "500", "-f", "raw", "-o", str(spy_out)),
+                *("--nonblocking", "--threads", "--duration", str(int(opts["seconds"]))),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     m0, t0 = _messages(broker.metrics_address), _thread_cpu_s(pid)
     u0, k0 = _proc_user_sys_s(pid)
     s0 = _loop_switches(pid)
@@ -151,6 +185,9 @@ def _one(
     t1, s1 = _thread_cpu_s(pid), _loop_switches(pid)
     for p in procs:
         p.join(timeout=30)
+    if spy is not None and spy_out is not None:
+        spy.wait(60)
+        print(_top_frames(spy_out), flush=True)
     messages = max(m1 - m0, 1.0)
     lat = res[ops[0]]["lat_ns"] / 1e6
     row = {
@@ -214,7 +251,10 @@ def main() -> None:
     )
     ap.add_argument("--strace", action="store_true")
     ap.add_argument("--threads", action="store_true", help="print CPU per message by thread")
+    ap.add_argument("--py-spy", type=Path, default=None, help="DIR for py-spy raw profiles")
     a = ap.parse_args()
+    if a.py_spy is not None:
+        a.py_spy.mkdir(parents=True, exist_ok=True)
     trees = [t.split("=", 1) for t in a.tree] or [["this", ""]]
     opts = {
         "rate": a.rate,
@@ -240,7 +280,8 @@ def main() -> None:
                 try:
                     with Admin(b.grpc_address) as admin:
                         admin.create_topic("mc", partitions=1)
-                    row = _one(b, opts, "mc", a.strace, a.threads)
+                    spy = a.py_spy / f"{name}-{run}.txt" if a.py_spy is not None else None
+                    row = _one(b, opts, "mc", a.strace, a.threads, spy)
                 finally:
                     b.stop()
                 rows[name].append(row)

@@ -20,6 +20,8 @@ LIMIT_NAMES = {
     "grpc_unary_tiny": "gRPC tiny unary calls",
     "grpc_unary_1mib": "gRPC 1 MiB unary",
     "grpc_stream_1mib": "gRPC 1 MiB stream",
+    "grpc_w4_p50": "W4's messages through a do-nothing gRPC server, 2,000/s, p50",
+    "grpc_w4_p99": "W4's messages through a do-nothing gRPC server, 2,000/s, p99",
 }
 
 

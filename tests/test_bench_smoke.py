@@ -208,6 +208,40 @@ def test_queue_tables_have_a_row_per_setting() -> None:
     assert "started: 1.5; when each W8 run started: 2.0 .. 4.0" in text
 
 
+def test_issue12_target_rows() -> None:
+    """publish's issue-12 rows judge each target from the run's figures: the
+    W4 p99 on the better of linger 1 / 0 against Redis `always` and JetStream,
+    every linger-0 p50 against 1 ms, the W5 ratio; a missing figure is "-"."""
+    from benchmarks import publish
+
+    def fig(name: str, median: float, system: str = "logstore", mode: str = "") -> dict:
+        return {"name": name, "median": median, "info": {"system": system, "mode": mode}}
+
+    a1, aa = "acks=1", "acks=all (fsync)"
+    figs = [
+        fig("W4 2,000/s latency p99", 2.0, "redis", "appendfsync always"),
+        fig("W4 2,000/s latency p99", 1.5, "nats", "file"),
+        fig("W4 2,000/s latency p99", 2.3, mode=a1),
+        fig("W4 2,000/s linger 0 latency p99", 1.4, mode=a1),  # the better one: met
+        fig("W4 2,000/s latency p99", 1.9, mode=aa),
+        fig("W4 2,000/s linger 0 latency p99", 2.5, mode=aa),  # 1.9 > 1.5: not met
+        fig("W4 2,000/s linger 0 latency p50", 0.6, mode=a1),
+        fig("W4 2,000/s linger 0 latency p50", 0.9, mode=aa),
+        fig("W4C 2,000/s linger 0 latency p50", 0.8, mode=f"{a1} linger_ms=0"),
+        fig("W4C 2,000/s linger 0 latency p50", 1.1, mode=f"{aa} linger_ms=0"),  # > 1 ms
+        fig("W4 20,000/s latency p99", 6.0, mode=aa),
+        fig("W4 20,000/s linger 0 latency p99", 4.0, mode=aa),
+        fig("W4 20,000/s delivered", 100.0, mode=aa),
+        fig("W4 20,000/s linger 0 delivered", 99.0, mode=aa),  # fast but lost records
+        fig("W5 1 partitions records/s", 2_000_000.0, mode=a1),
+        fig("W5 1000 partitions records/s", 1_100_000.0, mode=a1),
+    ]
+    states = [r[2] for r in publish._issue12_rows(figs)]
+    assert states == ["met", "**NOT MET**", "**NOT MET**", "**NOT MET**", "met"]
+    rows = publish._issue12_rows([f for f in figs if not f["name"].startswith("W5")])
+    assert rows[-1][1:] == ["-", "-"]
+
+
 def test_compression_section_runs(tmp_path: Path) -> None:
     """The compression section (issue 14) runs at a tiny size and reports every codec of
     both workloads, with zstd storing fewer bytes than none."""

@@ -1,0 +1,207 @@
+"""W4's floor: the same message pattern through a grpc.aio server that does nothing else.
+
+``python -m benchmarks.w4_floor [--rate 2000] [--seconds 5] [--runs 3] [--uvloop]``
+
+W4 at linger 0 is, per record, one ``ProduceStream`` message in, one reply out
+and one ``Subscribe`` push out of a Python ``grpc.aio`` server, with a paced
+sync-gRPC producer (request generator + reply-drain thread) and a sync-gRPC
+tail in two other processes. This runs that pattern with a server whose
+handlers only pass the bytes on (identity serializers, as the broker's data
+path has): the bidi stream's handler hands each message to the subscribers'
+queues and writes a 16-byte reply; each subscriber's handler writes what it
+gets. No storage, no protobuf, no metrics. Its end-to-end p50 / p99 (the
+tail's receive time - the send time stamped in the payload, CLOCK_MONOTONIC
+shared by the processes) and the server's CPU per message are what Python
+gRPC itself costs for W4 on this machine: the part of logstore's W4 figure
+that no change to the broker's own code can remove. The clients here do less
+than W4's (they parse no protobuf), so the floor is, if anything, low.
+
+Printed per run and as the median over runs: p50, p99 (ms), the server's CPU
+per message (``/proc/<pid>/stat``, all its threads), its event loop's sleeps
+per message (voluntary context switches of its main thread, as
+``benchmarks.msg_cost`` counts the broker's) and the clients' CPU per
+message. ``--uvloop`` runs the server's loop on uvloop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import queue
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+_SERVICE = "bench.Floor"
+_SIZE = 100
+
+
+def _server(ready: Any, stop: Any, use_uvloop: bool) -> None:
+    import grpc
+    import grpc.aio
+
+    async def main() -> None:
+        subscribers: list[asyncio.Queue[bytes]] = []
+
+        async def produce(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            while True:
+                msg = await context.read()
+                if msg is grpc.aio.EOF:
+                    return
+                for q in subscribers:
+                    q.put_nowait(msg)
+                await context.write(msg[:16])
+
+        async def subscribe(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            q: asyncio.Queue[bytes] = asyncio.Queue(maxsize=100_000)
+            subscribers.append(q)
+            try:
+                while True:
+                    await context.write(await q.get())
+            finally:
+                subscribers.remove(q)
+
+        handlers = {
+            "Produce": grpc.stream_stream_rpc_method_handler(produce),
+            "Subscribe": grpc.unary_stream_rpc_method_handler(subscribe),
+        }
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE, handlers),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        ready.put((port, os.getpid()))
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+        await server.stop(0)
+
+    if use_uvloop:
+        import uvloop
+
+        uvloop.install()
+    asyncio.run(main())
+
+
+def _tail(port: int, n: int, go: Any, out: Any) -> None:
+    import grpc
+
+    lat = np.zeros(n, dtype=np.int64)
+    count = 0
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        stream = ch.unary_stream(f"/{_SERVICE}/Subscribe")(b"", timeout=120)
+        go.set()
+        c0 = time.process_time()
+        try:
+            for msg in stream:
+                if msg[8:9] == b"w":  # the warm-up message
+                    continue
+                lat[count] = time.monotonic_ns() - int.from_bytes(msg[:8], "little")
+                count += 1
+                if count >= n:
+                    break
+        except grpc.RpcError:  # the deadline: report what arrived
+            pass
+        stream.cancel()
+    out.put(("tail", {"lat_ns": lat[:count], "cpu_s": time.process_time() - c0}))
+
+
+def _proc_cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _loop_switches(pid: int) -> int:
+    """Voluntary context switches of the server's main (event loop) thread."""
+    with open(f"/proc/{pid}/task/{pid}/status") as f:
+        for line in f:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    return 0
+
+
+def one_run(rate: int, seconds: float, use_uvloop: bool) -> dict[str, float]:
+    """One floor run: p50 / p99 (ms), server and client CPU per message (µs)."""
+    import grpc
+
+    ctx = mp.get_context("spawn")
+    ready, stop, go, out = ctx.Queue(), ctx.Event(), ctx.Event(), ctx.Queue()
+    server = ctx.Process(target=_server, args=(ready, stop, use_uvloop))
+    server.start()
+    port, pid = ready.get(timeout=30)
+    n = int(rate * seconds)
+    tail = ctx.Process(target=_tail, args=(port, n, go, out))
+    tail.start()
+    go.wait(30)
+    time.sleep(0.3)  # the subscription is registered on the server
+    q: queue.Queue[bytes | None] = queue.Queue()
+
+    def requests() -> Iterator[bytes]:
+        while (item := q.get()) is not None:
+            yield item
+
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            replies = ch.stream_stream(f"/{_SERVICE}/Produce")(requests(), timeout=120)
+            drain = threading.Thread(target=lambda: sum(1 for _ in replies), daemon=True)
+            drain.start()
+            q.put(b"\0" * 8 + b"w" * (_SIZE - 8))
+            time.sleep(0.2)
+            c0, s0, v0 = time.process_time(), _proc_cpu_s(pid), _loop_switches(pid)
+            t0 = time.monotonic()
+            pad = b"x" * (_SIZE - 8)
+            for i in range(n):
+                due = t0 + i / rate
+                while (wait := due - time.monotonic()) > 0:
+                    time.sleep(wait)
+                q.put(time.monotonic_ns().to_bytes(8, "little") + pad)
+            _, res = out.get(timeout=seconds + 60)
+            s1, c1, v1 = _proc_cpu_s(pid), time.process_time(), _loop_switches(pid)
+            q.put(None)
+            drain.join(30)
+    finally:
+        stop.set()
+        tail.join(30)
+        server.join(30)
+    lat = res["lat_ns"] / 1e6
+    return {
+        "p50": float(np.percentile(lat, 50)),
+        "p99": float(np.percentile(lat, 99)),
+        "delivered": 100.0 * len(lat) / n,
+        "server_us": (s1 - s0) / n * 1e6,
+        "sleeps": (v1 - v0) / n,
+        "clients_us": ((c1 - c0) + res["cpu_s"]) / n * 1e6,
+    }
+
+
+def _fmt(row: dict[str, float]) -> str:
+    return (
+        f"p50 {row['p50']:.2f} ms  p99 {row['p99']:.2f} ms  delivered {row['delivered']:.1f} %  "
+        f"server CPU {row['server_us']:.0f} us/message  loop sleeps/message {row['sleeps']:.2f}  "
+        f"clients {row['clients_us']:.0f} us/message"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    ap.add_argument("--rate", type=int, default=2000)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--uvloop", action="store_true")
+    a = ap.parse_args()
+    print(f"load average at start: {os.getloadavg()}", flush=True)
+    rows = []
+    for run in range(a.runs):
+        rows.append(one_run(a.rate, a.seconds, a.uvloop))
+        print(f"run {run + 1}: {_fmt(rows[-1])}", flush=True)
+    print(f"load average at end: {os.getloadavg()}")
+    print("median: " + _fmt({k: statistics.median(r[k] for r in rows) for k in rows[0]}))
+
+
+if __name__ == "__main__":
+    main()
