@@ -93,3 +93,45 @@ def test_waiter_bound_is_reachable_and_refuses_with_retry_info(tmp_path: Path) -
             assert 'reason="max_concurrent_requests"' not in text
     finally:
         assert b.stop() == 0
+
+
+def test_inflight_produce_bytes_gauge_reads_the_limiter(tmp_path: Path) -> None:
+    """logstore_inflight_produce_bytes is the produce-bytes limiter's count at scrape
+    time: bytes a request holds show up, and go once it releases them."""
+    import asyncio
+
+    from prometheus_client import generate_latest
+
+    from logstore.broker._config import BrokerConfig
+    from logstore.broker._metrics import BrokerMetrics
+    from logstore.broker._service import LogStoreService
+    from logstore.storage import Store
+
+    def gauge(metrics: BrokerMetrics) -> str:
+        text = generate_latest(metrics.registry).decode()
+        return next(ln for ln in text.splitlines() if ln.startswith("logstore_inflight_produce"))
+
+    async def main() -> list[str]:
+        config = BrokerConfig(data_dir=str(tmp_path / "data"))
+        store = Store.open(config.data_dir, config.store_config())
+        try:
+            metrics = BrokerMetrics()
+            svc = LogStoreService(store, config, metrics)
+            svc.start(asyncio.get_running_loop())
+            produce = svc.areas["produce"]
+            seen = [gauge(metrics)]
+            produce._acquire_bytes(1234)  # type: ignore[attr-defined]
+            produce._acquire_bytes(66)  # type: ignore[attr-defined]
+            seen.append(gauge(metrics))
+            produce._release_bytes(1234)  # type: ignore[attr-defined]
+            seen.append(gauge(metrics))
+            await svc.drain_background()
+            return seen
+        finally:
+            store.close()
+
+    assert asyncio.run(main()) == [
+        "logstore_inflight_produce_bytes 0.0",
+        "logstore_inflight_produce_bytes 1300.0",
+        "logstore_inflight_produce_bytes 66.0",
+    ]

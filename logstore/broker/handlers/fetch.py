@@ -172,6 +172,12 @@ class FetchHandlers:
                 )
                 self._account_read("Subscribe", result, offset)
                 offset = result.next_offset
+                if caught_up:
+                    # The read reached the end: re-reading now would find
+                    # nothing unless an append came since its clear(), and
+                    # such an append has woken the waiter (this returns at
+                    # once). One read per push, not two.
+                    await waiter.wait(_SUBSCRIBE_RECHECK_S)
         raise shutting_down(
             f"the broker is shutting down; resubscribe to {topic}-{partition} from offset "
             f"{offset} when it is back"

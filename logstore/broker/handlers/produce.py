@@ -236,13 +236,11 @@ class ProduceHandlers:
             except BaseException:
                 limits.produce_bytes.release(size)
                 raise
-        self._rt.metrics.inflight_bytes.inc(size)
 
     def _release_bytes(self, size: int, inflate: int = 0) -> None:
         self._rt.limits.produce_bytes.release(size)
         if inflate:
             self._rt.limits.decompress_bytes.release(inflate)
-        self._rt.metrics.inflight_bytes.dec(size)
 
     def _queue_none(
         self, topic: str, partition: int, split: SplitRequest, size: int, inflate: int
