@@ -124,6 +124,19 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def loop_switches(pid: int) -> int:
+    """Voluntary context switches of a process's main thread: for an asyncio
+    server, about one per loop turn that found nothing ready and slept."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/status") as f:
+            for line in f:
+                if line.startswith("voluntary_ctxt_switches:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def mapped_count(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/maps") as f:

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._proc import cpu_seconds
+from benchmarks._proc import cpu_seconds, loop_switches
 from benchmarks.systems import logstore_sys
 from benchmarks.systems.logstore_sys import Broker
 
@@ -72,15 +72,6 @@ def _thread_cpu_s(pid: int) -> dict[str, float]:
         f = tail.split()
         out[name] = out.get(name, 0.0) + (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
     return out
-
-
-def _loop_switches(pid: int) -> int:
-    """Voluntary context switches of the broker's main (event-loop) thread: about
-    one per loop turn that found nothing ready and slept in epoll_wait."""
-    for line in Path(f"/proc/{pid}/task/{pid}/status").read_text().splitlines():
-        if line.startswith("voluntary_ctxt_switches:"):
-            return int(line.split()[1])
-    return 0
 
 
 _BATCHES = re.compile(r'^logstore_requests_total\{code="OK",method="ProduceStream\.batch"\} (\S+)$')
@@ -178,11 +169,11 @@ def _one(
         )
     m0, t0 = _messages(broker.metrics_address), _thread_cpu_s(pid)
     u0, k0 = _proc_user_sys_s(pid)
-    s0 = _loop_switches(pid)
+    s0 = loop_switches(pid)
     res = dict(out.get(timeout=opts["seconds"] + 120) for _ in procs)
     u1, k1 = _proc_user_sys_s(pid)
     cpu, m1 = (u1 - u0) + (k1 - k0), _messages(broker.metrics_address)
-    t1, s1 = _thread_cpu_s(pid), _loop_switches(pid)
+    t1, s1 = _thread_cpu_s(pid), loop_switches(pid)
     for p in procs:
         p.join(timeout=30)
     if spy is not None and spy_out is not None:

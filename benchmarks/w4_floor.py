@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks._proc import cpu_seconds, loop_switches
+
 _SERVICE = "bench.Floor"
 _SIZE = 100
 
@@ -110,21 +112,6 @@ def _tail(port: int, n: int, go: Any, out: Any) -> None:
     out.put(("tail", {"lat_ns": lat[:count], "cpu_s": time.process_time() - c0}))
 
 
-def _proc_cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _loop_switches(pid: int) -> int:
-    """Voluntary context switches of the server's main (event loop) thread."""
-    with open(f"/proc/{pid}/task/{pid}/status") as f:
-        for line in f:
-            if line.startswith("voluntary_ctxt_switches:"):
-                return int(line.split()[1])
-    return 0
-
-
 def one_run(rate: int, seconds: float, use_uvloop: bool) -> dict[str, float]:
     """One floor run: p50 / p99 (ms), server and client CPU per message (µs)."""
     import grpc
@@ -152,7 +139,7 @@ def one_run(rate: int, seconds: float, use_uvloop: bool) -> dict[str, float]:
             drain.start()
             q.put(b"\0" * 8 + b"w" * (_SIZE - 8))
             time.sleep(0.2)
-            c0, s0, v0 = time.process_time(), _proc_cpu_s(pid), _loop_switches(pid)
+            c0, s0, v0 = time.process_time(), cpu_seconds(pid), loop_switches(pid)
             t0 = time.monotonic()
             pad = b"x" * (_SIZE - 8)
             for i in range(n):
@@ -161,7 +148,7 @@ def one_run(rate: int, seconds: float, use_uvloop: bool) -> dict[str, float]:
                     time.sleep(wait)
                 q.put(time.monotonic_ns().to_bytes(8, "little") + pad)
             _, res = out.get(timeout=seconds + 60)
-            s1, c1, v1 = _proc_cpu_s(pid), time.process_time(), _loop_switches(pid)
+            s1, c1, v1 = cpu_seconds(pid), time.process_time(), loop_switches(pid)
             q.put(None)
             drain.join(30)
     finally:
