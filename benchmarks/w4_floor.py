@@ -9,9 +9,10 @@ tail in two other processes. This runs that pattern with a server whose
 handlers only pass the bytes on (identity serializers, as the broker's data
 path has): the bidi stream's handler hands each message to the subscribers'
 queues and writes a 16-byte reply; each subscriber's handler writes what it
-gets. No storage, no protobuf, no metrics. Its end-to-end p50 / p99 (the
-tail's receive time - the send time stamped in the payload, CLOCK_MONOTONIC
-shared by the processes) and the server's CPU per message are what Python
+gets. No storage, no protobuf, no metrics. The pacer keeps W4's schedule
+(``benchmarks.systems.paced_values``: each record stamped with its intended
+send time). Its end-to-end p50 / p99 (the tail's receive time - that stamp,
+CLOCK_MONOTONIC shared by the processes) and the server's CPU per message are what Python
 gRPC itself costs for W4 on this machine: the part of logstore's W4 figure
 that no change to the broker's own code can remove. The clients here do less
 than W4's (they parse no protobuf), so the floor is, if anything, low.
@@ -39,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks._proc import cpu_seconds, loop_switches
+from benchmarks.systems import paced_values
 
 _SERVICE = "bench.Floor"
 _SIZE = 100
@@ -140,13 +142,10 @@ def one_run(rate: int, seconds: float, use_uvloop: bool) -> dict[str, float]:
             q.put(b"\0" * 8 + b"w" * (_SIZE - 8))
             time.sleep(0.2)
             c0, s0, v0 = time.process_time(), cpu_seconds(pid), loop_switches(pid)
-            t0 = time.monotonic()
-            pad = b"x" * (_SIZE - 8)
-            for i in range(n):
-                due = t0 + i / rate
-                while (wait := due - time.monotonic()) > 0:
-                    time.sleep(wait)
-                q.put(time.monotonic_ns().to_bytes(8, "little") + pad)
+            # W4's own schedule: each record stamped with its intended send time
+            for _, values in paced_values(rate, n, _SIZE):
+                for value in values:
+                    q.put(value)
             _, res = out.get(timeout=seconds + 60)
             s1, c1, v1 = cpu_seconds(pid), time.process_time(), loop_switches(pid)
             q.put(None)
