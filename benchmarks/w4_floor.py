@@ -96,7 +96,10 @@ def _tail(port: int, n: int, go: Any, out: Any) -> None:
 
     lat = np.zeros(n, dtype=np.int64)
     count = 0
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+    # read on this thread, as W4's tail and the Consumer read Subscribe
+    with grpc.insecure_channel(
+        f"127.0.0.1:{port}", options=[("SingleThreadedUnaryStream", 1)]
+    ) as ch:
         stream = ch.unary_stream(f"/{_SERVICE}/Subscribe")(b"", timeout=120)
         go.set()
         c0 = time.process_time()

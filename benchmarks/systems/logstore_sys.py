@@ -30,6 +30,8 @@ MiB = 1 << 20
 GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * MiB),
     ("grpc.max_send_message_length", 64 * MiB),
+    # the tail's Subscribe read on its own thread, as the Consumer's channel does
+    ("SingleThreadedUnaryStream", 1),
 ]
 SERVICE = "/logstore.v1.LogStore/"
 

@@ -161,6 +161,14 @@ class Connection:
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.enable_retries", 0),
+            # Subscribe (the one server-streaming method) is read on its reader
+            # thread itself instead of through the channel's spin thread: one
+            # thread hand-off less per pushed message, ~20 µs of CPU per
+            # message at W4's 2,000/s (docs/benchmarks.md, eleventh session).
+            # Such a call cannot be waited on as a future; the Consumer only
+            # iterates and cancels it.
+            # (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream)
+            ("SingleThreadedUnaryStream", 1),
         ]
         # credentials None: plaintext, no token (a loopback broker's default).
         # The token rides in an interceptor, so self.channel may be an
