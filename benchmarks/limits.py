@@ -18,6 +18,10 @@ Every logstore figure is printed as a percentage of the limit that bounds it
                             grpc.aio server that only passes the bytes on
                             (``benchmarks.w4_floor``): end-to-end p50 / p99 (ms),
                             what Python gRPC itself costs W4 on this machine
+* ``tcp_w4_p50``, ``tcp_w4_p99``  the same pattern as length-prefixed frames over
+                            plain TCP, through an asyncio server that only passes
+                            them on (``w4_floor --transport tcp``): what it costs
+                            without gRPC
 
 Each is bounded in time (about 2 s) and bytes (at most 1 GiB written), and
 files are deleted afterwards.
@@ -240,9 +244,13 @@ UNITS = {
     "grpc_stream_1mib": "MB/s",
     "grpc_w4_p50": "ms",
     "grpc_w4_p99": "ms",
+    "tcp_w4_p50": "ms",
+    "tcp_w4_p99": "ms",
 }
 #: Limits where less is better (times).
-LOWER_IS_BETTER: Final = frozenset({"tcp_rtt", "grpc_w4_p50", "grpc_w4_p99"})
+LOWER_IS_BETTER: Final = frozenset(
+    {"tcp_rtt", "grpc_w4_p50", "grpc_w4_p99", "tcp_w4_p50", "tcp_w4_p99"}
+)
 #: The rate of the W4 floor probe: W4's 2,000 records/s row.
 W4_FLOOR_RATE: Final = 2000
 
@@ -250,8 +258,11 @@ W4_FLOOR_RATE: Final = 2000
 def _w4_floor(seconds: float) -> dict[str, float]:
     from benchmarks import w4_floor
 
-    row = w4_floor.one_run(W4_FLOOR_RATE, max(seconds, 0.5), use_uvloop=False)
-    return {"grpc_w4_p50": row["p50"], "grpc_w4_p99": row["p99"]}
+    out: dict[str, float] = {}
+    for transport in ("grpc", "tcp"):
+        row = w4_floor.one_run(W4_FLOOR_RATE, max(seconds, 0.5), False, transport)
+        out[f"{transport}_w4_p50"], out[f"{transport}_w4_p99"] = row["p50"], row["p99"]
+    return out
 
 
 def measure_once(workdir: Path, seconds: float = RUN_SECONDS) -> dict[str, float]:

@@ -22,6 +22,8 @@ LIMIT_NAMES = {
     "grpc_stream_1mib": "gRPC 1 MiB stream",
     "grpc_w4_p50": "W4's messages through a do-nothing gRPC server, 2,000/s, p50",
     "grpc_w4_p99": "W4's messages through a do-nothing gRPC server, 2,000/s, p99",
+    "tcp_w4_p50": "W4's messages as TCP frames through a do-nothing asyncio server, p50",
+    "tcp_w4_p99": "W4's messages as TCP frames through a do-nothing asyncio server, p99",
 }
 
 

@@ -22,19 +22,30 @@ per message (``/proc/<pid>/stat``, all its threads), its event loop's sleeps
 per message (voluntary context switches of its main thread, as
 ``benchmarks.msg_cost`` counts the broker's) and the clients' CPU per
 message. ``--uvloop`` runs the server's loop on uvloop.
+
+``--transport tcp`` runs the same pattern without gRPC: each message a
+length-prefixed frame on a plain TCP connection (``TCP_NODELAY``), served by
+an asyncio ``Protocol`` on the same kind of event loop (the frame copied to
+the subscribers' connections, its first 16 bytes framed back), the pacer
+writing from its own thread and a thread draining the replies, the tail a
+blocking ``recv`` loop. The gap between the two transports' figures is what
+Python gRPC, not the event loop or loopback TCP, costs W4 on this machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing as mp
 import os
 import queue
+import socket
 import statistics
+import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -44,6 +55,8 @@ from benchmarks.systems import paced_values
 
 _SERVICE = "bench.Floor"
 _SIZE = 100
+#: ``--transport tcp``'s frame header: the payload's length
+_LEN = struct.Struct("<I")
 
 
 def _server(ready: Any, stop: Any, use_uvloop: bool) -> None:
@@ -117,42 +130,155 @@ def _tail(port: int, n: int, go: Any, out: Any) -> None:
     out.put(("tail", {"lat_ns": lat[:count], "cpu_s": time.process_time() - c0}))
 
 
-def one_run(rate: int, seconds: float, use_uvloop: bool) -> dict[str, float]:
-    """One floor run: p50 / p99 (ms), server and client CPU per message (µs)."""
+def _tcp_server(ready: Any, stop: Any, use_uvloop: bool) -> None:
+    """The same pattern without gRPC: length-prefixed frames over TCP, served by an
+    asyncio ``Protocol``. A connection whose first frame is ``S`` subscribes; any
+    other frame is written to every subscriber and answered with its first 16
+    bytes (framed), as the gRPC server does."""
+
+    async def main() -> None:
+        subscribers: list[asyncio.Transport] = []
+
+        class Conn(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                assert isinstance(transport, asyncio.Transport)
+                self.transport = transport
+                self.buf = bytearray()
+
+            def data_received(self, data: bytes) -> None:
+                buf = self.buf
+                buf += data
+                while len(buf) >= 4:
+                    size = _LEN.unpack_from(buf)[0]
+                    if len(buf) < 4 + size:
+                        return
+                    frame = bytes(buf[: 4 + size])
+                    del buf[: 4 + size]
+                    if frame[4:] == b"S":
+                        subscribers.append(self.transport)
+                        continue
+                    for sub in subscribers:
+                        sub.write(frame)
+                    self.transport.write(_LEN.pack(16) + frame[4:20])
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                if self.transport in subscribers:
+                    subscribers.remove(self.transport)
+
+        server = await asyncio.get_running_loop().create_server(Conn, "127.0.0.1", 0)
+        ready.put((server.sockets[0].getsockname()[1], os.getpid()))
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+        server.close()
+
+    if use_uvloop:
+        import uvloop
+
+        uvloop.install()
+    asyncio.run(main())
+
+
+def _tcp_connect(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def _tcp_frames(sock: socket.socket) -> Iterator[bytes]:
+    """The payloads of the frames arriving on ``sock`` until it closes."""
+    buf = bytearray()
+    while data := sock.recv(1 << 16):
+        buf += data
+        while len(buf) >= 4:
+            size = _LEN.unpack_from(buf)[0]
+            if len(buf) < 4 + size:
+                break
+            yield bytes(buf[4 : 4 + size])
+            del buf[: 4 + size]
+
+
+def _tcp_tail(port: int, n: int, go: Any, out: Any) -> None:
+    lat = np.zeros(n, dtype=np.int64)
+    count = 0
+    with _tcp_connect(port) as sock:
+        sock.sendall(_LEN.pack(1) + b"S")
+        go.set()
+        c0 = time.process_time()
+        for msg in _tcp_frames(sock):
+            if msg[8:9] == b"w":
+                continue
+            lat[count] = time.monotonic_ns() - int.from_bytes(msg[:8], "little")
+            count += 1
+            if count >= n:
+                break
+    out.put(("tail", {"lat_ns": lat[:count], "cpu_s": time.process_time() - c0}))
+
+
+@contextlib.contextmanager
+def _grpc_producer(port: int) -> Iterator[Callable[[bytes], None]]:
+    """W4's raw producer shape: a request generator fed by a queue, replies drained."""
     import grpc
 
-    ctx = mp.get_context("spawn")
-    ready, stop, go, out = ctx.Queue(), ctx.Event(), ctx.Event(), ctx.Queue()
-    server = ctx.Process(target=_server, args=(ready, stop, use_uvloop))
-    server.start()
-    port, pid = ready.get(timeout=30)
-    n = int(rate * seconds)
-    tail = ctx.Process(target=_tail, args=(port, n, go, out))
-    tail.start()
-    go.wait(30)
-    time.sleep(0.3)  # the subscription is registered on the server
     q: queue.Queue[bytes | None] = queue.Queue()
 
     def requests() -> Iterator[bytes]:
         while (item := q.get()) is not None:
             yield item
 
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        replies = ch.stream_stream(f"/{_SERVICE}/Produce")(requests(), timeout=120)
+        drain = threading.Thread(target=lambda: sum(1 for _ in replies), daemon=True)
+        drain.start()
+        try:
+            yield q.put
+        finally:
+            q.put(None)
+            drain.join(30)
+
+
+@contextlib.contextmanager
+def _tcp_producer(port: int) -> Iterator[Callable[[bytes], None]]:
+    """Frames written from the pacer's thread, replies drained by another."""
+    with _tcp_connect(port) as sock:
+        drain = threading.Thread(target=lambda: sum(1 for _ in _tcp_frames(sock)), daemon=True)
+        drain.start()
+        yield lambda value: sock.sendall(_LEN.pack(len(value)) + value)
+        sock.shutdown(socket.SHUT_WR)
+        drain.join(30)
+
+
+_TRANSPORTS: dict[str, tuple[Callable[..., None], Callable[..., None], Any]] = {
+    "grpc": (_server, _tail, _grpc_producer),
+    "tcp": (_tcp_server, _tcp_tail, _tcp_producer),
+}
+
+
+def one_run(
+    rate: int, seconds: float, use_uvloop: bool, transport: str = "grpc"
+) -> dict[str, float]:
+    """One floor run: p50 / p99 (ms), server and client CPU per message (µs)."""
+    serve, tail_of, producer = _TRANSPORTS[transport]
+    ctx = mp.get_context("spawn")
+    ready, stop, go, out = ctx.Queue(), ctx.Event(), ctx.Event(), ctx.Queue()
+    server = ctx.Process(target=serve, args=(ready, stop, use_uvloop))
+    server.start()
+    port, pid = ready.get(timeout=30)
+    n = int(rate * seconds)
+    tail = ctx.Process(target=tail_of, args=(port, n, go, out))
+    tail.start()
+    go.wait(30)
+    time.sleep(0.3)  # the subscription is registered on the server
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-            replies = ch.stream_stream(f"/{_SERVICE}/Produce")(requests(), timeout=120)
-            drain = threading.Thread(target=lambda: sum(1 for _ in replies), daemon=True)
-            drain.start()
-            q.put(b"\0" * 8 + b"w" * (_SIZE - 8))
+        with producer(port) as send:
+            send(b"\0" * 8 + b"w" * (_SIZE - 8))
             time.sleep(0.2)
             c0, s0, v0 = time.process_time(), cpu_seconds(pid), loop_switches(pid)
             # W4's own schedule: each record stamped with its intended send time
             for _, values in paced_values(rate, n, _SIZE):
                 for value in values:
-                    q.put(value)
+                    send(value)
             _, res = out.get(timeout=seconds + 60)
             s1, c1, v1 = cpu_seconds(pid), time.process_time(), loop_switches(pid)
-            q.put(None)
-            drain.join(30)
     finally:
         stop.set()
         tail.join(30)
@@ -164,7 +290,8 @@ def one_run(rate: int, seconds: float, use_uvloop: bool) -> dict[str, float]:
         "delivered": 100.0 * len(lat) / n,
         "server_us": (s1 - s0) / n * 1e6,
         "sleeps": (v1 - v0) / n,
-        "clients_us": ((c1 - c0) + res["cpu_s"]) / n * 1e6,
+        "producer_us": (c1 - c0) / n * 1e6,
+        "tail_us": res["cpu_s"] / n * 1e6,
     }
 
 
@@ -172,7 +299,7 @@ def _fmt(row: dict[str, float]) -> str:
     return (
         f"p50 {row['p50']:.2f} ms  p99 {row['p99']:.2f} ms  delivered {row['delivered']:.1f} %  "
         f"server CPU {row['server_us']:.0f} us/message  loop sleeps/message {row['sleeps']:.2f}  "
-        f"clients {row['clients_us']:.0f} us/message"
+        f"producer {row['producer_us']:.0f} / tail {row['tail_us']:.0f} us/message"
     )
 
 
@@ -182,11 +309,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--uvloop", action="store_true")
+    ap.add_argument("--transport", choices=sorted(_TRANSPORTS), default="grpc")
     a = ap.parse_args()
     print(f"load average at start: {os.getloadavg()}", flush=True)
     rows = []
     for run in range(a.runs):
-        rows.append(one_run(a.rate, a.seconds, a.uvloop))
+        rows.append(one_run(a.rate, a.seconds, a.uvloop, a.transport))
         print(f"run {run + 1}: {_fmt(rows[-1])}", flush=True)
     print(f"load average at end: {os.getloadavg()}")
     print("median: " + _fmt({k: statistics.median(r[k] for r in rows) for k in rows[0]}))
