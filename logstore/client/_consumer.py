@@ -250,7 +250,7 @@ class Consumer:
         self._backoff = Backoff(retry_backoff_ms, retry_backoff_max_ms)
         self._parts: dict[TopicPartition, _Part] = {}
         # (fetch id, its grpc future) as each MultiFetch ends
-        self._events: queue.Queue[tuple[int, Any]] = queue.Queue()
+        self._events: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
         #: in-flight MultiFetch by id: its (partition, epoch) members and future
         self._fetches: dict[int, tuple[list[tuple[TopicPartition, int]], Any]] = {}
         #: False once the broker answered MultiFetch UNIMPLEMENTED (a broker
