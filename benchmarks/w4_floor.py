@@ -46,7 +46,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -141,8 +141,8 @@ def _tcp_server(ready: Any, stop: Any, use_uvloop: bool) -> None:
 
         class Conn(asyncio.Protocol):
             def connection_made(self, transport: asyncio.BaseTransport) -> None:
-                assert isinstance(transport, asyncio.Transport)
-                self.transport = transport
+                # (uvloop's transports are not asyncio.Transport subclasses)
+                self.transport = cast(asyncio.Transport, transport)
                 self.buf = bytearray()
 
             def data_received(self, data: bytes) -> None:
