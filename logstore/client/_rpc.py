@@ -163,7 +163,7 @@ class Connection:
             ("grpc.enable_retries", 0),
             # Subscribe (the one server-streaming method) is read on its reader
             # thread itself instead of through the channel's spin thread: one
-            # thread hand-off less per pushed message, ~20 µs of CPU per
+            # thread hand-off less per pushed message, ~15-20 µs of CPU per
             # message at W4's 2,000/s (docs/benchmarks.md, eleventh session).
             # Such a call cannot be waited on as a future; the Consumer only
             # iterates and cancels it.
