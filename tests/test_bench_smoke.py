@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import limits, run
+from benchmarks import limits, run, w4_native
 from benchmarks.compression_bench import CODECS
 from benchmarks.systems import load
 from benchmarks.workloads import w7_group_drain, w8_work_queue
@@ -55,6 +55,17 @@ def test_limit_probes_measure_every_limit(tmp_path: Path) -> None:
     figs = limits.measure(tmp_path, runs=1, seconds=0.2)
     assert set(figs) == set(limits.UNITS)
     assert all(f.median > 0 for f in figs.values())
+
+
+@pytest.mark.parametrize("acks_all", [False, True], ids=["acks=1", "acks=all"])
+def test_w4_native_pushes_every_record_through_a_real_store(acks_all: bool) -> None:
+    """w4_native's server appends each framed ProduceRequest to a Store (fsynced
+    first at acks=all) and pushes the stored frames back: every record, parsed
+    as a FetchResponse by the tail, arrives (a push of anything but the stored
+    batches would not parse or would lose records)."""
+    row = w4_native.one_run(500, 0.5, acks_all)
+    assert row["delivered"] == 100.0
+    assert row["p50"] > 0 and row["server_us"] > 0
 
 
 # Eight workloads, each starting its own brokers and member processes: ~20 s of CPU
