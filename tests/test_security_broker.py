@@ -434,6 +434,37 @@ def test_consumer_and_group_need_their_acls(secure: Secure) -> None:
             g.close()
 
 
+def test_a_consumer_with_a_token_over_tls_tails_over_subscribe(secure: Secure) -> None:
+    """The token interceptor and TLS around the Consumer's single-threaded Subscribe
+    read: a caught-up consumer with a read-only user's token opens a stream and is
+    pushed every record, in order (the call is gRPC's single-threaded kind through
+    the interceptor too)."""
+    with _admin(secure, secure.admin_token) as a:
+        a.create_topic("pushed", 1)
+        user = a.create_user("tail")
+        a.create_acls([AclBinding("tail", "topic", "literal", "pushed", "read", "allow")])
+    with Consumer(secure.address, credentials=secure.creds(user), fetch_max_wait_ms=200) as c:
+        c.assign([("pushed", 0)])
+        c.seek_to_end()
+        deadline = time.monotonic() + 30
+        while not c._streams:
+            assert time.monotonic() < deadline, "no Subscribe stream opened"
+            assert c.poll(100) == {}
+        [(_, st)] = c._streams.values()
+        assert type(st.call).__name__ == "_SingleThreadedRendezvous"
+        with Producer(secure.address, credentials=secure.admin_creds(), linger_ms=0) as p:
+            for i in range(30):
+                p.send("pushed", b"r-%d" % i, partition=0)
+            p.flush()
+        got: list[tuple[int, bytes | None]] = []
+        while len(got) < 30:
+            assert time.monotonic() < deadline, f"{len(got)} of 30 records pushed"
+            for recs in c.poll(500).values():
+                got.extend((r.offset, r.value) for r in recs)
+        assert got == [(i, b"r-%d" % i) for i in range(30)]
+        assert c.streams_opened == 1
+
+
 # -- safe defaults, CLI ------------------------------------------------------------
 
 
