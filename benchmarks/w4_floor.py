@@ -130,6 +130,32 @@ def _tail(port: int, n: int, go: Any, out: Any) -> None:
     out.put(("tail", {"lat_ns": lat[:count], "cpu_s": time.process_time() - c0}))
 
 
+class FrameProtocol(asyncio.Protocol):
+    """A server connection of ``--transport tcp``'s framing (a 4-byte length, then
+    the payload): each complete frame's payload goes to :meth:`frame`."""
+
+    transport: asyncio.Transport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # (uvloop's transports are not asyncio.Transport subclasses)
+        self.transport = cast(asyncio.Transport, transport)
+        self._buf = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf
+        buf += data
+        while len(buf) >= 4:
+            size = _LEN.unpack_from(buf)[0]
+            if len(buf) < 4 + size:
+                return
+            payload = bytes(buf[4 : 4 + size])
+            del buf[: 4 + size]
+            self.frame(payload)
+
+    def frame(self, payload: bytes) -> None:
+        raise NotImplementedError
+
+
 def _tcp_server(ready: Any, stop: Any, use_uvloop: bool) -> None:
     """The same pattern without gRPC: length-prefixed frames over TCP, served by an
     asyncio ``Protocol``. A connection whose first frame is ``S`` subscribes; any
@@ -139,27 +165,15 @@ def _tcp_server(ready: Any, stop: Any, use_uvloop: bool) -> None:
     async def main() -> None:
         subscribers: list[asyncio.Transport] = []
 
-        class Conn(asyncio.Protocol):
-            def connection_made(self, transport: asyncio.BaseTransport) -> None:
-                # (uvloop's transports are not asyncio.Transport subclasses)
-                self.transport = cast(asyncio.Transport, transport)
-                self.buf = bytearray()
-
-            def data_received(self, data: bytes) -> None:
-                buf = self.buf
-                buf += data
-                while len(buf) >= 4:
-                    size = _LEN.unpack_from(buf)[0]
-                    if len(buf) < 4 + size:
-                        return
-                    frame = bytes(buf[: 4 + size])
-                    del buf[: 4 + size]
-                    if frame[4:] == b"S":
-                        subscribers.append(self.transport)
-                        continue
-                    for sub in subscribers:
-                        sub.write(frame)
-                    self.transport.write(_LEN.pack(16) + frame[4:20])
+        class Conn(FrameProtocol):
+            def frame(self, payload: bytes) -> None:
+                if payload == b"S":
+                    subscribers.append(self.transport)
+                    return
+                framed = _LEN.pack(len(payload)) + payload
+                for sub in subscribers:
+                    sub.write(framed)
+                self.transport.write(_LEN.pack(16) + payload[:16])
 
             def connection_lost(self, exc: Exception | None) -> None:
                 if self.transport in subscribers:
@@ -197,20 +211,25 @@ def _tcp_frames(sock: socket.socket) -> Iterator[bytes]:
             del buf[: 4 + size]
 
 
-def _tcp_tail(port: int, n: int, go: Any, out: Any) -> None:
-    lat = np.zeros(n, dtype=np.int64)
-    count = 0
+def tcp_pushes(port: int, go: Any) -> Iterator[bytes]:
+    """Subscribe on a new connection, set ``go``, then yield each pushed payload."""
     with _tcp_connect(port) as sock:
         sock.sendall(_LEN.pack(1) + b"S")
         go.set()
-        c0 = time.process_time()
-        for msg in _tcp_frames(sock):
-            if msg[8:9] == b"w":
-                continue
-            lat[count] = time.monotonic_ns() - int.from_bytes(msg[:8], "little")
-            count += 1
-            if count >= n:
-                break
+        yield from _tcp_frames(sock)
+
+
+def _tcp_tail(port: int, n: int, go: Any, out: Any) -> None:
+    lat = np.zeros(n, dtype=np.int64)
+    count = 0
+    c0 = time.process_time()
+    for msg in tcp_pushes(port, go):
+        if msg[8:9] == b"w":
+            continue
+        lat[count] = time.monotonic_ns() - int.from_bytes(msg[:8], "little")
+        count += 1
+        if count >= n:
+            break
     out.put(("tail", {"lat_ns": lat[:count], "cpu_s": time.process_time() - c0}))
 
 
@@ -283,22 +302,32 @@ def one_run(
         stop.set()
         tail.join(30)
         server.join(30)
-    lat = res["lat_ns"] / 1e6
+    row = result_row(res, n, s1 - s0, c1 - c0)
+    row["sleeps"] = (v1 - v0) / n
+    return row
+
+
+def result_row(
+    tail: dict[str, Any], n: int, server_s: float, producer_s: float
+) -> dict[str, float]:
+    """A run's figures: p50 / p99 (ms) and delivered (%) from the tail's latencies,
+    the server's, producer's and tail's CPU per message (µs)."""
+    lat = tail["lat_ns"] / 1e6
     return {
         "p50": float(np.percentile(lat, 50)),
         "p99": float(np.percentile(lat, 99)),
         "delivered": 100.0 * len(lat) / n,
-        "server_us": (s1 - s0) / n * 1e6,
-        "sleeps": (v1 - v0) / n,
-        "producer_us": (c1 - c0) / n * 1e6,
-        "tail_us": res["cpu_s"] / n * 1e6,
+        "server_us": server_s / n * 1e6,
+        "producer_us": producer_s / n * 1e6,
+        "tail_us": tail["cpu_s"] / n * 1e6,
     }
 
 
-def _fmt(row: dict[str, float]) -> str:
+def fmt_row(row: dict[str, float]) -> str:
+    sleeps = f"  loop sleeps/message {row['sleeps']:.2f}" if "sleeps" in row else ""
     return (
         f"p50 {row['p50']:.2f} ms  p99 {row['p99']:.2f} ms  delivered {row['delivered']:.1f} %  "
-        f"server CPU {row['server_us']:.0f} us/message  loop sleeps/message {row['sleeps']:.2f}  "
+        f"server CPU {row['server_us']:.0f} us/message{sleeps}  "
         f"producer {row['producer_us']:.0f} / tail {row['tail_us']:.0f} us/message"
     )
 
@@ -311,13 +340,20 @@ def main() -> None:
     ap.add_argument("--uvloop", action="store_true")
     ap.add_argument("--transport", choices=sorted(_TRANSPORTS), default="grpc")
     a = ap.parse_args()
+    print_runs(a.runs, lambda: one_run(a.rate, a.seconds, a.uvloop, a.transport), fmt_row)
+
+
+def print_runs(
+    runs: int, one: Callable[[], dict[str, float]], fmt: Callable[[dict[str, float]], str]
+) -> None:
+    """Run ``one`` ``runs`` times, printing each row and the median of each figure."""
     print(f"load average at start: {os.getloadavg()}", flush=True)
     rows = []
-    for run in range(a.runs):
-        rows.append(one_run(a.rate, a.seconds, a.uvloop, a.transport))
-        print(f"run {run + 1}: {_fmt(rows[-1])}", flush=True)
+    for run in range(runs):
+        rows.append(one())
+        print(f"run {run + 1}: {fmt(rows[-1])}", flush=True)
     print(f"load average at end: {os.getloadavg()}")
-    print("median: " + _fmt({k: statistics.median(r[k] for r in rows) for k in rows[0]}))
+    print("median: " + fmt({k: statistics.median(r[k] for r in rows) for k in rows[0]}))
 
 
 if __name__ == "__main__":

@@ -39,7 +39,6 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import os
-import statistics
 import tempfile
 import time
 from typing import Any
@@ -48,7 +47,15 @@ import numpy as np
 
 from benchmarks._proc import cpu_seconds
 from benchmarks.systems import paced_values
-from benchmarks.w4_floor import _LEN, _tcp_connect, _tcp_frames, _tcp_producer
+from benchmarks.w4_floor import (
+    _LEN,
+    FrameProtocol,
+    _tcp_producer,
+    fmt_row,
+    print_runs,
+    result_row,
+    tcp_pushes,
+)
 
 _TOPIC = "w4n"
 _SIZE = 100
@@ -81,23 +88,11 @@ def _server(ready: Any, stop: Any, acks_all: bool) -> None:
                 sub[0].write(_LEN.pack(len(body)) + body)
                 sub[1] = result.next_offset
 
-        class Conn(asyncio.Protocol):
-            def connection_made(self, transport: asyncio.BaseTransport) -> None:
-                self.transport: Any = transport
-                self.buf = bytearray()
-
-            def data_received(self, data: bytes) -> None:
-                buf = self.buf
-                buf += data
-                while len(buf) >= 4:
-                    size = _LEN.unpack_from(buf)[0]
-                    if len(buf) < 4 + size:
-                        return
-                    payload = bytes(buf[4 : 4 + size])
-                    del buf[: 4 + size]
-                    if payload == b"S":
-                        subscribers.append([self.transport, 0])
-                        continue
+        class Conn(FrameProtocol):
+            def frame(self, payload: bytes) -> None:
+                if payload == b"S":
+                    subscribers.append([self.transport, 0])
+                else:
                     self.produce(payload)
 
             def produce(self, payload: bytes) -> None:
@@ -144,19 +139,16 @@ def _tail(port: int, n: int, go: Any, out: Any) -> None:
 
     lat = np.zeros(n, dtype=np.int64)
     count = 0
-    with _tcp_connect(port) as sock:
-        sock.sendall(_LEN.pack(1) + b"S")
-        go.set()
-        c0 = time.process_time()
-        for raw in _tcp_frames(sock):
-            now = time.monotonic_ns()
-            for batch in pb.FetchResponse.FromString(raw).batches:
-                for r in batch.records:
-                    if r.value[8:9] != b"w" and count < n:
-                        lat[count] = now - int.from_bytes(r.value[:8], "little")
-                        count += 1
-            if count >= n:
-                break
+    c0 = time.process_time()
+    for raw in tcp_pushes(port, go):
+        now = time.monotonic_ns()
+        for batch in pb.FetchResponse.FromString(raw).batches:
+            for r in batch.records:
+                if r.value[8:9] != b"w" and count < n:
+                    lat[count] = now - int.from_bytes(r.value[:8], "little")
+                    count += 1
+        if count >= n:
+            break
     out.put(("tail", {"lat_ns": lat[:count], "cpu_s": time.process_time() - c0}))
 
 
@@ -198,23 +190,7 @@ def one_run(rate: int, seconds: float, acks_all: bool) -> dict[str, float]:
         stop.set()
         tail.join(30)
         server.join(30)
-    lat = res["lat_ns"] / 1e6
-    return {
-        "p50": float(np.percentile(lat, 50)),
-        "p99": float(np.percentile(lat, 99)),
-        "delivered": 100.0 * len(lat) / n,
-        "server_us": (s1 - s0) / n * 1e6,
-        "producer_us": (c1 - c0) / n * 1e6,
-        "tail_us": res["cpu_s"] / n * 1e6,
-    }
-
-
-def _fmt(row: dict[str, float]) -> str:
-    return (
-        f"p50 {row['p50']:.2f} ms  p99 {row['p99']:.2f} ms  delivered {row['delivered']:.1f} %  "
-        f"server CPU {row['server_us']:.0f} us/message  "
-        f"producer {row['producer_us']:.0f} / tail {row['tail_us']:.0f} us/message"
-    )
+    return result_row(res, n, s1 - s0, c1 - c0)
 
 
 def main() -> None:
@@ -224,13 +200,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--acks", choices=("1", "all"), default="1")
     a = ap.parse_args()
-    print(f"load average at start: {os.getloadavg()}", flush=True)
-    rows = []
-    for run in range(a.runs):
-        rows.append(one_run(a.rate, a.seconds, a.acks == "all"))
-        print(f"run {run + 1}: {_fmt(rows[-1])}", flush=True)
-    print(f"load average at end: {os.getloadavg()}")
-    print("median: " + _fmt({k: statistics.median(r[k] for r in rows) for k in rows[0]}))
+    print_runs(a.runs, lambda: one_run(a.rate, a.seconds, a.acks == "all"), fmt_row)
 
 
 if __name__ == "__main__":
